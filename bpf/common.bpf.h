@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Shared maps and helpers for every n502trace BPF program.
+ *
+ * Every program follows the same order: filter on a map lookup first (is
+ * this process / socket one we watch?), then reserve ring-buffer space, then
+ * fill the event. Nothing is reserved for traffic that is not Nginx <->
+ * upstream.
+ *
+ * The maps are defined __weak here so that each .bpf.c file can include this
+ * header and `bpftool gen object` merges them into one map per name.
+ */
+#ifndef N502_COMMON_BPF_H
+#define N502_COMMON_BPF_H
+
+#include "vmlinux/vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "n502/events.h"
+
+#define N502_AF_UNIX 1
+#define N502_AF_INET 2
+#define N502_AF_INET6 10
+#define N502_SOCK_STREAM 1
+#define N502_S_IFMT 00170000
+#define N502_S_IFSOCK 0140000
+#define N502_SIGCHLD 17
+
+/* TCP states (include/net/tcp_states.h): stable kernel ABI. */
+#define N502_TCP_ESTABLISHED 1
+#define N502_TCP_SYN_SENT 2
+#define N502_TCP_CLOSE 7
+#define N502_TCP_LISTEN 10
+
+/* Tracked processes: Nginx (filled by user space at start, then through
+ * fork), upstream processes (added at accept), listeners (added at listen). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct n502_proc);
+} procs SEC(".maps") __weak;
+
+/* Tracked sockets, keyed by the kernel's struct sock address. Ownership is
+ * recorded here in process context (connect/accept/listen) because state,
+ * reset and drop tracepoints often run in softirq where current is not the
+ * socket's owner. LRU: a socket that we never see closing is forgotten. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct n502_sock);
+} socks SEC(".maps") __weak;
+
+/* Nginx's established TCP connections by 4-tuple (Nginx's view), so that the
+ * process accepting the other end can be recognised. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct n502_tuple);
+	__type(value, __u64);
+} tuples SEC(".maps") __weak;
+
+/* Unix stream connections: server-side socket created by Nginx's connect ->
+ * Nginx's socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} unix_peers SEC(".maps") __weak;
+
+/* connect() arguments between sys_enter and sys_exit, per thread. */
+struct connect_args {
+	__u64 sk;
+	__u64 uaddr;
+	__s32 fd;
+	__s32 addrlen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct connect_args);
+} connect_args SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, N502_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps") __weak;
+
+/* Size set by user space before load (--ringbuf-kb). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps") __weak;
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+/* Reserve an event and fill its header; counts the loss when the ring is
+ * full. The caller must submit what it got. */
+static __always_inline void *reserve(__u32 size, __u16 type)
+{
+	struct n502_hdr *h = bpf_ringbuf_reserve(&events, size, 0);
+	if (!h) {
+		count(N502_CNT_LOST);
+		return 0;
+	}
+	__u64 id = bpf_get_current_pid_tgid();
+	h->type = type;
+	h->size = size;
+	h->cpu = bpf_get_smp_processor_id();
+	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->tgid = id >> 32;
+	h->tid = (__u32)id;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+	return h;
+}
+
+static __always_inline void submit(void *ev)
+{
+	bpf_ringbuf_submit(ev, 0);
+	count(N502_CNT_EMITTED);
+}
+
+static __always_inline struct n502_proc *current_proc(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	return bpf_map_lookup_elem(&procs, &tgid);
+}
+
+/* fd -> struct socket of the current task, or NULL when fd is not a socket. */
+static __always_inline struct socket *socket_from_fd(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file;
+	unsigned int max_fds;
+
+	if (!fdt || fd < 0)
+		return 0;
+	max_fds = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max_fds)
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & N502_S_IFMT) != N502_S_IFSOCK)
+		return 0;
+	return (struct socket *)BPF_CORE_READ(file, private_data);
+}
+
+/* Fill local (src) and remote (dst) endpoints of an inet socket. */
+static __always_inline void read_inet_addrs(const struct sock *sk, struct n502_addr *src,
+					    struct n502_addr *dst)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	src->family = family;
+	dst->family = family;
+	src->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	dst->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == N502_AF_INET) {
+		BPF_CORE_READ_INTO(src->addr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(dst->addr, sk, __sk_common.skc_daddr);
+	} else if (family == N502_AF_INET6) {
+		BPF_CORE_READ_INTO(src->addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(dst->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+static __always_inline void tuple_from_addrs(struct n502_tuple *t, const struct n502_addr *local,
+					     const struct n502_addr *remote)
+{
+	__builtin_memcpy(t->saddr, local->addr, 16);
+	__builtin_memcpy(t->daddr, remote->addr, 16);
+	t->sport = local->port;
+	t->dport = remote->port;
+	t->family = local->family;
+	t->_pad = 0;
+}
+
+static __always_inline void track_proc(__u32 tgid, __u32 role)
+{
+	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);
+	if (p) {
+		/* Not atomic (5.10 has no BPF atomic OR); roles are only ever
+		 * added, so a lost race loses at most one bit until the next
+		 * event sets it again. */
+		p->role |= role;
+		return;
+	}
+	struct n502_proc np = { .role = role };
+	if (bpf_map_update_elem(&procs, &tgid, &np, BPF_NOEXIST))
+		count(N502_CNT_MAP_FULL);
+}
+
+static __always_inline void track_sock(__u64 sk, __u32 tgid, __u16 role, __u16 family)
+{
+	struct n502_sock s = { .owner_tgid = tgid, .role = role, .family = family };
+	if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY))
+		count(N502_CNT_MAP_FULL);
+}
+
+#endif /* N502_COMMON_BPF_H */

@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * TCP socket life: state changes and resets of the sockets we track.
+ *
+ * These hooks run in softirq as often as in process context, so the event
+ * carries the owner recorded at connect/accept/listen time (socks map), not
+ * the current task. All three use tp_btf: the first argument (the socket) has
+ * kept its type on every kernel from 5.10 on, whereas the classic tracepoint
+ * records of tcp_send_reset changed (6.10 added the reset reason and dropped
+ * the port/family fields in favour of sockaddr blobs).
+ */
+#include "common.bpf.h"
+
+static __always_inline void emit_state(const struct sock *sk, struct n502_sock *s, int oldstate,
+				       int newstate)
+{
+	struct n502_state_event *e = reserve(sizeof(*e), N502_EV_STATE);
+	if (!e)
+		return;
+	e->sk = (__u64)sk;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->sk_err = BPF_CORE_READ(sk, sk_err);
+	e->sock_role = s->role;
+	e->_pad = 0;
+	e->owner_tgid = s->owner_tgid;
+	e->_pad2 = 0;
+	read_inet_addrs(sk, &e->src, &e->dst);
+	submit(e);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int oldstate,
+	     const int newstate)
+{
+	__u64 key = (__u64)sk;
+	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+
+	if (!s)
+		return 0;
+	emit_state(sk, s, oldstate, newstate);
+
+	if (s->role == N502_SOCK_NGINX && newstate == N502_TCP_ESTABLISHED) {
+		/* Ports and addresses are final now: remember the 4-tuple so the
+		 * accept() of the other end can be matched to this socket. */
+		struct n502_addr src = {}, dst = {};
+		struct n502_tuple t = {};
+
+		read_inet_addrs(sk, &src, &dst);
+		tuple_from_addrs(&t, &src, &dst);
+		if (bpf_map_update_elem(&tuples, &t, &key, BPF_ANY))
+			count(N502_CNT_MAP_FULL);
+	}
+	if (newstate == N502_TCP_CLOSE) {
+		if (s->role == N502_SOCK_NGINX) {
+			struct n502_addr src = {}, dst = {};
+			struct n502_tuple t = {};
+
+			read_inet_addrs(sk, &src, &dst);
+			tuple_from_addrs(&t, &src, &dst);
+			bpf_map_delete_elem(&tuples, &t);
+		}
+		bpf_map_delete_elem(&socks, &key);
+	}
+	return 0;
+}
+
+static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
+{
+	__u64 key = (__u64)sk;
+	struct n502_sock *s;
+	struct n502_reset_event *e;
+
+	if (!sk)
+		return; /* a reset for a packet that matched no socket */
+	s = bpf_map_lookup_elem(&socks, &key);
+	if (!s)
+		return;
+	e = reserve(sizeof(*e), N502_EV_RESET);
+	if (!e)
+		return;
+	e->sk = key;
+	e->dir = dir;
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->sock_role = s->role;
+	e->_pad = 0;
+	e->owner_tgid = s->owner_tgid;
+	read_inet_addrs(sk, &e->src, &e->dst);
+	submit(e);
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(handle_tcp__receive_reset, struct sock *sk)
+{
+	emit_reset(sk, N502_RST_RECEIVED);
+	return 0;
+}
+
+/* Since 6.10 the reset reason is a third argument and sk may be NULL for a
+ * reset that answers a packet without a socket; only the first argument is
+ * read here, which every kernel from 5.10 on passes the same way. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(handle_tcp__send_reset, const struct sock *sk)
+{
+	emit_reset(sk, N502_RST_SENT);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

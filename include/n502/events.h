@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The event ABI: the one contract between the BPF programs (bpf/) and the
+ * user side (user/). Both include this header and nothing else defines these
+ * structs.
+ *
+ * Rules (pinned by tests/unit/test_abi.cpp):
+ *   - fixed-width types only, explicit padding, no pointers, no bitfields;
+ *   - no dependency on vmlinux.h or on libc headers;
+ *   - every event begins with struct n502_hdr;
+ *   - enum values are explicit and are never renumbered or reused.
+ */
+#ifndef N502_EVENTS_H
+#define N502_EVENTS_H
+
+#ifdef __BPF__
+/* vmlinux.h already provides __u8 ... __u64 and __s32 */
+#else
+#include <linux/types.h>
+#endif
+
+#define N502_COMM_LEN 16
+#define N502_UNIX_PATH_LEN 108
+#define N502_ABI_VERSION 1
+
+enum n502_event_type {
+	N502_EV_CONNECT = 1, /* an Nginx process returned from connect() on a stream socket */
+	N502_EV_ACCEPT = 2,  /* a process accepted the other end of an Nginx connection */
+	N502_EV_CLOSE = 3,   /* a tracked process called close() on a tracked socket */
+	N502_EV_STATE = 4,   /* TCP state change of a tracked socket, or of any listener */
+	N502_EV_RESET = 5,   /* a RST sent or received on a tracked socket */
+	N502_EV_SIGNAL = 6,  /* a signal generated for a tracked process */
+	N502_EV_EXIT = 7,    /* the last thread of a tracked process exited */
+	N502_EV_FORK = 8,    /* a tracked process created a new process */
+	N502_EV_OOM = 9,     /* the OOM killer chose a victim (any process) */
+	N502_EV_LISTEN = 10, /* a process started listening on a stream socket */
+	N502_EV_TYPE_MAX = 11,
+};
+
+/* Process roles: bits in the procs map value and in events. */
+enum n502_proc_role {
+	N502_PROC_NGINX = 1,
+	N502_PROC_UPSTREAM = 2, /* accepted at least one Nginx connection */
+	N502_PROC_LISTENER = 4, /* listened on a TCP port (or inherited a listener) */
+};
+
+/* Which end a tracked socket is. */
+enum n502_sock_role {
+	N502_SOCK_NGINX = 1,    /* Nginx's end of an upstream connection */
+	N502_SOCK_UPSTREAM = 2, /* the upstream's end, owned by the accepting process */
+	N502_SOCK_LISTENER = 3, /* a TCP listening socket */
+};
+
+enum n502_reset_dir {
+	N502_RST_RECEIVED = 0,
+	N502_RST_SENT = 1,
+};
+
+/* Indexes of the per-CPU counters map. */
+enum n502_counter {
+	N502_CNT_EMITTED = 0,  /* events written to the ring buffer */
+	N502_CNT_LOST = 1,     /* events dropped: ring buffer full */
+	N502_CNT_MAP_FULL = 2, /* map updates that failed (entry not tracked) */
+	N502_CNT_MAX = 3,
+};
+
+/* An endpoint: family is AF_INET (2), AF_INET6 (10) or AF_UNIX (1). */
+struct n502_addr {
+	__u16 family;
+	__u16 port;    /* host byte order */
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, network byte order */
+};
+
+struct n502_hdr {
+	__u16 type;    /* enum n502_event_type */
+	__u16 size;    /* sizeof the whole event */
+	__u32 cpu;
+	__u64 ts_ns;   /* CLOCK_BOOTTIME, nanoseconds */
+	__u32 tgid;    /* current task: in softirq this is NOT the socket's owner */
+	__u32 tid;
+	char comm[N502_COMM_LEN];
+};
+
+struct n502_connect_event {
+	struct n502_hdr hdr;
+	__u64 sk;      /* kernel socket address: the socket's identity while it lives */
+	__u64 peer_sk; /* unix: the server-side socket created by the connect, else 0 */
+	__s32 fd;
+	__s32 ret;     /* connect()'s return: 0, -EINPROGRESS, -ECONNREFUSED, ... */
+	struct n502_addr dst;
+	char path[N502_UNIX_PATH_LEN]; /* unix: sun_path (abstract: leading NUL) */
+};
+
+struct n502_accept_event {
+	struct n502_hdr hdr;   /* the accepting (upstream) process */
+	__u64 sk;              /* the accepted socket (upstream's end) */
+	__u64 nginx_sk;        /* Nginx's end of the same connection */
+	__s32 fd;
+	__u32 _pad;
+	struct n502_addr local; /* the address the upstream accepted on */
+	struct n502_addr peer;  /* Nginx's address */
+};
+
+struct n502_close_event {
+	struct n502_hdr hdr;
+	__u64 sk;
+	__s32 fd;
+	__u16 sock_role; /* enum n502_sock_role */
+	__u16 family;
+	__u32 owner_tgid;
+	__u32 _pad;
+};
+
+struct n502_state_event {
+	struct n502_hdr hdr;
+	__u64 sk;
+	__s32 oldstate;   /* TCP_* as in include/net/tcp_states.h */
+	__s32 newstate;
+	__s32 sk_err;     /* socket error at the change (ECONNREFUSED on a refused connect) */
+	__u16 sock_role;  /* enum n502_sock_role */
+	__u16 _pad;
+	__u32 owner_tgid; /* recorded at connect/accept/listen time */
+	__u32 _pad2;
+	struct n502_addr src;
+	struct n502_addr dst;
+};
+
+struct n502_reset_event {
+	struct n502_hdr hdr;
+	__u64 sk;
+	__u32 dir;        /* enum n502_reset_dir */
+	__s32 state;      /* socket state when the RST was handled */
+	__u16 sock_role;
+	__u16 _pad;
+	__u32 owner_tgid;
+	struct n502_addr src;
+	struct n502_addr dst;
+};
+
+struct n502_signal_event {
+	struct n502_hdr hdr;     /* the sender: current task when the signal was generated */
+	__u32 target_tgid;
+	__u32 target_tid;
+	__s32 sig;
+	__s32 code;              /* si_code: SI_USER 0, SI_KERNEL 0x80, SI_TKILL -6, fault codes > 0 */
+	__s32 result;            /* TRACE_SIGNAL_DELIVERED 0, IGNORED 1, ... */
+	__u32 target_role;       /* enum n502_proc_role bits */
+	char target_comm[N502_COMM_LEN];
+};
+
+struct n502_exit_event {
+	struct n502_hdr hdr;  /* the exiting task (last of its thread group) */
+	__s32 exit_code;      /* wait status: (code << 8) or signal | 0x80 for a core dump */
+	__u32 role;
+};
+
+struct n502_fork_event {
+	struct n502_hdr hdr;  /* the parent */
+	__u32 child_tgid;
+	__u32 role;           /* role the child inherited */
+};
+
+struct n502_oom_event {
+	struct n502_hdr hdr;  /* whoever triggered the kill, often not the victim */
+	__u32 victim_pid;
+	__u32 victim_role;    /* 0 when the victim is not tracked */
+};
+
+struct n502_listen_event {
+	struct n502_hdr hdr;
+	__u64 sk;
+	__s32 fd;
+	__s32 backlog;
+	struct n502_addr local;
+	char path[N502_UNIX_PATH_LEN]; /* unix listeners: the bound path */
+};
+
+/* Value of the procs map (key: tgid). */
+struct n502_proc {
+	__u32 role;
+	__u32 _pad;
+};
+
+/* Value of the socks map (key: kernel socket address). */
+struct n502_sock {
+	__u32 owner_tgid;
+	__u16 role;
+	__u16 family;
+};
+
+/* Key of the tuples map: an Nginx TCP connection seen from Nginx's side. */
+struct n502_tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport; /* host byte order */
+	__u16 dport; /* host byte order */
+	__u16 family;
+	__u16 _pad;
+};
+
+#endif /* N502_EVENTS_H */

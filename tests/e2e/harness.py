@@ -1,0 +1,687 @@
+#!/usr/bin/python3
+"""Helpers for n502trace's end-to-end tests: a real Nginx, real upstreams,
+the tool under test, memory cgroups, and clean teardown.
+
+Synchronisation rule: no sleeps as synchronisation. Everything waits for an
+observable fact (a line printed, a record emitted, a pid file, a port that
+accepts or refuses, a process gone) by polling with a short interval and a
+bounded deadline.
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON = "/usr/bin/python3"
+NGINX = "/usr/sbin/nginx"
+KILL = "/bin/kill"
+UPSTREAM_PY = os.path.join(HERE, "upstream.py")
+CGROUP_MEMORY_ROOT = "/sys/fs/cgroup/memory"
+POLL = 0.02  # polling interval, seconds
+
+
+class Failure(Exception):
+    """A test assertion failed."""
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def wait_until(pred, timeout, what):
+    """Poll pred() until it returns a truthy value; Failure after timeout s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise Failure("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(POLL)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def proc_state(pid):
+    """The /proc state letter of pid, or None if it does not exist."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(")") + 2:].split()[0]
+
+
+def pid_alive(pid):
+    st = proc_state(pid)
+    return st is not None and st not in ("Z", "X")
+
+
+def children_of(ppid):
+    kids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2:].split()
+        if int(fields[1]) == ppid and fields[0] not in ("Z", "X"):
+            kids.append(int(name))
+    return sorted(kids)
+
+
+def describe_status(rc):
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        return "killed by signal %d (%s)" % (-rc, signal.Signals(-rc).name)
+    return "exited with code %d" % rc
+
+
+def spawn_kill(sig, pid):
+    """Send sig to pid from a SEPARATE process (/bin/kill). Returns its pid."""
+    k = subprocess.Popen([KILL, "-%d" % sig, str(pid)])
+    rc = k.wait(timeout=10)
+    check(rc == 0, "%s -%d %d failed with %d" % (KILL, sig, pid, rc))
+    return k.pid
+
+
+# ---------------------------------------------------------------- network
+
+
+def free_port():
+    """A loopback TCP port that nothing listens on right now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def port_accepts(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port_accepting(port, timeout=10):
+    wait_until(lambda: port_accepts(port), timeout, "port %d to accept" % port)
+
+
+def wait_port_refusing(port, timeout=10):
+    wait_until(lambda: not port_accepts(port), timeout, "port %d to stop accepting" % port)
+
+
+class Response:
+    def __init__(self, status, raw, t_done):
+        self.status = status
+        self.raw = raw
+        self.t_done = t_done  # time.monotonic() when the response had arrived
+
+    def __repr__(self):
+        return "Response(status=%r, %d bytes)" % (self.status, len(self.raw))
+
+
+def http_get(port, path="/", timeout=25, host="127.0.0.1"):
+    """One HTTP/1.1 GET with Connection: close; returns a Response."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: n502-e2e\r\n"
+                   "Connection: close\r\n\r\n" % path).encode())
+        raw = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    t_done = time.monotonic()
+    status = None
+    first = raw.split(b"\r\n", 1)[0].split()
+    if len(first) >= 2 and first[1].isdigit():
+        status = int(first[1])
+    return Response(status, raw, t_done)
+
+
+class BackgroundRequest(threading.Thread):
+    """http_get in a thread, for requests that only end once a fault happens."""
+
+    def __init__(self, port, path="/", timeout=25):
+        super().__init__(daemon=True)
+        self.args = (port, path, timeout)
+        self.response = None
+        self.error = None
+
+    def run(self):
+        try:
+            self.response = http_get(*self.args)
+        except Exception as e:  # reported by result()
+            self.error = e
+
+    def result(self, timeout=25):
+        self.join(timeout)
+        check(not self.is_alive(), "HTTP request still running after %ds" % timeout)
+        if self.error:
+            raise Failure("HTTP request failed: %r" % (self.error,))
+        return self.response
+
+
+# ---------------------------------------------------------------- line readers
+
+
+class LineCollector:
+    """Collects lines from a pipe in a thread; lets callers wait for them."""
+
+    def __init__(self, pipe, name, parse_json=False, echo=None):
+        self.name = name
+        self.lines = []  # (monotonic time, text)
+        self.records = []  # (monotonic time, dict) when parse_json
+        self.bad = []  # non-JSON lines when parse_json
+        self.eof = False
+        self.cond = threading.Condition()
+        self.parse_json = parse_json
+        self.echo = echo
+        self.thread = threading.Thread(target=self._run, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _run(self, pipe):
+        for raw in iter(pipe.readline, b""):
+            now = time.monotonic()
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            if self.echo:
+                self.echo.write(text + "\n")
+                self.echo.flush()
+            with self.cond:
+                self.lines.append((now, text))
+                if self.parse_json and text.strip():
+                    try:
+                        rec = json.loads(text)
+                        if not isinstance(rec, dict):
+                            raise ValueError("not an object")
+                        self.records.append((now, rec))
+                    except ValueError:
+                        self.bad.append(text)
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def wait_for(self, find, timeout, what, alive=None):
+        """Wait until find() (called under the lock) returns non-None."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                v = find()
+                if v is not None:
+                    return v
+                if self.eof:
+                    raise Failure("%s: output ended while waiting for %s" % (self.name, what))
+                if alive is not None and not alive():
+                    # give the reader a moment to drain what was written
+                    self.cond.wait(0.2)
+                    v = find()
+                    if v is not None:
+                        return v
+                    raise Failure("%s exited while waiting for %s" % (self.name, what))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Failure("%s: timed out after %.1fs waiting for %s" % (self.name, timeout, what))
+                self.cond.wait(min(left, 0.1))
+
+    def count_lines(self, word):
+        with self.cond:
+            return sum(1 for _, t in self.lines if t.split()[:1] == [word])
+
+    def wait_word(self, word, timeout, nth=1):
+        """Wait for the nth line whose first word is word; returns that line."""
+        def find():
+            hits = [t for _, t in self.lines if t.split()[:1] == [word]]
+            return hits[nth - 1] if len(hits) >= nth else None
+        return self.wait_for(find, timeout, "%r line #%d" % (word, nth))
+
+
+# ---------------------------------------------------------------- the test context
+
+
+class Harness:
+    """One test's world. close() tears everything down, whatever happened."""
+
+    def __init__(self, name="e2e", keep=False):
+        self.dir = tempfile.mkdtemp(prefix="n502-%s-" % name)
+        os.chmod(self.dir, 0o755)  # Nginx workers (www-data) may need to traverse it
+        self.keep = keep
+        self.nginx = None
+        self.tool = None
+        self.upstreams = []
+        self.cgroups = []
+        self.close_errors = []
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    # -- pieces
+    def start_nginx(self, locations, **kw):
+        self.nginx = Nginx(self.dir, locations, **kw)
+        self.nginx.start()
+        return self.nginx
+
+    def start_upstream(self, mode, port=None, unix=None, cgroup=None):
+        u = Upstream(self, mode, port=port, unix=unix)
+        self.upstreams.append(u)
+        u.start()
+        if cgroup is not None:
+            cgroup.add(u.pid)
+        return u
+
+    def start_tool(self, binary, json_mode=True, ready_timeout=20):
+        self.tool = Tool(self, binary, self.nginx.master_pid, json_mode=json_mode)
+        self.tool.start(ready_timeout=ready_timeout)
+        return self.tool
+
+    def memory_cgroup(self, limit="64M"):
+        cg = MemoryCgroup(limit)
+        self.cgroups.append(cg)
+        return cg
+
+    # -- teardown
+    def close(self, remove_dir=True):
+        """Stop the tool, Nginx, upstreams; remove cgroups and (unless keep or
+        remove_dir=False) the temp dir; see remove_dir().
+
+        Errors from stopping the tool (no summary, bad exit code) are kept in
+        self.close_errors for the caller to report as a failure."""
+        steps = []
+        if self.tool is not None:
+            steps.append(("stop n502trace", self.tool.stop))
+        if self.nginx is not None:
+            steps.append(("stop nginx", self.nginx.stop))
+        for u in self.upstreams:
+            steps.append(("stop upstream %s" % u.mode, u.stop))
+        for cg in self.cgroups:
+            steps.append(("remove cgroup %s" % cg.path, cg.remove))
+        for what, fn in steps:
+            try:
+                fn()
+            except Exception as e:
+                self.close_errors.append("%s: %s" % (what, e))
+        if remove_dir:
+            self.remove_dir()
+
+    def remove_dir(self):
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- Nginx
+
+
+NGINX_CONF = """\
+# generated by tests/e2e/harness.py
+user www-data;
+worker_processes 2;
+daemon on;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+
+events {{
+    worker_connections 256;
+}}
+
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+
+    # Generous, so a "hang" upstream is still waiting when the fault happens.
+    proxy_connect_timeout 60s;
+    proxy_read_timeout 120s;
+    proxy_send_timeout 120s;
+
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+{locations}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """The real Debian Nginx, daemonised, in a temp prefix.
+
+    locations: list of (location, proxy_pass target) e.g. ("/", "http://127.0.0.1:8080")
+    """
+
+    def __init__(self, prefix, locations, port=None, workers=2):
+        self.prefix = prefix
+        self.locations = locations
+        self.port = port or free_port()
+        self.nworkers = workers
+        self.conf = os.path.join(prefix, "nginx.conf")
+        self.pidfile = os.path.join(prefix, "nginx.pid")
+        self.error_log = os.path.join(prefix, "error.log")
+        self.master_pid = None
+        self.workers = []
+
+    def start(self, timeout=10):
+        os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
+        os.chmod(os.path.join(self.prefix, "tmp"), 0o755)
+        locs = "".join(
+            "        location %s {\n            proxy_pass %s;\n        }\n" % (loc, target)
+            for loc, target in self.locations
+        )
+        with open(self.conf, "w") as f:
+            f.write(NGINX_CONF.format(dir=self.prefix, port=self.port, locations=locs))
+        # -e: the log used before the config is read (Debian's default is stderr)
+        r = subprocess.run([NGINX, "-p", self.prefix, "-c", self.conf, "-e", self.error_log],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        if r.returncode != 0:
+            raise Failure("nginx failed to start (%d): %s\n%s" % (
+                r.returncode, r.stdout.decode(errors="replace"), self.tail()))
+
+        def read_pid():
+            try:
+                with open(self.pidfile) as f:
+                    s = f.read().strip()
+                return int(s) if s else None
+            except (FileNotFoundError, ValueError):
+                return None
+        self.master_pid = wait_until(read_pid, timeout, "nginx pid file")
+        self.workers = wait_until(
+            lambda: (lambda k: k if len(k) >= self.nworkers else None)(children_of(self.master_pid)),
+            timeout, "%d nginx workers" % self.nworkers)
+        wait_port_accepting(self.port, timeout)
+
+    def worker_pids(self):
+        return children_of(self.master_pid) if self.master_pid else []
+
+    def read_error_log(self):
+        try:
+            with open(self.error_log, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, n=40):
+        lines = self.read_error_log().splitlines()
+        return "\n".join(lines[-n:])
+
+    def wait_error(self, substring, timeout=5):
+        """Wait for an [error]-or-worse line containing substring; returns it."""
+        def find():
+            for line in self.read_error_log().splitlines():
+                if substring in line:
+                    return line
+            return None
+        return wait_until(find, timeout, "nginx error.log line containing %r" % substring)
+
+    def stop(self, timeout=5):
+        if not self.master_pid:
+            return
+        pids = [self.master_pid] + self.worker_pids()
+        try:
+            os.kill(self.master_pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(POLL)
+        for p in pids:
+            if pid_alive(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        wait_until(lambda: not any(pid_alive(p) for p in pids), timeout, "nginx processes to exit")
+        self.master_pid = None
+
+
+# ---------------------------------------------------------------- upstream.py
+
+
+class Upstream:
+    """tests/e2e/upstream.py as a direct child: Popen.pid is the python process."""
+
+    def __init__(self, h, mode, port=None, unix=None):
+        self.h = h
+        self.mode = mode
+        self.unix = unix
+        self.port = None if unix else (port or free_port())
+        self.proc = None
+        self.out = None
+        self.errpath = h.path("upstream-%s-%d.err" % (mode, random.randrange(1 << 30)))
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def address(self):
+        return self.unix if self.unix else "127.0.0.1:%d" % self.port
+
+    @property
+    def proxy_target(self):
+        return ("http://unix:%s:" % self.unix) if self.unix else "http://127.0.0.1:%d" % self.port
+
+    def start(self, timeout=10):
+        where = ["--unix", self.unix] if self.unix else ["--listen", "127.0.0.1:%d" % self.port]
+        self.err = open(self.errpath, "wb")
+        self.proc = subprocess.Popen([PYTHON, UPSTREAM_PY] + where + ["--mode", self.mode],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err)
+        self.out = LineCollector(self.proc.stdout, "upstream.py(%s)" % self.mode)
+        line = self.out.wait_for(
+            lambda: next((t for _, t in self.out.lines if t.startswith("LISTENING")), None),
+            timeout, "LISTENING", alive=lambda: self.proc.poll() is None)
+        check(line == "LISTENING %d" % self.pid, "unexpected upstream line %r (pid %d)" % (line, self.pid))
+
+    def wait_request(self, nth=1, timeout=10):
+        return self.out.wait_word("REQUEST", timeout, nth)
+
+    def wait_exit(self, timeout=10):
+        """waitpid; returns Popen.returncode (-SIG if killed by a signal)."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise Failure("upstream.py (%s, pid %d) still running after %ds" % (self.mode, self.pid, timeout))
+
+    def stderr_text(self):
+        try:
+            with open(self.errpath, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.err.close()
+
+
+# ---------------------------------------------------------------- the tool
+
+
+class Tool:
+    """n502trace --nginx-pid MASTER [--json], stdout collected line by line."""
+
+    def __init__(self, h, binary, master_pid, json_mode=True):
+        self.h = h
+        self.binary = binary
+        self.master_pid = master_pid
+        self.json_mode = json_mode
+        self.proc = None
+        self.out = None
+        self.errpath = h.path("n502trace.stderr")
+        self.stopped = False
+        self.returncode = None
+
+    def start(self, ready_timeout=20):
+        argv = [self.binary, "--nginx-pid", str(self.master_pid)]
+        if self.json_mode:
+            argv.append("--json")
+        self.err = open(self.errpath, "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err)
+        self.out = LineCollector(self.proc.stdout, "n502trace", parse_json=self.json_mode)
+        if self.json_mode:
+            self.ready = self.wait_record("ready", timeout=ready_timeout)
+        return self
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def records(self, rtype=None):
+        with self.out.cond:
+            return [r for _, r in self.out.records if rtype is None or r.get("type") == rtype]
+
+    def wait_record(self, rtype, pred=None, timeout=10):
+        """Wait for a record of type rtype matching pred; returns (recv_time, record)
+        for rtype != "ready", the record for "ready"."""
+        def find():
+            for t, r in self.out.records:
+                if r.get("type") == rtype and (pred is None or pred(r)):
+                    return (t, r)
+            return None
+        what = "a %r record" % rtype
+        try:
+            t, r = self.out.wait_for(find, timeout, what, alive=self.alive)
+        except Failure as e:
+            rc = self.proc.poll()
+            if rc is None:
+                try:  # EOF on stdout usually means it is exiting: say how
+                    rc = self.proc.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    pass
+            raise Failure("%s [n502trace %s]" % (e, describe_status(rc)))
+        return r if rtype == "ready" else (t, r)
+
+    def stderr_text(self):
+        try:
+            with open(self.errpath, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout=10):
+        """SIGINT; expect a summary record (JSON mode) and exit code 0."""
+        if self.proc is None or self.stopped:
+            return
+        self.stopped = True
+        was_running = self.proc.poll() is None
+        if was_running:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.err.close()
+            raise Failure("n502trace did not exit within %ds of SIGINT" % timeout)
+        self.out.thread.join(5)
+        self.err.close()
+        problems = []
+        if not was_running:
+            problems.append("n502trace had already %s before SIGINT" % describe_status(self.returncode))
+        elif self.returncode != 0:
+            problems.append("n502trace %s after SIGINT (want exit code 0)" % describe_status(self.returncode))
+        if self.json_mode and not self.records("summary"):
+            problems.append("n502trace printed no {\"type\":\"summary\"} record")
+        if self.json_mode and self.out.bad:
+            problems.append("n502trace printed non-JSON lines on stdout: %r" % self.out.bad[:5])
+        if problems:
+            raise Failure("; ".join(problems))
+
+
+# ---------------------------------------------------------------- memory cgroup (v1)
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory cgroup /sys/fs/cgroup/memory/n502-e2e-<random>."""
+
+    def __init__(self, limit="64M"):
+        if not os.path.isdir(CGROUP_MEMORY_ROOT):
+            raise Failure("no cgroup v1 memory hierarchy at %s" % CGROUP_MEMORY_ROOT)
+        self.path = os.path.join(CGROUP_MEMORY_ROOT, "n502-e2e-%08x" % random.randrange(1 << 32))
+        os.mkdir(self.path)
+        self._write("memory.limit_in_bytes", limit)
+        if os.path.exists(self._p("memory.memsw.limit_in_bytes")):
+            self._write("memory.memsw.limit_in_bytes", limit)  # no swapping out of trouble
+        if os.path.exists(self._p("memory.swappiness")):
+            self._write("memory.swappiness", "0")
+
+    def _p(self, name):
+        return os.path.join(self.path, name)
+
+    def _write(self, name, value):
+        with open(self._p(name), "w") as f:
+            f.write(str(value))
+
+    def add(self, pid):
+        self._write("cgroup.procs", pid)
+        check(self.pids().count(pid) == 1, "pid %d not in %s after moving it" % (pid, self.path))
+
+    def pids(self):
+        with open(self._p("cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+
+    def oom_control(self):
+        out = {}
+        with open(self._p("memory.oom_control")) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                out[k] = int(v)
+        return out
+
+    def remove(self, timeout=10):
+        if not os.path.isdir(self.path):
+            return
+        for pid in self.pids():  # should be none: our upstream died
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        def try_rmdir():
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:  # EBUSY while the last task is still exiting
+                return False
+        wait_until(try_rmdir, timeout, "rmdir %s" % self.path)
+
+
+def kernel_log_tail(n=20, grep=None):
+    """Best-effort dmesg tail (diagnostics only)."""
+    try:
+        r = subprocess.run(["dmesg"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = r.stdout.decode(errors="replace").splitlines()
+    if grep:
+        lines = [l for l in lines if grep in l]
+    return "\n".join(lines[-n:])
+
+
+def log(msg):
+    sys.stderr.write("[e2e] %s\n" % msg)
+    sys.stderr.flush()

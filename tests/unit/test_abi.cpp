@@ -1,0 +1,68 @@
+// Pins the event ABI: the BPF side and the user side compile the same header,
+// and these sizes and offsets must not drift (a change here is an ABI change).
+#include <catch2/catch.hpp>
+#include <cstddef>
+
+#include "n502/events.h"
+
+#define PIN_OFFSET(T, F, O) static_assert(offsetof(T, F) == (O), #T "." #F " moved")
+#define PIN_SIZE(T, S) static_assert(sizeof(T) == (S), #T " changed size")
+
+PIN_SIZE(struct n502_addr, 20);
+PIN_SIZE(struct n502_hdr, 40);
+PIN_OFFSET(struct n502_hdr, type, 0);
+PIN_OFFSET(struct n502_hdr, size, 2);
+PIN_OFFSET(struct n502_hdr, cpu, 4);
+PIN_OFFSET(struct n502_hdr, ts_ns, 8);
+PIN_OFFSET(struct n502_hdr, tgid, 16);
+PIN_OFFSET(struct n502_hdr, tid, 20);
+PIN_OFFSET(struct n502_hdr, comm, 24);
+
+PIN_SIZE(struct n502_connect_event, 192);
+PIN_OFFSET(struct n502_connect_event, sk, 40);
+PIN_OFFSET(struct n502_connect_event, peer_sk, 48);
+PIN_OFFSET(struct n502_connect_event, fd, 56);
+PIN_OFFSET(struct n502_connect_event, ret, 60);
+PIN_OFFSET(struct n502_connect_event, dst, 64);
+PIN_OFFSET(struct n502_connect_event, path, 84);
+
+PIN_SIZE(struct n502_accept_event, 104);
+PIN_OFFSET(struct n502_accept_event, nginx_sk, 48);
+PIN_OFFSET(struct n502_accept_event, local, 64);
+PIN_OFFSET(struct n502_accept_event, peer, 84);
+
+PIN_SIZE(struct n502_close_event, 64);
+PIN_SIZE(struct n502_state_event, 112);
+PIN_OFFSET(struct n502_state_event, oldstate, 48);
+PIN_OFFSET(struct n502_state_event, sk_err, 56);
+PIN_OFFSET(struct n502_state_event, owner_tgid, 64);
+PIN_OFFSET(struct n502_state_event, src, 72);
+PIN_OFFSET(struct n502_state_event, dst, 92);
+PIN_SIZE(struct n502_reset_event, 104);
+PIN_SIZE(struct n502_signal_event, 80);
+PIN_OFFSET(struct n502_signal_event, target_tgid, 40);
+PIN_OFFSET(struct n502_signal_event, sig, 48);
+PIN_OFFSET(struct n502_signal_event, target_comm, 64);
+PIN_SIZE(struct n502_exit_event, 48);
+PIN_SIZE(struct n502_fork_event, 48);
+PIN_SIZE(struct n502_oom_event, 48);
+PIN_SIZE(struct n502_listen_event, 184);
+PIN_OFFSET(struct n502_listen_event, path, 76);
+PIN_SIZE(struct n502_tuple, 40);
+PIN_SIZE(struct n502_sock, 8);
+PIN_SIZE(struct n502_proc, 8);
+
+TEST_CASE("event type numbers are stable", "[abi]")
+{
+    CHECK(N502_EV_CONNECT == 1);
+    CHECK(N502_EV_ACCEPT == 2);
+    CHECK(N502_EV_CLOSE == 3);
+    CHECK(N502_EV_STATE == 4);
+    CHECK(N502_EV_RESET == 5);
+    CHECK(N502_EV_SIGNAL == 6);
+    CHECK(N502_EV_EXIT == 7);
+    CHECK(N502_EV_FORK == 8);
+    CHECK(N502_EV_OOM == 9);
+    CHECK(N502_EV_LISTEN == 10);
+    CHECK(N502_ABI_VERSION == 1);
+}

@@ -1,0 +1,297 @@
+#include "app.hpp"
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <fmt/format.h>
+#include <memory>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "correlator.hpp"
+#include "decoder.hpp"
+#include "loader.hpp"
+#include "logfollow.hpp"
+#include "logline.hpp"
+#include "n502/events.h"
+#include "nginx.hpp"
+#include "sinks.hpp"
+#include "state.hpp"
+#include "timebase.hpp"
+
+namespace n502 {
+
+namespace {
+
+void error(const std::string &msg) { fmt::print(stderr, "n502trace: error: {}\n", msg); }
+
+struct Pending {
+    LogLine line;
+    uint64_t deadline; // boot ns
+};
+
+class Fd {
+public:
+    explicit Fd(int fd = -1) : fd_(fd) {}
+    ~Fd()
+    {
+        if (fd_ >= 0)
+            close(fd_);
+    }
+    Fd(const Fd &) = delete;
+    Fd &operator=(const Fd &) = delete;
+    int get() const { return fd_; }
+
+private:
+    int fd_;
+};
+
+} // namespace
+
+int run_check()
+{
+    bool ok = true;
+    fmt::print("n502trace {} preflight (nothing is attached):\n", N502_VERSION);
+    for (const auto &[what, result] : Loader::preflight()) {
+        fmt::print("  {:<44} {}\n", what, result);
+        if (result.rfind("MISSING", 0) == 0 || result.rfind("no:", 0) == 0)
+            ok = false;
+    }
+    fmt::print("{}\n", ok ? "all checks passed" : "some checks failed: see above");
+    return ok ? EXIT_OK : EXIT_RUNTIME;
+}
+
+int run(const Options &opt)
+{
+    auto t_start = std::chrono::steady_clock::now();
+    Timebase tb = Timebase::measure();
+    std::unique_ptr<Sink> sink;
+    if (opt.json)
+        sink = std::make_unique<JsonSink>(stdout, tb);
+    else
+        sink = std::make_unique<TextSink>(stdout, tb);
+
+    std::string err;
+    auto nginx = discover_nginx(opt.nginx_pid, &err);
+    if (!nginx) {
+        error(err);
+        return EXIT_USAGE;
+    }
+    std::vector<std::string> logs = opt.error_logs.empty() ? nginx->error_logs : opt.error_logs;
+    if (logs.empty()) {
+        error(fmt::format("could not find the error log of Nginx (master {}) among its open files; pass it with "
+                          "--error-log PATH",
+                          nginx->master));
+        return EXIT_USAGE;
+    }
+    std::vector<std::unique_ptr<LogFollower>> followers;
+    for (const auto &path : logs) {
+        auto f = std::make_unique<LogFollower>(path);
+        if (!f->open(true, &err)) {
+            error(err);
+            return EXIT_USAGE;
+        }
+        followers.push_back(std::move(f));
+    }
+
+    // SIGINT/SIGTERM arrive through a signalfd so the loop can stop cleanly.
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    Fd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+
+    State state;
+    Correlator correlator(state, tb);
+    Summary summary;
+    uint64_t malformed = 0;
+
+    Loader loader;
+    LoaderOptions lo;
+    lo.ringbuf_bytes = opt.ringbuf_kb * 1024u;
+    lo.verbose = opt.verbose;
+    if (!loader.load(lo, &err) || !loader.attach(&err)) {
+        error(err);
+        return EXIT_RUNTIME;
+    }
+    std::vector<uint32_t> nginx_pids = nginx->workers;
+    nginx_pids.push_back(nginx->master);
+    for (uint32_t pid : nginx_pids) {
+        if (!loader.track_process(pid, N502_PROC_NGINX, &err)) {
+            error(err);
+            return EXIT_RUNTIME;
+        }
+        auto pi = read_proc(pid);
+        state.add_process(pid, N502_PROC_NGINX, pi ? pi->comm : "nginx", pid == nginx->master ? 0 : nginx->master);
+    }
+    bool ring_ok = loader.start_ring(
+        [&](const void *data, size_t len) {
+            std::string why;
+            auto ev = decode(data, len, &why);
+            if (!ev) {
+                if (malformed++ == 0)
+                    sink->warning({"event_malformed", "malformed kernel event: " + why, 1});
+                return;
+            }
+            state.apply(*ev);
+            if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN) {
+                if (Proc *p = state.proc(ev->tgid); p && !p->facts_read) {
+                    p->facts_read = true;
+                    p->cgroup = memory_cgroup(ev->tgid);
+                }
+            }
+        },
+        &err);
+    if (!ring_ok) {
+        error(err);
+        return EXIT_RUNTIME;
+    }
+
+    ReadyInfo ready;
+    ready.nginx_pid = nginx->master;
+    ready.workers = nginx->workers;
+    ready.error_logs = logs;
+    for (const auto &p : loader.probes()) {
+        if (p.attached)
+            ready.probes.push_back(p.hook);
+        else
+            ready.probes_failed.push_back(fmt::format("{}: {}", p.hook, p.error));
+    }
+    ready.attach_ms = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t_start).count());
+    for (const auto &p : loader.probes())
+        if (!p.attached)
+            sink->warning({"probe_missing",
+                           fmt::format("{} is not attached ({}): verdicts that need it are degraded", p.hook, p.error),
+                           0});
+    sink->ready(ready);
+
+    Fd ep(epoll_create1(EPOLL_CLOEXEC));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = loader.ring_epoll_fd();
+    epoll_ctl(ep.get(), EPOLL_CTL_ADD, loader.ring_epoll_fd(), &ev);
+    ev.data.fd = sfd.get();
+    epoll_ctl(ep.get(), EPOLL_CTL_ADD, sfd.get(), &ev);
+
+    std::deque<Pending> pending;
+    uint64_t grace_ns = static_cast<uint64_t>(opt.grace_ms) * 1'000'000ULL;
+    uint64_t last_lost = 0;
+    uint64_t next_stats = boot_now_ns() + 1'000'000'000ULL;
+    uint64_t next_rebase = boot_now_ns() + 60'000'000'000ULL;
+    uint64_t stop_at = opt.duration_s > 0 ? boot_now_ns() + static_cast<uint64_t>(opt.duration_s * 1e9) : 0;
+    bool stop = false;
+    bool master_gone = false;
+
+    auto emit = [&](const Verdict &v) {
+        sink->verdict(v);
+        summary.verdicts++;
+        summary.by_cause[v.cause]++;
+        summary.by_upstream[v.upstream]++;
+    };
+    auto read_logs = [&]() {
+        bool any = false;
+        for (auto &f : followers) {
+            for (auto &fe : f->poll()) {
+                if (fe.kind != FollowEvent::Line) {
+                    sink->warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
+                                                        : fe.kind == FollowEvent::Truncated ? "truncated"
+                                                                                            : "vanished"),
+                                   fe.text, 0});
+                    continue;
+                }
+                auto line = parse_upstream_error(fe.text);
+                if (!line)
+                    continue;
+                summary.log_lines++;
+                pending.push_back({std::move(*line), boot_now_ns() + grace_ns});
+                any = true;
+            }
+        }
+        return any;
+    };
+    auto resolve = [&](bool final_all) {
+        uint64_t now = boot_now_ns();
+        for (auto it = pending.begin(); it != pending.end();) {
+            auto v = correlator.explain(it->line, final_all || now >= it->deadline);
+            if (v) {
+                emit(*v);
+                it = pending.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    };
+
+    while (!stop) {
+        epoll_event evs[4];
+        int n = epoll_wait(ep.get(), evs, 4, 50);
+        if (n < 0 && errno != EINTR) {
+            error(fmt::format("epoll_wait: {}", strerror(errno)));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == sfd.get()) {
+                signalfd_siginfo si{};
+                while (read(sfd.get(), &si, sizeof(si)) == sizeof(si))
+                    stop = true;
+            }
+        }
+        if (loader.consume() < 0)
+            sink->warning({"ring_error", "reading the ring buffer failed", 0});
+        if (read_logs()) {
+            // The kernel events behind a line were produced before Nginx wrote
+            // it: drain them before correlating.
+            loader.consume();
+        }
+        resolve(false);
+
+        uint64_t now = boot_now_ns();
+        if (now >= next_stats) {
+            next_stats = now + 1'000'000'000ULL;
+            KernelCounters kc = loader.counters();
+            if (kc.lost > last_lost) {
+                sink->warning({"events_lost",
+                               fmt::format("{} kernel events lost (ring buffer full); verdicts in this period may be "
+                                           "incomplete",
+                                           kc.lost - last_lost),
+                               kc.lost - last_lost});
+                last_lost = kc.lost;
+            }
+            if (!master_gone && !read_proc(nginx->master)) {
+                master_gone = true;
+                sink->warning({"nginx_gone", fmt::format("the Nginx master {} has exited", nginx->master), 0});
+            }
+        }
+        if (now >= next_rebase) {
+            next_rebase = now + 60'000'000'000ULL;
+            tb = Timebase::measure(); // follow wall-clock steps (NTP)
+            correlator.set_timebase(tb);
+        }
+        if (stop_at && now >= stop_at)
+            stop = true;
+    }
+
+    // Drain: kernel events and log lines already written still count.
+    loader.consume();
+    read_logs();
+    loader.consume();
+    resolve(true);
+
+    KernelCounters kc = loader.counters();
+    summary.events = state.stats().events;
+    summary.events_lost = kc.lost;
+    summary.events_malformed = malformed;
+    summary.map_full = kc.map_full;
+    summary.duration_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    sink->summary(summary);
+    return EXIT_OK;
+}
+
+} // namespace n502

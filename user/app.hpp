@@ -1,0 +1,29 @@
+// The running tool: discovery, loader, log followers, state, correlator and
+// sinks wired into one event loop.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace n502 {
+
+struct Options {
+    uint32_t nginx_pid = 0;
+    std::vector<std::string> error_logs;
+    bool json = false;
+    double duration_s = 0; // 0: until SIGINT/SIGTERM
+    uint32_t ringbuf_kb = 4096;
+    bool verbose = false;
+    uint32_t grace_ms = 300; // how long a log line waits for its kernel evidence
+};
+
+enum ExitCode {
+    EXIT_OK = 0,
+    EXIT_RUNTIME = 1,  // could not attach, Nginx vanished, ...
+    EXIT_USAGE = 2,    // bad command line or bad input
+};
+
+int run(const Options &opt);
+int run_check();
+
+} // namespace n502

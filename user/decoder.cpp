@@ -1,0 +1,278 @@
+#include "decoder.hpp"
+
+#include <arpa/inet.h>
+#include <cstring>
+#include <fmt/format.h>
+#include <sys/socket.h>
+
+namespace n502 {
+
+std::string Addr::str() const
+{
+    if (family == AF_INET) {
+        char buf[INET_ADDRSTRLEN] = {};
+        inet_ntop(AF_INET, ip.data(), buf, sizeof(buf));
+        return fmt::format("{}:{}", buf, port);
+    }
+    if (family == AF_INET6) {
+        char buf[INET6_ADDRSTRLEN] = {};
+        inet_ntop(AF_INET6, ip.data(), buf, sizeof(buf));
+        return fmt::format("[{}]:{}", buf, port);
+    }
+    if (family == AF_UNIX)
+        return "unix:" + path;
+    return "";
+}
+
+Addr Addr::from_raw(const n502_addr &a)
+{
+    Addr r;
+    r.family = a.family;
+    r.port = a.port;
+    std::memcpy(r.ip.data(), a.addr, 16);
+    return r;
+}
+
+Addr Addr::unix_path(std::string p)
+{
+    Addr r;
+    r.family = AF_UNIX;
+    r.path = std::move(p);
+    return r;
+}
+
+Addr Addr::ipv4(uint32_t host_order, uint16_t port)
+{
+    Addr r;
+    r.family = AF_INET;
+    r.port = port;
+    uint32_t n = htonl(host_order);
+    std::memcpy(r.ip.data(), &n, 4);
+    return r;
+}
+
+static std::string cstr(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max);
+    std::string out(s, n);
+    for (char &c : out)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+            c = '?';
+    return out;
+}
+
+template <typename T> static bool fits(size_t len, const n502_hdr &h, std::string *why)
+{
+    if (len < sizeof(T) || h.size != sizeof(T)) {
+        if (why)
+            *why = fmt::format("event type {} has size {} (record {} bytes), expected {}", h.type, h.size, len,
+                               sizeof(T));
+        return false;
+    }
+    return true;
+}
+
+std::optional<Event> decode(const void *data, size_t len, std::string *why)
+{
+    if (len < sizeof(n502_hdr)) {
+        if (why)
+            *why = fmt::format("record of {} bytes is shorter than the event header", len);
+        return std::nullopt;
+    }
+    n502_hdr h;
+    std::memcpy(&h, data, sizeof(h));
+    Event e;
+    e.type = static_cast<n502_event_type>(h.type);
+    e.ts = h.ts_ns;
+    e.tgid = h.tgid;
+    e.tid = h.tid;
+    e.cpu = h.cpu;
+    e.comm = cstr(h.comm, sizeof(h.comm));
+
+    switch (h.type) {
+    case N502_EV_CONNECT: {
+        if (!fits<n502_connect_event>(len, h, why))
+            return std::nullopt;
+        n502_connect_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.peer_sk = r.peer_sk;
+        e.fd = r.fd;
+        e.ret = r.ret;
+        e.dst = Addr::from_raw(r.dst);
+        if (e.dst.family == AF_UNIX)
+            e.dst.path = cstr(r.path, sizeof(r.path));
+        return e;
+    }
+    case N502_EV_ACCEPT: {
+        if (!fits<n502_accept_event>(len, h, why))
+            return std::nullopt;
+        n502_accept_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.peer_sk = r.nginx_sk;
+        e.fd = r.fd;
+        e.src = Addr::from_raw(r.local);
+        e.dst = Addr::from_raw(r.peer);
+        return e;
+    }
+    case N502_EV_CLOSE: {
+        if (!fits<n502_close_event>(len, h, why))
+            return std::nullopt;
+        n502_close_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.fd = r.fd;
+        e.sock_role = r.sock_role;
+        e.src.family = r.family;
+        e.owner = r.owner_tgid;
+        return e;
+    }
+    case N502_EV_STATE: {
+        if (!fits<n502_state_event>(len, h, why))
+            return std::nullopt;
+        n502_state_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.oldstate = r.oldstate;
+        e.newstate = r.newstate;
+        e.sk_err = r.sk_err;
+        e.sock_role = r.sock_role;
+        e.owner = r.owner_tgid;
+        e.src = Addr::from_raw(r.src);
+        e.dst = Addr::from_raw(r.dst);
+        return e;
+    }
+    case N502_EV_RESET: {
+        if (!fits<n502_reset_event>(len, h, why))
+            return std::nullopt;
+        n502_reset_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.dir = r.dir;
+        e.tcp_state = r.state;
+        e.sock_role = r.sock_role;
+        e.owner = r.owner_tgid;
+        e.src = Addr::from_raw(r.src);
+        e.dst = Addr::from_raw(r.dst);
+        return e;
+    }
+    case N502_EV_SIGNAL: {
+        if (!fits<n502_signal_event>(len, h, why))
+            return std::nullopt;
+        n502_signal_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.target = r.target_tgid;
+        e.target_tid = r.target_tid;
+        e.sig = r.sig;
+        e.code = r.code;
+        e.result = r.result;
+        e.role = r.target_role;
+        e.target_comm = cstr(r.target_comm, sizeof(r.target_comm));
+        return e;
+    }
+    case N502_EV_EXIT: {
+        if (!fits<n502_exit_event>(len, h, why))
+            return std::nullopt;
+        n502_exit_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.exit_code = r.exit_code;
+        e.role = r.role;
+        return e;
+    }
+    case N502_EV_FORK: {
+        if (!fits<n502_fork_event>(len, h, why))
+            return std::nullopt;
+        n502_fork_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.target = r.child_tgid;
+        e.role = r.role;
+        return e;
+    }
+    case N502_EV_OOM: {
+        if (!fits<n502_oom_event>(len, h, why))
+            return std::nullopt;
+        n502_oom_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.target = r.victim_pid;
+        e.role = r.victim_role;
+        return e;
+    }
+    case N502_EV_LISTEN: {
+        if (!fits<n502_listen_event>(len, h, why))
+            return std::nullopt;
+        n502_listen_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.fd = r.fd;
+        e.backlog = r.backlog;
+        e.src = Addr::from_raw(r.local);
+        if (e.src.family == AF_UNIX)
+            e.src.path = cstr(r.path, sizeof(r.path));
+        return e;
+    }
+    default:
+        if (why)
+            *why = fmt::format("unknown event type {}", h.type);
+        return std::nullopt;
+    }
+}
+
+const char *tcp_state_name(int s)
+{
+    static const char *names[] = {"?",         "ESTABLISHED", "SYN_SENT", "SYN_RECV",   "FIN_WAIT1",
+                                  "FIN_WAIT2", "TIME_WAIT",   "CLOSE",    "CLOSE_WAIT", "LAST_ACK",
+                                  "LISTEN",    "CLOSING",     "NEW_SYN_RECV"};
+    if (s < 0 || s >= static_cast<int>(sizeof(names) / sizeof(names[0])))
+        return "?";
+    return names[s];
+}
+
+const char *signal_name(int sig)
+{
+    switch (sig) {
+    case 1: return "SIGHUP";
+    case 2: return "SIGINT";
+    case 3: return "SIGQUIT";
+    case 4: return "SIGILL";
+    case 5: return "SIGTRAP";
+    case 6: return "SIGABRT";
+    case 7: return "SIGBUS";
+    case 8: return "SIGFPE";
+    case 9: return "SIGKILL";
+    case 10: return "SIGUSR1";
+    case 11: return "SIGSEGV";
+    case 12: return "SIGUSR2";
+    case 13: return "SIGPIPE";
+    case 14: return "SIGALRM";
+    case 15: return "SIGTERM";
+    case 17: return "SIGCHLD";
+    case 18: return "SIGCONT";
+    case 19: return "SIGSTOP";
+    case 20: return "SIGTSTP";
+    case 24: return "SIGXCPU";
+    case 25: return "SIGXFSZ";
+    case 28: return "SIGWINCH";
+    case 31: return "SIGSYS";
+    default: return "SIG?";
+    }
+}
+
+const char *event_type_name(n502_event_type t)
+{
+    switch (t) {
+    case N502_EV_CONNECT: return "connect";
+    case N502_EV_ACCEPT: return "accept";
+    case N502_EV_CLOSE: return "close";
+    case N502_EV_STATE: return "state";
+    case N502_EV_RESET: return "reset";
+    case N502_EV_SIGNAL: return "signal";
+    case N502_EV_EXIT: return "exit";
+    case N502_EV_FORK: return "fork";
+    case N502_EV_OOM: return "oom";
+    case N502_EV_LISTEN: return "listen";
+    default: return "unknown";
+    }
+}
+
+} // namespace n502

@@ -1,0 +1,65 @@
+// Decoder: raw ring-buffer records (include/n502/events.h) -> Event.
+// Every record is checked for type and size before it is read; anything
+// malformed is rejected with a reason, never read past its end.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "n502/events.h"
+
+namespace n502 {
+
+struct Addr {
+    uint16_t family = 0; // AF_INET, AF_INET6, AF_UNIX, 0 = unknown
+    uint16_t port = 0;
+    std::array<uint8_t, 16> ip{};
+    std::string path; // unix
+
+    // "127.0.0.1:8080", "[::1]:8080", "unix:/run/app.sock"; "" when unknown.
+    std::string str() const;
+    bool known() const { return family != 0; }
+    static Addr from_raw(const n502_addr &a);
+    static Addr unix_path(std::string p);
+    static Addr ipv4(uint32_t host_order, uint16_t port);
+};
+
+// One kernel event, flattened. Only the fields of its type are meaningful.
+struct Event {
+    n502_event_type type{};
+    uint64_t ts = 0;   // CLOCK_BOOTTIME ns
+    uint32_t tgid = 0; // current task when the event fired
+    uint32_t tid = 0;
+    std::string comm;
+    uint32_t cpu = 0;
+
+    uint64_t sk = 0;
+    uint64_t peer_sk = 0;  // CONNECT (unix): server-side socket; ACCEPT: Nginx's socket
+    int fd = -1;
+    int ret = 0;           // CONNECT: connect() return
+    Addr src, dst;         // STATE/RESET: local, remote; CONNECT: dst; ACCEPT: src=local, dst=nginx; LISTEN: src
+    int oldstate = 0, newstate = 0, sk_err = 0;
+    uint16_t sock_role = 0;
+    uint32_t owner = 0;    // socket owner recorded at connect/accept/listen
+    uint32_t dir = 0;      // RESET
+    int tcp_state = 0;     // RESET
+    uint32_t target = 0;   // SIGNAL: target tgid; FORK: child; OOM: victim
+    uint32_t target_tid = 0;
+    int sig = 0, code = 0, result = 0;
+    std::string target_comm;
+    int exit_code = 0;
+    uint32_t role = 0;
+    int backlog = 0;
+};
+
+// Returns nullopt and sets *why for records that are too short, of an unknown
+// type, or whose size field disagrees with their type.
+std::optional<Event> decode(const void *data, size_t len, std::string *why = nullptr);
+
+const char *tcp_state_name(int state);
+const char *signal_name(int sig);
+const char *event_type_name(n502_event_type t);
+
+} // namespace n502

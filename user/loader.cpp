@@ -1,0 +1,286 @@
+#include "loader.hpp"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+#include <fmt/format.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "n502.skel.h"
+#include "n502/events.h"
+
+namespace n502 {
+
+static bool g_verbose = false;
+
+static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+    if (level == LIBBPF_DEBUG && !g_verbose)
+        return 0;
+    if (level == LIBBPF_INFO && !g_verbose)
+        return 0;
+    fputs("n502trace: libbpf: ", stderr);
+    return vfprintf(stderr, fmt, args);
+}
+
+static std::string advice(int err)
+{
+    switch (err) {
+    case EPERM:
+    case EACCES:
+        return " (needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE; a kernel in lockdown mode "
+               "(/sys/kernel/security/lockdown) or kernel.unprivileged_bpf_disabled may also refuse it)";
+    case ENOENT:
+        return " (the hook does not exist on this kernel)";
+    case E2BIG:
+    case EINVAL:
+        return " (the kernel rejected the program; run with -v for the verifier log)";
+    case ENOMEM:
+        return " (out of locked memory: try a smaller --ringbuf-kb or raise RLIMIT_MEMLOCK)";
+    default:
+        return "";
+    }
+}
+
+bool ensure_tracefs(std::string *error)
+{
+    if (access("/sys/kernel/tracing/events", F_OK) == 0 || access("/sys/kernel/debug/tracing/events", F_OK) == 0)
+        return true;
+    if (mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, nullptr) == 0)
+        return true;
+    if (error)
+        *error = fmt::format("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {}; mount it with "
+                             "`mount -t tracefs nodev /sys/kernel/tracing`",
+                             strerror(errno));
+    return false;
+}
+
+Loader::Loader() { libbpf_set_print(libbpf_log); }
+
+Loader::~Loader()
+{
+    if (rb_)
+        ring_buffer__free(rb_);
+    for (auto *l : links_)
+        bpf_link__destroy(l);
+    if (skel_)
+        n502_bpf__destroy(skel_);
+}
+
+static bool hook_available(const struct btf *vmlinux, const std::string &sec, std::string *why)
+{
+    if (sec.rfind("tp_btf/", 0) == 0) {
+        std::string name = "btf_trace_" + sec.substr(7);
+        if (!vmlinux) {
+            *why = "kernel BTF (/sys/kernel/btf/vmlinux) is not available";
+            return false;
+        }
+        if (btf__find_by_name_kind(vmlinux, name.c_str(), BTF_KIND_TYPEDEF) < 0) {
+            *why = fmt::format("tracepoint {} does not exist on this kernel", sec.substr(7));
+            return false;
+        }
+        return true;
+    }
+    if (sec.rfind("tracepoint/", 0) == 0) {
+        std::string tp = sec.substr(11);
+        for (const char *root : {"/sys/kernel/tracing/events/", "/sys/kernel/debug/tracing/events/"})
+            if (access((root + tp).c_str(), F_OK) == 0)
+                return true;
+        *why = fmt::format("tracepoint {} does not exist on this kernel (or tracefs is not mounted)", tp);
+        return false;
+    }
+    return true;
+}
+
+bool Loader::load(const LoaderOptions &opt, std::string *error)
+{
+    g_verbose = opt.verbose;
+    struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
+    if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0 && opt.verbose)
+        fmt::print(stderr, "n502trace: could not raise RLIMIT_MEMLOCK: {}\n", strerror(errno));
+
+    std::string tf;
+    if (!ensure_tracefs(&tf))
+        fmt::print(stderr, "n502trace: warning: {}\n", tf);
+
+    if (access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
+        *error = "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): n502trace needs a kernel built "
+                 "with CONFIG_DEBUG_INFO_BTF=y";
+        return false;
+    }
+    skel_ = n502_bpf__open();
+    if (!skel_) {
+        int err = errno;
+        *error = fmt::format("opening the BPF object failed: {}{}", strerror(err), advice(err));
+        return false;
+    }
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    if (!vmlinux || libbpf_get_error(vmlinux))
+        vmlinux = nullptr;
+    struct bpf_program *prog;
+    bpf_object__for_each_program(prog, skel_->obj)
+    {
+        ProbeStatus st;
+        st.program = bpf_program__name(prog);
+        st.hook = bpf_program__section_name(prog);
+        st.available = hook_available(vmlinux, st.hook, &st.error);
+        if (!st.available)
+            bpf_program__set_autoload(prog, false);
+        probes_.push_back(st);
+    }
+    if (vmlinux)
+        btf__free(vmlinux);
+
+    uint32_t size = opt.ringbuf_bytes;
+    uint32_t page = static_cast<uint32_t>(sysconf(_SC_PAGESIZE));
+    if (size < page || (size & (size - 1)) != 0) {
+        *error = fmt::format("ring buffer size {} must be a power of two and at least one page ({} bytes)", size, page);
+        return false;
+    }
+    bpf_map__set_max_entries(skel_->maps.events, size);
+
+    int err = n502_bpf__load(skel_);
+    if (err) {
+        err = -err;
+        *error = fmt::format("loading the BPF programs failed: {}{}", strerror(err), advice(err));
+        return false;
+    }
+    return true;
+}
+
+bool Loader::attach(std::string *error)
+{
+    struct bpf_program *prog;
+    size_t i = 0;
+    size_t attached = 0;
+    bpf_object__for_each_program(prog, skel_->obj)
+    {
+        ProbeStatus &st = probes_[i++];
+        if (!st.available)
+            continue;
+        struct bpf_link *link = bpf_program__attach(prog);
+        if (!link) {
+            int err = errno;
+            st.error = fmt::format("attach failed: {}{}", strerror(err), advice(err));
+            continue;
+        }
+        links_.push_back(link);
+        st.attached = true;
+        attached++;
+    }
+    if (attached == 0) {
+        *error = "no BPF program could be attached";
+        for (const auto &st : probes_)
+            *error += fmt::format("\n  {} ({}): {}", st.program, st.hook, st.error);
+        return false;
+    }
+    return true;
+}
+
+bool Loader::track_process(uint32_t pid, uint32_t role, std::string *error)
+{
+    n502_proc v{};
+    v.role = role;
+    if (bpf_map__update_elem(skel_->maps.procs, &pid, sizeof(pid), &v, sizeof(v), BPF_ANY) != 0) {
+        *error = fmt::format("cannot add pid {} to the procs map: {}", pid, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+int Loader::on_record(void *ctx, void *data, size_t len)
+{
+    auto *self = static_cast<Loader *>(ctx);
+    self->cb_(data, len);
+    return 0;
+}
+
+bool Loader::start_ring(Callback cb, std::string *error)
+{
+    cb_ = std::move(cb);
+    rb_ = ring_buffer__new(bpf_map__fd(skel_->maps.events), on_record, this, nullptr);
+    if (!rb_) {
+        *error = fmt::format("cannot open the ring buffer: {}", strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+int Loader::ring_epoll_fd() const { return rb_ ? ring_buffer__epoll_fd(rb_) : -1; }
+
+int Loader::consume() { return rb_ ? ring_buffer__consume(rb_) : 0; }
+
+KernelCounters Loader::counters() const
+{
+    KernelCounters out;
+    if (!skel_)
+        return out;
+    int ncpu = libbpf_num_possible_cpus();
+    if (ncpu <= 0)
+        return out;
+    std::vector<uint64_t> vals(static_cast<size_t>(ncpu));
+    for (uint32_t idx = 0; idx < N502_CNT_MAX; idx++) {
+        if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof(idx), vals.data(), vals.size() * sizeof(uint64_t),
+                                 0) != 0)
+            continue;
+        uint64_t sum = 0;
+        for (uint64_t v : vals)
+            sum += v;
+        if (idx == N502_CNT_EMITTED)
+            out.emitted = sum;
+        else if (idx == N502_CNT_LOST)
+            out.lost = sum;
+        else if (idx == N502_CNT_MAP_FULL)
+            out.map_full = sum;
+    }
+    return out;
+}
+
+std::vector<std::pair<std::string, std::string>> Loader::preflight()
+{
+    std::vector<std::pair<std::string, std::string>> out;
+    out.emplace_back("root", geteuid() == 0 ? "yes" : "no: run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE)");
+    out.emplace_back("kernel BTF", access("/sys/kernel/btf/vmlinux", R_OK) == 0 ? "yes (/sys/kernel/btf/vmlinux)"
+                                                                               : "MISSING: CO-RE needs a kernel with BTF");
+    std::string tf;
+    bool tracefs = ensure_tracefs(&tf);
+    out.emplace_back("tracefs", tracefs ? "yes" : "MISSING: " + tf);
+    std::string lockdown = "unknown";
+    if (FILE *f = fopen("/sys/kernel/security/lockdown", "r")) {
+        char buf[128] = {};
+        if (fgets(buf, sizeof(buf), f))
+            lockdown = buf;
+        fclose(f);
+        while (!lockdown.empty() && lockdown.back() == '\n')
+            lockdown.pop_back();
+    }
+    out.emplace_back("lockdown", lockdown);
+    out.emplace_back("ring buffer", libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr) == 1
+                                        ? "yes"
+                                        : "MISSING: BPF ring buffers need Linux 5.8 or later");
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    if (vmlinux && libbpf_get_error(vmlinux))
+        vmlinux = nullptr;
+    n502_bpf *skel = n502_bpf__open();
+    if (skel) {
+        struct bpf_program *prog;
+        bpf_object__for_each_program(prog, skel->obj)
+        {
+            std::string why;
+            std::string sec = bpf_program__section_name(prog);
+            out.emplace_back("hook " + sec, hook_available(vmlinux, sec, &why) ? "yes" : "MISSING: " + why);
+        }
+        n502_bpf__destroy(skel);
+    }
+    if (vmlinux)
+        btf__free(vmlinux);
+    return out;
+}
+
+} // namespace n502

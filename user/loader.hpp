@@ -1,0 +1,74 @@
+// Loader: the BPF skeleton with RAII, in the order
+//   open -> probe features -> configure (autoload, ring size) -> load ->
+//   fill maps -> attach -> poll.
+// Every step has its own error message, turned into advice where we can.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+struct n502_bpf;
+struct ring_buffer;
+struct bpf_link;
+
+namespace n502 {
+
+struct ProbeStatus {
+    std::string program;  // handle_tcp__receive_reset
+    std::string hook;     // tp_btf/tcp_receive_reset
+    bool available = false;
+    bool attached = false;
+    std::string error;
+};
+
+struct KernelCounters {
+    uint64_t emitted = 0;
+    uint64_t lost = 0;
+    uint64_t map_full = 0;
+};
+
+struct LoaderOptions {
+    uint32_t ringbuf_bytes = 4u << 20;
+    bool verbose = false;
+};
+
+class Loader {
+public:
+    using Callback = std::function<void(const void *data, size_t len)>;
+
+    Loader();
+    ~Loader();
+    Loader(const Loader &) = delete;
+    Loader &operator=(const Loader &) = delete;
+
+    // Opens, probes every hook, and loads. On failure *error says what and why.
+    bool load(const LoaderOptions &opt, std::string *error);
+    // Attaches every available program; failures are recorded in probes().
+    bool attach(std::string *error);
+    const std::vector<ProbeStatus> &probes() const { return probes_; }
+
+    bool track_process(uint32_t pid, uint32_t role, std::string *error);
+    bool start_ring(Callback cb, std::string *error);
+    int ring_epoll_fd() const;
+    // Consumes every record available now; returns how many, or < 0 on error.
+    int consume();
+    KernelCounters counters() const;
+
+    // Preflight facts for --check.
+    static std::vector<std::pair<std::string, std::string>> preflight();
+
+private:
+    static int on_record(void *ctx, void *data, size_t len);
+
+    n502_bpf *skel_ = nullptr;
+    ring_buffer *rb_ = nullptr;
+    std::vector<bpf_link *> links_;
+    std::vector<ProbeStatus> probes_;
+    Callback cb_;
+};
+
+// Makes sure tracefs is mounted (classic tracepoints need its event ids).
+bool ensure_tracefs(std::string *error);
+
+} // namespace n502

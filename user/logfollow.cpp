@@ -1,0 +1,120 @@
+#include "logfollow.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace n502 {
+
+LogFollower::~LogFollower()
+{
+    if (fd_ >= 0)
+        ::close(fd_);
+}
+
+bool LogFollower::open(bool from_end, std::string *error)
+{
+    int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        if (error)
+            *error = fmt::format("cannot open error log {}: {}", path_, strerror(errno));
+        return false;
+    }
+    struct stat st{};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (error)
+            *error = fmt::format("error log {} is not a regular file", path_);
+        ::close(fd);
+        return false;
+    }
+    if (fd_ >= 0)
+        ::close(fd_);
+    fd_ = fd;
+    ino_ = st.st_ino;
+    dev_ = st.st_dev;
+    offset_ = from_end ? static_cast<uint64_t>(st.st_size) : 0;
+    partial_.clear();
+    partial_cut_ = false;
+    return true;
+}
+
+void LogFollower::split(const char *data, size_t n, std::vector<FollowEvent> &out)
+{
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (data[i] != '\n')
+            continue;
+        size_t take = i - start;
+        if (partial_.size() + take > max_line_) {
+            take = max_line_ > partial_.size() ? max_line_ - partial_.size() : 0;
+            partial_cut_ = true;
+        }
+        partial_.append(data + start, take);
+        FollowEvent ev;
+        ev.kind = FollowEvent::Line;
+        ev.text = std::move(partial_);
+        ev.truncated_line = partial_cut_;
+        out.push_back(std::move(ev));
+        partial_.clear();
+        partial_cut_ = false;
+        start = i + 1;
+    }
+    size_t rest = n - start;
+    if (partial_.size() + rest > max_line_) {
+        rest = max_line_ > partial_.size() ? max_line_ - partial_.size() : 0;
+        partial_cut_ = true;
+    }
+    partial_.append(data + start, rest);
+}
+
+void LogFollower::read_available(std::vector<FollowEvent> &out)
+{
+    char buf[65536];
+    for (int rounds = 0; rounds < 256; rounds++) { // at most 16 MiB per poll
+        ssize_t n = pread(fd_, buf, sizeof(buf), static_cast<off_t>(offset_));
+        if (n <= 0)
+            break;
+        offset_ += static_cast<uint64_t>(n);
+        split(buf, static_cast<size_t>(n), out);
+    }
+}
+
+std::vector<FollowEvent> LogFollower::poll()
+{
+    std::vector<FollowEvent> out;
+    if (fd_ < 0) {
+        if (!open(false, nullptr))
+            return out;
+    }
+    struct stat st{};
+    if (fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) < offset_) {
+        out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", path_)});
+        offset_ = 0;
+        partial_.clear();
+    }
+    read_available(out);
+
+    struct stat now{};
+    if (stat(path_.c_str(), &now) != 0) {
+        if (!vanished_reported_) {
+            out.push_back({FollowEvent::Vanished, fmt::format("{} was removed; still reading the open file", path_)});
+            vanished_reported_ = true;
+        }
+        return out;
+    }
+    vanished_reported_ = false;
+    if (static_cast<uint64_t>(now.st_ino) != ino_ || static_cast<uint64_t>(now.st_dev) != dev_) {
+        // Rotated: the old file is drained above; follow the new one from its start.
+        read_available(out);
+        if (open(false, nullptr)) {
+            out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", path_)});
+            read_available(out);
+        }
+    }
+    return out;
+}
+
+} // namespace n502

@@ -1,0 +1,384 @@
+#include "logline.hpp"
+
+#include <array>
+#include <ctime>
+
+namespace n502 {
+namespace {
+
+using sv = std::string_view;
+
+constexpr sv kClientKey = ", client: ";
+// Maximum number of ", client: " candidates examined per line (bounds work on hostile input).
+constexpr int kMaxCandidates = 32;
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+bool starts_with(sv s, sv p) { return s.size() >= p.size() && s.compare(0, p.size(), p) == 0; }
+bool ends_with(sv s, sv p) { return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0; }
+
+// Parses exactly `n` digits at s[pos...]; returns false if any is not a digit.
+bool fixed_digits(sv s, size_t pos, size_t n, int& out) {
+  if (pos + n > s.size()) return false;
+  int v = 0;
+  for (size_t i = 0; i < n; ++i) {
+    char c = s[pos + i];
+    if (!is_digit(c)) return false;
+    v = v * 10 + (c - '0');
+  }
+  out = v;
+  return true;
+}
+
+// Parses a run of 1..max_len digits at s[pos...]; advances pos. Rejects values above `max`.
+bool parse_uint(sv s, size_t& pos, uint64_t max, uint64_t& out, size_t max_len = 20) {
+  size_t start = pos;
+  uint64_t v = 0;
+  while (pos < s.size() && is_digit(s[pos]) && pos - start < max_len) {
+    uint64_t d = static_cast<uint64_t>(s[pos] - '0');
+    if (v > (max - d) / 10) return false;
+    v = v * 10 + d;
+    ++pos;
+  }
+  if (pos == start) return false;
+  if (pos < s.size() && is_digit(s[pos])) return false;  // too many digits
+  out = v;
+  return true;
+}
+
+bool has_space(sv s) { return s.find(' ') != sv::npos; }
+
+bool accepted_level(sv level) {
+  return level == "error" || level == "crit" || level == "alert" || level == "emerg";
+}
+
+bool known_level(sv level) {
+  static constexpr std::array<sv, 8> levels{"debug", "info", "notice", "warn",
+                                            "error", "crit", "alert", "emerg"};
+  for (sv l : levels)
+    if (l == level) return true;
+  return false;
+}
+
+struct Context {
+  sv client, server, request, subrequest, upstream, host, referrer;
+  bool has_upstream = false;
+  bool has_referrer = false;
+  bool complete = false;  // the whole remainder was consumed by well-formed fields
+};
+
+// Quoted keys in the order nginx emits them (ngx_http_log_error_handler).
+constexpr std::array<sv, 5> kQuotedKeys{"request", "subrequest", "upstream", "host", "referrer"};
+
+// Finds the end of a quoted value that starts at rest[0] (just after the opening quote).
+// The value ends at a '"' that is followed by ", <later key>: \"" or by the end of the line.
+// Returns npos if no such quote exists (truncated line).
+size_t find_quoted_end(sv rest, size_t key_index) {
+  for (size_t p = rest.find('"'); p != sv::npos; p = rest.find('"', p + 1)) {
+    if (p + 1 == rest.size()) return p;
+    sv after = rest.substr(p + 1);
+    if (!starts_with(after, ", ")) continue;
+    sv k = after.substr(2);
+    for (size_t j = key_index + 1; j < kQuotedKeys.size(); ++j) {
+      sv key = kQuotedKeys[j];
+      if (starts_with(k, key) && starts_with(k.substr(key.size()), ": \"")) return p;
+    }
+  }
+  return sv::npos;
+}
+
+// Parses the context that follows ", client: " (s starts at the client address).
+// In strict mode returns true only if every byte is accounted for by well-formed fields.
+// In lenient mode returns true if at least the client address is plausible, and fills what it can.
+bool parse_context(sv s, Context& ctx, bool strict) {
+  ctx = Context{};
+  size_t comma = s.find(", ");
+  sv client = s.substr(0, comma);
+  if (client.empty() || has_space(client) || client.size() > 256) return false;
+  ctx.client = client;
+  if (comma == sv::npos) return !strict;
+  sv rest = s.substr(comma + 2);
+  if (!starts_with(rest, "server: ")) return !strict;
+  rest.remove_prefix(8);
+  comma = rest.find(", ");
+  sv server = rest.substr(0, comma);
+  if (has_space(server)) {
+    if (strict) return false;
+    server = server.substr(0, server.find(' '));
+    ctx.server = server;
+    return true;
+  }
+  ctx.server = server;
+  if (comma == sv::npos) {
+    ctx.complete = true;
+    return true;
+  }
+  rest.remove_prefix(comma + 2);
+
+  size_t next_key = 0;
+  while (!rest.empty()) {
+    bool matched = false;
+    for (size_t i = next_key; i < kQuotedKeys.size(); ++i) {
+      sv key = kQuotedKeys[i];
+      if (!starts_with(rest, key) || !starts_with(rest.substr(key.size()), ": \"")) continue;
+      sv body = rest.substr(key.size() + 3);
+      size_t end = find_quoted_end(body, i);
+      bool trunc = end == sv::npos;
+      sv value = trunc ? body : body.substr(0, end);
+      if (strict && (trunc || ((key == "upstream" || key == "host") && has_space(value)))) return false;
+      switch (i) {
+        case 0: ctx.request = value; break;
+        case 1: ctx.subrequest = value; break;
+        case 2: ctx.upstream = value; ctx.has_upstream = true; break;
+        case 3: ctx.host = value; break;
+        default: ctx.referrer = value; ctx.has_referrer = true; break;
+      }
+      if (trunc) return true;  // lenient: line cut inside this value
+      rest = body.substr(end + 1);
+      if (rest.empty()) {
+        ctx.complete = true;
+        return true;
+      }
+      // find_quoted_end guarantees ", <key>: \"" follows.
+      rest.remove_prefix(2);
+      next_key = i + 1;
+      matched = true;
+      break;
+    }
+    if (!matched) return !strict;  // unknown or out-of-order field, or truncated key
+  }
+  ctx.complete = true;
+  return true;
+}
+
+// Splits "message, client: ..." into message and context. Chooses the first ", client: " whose
+// context parses strictly; if there is none (truncated line), the first that parses leniently.
+// Client-controlled data (request URI, Host, Referer) comes after the real context, so picking the
+// first strict candidate is robust against injection from clients.
+void split_message(sv rest, sv& message, Context& ctx, bool& found_ctx) {
+  found_ctx = false;
+  message = rest;
+  std::optional<size_t> lenient_pos;
+  Context lenient_ctx;
+  int tries = 0;
+  for (size_t p = rest.find(kClientKey); p != sv::npos && tries < kMaxCandidates;
+       p = rest.find(kClientKey, p + 1), ++tries) {
+    sv tail = rest.substr(p + kClientKey.size());
+    Context c;
+    if (parse_context(tail, c, true)) {
+      message = rest.substr(0, p);
+      ctx = c;
+      found_ctx = true;
+      return;
+    }
+    if (!lenient_pos && parse_context(tail, c, false)) {
+      lenient_pos = p;
+      lenient_ctx = c;
+    }
+  }
+  if (lenient_pos) {
+    message = rest.substr(0, *lenient_pos);
+    ctx = lenient_ctx;
+    found_ctx = true;
+  }
+}
+
+// Finds "(NNN: text)" in the nginx-generated part of the message (before any quoted data).
+void parse_errno(sv message, int& err_no, sv& err_text) {
+  sv head = message.substr(0, message.find('"'));
+  for (size_t p = head.find('('); p != sv::npos; p = head.find('(', p + 1)) {
+    size_t q = p + 1;
+    uint64_t v = 0;
+    if (!parse_uint(head, q, 100000, v, 6)) continue;
+    if (!starts_with(head.substr(q), ": ")) continue;
+    size_t close = head.find(')', q + 2);
+    if (close == sv::npos) continue;
+    err_no = static_cast<int>(v);
+    err_text = head.substr(q + 2, close - (q + 2));
+    return;
+  }
+}
+
+// "connect() to unix:/path failed (...)" -> "unix:/path"
+sv unix_path_from_message(sv message) {
+  constexpr sv pre = "connect() to unix:";
+  if (!starts_with(message, pre)) return {};
+  size_t end = message.find(" failed", pre.size());
+  if (end == sv::npos) return {};
+  constexpr size_t skip = sv("connect() to ").size();
+  return message.substr(skip, end - skip);  // keep "unix:"
+}
+
+LogKind classify(sv message, int err_no) {
+  if (starts_with(message, "no live upstreams")) return LogKind::NoLiveUpstreams;
+  if (starts_with(message, "upstream timed out")) return LogKind::Timeout;
+  if (starts_with(message, "connect() failed") || starts_with(message, "connect() to ")) {
+    if (err_no == 111) return LogKind::ConnectRefused;
+    if (err_no == 104) return LogKind::Reset;
+    return LogKind::ConnectFailed;
+  }
+  if (err_no == 104 || err_no == 32) return LogKind::Reset;
+  if (starts_with(message, "upstream prematurely closed") ||
+      starts_with(message, "peer closed connection in SSL handshake"))
+    return LogKind::PrematureClose;
+  if (starts_with(message, "upstream sent ")) return LogKind::InvalidResponse;
+  // other I/O errnos (e.g. "recv() failed (110: ...)", a kernel-level timeout -> 502) stay OtherUpstream
+  return LogKind::OtherUpstream;
+}
+
+std::optional<LogLine> parse_impl(sv line) {
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+
+  // "YYYY/MM/DD HH:MM:SS "
+  int Y, M, D, h, m, s;
+  if (line.size() < 20) return std::nullopt;
+  if (!fixed_digits(line, 0, 4, Y) || line[4] != '/' || !fixed_digits(line, 5, 2, M) || line[7] != '/' ||
+      !fixed_digits(line, 8, 2, D) || line[10] != ' ' || !fixed_digits(line, 11, 2, h) || line[13] != ':' ||
+      !fixed_digits(line, 14, 2, m) || line[16] != ':' || !fixed_digits(line, 17, 2, s) || line[19] != ' ')
+    return std::nullopt;
+  if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || s > 60) return std::nullopt;
+
+  // "[level] "
+  size_t pos = 20;
+  if (pos >= line.size() || line[pos] != '[') return std::nullopt;
+  size_t close = line.find(']', pos);
+  if (close == sv::npos || close - pos > 10) return std::nullopt;
+  sv level = line.substr(pos + 1, close - pos - 1);
+  if (!known_level(level)) return std::nullopt;
+  if (!accepted_level(level)) return std::nullopt;
+  pos = close + 1;
+  if (pos >= line.size() || line[pos] != ' ') return std::nullopt;
+  ++pos;
+
+  // "PID#TID: "
+  uint64_t pid = 0, tid = 0;
+  if (!parse_uint(line, pos, UINT32_MAX, pid)) return std::nullopt;
+  if (pos >= line.size() || line[pos] != '#') return std::nullopt;
+  ++pos;
+  if (!parse_uint(line, pos, UINT32_MAX, tid)) return std::nullopt;
+  if (!starts_with(line.substr(pos), ": ")) return std::nullopt;
+  pos += 2;
+
+  // optional "*CONN "
+  uint64_t conn = 0;
+  if (pos < line.size() && line[pos] == '*') {
+    size_t q = pos + 1;
+    if (parse_uint(line, q, UINT64_MAX, conn) && q < line.size() && line[q] == ' ') {
+      pos = q + 1;
+    } else {
+      conn = 0;
+    }
+  }
+
+  sv rest = line.substr(pos);
+  sv message;
+  Context ctx;
+  bool found_ctx = false;
+  split_message(rest, message, ctx, found_ctx);
+
+  sv phase;
+  if (size_t w = message.rfind(" while "); w != sv::npos) phase = message.substr(w + 7);
+
+  bool upstream_related = (found_ctx && ctx.has_upstream) || ends_with(phase, "upstream") ||
+                          starts_with(message, "no live upstreams") || starts_with(message, "upstream ");
+  if (!upstream_related) return std::nullopt;
+
+  LogLine out;
+  std::tm tm{};
+  tm.tm_year = Y - 1900;
+  tm.tm_mon = M - 1;
+  tm.tm_mday = D;
+  tm.tm_hour = h;
+  tm.tm_min = m;
+  tm.tm_sec = s;
+  tm.tm_isdst = -1;
+  out.wall_sec = static_cast<int64_t>(std::mktime(&tm));
+  out.level = std::string(level);
+  out.pid = static_cast<uint32_t>(pid);
+  out.tid = static_cast<uint32_t>(tid);
+  out.conn = conn;
+  out.message = std::string(message);
+  sv err_text;
+  parse_errno(message, out.err_no, err_text);
+  out.err_text = std::string(err_text);
+  out.phase = std::string(phase);
+  if (found_ctx) {
+    out.client = std::string(ctx.client);
+    out.server = std::string(ctx.server);
+    out.request = std::string(ctx.request);
+    out.upstream = std::string(ctx.upstream);
+    out.host = std::string(ctx.host);
+    out.referrer = std::string(ctx.referrer);
+  }
+  out.truncated = !found_ctx || !ctx.complete;
+  if (found_ctx && ctx.has_upstream) {
+    size_t sch = ctx.upstream.find("://");
+    if (sch != sv::npos) out.scheme = std::string(ctx.upstream.substr(0, sch));
+  }
+  sv unix_peer = unix_path_from_message(message);
+  if (!unix_peer.empty())
+    out.upstream_peer = std::string(unix_peer);
+  else if (found_ctx && ctx.has_upstream)
+    out.upstream_peer = normalise_upstream_peer(ctx.upstream);
+  out.kind = classify(message, out.err_no);
+  out.status = out.kind == LogKind::Timeout ? 504 : 502;
+  out.mid_response = phase == "reading upstream" || starts_with(message, "upstream sent no valid HTTP/1.0 header");
+  return out;
+}
+
+}  // namespace
+
+std::string normalise_upstream_peer(std::string_view up) {
+  try {
+    size_t sch = up.find("://");
+    if (sch != sv::npos) up.remove_prefix(sch + 3);
+    if (starts_with(up, "unix:")) {
+      // "unix:" PATH ":" URI, URI empty or starting with '/'.
+      for (size_t p = up.find(':', 5); p != sv::npos; p = up.find(':', p + 1)) {
+        if (p + 1 == up.size() || up[p + 1] == '/') return std::string(up.substr(0, p));
+      }
+      return std::string(up);
+    }
+    if (starts_with(up, "[")) {
+      size_t rb = up.find(']');
+      if (rb == sv::npos) return std::string(up);
+      size_t end = rb + 1;
+      if (end < up.size() && up[end] == ':') {
+        size_t q = end + 1;
+        while (q < up.size() && is_digit(up[q])) ++q;
+        end = q == end + 1 ? end : q;  // drop a trailing ':' with no port
+      }
+      return std::string(up.substr(0, end));
+    }
+    size_t end = up.find_first_of("/?");
+    sv peer = up.substr(0, end);
+    while (!peer.empty() && peer.back() == ':') peer.remove_suffix(1);
+    return std::string(peer);
+  } catch (...) {
+    return {};
+  }
+}
+
+std::optional<LogLine> parse_upstream_error(std::string_view line) {
+  try {
+    return parse_impl(line);
+  } catch (...) {  // only std::bad_alloc is possible; never propagate
+    return std::nullopt;
+  }
+}
+
+const char* to_string(LogKind k) {
+  switch (k) {
+    case LogKind::ConnectRefused: return "connect_refused";
+    case LogKind::ConnectFailed: return "connect_failed";
+    case LogKind::PrematureClose: return "premature_close";
+    case LogKind::Reset: return "reset";
+    case LogKind::Timeout: return "timeout";
+    case LogKind::NoLiveUpstreams: return "no_live_upstreams";
+    case LogKind::InvalidResponse: return "invalid_response";
+    case LogKind::OtherUpstream: return "other_upstream";
+  }
+  return "other_upstream";
+}
+
+}  // namespace n502

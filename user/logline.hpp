@@ -1,0 +1,68 @@
+#pragma once
+// Parser for Nginx error-log lines that report an upstream failure (502/504).
+//
+// Line format (nginx 1.22):
+//   YYYY/MM/DD HH:MM:SS [level] PID#TID: *CONN message, client: ADDR, server: NAME,
+//   request: "...", [subrequest: "...", ] upstream: "...", host: "...", referrer: "..."
+// All context fields after "server" are optional; nginx truncates lines at 2047 bytes,
+// so the context may be cut anywhere.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace n502 {
+
+enum class LogKind {
+  ConnectRefused,   // connect() failed (111: Connection refused) / connect() to unix:... failed (111: ...)
+  ConnectFailed,    // connect() failed with any other errno (2, 13, 11, 99, 113, ...)
+  PrematureClose,   // upstream prematurely closed connection while ... / peer closed connection in SSL handshake
+  Reset,            // recv()/readv()/writev()/send()/sendfile() failed (104: Connection reset by peer), also (32: Broken pipe)
+                    // and connect() failed (104: ...) (peer accepted, then RST before nginx's connect check)
+  Timeout,          // upstream timed out (110: Connection timed out) while ... -> 504
+  NoLiveUpstreams,  // no live upstreams while connecting to upstream
+  InvalidResponse,  // upstream sent invalid header / too big header / no valid HTTP/1.0 header / FastCGI errors, etc.
+  OtherUpstream,    // any other line that names an upstream: "...", i.e. an upstream-related error
+};
+
+struct LogLine {
+  int64_t wall_sec = 0;      // seconds since the epoch of the timestamp "2026/11/23 02:50:01", read as LOCAL time (mktime)
+  std::string level;         // "error", "crit", "warn", ...
+  uint32_t pid = 0, tid = 0; // "1235#1235"
+  uint64_t conn = 0;         // "*7" -> 7, 0 when absent
+  std::string message;       // text after "*N " up to ", client:" (or end)
+  int err_no = 0;            // 111 from "(111: Connection refused)", 0 if none
+  std::string err_text;      // "Connection refused"
+  std::string client, server, request, upstream, host; // request/upstream/host without quotes
+  std::string upstream_peer; // normalised peer: "127.0.0.1:8080", "[::1]:8080", "unix:/run/php/php-fpm.sock"
+                             // (scheme, URI and trailing ':' removed); for "no live upstreams" the upstream{} name
+  LogKind kind = LogKind::OtherUpstream;
+  int status = 502;          // 504 for Timeout, else 502
+
+  // Extras (not part of the original interface).
+  std::string scheme;        // "http", "https", "fastcgi", "uwsgi", "scgi", "grpc", "grpcs" ("" if no upstream field)
+  std::string phase;         // text after the last " while " in message, e.g. "reading response header from upstream"
+  std::string referrer;      // unquoted referrer field, if present
+  bool truncated = false;    // context fields were cut off (nginx truncates at 2047 bytes) or unparseable
+  // True when the failure happened after the response header had already been passed to the client
+  // (phase "reading upstream", or "upstream sent no valid HTTP/1.0 header", which nginx passes through
+  // as an HTTP/0.9 200 response): the client did NOT see 502/504 but a truncated/garbled 200.
+  bool mid_response = false;
+};
+
+// Parses one line of an Nginx error log (without the trailing newline; a trailing "\r" or "\n" is ignored).
+// Returns nullopt for lines that are not Nginx error-log lines at all, or that are not upstream errors
+// (e.g. "signal process started", "open() ... failed" for static files, lines without an upstream,
+// and lines of level warn/notice/info/debug such as "upstream server temporarily disabled").
+// Never throws.
+std::optional<LogLine> parse_upstream_error(std::string_view line);
+
+// "connect_refused", "connect_failed", "premature_close", "reset", "timeout", "no_live_upstreams",
+// "invalid_response", "other_upstream"
+const char* to_string(LogKind);
+
+// Normalises an upstream field value ("http://127.0.0.1:8080/x", "fastcgi://unix:/run/x.sock:",
+// "http://[::1]:8080/") to the peer ("127.0.0.1:8080", "unix:/run/x.sock", "[::1]:8080").
+std::string normalise_upstream_peer(std::string_view upstream);
+
+}  // namespace n502

@@ -1,0 +1,58 @@
+// n502trace: why did Nginx return 502? Command line only; the work is in app.cpp.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fmt/format.h>
+
+#include "app.hpp"
+#include "rules.hpp"
+
+int main(int argc, char **argv)
+{
+    n502::Options opt;
+    bool check = false;
+    bool version = false;
+    std::string causes = "\nCauses (the `cause` field):\n";
+    for (const auto &r : n502::rules())
+        causes += fmt::format("  {:<24} {}\n", r.cause, r.summary);
+
+    CLI::App app{"n502trace: explains every Nginx 502/504 from the kernel.\n\n"
+                 "It follows the error log of a running Nginx and, for each upstream error line, prints one verdict:\n"
+                 "the cause, the upstream process involved, and the kernel evidence (connects, resets, closes,\n"
+                 "signals, exits, OOM kills) with timestamps. Run it as root on the Nginx host:\n\n"
+                 "  sudo n502trace --nginx-pid $(pgrep -o nginx)          # human output until Ctrl-C\n"
+                 "  sudo n502trace --nginx-pid PID --json --duration 600 # JSON Lines for scripts\n"
+                 "  sudo n502trace --check                                # what this kernel supports\n",
+                 "n502trace"};
+    app.footer(causes + "\nJSON records: ready (once attached), verdict, warning, summary (on exit).\n"
+                        "Exit codes: 0 ok, 1 runtime failure (cannot attach, ...), 2 bad usage or input.\n");
+    app.add_option("-p,--nginx-pid", opt.nginx_pid, "PID of the Nginx master or of any worker");
+    app.add_option("--error-log", opt.error_logs,
+                   "Error log to follow (repeatable); default: found from Nginx's open files");
+    app.add_flag("--json", opt.json, "Print JSON Lines instead of text");
+    app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 4096)")
+        ->check(CLI::Range(4u, 1u << 20));
+    app.add_flag("--check", check, "Print a preflight report of what this kernel and host support, attach nothing");
+    app.add_flag("-v,--verbose", opt.verbose, "Print libbpf's messages (verifier log on load failures)");
+    app.add_flag("--version", version, "Print the version");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError &e) {
+        int rc = app.exit(e);
+        return rc == 0 ? 0 : n502::EXIT_USAGE;
+    }
+    if (version) {
+        fmt::print("n502trace {}\n", N502_VERSION);
+        return 0;
+    }
+    if (check)
+        return n502::run_check();
+    if (opt.nginx_pid == 0) {
+        fmt::print(stderr, "n502trace: error: --nginx-pid PID is required (the Nginx master or any worker; "
+                           "`pgrep -a nginx` lists them). See --help.\n");
+        return n502::EXIT_USAGE;
+    }
+    return n502::run(opt);
+}

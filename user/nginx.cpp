@@ -1,0 +1,191 @@
+#include "nginx.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <dirent.h>
+#include <fmt/format.h>
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace n502 {
+
+static std::optional<std::string> slurp(const std::string &path, size_t max = 1 << 16)
+{
+    std::ifstream f(path, std::ios::binary);
+    if (!f)
+        return std::nullopt;
+    std::string s(max, '\0');
+    f.read(s.data(), static_cast<std::streamsize>(max));
+    s.resize(static_cast<size_t>(f.gcount()));
+    return s;
+}
+
+std::optional<ProcInfo> read_proc(uint32_t pid, const std::string &root)
+{
+    auto stat = slurp(fmt::format("{}/{}/stat", root, pid));
+    if (!stat)
+        return std::nullopt;
+    // pid (comm) state ppid ...: comm may contain spaces and parentheses.
+    auto open = stat->find('(');
+    auto close = stat->rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close < open)
+        return std::nullopt;
+    ProcInfo p;
+    p.pid = pid;
+    p.comm = stat->substr(open + 1, close - open - 1);
+    std::istringstream rest(stat->substr(close + 1));
+    std::string state;
+    rest >> state >> p.ppid;
+    if (auto cmd = slurp(fmt::format("{}/{}/cmdline", root, pid))) {
+        std::replace(cmd->begin(), cmd->end(), '\0', ' ');
+        while (!cmd->empty() && cmd->back() == ' ')
+            cmd->pop_back();
+        p.cmdline = *cmd;
+    }
+    return p;
+}
+
+std::vector<uint32_t> children_of(uint32_t pid, const std::string &root)
+{
+    std::vector<uint32_t> out;
+    // /proc/PID/task/*/children lists children per thread (needs
+    // CONFIG_PROC_CHILDREN); fall back to a scan of every process.
+    bool have_children_file = false;
+    if (DIR *d = opendir(fmt::format("{}/{}/task", root, pid).c_str())) {
+        while (dirent *de = readdir(d)) {
+            if (de->d_name[0] == '.')
+                continue;
+            if (auto s = slurp(fmt::format("{}/{}/task/{}/children", root, pid, de->d_name))) {
+                have_children_file = true;
+                std::istringstream in(*s);
+                uint32_t c;
+                while (in >> c)
+                    out.push_back(c);
+            }
+        }
+        closedir(d);
+    }
+    if (!have_children_file) {
+        if (DIR *d = opendir(root.c_str())) {
+            while (dirent *de = readdir(d)) {
+                char *end = nullptr;
+                unsigned long n = strtoul(de->d_name, &end, 10);
+                if (!end || *end || n == 0 || n > UINT32_MAX)
+                    continue;
+                if (auto p = read_proc(static_cast<uint32_t>(n), root); p && p->ppid == pid)
+                    out.push_back(p->pid);
+            }
+            closedir(d);
+        }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+}
+
+static bool looks_like_nginx(const ProcInfo &p)
+{
+    return p.comm == "nginx" || p.cmdline.rfind("nginx:", 0) == 0 || p.cmdline.find("/nginx") != std::string::npos;
+}
+
+static bool is_master(const ProcInfo &p) { return p.cmdline.find("master process") != std::string::npos; }
+
+std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const std::string &root)
+{
+    auto p = read_proc(pid, root);
+    if (!p) {
+        *error = fmt::format("no process with pid {} (is Nginx running? `pgrep -a nginx` lists its pids)", pid);
+        return std::nullopt;
+    }
+    if (!looks_like_nginx(*p)) {
+        *error = fmt::format("pid {} is `{}`, not Nginx (`pgrep -a nginx` lists Nginx's pids)", pid,
+                             p->cmdline.empty() ? p->comm : p->cmdline);
+        return std::nullopt;
+    }
+    NginxInfo n;
+    if (is_master(*p)) {
+        n.master = pid;
+    } else if (auto parent = read_proc(p->ppid, root); parent && looks_like_nginx(*parent)) {
+        n.master = parent->pid;
+    } else {
+        // Single-process Nginx (master_process off) or an unusual cmdline.
+        n.master = pid;
+    }
+    n.workers = children_of(n.master, root);
+    n.error_logs = find_error_logs(n, root);
+    return n;
+}
+
+std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &root)
+{
+    std::vector<std::string> out;
+    auto add = [&](const std::string &path) {
+        if (path.empty() || path[0] != '/' || path.rfind("/dev/", 0) == 0 || path.rfind("/proc/", 0) == 0)
+            return;
+        if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0)
+            return;
+        struct stat st{};
+        if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+            return;
+        if (std::find(out.begin(), out.end(), path) == out.end())
+            out.push_back(path);
+    };
+    std::vector<uint32_t> pids = n.workers;
+    pids.push_back(n.master);
+    for (uint32_t pid : pids) {
+        std::string fddir = fmt::format("{}/{}/fd", root, pid);
+        char buf[PATH_MAX];
+        ssize_t len = readlink((fddir + "/2").c_str(), buf, sizeof(buf) - 1);
+        if (len > 0)
+            add(std::string(buf, static_cast<size_t>(len)));
+        if (DIR *d = opendir(fddir.c_str())) {
+            while (dirent *de = readdir(d)) {
+                if (de->d_name[0] == '.')
+                    continue;
+                len = readlink((fddir + "/" + de->d_name).c_str(), buf, sizeof(buf) - 1);
+                if (len <= 0)
+                    continue;
+                std::string target(buf, static_cast<size_t>(len));
+                auto slash = target.rfind('/');
+                std::string base = slash == std::string::npos ? target : target.substr(slash + 1);
+                if (base.find("error") != std::string::npos && base.find("log") != std::string::npos)
+                    add(target);
+            }
+            closedir(d);
+        }
+        if (!out.empty())
+            break; // every process of one Nginx shares its logs
+    }
+    return out;
+}
+
+std::string memory_cgroup(uint32_t pid, const std::string &root)
+{
+    auto s = slurp(fmt::format("{}/{}/cgroup", root, pid));
+    if (!s)
+        return "";
+    std::istringstream in(*s);
+    std::string line, unified;
+    while (std::getline(in, line)) {
+        // hierarchy-ID:controller-list:path
+        auto a = line.find(':');
+        auto b = a == std::string::npos ? a : line.find(':', a + 1);
+        if (b == std::string::npos)
+            continue;
+        std::string ctrls = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+        std::istringstream cs(ctrls);
+        std::string c;
+        while (std::getline(cs, c, ','))
+            if (c == "memory")
+                return path == "/" ? "" : path;
+        if (ctrls.empty())
+            unified = path;
+    }
+    return unified == "/" ? "" : unified;
+}
+
+} // namespace n502

@@ -1,0 +1,37 @@
+// Finding a running Nginx from /proc: its master, workers and error logs.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace n502 {
+
+struct NginxInfo {
+    uint32_t master = 0;
+    std::vector<uint32_t> workers; // every child of the master (workers, cache manager/loader)
+    std::vector<std::string> error_logs;
+};
+
+struct ProcInfo {
+    uint32_t pid = 0;
+    uint32_t ppid = 0;
+    std::string comm;
+    std::string cmdline; // NULs replaced by spaces
+};
+
+std::optional<ProcInfo> read_proc(uint32_t pid, const std::string &proc_root = "/proc");
+std::vector<uint32_t> children_of(uint32_t pid, const std::string &proc_root = "/proc");
+
+// Resolves PID (master or any worker). On failure returns nullopt and sets
+// *error to a message for the user.
+std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const std::string &proc_root = "/proc");
+
+// The error logs a running Nginx writes to, from its open descriptors:
+// stderr (Nginx points it at its main error log) and any open *error*log file.
+std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &proc_root = "/proc");
+
+// The memory cgroup of a process ("" when none or unknown).
+std::string memory_cgroup(uint32_t pid, const std::string &proc_root = "/proc");
+
+} // namespace n502

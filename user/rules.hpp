@@ -1,0 +1,36 @@
+// Causes. Each cause is one named rule: a predicate over the connection Nginx
+// failed on and the processes around it, which, when it holds, fills the
+// verdict's cause, explanation and evidence. Rules run in order; the first
+// that holds wins; `unknown` is the last and always holds. Adding a cause means
+// adding one entry to the table in rules.cpp.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "logline.hpp"
+#include "state.hpp"
+#include "timebase.hpp"
+#include "verdict.hpp"
+
+namespace n502 {
+
+struct RuleInput {
+    const LogLine &line;
+    const Conn *conn;      // the connection Nginx failed on, or null
+    const Proc *upstream;  // the process that held the other end, or null
+    const State &state;
+    const Timebase &tb;
+};
+
+struct Rule {
+    const char *cause;
+    const char *summary; // for --help and the README
+    bool (*apply)(const RuleInput &, Verdict &);
+};
+
+const std::vector<Rule> &rules();
+
+// What the error-log message alone suggests (the usual checklist).
+std::string log_only_cause(const LogLine &line);
+
+} // namespace n502

@@ -1,0 +1,207 @@
+#include "sinks.hpp"
+
+#include "decoder.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace n502 {
+
+std::string json_escape(const std::string &s)
+{
+    std::string out;
+    out.reserve(s.size() + 2);
+    out += '"';
+    for (unsigned char c : s) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20 || c == 0x7f)
+                out += fmt::format("\\u{:04x}", c);
+            else
+                out += static_cast<char>(c);
+        }
+    }
+    out += '"';
+    // Invalid UTF-8 from a log line must not make the line unparsable:
+    // replace bytes that do not form valid sequences.
+    std::string clean;
+    clean.reserve(out.size());
+    for (size_t i = 0; i < out.size();) {
+        unsigned char c = out[i];
+        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = n > 0 && i + n <= out.size();
+        for (size_t k = 1; ok && k < n; k++)
+            ok = (static_cast<unsigned char>(out[i + k]) >> 6) == 2;
+        if (ok) {
+            clean.append(out, i, n);
+            i += n;
+        } else {
+            clean += "\\ufffd";
+            i += 1;
+        }
+    }
+    return clean;
+}
+
+static std::string jstr(const std::string &s) { return json_escape(s); }
+
+template <typename T> static std::string jopt(const std::optional<T> &v)
+{
+    return v ? fmt::format("{}", *v) : std::string("null");
+}
+
+static std::string jarr_u32(const std::vector<uint32_t> &v)
+{
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); i++)
+        s += (i ? "," : "") + std::to_string(v[i]);
+    return s + "]";
+}
+
+static std::string jarr_str(const std::vector<std::string> &v)
+{
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); i++)
+        s += (i ? "," : "") + jstr(v[i]);
+    return s + "]";
+}
+
+static std::string ev_ts(const Timebase &tb, uint64_t ts)
+{
+    return ts ? jstr(rfc3339_utc(tb.to_real_ns(ts))) : std::string("null");
+}
+
+std::string verdict_json(const Verdict &v, const Timebase &tb)
+{
+    std::string ev = "[";
+    for (size_t i = 0; i < v.evidence.size(); i++) {
+        const Evidence &e = v.evidence[i];
+        ev += fmt::format("{}{{\"ts\":{},\"event\":{},\"pid\":{},\"comm\":{},\"detail\":{}", i ? "," : "",
+                          ev_ts(tb, e.ts), jstr(e.event), e.pid, jstr(e.comm), jstr(e.detail));
+        if (e.target_pid)
+            ev += fmt::format(",\"target_pid\":{}", *e.target_pid);
+        if (e.sig)
+            ev += fmt::format(",\"sig\":{},\"signal\":{}", *e.sig, jstr(signal_name(*e.sig)));
+        if (e.event == "exit")
+            ev += fmt::format(",\"exit_code\":{},\"exit_signal\":{}", jopt(e.exit_code), jopt(e.exit_signal));
+        if (e.error)
+            ev += fmt::format(",\"error\":{}", *e.error);
+        if (!e.from.empty())
+            ev += fmt::format(",\"from\":{},\"to\":{}", jstr(e.from), jstr(e.to));
+        ev += "}";
+    }
+    ev += "]";
+    return fmt::format(
+        "{{\"type\":\"verdict\",\"ts\":{},\"status\":{},\"nginx_pid\":{},\"nginx_conn\":{},\"upstream\":{},"
+        "\"request\":{},\"client\":{},\"server\":{},\"host\":{},\"nginx_message\":{},\"log_only_cause\":{},"
+        "\"cause\":{},\"confidence\":{},\"explanation\":{},\"upstream_pid\":{},\"upstream_comm\":{},"
+        "\"notes\":{},\"evidence\":{}}}",
+        jstr(rfc3339_utc(v.ts_real_ns)), v.status, v.nginx_pid, v.nginx_conn, jstr(v.upstream), jstr(v.request),
+        jstr(v.client), jstr(v.server), jstr(v.host), jstr(v.nginx_message), jstr(v.log_only_cause), jstr(v.cause),
+        jstr(v.confidence), jstr(v.explanation), jopt(v.upstream_pid),
+        v.upstream_pid ? jstr(v.upstream_comm) : std::string("null"), jarr_str(v.notes), ev);
+}
+
+void JsonSink::emit(const std::string &line)
+{
+    fputs(line.c_str(), out_);
+    fputc('\n', out_);
+    fflush(out_);
+}
+
+void JsonSink::ready(const ReadyInfo &r)
+{
+    emit(fmt::format("{{\"type\":\"ready\",\"ts\":{},\"version\":{},\"nginx_pid\":{},\"workers\":{},"
+                     "\"error_logs\":{},\"probes\":{},\"probes_failed\":{},\"attach_ms\":{}}}",
+                     jstr(rfc3339_utc(real_now_ns())), jstr(N502_VERSION), r.nginx_pid, jarr_u32(r.workers),
+                     jarr_str(r.error_logs), jarr_str(r.probes), jarr_str(r.probes_failed), r.attach_ms));
+}
+
+void JsonSink::verdict(const Verdict &v) { emit(verdict_json(v, tb_)); }
+
+void JsonSink::warning(const Warning &w)
+{
+    emit(fmt::format("{{\"type\":\"warning\",\"ts\":{},\"code\":{},\"message\":{},\"count\":{}}}",
+                     jstr(rfc3339_utc(real_now_ns())), jstr(w.code), jstr(w.message), w.count));
+}
+
+static std::string jmap(const std::map<std::string, uint64_t> &m)
+{
+    std::string s = "{";
+    bool first = true;
+    for (const auto &[k, v] : m) {
+        s += fmt::format("{}{}:{}", first ? "" : ",", jstr(k), v);
+        first = false;
+    }
+    return s + "}";
+}
+
+void JsonSink::summary(const Summary &s)
+{
+    emit(fmt::format("{{\"type\":\"summary\",\"ts\":{},\"duration_s\":{:.3f},\"verdicts\":{},\"by_cause\":{},"
+                     "\"by_upstream\":{},\"log_lines\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
+                     "\"map_full\":{}}}",
+                     jstr(rfc3339_utc(real_now_ns())), s.duration_s, s.verdicts, jmap(s.by_cause),
+                     jmap(s.by_upstream), s.log_lines, s.events, s.events_lost, s.events_malformed, s.map_full));
+}
+
+// ---------------------------------------------------------------------------
+
+void TextSink::ready(const ReadyInfo &r)
+{
+    std::string workers;
+    for (size_t i = 0; i < r.workers.size(); i++)
+        workers += (i ? " " : "") + std::to_string(r.workers[i]);
+    fmt::print(out_, "n502trace: ready: watching nginx master {} (workers {}), following {}; {} probes attached in {} ms\n",
+               r.nginx_pid, workers, fmt::format("{}", fmt::join(r.error_logs, ", ")), r.probes.size(), r.attach_ms);
+    for (const auto &f : r.probes_failed)
+        fmt::print(out_, "n502trace: warning: probe not attached: {}\n", f);
+    fflush(out_);
+}
+
+void TextSink::verdict(const Verdict &v)
+{
+    std::string up = v.upstream_pid ? fmt::format("pid {} ({})", *v.upstream_pid, v.upstream_comm) : "-";
+    fmt::print(out_, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", v.status, clock_local(v.ts_real_ns),
+               v.request.empty() ? "-" : v.request, v.client.empty() ? "-" : v.client, v.upstream, v.cause,
+               v.confidence);
+    fmt::print(out_, "    {}\n", v.explanation);
+    fmt::print(out_, "    nginx (worker {}, *{}): {}\n", v.nginx_pid, v.nginx_conn, v.nginx_message);
+    if (v.log_only_cause != v.cause)
+        fmt::print(out_, "    the log alone would suggest: {}\n", v.log_only_cause);
+    for (const auto &n : v.notes)
+        fmt::print(out_, "    note: {}\n", n);
+    for (const auto &e : v.evidence) {
+        std::string ts = e.ts ? clock_local(tb_.to_real_ns(e.ts)) : std::string("(before start)  ");
+        std::string actor = e.comm.empty() ? fmt::format("pid {}", e.pid) : fmt::format("pid {} ({})", e.pid, e.comm);
+        fmt::print(out_, "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, e.detail);
+    }
+    fputc('\n', out_);
+    fflush(out_);
+}
+
+void TextSink::warning(const Warning &w)
+{
+    fmt::print(out_, "n502trace: warning: {}\n", w.message);
+    fflush(out_);
+}
+
+void TextSink::summary(const Summary &s)
+{
+    fmt::print(out_, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines\n", s.duration_s,
+               s.verdicts, s.log_lines);
+    for (const auto &[k, v] : s.by_cause)
+        fmt::print(out_, "    cause    {:<28} {}\n", k, v);
+    for (const auto &[k, v] : s.by_upstream)
+        fmt::print(out_, "    upstream {:<28} {}\n", k, v);
+    fmt::print(out_, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
+               s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
+    fflush(out_);
+}
+
+} // namespace n502

@@ -1,0 +1,83 @@
+// Sinks: render records for people (text) or programs (JSON Lines).
+// Every record is written whole and flushed at once.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "timebase.hpp"
+#include "verdict.hpp"
+
+namespace n502 {
+
+struct ReadyInfo {
+    uint32_t nginx_pid = 0;
+    std::vector<uint32_t> workers;
+    std::vector<std::string> error_logs;
+    std::vector<std::string> probes;        // attached programs
+    std::vector<std::string> probes_failed; // "name: reason"
+    uint64_t attach_ms = 0;
+};
+
+struct Summary {
+    std::map<std::string, uint64_t> by_cause;
+    std::map<std::string, uint64_t> by_upstream;
+    uint64_t verdicts = 0;
+    uint64_t events = 0;
+    uint64_t events_lost = 0;
+    uint64_t events_malformed = 0;
+    uint64_t map_full = 0;
+    uint64_t log_lines = 0;
+    double duration_s = 0;
+};
+
+struct Warning {
+    std::string code;    // events_lost, probe_missing, nginx_gone, log_unreadable, ...
+    std::string message;
+    uint64_t count = 0;
+};
+
+class Sink {
+public:
+    virtual ~Sink() = default;
+    virtual void ready(const ReadyInfo &) = 0;
+    virtual void verdict(const Verdict &) = 0;
+    virtual void warning(const Warning &) = 0;
+    virtual void summary(const Summary &) = 0;
+};
+
+class JsonSink : public Sink {
+public:
+    JsonSink(FILE *out, Timebase tb) : out_(out), tb_(tb) {}
+    void ready(const ReadyInfo &) override;
+    void verdict(const Verdict &) override;
+    void warning(const Warning &) override;
+    void summary(const Summary &) override;
+    void set_timebase(Timebase tb) { tb_ = tb; }
+
+private:
+    void emit(const std::string &line);
+    FILE *out_;
+    Timebase tb_;
+};
+
+class TextSink : public Sink {
+public:
+    TextSink(FILE *out, Timebase tb) : out_(out), tb_(tb) {}
+    void ready(const ReadyInfo &) override;
+    void verdict(const Verdict &) override;
+    void warning(const Warning &) override;
+    void summary(const Summary &) override;
+    void set_timebase(Timebase tb) { tb_ = tb; }
+
+private:
+    FILE *out_;
+    Timebase tb_;
+};
+
+std::string json_escape(const std::string &s);
+std::string verdict_json(const Verdict &v, const Timebase &tb);
+
+} // namespace n502

@@ -1,0 +1,141 @@
+// State: what the kernel events say about processes, sockets, connections
+// and listeners. Fed in event order; bounded in memory (old finished records
+// are dropped first and counted).
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "decoder.hpp"
+#include "verdict.hpp"
+
+namespace n502 {
+
+struct SignalRec {
+    uint64_t ts = 0;
+    int sig = 0;
+    int code = 0;
+    int result = 0;
+    uint32_t sender = 0;
+    std::string sender_comm;
+};
+
+struct ExitRec {
+    uint64_t ts = 0;
+    int status = 0; // wait status
+    bool signaled() const { return (status & 0x7f) != 0; }
+    int signal() const { return status & 0x7f; }
+    int code() const { return (status >> 8) & 0xff; }
+    bool core() const { return (status & 0x80) != 0; }
+};
+
+struct Proc {
+    uint32_t pid = 0;
+    std::string comm;
+    uint32_t role = 0;
+    uint32_t parent = 0;
+    uint64_t first_seen = 0;
+    std::vector<SignalRec> signals; // last few, oldest first
+    std::optional<uint64_t> oom_ts;
+    std::optional<ExitRec> exit;
+    std::string cgroup;       // memory cgroup, looked up once from /proc when first seen
+    bool facts_read = false;
+};
+
+// One Nginx -> upstream connection, from Nginx's socket.
+struct Conn {
+    uint64_t id = 0;
+    uint64_t sk = 0;
+    uint32_t nginx_pid = 0;
+    std::string nginx_comm;
+    Addr dst, src;
+    uint64_t t_first = 0, t_last = 0;
+    bool have_connect = false;
+    int connect_ret = 0;
+    int error = 0;                       // errno that failed the connection (from connect() or sk_err)
+    std::optional<uint64_t> t_established, t_refused, t_rst_recv, t_fin_recv, t_closed, t_nginx_close;
+    uint64_t up_sk = 0;
+    uint32_t up_pid = 0;
+    std::string up_comm;
+    std::optional<uint64_t> t_accept, t_up_close, t_up_fin, t_up_abort, t_up_rst_sent;
+    uint32_t up_close_pid = 0;
+    std::vector<Evidence> timeline;
+    bool claimed = false;
+
+    bool failed() const { return t_refused || t_rst_recv || t_fin_recv || t_closed || (have_connect && error); }
+    // When Nginx's side saw the failure (the earliest sign), or 0.
+    uint64_t failure_ts() const;
+};
+
+struct Listener {
+    Addr addr;
+    uint64_t sk = 0;
+    uint32_t pid = 0;
+    std::string comm;
+    int backlog = 0;
+    uint64_t t_listen = 0;              // 0: was listening before n502trace started
+    std::optional<uint64_t> t_unlisten;
+    uint32_t unlisten_pid = 0;
+    std::string unlisten_comm;
+};
+
+struct StateLimits {
+    size_t max_finished_conns = 4096;
+    size_t max_dead_procs = 4096;
+    size_t max_listeners_per_addr = 4;
+};
+
+struct StateStats {
+    uint64_t events = 0;
+    uint64_t conns = 0;
+    uint64_t conns_dropped = 0;
+    uint64_t procs_dropped = 0;
+};
+
+class State {
+public:
+    explicit State(StateLimits limits = {}) : limits_(limits) {}
+
+    void apply(const Event &e);
+
+    // Facts learned outside the event stream (start-up scans).
+    void add_process(uint32_t pid, uint32_t role, std::string comm, uint32_t parent = 0);
+    void add_listener(const Addr &a, uint32_t pid, std::string comm, uint64_t sk = 0);
+
+    Proc *proc(uint32_t pid);
+    const Proc *proc(uint32_t pid) const;
+    // Connections (live and recently finished) of an Nginx worker to an upstream, newest last.
+    std::vector<Conn *> conns_to(uint32_t nginx_pid, const std::string &upstream);
+    // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
+    std::vector<const Listener *> listeners_on(const Addr &a) const;
+    std::vector<uint32_t> nginx_pids() const;
+    const StateStats &stats() const { return stats_; }
+
+private:
+    Conn &conn_for(uint64_t sk, uint64_t ts, uint32_t owner);
+    Conn *live_conn(uint64_t sk);
+    Conn *conn_by_up_sk(uint64_t up_sk);
+    void finish(uint64_t sk);
+    Proc &proc_or_new(uint32_t pid, uint64_t ts);
+    void add_evidence(Conn &c, Evidence ev);
+    void trim();
+
+    StateLimits limits_;
+    StateStats stats_;
+    uint64_t next_id_ = 1;
+    std::unordered_map<uint64_t, std::unique_ptr<Conn>> live_;   // Nginx sk -> connection
+    std::deque<std::unique_ptr<Conn>> finished_;                 // oldest first
+    std::unordered_map<uint64_t, Conn *> by_up_sk_;              // upstream's sk -> connection
+    std::unordered_map<uint64_t, uint64_t> unix_peer_;           // server-side unix sk -> Nginx sk
+    std::unordered_map<uint32_t, Proc> procs_;
+    std::deque<uint32_t> dead_order_;
+    std::map<std::string, std::vector<Listener>> listeners_;     // addr string -> history
+    std::unordered_map<uint64_t, std::string> listener_sk_;      // listener sk -> addr key
+};
+
+} // namespace n502

@@ -1,0 +1,44 @@
+// What n502trace concludes for one Nginx upstream error, and the kernel
+// evidence it rests on. Sinks (text, JSON) render this and nothing else.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace n502 {
+
+struct Evidence {
+    uint64_t ts = 0;          // CLOCK_BOOTTIME ns (0: not from the kernel)
+    std::string event;        // connect, accept, close, state, rst_received, rst_sent, signal, exit, oom_kill, listen, unlisten, fork
+    uint32_t pid = 0;         // the actor: who did it (socket owner for softirq events)
+    std::string comm;
+    std::string detail;       // one human sentence fragment
+    // Machine-readable extras; absent when not meaningful for the event.
+    std::optional<uint32_t> target_pid;
+    std::optional<int> sig;
+    std::optional<int> exit_code;
+    std::optional<int> exit_signal;
+    std::optional<int> error;
+    std::string from, to;     // state changes
+};
+
+struct Verdict {
+    int64_t ts_real_ns = 0;   // when the verdict was made
+    int status = 502;
+    uint32_t nginx_pid = 0;
+    uint64_t nginx_conn = 0;  // Nginx's "*N" connection number
+    std::string upstream;     // "127.0.0.1:8080", "[::1]:8080", "unix:/path"
+    std::string request, client, server, host;
+    std::string nginx_message;
+    std::string log_only_cause; // what the message alone suggests
+    std::string cause;
+    std::string confidence;   // high | medium | low
+    std::string explanation;  // one sentence
+    std::optional<uint32_t> upstream_pid;
+    std::string upstream_comm;
+    std::vector<Evidence> evidence; // sorted by ts
+    std::vector<std::string> notes; // e.g. "events were lost while this connection lived"
+};
+
+} // namespace n502
