@@ -173,12 +173,13 @@ static __always_inline void read_inet_addrs(const struct sock *sk, struct n502_a
 	dst->family = family;
 	src->port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	dst->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	/* Explicit sizes: BPF_CORE_READ_INTO would take sizeof(*addr), one byte. */
 	if (family == N502_AF_INET) {
-		BPF_CORE_READ_INTO(src->addr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(dst->addr, sk, __sk_common.skc_daddr);
+		bpf_core_read(src->addr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(dst->addr, 4, &sk->__sk_common.skc_daddr);
 	} else if (family == N502_AF_INET6) {
-		BPF_CORE_READ_INTO(src->addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(dst->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		bpf_core_read(src->addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(dst->addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 }
 

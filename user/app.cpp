@@ -138,6 +138,11 @@ int run(const Options &opt)
                     sink->warning({"event_malformed", "malformed kernel event: " + why, 1});
                 return;
             }
+            if (opt.dump_events)
+                fmt::print(stderr, "event {} ts={} tgid={} comm={} sk={:#x} peer={:#x} ret={} src={} dst={} {}->{} err={} role={} owner={} dir={} target={} sig={} code={} exit={:#x}\n",
+                           event_type_name(ev->type), ev->ts, ev->tgid, ev->comm, ev->sk, ev->peer_sk, ev->ret,
+                           ev->src.str(), ev->dst.str(), ev->oldstate, ev->newstate, ev->sk_err, ev->sock_role,
+                           ev->owner, ev->dir, ev->target, ev->sig, ev->code, ev->exit_code);
             state.apply(*ev);
             if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN) {
                 if (Proc *p = state.proc(ev->tgid); p && !p->facts_read) {

@@ -14,6 +14,7 @@ struct Options {
     double duration_s = 0; // 0: until SIGINT/SIGTERM
     uint32_t ringbuf_kb = 4096;
     bool verbose = false;
+    bool dump_events = false; // print every kernel event to stderr (debugging)
     uint32_t grace_ms = 300; // how long a log line waits for its kernel evidence
 };
 

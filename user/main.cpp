@@ -36,6 +36,7 @@ int main(int argc, char **argv)
     app.add_flag("--check", check, "Print a preflight report of what this kernel and host support, attach nothing");
     app.add_flag("-v,--verbose", opt.verbose, "Print libbpf's messages (verifier log on load failures)");
     app.add_flag("--version", version, "Print the version");
+    app.add_flag("--dump-events", opt.dump_events, "Print every kernel event to stderr (for debugging)");
 
     try {
         app.parse(argc, argv);

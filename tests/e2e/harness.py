@@ -538,6 +538,8 @@ class Tool:
         argv = [self.binary, "--nginx-pid", str(self.master_pid)]
         if self.json_mode:
             argv.append("--json")
+        # Debugging aid: N502_EXTRA_ARGS="--dump-events" puts every kernel event in the stderr file.
+        argv += os.environ.get("N502_EXTRA_ARGS", "").split()
         self.err = open(self.errpath, "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err)
         self.out = LineCollector(self.proc.stdout, "n502trace", parse_json=self.json_mode)
