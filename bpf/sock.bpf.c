@@ -38,6 +38,11 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 
 	if (!s)
 		return 0;
+	if (s->role & N502_SOCK_CLOSED) {
+		/* A closed socket's memory now serves a new socket: forget it. */
+		bpf_map_delete_elem(&socks, &key);
+		return 0;
+	}
 	emit_state(sk, s, oldstate, newstate);
 
 	if (s->role == N502_SOCK_NGINX && newstate == N502_TCP_ESTABLISHED) {
@@ -60,7 +65,14 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 			tuple_from_addrs(&t, &src, &dst);
 			bpf_map_delete_elem(&tuples, &t);
 		}
-		bpf_map_delete_elem(&socks, &key);
+		/* An abortive close (SO_LINGER 0, unread data) moves to CLOSE
+		 * first and sends its RST right after: keep the entry, flagged,
+		 * for that RST. The reset handler or the next life of this
+		 * address removes it. */
+		if (s->role == N502_SOCK_LISTENER)
+			bpf_map_delete_elem(&socks, &key);
+		else
+			s->role |= N502_SOCK_CLOSED;
 	}
 	return 0;
 }
@@ -76,13 +88,19 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 	s = bpf_map_lookup_elem(&socks, &key);
 	if (!s)
 		return;
+	if (s->role & N502_SOCK_CLOSED) {
+		int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		bpf_map_delete_elem(&socks, &key);
+		if (state != N502_TCP_CLOSE)
+			return; /* not the socket we tracked any more */
+	}
 	e = reserve(sizeof(*e), N502_EV_RESET);
 	if (!e)
 		return;
 	e->sk = key;
 	e->dir = dir;
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	e->sock_role = s->role;
+	e->sock_role = s->role & ~N502_SOCK_CLOSED;
 	e->_pad = 0;
 	e->owner_tgid = s->owner_tgid;
 	read_inet_addrs(sk, &e->src, &e->dst);

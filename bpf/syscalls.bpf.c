@@ -190,7 +190,7 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	key = (__u64)BPF_CORE_READ(sock, sk);
 	s = bpf_map_lookup_elem(&socks, &key);
-	if (!s)
+	if (!s || (s->role & N502_SOCK_CLOSED))
 		return 0;
 
 	struct n502_close_event *e = reserve(sizeof(*e), N502_EV_CLOSE);

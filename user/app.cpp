@@ -144,10 +144,21 @@ int run(const Options &opt)
                            ev->src.str(), ev->dst.str(), ev->oldstate, ev->newstate, ev->sk_err, ev->sock_role,
                            ev->owner, ev->dir, ev->target, ev->sig, ev->code, ev->exit_code);
             state.apply(*ev);
+            if (ev->type == N502_EV_OOM) {
+                // Read now: the victim may have moved cgroups since we first saw it.
+                if (Proc *p = state.proc(ev->target)) {
+                    std::string cg = memory_cgroup(ev->target);
+                    if (!cg.empty()) {
+                        p->cgroup = cg;
+                        p->memory_limit = memory_limit(cg);
+                    }
+                }
+            }
             if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN) {
                 if (Proc *p = state.proc(ev->tgid); p && !p->facts_read) {
                     p->facts_read = true;
                     p->cgroup = memory_cgroup(ev->tgid);
+                    p->memory_limit = memory_limit(p->cgroup);
                 }
             }
         },

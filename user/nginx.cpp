@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <dirent.h>
 #include <fmt/format.h>
@@ -186,6 +187,25 @@ std::string memory_cgroup(uint32_t pid, const std::string &root)
             unified = path;
     }
     return unified == "/" ? "" : unified;
+}
+
+uint64_t memory_limit(const std::string &cg, const std::string &root)
+{
+    if (cg.empty())
+        return 0;
+    for (const std::string &f : {root + "/memory" + cg + "/memory.limit_in_bytes", root + "/unified" + cg + "/memory.max",
+                                 root + cg + "/memory.max"}) {
+        auto s = slurp(f, 64);
+        if (!s)
+            continue;
+        char *end = nullptr;
+        unsigned long long v = strtoull(s->c_str(), &end, 10);
+        if (end == s->c_str())
+            return 0; // "max"
+        // v1 reports "unlimited" as a huge page-rounded number.
+        return v >= (1ULL << 62) ? 0 : static_cast<uint64_t>(v);
+    }
+    return 0;
 }
 
 } // namespace n502

@@ -34,4 +34,8 @@ std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &
 // The memory cgroup of a process ("" when none or unknown).
 std::string memory_cgroup(uint32_t pid, const std::string &proc_root = "/proc");
 
+// The memory limit of a memory cgroup path (v1 memory.limit_in_bytes or v2
+// memory.max) in bytes; 0 when unlimited or unknown.
+uint64_t memory_limit(const std::string &cgroup_path, const std::string &cgroup_root = "/sys/fs/cgroup");
+
 } // namespace n502

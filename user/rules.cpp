@@ -75,8 +75,10 @@ Evidence oom_evidence(const Proc &p)
     ev.pid = p.pid;
     ev.comm = p.comm;
     ev.detail = p.cgroup.empty() ? fmt::format("the OOM killer chose {}", who(p.pid, p.comm))
-                                 : fmt::format("the OOM killer chose {} in memory cgroup {}", who(p.pid, p.comm),
-                                               p.cgroup);
+                                 : fmt::format("the OOM killer chose {} in memory cgroup {}{}", who(p.pid, p.comm),
+                                               p.cgroup,
+                                               p.memory_limit ? fmt::format(" (limit {} MiB)", p.memory_limit >> 20)
+                                                              : std::string());
     return ev;
 }
 
@@ -215,9 +217,12 @@ bool rule_oom_killed(const RuleInput &in, Verdict &v)
         if (s.ts >= *p.oom_ts && s.ts <= p.exit->ts)
             v.evidence.push_back(signal_evidence(p, s));
     v.evidence.push_back(exit_evidence(p));
+    std::string where;
+    if (!p.cgroup.empty())
+        where = p.memory_limit ? fmt::format(" in memory cgroup {} (limit {} MiB)", p.cgroup, p.memory_limit >> 20)
+                               : fmt::format(" in memory cgroup {}", p.cgroup);
     v.explanation = fmt::format("Upstream {} was OOM-killed at {}{} while it held Nginx's connection.",
-                                who(p.pid, p.comm), at(in, *p.oom_ts),
-                                p.cgroup.empty() ? "" : fmt::format(" (memory cgroup {})", p.cgroup));
+                                who(p.pid, p.comm), at(in, *p.oom_ts), where);
     return true;
 }
 

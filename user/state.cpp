@@ -271,9 +271,9 @@ void State::apply(const Event &e)
             } else {
                 ev.detail = fmt::format("the upstream's socket {} -> {}", ev.from, ev.to);
             }
+            // The mapping stays after CLOSE: an abortive close sends its RST
+            // after the state change. A new accept on this address replaces it.
             add_evidence(*c, std::move(ev));
-            if (e.newstate == TCP_CLOSE_)
-                by_up_sk_.erase(e.sk);
         }
         break;
     }

@@ -44,6 +44,7 @@ struct Proc {
     std::optional<uint64_t> oom_ts;
     std::optional<ExitRec> exit;
     std::string cgroup;       // memory cgroup, looked up once from /proc when first seen
+    uint64_t memory_limit = 0; // bytes, 0 when unlimited or unknown
     bool facts_read = false;
 };
 

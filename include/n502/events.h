@@ -49,6 +49,9 @@ enum n502_sock_role {
 	N502_SOCK_NGINX = 1,    /* Nginx's end of an upstream connection */
 	N502_SOCK_UPSTREAM = 2, /* the upstream's end, owned by the accepting process */
 	N502_SOCK_LISTENER = 3, /* a TCP listening socket */
+	/* Flag in the socks map only (never in events): the socket reached
+	 * TCP_CLOSE but may still send the RST of an abortive close. */
+	N502_SOCK_CLOSED = 0x8000,
 };
 
 enum n502_reset_dir {

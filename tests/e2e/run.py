@@ -318,6 +318,11 @@ def run_one(name, binary, use_tool, keep=False):
         errors.append("took %.1fs (limit %.0fs)" % (elapsed, TIME_LIMIT))
     if errors:
         report_failure(name, s, h, "\n  ".join(errors))
+    elif use_tool and s.tool is not None:
+        # Show what was asserted on, so a CI log tells what the tool said.
+        for v in s.tool.records("verdict"):
+            print("[e2e] verdict: cause=%s upstream_pid=%s: %s" % (v.get("cause"), v.get("upstream_pid"),
+                                                                  v.get("explanation")))
     h.remove_dir()
     print("%s %s (%.1fs)%s" % ("FAIL" if errors else "PASS", name, elapsed, "" if use_tool else " [no-tool]"))
     sys.stdout.flush()

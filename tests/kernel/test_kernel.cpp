@@ -1,0 +1,369 @@
+// Kernel tests: the real BPF skeleton, loaded and attached, observing real
+// syscalls made by this test and its children. Only events of our own pids
+// are looked at: the rest of the machine makes the same syscalls. Needs root.
+#include <arpa/inet.h>
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <functional>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+#include "decoder.hpp"
+#include "loader.hpp"
+#include "n502/events.h"
+#include "timebase.hpp"
+
+using namespace n502;
+
+namespace {
+
+struct Kernel {
+    Loader loader;
+    std::vector<Event> events;
+    bool ok = false;
+    std::string error;
+
+    Kernel()
+    {
+        LoaderOptions opt;
+        opt.ringbuf_bytes = 1u << 20;
+        if (!loader.load(opt, &error) || !loader.attach(&error))
+            return;
+        if (!loader.track_process(static_cast<uint32_t>(getpid()), N502_PROC_NGINX, &error))
+            return;
+        ok = loader.start_ring(
+            [this](const void *d, size_t n) {
+                if (auto e = decode(d, n))
+                    events.push_back(*e);
+            },
+            &error);
+    }
+
+    // Drains events until pred holds for one of ours, or 5 s pass.
+    const Event *wait_for(const std::function<bool(const Event &)> &pred)
+    {
+        uint64_t deadline = boot_now_ns() + 5'000'000'000ULL;
+        size_t seen = 0;
+        for (;;) {
+            loader.consume();
+            for (; seen < events.size(); seen++)
+                if (pred(events[seen]))
+                    return &events[seen];
+            if (boot_now_ns() > deadline)
+                return nullptr;
+            pollfd p{loader.ring_epoll_fd(), POLLIN, 0};
+            poll(&p, 1, 50);
+        }
+    }
+};
+
+Kernel &kernel()
+{
+    static Kernel k;
+    if (!k.ok)
+        FAIL("loading the BPF programs failed: " << k.error);
+    return k;
+}
+
+uint32_t self() { return static_cast<uint32_t>(getpid()); }
+
+// A listening TCP socket on 127.0.0.1, ephemeral port.
+int tcp_listener(uint16_t *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+    REQUIRE(listen(fd, 16) == 0);
+    socklen_t len = sizeof(a);
+    getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+int tcp_connect(uint16_t port, bool nonblock)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | (nonblock ? SOCK_NONBLOCK : 0), 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof(a));
+    return fd;
+}
+
+// Forks a child that runs fn (then _exit(0)); a pipe tells when it is ready.
+pid_t child(const std::function<void(int ready_fd)> &fn, int *ready_read)
+{
+    int p[2];
+    REQUIRE(pipe(p) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        fn(p[1]);
+        _exit(0);
+    }
+    close(p[1]);
+    *ready_read = p[0];
+    return pid;
+}
+
+void wait_ready(int fd)
+{
+    char c;
+    REQUIRE(read(fd, &c, 1) == 1);
+}
+
+} // namespace
+
+TEST_CASE("TCP connect, listen and accept are attributed to their processes", "[kernel]")
+{
+    Kernel &k = kernel();
+    uint16_t port = 0;
+    int rd;
+    pid_t up = child(
+        [&](int ready) {
+            int l = tcp_listener(&port);
+            (void)!write(ready, &port, sizeof(port));
+            int c = accept(l, nullptr, nullptr);
+            char buf[16];
+            (void)!read(c, buf, sizeof(buf)); // until the parent closes
+            close(c);
+        },
+        &rd);
+    REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
+    uint32_t upid = static_cast<uint32_t>(up);
+
+    const Event *l = k.wait_for([&](const Event &e) { return e.type == N502_EV_LISTEN && e.tgid == upid; });
+    REQUIRE(l);
+    CHECK(l->src.port == port);
+    CHECK(l->backlog == 16);
+
+    int fd = tcp_connect(port, false);
+    const Event *c = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self(); });
+    REQUIRE(c);
+    CHECK(c->ret == 0);
+    CHECK(c->dst.str() == "127.0.0.1:" + std::to_string(port));
+    uint64_t sk = c->sk;
+    const Event *est = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_STATE && e.sk == sk && e.newstate == 1 /* ESTABLISHED */;
+    });
+    REQUIRE(est);
+    CHECK(est->owner == self());
+    CHECK(est->sock_role == N502_SOCK_NGINX);
+    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.tgid == upid; });
+    REQUIRE(acc);
+    CHECK(acc->peer_sk == sk);
+    CHECK(acc->src.port == port);
+
+    close(fd);
+    int status;
+    waitpid(up, &status, 0);
+    // The upstream's close of its end is seen, attributed to it.
+    const Event *cl = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_CLOSE && e.tgid == upid && e.sock_role == N502_SOCK_UPSTREAM;
+    });
+    CHECK(cl);
+    close(rd);
+}
+
+TEST_CASE("a refused non-blocking connect shows ECONNREFUSED at SYN_SENT -> CLOSE", "[kernel]")
+{
+    Kernel &k = kernel();
+    uint16_t port = 0;
+    int l = tcp_listener(&port);
+    close(l); // nothing listens there now
+    int fd = tcp_connect(port, true);
+    const Event *c = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self() &&
+                                                             e.dst.port == port; });
+    REQUIRE(c);
+    uint64_t sk = c->sk;
+    const Event *st = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_STATE && e.sk == sk && e.oldstate == 2 && e.newstate == 7;
+    });
+    REQUIRE(st);
+    CHECK(st->sk_err == ECONNREFUSED);
+    CHECK(st->owner == self());
+    const Event *r = k.wait_for([&](const Event &e) { return e.type == N502_EV_RESET && e.sk == sk; });
+    REQUIRE(r);
+    CHECK(r->dir == N502_RST_RECEIVED);
+    close(fd);
+}
+
+TEST_CASE("an abortive close (SO_LINGER 0) is a RST seen on both ends", "[kernel]")
+{
+    Kernel &k = kernel();
+    uint16_t port = 0;
+    int rd;
+    pid_t up = child(
+        [&](int ready) {
+            int l = tcp_listener(&port);
+            (void)!write(ready, &port, sizeof(port));
+            int c = accept(l, nullptr, nullptr);
+            linger lg{1, 0};
+            setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            close(c);
+            pause();
+        },
+        &rd);
+    REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
+    int fd = tcp_connect(port, false);
+    uint32_t upid = static_cast<uint32_t>(up);
+    const Event *c = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self() &&
+                                                             e.dst.port == port; });
+    REQUIRE(c);
+    uint64_t sk = c->sk;
+    const Event *r = k.wait_for([&](const Event &e) { return e.type == N502_EV_RESET && e.sk == sk; });
+    REQUIRE(r);
+    CHECK(r->dir == N502_RST_RECEIVED);
+    CHECK(r->owner == self());
+    const Event *s = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_RESET && e.owner == upid && e.dir == N502_RST_SENT;
+    });
+    CHECK(s);
+    kill(up, SIGKILL);
+    int status;
+    waitpid(up, &status, 0);
+    close(fd);
+    close(rd);
+}
+
+TEST_CASE("signals to tracked processes name the sender; exits carry the wait status", "[kernel]")
+{
+    Kernel &k = kernel();
+    int rd;
+    pid_t a = child([](int ready) { (void)!write(ready, "x", 1); pause(); }, &rd);
+    wait_ready(rd);
+    close(rd);
+    uint32_t apid = static_cast<uint32_t>(a);
+    // Forked from a tracked (Nginx-role) process: tracked through fork.
+    const Event *f = k.wait_for([&](const Event &e) { return e.type == N502_EV_FORK && e.target == apid; });
+    REQUIRE(f);
+    CHECK(f->tgid == self());
+    CHECK(f->role == N502_PROC_NGINX);
+
+    kill(a, SIGKILL);
+    int status;
+    waitpid(a, &status, 0);
+    const Event *s = k.wait_for([&](const Event &e) { return e.type == N502_EV_SIGNAL && e.target == apid; });
+    REQUIRE(s);
+    CHECK(s->sig == SIGKILL);
+    CHECK(s->tgid == self());
+    CHECK(s->code == 0); // SI_USER
+    const Event *x = k.wait_for([&](const Event &e) { return e.type == N502_EV_EXIT && e.tgid == apid; });
+    REQUIRE(x);
+    CHECK((x->exit_code & 0x7f) == SIGKILL);
+
+    pid_t b = child([](int) { _exit(3); }, &rd);
+    close(rd);
+    waitpid(b, &status, 0);
+    const Event *y =
+        k.wait_for([&](const Event &e) { return e.type == N502_EV_EXIT && e.tgid == static_cast<uint32_t>(b); });
+    REQUIRE(y);
+    CHECK(((y->exit_code >> 8) & 0xff) == 3);
+}
+
+TEST_CASE("a real segfault is a self-generated SIGSEGV with a fault code", "[kernel]")
+{
+    Kernel &k = kernel();
+    int rd;
+    pid_t c = child(
+        [](int) {
+            signal(SIGSEGV, SIG_DFL);
+            volatile int *p = nullptr;
+            *p = 1;
+        },
+        &rd);
+    close(rd);
+    int status;
+    waitpid(c, &status, 0);
+    uint32_t cpid = static_cast<uint32_t>(c);
+    const Event *s = k.wait_for([&](const Event &e) { return e.type == N502_EV_SIGNAL && e.target == cpid; });
+    REQUIRE(s);
+    CHECK(s->sig == SIGSEGV);
+    CHECK(s->tgid == cpid); // raised in the faulting process itself
+    CHECK(s->code > 0);     // SEGV_MAPERR / SEGV_ACCERR
+    const Event *x = k.wait_for([&](const Event &e) { return e.type == N502_EV_EXIT && e.tgid == cpid; });
+    REQUIRE(x);
+    CHECK((x->exit_code & 0x7f) == SIGSEGV);
+}
+
+TEST_CASE("unix stream connect and accept are linked through the peer socket", "[kernel]")
+{
+    Kernel &k = kernel();
+    std::string path = "/tmp/n502-kernel-test-" + std::to_string(getpid()) + ".sock";
+    unlink(path.c_str());
+    int rd;
+    pid_t up = child(
+        [&](int ready) {
+            int l = socket(AF_UNIX, SOCK_STREAM, 0);
+            sockaddr_un a{};
+            a.sun_family = AF_UNIX;
+            std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+            bind(l, reinterpret_cast<sockaddr *>(&a), sizeof(a));
+            listen(l, 8);
+            (void)!write(ready, "x", 1);
+            int c = accept(l, nullptr, nullptr);
+            char buf[8];
+            (void)!read(c, buf, sizeof(buf));
+        },
+        &rd);
+    wait_ready(rd);
+    close(rd);
+    uint32_t upid = static_cast<uint32_t>(up);
+    const Event *l = k.wait_for([&](const Event &e) { return e.type == N502_EV_LISTEN && e.tgid == upid; });
+    REQUIRE(l);
+    CHECK(l->src.str() == "unix:" + path);
+
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+    REQUIRE(connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+    const Event *c = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self() &&
+                                                             e.dst.family == AF_UNIX; });
+    REQUIRE(c);
+    CHECK(c->ret == 0);
+    CHECK(c->dst.str() == "unix:" + path);
+    CHECK(c->peer_sk != 0);
+    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.tgid == upid; });
+    REQUIRE(acc);
+    CHECK(acc->sk == c->peer_sk);
+    CHECK(acc->peer_sk == c->sk);
+    close(fd);
+    int status;
+    waitpid(up, &status, 0);
+    unlink(path.c_str());
+
+    // A connect to a path that does not exist fails at once with ENOENT.
+    int fd2 = socket(AF_UNIX, SOCK_STREAM, 0);
+    std::string missing = path + ".missing";
+    std::strncpy(a.sun_path, missing.c_str(), sizeof(a.sun_path) - 1);
+    CHECK(connect(fd2, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == -1);
+    const Event *m = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self() &&
+                                                             e.dst.path == missing; });
+    REQUIRE(m);
+    CHECK(m->ret == -ENOENT);
+    close(fd2);
+}
+
+TEST_CASE("counters: events are counted and none were lost", "[kernel]")
+{
+    Kernel &k = kernel();
+    k.loader.consume();
+    KernelCounters c = k.loader.counters();
+    CHECK(c.emitted > 0);
+    CHECK(c.lost == 0);
+    for (const auto &p : k.loader.probes())
+        CHECK(p.attached);
+}

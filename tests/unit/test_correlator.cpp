@@ -1,0 +1,444 @@
+// Correlator and cause rules, fed event sequences recorded from real runs
+// (tests/e2e with --dump-events) and variations of them that must NOT produce
+// a confident verdict.
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <cstring>
+#include <fmt/format.h>
+#include <sys/socket.h>
+
+#include "correlator.hpp"
+#include "logline.hpp"
+#include "state.hpp"
+
+using namespace n502;
+
+namespace {
+
+constexpr uint32_t NGINX = 9862, UPSTREAM = 9865, KILLER = 9868, NGINX_MASTER = 9861;
+constexpr uint64_t NGX_SK = 0xffff888104a9ca00ULL, UP_SK = 0xffff888104a98000ULL, LSN_SK = 0xffff88811fb2ae40ULL;
+constexpr uint16_t PORT = 39843, NGX_PORT = 36426;
+constexpr uint64_t T0 = 777232090817ULL; // boot ns of the first recorded event
+
+Addr lo(uint16_t port) { return Addr::ipv4(0x7f000001, port); }
+
+struct Rec {
+    std::vector<Event> evs;
+    uint64_t t = T0;
+
+    Event &add(n502_event_type type, uint32_t tgid, const char *comm, uint64_t dt_us = 100)
+    {
+        t += dt_us * 1000;
+        Event e;
+        e.type = type;
+        e.ts = t;
+        e.tgid = tgid;
+        e.tid = tgid;
+        e.comm = comm;
+        evs.push_back(e);
+        return evs.back();
+    }
+    void listen(uint32_t pid = UPSTREAM, uint64_t sk = LSN_SK)
+    {
+        Event &e = add(N502_EV_LISTEN, pid, "python3");
+        e.sk = sk;
+        e.backlog = 128;
+        e.src = lo(PORT);
+    }
+    void state(uint64_t sk, uint16_t role, uint32_t owner, int from, int to, int err = 0, uint32_t current = 0)
+    {
+        Event &e = add(N502_EV_STATE, current ? current : owner, current == UPSTREAM ? "python3" : "nginx");
+        e.sk = sk;
+        e.sock_role = role;
+        e.owner = owner;
+        e.oldstate = from;
+        e.newstate = to;
+        e.sk_err = err;
+        bool ngx = role == N502_SOCK_NGINX;
+        e.src = ngx ? lo(NGX_PORT) : lo(PORT);
+        e.dst = ngx ? lo(PORT) : lo(NGX_PORT);
+    }
+    void connect(int ret)
+    {
+        Event &e = add(N502_EV_CONNECT, NGINX, "nginx");
+        e.sk = NGX_SK;
+        e.ret = ret;
+        e.dst = lo(PORT);
+    }
+    // A connection that reached the upstream and was accepted by UPSTREAM.
+    void established()
+    {
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 2, 1);
+        connect(-EINPROGRESS);
+        Event &a = add(N502_EV_ACCEPT, UPSTREAM, "python3");
+        a.sk = UP_SK;
+        a.peer_sk = NGX_SK;
+        a.src = lo(PORT);
+        a.dst = lo(NGX_PORT);
+    }
+    void refused()
+    {
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        Event &r = add(N502_EV_RESET, NGINX, "nginx");
+        r.sk = NGX_SK;
+        r.sock_role = N502_SOCK_NGINX;
+        r.owner = NGINX;
+        r.dir = N502_RST_RECEIVED;
+        r.tcp_state = 2;
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 2, 7, ECONNREFUSED);
+        connect(-EINPROGRESS);
+    }
+    void signal(uint32_t sender, const char *comm, uint32_t target, int sig, int code = 0)
+    {
+        Event &e = add(N502_EV_SIGNAL, sender, comm);
+        e.target = target;
+        e.sig = sig;
+        e.code = code;
+        e.target_comm = "python3";
+    }
+    void exit(uint32_t pid, int status) { add(N502_EV_EXIT, pid, "python3").exit_code = status; }
+    void oom(uint32_t victim) { add(N502_EV_OOM, victim, "python3").target = victim; }
+    // The kernel closes the upstream's socket: FIN from its side, CLOSE_WAIT at Nginx.
+    void fin_from_upstream(uint32_t current)
+    {
+        state(UP_SK, N502_SOCK_UPSTREAM, UPSTREAM, 1, 4, 0, current);
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 1, 8, 0, current);
+    }
+    void rst_to_nginx()
+    {
+        Event &s = add(N502_EV_RESET, UPSTREAM, "python3");
+        s.sk = UP_SK;
+        s.sock_role = N502_SOCK_UPSTREAM;
+        s.owner = UPSTREAM;
+        s.dir = N502_RST_SENT;
+        state(UP_SK, N502_SOCK_UPSTREAM, UPSTREAM, 1, 7, 0, UPSTREAM);
+        Event &r = add(N502_EV_RESET, UPSTREAM, "python3");
+        r.sk = NGX_SK;
+        r.sock_role = N502_SOCK_NGINX;
+        r.owner = NGINX;
+        r.dir = N502_RST_RECEIVED;
+        r.tcp_state = 1;
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 1, 7, ECONNRESET, UPSTREAM);
+    }
+    void nginx_closes()
+    {
+        Event &c = add(N502_EV_CLOSE, NGINX, "nginx");
+        c.sk = NGX_SK;
+        c.sock_role = N502_SOCK_NGINX;
+        c.owner = NGINX;
+        c.src.family = AF_INET;
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 8, 9);
+        state(NGX_SK, N502_SOCK_NGINX, NGINX, 9, 7);
+    }
+};
+
+const char *PREMATURE = "upstream prematurely closed connection while reading response header from upstream";
+const char *REFUSED = "connect() failed (111: Connection refused) while connecting to upstream";
+const char *RESET = "recv() failed (104: Connection reset by peer) while reading response header from upstream";
+
+struct World {
+    State state;
+    LogLine line;
+    Timebase tb{0};
+
+    explicit World(const Rec &r, const char *message, uint32_t pid = NGINX, uint16_t port = PORT)
+    {
+        state.add_process(NGINX_MASTER, N502_PROC_NGINX, "nginx");
+        state.add_process(NGINX, N502_PROC_NGINX, "nginx", NGINX_MASTER);
+        for (const auto &e : r.evs)
+            state.apply(e);
+        std::string raw = fmt::format("2026/11/23 02:55:09 [error] {}#{}: *2 {}, client: 127.0.0.1, server: "
+                                      "localhost, request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:{}/\", "
+                                      "host: \"localhost\"",
+                                      pid, pid, message, port);
+        auto parsed = parse_upstream_error(raw);
+        REQUIRE(parsed);
+        line = *parsed;
+        // Kernel time T0 is the line's second.
+        tb = Timebase(line.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0));
+    }
+    Verdict verdict(bool final = true)
+    {
+        Correlator c(state, tb);
+        auto v = c.explain(line, final);
+        REQUIRE(v);
+        return *v;
+    }
+};
+
+const Evidence *find(const Verdict &v, const std::string &event)
+{
+    for (const auto &e : v.evidence)
+        if (e.event == event)
+            return &e;
+    return nullptr;
+}
+
+} // namespace
+
+TEST_CASE("upstream SIGKILLed by another process (recorded)", "[correlator]")
+{
+    Rec r;
+    r.listen();
+    r.established();
+    r.signal(KILLER, "kill", UPSTREAM, 9);
+    r.exit(UPSTREAM, 9);
+    r.fin_from_upstream(UPSTREAM);
+    r.nginx_closes();
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_killed");
+    CHECK(v.confidence == "high");
+    REQUIRE(v.upstream_pid);
+    CHECK(*v.upstream_pid == UPSTREAM);
+    const Evidence *s = find(v, "signal");
+    REQUIRE(s);
+    CHECK(s->pid == KILLER);
+    CHECK(s->target_pid == UPSTREAM);
+    CHECK(s->sig == 9);
+    const Evidence *x = find(v, "exit");
+    REQUIRE(x);
+    CHECK(x->exit_signal == 9);
+    CHECK(v.explanation.find("SIGKILL from pid 9868 (kill)") != std::string::npos);
+    CHECK(v.log_only_cause == "upstream_crashed_or_overloaded");
+    // Evidence is a timeline.
+    for (size_t i = 1; i < v.evidence.size(); i++)
+        CHECK(v.evidence[i - 1].ts <= v.evidence[i].ts);
+}
+
+TEST_CASE("killed without the signal seen: named with medium confidence", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.exit(UPSTREAM, 9); // the signal event was lost
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_killed");
+    CHECK(v.confidence == "medium");
+    CHECK(v.explanation.find("sender was not seen") != std::string::npos);
+}
+
+TEST_CASE("OOM kill wins over the SIGKILL it sends", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.oom(UPSTREAM);
+    r.signal(UPSTREAM, "python3", UPSTREAM, 9, 0x80); // the victim allocating: current is itself
+    r.exit(UPSTREAM, 9);
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_oom_killed");
+    CHECK(find(v, "oom_kill"));
+    CHECK(*v.upstream_pid == UPSTREAM);
+}
+
+TEST_CASE("a segfault is a crash, not a kill", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.signal(UPSTREAM, "python3", UPSTREAM, 11, 1); // SEGV_MAPERR from the kernel
+    r.exit(UPSTREAM, 11);
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_crashed");
+    CHECK(v.explanation.find("SIGSEGV") != std::string::npos);
+    CHECK(find(v, "exit")->exit_signal == 11);
+}
+
+TEST_CASE("SIGSEGV sent by another process is a kill", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.signal(KILLER, "kill", UPSTREAM, 11, 0);
+    r.exit(UPSTREAM, 11);
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    CHECK(w.verdict().cause == "upstream_killed");
+}
+
+TEST_CASE("a normal exit while holding the connection", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.exit(UPSTREAM, 3 << 8);
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_exited");
+    CHECK(find(v, "exit")->exit_code == 3);
+}
+
+TEST_CASE("an exit after the upstream closed is not the cause", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.fin_from_upstream(UPSTREAM); // the process closed first ...
+    r.exit(UPSTREAM, 0);           // ... and exited later
+    World w(r, PREMATURE);
+    CHECK(w.verdict().cause == "upstream_closed_early");
+}
+
+TEST_CASE("RST from a live upstream", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.rst_to_nginx();
+    World w(r, RESET);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_reset");
+    CHECK(find(v, "rst_received"));
+    CHECK(find(v, "rst_sent"));
+}
+
+TEST_CASE("FIN from a live upstream", "[correlator]")
+{
+    Rec r;
+    r.established();
+    Event &c = r.add(N502_EV_CLOSE, UPSTREAM, "python3");
+    c.sk = UP_SK;
+    c.sock_role = N502_SOCK_UPSTREAM;
+    c.owner = UPSTREAM;
+    c.src.family = AF_INET;
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_closed_early");
+    const Evidence *e = find(v, "close");
+    REQUIRE(e);
+    CHECK(e->pid == UPSTREAM);
+}
+
+TEST_CASE("refused with no listener ever seen", "[correlator]")
+{
+    Rec r;
+    r.refused();
+    World w(r, REFUSED);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_not_listening");
+    CHECK_FALSE(v.upstream_pid);
+    CHECK(v.explanation.find("no process has listened there") != std::string::npos);
+}
+
+TEST_CASE("refused after the listener was stopped by SIGTERM (recorded)", "[correlator]")
+{
+    Rec r;
+    r.listen();
+    r.signal(KILLER, "kill", UPSTREAM, 15);
+    r.exit(UPSTREAM, 15);
+    r.state(LSN_SK, N502_SOCK_LISTENER, UPSTREAM, 10, 7, 0, UPSTREAM);
+    r.refused();
+    World w(r, REFUSED);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_not_listening");
+    const Evidence *l = find(v, "listen");
+    REQUIRE(l);
+    CHECK(l->pid == UPSTREAM);
+    REQUIRE(find(v, "unlisten"));
+    const Evidence *s = find(v, "signal");
+    REQUIRE(s);
+    CHECK(s->pid == KILLER);
+    CHECK(s->sig == 15);
+    CHECK(find(v, "exit")->exit_signal == 15);
+    CHECK(v.explanation.find("killed by SIGTERM from pid 9868 (kill)") != std::string::npos);
+}
+
+TEST_CASE("refused while a live process listens there: no guess", "[correlator]")
+{
+    Rec r;
+    r.listen();
+    r.refused();
+    World w(r, REFUSED);
+    CHECK(w.verdict().cause == "unknown");
+}
+
+TEST_CASE("no kernel evidence: unknown, and only once final", "[correlator]")
+{
+    Rec r;
+    World w(r, PREMATURE);
+    Correlator c(w.state, w.tb);
+    CHECK_FALSE(c.explain(w.line, false)); // keep waiting for events
+    auto v = c.explain(w.line, true);
+    REQUIRE(v);
+    CHECK(v->cause == "unknown");
+    CHECK(v->confidence == "low");
+}
+
+TEST_CASE("a line about another worker or another upstream does not match", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.signal(KILLER, "kill", UPSTREAM, 9);
+    r.exit(UPSTREAM, 9);
+    r.fin_from_upstream(UPSTREAM);
+    {
+        World w(r, PREMATURE, NGINX + 1);
+        CHECK(w.verdict().cause == "unknown");
+    }
+    {
+        World w(r, PREMATURE, NGINX, PORT + 1);
+        CHECK(w.verdict().cause == "unknown");
+    }
+}
+
+TEST_CASE("each connection explains one line only", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.signal(KILLER, "kill", UPSTREAM, 9);
+    r.exit(UPSTREAM, 9);
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    Correlator c(w.state, w.tb);
+    auto first = c.explain(w.line, true);
+    REQUIRE(first);
+    CHECK(first->cause == "upstream_killed");
+    auto second = c.explain(w.line, true);
+    REQUIRE(second);
+    CHECK(second->cause == "unknown");
+}
+
+TEST_CASE("connections older than the line's time window are not matched", "[correlator]")
+{
+    Rec r;
+    r.established();
+    r.exit(UPSTREAM, 9);
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    // The same events, but the line is written a minute later.
+    w.line.wall_sec += 60;
+    CHECK(w.verdict().cause == "unknown");
+}
+
+TEST_CASE("state stays bounded", "[state]")
+{
+    StateLimits lim;
+    lim.max_finished_conns = 16;
+    lim.max_dead_procs = 8;
+    State s(lim);
+    uint64_t t = 1;
+    for (uint32_t i = 0; i < 1000; i++) {
+        Event e;
+        e.type = N502_EV_STATE;
+        e.ts = t++;
+        e.sk = 0x1000 + i;
+        e.sock_role = N502_SOCK_NGINX;
+        e.owner = NGINX;
+        e.oldstate = 2;
+        e.newstate = 7;
+        e.sk_err = ECONNREFUSED;
+        e.dst = lo(PORT);
+        s.apply(e);
+        Event x;
+        x.type = N502_EV_EXIT;
+        x.ts = t++;
+        x.tgid = 20000 + i;
+        s.apply(x);
+    }
+    CHECK(s.conns_to(NGINX, lo(PORT).str()).size() == 16);
+    CHECK(s.stats().conns_dropped == 1000 - 16);
+    CHECK(s.stats().procs_dropped == 1000 - 8);
+}
