@@ -18,6 +18,7 @@
 #include "logline.hpp"
 #include "n502/events.h"
 #include "nginx.hpp"
+#include "procscan.hpp"
 #include "sinks.hpp"
 #include "state.hpp"
 #include "timebase.hpp"
@@ -128,6 +129,14 @@ int run(const Options &opt)
         }
         auto pi = read_proc(pid);
         state.add_process(pid, N502_PROC_NGINX, pi ? pi->comm : "nginx", pid == nginx->master ? 0 : nginx->master);
+    }
+    // Listeners that predate us: who holds them, so that their death is seen.
+    for (const auto &l : scan_tcp_listeners()) {
+        if (!l.pid)
+            continue;
+        if (!loader.track_process(l.pid, N502_PROC_LISTENER, &err))
+            sink->warning({"map_full", err, 0});
+        state.add_listener(l.addr, l.pid, l.comm);
     }
     bool ring_ok = loader.start_ring(
         [&](const void *data, size_t len) {

@@ -186,7 +186,9 @@ bool Loader::attach(std::string *error)
 bool Loader::track_process(uint32_t pid, uint32_t role, std::string *error)
 {
     n502_proc v{};
-    v.role = role;
+    if (bpf_map__lookup_elem(skel_->maps.procs, &pid, sizeof(pid), &v, sizeof(v), 0) != 0)
+        v = n502_proc{};
+    v.role |= role;
     if (bpf_map__update_elem(skel_->maps.procs, &pid, sizeof(pid), &v, sizeof(v), BPF_ANY) != 0) {
         *error = fmt::format("cannot add pid {} to the procs map: {}", pid, strerror(errno));
         return false;

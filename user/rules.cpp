@@ -198,7 +198,9 @@ bool rule_not_listening(const RuleInput &in, Verdict &v)
             }
         }
     }
-    std::string when = last->t_unlisten ? " at " + at(in, *last->t_unlisten) : "";
+    std::string when = last->t_unlisten ? " at " + at(in, *last->t_unlisten)
+                       : (lp && lp->exit) ? " when it exited at " + at(in, lp->exit->ts)
+                                          : "";
     if (how.empty())
         how = "it closed its listening socket";
     v.explanation = fmt::format("Nothing was listening on {}: the last listener, {}, stopped listening{}; {}.", dst,

@@ -1,0 +1,153 @@
+#!/usr/bin/python3
+"""Command-line behaviour of the real binary: bad input gets a clear message
+and exit code 2, --duration stops by itself, SIGTERM detaches with a summary,
+and the human output shows a verdict headline. Must run as root.
+
+    cli.py --bin build/n502trace
+"""
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import check  # noqa: E402
+
+BIN = None
+failures = []
+ran = []
+
+
+def run(args, timeout=20):
+    return subprocess.run([BIN] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def case(name):
+    def deco(fn):
+        ran.append(name)
+        try:
+            fn()
+            print("PASS cli %s" % name)
+        except Exception as e:  # noqa: BLE001 - report any failure
+            failures.append(name)
+            print("FAIL cli %s: %s" % (name, e))
+        sys.stdout.flush()
+        return fn
+    return deco
+
+
+def expect_usage_error(args, needle):
+    r = run(args)
+    err = r.stderr.decode(errors="replace")
+    check(r.returncode == 2, "%s: exit %d, want 2 (stderr: %s)" % (args, r.returncode, err.strip()))
+    check(needle in err, "%s: stderr %r does not mention %r" % (args, err.strip(), needle))
+    check(r.stdout == b"", "%s: wrote to stdout: %r" % (args, r.stdout[:200]))
+
+
+def read_lines_until(proc, pred, timeout):
+    """Lines from proc.stdout until pred(line) holds; returns all lines read."""
+    lines, buf = [], b""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not r:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            lines.append(line.decode(errors="replace"))
+            if pred(lines[-1]):
+                return lines
+    raise harness.Failure("timed out; output so far: %r" % lines[-20:])
+
+
+def main():
+    global BIN
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    BIN = os.path.abspath(ap.parse_args().bin)
+
+    @case("no arguments")
+    def _():
+        expect_usage_error([], "--nginx-pid")
+
+    @case("unknown option")
+    def _():
+        r = run(["--frobnicate"])
+        check(r.returncode == 2, "exit %d, want 2" % r.returncode)
+
+    @case("pid that does not exist")
+    def _():
+        expect_usage_error(["--nginx-pid", "4194303"], "no process with pid 4194303")
+
+    @case("pid that is not nginx")
+    def _():
+        expect_usage_error(["--nginx-pid", str(os.getpid())], "not Nginx")
+
+    @case("help teaches the causes")
+    def _():
+        r = run(["--help"])
+        out = r.stdout.decode()
+        check(r.returncode == 0, "exit %d" % r.returncode)
+        for needle in ("--nginx-pid", "--json", "--error-log", "--duration", "upstream_oom_killed", "Exit codes"):
+            check(needle in out, "--help lacks %r" % needle)
+
+    h = harness.Harness("cli")
+    try:
+        port = harness.free_port()
+        nginx = h.start_nginx([("/", "http://127.0.0.1:%d" % port)])
+
+        @case("missing error log")
+        def _():
+            expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--error-log", "/nonexistent/error.log"],
+                               "cannot open error log /nonexistent/error.log")
+
+        @case("--duration stops by itself with a summary")
+        def _():
+            t0 = time.monotonic()
+            r = run(["--nginx-pid", str(nginx.master_pid), "--json", "--duration", "1"], timeout=30)
+            took = time.monotonic() - t0
+            check(r.returncode == 0, "exit %d: %s" % (r.returncode, r.stderr.decode(errors="replace")))
+            recs = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+            check(recs and recs[0]["type"] == "ready", "first record is not ready: %r" % recs[:1])
+            check(recs[-1]["type"] == "summary", "last record is not summary: %r" % recs[-1:])
+            check(took < 10, "--duration 1 took %.1fs" % took)
+
+        @case("human output: ready line, verdict headline, summary on SIGTERM")
+        def _():
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                read_lines_until(p, lambda l: l.startswith("n502trace: ready"), 20)
+                r = harness.http_get(nginx.port)
+                check(r.status == 502, "status %r" % r.status)
+                lines = read_lines_until(p, lambda l: "nginx (worker" in l, 10)
+                head = [l for l in lines if l.startswith("502 ")]
+                check(head and "cause: upstream_not_listening" in head[0], "no headline in %r" % lines)
+                p.send_signal(signal.SIGTERM)
+                out, _ = p.communicate(timeout=10)
+                check(p.returncode == 0, "exit %d after SIGTERM" % p.returncode)
+                check("n502trace: summary" in out.decode(), "no summary after SIGTERM: %r" % out[-500:])
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    finally:
+        h.close()
+    print("%d passed, %d failed" % (len(ran) - len(failures), len(failures)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

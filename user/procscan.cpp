@@ -1,0 +1,104 @@
+#include "procscan.hpp"
+
+#include <arpa/inet.h>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <fmt/format.h>
+#include <fstream>
+#include <sstream>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <unordered_map>
+
+#include "nginx.hpp"
+
+namespace n502 {
+
+bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode)
+{
+    std::istringstream in(line);
+    std::string sl, loc, rem, st, queues, timer, retr, uid, timeout;
+    if (!(in >> sl >> loc >> rem >> st >> queues >> timer >> retr >> uid >> timeout >> *inode))
+        return false;
+    if (sl.empty() || sl.back() != ':')
+        return false;
+    auto colon = loc.find(':');
+    size_t hexlen = v6 ? 32 : 8;
+    if (colon != hexlen || loc.size() < colon + 2)
+        return false;
+    char *end = nullptr;
+    *state = static_cast<int>(strtol(st.c_str(), &end, 16));
+    if (*end)
+        return false;
+    unsigned long port = strtoul(loc.c_str() + colon + 1, &end, 16);
+    if (*end || port > 65535)
+        return false;
+    Addr a;
+    a.family = v6 ? AF_INET6 : AF_INET;
+    a.port = static_cast<uint16_t>(port);
+    // The kernel prints each 32-bit word in host byte order.
+    for (size_t w = 0; w < hexlen / 8; w++) {
+        std::string word = loc.substr(w * 8, 8);
+        uint32_t v = static_cast<uint32_t>(strtoul(word.c_str(), &end, 16));
+        if (*end)
+            return false;
+        std::memcpy(a.ip.data() + w * 4, &v, 4);
+    }
+    *local = a;
+    return true;
+}
+
+std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
+{
+    std::vector<ExistingListener> out;
+    std::unordered_map<uint64_t, size_t> by_inode;
+    for (bool v6 : {false, true}) {
+        std::ifstream f(root + (v6 ? "/net/tcp6" : "/net/tcp"));
+        std::string line;
+        while (std::getline(f, line)) {
+            Addr a;
+            int st = 0;
+            uint64_t ino = 0;
+            if (!parse_proc_net_tcp_line(line, v6, &a, &st, &ino) || st != 10 /* LISTEN */ || ino == 0)
+                continue;
+            by_inode[ino] = out.size();
+            out.push_back({a, ino, 0, ""});
+        }
+    }
+    if (out.empty())
+        return out;
+    DIR *d = opendir(root.c_str());
+    if (!d)
+        return out;
+    while (dirent *de = readdir(d)) {
+        char *end = nullptr;
+        unsigned long pid = strtoul(de->d_name, &end, 10);
+        if (!end || *end || pid == 0 || pid > UINT32_MAX)
+            continue;
+        std::string fddir = fmt::format("{}/{}/fd", root, pid);
+        DIR *fds = opendir(fddir.c_str());
+        if (!fds)
+            continue;
+        while (dirent *fe = readdir(fds)) {
+            char buf[64];
+            ssize_t n = readlink((fddir + "/" + fe->d_name).c_str(), buf, sizeof(buf) - 1);
+            if (n <= 8 || strncmp(buf, "socket:[", 8) != 0)
+                continue;
+            buf[n] = 0;
+            uint64_t ino = strtoull(buf + 8, nullptr, 10);
+            auto it = by_inode.find(ino);
+            if (it == by_inode.end() || out[it->second].pid)
+                continue;
+            out[it->second].pid = static_cast<uint32_t>(pid);
+            if (auto p = read_proc(static_cast<uint32_t>(pid), root))
+                out[it->second].comm = p->comm;
+        }
+        closedir(fds);
+    }
+    closedir(d);
+    return out;
+}
+
+} // namespace n502

@@ -1,0 +1,27 @@
+// Start-up scan: TCP listeners that existed before n502trace started, and
+// the processes that hold them, so a later refused connect can still name the
+// last listener and how it went away.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "decoder.hpp"
+
+namespace n502 {
+
+struct ExistingListener {
+    Addr addr;
+    uint64_t inode = 0;
+    uint32_t pid = 0; // 0 when no process could be found holding it
+    std::string comm;
+};
+
+// Reads /proc/net/tcp and /proc/net/tcp6 (the caller's network namespace) and
+// maps socket inodes to processes through /proc/*/fd.
+std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc");
+
+// Parses one /proc/net/tcp{,6} line; returns false for the header or junk.
+bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode);
+
+} // namespace n502
