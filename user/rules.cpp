@@ -330,8 +330,11 @@ bool rule_unknown(const RuleInput &in, Verdict &v)
     if (in.upstream)
         seen.push_back(fmt::format("the upstream was {}", who(in.upstream->pid, in.upstream->comm)));
     std::string s;
-    for (size_t i = 0; i < seen.size(); i++)
-        s += (i ? "; " : "") + seen[i];
+    for (size_t i = 0; i < seen.size(); i++) {
+        if (i)
+            s += "; ";
+        s += seen[i];
+    }
     v.explanation = seen.empty() ? "The connection was seen, but no decisive kernel evidence."
                                  : fmt::format("No rule matched the kernel evidence: {}.", s);
     return true;

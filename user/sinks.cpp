@@ -58,16 +58,22 @@ template <typename T> static std::string jopt(const std::optional<T> &v)
 static std::string jarr_u32(const std::vector<uint32_t> &v)
 {
     std::string s = "[";
-    for (size_t i = 0; i < v.size(); i++)
-        s += (i ? "," : "") + std::to_string(v[i]);
+    for (size_t i = 0; i < v.size(); i++) {
+        if (i)
+            s += ',';
+        s += std::to_string(v[i]);
+    }
     return s + "]";
 }
 
 static std::string jarr_str(const std::vector<std::string> &v)
 {
     std::string s = "[";
-    for (size_t i = 0; i < v.size(); i++)
-        s += (i ? "," : "") + jstr(v[i]);
+    for (size_t i = 0; i < v.size(); i++) {
+        if (i)
+            s += ',';
+        s += jstr(v[i]);
+    }
     return s + "]";
 }
 
@@ -155,8 +161,11 @@ void JsonSink::summary(const Summary &s)
 void TextSink::ready(const ReadyInfo &r)
 {
     std::string workers;
-    for (size_t i = 0; i < r.workers.size(); i++)
-        workers += (i ? " " : "") + std::to_string(r.workers[i]);
+    for (size_t i = 0; i < r.workers.size(); i++) {
+        if (i)
+            workers += ' ';
+        workers += std::to_string(r.workers[i]);
+    }
     fmt::print(out_, "n502trace: ready: watching nginx master {} (workers {}), following {}; {} probes attached in {} ms\n",
                r.nginx_pid, workers, fmt::format("{}", fmt::join(r.error_logs, ", ")), r.probes.size(), r.attach_ms);
     for (const auto &f : r.probes_failed)

@@ -186,7 +186,7 @@ void State::apply(const Event &e)
         if (e.ret == 0)
             ev.detail = fmt::format("connect() to {} succeeded", c->dst.str());
         else if (e.ret == -EINPROGRESS)
-            ev.detail = fmt::format("connect() to {} in progress (non-blocking)", c->dst.str());
+            ev.detail = fmt::format("connect() to {} returned EINPROGRESS (non-blocking: the outcome comes later)", c->dst.str());
         else {
             ev.detail = fmt::format("connect() to {} failed: {}", c->dst.str(), errno_text(-e.ret));
             ev.error = -e.ret;
@@ -242,13 +242,16 @@ void State::apply(const Event &e)
                 ev.detail = e.sk_err ? fmt::format("connect to {} failed: {}", c.dst.str(), errno_text(e.sk_err))
                                      : fmt::format("connect to {} aborted", c.dst.str());
             } else if (e.newstate == TCP_SYN_SENT_) {
-                ev.detail = fmt::format("SYN sent to {}", c.dst.str());
-            } else {
+                ev.detail.clear(); // the connect event says it
+            } else if (e.sk_err || e.oldstate == TCP_ESTABLISHED_) {
                 ev.detail = fmt::format("Nginx's socket {} -> {}", ev.from, ev.to);
                 if (e.sk_err)
                     ev.error = e.sk_err;
+            } else {
+                ev.detail.clear(); // the orderly end of a close: not evidence
             }
-            add_evidence(c, std::move(ev));
+            if (!ev.detail.empty())
+                add_evidence(c, std::move(ev));
             if (e.newstate == TCP_CLOSE_) {
                 c.t_closed = e.ts;
                 if (!c.error && e.sk_err)
@@ -268,12 +271,13 @@ void State::apply(const Event &e)
             } else if (e.newstate == TCP_CLOSE_ && e.oldstate == TCP_ESTABLISHED_) {
                 c->t_up_abort = e.ts;
                 ev.detail = "the upstream's socket was aborted (ESTABLISHED -> CLOSE)";
-            } else {
+            } else if (e.oldstate == TCP_ESTABLISHED_) {
                 ev.detail = fmt::format("the upstream's socket {} -> {}", ev.from, ev.to);
             }
             // The mapping stays after CLOSE: an abortive close sends its RST
             // after the state change. A new accept on this address replaces it.
-            add_evidence(*c, std::move(ev));
+            if (!ev.detail.empty())
+                add_evidence(*c, std::move(ev));
         }
         break;
     }
@@ -341,7 +345,8 @@ void State::apply(const Event &e)
             if (!c)
                 break;
             c->t_nginx_close = e.ts;
-            add_evidence(*c, make_ev(e, "close", e.tgid, e.comm, "Nginx closed its end"));
+            if (!c->failed()) // after a failure, Nginx's close is only the consequence
+                add_evidence(*c, make_ev(e, "close", e.tgid, e.comm, "Nginx closed its end"));
             if (e.src.family == AF_UNIX)
                 finish(e.sk);
         } else if (e.sock_role == N502_SOCK_UPSTREAM) {

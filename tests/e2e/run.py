@@ -390,6 +390,8 @@ def run_one(name, binary, use_tool, keep=False):
         for v in s.tool.records("verdict"):
             print("[e2e] verdict: cause=%s upstream_pid=%s: %s" % (v.get("cause"), v.get("upstream_pid"),
                                                                   v.get("explanation")))
+            if os.environ.get("N502_SHOW_VERDICT"):
+                print(json.dumps(v))
     h.remove_dir()
     print("%s %s (%.1fs)%s" % ("FAIL" if errors else "PASS", name, elapsed, "" if use_tool else " [no-tool]"))
     sys.stdout.flush()
