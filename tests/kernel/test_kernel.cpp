@@ -367,3 +367,33 @@ TEST_CASE("counters: events are counted and none were lost", "[kernel]")
     for (const auto &p : k.loader.probes())
         CHECK(p.attached);
 }
+
+TEST_CASE("a full ring buffer loses events, and every loss is counted", "[kernel]")
+{
+    // A second instance with a one-page ring that nobody reads.
+    Loader small;
+    LoaderOptions opt;
+    opt.ringbuf_bytes = static_cast<uint32_t>(sysconf(_SC_PAGESIZE));
+    std::string error;
+    REQUIRE(small.load(opt, &error));
+    REQUIRE(small.attach(&error));
+    REQUIRE(small.track_process(self(), N502_PROC_NGINX, &error));
+    // Each child gives a fork and an exit event (48 bytes + 8 header each):
+    // 200 children cannot fit in one page.
+    for (int i = 0; i < 200; i++) {
+        pid_t c = fork();
+        REQUIRE(c >= 0);
+        if (c == 0)
+            _exit(0);
+        int status;
+        waitpid(c, &status, 0);
+    }
+    KernelCounters c = small.counters();
+    CHECK(c.lost > 0);
+    CHECK(c.emitted > 0);
+    CHECK(c.emitted + c.lost >= 400);
+    // Nothing lost in the big ring of the main instance, which is read.
+    Kernel &k = kernel();
+    k.loader.consume();
+    CHECK(k.loader.counters().lost == 0);
+}
