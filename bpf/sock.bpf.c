@@ -26,6 +26,8 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 	e->owner_tgid = s->owner_tgid;
 	e->_pad2 = 0;
 	read_inet_addrs(sk, &e->src, &e->dst);
+	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
 	submit(e);
 }
 
@@ -121,6 +123,32 @@ SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(handle_tcp__send_reset, const struct sock *sk)
 {
 	emit_reset(sk, N502_RST_SENT);
+	return 0;
+}
+
+/* A retransmission on a tracked socket. In SYN_SENT it is an unanswered SYN:
+ * a firewall dropping it, or a listener whose accept queue is full. The
+ * prototype gained an error argument in 6.x; only the first is read. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(handle_tcp__retransmit_skb, const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+	struct n502_retrans_event *e;
+
+	if (!s || (s->role & N502_SOCK_CLOSED))
+		return 0;
+	e = reserve(sizeof(*e), N502_EV_RETRANS);
+	if (!e)
+		return 0;
+	e->sk = key;
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->sock_role = s->role;
+	e->_pad = 0;
+	e->owner_tgid = s->owner_tgid;
+	e->_pad2 = 0;
+	read_inet_addrs(sk, &e->src, &e->dst);
+	submit(e);
 	return 0;
 }
 

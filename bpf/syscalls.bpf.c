@@ -203,8 +203,10 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 		e->_pad = 0;
 		submit(e);
 	}
-	/* TCP sockets leave the map at TCP_CLOSE; unix ones have no states. */
-	if (s->family == N502_AF_UNIX)
+	/* TCP sockets leave the map at TCP_CLOSE; unix ones have no states, and
+	 * a TCP socket whose connect failed at once never left CLOSE. */
+	if (s->family == N502_AF_UNIX ||
+	    BPF_CORE_READ(sock, sk, __sk_common.skc_state) == N502_TCP_CLOSE)
 		bpf_map_delete_elem(&socks, &key);
 	return 0;
 }

@@ -108,7 +108,8 @@ int run(const Options &opt)
     Fd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
     State state;
-    Correlator correlator(state, tb);
+    RealHost host;
+    Correlator correlator(state, tb, CorrelatorOptions{}, &host);
     Summary summary;
     uint64_t malformed = 0;
 

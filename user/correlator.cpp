@@ -1,6 +1,7 @@
 #include "correlator.hpp"
 
 #include <algorithm>
+#include <fmt/format.h>
 
 namespace n502 {
 
@@ -27,7 +28,8 @@ Conn *Correlator::find_conn(const LogLine &line)
             continue;
         }
         if (line.kind == LogKind::Timeout) {
-            if (c->t_established)
+            bool connecting = line.phase.find("connecting") != std::string::npos;
+            if (connecting ? !c->t_established : bool(c->t_established))
                 return c;
             continue;
         }
@@ -39,9 +41,33 @@ Conn *Correlator::find_conn(const LogLine &line)
     return fallback;
 }
 
+void Correlator::group_attempts(const LogLine &line, Verdict &v)
+{
+    std::string id = fmt::format("{}#{}", line.pid, line.conn);
+    Attempts &a = attempts_[id];
+    bool same = a.count > 0 && line.conn != 0 && a.request == line.request &&
+                v.ts_real_ns - a.last_real_ns < 5'000'000'000LL;
+    if (!same) {
+        a.request = line.request;
+        a.key = fmt::format("{}@{}", id, line.wall_sec);
+        a.count = 0;
+    }
+    a.count++;
+    a.last_real_ns = v.ts_real_ns;
+    v.attempt = a.count;
+    v.request_key = a.key;
+    if (attempts_.size() > 4096) { // bounded: drop the stale ones
+        for (auto it = attempts_.begin(); it != attempts_.end();)
+            it = v.ts_real_ns - it->second.last_real_ns > 5'000'000'000LL ? attempts_.erase(it) : std::next(it);
+    }
+}
+
 std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
 {
-    Conn *conn = find_conn(line);
+    // "no live upstreams" is about Nginx's own peer state: no connection.
+    Conn *conn = line.kind == LogKind::NoLiveUpstreams ? nullptr : find_conn(line);
+    if (line.kind == LogKind::NoLiveUpstreams)
+        final = true;
     if (!conn && !final)
         return std::nullopt;
     // A connection that has not failed yet may still be closing: wait for
@@ -68,10 +94,14 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
         if (conn->up_pid)
             up = state_.proc(conn->up_pid);
     }
-    RuleInput in{line, conn, up, state_, tb_};
+    RuleInput in{line, conn, up, state_, tb_, host_, &history_};
     for (const Rule &r : rules())
         if (r.apply(in, v))
             break;
+    group_attempts(line, v);
+    history_.push_back({v.ts_real_ns, v.nginx_pid, v.upstream, v.cause, v.explanation});
+    while (!history_.empty() && (history_.size() > 256 || v.ts_real_ns - history_.front().ts_real_ns > 60'000'000'000LL))
+        history_.pop_front();
     std::stable_sort(v.evidence.begin(), v.evidence.end(),
                      [](const Evidence &a, const Evidence &b) { return a.ts < b.ts; });
     return v;

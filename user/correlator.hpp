@@ -8,10 +8,18 @@
 // lags by at most one event-loop iteration, and has 1 s resolution). Among
 // them, a connection whose failure matches the message wins (a refused or
 // failed connect for connect() lines; a RST/FIN/close for the others), the
-// newest first.
+// newest first. Timeouts while connecting match a connection that never got
+// established, timeouts while reading one that did.
+//
+// Retries: Nginx logs one line per failed attempt of a request. Lines of the
+// same worker and client connection (*N) and request within 5 s are one
+// request: their verdicts share `request_key` and count `attempt` from 1.
 #pragma once
 #include <cstdint>
+#include <deque>
+#include <map>
 #include <optional>
+#include <string>
 
 #include "logline.hpp"
 #include "rules.hpp"
@@ -27,7 +35,10 @@ struct CorrelatorOptions {
 
 class Correlator {
 public:
-    Correlator(State &state, Timebase tb, CorrelatorOptions opt = {}) : state_(state), tb_(tb), opt_(opt) {}
+    Correlator(State &state, Timebase tb, CorrelatorOptions opt = {}, Host *host = nullptr)
+        : state_(state), tb_(tb), opt_(opt), host_(host)
+    {
+    }
 
     // The verdict for the line, or nullopt when no connection matches yet and
     // `final` is false (the caller retries after draining more events).
@@ -38,10 +49,20 @@ public:
 
 private:
     Conn *find_conn(const LogLine &line);
+    void group_attempts(const LogLine &line, Verdict &v);
 
     State &state_;
     Timebase tb_;
     CorrelatorOptions opt_;
+    Host *host_;
+    std::deque<PastVerdict> history_; // recent verdicts, for causes that point back
+    struct Attempts {
+        std::string request;
+        std::string key;
+        int count = 0;
+        int64_t last_real_ns = 0;
+    };
+    std::map<std::string, Attempts> attempts_; // by worker#conn
 };
 
 } // namespace n502

@@ -141,6 +141,21 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);
+        e.bytes_received = r.bytes_received;
+        e.bytes_acked = r.bytes_acked;
+        return e;
+    }
+    case N502_EV_RETRANS: {
+        if (!fits<n502_retrans_event>(len, h, why))
+            return std::nullopt;
+        n502_retrans_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.tcp_state = r.state;
+        e.sock_role = r.sock_role;
+        e.owner = r.owner_tgid;
+        e.src = Addr::from_raw(r.src);
+        e.dst = Addr::from_raw(r.dst);
         return e;
     }
     case N502_EV_RESET: {
@@ -271,6 +286,7 @@ const char *event_type_name(n502_event_type t)
     case N502_EV_FORK: return "fork";
     case N502_EV_OOM: return "oom";
     case N502_EV_LISTEN: return "listen";
+    case N502_EV_RETRANS: return "retrans";
     default: return "unknown";
     }
 }

@@ -52,6 +52,8 @@ struct Event {
     int exit_code = 0;
     uint32_t role = 0;
     int backlog = 0;
+    uint64_t bytes_received = 0; // STATE
+    uint64_t bytes_acked = 0;    // STATE
 };
 
 // Returns nullopt and sets *why for records that are too short, of an unknown

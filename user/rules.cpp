@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fmt/format.h>
+#include <sys/socket.h>
 
 namespace n502 {
 namespace {
@@ -310,6 +311,281 @@ bool rule_closed_early(const RuleInput &in, Verdict &v)
     return true;
 }
 
+bool connect_failed_with(const RuleInput &in, int err)
+{
+    return in.conn && in.conn->error == err && !in.conn->t_established;
+}
+
+bool rule_socket_missing(const RuleInput &in, Verdict &v)
+{
+    if (!connect_failed_with(in, ENOENT) || in.conn->dst.family != AF_UNIX)
+        return false;
+    base(v, in, "upstream_socket_missing", "high");
+    std::string path = in.conn->dst.path;
+    auto ls = in.state.listeners_on(in.conn->dst);
+    std::string last;
+    if (!ls.empty()) {
+        const Listener *l = ls.back();
+        Evidence e;
+        e.ts = l->t_listen;
+        e.event = "listen";
+        e.pid = l->pid;
+        e.comm = l->comm;
+        e.detail = fmt::format("{} listened on {}", who(l->pid, l->comm), l->addr.str());
+        v.evidence.push_back(e);
+        if (const Proc *lp = in.state.proc(l->pid); lp && lp->exit) {
+            v.evidence.push_back(exit_evidence(*lp));
+            last = fmt::format("; the last listener there, {}, has exited", who(l->pid, l->comm));
+        } else {
+            last = fmt::format("; the last listener there was {}", who(l->pid, l->comm));
+        }
+    }
+    v.fact("socket_path", path);
+    v.explanation = fmt::format("The unix socket {} does not exist (connect failed with ENOENT): the upstream is not "
+                                "running or listens elsewhere{}.",
+                                path, last);
+    return true;
+}
+
+bool rule_permission_denied(const RuleInput &in, Verdict &v)
+{
+    if (!connect_failed_with(in, EACCES))
+        return false;
+    base(v, in, "upstream_permission_denied", "high");
+    std::string path = in.conn->dst.path;
+    if (in.conn->dst.family != AF_UNIX || !in.host) {
+        v.explanation = fmt::format("Connecting to {} was denied (EACCES).", in.conn->dst.str());
+        return true;
+    }
+    FileFacts f = in.host->file(path);
+    auto creds = in.host->creds(in.conn->nginx_pid);
+    if (f.exists) {
+        v.fact("socket_mode", fmt::format("{:04o}", f.mode));
+        v.fact("socket_owner", f.owner + ":" + f.group);
+    }
+    if (creds) {
+        v.fact("worker_uid", static_cast<int64_t>(creds->uid));
+        v.fact("worker_gid", static_cast<int64_t>(creds->gid));
+    }
+    std::string why;
+    if (f.exists && creds && !may_connect(*creds, path, *in.host, &why)) {
+        v.fact("mode_explains", true);
+        v.explanation = fmt::format("Nginx worker {} (uid {}, gid {}) may not connect to {}: {}.", in.conn->nginx_pid,
+                                    creds->uid, creds->gid, path, why);
+    } else if (f.exists && creds) {
+        v.fact("mode_explains", false);
+        v.explanation = fmt::format("Connecting to {} was denied although its mode ({:04o} {}:{}) allows uid {}: "
+                                    "something else refused it, most likely a security module (AppArmor, SELinux).",
+                                    path, f.mode, f.owner, f.group, creds->uid);
+    } else {
+        v.explanation = fmt::format("Connecting to {} was denied (EACCES); the socket file or the worker was gone "
+                                    "when n502trace looked.",
+                                    path);
+    }
+    return true;
+}
+
+void listener_facts(Verdict &v, const ListenerQueue &q)
+{
+    if (q.pid)
+        v.fact("listener_pid", static_cast<int64_t>(q.pid));
+    if (!q.comm.empty())
+        v.fact("listener_comm", q.comm);
+    v.fact("backlog", static_cast<int64_t>(q.backlog));
+    v.fact("queue_len", static_cast<int64_t>(q.queue_len));
+}
+
+bool rule_backlog_full(const RuleInput &in, Verdict &v)
+{
+    if (!in.conn)
+        return false;
+    bool unix_full = connect_failed_with(in, EAGAIN) && in.conn->dst.family == AF_UNIX;
+    bool syn_unanswered = in.line.kind == LogKind::Timeout && !in.conn->t_established &&
+                          in.conn->dst.family != AF_UNIX;
+    if (!unix_full && !syn_unanswered)
+        return false;
+    std::optional<ListenerQueue> q;
+    if (in.host)
+        q = in.host->listener(in.conn->dst, in.conn->nginx_pid);
+    if (syn_unanswered && (!q || q->queue_len <= q->backlog))
+        return false; // nothing listens, or its queue has room: not this cause
+    base(v, in, "upstream_backlog_full", q ? "high" : "medium");
+    if (q) {
+        listener_facts(v, *q);
+        v.upstream_pid = q->pid ? std::optional<uint32_t>(q->pid) : std::nullopt;
+        v.upstream_comm = q->comm;
+    }
+    std::string lst = q ? fmt::format("{} has {} connections waiting with a backlog of {}",
+                                      q->pid ? who(q->pid, q->comm) : std::string("its listener"), q->queue_len,
+                                      q->backlog)
+                        : std::string("its listener could not be inspected");
+    if (unix_full)
+        v.explanation = fmt::format("The accept queue of {} is full (connect failed with EAGAIN): {}; the upstream "
+                                    "is not accepting fast enough.",
+                                    in.conn->dst.str(), lst);
+    else
+        v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({} retransmissions) because the listener's "
+                                    "accept queue is full: {}.",
+                                    in.conn->dst.str(), in.conn->syn_retransmits, lst);
+    return true;
+}
+
+bool rule_ports_exhausted(const RuleInput &in, Verdict &v)
+{
+    if (!connect_failed_with(in, EADDRNOTAVAIL))
+        return false;
+    base(v, in, "local_ports_exhausted", "high");
+    auto by_state = in.state.nginx_sockets_to(in.conn->dst.str());
+    int total = 0;
+    std::string states;
+    for (const auto &[st, n] : by_state) {
+        total += n;
+        states += fmt::format("{}{} {}", states.empty() ? "" : ", ", n, st);
+        v.fact("nginx_sockets_" + st, static_cast<int64_t>(n));
+    }
+    v.fact("nginx_sockets", static_cast<int64_t>(total));
+    std::string range = in.host ? in.host->port_range(in.conn->nginx_pid) : "";
+    if (!range.empty())
+        v.fact("port_range", range);
+    v.explanation = fmt::format("No local port was free for a connection to {} (EADDRNOTAVAIL): Nginx holds {} "
+                                "sockets toward it{}{}.",
+                                in.conn->dst.str(), total, states.empty() ? "" : " (" + states + ")",
+                                range.empty() ? "" : "; the local port range is " + range);
+    return true;
+}
+
+bool rule_firewall_reset(const RuleInput &in, Verdict &v)
+{
+    if (!connect_failed_with(in, ECONNREFUSED) || in.conn->dst.family == AF_UNIX || !in.host)
+        return false;
+    auto q = in.host->listener(in.conn->dst, in.conn->nginx_pid);
+    if (!q)
+        return false;
+    if (q->queue_len > q->backlog && in.host->tcp_abort_on_overflow(in.conn->nginx_pid) == 1)
+        return false; // the kernel itself resets on overflow with this setting
+    base(v, in, "firewall_reset", "high");
+    listener_facts(v, *q);
+    v.explanation = fmt::format("Nginx's connect to {} was reset although {} listens there and its queue has room: a "
+                                "firewall rule (e.g. nftables/iptables REJECT with tcp-reset) answered the SYN.",
+                                in.conn->dst.str(), q->pid ? who(q->pid, q->comm) : std::string("a process"));
+    return true;
+}
+
+bool rule_connect_timeout(const RuleInput &in, Verdict &v)
+{
+    if (!in.conn || in.line.kind != LogKind::Timeout || in.conn->t_established || in.conn->dst.family == AF_UNIX)
+        return false;
+    base(v, in, "connect_timeout", in.conn->syn_retransmits ? "high" : "medium");
+    v.fact("syn_retransmits", static_cast<int64_t>(in.conn->syn_retransmits));
+    v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({} retransmissions seen) until Nginx gave up: "
+                                "packets are dropped on the way (a firewall DROP rule, a down route or host).",
+                                in.conn->dst.str(), in.conn->syn_retransmits);
+    return true;
+}
+
+bool rule_keepalive_race(const RuleInput &in, Verdict &v)
+{
+    if (!in.conn || !in.conn->t_established || !in.conn->t_up_rst_sent || !alive_at_failure(in))
+        return false;
+    // An orderly close (FIN) by the upstream, then a RST from its socket:
+    // data arrived after the close. An abortive close is upstream_reset.
+    std::optional<uint64_t> closed = in.conn->t_up_fin;
+    if (!closed || in.conn->t_up_abort || *in.conn->t_up_rst_sent <= *closed)
+        return false;
+    const Proc &p = *in.upstream;
+    base(v, in, "keepalive_race", "high");
+    v.explanation = fmt::format("Nginx reused an idle keep-alive connection that upstream {} had already closed at "
+                                "{}; its request arrived after the close and the upstream's kernel answered with a RST "
+                                "at {}.",
+                                who(p.pid, p.comm), at(in, *closed), at(in, *in.conn->t_up_rst_sent));
+    return true;
+}
+
+bool rule_invalid_response(const RuleInput &in, Verdict &v)
+{
+    if (in.line.kind != LogKind::InvalidResponse || !in.conn || !in.conn->t_established)
+        return false;
+    bool upstream_broke = (in.conn->t_rst_recv || in.conn->t_fin_recv) &&
+                          (!in.conn->t_nginx_fin || std::min(in.conn->t_rst_recv.value_or(UINT64_MAX),
+                                                             in.conn->t_fin_recv.value_or(UINT64_MAX)) <
+                                                        *in.conn->t_nginx_fin);
+    if (upstream_broke)
+        return false;
+    base(v, in, "upstream_invalid_response", "high");
+    v.fact("bytes_received", static_cast<int64_t>(in.conn->bytes_received));
+    v.fact("closed_by", in.conn->t_nginx_fin ? "nginx" : "unknown");
+    v.explanation = fmt::format("The transport was clean: {} sent {} bytes that Nginx rejected ({}), and Nginx closed "
+                                "the connection itself.",
+                                in.upstream ? who(in.upstream->pid, in.upstream->comm) : in.conn->dst.str(),
+                                in.conn->bytes_received, in.line.message);
+    return true;
+}
+
+bool rule_upstream_timeout(const RuleInput &in, Verdict &v)
+{
+    if (in.line.kind != LogKind::Timeout || !in.conn || !in.conn->t_established)
+        return false;
+    if (in.upstream && in.upstream->exit)
+        return false;
+    base(v, in, "upstream_timeout", in.upstream ? "high" : "medium");
+    v.status = 504;
+    std::string doing;
+    if (in.upstream && in.host)
+        doing = in.host->activity(in.upstream->pid);
+    if (!doing.empty())
+        v.fact("upstream_state", doing);
+    if (in.upstream)
+        v.explanation = fmt::format("Upstream {} accepted the connection and is still alive{} but sent no response "
+                                    "in time.",
+                                    who(in.upstream->pid, in.upstream->comm),
+                                    doing.empty() ? "" : " (" + doing + ")");
+    else
+        v.explanation = fmt::format("The connection to {} was established but no process was seen accepting it, and "
+                                    "no response came in time.",
+                                    in.conn->dst.str());
+    return true;
+}
+
+bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
+{
+    if (in.line.kind != LogKind::NoLiveUpstreams)
+        return false;
+    base(v, in, "no_live_upstreams", "high");
+    std::vector<std::string> parts;
+    if (in.history) {
+        for (const auto &h : *in.history) {
+            if (h.nginx_pid != in.line.pid || h.cause == "no_live_upstreams")
+                continue;
+            Evidence e;
+            e.event = "earlier_failure";
+            e.pid = h.nginx_pid;
+            e.comm = "nginx";
+            e.cause = h.cause;
+            e.upstream = h.upstream;
+            e.detail = fmt::format("{}: {}", h.upstream, h.explanation);
+            v.evidence.push_back(e);
+            parts.push_back(fmt::format("{} ({})", h.upstream, h.cause));
+        }
+    }
+    std::string list;
+    for (size_t i = 0; i < parts.size(); i++) {
+        if (i)
+            list += ", ";
+        list += parts[i];
+    }
+    if (parts.empty()) {
+        v.confidence = "medium";
+        v.explanation = fmt::format("Nginx had marked every server of upstream group {} as failed; the failures that "
+                                    "marked them happened before n502trace saw them.",
+                                    in.line.upstream_peer);
+    } else {
+        v.explanation = fmt::format("Nginx had marked every server of upstream group {} as failed after earlier "
+                                    "failures in this worker: {}.",
+                                    in.line.upstream_peer, list);
+    }
+    return true;
+}
+
 bool rule_unknown(const RuleInput &in, Verdict &v)
 {
     base(v, in, "unknown", "low");
@@ -345,13 +621,23 @@ bool rule_unknown(const RuleInput &in, Verdict &v)
 const std::vector<Rule> &rules()
 {
     static const std::vector<Rule> table = {
+        {"upstream_socket_missing", "connect to a unix socket path that does not exist (ENOENT)", rule_socket_missing},
+        {"upstream_permission_denied", "connect denied (EACCES): whether the socket's mode/owner explains it, or something else (an LSM)", rule_permission_denied},
+        {"upstream_backlog_full", "the listener's accept queue is full (unix: EAGAIN; TCP: SYNs unanswered)", rule_backlog_full},
+        {"local_ports_exhausted", "no local port left for a new connection (EADDRNOTAVAIL)", rule_ports_exhausted},
+        {"firewall_reset", "the connect was reset although a listener exists: a firewall REJECT", rule_firewall_reset},
         {"upstream_not_listening", "connect refused: nothing listens on the address; names the last listener and how it went away", rule_not_listening},
+        {"connect_timeout", "SYNs went unanswered (504): packets dropped on the way, e.g. by a firewall", rule_connect_timeout},
         {"upstream_oom_killed", "the process holding the upstream end was OOM-killed", rule_oom_killed},
         {"upstream_killed", "the process holding the upstream end was killed by a signal from another process", rule_killed},
         {"upstream_crashed", "the process died of its own fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL)", rule_crashed},
         {"upstream_exited", "the process exited normally while holding the connection", rule_exited},
+        {"keepalive_race", "Nginx reused an idle keep-alive connection the upstream had already closed", rule_keepalive_race},
+        {"upstream_invalid_response", "Nginx rejected what the upstream sent; the transport was clean", rule_invalid_response},
+        {"upstream_timeout", "the upstream accepted and is alive but sent nothing in time (504)", rule_upstream_timeout},
         {"upstream_reset", "the upstream process is alive and its socket sent a RST", rule_reset},
         {"upstream_closed_early", "the upstream process is alive and closed the connection before a full response header", rule_closed_early},
+        {"no_live_upstreams", "every server of the group was marked failed: names the earlier failures", rule_no_live_upstreams},
         {"unknown", "no decisive kernel evidence: what was seen is listed", rule_unknown},
     };
     return table;

@@ -4,9 +4,11 @@
 // that holds wins; `unknown` is the last and always holds. Adding a cause means
 // adding one entry to the table in rules.cpp.
 #pragma once
+#include <deque>
 #include <string>
 #include <vector>
 
+#include "host.hpp"
 #include "logline.hpp"
 #include "state.hpp"
 #include "timebase.hpp"
@@ -14,12 +16,23 @@
 
 namespace n502 {
 
+// An earlier verdict, kept for causes that point back (no_live_upstreams).
+struct PastVerdict {
+    int64_t ts_real_ns = 0;
+    uint32_t nginx_pid = 0;
+    std::string upstream;
+    std::string cause;
+    std::string explanation;
+};
+
 struct RuleInput {
     const LogLine &line;
     const Conn *conn;      // the connection Nginx failed on, or null
     const Proc *upstream;  // the process that held the other end, or null
     const State &state;
     const Timebase &tb;
+    Host *host = nullptr;  // null: no host lookups (replays, tests)
+    const std::deque<PastVerdict> *history = nullptr;
 };
 
 struct Rule {

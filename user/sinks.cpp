@@ -99,18 +99,33 @@ std::string verdict_json(const Verdict &v, const Timebase &tb)
             ev += fmt::format(",\"error\":{}", *e.error);
         if (!e.from.empty())
             ev += fmt::format(",\"from\":{},\"to\":{}", jstr(e.from), jstr(e.to));
+        if (!e.cause.empty())
+            ev += fmt::format(",\"cause\":{},\"upstream\":{}", jstr(e.cause), jstr(e.upstream));
         ev += "}";
     }
     ev += "]";
+    std::string facts = "{";
+    for (size_t i = 0; i < v.facts.size(); i++) {
+        const auto &[k, val] = v.facts[i];
+        facts += fmt::format("{}{}:", i ? "," : "", jstr(k));
+        if (const auto *str = std::get_if<std::string>(&val))
+            facts += jstr(*str);
+        else if (const auto *num = std::get_if<int64_t>(&val))
+            facts += std::to_string(*num);
+        else
+            facts += std::get<bool>(val) ? "true" : "false";
+    }
+    facts += "}";
     return fmt::format(
         "{{\"type\":\"verdict\",\"ts\":{},\"status\":{},\"nginx_pid\":{},\"nginx_conn\":{},\"upstream\":{},"
         "\"request\":{},\"client\":{},\"server\":{},\"host\":{},\"nginx_message\":{},\"log_only_cause\":{},"
         "\"cause\":{},\"confidence\":{},\"explanation\":{},\"upstream_pid\":{},\"upstream_comm\":{},"
-        "\"notes\":{},\"evidence\":{}}}",
+        "\"attempt\":{},\"request_key\":{},\"facts\":{},\"notes\":{},\"evidence\":{}}}",
         jstr(rfc3339_utc(v.ts_real_ns)), v.status, v.nginx_pid, v.nginx_conn, jstr(v.upstream), jstr(v.request),
         jstr(v.client), jstr(v.server), jstr(v.host), jstr(v.nginx_message), jstr(v.log_only_cause), jstr(v.cause),
         jstr(v.confidence), jstr(v.explanation), jopt(v.upstream_pid),
-        v.upstream_pid ? jstr(v.upstream_comm) : std::string("null"), jarr_str(v.notes), ev);
+        v.upstream_pid ? jstr(v.upstream_comm) : std::string("null"), v.attempt, jstr(v.request_key), facts,
+        jarr_str(v.notes), ev);
 }
 
 void JsonSink::emit(const std::string &line)
@@ -183,6 +198,22 @@ void TextSink::verdict(const Verdict &v)
     fmt::print(out_, "    nginx (worker {}, *{}): {}\n", v.nginx_pid, v.nginx_conn, v.nginx_message);
     if (v.log_only_cause != v.cause)
         fmt::print(out_, "    the log alone would suggest: {}\n", v.log_only_cause);
+    if (v.attempt > 1)
+        fmt::print(out_, "    attempt {} of request {}\n", v.attempt, v.request_key);
+    if (!v.facts.empty()) {
+        std::string f;
+        for (const auto &[k, val] : v.facts) {
+            f += f.empty() ? "" : ", ";
+            f += k + "=";
+            if (const auto *str = std::get_if<std::string>(&val))
+                f += *str;
+            else if (const auto *num = std::get_if<int64_t>(&val))
+                f += std::to_string(*num);
+            else
+                f += std::get<bool>(val) ? "yes" : "no";
+        }
+        fmt::print(out_, "    facts: {}\n", f);
+    }
     for (const auto &n : v.notes)
         fmt::print(out_, "    note: {}\n", n);
     for (const auto &e : v.evidence) {

@@ -195,12 +195,11 @@ void State::apply(const Event &e)
                 c->t_refused = e.ts;
         }
         add_evidence(*c, std::move(ev));
-        if (e.dst.family == AF_UNIX) {
-            if (e.ret == 0 && e.peer_sk)
-                unix_peer_[e.peer_sk] = e.sk;
-            if (e.ret != 0)
-                finish(e.sk);
-        }
+        if (e.dst.family == AF_UNIX && e.ret == 0 && e.peer_sk)
+            unix_peer_[e.peer_sk] = e.sk;
+        // A connect that failed at once (unix errors, EADDRNOTAVAIL, ...) ends here.
+        if (e.ret != 0 && e.ret != -EINPROGRESS && live_conn(e.sk) == c)
+            finish(e.sk);
         break;
     }
     case N502_EV_STATE: {
@@ -225,6 +224,11 @@ void State::apply(const Event &e)
                 c.dst = e.dst;
             if (e.src.known() && e.src.port)
                 c.src = e.src;
+            c.tcp_state = e.newstate;
+            c.bytes_received = e.bytes_received;
+            c.bytes_acked = e.bytes_acked;
+            if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_)
+                c.t_nginx_fin = e.ts;
             Evidence ev = make_ev(e, "state", e.owner, c.nginx_comm, "");
             ev.from = tcp_state_name(e.oldstate);
             ev.to = tcp_state_name(e.newstate);
@@ -234,15 +238,18 @@ void State::apply(const Event &e)
             } else if (e.newstate == TCP_CLOSE_WAIT_) {
                 c.t_fin_recv = e.ts;
                 ev.detail = "Nginx's socket received a FIN: the upstream end closed";
-            } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_) {
+            } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_ && e.sk_err) {
                 c.error = e.sk_err;
                 if (e.sk_err == ECONNREFUSED)
                     c.t_refused = e.ts;
                 ev.error = e.sk_err;
-                ev.detail = e.sk_err ? fmt::format("connect to {} failed: {}", c.dst.str(), errno_text(e.sk_err))
-                                     : fmt::format("connect to {} aborted", c.dst.str());
+                ev.detail = fmt::format("connect to {} failed: {}", c.dst.str(), errno_text(e.sk_err));
             } else if (e.newstate == TCP_SYN_SENT_) {
                 ev.detail.clear(); // the connect event says it
+            } else if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_) {
+                ev.detail = fmt::format("Nginx closed the connection first, after receiving {} bytes", e.bytes_received);
+            } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_) {
+                ev.detail = fmt::format("Nginx gave up connecting to {}: no answer to its SYN", c.dst.str());
             } else if (e.sk_err || e.oldstate == TCP_ESTABLISHED_) {
                 ev.detail = fmt::format("Nginx's socket {} -> {}", ev.from, ev.to);
                 if (e.sk_err)
@@ -309,6 +316,21 @@ void State::apply(const Event &e)
                 ev.detail = "the upstream's socket received a RST from Nginx";
             }
             add_evidence(*c, std::move(ev));
+        }
+        break;
+    }
+    case N502_EV_RETRANS: {
+        if (e.sock_role != N502_SOCK_NGINX)
+            break;
+        Conn *c = live_conn(e.sk);
+        if (!c)
+            break;
+        if (e.tcp_state == TCP_SYN_SENT_) {
+            c->syn_retransmits++;
+            if (c->syn_retransmits <= 3)
+                add_evidence(*c, make_ev(e, "syn_retransmit", e.owner, c->nginx_comm,
+                                         fmt::format("SYN to {} retransmitted (#{}): no answer yet", c->dst.str(),
+                                                     c->syn_retransmits)));
         }
         break;
     }
@@ -468,6 +490,15 @@ std::vector<const Listener *> State::listeners_on(const Addr &a) const
         uint64_t tx = x->t_unlisten.value_or(UINT64_MAX), ty = y->t_unlisten.value_or(UINT64_MAX);
         return tx < ty;
     });
+    return out;
+}
+
+std::map<std::string, int> State::nginx_sockets_to(const std::string &upstream) const
+{
+    std::map<std::string, int> out;
+    for (const auto &[sk, c] : live_)
+        if (c->dst.str() == upstream && c->tcp_state)
+            out[tcp_state_name(c->tcp_state)]++;
     return out;
 }
 

@@ -65,6 +65,10 @@ struct Conn {
     std::string up_comm;
     std::optional<uint64_t> t_accept, t_up_close, t_up_fin, t_up_abort, t_up_rst_sent;
     uint32_t up_close_pid = 0;
+    int tcp_state = 0;                   // Nginx's side, last seen
+    uint64_t bytes_received = 0, bytes_acked = 0; // Nginx's side, at its last state change
+    std::optional<uint64_t> t_nginx_fin; // Nginx closed first (ESTABLISHED -> FIN_WAIT1 on its side)
+    int syn_retransmits = 0;
     std::vector<Evidence> timeline;
     bool claimed = false;
 
@@ -115,6 +119,8 @@ public:
     // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
     std::vector<const Listener *> listeners_on(const Addr &a) const;
     std::vector<uint32_t> nginx_pids() const;
+    // Nginx's live sockets toward an upstream, by TCP state name.
+    std::map<std::string, int> nginx_sockets_to(const std::string &upstream) const;
     const StateStats &stats() const { return stats_; }
 
 private:

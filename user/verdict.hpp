@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <variant>
 #include <vector>
 
 namespace n502 {
@@ -21,7 +23,11 @@ struct Evidence {
     std::optional<int> exit_signal;
     std::optional<int> error;
     std::string from, to;     // state changes
+    std::string cause, upstream; // earlier_failure
 };
+
+// A fact looked up for a verdict (socket mode, queue length, ...).
+using FactValue = std::variant<std::string, int64_t, bool>;
 
 struct Verdict {
     int64_t ts_real_ns = 0;   // when the verdict was made
@@ -39,6 +45,11 @@ struct Verdict {
     std::string upstream_comm;
     std::vector<Evidence> evidence; // sorted by ts
     std::vector<std::string> notes; // e.g. "events were lost while this connection lived"
+    std::vector<std::pair<std::string, FactValue>> facts;
+    int attempt = 1;          // 1-based try within one client request
+    std::string request_key;  // the same for every attempt of one request
+
+    void fact(std::string k, FactValue v) { facts.emplace_back(std::move(k), std::move(v)); }
 };
 
 } // namespace n502

@@ -34,7 +34,8 @@ enum n502_event_type {
 	N502_EV_FORK = 8,    /* a tracked process created a new process */
 	N502_EV_OOM = 9,     /* the OOM killer chose a victim (any process) */
 	N502_EV_LISTEN = 10, /* a process started listening on a stream socket */
-	N502_EV_TYPE_MAX = 11,
+	N502_EV_RETRANS = 11, /* a tracked TCP socket retransmitted (a SYN, in SYN_SENT) */
+	N502_EV_TYPE_MAX = 12,
 };
 
 /* Process roles: bits in the procs map value and in events. */
@@ -123,6 +124,20 @@ struct n502_state_event {
 	__u16 sock_role;  /* enum n502_sock_role */
 	__u16 _pad;
 	__u32 owner_tgid; /* recorded at connect/accept/listen time */
+	__u32 _pad2;
+	struct n502_addr src;
+	struct n502_addr dst;
+	__u64 bytes_received; /* payload bytes received so far (tcp_sock) */
+	__u64 bytes_acked;    /* payload bytes sent and acknowledged so far */
+};
+
+struct n502_retrans_event {
+	struct n502_hdr hdr;
+	__u64 sk;
+	__s32 state;      /* TCP state of the socket (SYN_SENT: a SYN retransmission) */
+	__u16 sock_role;
+	__u16 _pad;
+	__u32 owner_tgid;
 	__u32 _pad2;
 	struct n502_addr src;
 	struct n502_addr dst;

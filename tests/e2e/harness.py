@@ -7,6 +7,7 @@ observable fact (a line printed, a record emitted, a pid file, a port that
 accepts or refuses, a process gone) by polling with a short interval and a
 bounded deadline.
 """
+import ctypes
 import json
 import os
 import random
@@ -24,6 +25,10 @@ PYTHON = "/usr/bin/python3"
 NGINX = "/usr/sbin/nginx"
 KILL = "/bin/kill"
 UPSTREAM_PY = os.path.join(HERE, "upstream.py")
+IP = "/usr/sbin/ip"
+NFT = "/usr/sbin/nft"
+SS = "/usr/bin/ss"
+PHP_FPM = "/usr/sbin/php-fpm8.2"
 CGROUP_MEMORY_ROOT = "/sys/fs/cgroup/memory"
 POLL = 0.02  # polling interval, seconds
 
@@ -60,6 +65,14 @@ def proc_state(pid):
     except (FileNotFoundError, ProcessLookupError):
         return None
     return data[data.rindex(")") + 2:].split()[0]
+
+
+def proc_comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def pid_alive(pid):
@@ -102,25 +115,63 @@ def spawn_kill(sig, pid):
 # ---------------------------------------------------------------- network
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     """A loopback TCP port that nothing listens on right now."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.bind((host, 0))
     port = s.getsockname()[1]
     s.close()
     return port
 
 
-def port_accepts(port, host="127.0.0.1"):
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def enter_netns(netns):
+    """Move the CALLING THREAD into network namespace /run/netns/<netns>.
+    Sockets it creates afterwards live there. Use it in a thread of its own."""
+    fd = os.open("/run/netns/%s" % netns, os.O_RDONLY)
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "setns(%s): %s" % (netns, os.strerror(e)))
+    finally:
+        os.close(fd)
 
 
-def wait_port_accepting(port, timeout=10):
-    wait_until(lambda: port_accepts(port), timeout, "port %d to accept" % port)
+def in_netns(netns, fn, *args, **kw):
+    """fn(*args, **kw) in a thread inside netns (or here if netns is None)."""
+    if netns is None:
+        return fn(*args, **kw)
+    box = {}
+
+    def body():
+        try:
+            enter_netns(netns)
+            box["v"] = fn(*args, **kw)
+        except BaseException as e:
+            box["e"] = e
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box["v"]
+
+
+def port_accepts(port, host="127.0.0.1", netns=None):
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+    return in_netns(netns, probe)
+
+
+def wait_port_accepting(port, timeout=10, host="127.0.0.1", netns=None):
+    wait_until(lambda: port_accepts(port, host, netns), timeout, "port %d to accept" % port)
 
 
 def wait_port_refusing(port, timeout=10):
@@ -137,9 +188,14 @@ class Response:
         return "Response(status=%r, %d bytes)" % (self.status, len(self.raw))
 
 
-def http_get(port, path="/", timeout=25, host="127.0.0.1"):
-    """One HTTP/1.1 GET with Connection: close; returns a Response."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
+def http_get(port, path="/", timeout=25, host="127.0.0.1", netns=None, source_port=None):
+    """One HTTP/1.1 GET with Connection: close; returns a Response.
+    netns: make it from inside that network namespace; source_port: bind the
+    client socket to it (for namespaces whose ephemeral port range is tiny)."""
+    if netns is not None:
+        return in_netns(netns, http_get, port, path, timeout, host, None, source_port)
+    src = (host, source_port) if source_port else None
+    with socket.create_connection((host, port), timeout=timeout, source_address=src) as s:
         s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: n502-e2e\r\n"
                    "Connection: close\r\n\r\n" % path).encode())
         raw = b""
@@ -159,14 +215,17 @@ def http_get(port, path="/", timeout=25, host="127.0.0.1"):
 class BackgroundRequest(threading.Thread):
     """http_get in a thread, for requests that only end once a fault happens."""
 
-    def __init__(self, port, path="/", timeout=25):
+    def __init__(self, port, path="/", timeout=25, netns=None, source_port=None):
         super().__init__(daemon=True)
-        self.args = (port, path, timeout)
+        self.args = (port, path, timeout, "127.0.0.1", None, source_port)
+        self.netns = netns
         self.response = None
         self.error = None
 
     def run(self):
         try:
+            if self.netns is not None:
+                enter_netns(self.netns)  # this thread only
             self.response = http_get(*self.args)
         except Exception as e:  # reported by result()
             self.error = e
@@ -177,6 +236,38 @@ class BackgroundRequest(threading.Thread):
         if self.error:
             raise Failure("HTTP request failed: %r" % (self.error,))
         return self.response
+
+
+def _ss(args, netns=None):
+    argv = [SS] + args
+    if netns is not None:
+        argv = [IP, "netns", "exec", netns] + argv
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+    if r.returncode != 0:
+        raise Failure("%s failed: %s" % (" ".join(argv), r.stderr.decode(errors="replace")))
+    return r.stdout.decode(errors="replace").splitlines()
+
+
+def unix_listen_queue(path, netns=None):
+    """(Recv-Q, Send-Q) of the listening unix socket at path: for a listener,
+    connections queued and not yet accepted, and the backlog. None if none."""
+    for line in _ss(["-xlnH"], netns):
+        f = line.split()
+        # u_str LISTEN RECVQ SENDQ PATH INODE * 0
+        if len(f) >= 5 and f[1] == "LISTEN" and f[4] == path:
+            return int(f[2]), int(f[3])
+    return None
+
+
+def tcp_listen_queue(port, netns=None):
+    """(Recv-Q, Send-Q) of the TCP listener on port: the accept queue's length
+    and the backlog. None if nothing listens."""
+    for line in _ss(["-ltnH", "sport = :%d" % port], netns):
+        f = line.split()
+        # LISTEN RECVQ SENDQ LOCAL PEER
+        if len(f) >= 4 and f[0] == "LISTEN" and f[3].rsplit(":", 1)[-1] == str(port):
+            return int(f[1]), int(f[2])
+    return None
 
 
 # ---------------------------------------------------------------- line readers
@@ -267,6 +358,10 @@ class Harness:
         self.tool = None
         self.upstreams = []
         self.cgroups = []
+        self.others = []  # other things with a stop(): PhpFpm, ...
+        self.finalizers = []  # (what, fn): run right after the tool is stopped
+        self.nft_tables = []
+        self.netnses = []
         self.close_errors = []
 
     def path(self, *parts):
@@ -278,8 +373,9 @@ class Harness:
         self.nginx.start()
         return self.nginx
 
-    def start_upstream(self, mode, port=None, unix=None, cgroup=None):
-        u = Upstream(self, mode, port=port, unix=unix)
+    def start_upstream(self, mode, port=None, unix=None, cgroup=None, host="127.0.0.1",
+                       netns=None, args=()):
+        u = Upstream(self, mode, port=port, unix=unix, host=host, netns=netns, args=args)
         self.upstreams.append(u)
         u.start()
         if cgroup is not None:
@@ -296,6 +392,31 @@ class Harness:
         self.cgroups.append(cg)
         return cg
 
+    def on_close(self, what, fn):
+        """Run fn() at close(), after the tool stops and before Nginx does."""
+        self.finalizers.append((what, fn))
+
+    def nft_table(self, rules):
+        """An nftables table of our own with an output-hook chain holding rules
+        (a list of rule strings); deleted by close()."""
+        t = NftTable(rules)
+        self.nft_tables.append(t)
+        t.create()
+        return t
+
+    def netns(self):
+        """A network namespace of our own, loopback up; deleted by close()."""
+        ns = Netns()
+        self.netnses.append(ns)
+        ns.create()
+        return ns
+
+    def start_php_fpm(self, **kw):
+        f = PhpFpm(self, **kw)
+        self.others.append(f)
+        f.start()
+        return f
+
     # -- teardown
     def close(self, remove_dir=True):
         """Stop the tool, Nginx, upstreams; remove cgroups and (unless keep or
@@ -306,12 +427,19 @@ class Harness:
         steps = []
         if self.tool is not None:
             steps.append(("stop n502trace", self.tool.stop))
+        steps += list(self.finalizers)
         if self.nginx is not None:
             steps.append(("stop nginx", self.nginx.stop))
         for u in self.upstreams:
             steps.append(("stop upstream %s" % u.mode, u.stop))
+        for o in self.others:
+            steps.append(("stop %s" % o.name, o.stop))
         for cg in self.cgroups:
             steps.append(("remove cgroup %s" % cg.path, cg.remove))
+        for t in self.nft_tables:
+            steps.append(("delete nft table %s" % t.name, t.delete))
+        for ns in self.netnses:
+            steps.append(("delete netns %s" % ns.name, ns.delete))
         for what, fn in steps:
             try:
                 fn()
@@ -331,7 +459,7 @@ class Harness:
 NGINX_CONF = """\
 # generated by tests/e2e/harness.py
 user www-data;
-worker_processes 2;
+worker_processes {workers};
 daemon on;
 master_process on;
 pid {dir}/nginx.pid;
@@ -353,7 +481,7 @@ http {{
     proxy_connect_timeout 60s;
     proxy_read_timeout 120s;
     proxy_send_timeout 120s;
-
+{http_extra}
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
@@ -366,14 +494,20 @@ http {{
 class Nginx:
     """The real Debian Nginx, daemonised, in a temp prefix.
 
-    locations: list of (location, proxy_pass target) e.g. ("/", "http://127.0.0.1:8080")
+    locations: list of (location, proxy_pass target) e.g. ("/", "http://127.0.0.1:8080"),
+    or (location, target or None, [more directive lines]) (no proxy_pass if None).
+    http_extra: text put in the http block (e.g. upstream blocks).
+    netns: run it inside that network namespace (ip netns exec).
     """
 
-    def __init__(self, prefix, locations, port=None, workers=2):
+    def __init__(self, prefix, locations, port=None, workers=2, http_extra="", netns=None):
         self.prefix = prefix
         self.locations = locations
         self.port = port or free_port()
         self.nworkers = workers
+        self.http_extra = http_extra
+        self.netns = netns
+        self.stop_signal = signal.SIGQUIT  # SIGTERM (fast) when requests are left hanging
         self.conf = os.path.join(prefix, "nginx.conf")
         self.pidfile = os.path.join(prefix, "nginx.pid")
         self.error_log = os.path.join(prefix, "error.log")
@@ -383,14 +517,20 @@ class Nginx:
     def start(self, timeout=10):
         os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
         os.chmod(os.path.join(self.prefix, "tmp"), 0o755)
-        locs = "".join(
-            "        location %s {\n            proxy_pass %s;\n        }\n" % (loc, target)
-            for loc, target in self.locations
-        )
+        locs = ""
+        for entry in self.locations:
+            loc, target = entry[0], entry[1]
+            lines = (["proxy_pass %s;" % target] if target else []) + list(entry[2] if len(entry) > 2 else [])
+            locs += "        location %s {\n%s        }\n" % (
+                loc, "".join("            %s\n" % l for l in lines))
         with open(self.conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.prefix, port=self.port, locations=locs))
+            f.write(NGINX_CONF.format(dir=self.prefix, port=self.port, locations=locs,
+                                      workers=self.nworkers, http_extra=self.http_extra))
         # -e: the log used before the config is read (Debian's default is stderr)
-        r = subprocess.run([NGINX, "-p", self.prefix, "-c", self.conf, "-e", self.error_log],
+        argv = [NGINX, "-p", self.prefix, "-c", self.conf, "-e", self.error_log]
+        if self.netns:
+            argv = [IP, "netns", "exec", self.netns] + argv
+        r = subprocess.run(argv,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         if r.returncode != 0:
             raise Failure("nginx failed to start (%d): %s\n%s" % (
@@ -407,7 +547,7 @@ class Nginx:
         self.workers = wait_until(
             lambda: (lambda k: k if len(k) >= self.nworkers else None)(children_of(self.master_pid)),
             timeout, "%d nginx workers" % self.nworkers)
-        wait_port_accepting(self.port, timeout)
+        wait_port_accepting(self.port, timeout, netns=self.netns)
 
     def worker_pids(self):
         return children_of(self.master_pid) if self.master_pid else []
@@ -423,21 +563,24 @@ class Nginx:
         lines = self.read_error_log().splitlines()
         return "\n".join(lines[-n:])
 
-    def wait_error(self, substring, timeout=5):
-        """Wait for an [error]-or-worse line containing substring; returns it."""
+    def wait_error(self, substring, timeout=5, nth=1):
+        """Wait for the nth line containing substring; returns it."""
         def find():
-            for line in self.read_error_log().splitlines():
-                if substring in line:
-                    return line
-            return None
-        return wait_until(find, timeout, "nginx error.log line containing %r" % substring)
+            hits = [l for l in self.read_error_log().splitlines() if substring in l]
+            return hits[nth - 1] if len(hits) >= nth else None
+        return wait_until(find, timeout, "nginx error.log line #%d containing %r" % (nth, substring))
+
+    def error_lines(self, levels=("error", "crit", "alert", "emerg")):
+        """The error.log lines at these levels."""
+        return [l for l in self.read_error_log().splitlines()
+                if any("[%s]" % lv in l for lv in levels)]
 
     def stop(self, timeout=5):
         if not self.master_pid:
             return
         pids = [self.master_pid] + self.worker_pids()
         try:
-            os.kill(self.master_pid, signal.SIGQUIT)
+            os.kill(self.master_pid, self.stop_signal)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
@@ -459,11 +602,14 @@ class Nginx:
 class Upstream:
     """tests/e2e/upstream.py as a direct child: Popen.pid is the python process."""
 
-    def __init__(self, h, mode, port=None, unix=None):
+    def __init__(self, h, mode, port=None, unix=None, host="127.0.0.1", netns=None, args=()):
         self.h = h
         self.mode = mode
         self.unix = unix
-        self.port = None if unix else (port or free_port())
+        self.host = host
+        self.netns = netns
+        self.args = list(args)
+        self.port = None if unix else (port or free_port(host))
         self.proc = None
         self.out = None
         self.errpath = h.path("upstream-%s-%d.err" % (mode, random.randrange(1 << 30)))
@@ -473,17 +619,27 @@ class Upstream:
         return self.proc.pid
 
     @property
+    def hostport(self):
+        return ("[%s]:%d" if ":" in self.host else "%s:%d") % (self.host, self.port)
+
+    @property
     def address(self):
-        return self.unix if self.unix else "127.0.0.1:%d" % self.port
+        """As n502trace names it: "unix:/path" for unix sockets (the existing
+        scenarios' verdicts never named a unix upstream), else HOST:PORT."""
+        return ("unix:%s" % self.unix) if self.unix else self.hostport
 
     @property
     def proxy_target(self):
-        return ("http://unix:%s:" % self.unix) if self.unix else "http://127.0.0.1:%d" % self.port
+        return ("http://unix:%s:" % self.unix) if self.unix else "http://%s" % self.hostport
 
     def start(self, timeout=10):
-        where = ["--unix", self.unix] if self.unix else ["--listen", "127.0.0.1:%d" % self.port]
+        where = ["--unix", self.unix] if self.unix else ["--listen", self.hostport]
         self.err = open(self.errpath, "wb")
-        self.proc = subprocess.Popen([PYTHON, UPSTREAM_PY] + where + ["--mode", self.mode],
+        argv = [PYTHON, UPSTREAM_PY] + where + ["--mode", self.mode] + self.args
+        if self.netns:
+            # ip netns exec execs the command: the pid stays the python's
+            argv = [IP, "netns", "exec", self.netns] + argv
+        self.proc = subprocess.Popen(argv,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err)
         self.out = LineCollector(self.proc.stdout, "upstream.py(%s)" % self.mode)
         line = self.out.wait_for(
@@ -670,6 +826,183 @@ class MemoryCgroup:
             except OSError:  # EBUSY while the last task is still exiting
                 return False
         wait_until(try_rmdir, timeout, "rmdir %s" % self.path)
+
+
+# ---------------------------------------------------------------- nftables, netns
+
+
+def _run(argv, what, timeout=10, input=None):
+    r = subprocess.run(argv, input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    if r.returncode != 0:
+        raise Failure("%s failed (%d): %s" % (what, r.returncode, r.stderr.decode(errors="replace").strip()))
+    return r.stdout.decode(errors="replace")
+
+
+class NftTable:
+    """table inet n502e2e_<random> with one chain on the output hook. Rules
+    must confine themselves to loopback (oifname "lo") and the test's ports."""
+
+    def __init__(self, rules):
+        self.name = "n502e2e_%08x" % random.randrange(1 << 32)
+        self.rules = list(rules)
+        self.created = False
+
+    def ruleset(self):
+        return ("table inet %s {\n  chain out {\n    type filter hook output priority 0; policy accept;\n%s  }\n}\n"
+                % (self.name, "".join("    %s\n" % r for r in self.rules)))
+
+    def create(self):
+        _run([NFT, "-f", "-"], "nft -f (table %s)" % self.name, input=self.ruleset().encode())
+        self.created = True
+
+    def listing(self):
+        return _run([NFT, "list", "table", "inet", self.name], "nft list table")
+
+    def delete(self):
+        if not self.created:
+            return
+        # Only our own table, by name; gone already is fine.
+        r = subprocess.run([NFT, "list", "table", "inet", self.name],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        if r.returncode == 0:
+            _run([NFT, "delete", "table", "inet", self.name], "nft delete table %s" % self.name)
+        self.created = False
+
+
+class Netns:
+    """ip netns n502e2e_<random>, with lo up. Delete it after its processes."""
+
+    def __init__(self):
+        self.name = "n502e2e_%08x" % random.randrange(1 << 32)
+        self.created = False
+
+    def create(self):
+        _run([IP, "netns", "add", self.name], "ip netns add %s" % self.name)
+        self.created = True
+        self.run(IP, "link", "set", "lo", "up")
+
+    def run(self, *argv):
+        return _run([IP, "netns", "exec", self.name] + list(argv), "ip netns exec %s %s" % (self.name, " ".join(argv)))
+
+    def sysctl(self, key, value):
+        self.run("/usr/sbin/sysctl", "-q", "-w", "%s=%s" % (key, value))
+
+    def pids(self):
+        r = subprocess.run([IP, "netns", "pids", self.name], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, timeout=10)
+        return [int(x) for x in r.stdout.split()]
+
+    def delete(self, timeout=10):
+        if not self.created:
+            return
+        left = self.pids()  # our Nginx/upstreams were stopped before this
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: not any(pid_alive(p) for p in left), timeout, "processes in netns %s to exit" % self.name)
+        _run([IP, "netns", "del", self.name], "ip netns del %s" % self.name)
+        self.created = False
+        if left:
+            raise Failure("netns %s still had processes %s (killed)" % (self.name, left))
+
+
+# ---------------------------------------------------------------- php-fpm
+
+
+PHP_FPM_CONF = """\
+; generated by tests/e2e/harness.py
+[global]
+pid = {dir}/php-fpm.pid
+error_log = {dir}/php-fpm.log
+log_level = notice
+daemonize = no
+
+[e2e]
+user = www-data
+group = www-data
+listen = {sock}
+listen.owner = www-data
+listen.group = www-data
+listen.mode = 0660
+pm = static
+pm.max_children = {children}
+catch_workers_output = yes
+"""
+
+
+class PhpFpm:
+    """Debian's php-fpm8.2 in the foreground with a config of our own: one
+    static pool on a unix socket in the test dir, workers as www-data."""
+
+    name = "php-fpm"
+
+    def __init__(self, h, children=1):
+        self.h = h
+        self.dir = h.path("php-fpm")
+        self.sock = os.path.join(self.dir, "php.sock")
+        self.conf = os.path.join(self.dir, "php-fpm.conf")
+        self.log = os.path.join(self.dir, "php-fpm.log")
+        self.children = children
+        self.proc = None
+        self.seen = set()
+
+    @property
+    def master_pid(self):
+        return self.proc.pid
+
+    def workers(self):
+        kids = children_of(self.proc.pid)
+        self.seen.update(kids)
+        return kids
+
+    def read_log(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout=10):
+        if not os.access(PHP_FPM, os.X_OK):
+            raise Failure("%s not installed (apt-get install php-fpm)" % PHP_FPM)
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        with open(self.conf, "w") as f:
+            f.write(PHP_FPM_CONF.format(dir=self.dir, sock=self.sock, children=self.children))
+        self.err = open(os.path.join(self.dir, "php-fpm.stderr"), "wb")
+        # -n: no php.ini (nothing of the system's FPM set-up); -F: foreground
+        self.proc = subprocess.Popen([PHP_FPM, "-n", "-F", "-y", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=self.err, stderr=subprocess.STDOUT)
+        wait_until(lambda: "ready to handle connections" in self.read_log() or self.proc.poll() is not None,
+                   timeout, "php-fpm 'ready to handle connections'")
+        check(self.proc.poll() is None, "php-fpm %s: %s" % (describe_status(self.proc.poll()), self.read_log()))
+        wait_until(lambda: len(self.workers()) >= self.children, timeout, "%d php-fpm children" % self.children)
+        check(os.path.exists(self.sock), "php-fpm socket %s missing" % self.sock)
+
+    def stop(self, timeout=10):
+        if self.proc is None:
+            return
+        # Only its current children (a killed child's pid may be reused by now).
+        pids = set(self.workers() if self.proc.poll() is None else [])
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # fast shutdown: the master kills its children
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for p in pids:
+            if pid_alive(p) and proc_comm(p).startswith("php-fpm"):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        wait_until(lambda: not any(pid_alive(p) and proc_comm(p).startswith("php-fpm") for p in pids),
+                   timeout, "php-fpm children to exit")
+        self.err.close()
+        self.proc = None
 
 
 def kernel_log_tail(n=20, grep=None):

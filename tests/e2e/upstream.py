@@ -13,20 +13,35 @@ the headers of a request (both flushed), then acts out MODE:
   segv   a real SIGSEGV raised by the kernel (a read of address 0)
   exit   os._exit(3) while still holding the connection
   oom    allocate and touch memory until killed (run it in a small memory cgroup)
+  noaccept  listen (backlog --backlog, default 0 here) and never accept
+  bigheader  answer with a 16 KiB response header, then keep the connection open
+  ka_close   HTTP/1.1 keep-alive 200s on any number of connections at once; a
+             connection idle for 300 ms is closed ("IDLE_CLOSED <pid>" once closed)
+
+Requests need not be HTTP: a uwsgi packet (first byte 0: 4-byte header with a
+little-endian vars size) is read whole, and so is an HTTP/2 prior-knowledge
+request (the preface, then frames until one with END_STREAM), so that the
+receive queue is empty when REQUEST is printed (a later close sends a FIN).
+
+  --sock-mode OCTAL  chmod of the unix socket file after bind (default 0666)
+  --backlog N        listen() backlog (default 64; 0 for noaccept unless given)
 
 Connections are served one after another in this one process (no fork, no
 threads), so the pid that accepted the connection is the pid that faults.
 Standard library only; runs under Debian's /usr/bin/python3.
 """
 import argparse
+import select
 import ctypes
 import os
 import resource
+import signal
 import socket
 import struct
 import sys
+import time
 
-MODES = ("ok", "close", "reset", "hang", "segv", "exit", "oom")
+MODES = ("ok", "close", "reset", "hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close")
 
 
 def say(word):
@@ -34,10 +49,34 @@ def say(word):
     sys.stdout.flush()
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def request_complete(buf):
+    """True once buf holds a whole request: HTTP/1.x headers, a uwsgi packet,
+    or an HTTP/2 prior-knowledge request up to a frame with END_STREAM."""
+    if buf[:1] == b"\0":  # uwsgi: modifier1 0, u16le datasize, modifier2
+        return len(buf) >= 4 and len(buf) >= 4 + struct.unpack_from("<H", buf, 1)[0]
+    if buf.startswith(H2_PREFACE[:len(buf)]) and len(buf) <= len(H2_PREFACE):
+        return False  # (the start of) the HTTP/2 preface
+    if buf.startswith(H2_PREFACE):
+        pos = len(H2_PREFACE)
+        while len(buf) >= pos + 9:
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            ftype, flags = buf[pos + 3], buf[pos + 4]
+            if len(buf) < pos + 9 + length:
+                return False
+            if ftype in (0x0, 0x1) and flags & 0x1:  # DATA/HEADERS with END_STREAM
+                return True
+            pos += 9 + length
+        return False
+    return b"\r\n\r\n" in buf or b"\n\n" in buf
+
+
 def read_headers(conn):
-    """Read until the end of the request headers. Returns False on EOF first."""
+    """Read until the end of the request (see request_complete). Returns False on EOF first."""
     buf = b""
-    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
+    while not request_complete(buf):
         try:
             chunk = conn.recv(65536)
         except OSError:
@@ -65,7 +104,57 @@ def eat_memory():
         hoard.append(b"\x5a" * (4 << 20))
 
 
+KA_IDLE = 0.3  # ka_close: seconds of idleness after which a connection is closed
+
+
+def serve_keepalive(lsock):
+    """ka_close: HTTP/1.1 keep-alive on any number of connections; a connection
+    idle for KA_IDLE seconds after a response is closed by this process."""
+    conns = {}  # socket -> [buffer, idle since (monotonic) or None while reading]
+    while True:
+        now = time.monotonic()
+        timeout = None
+        for c, (buf, since) in list(conns.items()):
+            if since is not None:
+                left = since + KA_IDLE - now
+                if left <= 0:
+                    c.close()
+                    del conns[c]
+                    say("IDLE_CLOSED")
+                    continue
+                timeout = left if timeout is None else min(timeout, left)
+        ready, _, _ = select.select([lsock] + list(conns), [], [], timeout)
+        for s in ready:
+            if s is lsock:
+                conn, _ = lsock.accept()
+                conns[conn] = [b"", None]
+                continue
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                s.close()
+                del conns[s]
+                continue
+            st = conns[s]
+            st[0] += chunk
+            st[1] = None
+            while b"\r\n\r\n" in st[0]:
+                _, st[0] = st[0].split(b"\r\n\r\n", 1)
+                say("REQUEST")
+                body = b"hello from upstream %d\n" % os.getpid()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                          b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(body) + body)
+                st[1] = time.monotonic()
+
+
 def serve(lsock, mode):
+    if mode == "noaccept":
+        while True:
+            signal.pause()
+    if mode == "ka_close":
+        serve_keepalive(lsock)
     held = []  # connections kept open by "hang"
     while True:
         conn, _ = lsock.accept()
@@ -89,6 +178,10 @@ def serve(lsock, mode):
             conn.close()
         elif mode == "hang":
             held.append(conn)
+        elif mode == "bigheader":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Big: "
+                         + b"x" * (16 << 10) + b"\r\nContent-Length: 0\r\n\r\n")
+            held.append(conn)  # Nginx is the one to close
         elif mode == "segv":
             crash_segv()
         elif mode == "exit":
@@ -103,6 +196,8 @@ def main():
     where.add_argument("--listen", metavar="HOST:PORT")
     where.add_argument("--unix", metavar="PATH")
     ap.add_argument("--mode", required=True, choices=MODES)
+    ap.add_argument("--sock-mode", default="0666", help="chmod of the unix socket file (octal)")
+    ap.add_argument("--backlog", type=int, default=None, help="listen() backlog")
     args = ap.parse_args()
 
     if args.listen:
@@ -119,8 +214,9 @@ def main():
             pass
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lsock.bind(args.unix)
-        os.chmod(args.unix, 0o666)  # Nginx workers run as www-data
-    lsock.listen(64)
+        os.chmod(args.unix, int(args.sock_mode, 8))  # 0666: Nginx workers run as www-data
+    backlog = args.backlog if args.backlog is not None else (0 if args.mode == "noaccept" else 64)
+    lsock.listen(backlog)
     say("LISTENING")
     serve(lsock, args.mode)
 

@@ -32,7 +32,9 @@ PIN_OFFSET(struct n502_accept_event, local, 64);
 PIN_OFFSET(struct n502_accept_event, peer, 84);
 
 PIN_SIZE(struct n502_close_event, 64);
-PIN_SIZE(struct n502_state_event, 112);
+PIN_SIZE(struct n502_state_event, 128);
+PIN_OFFSET(struct n502_state_event, bytes_received, 112);
+PIN_SIZE(struct n502_retrans_event, 104);
 PIN_OFFSET(struct n502_state_event, oldstate, 48);
 PIN_OFFSET(struct n502_state_event, sk_err, 56);
 PIN_OFFSET(struct n502_state_event, owner_tgid, 64);
@@ -64,5 +66,6 @@ TEST_CASE("event type numbers are stable", "[abi]")
     CHECK(N502_EV_FORK == 8);
     CHECK(N502_EV_OOM == 9);
     CHECK(N502_EV_LISTEN == 10);
+    CHECK(N502_EV_RETRANS == 11);
     CHECK(N502_ABI_VERSION == 1);
 }

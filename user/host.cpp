@@ -1,0 +1,385 @@
+#include "host.hpp"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <fstream>
+#include <functional>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sstream>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+
+#include "nginx.hpp"
+
+namespace n502 {
+
+namespace {
+
+// Runs fn in a thread that has joined the network namespace of pid (when it
+// differs from ours); network-namespaced files and sockets then see that one.
+void in_netns(uint32_t pid, const std::function<void()> &fn)
+{
+    if (pid == 0) {
+        fn();
+        return;
+    }
+    struct stat mine{}, theirs{};
+    std::string path = fmt::format("/proc/{}/ns/net", pid);
+    if (stat("/proc/self/ns/net", &mine) != 0 || stat(path.c_str(), &theirs) != 0 || mine.st_ino == theirs.st_ino) {
+        fn();
+        return;
+    }
+    std::thread t([&] {
+        int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            // The thread must not share its filesystem context for setns to
+            // be allowed: unshare it first.
+            unshare(CLONE_FS);
+            setns(fd, CLONE_NEWNET);
+            close(fd);
+        }
+        fn();
+    });
+    t.join();
+}
+
+std::string read_first_line(const std::string &path)
+{
+    std::ifstream f(path);
+    std::string line;
+    std::getline(f, line);
+    return line;
+}
+
+// One NETLINK_SOCK_DIAG dump; calls on_msg for every message.
+bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsghdr *)> &on_msg)
+{
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0)
+        return false;
+    sockaddr_nl sa{};
+    sa.nl_family = AF_NETLINK;
+    if (sendto(fd, req, len, 0, reinterpret_cast<sockaddr *>(&sa), sizeof(sa)) < 0) {
+        close(fd);
+        return false;
+    }
+    alignas(nlmsghdr) char buf[32768];
+    bool done = false, ok = true;
+    while (!done) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+            ok = false;
+            break;
+        }
+        for (auto *h = reinterpret_cast<nlmsghdr *>(buf); NLMSG_OK(h, static_cast<unsigned>(n));
+             h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_type == NLMSG_DONE) {
+                done = true;
+                break;
+            }
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                done = true;
+                ok = false;
+                break;
+            }
+            on_msg(h);
+        }
+    }
+    close(fd);
+    return ok;
+}
+
+std::optional<ListenerQueue> tcp_listener(const Addr &a)
+{
+    struct {
+        nlmsghdr nlh;
+        inet_diag_req_v2 r;
+    } req{};
+    req.nlh.nlmsg_len = sizeof(req);
+    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = static_cast<uint8_t>(a.family);
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 1u << 10; // TCP_LISTEN
+    std::optional<ListenerQueue> best;
+    uint64_t inode = 0;
+    diag_dump(&req, sizeof(req), [&](const nlmsghdr *h) {
+        auto *m = static_cast<const inet_diag_msg *>(NLMSG_DATA(h));
+        if (ntohs(m->id.idiag_sport) != a.port)
+            return;
+        bool wildcard = true;
+        for (size_t i = 0; i < (a.family == AF_INET ? 4u : 16u); i++)
+            if (reinterpret_cast<const uint8_t *>(m->id.idiag_src)[i] != 0)
+                wildcard = false;
+        bool exact = std::memcmp(m->id.idiag_src, a.ip.data(), a.family == AF_INET ? 4 : 16) == 0;
+        if (!exact && !wildcard)
+            return;
+        if (best && !exact)
+            return;
+        ListenerQueue q;
+        q.queue_len = m->idiag_rqueue;
+        q.backlog = m->idiag_wqueue;
+        inode = m->idiag_inode;
+        best = q;
+    });
+    if (best && inode) {
+        best->pid = pid_for_socket_inode(inode);
+        if (auto p = read_proc(best->pid))
+            best->comm = p->comm;
+    }
+    return best;
+}
+
+std::optional<ListenerQueue> unix_listener(const std::string &path)
+{
+    struct {
+        nlmsghdr nlh;
+        unix_diag_req r;
+    } req{};
+    req.nlh.nlmsg_len = sizeof(req);
+    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = AF_UNIX;
+    req.r.udiag_states = 1u << 10; // TCP_LISTEN
+    req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_RQLEN;
+    std::optional<ListenerQueue> found;
+    uint64_t inode = 0;
+    diag_dump(&req, sizeof(req), [&](const nlmsghdr *h) {
+        auto *m = static_cast<const unix_diag_msg *>(NLMSG_DATA(h));
+        int len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof(*m)));
+        std::string name;
+        ListenerQueue q;
+        for (auto *at = reinterpret_cast<const rtattr *>(m + 1); RTA_OK(at, len); at = RTA_NEXT(at, len)) {
+            if (at->rta_type == UNIX_DIAG_NAME)
+                name.assign(static_cast<const char *>(RTA_DATA(at)), RTA_PAYLOAD(at));
+            else if (at->rta_type == UNIX_DIAG_RQLEN && RTA_PAYLOAD(at) >= sizeof(unix_diag_rqlen)) {
+                auto *rq = static_cast<const unix_diag_rqlen *>(RTA_DATA(at));
+                q.queue_len = rq->udiag_rqueue;
+                q.backlog = rq->udiag_wqueue;
+            }
+        }
+        while (!name.empty() && name.back() == '\0')
+            name.pop_back();
+        if (name == path) {
+            found = q;
+            inode = m->udiag_ino;
+        }
+    });
+    if (found && inode) {
+        found->pid = pid_for_socket_inode(inode);
+        if (auto p = read_proc(found->pid))
+            found->comm = p->comm;
+    }
+    return found;
+}
+
+// The name for a numeric id from /etc/passwd or /etc/group (read directly:
+// a static binary cannot rely on the host's NSS modules).
+std::string name_of_id(const char *file, uint32_t id)
+{
+    std::ifstream f(file);
+    std::string line;
+    while (std::getline(f, line)) {
+        auto a = line.find(':');
+        auto b = a == std::string::npos ? a : line.find(':', a + 1);
+        auto c = b == std::string::npos ? b : line.find(':', b + 1);
+        if (c == std::string::npos)
+            continue;
+        if (line.substr(b + 1, c - b - 1) == std::to_string(id))
+            return line.substr(0, a);
+    }
+    return std::to_string(id);
+}
+
+} // namespace
+
+uint32_t pid_for_socket_inode(uint64_t inode, const std::string &root)
+{
+    std::string want = fmt::format("socket:[{}]", inode);
+    DIR *d = opendir(root.c_str());
+    if (!d)
+        return 0;
+    uint32_t found = 0;
+    while (!found) {
+        dirent *de = readdir(d);
+        if (!de)
+            break;
+        char *end = nullptr;
+        unsigned long pid = strtoul(de->d_name, &end, 10);
+        if (!end || *end || pid == 0 || pid > UINT32_MAX)
+            continue;
+        std::string fddir = fmt::format("{}/{}/fd", root, pid);
+        DIR *fds = opendir(fddir.c_str());
+        if (!fds)
+            continue;
+        while (dirent *fe = readdir(fds)) {
+            char buf[64];
+            ssize_t n = readlink((fddir + "/" + fe->d_name).c_str(), buf, sizeof(buf) - 1);
+            if (n > 0 && want.compare(0, std::string::npos, buf, static_cast<size_t>(n)) == 0) {
+                found = static_cast<uint32_t>(pid);
+                break;
+            }
+        }
+        closedir(fds);
+    }
+    closedir(d);
+    return found;
+}
+
+std::optional<ListenerQueue> RealHost::listener(const Addr &addr, uint32_t ns_pid)
+{
+    std::optional<ListenerQueue> out;
+    in_netns(ns_pid, [&] {
+        if (addr.family == AF_UNIX)
+            out = unix_listener(addr.path);
+        else if (addr.family == AF_INET || addr.family == AF_INET6)
+            out = tcp_listener(addr);
+    });
+    return out;
+}
+
+FileFacts RealHost::file(const std::string &path)
+{
+    FileFacts f;
+    struct stat st{};
+    if (stat(path.c_str(), &st) != 0)
+        return f;
+    f.exists = true;
+    f.mode = st.st_mode & 07777;
+    f.uid = st.st_uid;
+    f.gid = st.st_gid;
+    f.owner = name_of_id("/etc/passwd", st.st_uid);
+    f.group = name_of_id("/etc/group", st.st_gid);
+    return f;
+}
+
+std::optional<Creds> RealHost::creds(uint32_t pid)
+{
+    std::ifstream f(fmt::format("/proc/{}/status", pid));
+    if (!f)
+        return std::nullopt;
+    Creds c;
+    std::string line;
+    bool have = false;
+    while (std::getline(f, line)) {
+        std::istringstream in(line);
+        std::string key;
+        in >> key;
+        if (key == "Uid:") {
+            in >> c.uid; // real uid; effective is next, same for Nginx workers
+            uint32_t euid;
+            if (in >> euid)
+                c.uid = euid;
+            have = true;
+        } else if (key == "Gid:") {
+            in >> c.gid;
+            uint32_t egid;
+            if (in >> egid)
+                c.gid = egid;
+        } else if (key == "Groups:") {
+            uint32_t g;
+            while (in >> g)
+                c.groups.push_back(g);
+        }
+    }
+    if (!have)
+        return std::nullopt;
+    return c;
+}
+
+std::string RealHost::activity(uint32_t pid)
+{
+    auto p = read_proc(pid);
+    if (!p)
+        return "";
+    std::string stat = read_first_line(fmt::format("/proc/{}/stat", pid));
+    auto close = stat.rfind(')');
+    char st = close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : '?';
+    const char *name = "unknown";
+    switch (st) {
+    case 'R': name = "running"; break;
+    case 'S': name = "sleeping"; break;
+    case 'D': name = "in uninterruptible sleep (usually I/O)"; break;
+    case 'T': name = "stopped"; break;
+    case 't': name = "stopped by a tracer"; break;
+    case 'Z': name = "a zombie"; break;
+    case 'X': name = "dead"; break;
+    case 'I': name = "idle"; break;
+    default: break;
+    }
+    std::string wchan = read_first_line(fmt::format("/proc/{}/wchan", pid));
+    std::string out = fmt::format("{} ({})", st, name);
+    if (!wchan.empty() && wchan != "0")
+        out += " in " + wchan;
+    return out;
+}
+
+std::string RealHost::port_range(uint32_t pid)
+{
+    std::string out;
+    in_netns(pid, [&] { out = read_first_line("/proc/sys/net/ipv4/ip_local_port_range"); });
+    std::istringstream in(out);
+    unsigned lo = 0, hi = 0;
+    if (!(in >> lo >> hi))
+        return "";
+    return fmt::format("{}-{}", lo, hi);
+}
+
+int RealHost::tcp_abort_on_overflow(uint32_t pid)
+{
+    std::string out;
+    in_netns(pid, [&] { out = read_first_line("/proc/sys/net/ipv4/tcp_abort_on_overflow"); });
+    return out.empty() ? -1 : atoi(out.c_str());
+}
+
+static bool allowed(const Creds &c, const FileFacts &f, uint32_t owner_bit, uint32_t group_bit, uint32_t other_bit)
+{
+    if (c.uid == 0)
+        return true;
+    if (c.uid == f.uid)
+        return f.mode & owner_bit;
+    bool in_group = c.gid == f.gid;
+    for (uint32_t g : c.groups)
+        in_group = in_group || g == f.gid;
+    if (in_group)
+        return f.mode & group_bit;
+    return f.mode & other_bit;
+}
+
+bool may_connect(const Creds &c, const std::string &path, Host &host, std::string *why)
+{
+    // Search permission on every directory from / down to the socket's.
+    std::string dir;
+    size_t pos = 0;
+    while ((pos = path.find('/', pos + 1)) != std::string::npos) {
+        dir = path.substr(0, pos);
+        FileFacts d = host.file(dir);
+        if (d.exists && !allowed(c, d, 0100, 0010, 0001)) {
+            *why = fmt::format("directory {} ({:04o} {}:{}) is not searchable by uid {}", dir, d.mode, d.owner,
+                               d.group, c.uid);
+            return false;
+        }
+    }
+    FileFacts f = host.file(path);
+    if (f.exists && !allowed(c, f, 0200, 0020, 0002)) {
+        *why = fmt::format("socket {} ({:04o} {}:{}) is not writable by uid {} gid {}", path, f.mode, f.owner,
+                           f.group, c.uid, c.gid);
+        return false;
+    }
+    return true;
+}
+
+} // namespace n502

@@ -1,0 +1,66 @@
+// Host facts looked up at verdict time (not from the event stream): listener
+// queues through sock_diag, socket file permissions, a process's credentials
+// and what it is doing, the local port range of a network namespace. An
+// interface so that the rules can be tested with recorded facts.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "decoder.hpp"
+
+namespace n502 {
+
+struct ListenerQueue {
+    uint32_t pid = 0;       // a process holding the listening socket, 0 if not found
+    std::string comm;
+    uint32_t queue_len = 0; // connections waiting to be accepted
+    uint32_t backlog = 0;   // the listen() backlog (as the kernel clamps it)
+};
+
+struct FileFacts {
+    uint32_t mode = 0; // permission bits
+    uint32_t uid = 0, gid = 0;
+    std::string owner, group;
+    bool exists = false;
+};
+
+struct Creds {
+    uint32_t uid = 0, gid = 0;
+    std::vector<uint32_t> groups;
+};
+
+class Host {
+public:
+    virtual ~Host() = default;
+    // The listener on addr (TCP, or unix path) in the network namespace of `ns_pid`.
+    virtual std::optional<ListenerQueue> listener(const Addr &addr, uint32_t ns_pid) = 0;
+    virtual FileFacts file(const std::string &path) = 0;
+    virtual std::optional<Creds> creds(uint32_t pid) = 0;
+    // "S (sleeping) in unix_stream_read_generic", "" when the process is gone.
+    virtual std::string activity(uint32_t pid) = 0;
+    // "32768-60999" in the network namespace of pid.
+    virtual std::string port_range(uint32_t pid) = 0;
+    virtual int tcp_abort_on_overflow(uint32_t pid) = 0;
+};
+
+// The real host, through /proc, stat(2) and NETLINK_SOCK_DIAG.
+class RealHost : public Host {
+public:
+    std::optional<ListenerQueue> listener(const Addr &addr, uint32_t ns_pid) override;
+    FileFacts file(const std::string &path) override;
+    std::optional<Creds> creds(uint32_t pid) override;
+    std::string activity(uint32_t pid) override;
+    std::string port_range(uint32_t pid) override;
+    int tcp_abort_on_overflow(uint32_t pid) override;
+};
+
+// May `c` connect to the unix socket at path? (write on the socket, search on
+// every directory above it). Sets *why to the first refusal found.
+bool may_connect(const Creds &c, const std::string &path, Host &host, std::string *why);
+
+// pid holding a socket inode (scans /proc/*/fd), 0 when none.
+uint32_t pid_for_socket_inode(uint64_t inode, const std::string &proc_root = "/proc");
+
+} // namespace n502
