@@ -6,8 +6,11 @@
     run.py --bin build/n502trace --all
     run.py --no-tool SCENARIO|--all     # Nginx's side only (no n502trace)
 
-Each scenario causes exactly one 502 and asserts n502trace's verdict for it.
-Must run as root (BPF, cgroups, Nginx with `user www-data`).
+Each scenario causes one 502 (or 504) and asserts n502trace's verdict for it,
+except no_live_upstreams (three error lines: three verdicts) and
+backlog_full_tcp (the count is of verdicts for GET /target). Must run as root
+(BPF, cgroups, netns, nftables, Nginx with `user www-data`). Needs the Debian
+packages nginx, php-fpm (php8.2-fpm) and nftables, plus iproute2 (ip, ss).
 
 What Nginx 1.22.1 (Debian 12) logged for each scenario, as observed with
 --no-tool on kernel 6.18 (error_log level info):
@@ -26,11 +29,68 @@ is empty, which it is: upstream.py has read the whole request. So killed/oom/
 segv/exit look exactly like "close" from Nginx's side; only kernel evidence
 tells them apart.) Nginx does not retry: there is one server per location,
 and every 502 is one upstream attempt.
+
+The scenarios for the newer causes (same Nginx, kernel, level info; [crit]
+where shown, else [error]; DIR is the test's temp dir):
+
+  socket_missing     [crit] connect() to unix:DIR/missing.sock failed (2: No such file or directory)
+                       while connecting to upstream                                         -> 502
+  permission_denied  [crit] connect() to unix:DIR/up.sock failed (13: Permission denied)
+                       while connecting to upstream (socket 0600 root, workers www-data)   -> 502
+  backlog_full_unix  connect() to unix:DIR/up.sock failed (11: Resource temporarily unavailable)
+                       while connecting to upstream                                         -> 502
+                     (listen backlog 0 on a unix socket queues exactly ONE connection on
+                     6.18: the kernel refuses once queue length > backlog. The test waits
+                     for `ss -xl` Recv-Q 1 before the second request.)
+  backlog_full_tcp   upstream timed out (110: Connection timed out) while connecting to upstream -> 504
+                     (listen backlog 0 on TCP: one connection, the test's own filler socket,
+                     completes into the accept queue; `ss -ltn` Recv-Q 1 > Send-Q 0; then
+                     SYNs are dropped. No filler goes through Nginx, so the only verdict
+                     is for GET /target.)
+  connect_timeout    upstream timed out (110: Connection timed out) while connecting to upstream -> 504
+                     (nftables drops SYNs to the port; nothing listens there)
+  firewall_reset     connect() failed (111: Connection refused) while connecting to upstream   -> 502
+                     (nftables `reject with tcp reset` on output; upstream.py listens)
+  ports_exhausted    [crit] connect() to 127.0.0.1:P failed (99: Cannot assign requested address)
+                       while connecting to upstream                                         -> 502
+                     (in a netns with ip_local_port_range 40000 40000; note the message is
+                     "connect() to ADDR failed", the synchronous-connect form, not
+                     "connect() failed")
+  invalid_response   upstream sent too big header while reading response header from upstream -> 502
+  upstream_timeout   upstream timed out (110: Connection timed out) while reading response
+                       header from upstream                                                 -> 504
+  no_live_upstreams  request 1: connect() failed (111: Connection refused) while connecting to
+                       upstream, twice (upstream "http://127.0.0.1:P1/one", then P2)      -> 502
+                     request 2: no live upstreams while connecting to upstream
+                       (upstream "http://pool/two")                                         -> 502
+  keepalive_race     recv() failed (104: Connection reset by peer) while reading response header
+                       from upstream                                                        -> 502
+  fastcgi_php_fpm_killed
+                     recv() failed (104: Connection reset by peer) while reading response header
+                       from upstream                                                        -> 502
+                     (NOT "prematurely closed": the FPM child had not read the empty
+                     FCGI_STDIN record that came with the params, and a unix socket closed
+                     with unread data gives its peer ECONNRESET; deterministic.)
+  uwsgi_killed       upstream prematurely closed connection while reading response header
+                       from upstream (upstream "uwsgi://127.0.0.1:P")                       -> 502
+  grpc_killed        upstream prematurely closed connection while reading response header
+                       from upstream (upstream "grpc://127.0.0.1:P"; an HTTP/1.1 client,
+                       upstream.py reads the h2 preface and frames up to END_STREAM and
+                       never answers)                                                       -> 502
+  ipv6_killed        upstream prematurely closed connection while reading response header
+                       from upstream (upstream "http://[::1]:P/")                           -> 502
+
+proxy_connect_timeout is 2s, not 1s, where a SYN retransmission is asserted
+(backlog_full_tcp, connect_timeout): the first retransmission comes 1 s after
+the SYN (TCP_TIMEOUT_INIT), so a 1s connect timeout would race it.
 """
 import argparse
 import json
 import os
+import pwd
 import signal
+import socket
+import stat
 import sys
 import time
 import traceback
@@ -56,14 +116,19 @@ class Scenario:
         self.nginx = None
         self.verdict = None
         self.notes = []
+        # after_teardown: how many verdicts (of those count_filter accepts) the test caused
+        self.want_verdicts = 1
+        self.count_filter = None
 
     def note(self, msg):
         self.notes.append(msg)
         harness.log(msg)
 
     # -- setup in the order every scenario uses: Nginx, then the tool
-    def setup(self, upstream_target):
-        self.nginx = self.h.start_nginx([("/", upstream_target)])
+    def setup(self, upstream_target, directives=(), **nginx_kw):
+        """Nginx with location / -> upstream_target (proxy_pass; None for none)
+        plus directives; nginx_kw for harness.Nginx (http_extra, workers, netns)."""
+        self.nginx = self.h.start_nginx([("/", upstream_target, list(directives))], **nginx_kw)
         self.note("nginx master %d workers %s on 127.0.0.1:%d -> %s" % (
             self.nginx.master_pid, self.nginx.workers, self.nginx.port, upstream_target))
         if self.use_tool:
@@ -74,13 +139,13 @@ class Scenario:
             check(sorted(ready.get("workers") or []) == sorted(self.nginx.workers),
                   "ready.workers %r != nginx workers %r" % (ready.get("workers"), self.nginx.workers))
 
-    def get(self, path="/", want=502):
-        r = harness.http_get(self.nginx.port, path)
+    def get(self, path="/", want=502, source_port=None):
+        r = harness.http_get(self.nginx.port, path, netns=self.nginx.netns, source_port=source_port)
         check(r.status == want, "GET %s: status %r, want %d" % (path, r.status, want))
         return r
 
-    def expect_nginx_message(self, msg):
-        line = self.nginx.wait_error(msg)
+    def expect_nginx_message(self, msg, nth=1):
+        line = self.nginx.wait_error(msg, nth=nth)
         self.note("nginx logged: %s" % line)
         return line
 
@@ -91,25 +156,34 @@ class Scenario:
         self.note("upstream pid %d %s" % (up.pid, harness.describe_status(rc)))
 
     # -- the verdict
-    def expect_verdict(self, resp, cause, upstream, nginx_msg, upstream_pid=None, evidence=()):
-        """Assert the one verdict for this test's 502.
+    def expect_verdict(self, resp, cause, upstream, nginx_msg, upstream_pid=None, evidence=(),
+                       status=502, facts=None, match=None, attempt=None):
+        """Assert the verdict for this test's 502 (or 504: status).
 
+        upstream: the verdict's "upstream", or None not to check it.
         evidence: list of requirements; each requirement is a list of
-        alternative dicts, one of which must be a subset of some entry."""
+        alternative dicts, one of which must be a subset of some entry.
+        facts: {name: value or Pred}: verdict["facts"][name] must equal value
+        (same JSON type: true is not 1) or satisfy the Pred.
+        match: picks the verdict (a predicate on the record) when the test
+        causes several; default the first verdict.
+        attempt: the verdict's "attempt" must be this."""
         if not self.use_tool:
-            return
+            return None
         left = max(0.0, resp.t_done + VERDICT_DEADLINE - time.monotonic())
         try:
-            t, v = self.tool.wait_record("verdict", timeout=left + 0.05)
+            t, v = self.tool.wait_record("verdict", pred=match, timeout=left + 0.05)
         except Failure as e:
-            raise Failure("no verdict within %.0fs of the 502 (%s)" % (VERDICT_DEADLINE, e))
+            raise Failure("no %sverdict within %.0fs of the %d (%s)" % (
+                "matching " if match else "", VERDICT_DEADLINE, status, e))
         self.verdict = v
         late = t - resp.t_done
-        check(late <= VERDICT_DEADLINE, "verdict came %.2fs after the 502 (limit %.0fs)" % (late, VERDICT_DEADLINE))
-        check(v.get("status") == 502, "verdict status %r, want 502" % v.get("status"))
+        check(late <= VERDICT_DEADLINE, "verdict came %.2fs after the %d (limit %.0fs)" % (late, status, VERDICT_DEADLINE))
+        check(v.get("status") == status, "verdict status %r, want %d" % (v.get("status"), status))
         workers = set(self.nginx.workers) | set(self.nginx.worker_pids())
         check(v.get("nginx_pid") in workers, "verdict nginx_pid %r not a worker %s" % (v.get("nginx_pid"), sorted(workers)))
-        check(v.get("upstream") == upstream, "verdict upstream %r, want %r" % (v.get("upstream"), upstream))
+        if upstream is not None:
+            check(v.get("upstream") == upstream, "verdict upstream %r, want %r" % (v.get("upstream"), upstream))
         check(nginx_msg in (v.get("nginx_message") or ""),
               "verdict nginx_message %r does not contain %r" % (v.get("nginx_message"), nginx_msg))
         check(v.get("cause") == cause, "verdict cause %r, want %r" % (v.get("cause"), cause))
@@ -123,14 +197,55 @@ class Scenario:
                        for alt in alternatives):
                 raise Failure("verdict evidence has no entry matching %s" % " or ".join(
                     json.dumps(a, sort_keys=True) for a in alternatives))
-        self.note("verdict ok: cause %s, %.2fs after the 502" % (cause, late))
+        if facts:
+            got = v.get("facts")
+            check(isinstance(got, dict), "verdict facts is not an object: %r" % (got,))
+            for name, want in facts.items():
+                check(name in got, "verdict facts has no %r (facts: %s)" % (name, json.dumps(got, sort_keys=True)))
+                check(fact_ok(got[name], want), "verdict facts.%s = %s, want %s" % (
+                    name, json.dumps(got[name]), want if isinstance(want, Pred) else json.dumps(want)))
+        if attempt is not None:
+            check(v.get("attempt") == attempt and not isinstance(v.get("attempt"), bool),
+                  "verdict attempt %r, want %d" % (v.get("attempt"), attempt))
+        self.note("verdict ok: cause %s, %.2fs after the %d" % (cause, late, status))
+        return v
 
     def after_teardown(self):
         """Checks that need the tool stopped (all its output read)."""
         if not self.use_tool or self.tool is None:
             return
-        verdicts = self.tool.records("verdict")
-        check(len(verdicts) == 1, "want exactly 1 verdict (one 502 was caused), got %d" % len(verdicts))
+        verdicts = [v for v in self.tool.records("verdict") if self.count_filter is None or self.count_filter(v)]
+        check(len(verdicts) == self.want_verdicts, "want exactly %d verdict(s)%s, got %d" % (
+            self.want_verdicts, " (of those counted)" if self.count_filter else "", len(verdicts)))
+
+
+class Pred:
+    """A condition on a fact, with a description for failure messages."""
+
+    def __init__(self, desc, fn):
+        self.desc = desc
+        self.fn = fn
+
+    def __str__(self):
+        return self.desc
+
+
+def fact_ok(got, want):
+    if isinstance(want, Pred):
+        try:
+            return bool(want.fn(got))
+        except (TypeError, ValueError, AttributeError):
+            return False
+    if isinstance(want, bool):
+        return got is want
+    if isinstance(want, (int, float)):
+        return isinstance(got, (int, float)) and not isinstance(got, bool) and got == want
+    return got == want
+
+
+def request_path_is(path):
+    """A verdict predicate: its request line is GET path."""
+    return lambda v: (v.get("request") or "").split(" ")[1:2] == [path]
 
 
 # ---------------------------------------------------------------- scenarios
@@ -316,6 +431,367 @@ def sc_reload(s):
             s.verdict.get("nginx_pid"), sorted(new)))
 
 
+# ---------------------------------------------------------------- scenarios for the newer causes
+
+
+MSG_CONNECT_TIMEOUT = "upstream timed out (110: Connection timed out) while connecting to upstream"
+MSG_READ_TIMEOUT = "upstream timed out (110: Connection timed out) while reading response header from upstream"
+MSG_TOO_BIG = "upstream sent too big header while reading response header from upstream"
+MSG_NO_LIVE = "no live upstreams while connecting to upstream"
+
+# The first SYN retransmission comes 1 s (TCP_TIMEOUT_INIT) after the SYN. A
+# proxy_connect_timeout of 1s would race it; 2s leaves it a whole second.
+CONNECT_TIMEOUT = "2s"
+
+
+def msg_unix_connect(sock, err):
+    return "connect() to unix:%s failed (%s) while connecting to upstream" % (sock, err)
+
+
+def tcp_syn_retrans():
+    """TcpExt TCPSynRetrans of this network namespace (SYNs retransmitted)."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split()[1:], values.split()[1:]))["TCPSynRetrans"])
+    raise Failure("no TcpExt TCPSynRetrans in /proc/net/netstat")
+
+
+def ss_tcp_states(port, netns=None, side="sport"):
+    """{(local, peer): state} of TCP sockets whose sport/dport is port."""
+    out = {}
+    for line in harness._ss(["-tanH", "%s = :%d" % (side, port)], netns):
+        f = line.split()
+        if len(f) >= 5:
+            out[(f[3], f[4])] = f[0]
+    return out
+
+
+def killed_flow(s, up, path="/"):
+    """A request that up holds; SIGKILL up from /bin/kill; returns (response, killer)."""
+    req = harness.BackgroundRequest(s.nginx.port, path)
+    req.start()
+    up.wait_request(1)
+    killer = harness.spawn_kill(signal.SIGKILL, up.pid)
+    s.note("/bin/kill -KILL %d ran as pid %d" % (up.pid, killer))
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    s.expect_death(up, -signal.SIGKILL)
+    return r, killer
+
+
+def sc_socket_missing(s):
+    sock = s.h.path("missing.sock")
+    s.setup("http://unix:%s:" % sock)
+    check(not os.path.exists(sock), "%s exists" % sock)
+    r = s.get()
+    s.expect_nginx_message(msg_unix_connect(sock, "2: No such file or directory"))
+    s.expect_verdict(r, "upstream_socket_missing", "unix:" + sock, "No such file or directory", evidence=[
+        [{"event": "connect", "error": 2}],
+    ])
+
+
+def sc_permission_denied(s):
+    sock = s.h.path("up.sock")
+    s.setup("http://unix:%s:" % sock)
+    up = s.h.start_upstream("ok", unix=sock, args=["--sock-mode", "0600"])
+    st = os.stat(sock)
+    check(stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0,
+          "%s mode %o uid %d, want 0600 root" % (sock, stat.S_IMODE(st.st_mode), st.st_uid))
+    www = pwd.getpwnam("www-data").pw_uid
+    for w in s.nginx.workers:
+        check(proc_uid(w) == www, "nginx worker %d runs as uid %r, want www-data (%d)" % (w, proc_uid(w), www))
+    r = s.get()
+    s.expect_nginx_message(msg_unix_connect(sock, "13: Permission denied"))
+    check(up.out.count_lines("REQUEST") == 0, "the upstream got a request")
+    s.expect_verdict(r, "upstream_permission_denied", up.address, "Permission denied", facts={
+        "socket_mode": "0600", "worker_uid": www, "mode_explains": True,
+    })
+
+
+def sc_backlog_full_unix(s):
+    """listen(0) on a unix socket lets ONE connection queue (the kernel refuses
+    when the queue length > backlog); the second connect gets EAGAIN."""
+    sock = s.h.path("up.sock")
+    s.setup("http://unix:%s:" % sock)
+    s.nginx.stop_signal = signal.SIGTERM  # the first request is left hanging
+    up = s.h.start_upstream("noaccept", unix=sock)
+    check(harness.unix_listen_queue(sock) == (0, 0), "listener queue %r, want (0, 0)" % (harness.unix_listen_queue(sock),))
+    first = harness.BackgroundRequest(s.nginx.port, "/first")
+    first.start()
+    harness.wait_until(lambda: harness.unix_listen_queue(sock) == (1, 0), 5,
+                       "Nginx's first connection to be queued on %s (ss -xl Recv-Q 1)" % sock)
+    r = s.get("/second")
+    s.expect_nginx_message(msg_unix_connect(sock, "11: Resource temporarily unavailable"))
+    check(first.is_alive(), "the first request ended: %r %r" % (first.response, first.error))
+    check(len(s.nginx.error_lines()) == 1, "want one error line, got:\n%s" % "\n".join(s.nginx.error_lines()))
+    s.expect_verdict(r, "upstream_backlog_full", up.address, "Resource temporarily unavailable",
+                     match=request_path_is("/second"), facts={"listener_pid": up.pid, "backlog": 0},
+                     evidence=[[{"event": "connect", "error": 11}]])
+
+
+def sc_backlog_full_tcp(s):
+    """listen(0) on TCP: one connection completes into the accept queue; with
+    the queue full the listener drops SYNs, so Nginx's connect times out."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port, ["proxy_connect_timeout %s;" % CONNECT_TIMEOUT])
+    up = s.h.start_upstream("noaccept", port=port)
+    check(harness.tcp_listen_queue(port) == (0, 0), "accept queue %r, want (0, 0)" % (harness.tcp_listen_queue(port),))
+    # The filler: our own connection, which the kernel completes and queues.
+    filler = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.h.on_close("close the filler connection", filler.close)
+    q = harness.wait_until(lambda: (lambda q: q if q and q[0] > q[1] else None)(harness.tcp_listen_queue(port)), 5,
+                           "the accept queue of port %d to be full (ss -ltn Recv-Q > Send-Q)" % port)
+    s.note("accept queue of 127.0.0.1:%d full: Recv-Q %d > Send-Q (backlog) %d" % (port, q[0], q[1]))
+    retrans = tcp_syn_retrans()
+    r = s.get("/target", want=504)
+    s.expect_nginx_message(MSG_CONNECT_TIMEOUT)
+    check(tcp_syn_retrans() > retrans, "the kernel retransmitted no SYN (TCPSynRetrans %d)" % retrans)
+    check(up.out.count_lines("REQUEST") == 0, "the upstream got a request")
+    s.count_filter = request_path_is("/target")
+    s.expect_verdict(r, "upstream_backlog_full", up.address, "Connection timed out", status=504,
+                     match=request_path_is("/target"),
+                     facts={"listener_pid": up.pid, "backlog": q[1], "queue_len": q[0]},
+                     evidence=[[{"event": "syn_retransmit"}]])
+
+
+def sc_connect_timeout(s):
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port, ["proxy_connect_timeout %s;" % CONNECT_TIMEOUT])
+    t = s.h.nft_table(['oifname "lo" ip daddr 127.0.0.1 tcp dport %d tcp flags & (syn | ack) == syn drop' % port])
+    s.note("nft table inet %s drops SYNs to 127.0.0.1:%d" % (t.name, port))
+    retrans = tcp_syn_retrans()
+    r = s.get(want=504)
+    s.expect_nginx_message(MSG_CONNECT_TIMEOUT)
+    check(tcp_syn_retrans() > retrans, "the kernel retransmitted no SYN (TCPSynRetrans %d)" % retrans)
+    s.expect_verdict(r, "connect_timeout", "127.0.0.1:%d" % port, "Connection timed out", status=504,
+                     evidence=[[{"event": "syn_retransmit"}]])
+
+
+def sc_firewall_reset(s):
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    up = s.h.start_upstream("ok", port=port)
+    t = s.h.nft_table(['oifname "lo" ip daddr 127.0.0.1 tcp dport %d reject with tcp reset' % port])
+    s.note("nft table inet %s rejects with a reset everything to 127.0.0.1:%d" % (t.name, port))
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    check(up.out.count_lines("REQUEST") == 0, "the upstream got a request")
+    check(harness.tcp_listen_queue(port) is not None, "nothing listens on %d any more" % port)
+    s.expect_verdict(r, "firewall_reset", up.address, "Connection refused", facts={"listener_pid": up.pid})
+
+
+def sc_ports_exhausted(s):
+    """A netns whose ephemeral range is one port: Nginx's one connection to the
+    upstream holds it; the next connect() gets EADDRNOTAVAIL. Clients bind
+    explicit source ports outside the range (they would need it too)."""
+    ns = s.h.netns()
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40000")
+    ports = set()
+    while len(ports) < 2:
+        p = harness.free_port()
+        if p not in (40000, 41001, 41002):
+            ports.add(p)
+    up_port, nginx_port = sorted(ports)
+    s.setup("http://127.0.0.1:%d" % up_port, port=nginx_port, netns=ns.name)
+    s.nginx.stop_signal = signal.SIGTERM  # the first request is left hanging
+    s.note("netns %s, ip_local_port_range 40000 40000" % ns.name)
+    up = s.h.start_upstream("hang", port=up_port, netns=ns.name)
+    first = harness.BackgroundRequest(s.nginx.port, "/first", netns=ns.name, source_port=41001)
+    first.start()
+    up.wait_request(1)
+    conns = ss_tcp_states(up_port, ns.name, side="dport")
+    check(conns.get(("127.0.0.1:40000", "127.0.0.1:%d" % up_port)) == "ESTAB",
+          "Nginx's connection to the upstream is not from port 40000: %r" % conns)
+    r = s.get("/second", source_port=41002)
+    msg = "connect() to 127.0.0.1:%d failed (99: Cannot assign requested address) while connecting to upstream" % up_port
+    s.expect_nginx_message(msg)
+    check(first.is_alive(), "the first request ended: %r %r" % (first.response, first.error))
+    s.expect_verdict(r, "local_ports_exhausted", up.address, "Cannot assign requested address",
+                     match=request_path_is("/second"), facts={"port_range": "40000-40000", "nginx_sockets": 1})
+
+
+def sc_invalid_response(s):
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    up = s.h.start_upstream("bigheader", port=port)
+    r = s.get()
+    up.wait_request(1)
+    s.expect_nginx_message(MSG_TOO_BIG)
+    check(harness.pid_alive(up.pid), "the upstream died")
+    s.expect_verdict(r, "upstream_invalid_response", up.address, "too big header", upstream_pid=up.pid, facts={
+        "closed_by": "nginx", "bytes_received": Pred(">= 4096", lambda n: not isinstance(n, bool) and n >= 4096),
+    })
+
+
+def sc_upstream_timeout(s):
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port, ["proxy_read_timeout 1s;"])
+    up = s.h.start_upstream("hang", port=port)
+    r = s.get(want=504)
+    up.wait_request(1)
+    s.expect_nginx_message(MSG_READ_TIMEOUT)
+    check(harness.proc_state(up.pid) == "S", "upstream state %r, want S" % harness.proc_state(up.pid))
+    s.expect_verdict(r, "upstream_timeout", up.address, "Connection timed out", status=504, upstream_pid=up.pid,
+                     facts={"upstream_state": Pred('starts with "S"', lambda x: x.startswith("S"))})
+
+
+def sc_no_live_upstreams(s):
+    """Two peers, max_fails=1, nothing listening: request 1 fails on both
+    (two verdicts: attempts 1 and 2 of one request); then both are down and
+    request 2 gets "no live upstreams". One worker: peer state is per worker."""
+    p1 = harness.free_port()
+    p2 = harness.wait_until(lambda: (lambda p: p if p != p1 else None)(harness.free_port()), 5, "a second port")
+    peers = ["127.0.0.1:%d" % p for p in (p1, p2)]
+    pool = "    upstream pool {\n%s    }\n" % "".join(
+        "        server %s max_fails=1 fail_timeout=30s;\n" % a for a in peers)
+    s.setup("http://pool", http_extra=pool, workers=1)
+    s.want_verdicts = 3
+    r1 = s.get("/one")
+    lines = [s.expect_nginx_message(MSG_REFUSED, nth=n) for n in (1, 2)]
+    order = [next(a for a in peers if '"http://%s/one"' % a in l) for l in lines]
+    check(sorted(order) == sorted(peers), "the two connect() errors name %r, want both of %r" % (order, peers))
+    r2 = s.get("/two")
+    s.expect_nginx_message(MSG_NO_LIVE)
+    check(len(s.nginx.error_lines()) == 3, "want 3 error lines, got:\n%s" % "\n".join(s.nginx.error_lines()))
+    if not s.use_tool:
+        return
+    vs = [s.expect_verdict(r1, "upstream_not_listening", order[i], "Connection refused", attempt=i + 1,
+                           match=lambda v, a=order[i]: request_path_is("/one")(v) and v.get("upstream") == a)
+          for i in (0, 1)]
+    key = vs[0].get("request_key")
+    check(isinstance(key, str) and key, "verdict request_key %r is not a non-empty string" % (key,))
+    check(vs[1].get("request_key") == key, "request_key %r != %r for two attempts of one request" % (
+        vs[1].get("request_key"), key))
+    v3 = s.expect_verdict(r2, "no_live_upstreams", None, "no live upstreams", match=request_path_is("/two"), evidence=[
+        [{"event": "earlier_failure", "cause": "upstream_not_listening", "upstream": a}] for a in peers])
+    check(v3.get("request_key") != key, "request 2 has request 1's request_key %r" % key)
+
+
+def sc_keepalive_race(s):
+    """A cached keep-alive connection the upstream closed, whose FIN Nginx never
+    saw (nftables drops it): Nginx reuses it and the upstream's kernel resets."""
+    port = harness.free_port()
+    ka = "    upstream ka {\n        server 127.0.0.1:%d;\n        keepalive 4;\n    }\n" % port
+    s.setup("http://ka", ["proxy_http_version 1.1;", 'proxy_set_header Connection "";', "proxy_next_upstream off;"],
+            http_extra=ka, workers=1)
+    up = s.h.start_upstream("ka_close", port=port)
+    t = s.h.nft_table(['oifname "lo" ip saddr 127.0.0.1 tcp sport %d tcp flags & fin == fin drop' % port])
+    s.note("nft table inet %s drops FINs from 127.0.0.1:%d" % (t.name, port))
+    s.get("/one", want=200)
+    up.wait_request(1)
+    up.out.wait_word("IDLE_CLOSED", 5)
+    states = ss_tcp_states(port, side="sport")
+    check(sorted(states.values()) == ["FIN-WAIT-1", "LISTEN"], "upstream side sockets %r, want one FIN-WAIT-1" % states)
+    nginx_side = ss_tcp_states(port, side="dport")
+    check(list(nginx_side.values()) == ["ESTAB"], "Nginx's side %r, want one ESTAB (it never saw the FIN)" % nginx_side)
+    r = s.get("/two")
+    s.expect_nginx_message(MSG_RESET)
+    check(up.out.count_lines("REQUEST") == 1, "the upstream read request 2")
+    s.expect_verdict(r, "keepalive_race", up.address, "Connection reset by peer", upstream_pid=up.pid, evidence=[
+        [{"event": "state", "pid": up.pid, "to": "FIN_WAIT1"}],
+        [{"event": "rst_sent", "pid": up.pid}],
+    ])
+
+
+PHP_SLEEP = """<?php
+file_put_contents(%r, getmypid() . "\\n");
+sleep(30);
+echo "slept\\n";
+"""
+
+
+def sc_fastcgi_php_fpm_killed(s):
+    www = s.h.path("www")
+    os.mkdir(www)
+    pw = pwd.getpwnam("www-data")
+    os.chown(www, pw.pw_uid, pw.pw_gid)  # the script writes its marker there
+    marker = os.path.join(www, "marker")
+    script = os.path.join(www, "sleep.php")
+    with open(script, "w") as f:
+        f.write(PHP_SLEEP % marker)
+    os.chmod(script, 0o644)
+    fpm_sock = s.h.path("php-fpm", "php.sock")
+    s.setup(None, ["fastcgi_pass unix:%s;" % fpm_sock, "include /etc/nginx/fastcgi_params;",
+                   "fastcgi_param SCRIPT_FILENAME %s;" % script])
+    fpm = s.h.start_php_fpm()
+    check(fpm.sock == fpm_sock, "php-fpm socket %s" % fpm.sock)
+    kids = fpm.workers()
+    check(len(kids) == 1, "php-fpm children %r, want one" % kids)
+    child = kids[0]
+    s.note("php-fpm master %d child %d on %s" % (fpm.master_pid, child, fpm.sock))
+    req = harness.BackgroundRequest(s.nginx.port, "/sleep.php")
+    req.start()
+
+    def marker_pid():
+        try:
+            with open(marker) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.endswith("\n") else None
+    got = harness.wait_until(marker_pid, 10, "the PHP script's marker file")
+    check(got == child, "the script ran in pid %d, not the child %d" % (got, child))
+    killer = harness.spawn_kill(signal.SIGKILL, child)
+    s.note("/bin/kill -KILL %d ran as pid %d" % (child, killer))
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    harness.wait_until(lambda: not harness.pid_alive(child), 5, "php-fpm child %d to die" % child)
+    # Not "prematurely closed": the child had not read the (empty) FCGI_STDIN
+    # record Nginx sent with the params, and a unix socket closed with unread
+    # data gives its peer ECONNRESET.
+    s.expect_nginx_message(MSG_RESET)
+    s.expect_verdict(r, "upstream_killed", "unix:" + fpm.sock, "Connection reset by peer", upstream_pid=child, evidence=[
+        [{"event": "signal", "pid": killer, "target_pid": child, "sig": 9}],
+    ])
+
+
+def sc_uwsgi_killed(s):
+    port = harness.free_port()
+    s.setup(None, ["uwsgi_pass 127.0.0.1:%d;" % port, "include /etc/nginx/uwsgi_params;"])
+    up = s.h.start_upstream("hang", port=port)
+    r, killer = killed_flow(s, up)
+    s.expect_nginx_message(MSG_PREMATURE)
+    s.expect_verdict(r, "upstream_killed", up.address, "prematurely closed", upstream_pid=up.pid, evidence=[
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+
+
+def sc_grpc_killed(s):
+    port = harness.free_port()
+    s.setup(None, ["grpc_pass grpc://127.0.0.1:%d;" % port])
+    up = s.h.start_upstream("hang", port=port)
+    r, killer = killed_flow(s, up)
+    s.expect_nginx_message(MSG_PREMATURE)
+    s.expect_verdict(r, "upstream_killed", up.address, "prematurely closed", upstream_pid=up.pid, evidence=[
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+
+
+def sc_ipv6_killed(s):
+    port = harness.free_port("::1")
+    s.setup("http://[::1]:%d" % port)
+    up = s.h.start_upstream("hang", port=port, host="::1")
+    check(up.address == "[::1]:%d" % port, up.address)
+    r, killer = killed_flow(s, up)
+    s.expect_nginx_message(MSG_PREMATURE)
+    s.expect_verdict(r, "upstream_killed", "[::1]:%d" % port, "prematurely closed", upstream_pid=up.pid, evidence=[
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+
+
+def proc_uid(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -328,6 +804,22 @@ SCENARIOS = {
     "listener_preexisting": sc_listener_preexisting,
     "worker_pid": sc_worker_pid,
     "reload": sc_reload,
+    # newer causes
+    "socket_missing": sc_socket_missing,
+    "permission_denied": sc_permission_denied,
+    "backlog_full_unix": sc_backlog_full_unix,
+    "backlog_full_tcp": sc_backlog_full_tcp,
+    "connect_timeout": sc_connect_timeout,
+    "firewall_reset": sc_firewall_reset,
+    "ports_exhausted": sc_ports_exhausted,
+    "invalid_response": sc_invalid_response,
+    "upstream_timeout": sc_upstream_timeout,
+    "no_live_upstreams": sc_no_live_upstreams,
+    "keepalive_race": sc_keepalive_race,
+    "fastcgi_php_fpm_killed": sc_fastcgi_php_fpm_killed,
+    "uwsgi_killed": sc_uwsgi_killed,
+    "grpc_killed": sc_grpc_killed,
+    "ipv6_killed": sc_ipv6_killed,
 }
 
 TIME_LIMIT = 30.0

@@ -1,0 +1,410 @@
+// The causes that need host facts (socket modes, listener queues, port
+// ranges, process activity) and those that point back at earlier verdicts.
+// Event sequences follow what the kernel tests and e2e runs record; host
+// facts come from a fake host.
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <fmt/format.h>
+#include <map>
+#include <sys/socket.h>
+
+#include "correlator.hpp"
+#include "host.hpp"
+#include "logline.hpp"
+#include "state.hpp"
+
+using namespace n502;
+
+namespace {
+
+constexpr uint32_t NGINX = 500, UP = 600;
+constexpr uint64_t SK = 0xa000, UPSK = 0xb000;
+constexpr uint64_t T0 = 1'000'000'000'000ULL;
+
+class FakeHost : public Host {
+public:
+    std::optional<ListenerQueue> queue;
+    std::map<std::string, FileFacts> files;
+    Creds worker{33, 33, {33}};
+    std::string range = "32768-60999";
+    std::string doing = "S (sleeping) in unix_stream_read_generic";
+    int abort_on_overflow = 0;
+
+    std::optional<ListenerQueue> listener(const Addr &, uint32_t) override { return queue; }
+    FileFacts file(const std::string &p) override
+    {
+        auto it = files.find(p);
+        return it == files.end() ? FileFacts{} : it->second;
+    }
+    std::optional<Creds> creds(uint32_t) override { return worker; }
+    std::string activity(uint32_t) override { return doing; }
+    std::string port_range(uint32_t) override { return range; }
+    int tcp_abort_on_overflow(uint32_t) override { return abort_on_overflow; }
+};
+
+FileFacts dir(uint32_t mode = 0755) { return FileFacts{mode, 0, 0, "root", "root", true}; }
+
+struct Seq {
+    State st;
+    uint64_t t = T0;
+    Seq()
+    {
+        st.add_process(NGINX, N502_PROC_NGINX, "nginx");
+    }
+    Event &add(n502_event_type type, uint32_t tgid)
+    {
+        t += 100'000;
+        Event e;
+        e.type = type;
+        e.ts = t;
+        e.tgid = tgid;
+        e.comm = tgid == NGINX ? "nginx" : "python3";
+        ev.push_back(e);
+        return ev.back();
+    }
+    void flush()
+    {
+        for (auto &e : ev)
+            st.apply(e);
+        ev.clear();
+    }
+    void connect(const Addr &dst, int ret)
+    {
+        Event &e = add(N502_EV_CONNECT, NGINX);
+        e.sk = SK;
+        e.ret = ret;
+        e.dst = dst;
+    }
+    void state(uint64_t sk, uint16_t role, uint32_t owner, int from, int to, int err = 0, uint64_t rx = 0)
+    {
+        Event &e = add(N502_EV_STATE, owner);
+        e.sk = sk;
+        e.sock_role = role;
+        e.owner = owner;
+        e.oldstate = from;
+        e.newstate = to;
+        e.sk_err = err;
+        e.bytes_received = rx;
+        e.dst = Addr::ipv4(0x7f000001, 8080);
+        e.src = Addr::ipv4(0x7f000001, 40000);
+        if (role == N502_SOCK_UPSTREAM)
+            std::swap(e.src, e.dst);
+    }
+    void established()
+    {
+        state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
+        connect(Addr::ipv4(0x7f000001, 8080), -EINPROGRESS);
+        Event &a = add(N502_EV_ACCEPT, UP);
+        a.sk = UPSK;
+        a.peer_sk = SK;
+    }
+    void retrans()
+    {
+        Event &e = add(N502_EV_RETRANS, 0);
+        e.sk = SK;
+        e.sock_role = N502_SOCK_NGINX;
+        e.owner = NGINX;
+        e.tcp_state = 2;
+    }
+    void reset(uint64_t sk, uint16_t role, uint32_t owner, uint32_t dir)
+    {
+        Event &e = add(N502_EV_RESET, owner);
+        e.sk = sk;
+        e.sock_role = role;
+        e.owner = owner;
+        e.dir = dir;
+    }
+    std::vector<Event> ev;
+};
+
+LogLine line(const std::string &message, const std::string &upstream, int pid = NGINX, int conn = 7)
+{
+    std::string raw = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *{} {}, client: 127.0.0.1, server: localhost, "
+                                  "request: \"GET / HTTP/1.1\", upstream: \"{}\", host: \"localhost\"",
+                                  pid, pid, conn, message, upstream);
+    auto l = parse_upstream_error(raw);
+    REQUIRE(l);
+    return *l;
+}
+
+Verdict explain(Seq &s, const LogLine &l, Host *host)
+{
+    s.flush();
+    Timebase tb(l.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0));
+    Correlator c(s.st, tb, CorrelatorOptions{}, host);
+    auto v = c.explain(l, true);
+    REQUIRE(v);
+    return *v;
+}
+
+template <typename T> T fact(const Verdict &v, const std::string &k)
+{
+    for (const auto &[key, val] : v.facts)
+        if (key == k)
+            return std::get<T>(val);
+    FAIL("no fact " << k);
+    return T{};
+}
+
+const std::string SOCK = "/run/app/app.sock";
+
+} // namespace
+
+TEST_CASE("unix socket path missing", "[causes]")
+{
+    Seq s;
+    s.connect(Addr::unix_path(SOCK), -ENOENT);
+    Verdict v = explain(s, line("connect() to unix:" + SOCK + " failed (2: No such file or directory) while connecting "
+                                "to upstream",
+                                "http://unix:" + SOCK + ":/"),
+                        nullptr);
+    CHECK(v.cause == "upstream_socket_missing");
+    CHECK(v.upstream == "unix:" + SOCK);
+    CHECK(v.evidence.at(0).error == ENOENT);
+}
+
+TEST_CASE("permission denied explained by the socket's mode", "[causes]")
+{
+    FakeHost h;
+    h.files["/run"] = dir();
+    h.files["/run/app"] = dir();
+    h.files[SOCK] = FileFacts{0600, 0, 0, "root", "root", true};
+    Seq s;
+    s.connect(Addr::unix_path(SOCK), -EACCES);
+    auto l = line("connect() to unix:" + SOCK + " failed (13: Permission denied) while connecting to upstream",
+                  "http://unix:" + SOCK + ":/");
+    Verdict v = explain(s, l, &h);
+    CHECK(v.cause == "upstream_permission_denied");
+    CHECK(fact<std::string>(v, "socket_mode") == "0600");
+    CHECK(fact<int64_t>(v, "worker_uid") == 33);
+    CHECK(fact<bool>(v, "mode_explains"));
+    CHECK(v.explanation.find("not writable by uid 33") != std::string::npos);
+
+    SECTION("a directory without search permission explains it too")
+    {
+        FakeHost h2 = h;
+        h2.files[SOCK].mode = 0666;
+        h2.files["/run/app"] = dir(0700);
+        Seq s2;
+        s2.connect(Addr::unix_path(SOCK), -EACCES);
+        Verdict v2 = explain(s2, l, &h2);
+        CHECK(fact<bool>(v2, "mode_explains"));
+        CHECK(v2.explanation.find("/run/app") != std::string::npos);
+    }
+    SECTION("a mode that allows it points at something else")
+    {
+        FakeHost h3 = h;
+        h3.files[SOCK].mode = 0666;
+        Seq s3;
+        s3.connect(Addr::unix_path(SOCK), -EACCES);
+        Verdict v3 = explain(s3, l, &h3);
+        CHECK_FALSE(fact<bool>(v3, "mode_explains"));
+        CHECK(v3.explanation.find("security module") != std::string::npos);
+    }
+}
+
+TEST_CASE("unix accept queue full", "[causes]")
+{
+    FakeHost h;
+    h.queue = ListenerQueue{UP, "python3", 1, 0};
+    Seq s;
+    s.connect(Addr::unix_path(SOCK), -EAGAIN);
+    Verdict v = explain(s, line("connect() to unix:" + SOCK + " failed (11: Resource temporarily unavailable) while "
+                                "connecting to upstream",
+                                "http://unix:" + SOCK + ":/"),
+                        &h);
+    CHECK(v.cause == "upstream_backlog_full");
+    CHECK(fact<int64_t>(v, "listener_pid") == UP);
+    CHECK(fact<int64_t>(v, "backlog") == 0);
+    CHECK(*v.upstream_pid == UP);
+}
+
+TEST_CASE("unanswered SYNs: full accept queue vs a dropping firewall", "[causes]")
+{
+    auto timeout = line("upstream timed out (110: Connection timed out) while connecting to upstream",
+                        "http://127.0.0.1:8080/");
+    auto build = [](Seq &s) {
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        s.connect(Addr::ipv4(0x7f000001, 8080), -EINPROGRESS);
+        s.retrans();
+    };
+    SECTION("listener with a full queue")
+    {
+        FakeHost h;
+        h.queue = ListenerQueue{UP, "python3", 2, 1};
+        Seq s;
+        build(s);
+        Verdict v = explain(s, timeout, &h);
+        CHECK(v.cause == "upstream_backlog_full");
+        CHECK(v.status == 504);
+        CHECK(fact<int64_t>(v, "queue_len") == 2);
+    }
+    SECTION("no listener: dropped on the way")
+    {
+        FakeHost h;
+        Seq s;
+        build(s);
+        Verdict v = explain(s, timeout, &h);
+        CHECK(v.cause == "connect_timeout");
+        CHECK(v.confidence == "high");
+        bool seen = false;
+        for (const auto &e : v.evidence)
+            seen = seen || e.event == "syn_retransmit";
+        CHECK(seen);
+    }
+    SECTION("listener with room: not a backlog problem")
+    {
+        FakeHost h;
+        h.queue = ListenerQueue{UP, "python3", 0, 128};
+        Seq s;
+        build(s);
+        CHECK(explain(s, timeout, &h).cause == "connect_timeout");
+    }
+}
+
+TEST_CASE("a reset SYN while a listener exists is a firewall", "[causes]")
+{
+    auto refused = line("connect() failed (111: Connection refused) while connecting to upstream",
+                        "http://127.0.0.1:8080/");
+    auto build = [](Seq &s) {
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        s.reset(SK, N502_SOCK_NGINX, NGINX, N502_RST_RECEIVED);
+        s.state(SK, N502_SOCK_NGINX, NGINX, 2, 7, ECONNREFUSED);
+        s.connect(Addr::ipv4(0x7f000001, 8080), -EINPROGRESS);
+    };
+    FakeHost h;
+    h.queue = ListenerQueue{UP, "python3", 0, 128};
+    Seq s;
+    build(s);
+    Verdict v = explain(s, refused, &h);
+    CHECK(v.cause == "firewall_reset");
+    CHECK(fact<int64_t>(v, "listener_pid") == UP);
+
+    SECTION("without a listener it is not listening")
+    {
+        FakeHost none;
+        Seq s2;
+        build(s2);
+        CHECK(explain(s2, refused, &none).cause == "upstream_not_listening");
+    }
+    SECTION("a full queue with tcp_abort_on_overflow is the kernel, not a firewall")
+    {
+        FakeHost full;
+        full.queue = ListenerQueue{UP, "python3", 129, 128};
+        full.abort_on_overflow = 1;
+        Seq s3;
+        build(s3);
+        CHECK(explain(s3, refused, &full).cause != "firewall_reset");
+    }
+}
+
+TEST_CASE("local ports exhausted", "[causes]")
+{
+    FakeHost h;
+    h.range = "40000-40000";
+    Seq s;
+    // One connection holds the only port ...
+    s.state(0xc000, N502_SOCK_NGINX, NGINX, 7, 2);
+    s.state(0xc000, N502_SOCK_NGINX, NGINX, 2, 1);
+    // ... the next connect fails at once.
+    s.connect(Addr::ipv4(0x7f000001, 8080), -EADDRNOTAVAIL);
+    Verdict v = explain(s, line("connect() failed (99: Cannot assign requested address) while connecting to upstream",
+                                "http://127.0.0.1:8080/"),
+                        &h);
+    CHECK(v.cause == "local_ports_exhausted");
+    CHECK(fact<std::string>(v, "port_range") == "40000-40000");
+    CHECK(fact<int64_t>(v, "nginx_sockets") == 1);
+    CHECK(fact<int64_t>(v, "nginx_sockets_ESTABLISHED") == 1);
+}
+
+TEST_CASE("invalid response over a clean transport", "[causes]")
+{
+    Seq s;
+    s.established();
+    s.state(SK, N502_SOCK_NGINX, NGINX, 1, 4, 0, 16384); // Nginx closes first
+    Verdict v = explain(s, line("upstream sent too big header while reading response header from upstream",
+                                "http://127.0.0.1:8080/"),
+                        nullptr);
+    CHECK(v.cause == "upstream_invalid_response");
+    CHECK(fact<std::string>(v, "closed_by") == "nginx");
+    CHECK(fact<int64_t>(v, "bytes_received") == 16384);
+    CHECK(*v.upstream_pid == UP);
+}
+
+TEST_CASE("read timeout with the upstream alive", "[causes]")
+{
+    FakeHost h;
+    Seq s;
+    s.established();
+    Verdict v = explain(s, line("upstream timed out (110: Connection timed out) while reading response header from "
+                                "upstream",
+                                "http://127.0.0.1:8080/"),
+                        &h);
+    CHECK(v.cause == "upstream_timeout");
+    CHECK(v.status == 504);
+    CHECK(fact<std::string>(v, "upstream_state").rfind("S ", 0) == 0);
+}
+
+TEST_CASE("keep-alive race: data after the upstream's orderly close", "[causes]")
+{
+    Seq s;
+    s.established();
+    s.state(UPSK, N502_SOCK_UPSTREAM, UP, 1, 4); // the upstream closes the idle connection (FIN lost)
+    s.t += 5'000'000'000ULL;                     // Nginx sends its next request later
+    s.reset(UPSK, N502_SOCK_UPSTREAM, UP, N502_RST_SENT);
+    s.reset(SK, N502_SOCK_NGINX, NGINX, N502_RST_RECEIVED);
+    s.state(SK, N502_SOCK_NGINX, NGINX, 1, 7, ECONNRESET);
+    auto l = line("recv() failed (104: Connection reset by peer) while reading response header from upstream",
+                  "http://127.0.0.1:8080/");
+    l.wall_sec += 5;
+    Verdict v = explain(s, l, nullptr);
+    CHECK(v.cause == "keepalive_race");
+    CHECK(*v.upstream_pid == UP);
+}
+
+TEST_CASE("no live upstreams names the failures that marked the peers down; retries are grouped", "[causes]")
+{
+    Seq s;
+    FakeHost h;
+    s.flush();
+    Timebase tb;
+    auto refuse = [&](uint64_t sk, uint16_t port) {
+        Event a;
+        a.type = N502_EV_STATE;
+        a.ts = (s.t += 1000);
+        a.sk = sk;
+        a.sock_role = N502_SOCK_NGINX;
+        a.owner = NGINX;
+        a.oldstate = 2;
+        a.newstate = 7;
+        a.sk_err = ECONNREFUSED;
+        a.dst = Addr::ipv4(0x7f000001, port);
+        s.st.apply(a);
+    };
+    refuse(0xd000, 8081);
+    refuse(0xe000, 8082);
+    auto l1 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8081/");
+    auto l2 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8082/");
+    auto l3 = line("no live upstreams while connecting to upstream", "http://pool/", NGINX, 9);
+    Correlator c(s.st, Timebase(l1.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{}, &h);
+    auto v1 = c.explain(l1, true);
+    auto v2 = c.explain(l2, true);
+    auto v3 = c.explain(l3, true);
+    REQUIRE(v1);
+    REQUIRE(v2);
+    REQUIRE(v3);
+    CHECK(v1->cause == "upstream_not_listening");
+    CHECK(v2->cause == "upstream_not_listening");
+    CHECK(v1->attempt == 1);
+    CHECK(v2->attempt == 2);
+    CHECK(v1->request_key == v2->request_key);
+    CHECK(v3->cause == "no_live_upstreams");
+    CHECK(v3->attempt == 1);
+    CHECK(v3->request_key != v1->request_key);
+    int earlier = 0;
+    for (const auto &e : v3->evidence)
+        if (e.event == "earlier_failure" && e.cause == "upstream_not_listening")
+            earlier++;
+    CHECK(earlier == 2);
+}
