@@ -72,8 +72,12 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
         return std::nullopt;
     // A connection that has not failed yet may still be closing: wait for
     // the kernel's side unless this is the last try.
-    if (conn && !final && !conn->failed() && line.kind != LogKind::Timeout)
-        return std::nullopt;
+    if (conn && !final && !conn->failed() && line.kind != LogKind::Timeout) {
+        // ... unless the process holding the other end is already dead.
+        const Proc *p = conn->up_pid ? state_.proc(conn->up_pid) : nullptr;
+        if (!p || !p->exit)
+            return std::nullopt;
+    }
 
     Verdict v;
     v.ts_real_ns = real_now_ns();

@@ -116,7 +116,10 @@ bool alive_at_failure(const RuleInput &in)
 {
     if (!in.conn || !in.upstream)
         return false;
-    return !in.upstream->exit || in.upstream->exit->ts > in.conn->failure_ts();
+    if (!in.upstream->exit)
+        return true;
+    uint64_t fail = in.conn->failure_ts();
+    return fail && in.upstream->exit->ts > fail;
 }
 
 void base(Verdict &v, const RuleInput &in, const char *cause, const char *confidence)
@@ -505,15 +508,17 @@ bool rule_invalid_response(const RuleInput &in, Verdict &v)
 {
     if (in.line.kind != LogKind::InvalidResponse || !in.conn || !in.conn->t_established)
         return false;
-    bool upstream_broke = (in.conn->t_rst_recv || in.conn->t_fin_recv) &&
-                          (!in.conn->t_nginx_fin || std::min(in.conn->t_rst_recv.value_or(UINT64_MAX),
-                                                             in.conn->t_fin_recv.value_or(UINT64_MAX)) <
-                                                        *in.conn->t_nginx_fin);
+    uint64_t nginx_end = std::min(in.conn->t_nginx_fin.value_or(UINT64_MAX), in.conn->t_nginx_close.value_or(UINT64_MAX));
+    bool upstream_broke = std::min(in.conn->t_rst_recv.value_or(UINT64_MAX), in.conn->t_fin_recv.value_or(UINT64_MAX)) <
+                          nginx_end;
     if (upstream_broke)
         return false;
     base(v, in, "upstream_invalid_response", "high");
     v.fact("bytes_received", static_cast<int64_t>(in.conn->bytes_received));
-    v.fact("closed_by", in.conn->t_nginx_fin ? "nginx" : "unknown");
+    // Nginx closed first: its FIN, or its close() before any FIN/RST from the upstream.
+    uint64_t upstream_end = std::min(in.conn->t_rst_recv.value_or(UINT64_MAX), in.conn->t_fin_recv.value_or(UINT64_MAX));
+    bool nginx_first = in.conn->t_nginx_fin || (in.conn->t_nginx_close && *in.conn->t_nginx_close < upstream_end);
+    v.fact("closed_by", nginx_first ? "nginx" : upstream_end != UINT64_MAX ? "upstream" : "unknown");
     v.explanation = fmt::format("The transport was clean: {} sent {} bytes that Nginx rejected ({}), and Nginx closed "
                                 "the connection itself.",
                                 in.upstream ? who(in.upstream->pid, in.upstream->comm) : in.conn->dst.str(),

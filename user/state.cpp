@@ -23,6 +23,10 @@ uint64_t Conn::failure_ts() const
     for (const auto &t : {t_refused, t_rst_recv, t_fin_recv, t_closed})
         if (t && (best == 0 || *t < best))
             best = *t;
+    // Unix sockets have no TCP states: the upstream's close() of its end is
+    // the first sign Nginx can get.
+    if (dst.family == AF_UNIX && t_up_close && (best == 0 || *t_up_close < best))
+        best = *t_up_close;
     if (best == 0 && have_connect && error)
         best = t_first;
     return best;
@@ -183,8 +187,11 @@ void State::apply(const Event &e)
         if (e.dst.known())
             c->dst = e.dst;
         Evidence ev = make_ev(e, "connect", e.tgid, e.comm, "");
-        if (e.ret == 0)
+        if (e.ret == 0) {
             ev.detail = fmt::format("connect() to {} succeeded", c->dst.str());
+            if (c->dst.family == AF_UNIX)
+                c->t_established = e.ts; // unix connects complete in the syscall
+        }
         else if (e.ret == -EINPROGRESS)
             ev.detail = fmt::format("connect() to {} returned EINPROGRESS (non-blocking: the outcome comes later)", c->dst.str());
         else {

@@ -72,7 +72,11 @@ struct Conn {
     std::vector<Evidence> timeline;
     bool claimed = false;
 
-    bool failed() const { return t_refused || t_rst_recv || t_fin_recv || t_closed || (have_connect && error); }
+    bool failed() const
+    {
+        return t_refused || t_rst_recv || t_fin_recv || t_closed || (have_connect && error) ||
+               (dst.family == 1 /* AF_UNIX */ && t_up_close);
+    }
     // When Nginx's side saw the failure (the earliest sign), or 0.
     uint64_t failure_ts() const;
 };

@@ -1,0 +1,25 @@
+// Access-log lines with a 502/504 status. Nginx writes no error-log line for
+// some of them (the error log's level hides it, or the upstream itself sent
+// the 502); the access log is then the only trace of the request.
+//
+// Formats: `combined` and `common`, and any format that begins like them
+// ($remote_addr - $remote_user [$time_local] "$request" $status ...).
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace n502 {
+
+struct AccessLine {
+    int64_t wall_sec = 0; // from [$time_local], with its UTC offset applied
+    std::string client;
+    std::string request;
+    int status = 0;
+};
+
+// Returns the line when it parses and its status is 502 or 504.
+std::optional<AccessLine> parse_access_error(std::string_view line);
+
+} // namespace n502
