@@ -119,6 +119,7 @@ class Scenario:
         # after_teardown: how many verdicts (of those count_filter accepts) the test caused
         self.want_verdicts = 1
         self.count_filter = None
+        self.results = []  # one row per asserted verdict, for scripts/accuracy.sh
 
     def note(self, msg):
         self.notes.append(msg)
@@ -177,6 +178,8 @@ class Scenario:
             raise Failure("no %sverdict within %.0fs of the %d (%s)" % (
                 "matching " if match else "", VERDICT_DEADLINE, status, e))
         self.verdict = v
+        self.results.append({"expected": cause, "cause": v.get("cause"), "status": v.get("status"),
+                             "nginx_message": v.get("nginx_message"), "log_only_cause": v.get("log_only_cause")})
         late = t - resp.t_done
         check(late <= VERDICT_DEADLINE, "verdict came %.2fs after the %d (limit %.0fs)" % (late, status, VERDICT_DEADLINE))
         check(v.get("status") == status, "verdict status %r, want %d" % (v.get("status"), status))
@@ -852,7 +855,7 @@ def report_failure(name, s, h, err):
     out.flush()
 
 
-def run_one(name, binary, use_tool, keep=False):
+def run_one(name, binary, use_tool, keep=False, results=None):
     fn = SCENARIOS[name]
     h = harness.Harness(name, keep=keep)
     s = Scenario(h, binary, use_tool)
@@ -885,6 +888,12 @@ def run_one(name, binary, use_tool, keep=False):
             if os.environ.get("N502_SHOW_VERDICT"):
                 print(json.dumps(v))
     h.remove_dir()
+    if results:
+        with open(results, "a") as f:
+            rows = s.results or [{"expected": None, "cause": None}]
+            for row in rows:
+                row.update({"scenario": name, "passed": not errors})
+                f.write(json.dumps(row) + "\n")
     print("%s %s (%.1fs)%s" % ("FAIL" if errors else "PASS", name, elapsed, "" if use_tool else " [no-tool]"))
     sys.stdout.flush()
     return not errors
@@ -897,6 +906,7 @@ def main():
     ap.add_argument("--all", action="store_true", help="run every scenario")
     ap.add_argument("--no-tool", action="store_true", help="check only Nginx's side, without n502trace")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
+    ap.add_argument("--results", help="append one JSON line per asserted verdict to this file")
     ap.add_argument("scenario", nargs="*")
     args = ap.parse_args()
 
@@ -921,7 +931,7 @@ def main():
         if not os.access(binary, os.X_OK):
             sys.stderr.write("run.py: %s is not an executable file\n" % binary)
             return 2
-    failed = [n for n in names if not run_one(n, binary, use_tool, keep=args.keep)]
+    failed = [n for n in names if not run_one(n, binary, use_tool, keep=args.keep, results=args.results)]
     if len(names) > 1:
         print("%d/%d passed%s" % (len(names) - len(failed), len(names),
                                   (": failed " + " ".join(failed)) if failed else ""))
