@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "accesslog.hpp"
 #include "correlator.hpp"
 #include "decoder.hpp"
 #include "loader.hpp"
@@ -97,6 +98,19 @@ int run(const Options &opt)
         }
         followers.push_back(std::move(f));
     }
+    // Access logs: for 502/504 requests that left no error-log line.
+    std::vector<std::string> access_logs;
+    if (!opt.no_access_log)
+        access_logs = opt.access_logs.empty() ? nginx->access_logs : opt.access_logs;
+    std::vector<std::unique_ptr<LogFollower>> access_followers;
+    for (const auto &path : access_logs) {
+        auto f = std::make_unique<LogFollower>(path);
+        if (!f->open(true, &err)) {
+            error(err);
+            return EXIT_USAGE;
+        }
+        access_followers.push_back(std::move(f));
+    }
 
     // SIGINT/SIGTERM arrive through a signalfd so the loop can stop cleanly.
     sigset_t mask;
@@ -182,6 +196,7 @@ int run(const Options &opt)
     ready.nginx_pid = nginx->master;
     ready.workers = nginx->workers;
     ready.error_logs = logs;
+    ready.access_logs = access_logs;
     for (const auto &p : loader.probes()) {
         if (p.attached)
             ready.probes.push_back(p.hook);
@@ -206,6 +221,11 @@ int run(const Options &opt)
     epoll_ctl(ep.get(), EPOLL_CTL_ADD, sfd.get(), &ev);
 
     std::deque<Pending> pending;
+    struct PendingAccess {
+        AccessLine line;
+        uint64_t deadline;
+    };
+    std::deque<PendingAccess> pending_access;
     uint64_t grace_ns = static_cast<uint64_t>(opt.grace_ms) * 1'000'000ULL;
     uint64_t last_lost = 0;
     uint64_t next_stats = boot_now_ns() + 1'000'000'000ULL;
@@ -240,6 +260,27 @@ int run(const Options &opt)
             }
         }
         return any;
+    };
+    auto read_access = [&]() {
+        for (auto &f : access_followers)
+            for (auto &fe : f->poll()) {
+                if (fe.kind != FollowEvent::Line)
+                    continue;
+                if (auto a = parse_access_error(fe.text))
+                    // Wait for the error-log line of the same request, and its verdict.
+                    pending_access.push_back({std::move(*a), boot_now_ns() + grace_ns + 100'000'000ULL});
+            }
+    };
+    auto resolve_access = [&](bool final_all) {
+        uint64_t now = boot_now_ns();
+        while (!pending_access.empty() && (final_all || now >= pending_access.front().deadline)) {
+            const AccessLine &a = pending_access.front().line;
+            if (!correlator.covered(a)) {
+                summary.access_only++;
+                emit(correlator.explain_access(a));
+            }
+            pending_access.pop_front();
+        }
     };
     auto resolve = [&](bool final_all) {
         uint64_t now = boot_now_ns();
@@ -276,6 +317,8 @@ int run(const Options &opt)
             loader.consume();
         }
         resolve(false);
+        read_access();
+        resolve_access(false);
 
         uint64_t now = boot_now_ns();
         if (now >= next_stats) {
@@ -308,6 +351,8 @@ int run(const Options &opt)
     read_logs();
     loader.consume();
     resolve(true);
+    read_access();
+    resolve_access(true);
 
     KernelCounters kc = loader.counters();
     summary.events = state.stats().events;

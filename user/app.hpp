@@ -10,6 +10,8 @@ namespace n502 {
 struct Options {
     uint32_t nginx_pid = 0;
     std::vector<std::string> error_logs;
+    std::vector<std::string> access_logs;
+    bool no_access_log = false;
     bool json = false;
     double duration_s = 0; // 0: until SIGINT/SIGTERM
     uint32_t ringbuf_kb = 4096;

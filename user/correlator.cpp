@@ -1,6 +1,7 @@
 #include "correlator.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <fmt/format.h>
 
 namespace n502 {
@@ -79,6 +80,11 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
             return std::nullopt;
     }
 
+    return decide(line, conn);
+}
+
+Verdict Correlator::decide(const LogLine &line, Conn *conn)
+{
     Verdict v;
     v.ts_real_ns = real_now_ns();
     v.status = line.status;
@@ -103,11 +109,78 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
         if (r.apply(in, v))
             break;
     group_attempts(line, v);
-    history_.push_back({v.ts_real_ns, v.nginx_pid, v.upstream, v.cause, v.explanation});
+    history_.push_back({v.ts_real_ns, v.nginx_pid, v.upstream, v.cause, v.explanation, line.client, line.request,
+                        line.wall_sec});
     while (!history_.empty() && (history_.size() > 256 || v.ts_real_ns - history_.front().ts_real_ns > 60'000'000'000LL))
         history_.pop_front();
     std::stable_sort(v.evidence.begin(), v.evidence.end(),
                      [](const Evidence &a, const Evidence &b) { return a.ts < b.ts; });
+    return v;
+}
+
+} // namespace n502
+
+namespace n502 {
+
+bool Correlator::covered(const AccessLine &a) const
+{
+    for (auto it = history_.rbegin(); it != history_.rend(); ++it)
+        if (it->client == a.client && it->request == a.request && it->log_sec >= a.wall_sec - 3 &&
+            it->log_sec <= a.wall_sec + 3)
+            return true;
+    return false;
+}
+
+Verdict Correlator::explain_access(const AccessLine &a)
+{
+    // The failed, unclaimed connection of any worker closest before the
+    // access line (Nginx writes the access line when the request ends).
+    int64_t newest = (a.wall_sec + 2) * 1'000'000'000LL;
+    int64_t oldest = (a.wall_sec - 120) * 1'000'000'000LL;
+    Conn *best = nullptr;
+    for (Conn *c : state_.recent_conns()) {
+        if (c->claimed || !c->failed())
+            continue;
+        int64_t t = tb_.to_real_ns(c->failure_ts() ? c->failure_ts() : c->t_last);
+        if (t < oldest || t > newest)
+            continue;
+        if (!best || c->t_last > best->t_last)
+            best = c;
+    }
+    LogLine line;
+    line.wall_sec = a.wall_sec;
+    line.level = "access";
+    line.client = a.client;
+    line.request = a.request;
+    line.status = a.status;
+    line.message = "(no error-log line for this request)";
+    line.kind = a.status == 504 ? LogKind::Timeout : LogKind::OtherUpstream;
+    if (best) {
+        line.pid = best->nginx_pid;
+        line.upstream_peer = best->dst.str();
+        if (best->error == ECONNREFUSED)
+            line.kind = LogKind::ConnectRefused;
+        else if (best->error && !best->t_established)
+            line.kind = a.status == 504 ? LogKind::Timeout : LogKind::ConnectFailed;
+        else if (best->t_rst_recv)
+            line.kind = LogKind::Reset;
+        else if (a.status != 504)
+            line.kind = LogKind::PrematureClose;
+    }
+    Verdict v = decide(line, best);
+    v.status = a.status;
+    if (v.confidence == "high")
+        v.confidence = "medium";
+    if (best) {
+        v.notes.push_back("Nginx wrote no error-log line for this request (is the error_log level above 'error'?); it "
+                          "was matched to the failed upstream connection closest in time.");
+    } else {
+        v.cause = "unknown";
+        v.confidence = "low";
+        v.explanation = "Nginx wrote no error-log line for this request and no upstream connection was seen failing: "
+                        "the status came from the upstream's own response or from the configuration (e.g. `return "
+                        "502`).";
+    }
     return v;
 }
 

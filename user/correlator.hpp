@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 
+#include "accesslog.hpp"
 #include "logline.hpp"
 #include "rules.hpp"
 #include "state.hpp"
@@ -44,11 +45,20 @@ public:
     // `final` is false (the caller retries after draining more events).
     std::optional<Verdict> explain(const LogLine &line, bool final);
 
+    // Access-log lines with a 502/504 status: covered() is true when an
+    // error-log verdict already explained that request (same client and
+    // request line, within 3 s). explain_access() explains one that has no
+    // error-log line, from the failed connection closest in time: a weaker
+    // match, so its confidence is at most medium.
+    bool covered(const AccessLine &a) const;
+    Verdict explain_access(const AccessLine &a);
+
     void set_timebase(Timebase tb) { tb_ = tb; }
     const Timebase &timebase() const { return tb_; }
 
 private:
     Conn *find_conn(const LogLine &line);
+    Verdict decide(const LogLine &line, Conn *conn);
     void group_attempts(const LogLine &line, Verdict &v);
 
     State &state_;

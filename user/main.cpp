@@ -28,6 +28,10 @@ int main(int argc, char **argv)
     app.add_option("-p,--nginx-pid", opt.nginx_pid, "PID of the Nginx master or of any worker");
     app.add_option("--error-log", opt.error_logs,
                    "Error log to follow (repeatable); default: found from Nginx's open files");
+    app.add_option("--access-log", opt.access_logs,
+                   "Access log to follow for 502/504s with no error-log line (repeatable); default: found from "
+                   "Nginx's open files");
+    app.add_flag("--no-access-log", opt.no_access_log, "Do not follow access logs");
     app.add_flag("--json", opt.json, "Print JSON Lines instead of text");
     app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
         ->check(CLI::PositiveNumber);

@@ -118,6 +118,7 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
     }
     n.workers = children_of(n.master, root);
     n.error_logs = find_error_logs(n, root);
+    n.access_logs = find_access_logs(n, root);
     return n;
 }
 
@@ -160,6 +161,37 @@ std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &
         }
         if (!out.empty())
             break; // every process of one Nginx shares its logs
+    }
+    return out;
+}
+
+std::vector<std::string> find_access_logs(const NginxInfo &n, const std::string &root)
+{
+    std::vector<std::string> out;
+    std::vector<uint32_t> pids = n.workers;
+    pids.push_back(n.master);
+    for (uint32_t pid : pids) {
+        std::string fddir = fmt::format("{}/{}/fd", root, pid);
+        DIR *d = opendir(fddir.c_str());
+        if (!d)
+            continue;
+        while (dirent *de = readdir(d)) {
+            char buf[PATH_MAX];
+            ssize_t len = readlink((fddir + "/" + de->d_name).c_str(), buf, sizeof(buf) - 1);
+            if (len <= 0)
+                continue;
+            std::string target(buf, static_cast<size_t>(len));
+            auto slash = target.rfind('/');
+            std::string base = slash == std::string::npos ? target : target.substr(slash + 1);
+            struct stat st{};
+            if (target[0] == '/' && base.find("access") != std::string::npos &&
+                base.find("log") != std::string::npos && stat(target.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+                std::find(out.begin(), out.end(), target) == out.end())
+                out.push_back(target);
+        }
+        closedir(d);
+        if (!out.empty())
+            break;
     }
     return out;
 }

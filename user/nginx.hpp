@@ -11,6 +11,7 @@ struct NginxInfo {
     uint32_t master = 0;
     std::vector<uint32_t> workers; // every child of the master (workers, cache manager/loader)
     std::vector<std::string> error_logs;
+    std::vector<std::string> access_logs;
 };
 
 struct ProcInfo {
@@ -30,6 +31,9 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
 // The error logs a running Nginx writes to, from its open descriptors:
 // stderr (Nginx points it at its main error log) and any open *error*log file.
 std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &proc_root = "/proc");
+
+// Open *access*log files of a running Nginx.
+std::vector<std::string> find_access_logs(const NginxInfo &n, const std::string &proc_root = "/proc");
 
 // The memory cgroup of a process ("" when none or unknown).
 std::string memory_cgroup(uint32_t pid, const std::string &proc_root = "/proc");

@@ -23,6 +23,8 @@ struct PastVerdict {
     std::string upstream;
     std::string cause;
     std::string explanation;
+    std::string client, request; // to recognise the request in the access log
+    int64_t log_sec = 0;
 };
 
 struct RuleInput {

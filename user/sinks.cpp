@@ -138,9 +138,10 @@ void JsonSink::emit(const std::string &line)
 void JsonSink::ready(const ReadyInfo &r)
 {
     emit(fmt::format("{{\"type\":\"ready\",\"ts\":{},\"version\":{},\"nginx_pid\":{},\"workers\":{},"
-                     "\"error_logs\":{},\"probes\":{},\"probes_failed\":{},\"attach_ms\":{}}}",
+                     "\"error_logs\":{},\"access_logs\":{},\"probes\":{},\"probes_failed\":{},\"attach_ms\":{}}}",
                      jstr(rfc3339_utc(real_now_ns())), jstr(N502_VERSION), r.nginx_pid, jarr_u32(r.workers),
-                     jarr_str(r.error_logs), jarr_str(r.probes), jarr_str(r.probes_failed), r.attach_ms));
+                     jarr_str(r.error_logs), jarr_str(r.access_logs), jarr_str(r.probes), jarr_str(r.probes_failed),
+                     r.attach_ms));
 }
 
 void JsonSink::verdict(const Verdict &v) { emit(verdict_json(v, tb_)); }
@@ -165,10 +166,10 @@ static std::string jmap(const std::map<std::string, uint64_t> &m)
 void JsonSink::summary(const Summary &s)
 {
     emit(fmt::format("{{\"type\":\"summary\",\"ts\":{},\"duration_s\":{:.3f},\"verdicts\":{},\"by_cause\":{},"
-                     "\"by_upstream\":{},\"log_lines\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
+                     "\"by_upstream\":{},\"log_lines\":{},\"access_only\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
                      "\"map_full\":{}}}",
                      jstr(rfc3339_utc(real_now_ns())), s.duration_s, s.verdicts, jmap(s.by_cause),
-                     jmap(s.by_upstream), s.log_lines, s.events, s.events_lost, s.events_malformed, s.map_full));
+                     jmap(s.by_upstream), s.log_lines, s.access_only, s.events, s.events_lost, s.events_malformed, s.map_full));
 }
 
 // ---------------------------------------------------------------------------

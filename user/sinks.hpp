@@ -16,6 +16,7 @@ struct ReadyInfo {
     uint32_t nginx_pid = 0;
     std::vector<uint32_t> workers;
     std::vector<std::string> error_logs;
+    std::vector<std::string> access_logs;
     std::vector<std::string> probes;        // attached programs
     std::vector<std::string> probes_failed; // "name: reason"
     uint64_t attach_ms = 0;
@@ -30,6 +31,7 @@ struct Summary {
     uint64_t events_malformed = 0;
     uint64_t map_full = 0;
     uint64_t log_lines = 0;
+    uint64_t access_only = 0; // 502/504 access-log lines with no error-log line
     double duration_s = 0;
 };
 

@@ -509,6 +509,17 @@ std::map<std::string, int> State::nginx_sockets_to(const std::string &upstream) 
     return out;
 }
 
+std::vector<Conn *> State::recent_conns()
+{
+    std::vector<Conn *> out;
+    out.reserve(finished_.size() + live_.size());
+    for (auto &c : finished_)
+        out.push_back(c.get());
+    for (auto &[sk, c] : live_)
+        out.push_back(c.get());
+    return out;
+}
+
 std::vector<uint32_t> State::nginx_pids() const
 {
     std::vector<uint32_t> out;

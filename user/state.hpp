@@ -123,6 +123,8 @@ public:
     // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
     std::vector<const Listener *> listeners_on(const Addr &a) const;
     std::vector<uint32_t> nginx_pids() const;
+    // Every connection still remembered, live and finished.
+    std::vector<Conn *> recent_conns();
     // Nginx's live sockets toward an upstream, by TCP state name.
     std::map<std::string, int> nginx_sockets_to(const std::string &upstream) const;
     const StateStats &stats() const { return stats_; }

@@ -795,6 +795,26 @@ def proc_uid(pid):
     return None
 
 
+def sc_access_only(s):
+    """The location's error_log level (crit) hides the upstream error: the
+    access log's 502 is the only trace. The verdict comes from the failed
+    connection closest in time, with at most medium confidence."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port, ["error_log %s crit;" % os.path.join(s.h.dir, "error.log")])
+    up = s.h.start_upstream("hang", port=port)
+    r, killer = killed_flow(s, up)
+    if s.use_tool:
+        ready_logs = s.tool.ready.get("access_logs") or []
+        check(any(p.endswith("access.log") for p in ready_logs), "ready.access_logs %r lacks access.log" % ready_logs)
+    v = s.expect_verdict(r, "upstream_killed", up.address, "no error-log line", upstream_pid=up.pid, evidence=[
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+    check(MSG_PREMATURE not in s.nginx.read_error_log(), "Nginx logged the error although its level is crit")
+    if s.use_tool:
+        check(s.verdict.get("confidence") == "medium", "confidence %r, want medium" % s.verdict.get("confidence"))
+        check(s.verdict.get("notes"), "no note saying the verdict comes from the access log")
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -823,6 +843,7 @@ SCENARIOS = {
     "uwsgi_killed": sc_uwsgi_killed,
     "grpc_killed": sc_grpc_killed,
     "ipv6_killed": sc_ipv6_killed,
+    "access_only": sc_access_only,
 }
 
 TIME_LIMIT = 30.0

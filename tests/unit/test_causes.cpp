@@ -408,3 +408,51 @@ TEST_CASE("no live upstreams names the failures that marked the peers down; retr
             earlier++;
     CHECK(earlier == 2);
 }
+
+TEST_CASE("access-log 502s: covered by an error-log verdict, or explained from the closest failed connection",
+          "[causes][accesslog]")
+{
+    Seq s;
+    s.established();
+    Event &sig = s.add(N502_EV_SIGNAL, 777);
+    sig.target = UP;
+    sig.sig = 9;
+    s.add(N502_EV_EXIT, UP).exit_code = 9;
+    s.state(UPSK, N502_SOCK_UPSTREAM, UP, 1, 4, 0, 0);
+    s.state(SK, N502_SOCK_NGINX, NGINX, 1, 8);
+    s.flush();
+    auto l = line("upstream prematurely closed connection while reading response header from upstream",
+                  "http://127.0.0.1:8080/");
+    Timebase tb(l.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0));
+    AccessLine a;
+    a.wall_sec = l.wall_sec;
+    a.client = "127.0.0.1";
+    a.request = "GET / HTTP/1.1";
+    a.status = 502;
+    SECTION("no error-log line: the failed connection explains it, with medium confidence")
+    {
+        Correlator c(s.st, tb);
+        CHECK_FALSE(c.covered(a));
+        Verdict v = c.explain_access(a);
+        CHECK(v.cause == "upstream_killed");
+        CHECK(v.confidence == "medium");
+        CHECK(*v.upstream_pid == UP);
+        CHECK_FALSE(v.notes.empty());
+    }
+    SECTION("an error-log verdict for the same request covers it")
+    {
+        Correlator c(s.st, tb);
+        REQUIRE(c.explain(l, true));
+        CHECK(c.covered(a));
+        a.request = "GET /other HTTP/1.1";
+        CHECK_FALSE(c.covered(a));
+    }
+    SECTION("no failed connection at all: unknown, and it says what that means")
+    {
+        State empty;
+        Correlator c(empty, tb);
+        Verdict v = c.explain_access(a);
+        CHECK(v.cause == "unknown");
+        CHECK(v.explanation.find("return 502") != std::string::npos);
+    }
+}
