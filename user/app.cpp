@@ -20,6 +20,7 @@
 #include "n502/events.h"
 #include "nginx.hpp"
 #include "procscan.hpp"
+#include "ratelimit.hpp"
 #include "sinks.hpp"
 #include "state.hpp"
 #include "timebase.hpp"
@@ -153,8 +154,21 @@ int run(const Options &opt)
             sink->warning({"map_full", err, 0});
         state.add_listener(l.addr, l.pid, l.comm);
     }
+    std::unique_ptr<FILE, int (*)(FILE *)> raw(nullptr, fclose);
+    if (!opt.raw_record.empty()) {
+        raw.reset(fopen(opt.raw_record.c_str(), "wb"));
+        if (!raw) {
+            error(fmt::format("cannot write {}: {}", opt.raw_record, strerror(errno)));
+            return EXIT_USAGE;
+        }
+    }
     bool ring_ok = loader.start_ring(
         [&](const void *data, size_t len) {
+            if (raw) {
+                uint32_t n = static_cast<uint32_t>(len);
+                fwrite(&n, sizeof(n), 1, raw.get());
+                fwrite(data, 1, len, raw.get());
+            }
             std::string why;
             auto ev = decode(data, len, &why);
             if (!ev) {
@@ -234,8 +248,12 @@ int run(const Options &opt)
     bool stop = false;
     bool master_gone = false;
 
+    RateLimiter limiter(opt.max_verdicts_per_sec);
     auto emit = [&](const Verdict &v) {
-        sink->verdict(v);
+        if (limiter.admit(v.cause + "\n" + v.upstream, real_now_ns()))
+            sink->verdict(v);
+        else
+            summary.suppressed++;
         summary.verdicts++;
         summary.by_cause[v.cause]++;
         summary.by_upstream[v.upstream]++;
@@ -321,8 +339,15 @@ int run(const Options &opt)
         resolve_access(false);
 
         uint64_t now = boot_now_ns();
+        auto report_suppressed = [&]() {
+            for (const auto &[key, count] : limiter.take_suppressed(real_now_ns())) {
+                auto nl = key.find('\n');
+                sink->suppressed(key.substr(0, nl), key.substr(nl + 1), count, 1.0);
+            }
+        };
         if (now >= next_stats) {
             next_stats = now + 1'000'000'000ULL;
+            report_suppressed();
             KernelCounters kc = loader.counters();
             if (kc.lost > last_lost) {
                 sink->warning({"events_lost",
@@ -353,6 +378,10 @@ int run(const Options &opt)
     resolve(true);
     read_access();
     resolve_access(true);
+    for (const auto &[key, count] : limiter.take_suppressed(real_now_ns())) {
+        auto nl = key.find('\n');
+        sink->suppressed(key.substr(0, nl), key.substr(nl + 1), count, 1.0);
+    }
 
     KernelCounters kc = loader.counters();
     summary.events = state.stats().events;

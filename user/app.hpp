@@ -17,6 +17,8 @@ struct Options {
     uint32_t ringbuf_kb = 4096;
     bool verbose = false;
     bool dump_events = false; // print every kernel event to stderr (debugging)
+    std::string raw_record;   // write every raw ring-buffer record to this file (benchmarks, debugging)
+    uint32_t max_verdicts_per_sec = 20; // per cause and upstream; 0: no limit
     uint32_t grace_ms = 300; // how long a log line waits for its kernel evidence
 };
 

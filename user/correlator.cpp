@@ -15,31 +15,27 @@ Conn *Correlator::find_conn(const LogLine &line)
 {
     if (line.upstream_peer.empty())
         return nullptr;
-    auto cands = state_.conns_to(line.pid, line.upstream_peer);
     int64_t oldest = line.wall_sec * 1'000'000'000LL - opt_.max_skew_ns;
-    Conn *fallback = nullptr;
-    for (auto it = cands.rbegin(); it != cands.rend(); ++it) {
-        Conn *c = *it;
+    bool connecting = line.phase.find("connecting") != std::string::npos;
+    Conn *primary = nullptr, *fallback = nullptr;
+    auto newer = [](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
+    for (Conn *c : state_.conns_to(line.pid, line.upstream_peer)) {
         if (c->claimed || tb_.to_real_ns(c->t_last) < oldest)
             continue;
-        bool connect_failed = c->error && !c->t_established;
-        if (is_connect_line(line)) {
-            if (connect_failed)
-                return c;
-            continue;
+        bool is_primary;
+        if (is_connect_line(line))
+            is_primary = c->error && !c->t_established;
+        else if (line.kind == LogKind::Timeout)
+            is_primary = connecting ? !c->t_established : bool(c->t_established);
+        else {
+            is_primary = c->t_established && c->failed();
+            if (!is_primary && c->t_established && newer(fallback, c))
+                fallback = c;
         }
-        if (line.kind == LogKind::Timeout) {
-            bool connecting = line.phase.find("connecting") != std::string::npos;
-            if (connecting ? !c->t_established : bool(c->t_established))
-                return c;
-            continue;
-        }
-        if (c->t_established && c->failed())
-            return c;
-        if (!fallback && c->t_established)
-            fallback = c;
+        if (is_primary && newer(primary, c))
+            primary = c;
     }
-    return fallback;
+    return primary ? primary : fallback;
 }
 
 void Correlator::group_attempts(const LogLine &line, Verdict &v)

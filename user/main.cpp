@@ -37,10 +37,15 @@ int main(int argc, char **argv)
         ->check(CLI::PositiveNumber);
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 4096)")
         ->check(CLI::Range(4u, 1u << 20));
+    app.add_option("--max-verdicts-per-sec", opt.max_verdicts_per_sec,
+                   "Print at most N verdicts per second for each cause and upstream; the rest are counted and "
+                   "reported in one line per second (default 20; 0: no limit)");
     app.add_flag("--check", check, "Print a preflight report of what this kernel and host support, attach nothing");
     app.add_flag("-v,--verbose", opt.verbose, "Print libbpf's messages (verifier log on load failures)");
     app.add_flag("--version", version, "Print the version");
     app.add_flag("--dump-events", opt.dump_events, "Print every kernel event to stderr (for debugging)");
+    app.add_option("--raw-record", opt.raw_record,
+                   "Write every raw kernel event to FILE (u32 length + record; for scripts/bench-pipeline)");
 
     try {
         app.parse(argc, argv);

@@ -163,12 +163,19 @@ static std::string jmap(const std::map<std::string, uint64_t> &m)
     return s + "}";
 }
 
+void JsonSink::suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s)
+{
+    emit(fmt::format("{{\"type\":\"suppressed\",\"ts\":{},\"cause\":{},\"upstream\":{},\"count\":{},"
+                     "\"window_s\":{:.1f}}}",
+                     jstr(rfc3339_utc(real_now_ns())), jstr(cause), jstr(upstream), count, window_s));
+}
+
 void JsonSink::summary(const Summary &s)
 {
-    emit(fmt::format("{{\"type\":\"summary\",\"ts\":{},\"duration_s\":{:.3f},\"verdicts\":{},\"by_cause\":{},"
+    emit(fmt::format("{{\"type\":\"summary\",\"ts\":{},\"duration_s\":{:.3f},\"verdicts\":{},\"suppressed\":{},\"by_cause\":{},"
                      "\"by_upstream\":{},\"log_lines\":{},\"access_only\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
                      "\"map_full\":{}}}",
-                     jstr(rfc3339_utc(real_now_ns())), s.duration_s, s.verdicts, jmap(s.by_cause),
+                     jstr(rfc3339_utc(real_now_ns())), s.duration_s, s.verdicts, s.suppressed, jmap(s.by_cause),
                      jmap(s.by_upstream), s.log_lines, s.access_only, s.events, s.events_lost, s.events_malformed, s.map_full));
 }
 
@@ -232,10 +239,18 @@ void TextSink::warning(const Warning &w)
     fflush(out_);
 }
 
+void TextSink::suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s)
+{
+    fmt::print(out_, "n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted in the summary)\n",
+               count, cause, upstream, window_s);
+    fflush(out_);
+}
+
 void TextSink::summary(const Summary &s)
 {
-    fmt::print(out_, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines\n", s.duration_s,
-               s.verdicts, s.log_lines);
+    fmt::print(out_, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines{}\n", s.duration_s,
+               s.verdicts, s.log_lines,
+               s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
     for (const auto &[k, v] : s.by_cause)
         fmt::print(out_, "    cause    {:<28} {}\n", k, v);
     for (const auto &[k, v] : s.by_upstream)

@@ -26,6 +26,7 @@ struct Summary {
     std::map<std::string, uint64_t> by_cause;
     std::map<std::string, uint64_t> by_upstream;
     uint64_t verdicts = 0;
+    uint64_t suppressed = 0; // verdicts not printed because of the rate limit
     uint64_t events = 0;
     uint64_t events_lost = 0;
     uint64_t events_malformed = 0;
@@ -48,6 +49,8 @@ public:
     virtual void verdict(const Verdict &) = 0;
     virtual void warning(const Warning &) = 0;
     virtual void summary(const Summary &) = 0;
+    // `count` more verdicts for (cause, upstream) in the last `window_s` seconds were not printed.
+    virtual void suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s) = 0;
 };
 
 class JsonSink : public Sink {
@@ -57,6 +60,7 @@ public:
     void verdict(const Verdict &) override;
     void warning(const Warning &) override;
     void summary(const Summary &) override;
+    void suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s) override;
     void set_timebase(Timebase tb) { tb_ = tb; }
 
 private:
@@ -72,6 +76,7 @@ public:
     void verdict(const Verdict &) override;
     void warning(const Warning &) override;
     void summary(const Summary &) override;
+    void suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s) override;
     void set_timebase(Timebase tb) { tb_ = tb; }
 
 private:

@@ -110,6 +110,33 @@ Conn *State::conn_by_up_sk(uint64_t up_sk)
     return it == by_up_sk_.end() ? nullptr : it->second;
 }
 
+void State::set_dst(Conn &c, const Addr &dst)
+{
+    std::string key = dst.str();
+    if (key == c.dst_key) {
+        c.dst = dst;
+        return;
+    }
+    if (!c.dst_key.empty())
+        unindex(&c);
+    c.dst = dst;
+    c.dst_key = std::move(key);
+    by_dst_[c.dst_key].push_back(&c);
+}
+
+void State::unindex(Conn *c)
+{
+    auto it = by_dst_.find(c->dst_key);
+    if (it == by_dst_.end())
+        return;
+    auto &dq = it->second;
+    auto pos = std::find(dq.begin(), dq.end(), c); // nearly always at the front
+    if (pos != dq.end())
+        dq.erase(pos);
+    if (dq.empty())
+        by_dst_.erase(it);
+}
+
 void State::finish(uint64_t sk)
 {
     auto it = live_.find(sk);
@@ -129,6 +156,7 @@ void State::trim()
             if (it != by_up_sk_.end() && it->second == c)
                 by_up_sk_.erase(it);
         }
+        unindex(c);
         finished_.pop_front();
         stats_.conns_dropped++;
     }
@@ -185,7 +213,7 @@ void State::apply(const Event &e)
         c->nginx_pid = e.tgid;
         c->nginx_comm = e.comm;
         if (e.dst.known())
-            c->dst = e.dst;
+            set_dst(*c, e.dst);
         Evidence ev = make_ev(e, "connect", e.tgid, e.comm, "");
         if (e.ret == 0) {
             ev.detail = fmt::format("connect() to {} succeeded", c->dst.str());
@@ -228,7 +256,7 @@ void State::apply(const Event &e)
         if (e.sock_role == N502_SOCK_NGINX) {
             Conn &c = conn_for(e.sk, e.ts, e.owner);
             if (e.dst.known() && e.dst.port)
-                c.dst = e.dst;
+                set_dst(c, e.dst);
             if (e.src.known() && e.src.port)
                 c.src = e.src;
             c.tcp_state = e.newstate;
@@ -468,13 +496,12 @@ void State::apply(const Event &e)
 std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const std::string &upstream)
 {
     std::vector<Conn *> out;
-    for (auto &c : finished_)
-        if (c->nginx_pid == nginx_pid && c->dst.str() == upstream)
-            out.push_back(c.get());
-    for (auto &[sk, c] : live_)
-        if (c->nginx_pid == nginx_pid && c->dst.str() == upstream)
-            out.push_back(c.get());
-    std::stable_sort(out.begin(), out.end(), [](const Conn *a, const Conn *b) { return a->t_last < b->t_last; });
+    auto it = by_dst_.find(upstream);
+    if (it == by_dst_.end())
+        return out;
+    for (Conn *c : it->second)
+        if (c->nginx_pid == nginx_pid)
+            out.push_back(c);
     return out;
 }
 
@@ -503,8 +530,11 @@ std::vector<const Listener *> State::listeners_on(const Addr &a) const
 std::map<std::string, int> State::nginx_sockets_to(const std::string &upstream) const
 {
     std::map<std::string, int> out;
-    for (const auto &[sk, c] : live_)
-        if (c->dst.str() == upstream && c->tcp_state)
+    auto it = by_dst_.find(upstream);
+    if (it == by_dst_.end())
+        return out;
+    for (const Conn *c : it->second)
+        if (c->tcp_state && !c->t_closed && live_.count(c->sk) && live_.at(c->sk).get() == c)
             out[tcp_state_name(c->tcp_state)]++;
     return out;
 }

@@ -55,6 +55,7 @@ struct Conn {
     uint32_t nginx_pid = 0;
     std::string nginx_comm;
     Addr dst, src;
+    std::string dst_key; // dst.str(), kept in step with dst (index key)
     uint64_t t_first = 0, t_last = 0;
     bool have_connect = false;
     int connect_ret = 0;
@@ -118,7 +119,7 @@ public:
 
     Proc *proc(uint32_t pid);
     const Proc *proc(uint32_t pid) const;
-    // Connections (live and recently finished) of an Nginx worker to an upstream, newest last.
+    // Connections (live and recently finished) of an Nginx worker to an upstream, in no order.
     std::vector<Conn *> conns_to(uint32_t nginx_pid, const std::string &upstream);
     // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
     std::vector<const Listener *> listeners_on(const Addr &a) const;
@@ -136,6 +137,8 @@ private:
     void finish(uint64_t sk);
     Proc &proc_or_new(uint32_t pid, uint64_t ts);
     void add_evidence(Conn &c, Evidence ev);
+    void set_dst(Conn &c, const Addr &dst);
+    void unindex(Conn *c);
     void trim();
 
     StateLimits limits_;
@@ -144,6 +147,7 @@ private:
     std::unordered_map<uint64_t, std::unique_ptr<Conn>> live_;   // Nginx sk -> connection
     std::deque<std::unique_ptr<Conn>> finished_;                 // oldest first
     std::unordered_map<uint64_t, Conn *> by_up_sk_;              // upstream's sk -> connection
+    std::unordered_map<std::string, std::deque<Conn *>> by_dst_; // upstream address -> its connections
     std::unordered_map<uint64_t, uint64_t> unix_peer_;           // server-side unix sk -> Nginx sk
     std::unordered_map<uint32_t, Proc> procs_;
     std::deque<uint32_t> dead_order_;

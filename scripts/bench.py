@@ -1,0 +1,937 @@
+#!/usr/bin/python3
+"""n502trace's performance benchmark (run it through scripts/bench.sh, as root).
+
+One real Debian Nginx (temp prefix, loopback only, `user www-data`, one worker
+pinned to CPU 0) proxies its front server block to a second server block of
+the same Nginx that answers `return 200 "ok\\n";`. wrk (pinned to CPU 1) loads
+the front with 32 keep-alive client connections, so the only connection churn
+is on the upstream side:
+
+  new_conn   plain proxy_pass: HTTP/1.0 to the upstream, a new upstream
+             connection (connect, accept, close) per request: the worst case
+             for n502trace, which traces exactly those.
+  keepalive  an upstream block with `keepalive 32`, HTTP/1.1 and
+             `Connection ""`: upstream connections are reused.
+
+Modes, interleaved in one run in the same order every round:
+
+  none       no tracing
+  n502trace  `n502trace --nginx-pid MASTER --json` attached (ready before wrk
+             starts; VmRSS read before SIGINT; events and events_lost from its
+             summary record)
+  tcpdump    `tcpdump -i lo -w FILE -U 'tcp port UPSTREAM'`, capturing
+             (checked with a request) before wrk starts
+  debug      Nginx reloaded with `error_log FILE debug;` (and back after)
+
+Per variant: medians over the rounds and ratios to `none`, as Markdown tables,
+then the machine and the targets (PASS/FAIL); printed and written to --out.
+--soak-minutes N then runs n502trace under new_conn load for N minutes,
+sampling its VmRSS every 30 s.
+
+Exit status: 0 when every target that was measured passes, 3 when one fails,
+1 when the benchmark itself failed, 2 for bad usage.
+Standard library only (Debian's /usr/bin/python3).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+NGINX = "/usr/sbin/nginx"
+POLL = 0.002
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CONNECTIONS = 32
+MODES = ("none", "n502trace", "tcpdump", "debug")
+VARIANTS = ("new_conn", "keepalive")
+RSS_LIMIT_MIB = 30.0
+THROUGHPUT_TARGET = 0.98
+ATTACH_LIMIT_MS = 1000.0
+SOAK_TARGET_MIN = 10
+SOAK_SAMPLE_S = 30.0
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    sys.stderr.write("[bench %s] %s\n" % (time.strftime("%H:%M:%S"), msg))
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- processes
+
+LIVE = []  # Popen objects to stop at exit, newest last
+
+
+def spawn(argv, **kw):
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    # Own session: a Ctrl-C on the terminal reaches only this script, which
+    # then stops everything in order.
+    p = subprocess.Popen(argv, start_new_session=True, **kw)
+    LIVE.append(p)
+    return p
+
+
+def stop_proc(p, sig=signal.SIGTERM, timeout=10):
+    """Signal p and wait; SIGKILL after timeout. Returns the exit code."""
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    if p in LIVE:
+        LIVE.remove(p)
+    return p.returncode
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def children_of(ppid):
+    kids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) == ppid:
+            kids.append(int(d))
+    return sorted(kids)
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid in seconds, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vmrss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None
+
+
+def wait_until(fn, timeout, what, proc=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            raise BenchError("%s: the process exited (%s) first" % (what, proc.returncode))
+        if time.monotonic() > deadline:
+            raise BenchError("timed out after %gs waiting for %s" % (timeout, what))
+        time.sleep(POLL)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, timeout=5):
+    """One HTTP/1.0 GET on a fresh connection; returns the status line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+def read_records(path):
+    """The complete JSON lines of a file written by n502trace --json."""
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return out
+    for line in data.split("\n")[:-1]:  # the last piece may be partial
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def find_record(path, rtype):
+    for r in read_records(path):
+        if r.get("type") == rtype:
+            return r
+    return None
+
+
+def tail(path, n=15):
+    try:
+        with open(path, errors="replace") as f:
+            return "\n".join(f.read().splitlines()[-n:])
+    except FileNotFoundError:
+        return "(no %s)" % path
+
+
+# ---------------------------------------------------------------- nginx
+
+NGINX_CONF = """\
+# generated by scripts/bench.py ({variant})
+user www-data;
+worker_processes 1;
+{affinity}
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {error_log} {level};
+
+events {{
+    worker_connections 8192;
+}}
+
+http {{
+    # The cost measured is tracing, not logging.
+    access_log off;
+    # wrk's 32 client connections (and kept-alive upstream connections) are
+    # never closed by Nginx during a run: the only churn is what the variant asks.
+    keepalive_requests 100000000;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+{upstream_block}
+    server {{
+        listen 127.0.0.1:{front};
+        server_name front;
+        location / {{
+            proxy_pass http://{target};
+{proxy_extra}        }}
+    }}
+
+    server {{
+        listen 127.0.0.1:{up};
+        server_name upstream;
+        location / {{
+            return 200 "ok\\n";
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    def __init__(self, workdir, variant, cpu):
+        self.dir = os.path.join(workdir, "nginx-" + variant)
+        self.variant = variant
+        self.cpu = cpu
+        self.front = free_port()
+        self.up = free_port()
+        while self.up == self.front:
+            self.up = free_port()
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        self.error_log = os.path.join(self.dir, "error.log")
+        self.debug_log = os.path.join(self.dir, "debug.log")
+        self.proc = None
+        self.workers = []
+
+    @property
+    def master(self):
+        return self.proc.pid
+
+    def write_conf(self, debug=False):
+        if self.variant == "keepalive":
+            upstream_block = ("    upstream backend {\n"
+                              "        server 127.0.0.1:%d;\n"
+                              "        keepalive %d;\n"
+                              "        keepalive_requests 100000000;\n"
+                              "    }\n" % (self.up, CONNECTIONS))
+            target = "backend"
+            proxy_extra = ("            proxy_http_version 1.1;\n"
+                           "            proxy_set_header Connection \"\";\n")
+        else:
+            upstream_block = ""
+            target = "127.0.0.1:%d" % self.up
+            proxy_extra = ""
+        affinity = ("worker_cpu_affinity %s;" % format(1 << self.cpu, "b")) if self.cpu is not None else ""
+        text = NGINX_CONF.format(
+            variant=self.variant, dir=self.dir, affinity=affinity,
+            error_log=self.debug_log if debug else self.error_log,
+            level="debug" if debug else "error",
+            upstream_block=upstream_block, front=self.front, up=self.up,
+            target=target, proxy_extra=proxy_extra)
+        with open(self.conf, "w") as f:
+            f.write(text)
+
+    def start(self, timeout=15):
+        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        os.chmod(os.path.join(self.dir, "tmp"), 0o755)
+        self.write_conf()
+        out = open(os.path.join(self.dir, "nginx.stderr"), "w")
+        # -e: the log used before the config is read (Debian's default is stderr)
+        self.proc = spawn([NGINX, "-p", self.dir, "-c", self.conf, "-e", self.error_log],
+                          stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        try:
+            self.workers = wait_until(lambda: children_of(self.master), timeout,
+                                      "the nginx worker", proc=self.proc)
+            for port in (self.front, self.up):
+                wait_until(lambda: self._accepting(port), timeout,
+                           "nginx on 127.0.0.1:%d" % port, proc=self.proc)
+            status = http_get(self.front)
+        except BenchError as e:
+            raise BenchError("%s\n%s\n%s" % (e, tail(os.path.join(self.dir, "nginx.stderr")),
+                                             tail(self.error_log)))
+        if " 200 " not in status + " ":
+            raise BenchError("nginx answered %r through the proxy, not 200" % status)
+
+    @staticmethod
+    def _accepting(port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def reload(self, debug, timeout=30):
+        """Rewrite the config (debug log or not), SIGHUP, and wait until the
+        old worker is gone and a new one runs."""
+        self.write_conf(debug)
+        old = set(children_of(self.master))
+        os.kill(self.master, signal.SIGHUP)
+
+        def done():
+            kids = set(children_of(self.master))
+            return sorted(kids) if kids and not (kids & old) else None
+        try:
+            self.workers = wait_until(done, timeout, "nginx reload (old workers %s)" % sorted(old),
+                                      proc=self.proc)
+        except BenchError as e:
+            raise BenchError("%s\n%s" % (e, tail(self.error_log)))
+
+    def worker_cpu(self):
+        return sum(cpu_seconds(p) or 0.0 for p in self.workers)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        pids = [self.master] + children_of(self.master)
+        stop_proc(self.proc, signal.SIGQUIT, timeout=10)
+        for p in pids:  # workers outliving the master
+            if pid_alive(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc = None
+
+
+def nginx_info():
+    r = subprocess.run([NGINX, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text = r.stdout.decode(errors="replace")
+    m = re.search(r"nginx version: (\S+)", text)
+    return (m.group(1) if m else "nginx (unknown version)"), ("--with-debug" in text)
+
+
+# ---------------------------------------------------------------- wrk
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def parse_wrk(text):
+    r = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
+    r["p99_ms"] = float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
+    m = re.search(r"(\d+) requests in", text)
+    r["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    r["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    r["socket_errors_text"] = m.group(0) if m else ""
+    return r
+
+
+class Wrk:
+    """wrk in the background (pinned to a CPU); reaped with wait4 for its CPU time."""
+
+    def __init__(self, workdir, port, duration, cpu, tag):
+        self.out_path = os.path.join(workdir, "wrk-%s.out" % tag)
+        argv = ["wrk", "-t1", "-c%d" % CONNECTIONS, "-d%ds" % duration, "--latency",
+                "http://127.0.0.1:%d/" % port]
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu)] + argv  # taskset execs wrk: same pid
+        self.duration = duration
+        self.started = time.monotonic()
+        with open(self.out_path, "w") as out:
+            self.proc = spawn(argv, stdout=out, stderr=subprocess.STDOUT)
+        self.cpu_s = None
+
+    def poll(self):
+        """True once wrk has exited (and been reaped)."""
+        if self.proc.returncode is not None:
+            return True
+        pid, status, ru = os.wait4(self.proc.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = ru.ru_utime + ru.ru_stime
+        if self.proc in LIVE:
+            LIVE.remove(self.proc)
+        return True
+
+    def wait(self, on_tick=None):
+        deadline = self.started + self.duration + 60
+        while not self.poll():
+            if on_tick is not None:
+                on_tick()
+            if time.monotonic() > deadline:
+                stop_proc(self.proc, signal.SIGKILL)
+                raise BenchError("wrk did not finish within %ds" % (self.duration + 60))
+            time.sleep(0.01)
+        wall = time.monotonic() - self.started
+        with open(self.out_path, errors="replace") as f:
+            text = f.read()
+        r = parse_wrk(text)
+        if self.proc.returncode != 0 or r["rps"] is None or r["p99_ms"] is None:
+            raise BenchError("wrk failed (exit %s):\n%s" % (self.proc.returncode, text))
+        r["wrk_cpu"] = (self.cpu_s or 0.0) / wall
+        os.unlink(self.out_path)
+        return r
+
+
+# ---------------------------------------------------------------- modes
+
+class Bench:
+    def __init__(self, args, workdir, cpus):
+        self.args = args
+        self.dir = workdir
+        self.nginx_cpu, self.wrk_cpu = cpus
+        self.nginx = None
+        self.runs = 0
+
+    def wrk(self, duration):
+        self.runs += 1
+        return Wrk(self.dir, self.nginx.front, duration, self.wrk_cpu, self.runs)
+
+    def measured_wrk(self, duration, tracer_pid=None):
+        """wrk for duration s; the Nginx worker's (and a tracer's) CPU share."""
+        n0 = self.nginx.worker_cpu()
+        t0 = cpu_seconds(tracer_pid) if tracer_pid else None
+        start = time.monotonic()
+        r = self.wrk(duration).wait()
+        wall = time.monotonic() - start
+        r["nginx_cpu"] = (self.nginx.worker_cpu() - n0) / wall
+        if tracer_pid:
+            t1 = cpu_seconds(tracer_pid)
+            r["tracer_cpu"] = (t1 - t0) / wall if t0 is not None and t1 is not None else None
+        return r
+
+    # -- n502trace
+    def start_tool(self, tag):
+        out_path = os.path.join(self.dir, "n502trace-%s.jsonl" % tag)
+        err_path = os.path.join(self.dir, "n502trace-%s.stderr" % tag)
+        out, err = open(out_path, "w"), open(err_path, "w")
+        t0 = time.monotonic()
+        p = spawn([self.args.bin, "--nginx-pid", str(self.nginx.master), "--json"],
+                  stdout=out, stderr=err)
+        out.close()
+        err.close()
+        try:
+            ready = wait_until(lambda: find_record(out_path, "ready"), 15,
+                               "n502trace's ready record", proc=p)
+        except BenchError as e:
+            stop_proc(p, signal.SIGINT)
+            raise BenchError("%s\nstderr:\n%s" % (e, tail(err_path)))
+        wall_ms = (time.monotonic() - t0) * 1000.0
+        if sorted(ready.get("workers") or []) != sorted(self.nginx.workers):
+            stop_proc(p, signal.SIGINT)
+            raise BenchError("n502trace ready.workers %r, nginx's workers are %r" % (
+                ready.get("workers"), self.nginx.workers))
+        return p, out_path, err_path, ready, wall_ms
+
+    def stop_tool(self, p, out_path, err_path):
+        rc = stop_proc(p, signal.SIGINT, timeout=15)
+        summary = find_record(out_path, "summary")
+        if summary is None:
+            raise BenchError("n502trace (exit %s) printed no summary\nstderr:\n%s" % (rc, tail(err_path)))
+        records = read_records(out_path)
+        warnings = [r for r in records if r.get("type") == "warning"]
+        verdicts = sum(1 for r in records if r.get("type") == "verdict")
+        return rc, summary, warnings, verdicts
+
+    def run_n502trace(self, duration, tag):
+        p, out_path, err_path, ready, wall_ms = self.start_tool(tag)
+        r = self.measured_wrk(duration, tracer_pid=p.pid)
+        rss = vmrss_kib(p.pid)
+        rc, summary, warnings, verdicts = self.stop_tool(p, out_path, err_path)
+        r.update(events=summary.get("events"), events_lost=summary.get("events_lost"),
+                 events_malformed=summary.get("events_malformed"), map_full=summary.get("map_full"),
+                 tool_rc=rc, rss_kib=rss, attach_ms=ready.get("attach_ms"), ready_wall_ms=wall_ms,
+                 lost_warnings=sum(1 for w in warnings if w.get("code") == "events_lost"),
+                 other_warnings=sorted({w.get("code") for w in warnings if w.get("code") != "events_lost"}),
+                 verdicts=verdicts)
+        os.unlink(out_path)
+        os.unlink(err_path)
+        return r
+
+    # -- tcpdump
+    def run_tcpdump(self, duration, tag):
+        pcap = os.path.join(self.dir, "upstream-%s.pcap" % tag)
+        err_path = os.path.join(self.dir, "tcpdump-%s.stderr" % tag)
+        with open(err_path, "w") as err:
+            # -Z root: keep writing the file as root (Debian's tcpdump would
+            # drop to user tcpdump, which may not write to the temp dir).
+            p = spawn(["tcpdump", "-i", "lo", "-w", pcap, "-U", "-Z", "root",
+                       "tcp port %d" % self.nginx.up], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_until(lambda: "listening on" in tail(err_path, 50), 15, "tcpdump's 'listening on'", proc=p)
+            # Really capturing: one request through the proxy lands in the file.
+            http_get(self.nginx.front)
+            wait_until(lambda: os.path.exists(pcap) and os.path.getsize(pcap) > 24, 10,
+                       "packets in tcpdump's file", proc=p)
+        except BenchError as e:
+            stop_proc(p, signal.SIGINT)
+            raise BenchError("%s\n%s" % (e, tail(err_path)))
+        r = self.measured_wrk(duration, tracer_pid=p.pid)
+        rc = stop_proc(p, signal.SIGINT, timeout=30)
+        text = tail(err_path, 50)
+        m = re.search(r"(\d+) packets? captured", text)
+        r["captured"] = int(m.group(1)) if m else None
+        m = re.search(r"(\d+) packets? dropped by kernel", text)
+        r["dropped"] = int(m.group(1)) if m else None
+        r["pcap_bytes"] = os.path.getsize(pcap) if os.path.exists(pcap) else 0
+        r["tcpdump_rc"] = rc
+        for f in (pcap, err_path):
+            if os.path.exists(f):
+                os.unlink(f)
+        return r
+
+    # -- debug log
+    def run_debug(self, duration, tag):
+        self.nginx.reload(debug=True)
+        if not os.path.exists(self.nginx.debug_log):
+            raise BenchError("nginx reloaded but %s does not exist" % self.nginx.debug_log)
+        try:
+            r = self.measured_wrk(duration)
+        finally:
+            self.nginx.reload(debug=False)  # the old worker (and the debug log) closed
+        r["debug_log_bytes"] = os.path.getsize(self.nginx.debug_log)
+        os.unlink(self.nginx.debug_log)
+        return r
+
+    def run_mode(self, mode, duration, tag):
+        if mode == "none":
+            return self.measured_wrk(duration)
+        if mode == "n502trace":
+            return self.run_n502trace(duration, tag)
+        if mode == "tcpdump":
+            return self.run_tcpdump(duration, tag)
+        if mode == "debug":
+            return self.run_debug(duration, tag)
+        raise BenchError("unknown mode %r" % mode)
+
+    # -- the interleaved rounds
+    def rounds(self, variant, modes):
+        self.nginx = Nginx(self.dir, variant, self.nginx_cpu)
+        self.nginx.start()
+        log("variant %s: nginx master %d, worker %s, front 127.0.0.1:%d -> upstream 127.0.0.1:%d" % (
+            variant, self.nginx.master, self.nginx.workers, self.nginx.front, self.nginx.up))
+        warm = 1 if self.args.duration <= 2 else 3
+        log("variant %s: warm-up %ds" % (variant, warm))
+        self.wrk(warm).wait()
+        results = {m: [] for m in modes}
+        try:
+            for rnd in range(1, self.args.rounds + 1):
+                for mode in modes:
+                    time.sleep(0.5)  # let the previous run's sockets and softirqs settle
+                    r = self.run_mode(mode, self.args.duration, "%s-%d" % (variant, rnd))
+                    results[mode].append(r)
+                    log("variant %s round %d/%d %-9s %9.0f req/s  p99 %7.3f ms  nginx cpu %3.0f%%  wrk cpu %3.0f%%%s" % (
+                        variant, rnd, self.args.rounds, mode, r["rps"], r["p99_ms"],
+                        100 * r["nginx_cpu"], 100 * r["wrk_cpu"], short_note(mode, r)))
+        finally:
+            self.nginx.stop()
+            self.nginx = None
+        return results
+
+    # -- soak
+    def soak(self, minutes):
+        log("soak: n502trace under new_conn load for %g min, VmRSS every %ds" % (minutes, SOAK_SAMPLE_S))
+        self.nginx = Nginx(self.dir, "new_conn", self.nginx_cpu)
+        self.nginx.start()
+        try:
+            p, out_path, err_path, ready, wall_ms = self.start_tool("soak")
+            duration = int(round(minutes * 60))
+            samples = []
+            w = self.wrk(duration)
+            start = w.started
+            next_at = [start]
+
+            def sample():
+                now = time.monotonic()
+                if now >= next_at[0]:
+                    rss = vmrss_kib(p.pid)
+                    samples.append((now - start, rss))
+                    next_at[0] += SOAK_SAMPLE_S
+                    if len(samples) > 1:
+                        log("soak: t=%4.0fs VmRSS %.1f MiB" % (now - start, (rss or 0) / 1024.0))
+            r = w.wait(on_tick=sample)
+            samples.append((time.monotonic() - start, vmrss_kib(p.pid)))  # at the end of the load
+            rc, summary, warnings, verdicts = self.stop_tool(p, out_path, err_path)
+        finally:
+            self.nginx.stop()
+            self.nginx = None
+        return dict(minutes=minutes, rps=r["rps"], p99_ms=r["p99_ms"], non2xx=r["non2xx"],
+                    socket_errors=r["socket_errors"], samples=samples,
+                    events=summary.get("events"), events_lost=summary.get("events_lost"),
+                    tool_rc=rc, attach_ms=ready.get("attach_ms"), ready_wall_ms=wall_ms)
+
+
+def short_note(mode, r):
+    s = ""
+    if mode == "n502trace":
+        s = "  events %s lost %s RSS %.1f MiB attach %s ms ready %.0f ms" % (
+            r["events"], r["events_lost"], (r["rss_kib"] or 0) / 1024.0, r["attach_ms"], r["ready_wall_ms"])
+    elif mode == "tcpdump":
+        s = "  pcap %.0f MB dropped %s" % (r["pcap_bytes"] / 1e6, r["dropped"])
+    elif mode == "debug":
+        s = "  debug log %.0f MB" % (r["debug_log_bytes"] / 1e6)
+    if r["non2xx"] or r["socket_errors"]:
+        s += "  non-2xx %d, %s" % (r["non2xx"], r["socket_errors_text"])
+    return s
+
+
+# ---------------------------------------------------------------- report
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def mode_notes(mode, runs):
+    notes = []
+    if mode == "n502trace":
+        ev = med([r["events"] for r in runs])
+        rate = med([r["events"] / r["requests"] for r in runs if r["events"] is not None and r["requests"]])
+        notes.append("events/run %s (%s per request)" % (fmt(ev, ",.0f"), fmt(rate, ".1f")))
+        notes.append("events lost total %d" % sum(r["events_lost"] or 0 for r in runs))
+        notes.append("RSS max %.1f MiB" % (max(r["rss_kib"] or 0 for r in runs) / 1024.0))
+        t = med([r.get("tracer_cpu") for r in runs])
+        notes.append("tool CPU %s%%" % fmt(None if t is None else 100 * t, ".0f"))
+        bad = [r["tool_rc"] for r in runs if r["tool_rc"] != 0]
+        if bad:
+            notes.append("tool exit codes %s" % bad)
+        v = sum(r["verdicts"] for r in runs)
+        if v:
+            notes.append("%d verdicts (expected none)" % v)
+        other = sorted({c for r in runs for c in r["other_warnings"]})
+        if other:
+            notes.append("warnings %s" % ", ".join(other))
+    elif mode == "tcpdump":
+        notes.append("pcap %s MB/run" % fmt(med([r["pcap_bytes"] / 1e6 for r in runs]), ".0f"))
+        notes.append("dropped by kernel %d" % sum(r["dropped"] or 0 for r in runs))
+        t = med([r.get("tracer_cpu") for r in runs])
+        notes.append("tcpdump CPU %s%%" % fmt(None if t is None else 100 * t, ".0f"))
+    elif mode == "debug":
+        notes.append("debug log %s MB/run" % fmt(med([r["debug_log_bytes"] / 1e6 for r in runs]), ".0f"))
+    n2 = sum(r["non2xx"] for r in runs)
+    se = sum(r["socket_errors"] for r in runs)
+    if n2 or se:
+        notes.append("**non-2xx %d, socket errors %d**" % (n2, se))
+    return "; ".join(notes)
+
+
+def variant_table(variant, results, modes):
+    base = results.get("none")
+    base_rps = med([r["rps"] for r in base]) if base else None
+    base_p99 = med([r["p99_ms"] for r in base]) if base else None
+    lines = ["| mode | median req/s | ratio to none | median p99 ms | ratio to none | nginx worker CPU | wrk CPU | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    ratios = {}
+    for mode in modes:
+        runs = results[mode]
+        rps = med([r["rps"] for r in runs])
+        p99 = med([r["p99_ms"] for r in runs])
+        rr = rps / base_rps if base_rps and rps is not None else None
+        pr = p99 / base_p99 if base_p99 and p99 is not None else None
+        ratios[mode] = rr
+        lines.append("| %s | %s | %s | %s | %s | %s%% | %s%% | %s |" % (
+            mode, fmt(rps, ",.0f"), fmt(rr, ".3f"), fmt(p99, ".3f"), fmt(pr, ".2f"),
+            fmt(100 * med([r["nginx_cpu"] for r in runs]), ".0f"),
+            fmt(100 * med([r["wrk_cpu"] for r in runs]), ".0f"),
+            mode_notes(mode, runs) or "-"))
+    lines.append("")
+    lines.append("Per round, req/s (p99 ms):")
+    lines.append("")
+    n = max(len(results[m]) for m in modes)
+    lines.append("| mode | " + " | ".join("round %d" % (i + 1) for i in range(n)) + " |")
+    lines.append("|---|" + "---:|" * n)
+    for mode in modes:
+        lines.append("| %s | " % mode + " | ".join(
+            "%.0f (%.2f)" % (r["rps"], r["p99_ms"]) for r in results[mode]) + " |")
+    return lines, ratios
+
+
+def machine_lines(nginx_version, has_debug, load_start):
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/etc/debian_version") as f:
+            debian = "Debian " + f.read().strip()
+    except OSError:
+        debian = "unknown distribution"
+    try:
+        wrk_v = subprocess.run(["wrk", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode(
+            errors="replace").split("\n")[0].strip()
+    except OSError:
+        wrk_v = "wrk"
+    with open("/proc/loadavg") as f:
+        load_end = " ".join(f.read().split()[:3])
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return [
+        "- CPUs (`nproc`): %d, %s; %.1f GiB RAM" % (os.cpu_count(), model, mem_kib / 1048576.0),
+        "- kernel %s, %s, %s (%s), %s" % (os.uname().release, debian, nginx_version,
+                                         "built --with-debug" if has_debug else "NOT built --with-debug",
+                                         wrk_v),
+        "- load average at start %s, at end %s" % (load_start, load_end),
+        "- %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser(description="n502trace performance benchmark (see scripts/bench.sh)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--out", default="bench-results.md")
+    ap.add_argument("--bin", default="build/n502trace")
+    ap.add_argument("--quick", action="store_true", help="5 rounds of 2 s (a smoke test)")
+    ap.add_argument("--soak-minutes", type=float, default=0)
+    ap.add_argument("--soak-only", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration = 5, 2
+    variants = [v for v in args.variants.split(",") if v]
+    modes = [m for m in args.modes.split(",") if m]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error("unknown variant %r (have %s)" % (v, ", ".join(VARIANTS)))
+    for m in modes:
+        if m not in MODES:
+            ap.error("unknown mode %r (have %s)" % (m, ", ".join(MODES)))
+    if args.rounds < 1 or args.duration < 1:
+        ap.error("--rounds and --duration must be >= 1")
+    if args.soak_only and args.soak_minutes <= 0:
+        ap.error("--soak-only needs --soak-minutes N")
+    if os.geteuid() != 0:
+        sys.exit("bench.py: run as root (BPF, nginx with user www-data, tcpdump)")
+    args.bin = os.path.abspath(args.bin)
+    if not os.access(args.bin, os.X_OK):
+        sys.exit("bench.py: %s is not built (run scripts/test.sh or cmake --build build)" % args.bin)
+    for tool in ("wrk", "tcpdump", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit("bench.py: %s is missing (scripts/install-deps.sh)" % tool)
+
+    nginx_version, has_debug = nginx_info()
+    if "debug" in modes and not has_debug:
+        log("%s was not built --with-debug: skipping the debug mode" % NGINX)
+        modes.remove("debug")
+    if "none" not in modes:
+        modes.insert(0, "none")  # the baseline every ratio needs
+    ncpu = os.cpu_count() or 1
+    cpus = (0, 1) if ncpu >= 2 else (None, None)
+    with open("/proc/loadavg") as f:
+        load_start = " ".join(f.read().split()[:3])
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    workdir = tempfile.mkdtemp(prefix="n502-bench-")
+    os.chmod(workdir, 0o755)  # the workers (www-data) traverse it
+    bench = Bench(args, workdir, cpus)
+    all_results = {}
+    soak = None
+    t_start = time.monotonic()
+    try:
+        log("%s; %s%s; workdir %s" % (nginx_version, "built --with-debug" if has_debug else "NOT built --with-debug",
+                                      "" if cpus[0] is None else "; nginx worker on CPU 0, wrk on CPU 1",
+                                      workdir))
+        if not args.soak_only:
+            log("%d rounds x %ds per mode; variants %s; modes %s" % (
+                args.rounds, args.duration, ", ".join(variants), ", ".join(modes)))
+            for v in variants:
+                all_results[v] = bench.rounds(v, modes)
+        if args.soak_minutes > 0:
+            soak = bench.soak(args.soak_minutes)
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        cleanup(bench, workdir)
+        return 130
+    except BenchError as e:
+        log("FAILED: %s" % e)
+        cleanup(bench, workdir)
+        return 1
+    cleanup(bench, workdir)
+
+    # ---- report
+    out = ["# n502trace benchmark", ""]
+    out.append("Nginx (one worker, CPU 0) proxies to a second server block of the same Nginx "
+               "(`return 200`); wrk (`-t1 -c%d`, CPU 1) on loopback. Modes interleaved in one run "
+               "(%s, same order every round), %d rounds x %d s; medians over the rounds. "
+               "`debug` = `error_log FILE debug;` (%s)." % (
+                   CONNECTIONS, ", ".join(modes), args.rounds, args.duration,
+                   "nginx built --with-debug" if has_debug else "not available: nginx lacks --with-debug"))
+    if args.quick:
+        out.append("")
+        out.append("**--quick: smoke numbers (2 s runs), not a measurement.**")
+    checks = []
+    for v in variants if not args.soak_only else []:
+        out.append("")
+        title = {"new_conn": "new upstream connection per request (worst case)",
+                 "keepalive": "upstream keep-alive (`keepalive %d`)" % CONNECTIONS}[v]
+        out.append("## %s: %s" % (v, title))
+        out.append("")
+        lines, ratios = variant_table(v, all_results[v], modes)
+        out += lines
+        if v == "new_conn" and "n502trace" in modes:
+            rr = ratios.get("n502trace")
+            checks.append(("n502trace keeps >= %d%% of the untraced throughput (new_conn): %s" % (
+                THROUGHPUT_TARGET * 100, fmt(rr, ".3f")), rr is not None and rr >= THROUGHPUT_TARGET))
+    tool_runs = [r for v in all_results for r in all_results[v].get("n502trace", [])]
+    if tool_runs:
+        nc = all_results.get("new_conn", {}).get("n502trace", [])
+        if nc:
+            lost = sum(r["events_lost"] or 0 for r in nc)
+            checks.append(("zero events lost at that rate (new_conn, %d runs, %s events/run): %d lost" % (
+                len(nc), fmt(med([r["events"] for r in nc]), ",.0f"), lost),
+                lost == 0 and all(r["events_lost"] is not None for r in nc)))
+        am = max(r["attach_ms"] or 0 for r in tool_runs)
+        wm = max(r["ready_wall_ms"] for r in tool_runs)
+        checks.append(("attached and ready in < 1 s (%d starts): attach_ms max %s, exec to ready max %.0f ms" % (
+            len(tool_runs), am, wm), am < ATTACH_LIMIT_MS and wm < ATTACH_LIMIT_MS))
+    if soak is not None:
+        out.append("")
+        out.append("## soak: n502trace under new_conn load for %g min" % soak["minutes"])
+        out.append("")
+        out.append("%s req/s, p99 %.3f ms; %s events, %s lost; attach_ms %s, exec to ready %.0f ms%s." % (
+            fmt(soak["rps"], ",.0f"), soak["p99_ms"], fmt(soak["events"], ",d"), soak["events_lost"],
+            soak["attach_ms"], soak["ready_wall_ms"],
+            "; **non-2xx %d, socket errors %d**" % (soak["non2xx"], soak["socket_errors"])
+            if soak["non2xx"] or soak["socket_errors"] else ""))
+        out.append("")
+        out.append("| t (s) | VmRSS (MiB) |")
+        out.append("|---:|---:|")
+        for t, kib in soak["samples"]:
+            out.append("| %.0f | %s |" % (t, fmt(kib and kib / 1024.0, ".1f")))
+        mx = max((k or 0) for _, k in soak["samples"]) / 1024.0
+        short = "" if soak["minutes"] >= SOAK_TARGET_MIN else " (only %g min; the target is after %d min)" % (
+            soak["minutes"], SOAK_TARGET_MIN)
+        checks.append(("resident memory < %d MiB under load for %g min: max %.1f MiB%s" % (
+            RSS_LIMIT_MIB, soak["minutes"], mx, short), mx < RSS_LIMIT_MIB))
+        checks.append(("zero events lost during the soak: %s lost" % soak["events_lost"], soak["events_lost"] == 0))
+    else:
+        out.append("")
+        out.append("(Resident memory after 10 minutes: not measured in this run; `--soak-minutes 10`.)")
+    out.append("")
+    out.append("## machine")
+    out.append("")
+    out += machine_lines(nginx_version, has_debug, load_start)
+    out.append("- benchmark wall time %.0f s" % (time.monotonic() - t_start))
+    out.append("")
+    out.append("## targets")
+    out.append("")
+    for text, ok in checks:
+        out.append("- %s: %s" % ("PASS" if ok else "FAIL", text))
+    report = "\n".join(out) + "\n"
+    sys.stdout.write(report)
+    sys.stdout.flush()
+    with open(args.out, "w") as f:
+        f.write(report)
+    log("written to %s" % args.out)
+    return 0 if all(ok for _, ok in checks) else 3
+
+
+def cleanup(bench, workdir):
+    # Stop what runs, newest first (wrk, tcpdump, n502trace), then Nginx.
+    for p in list(reversed(LIVE)):
+        if bench.nginx is not None and bench.nginx.proc is p:
+            continue
+        try:
+            stop_proc(p, signal.SIGINT, timeout=10)
+        except Exception as e:  # keep cleaning
+            log("cleanup: %s" % e)
+    if bench.nginx is not None:
+        try:
+            bench.nginx.stop()
+        except Exception as e:
+            log("cleanup: nginx: %s" % e)
+    for p in list(LIVE):
+        try:
+            stop_proc(p, signal.SIGKILL, timeout=5)
+        except Exception:
+            pass
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
