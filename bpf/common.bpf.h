@@ -32,7 +32,9 @@
 /* TCP states (include/net/tcp_states.h): stable kernel ABI. */
 #define N502_TCP_ESTABLISHED 1
 #define N502_TCP_SYN_SENT 2
+#define N502_TCP_FIN_WAIT1 4
 #define N502_TCP_CLOSE 7
+#define N502_TCP_CLOSE_WAIT 8
 #define N502_TCP_LISTEN 10
 
 /* Tracked processes: Nginx (filled by user space at start, then through

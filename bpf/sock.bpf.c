@@ -45,7 +45,11 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 		bpf_map_delete_elem(&socks, &key);
 		return 0;
 	}
-	emit_state(sk, s, oldstate, newstate);
+	/* The orderly tail of a close (FIN_WAIT2, LAST_ACK, CLOSING, TIME_WAIT)
+	 * explains nothing: only the transitions the rules use are emitted. */
+	if (newstate == N502_TCP_ESTABLISHED || newstate == N502_TCP_SYN_SENT || newstate == N502_TCP_FIN_WAIT1 ||
+	    newstate == N502_TCP_CLOSE || newstate == N502_TCP_CLOSE_WAIT || BPF_CORE_READ(sk, sk_err))
+		emit_state(sk, s, oldstate, newstate);
 
 	if (s->role == N502_SOCK_NGINX && newstate == N502_TCP_ESTABLISHED) {
 		/* Ports and addresses are final now: remember the 4-tuple so the

@@ -133,6 +133,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def run_wait_seconds(pid):
+    """(time on CPU, time runnable but waiting for a CPU) of pid, in seconds."""
+    try:
+        with open("/proc/%d/schedstat" % pid) as f:
+            run_ns, wait_ns = f.read().split()[:2]
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return 0.0, 0.0
+    return int(run_ns) / 1e9, int(wait_ns) / 1e9
+
+
 def vmrss_kib(pid):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -349,7 +359,13 @@ class Nginx:
             raise BenchError("%s\n%s" % (e, tail(self.error_log)))
 
     def worker_cpu(self):
-        return sum(cpu_seconds(p) or 0.0 for p in self.workers)
+        """CPU time and run-queue wait of the workers, in seconds."""
+        run = wait = 0.0
+        for p in self.workers:
+            r, w = run_wait_seconds(p)
+            run += r
+            wait += w
+        return run, wait
 
     def stop(self):
         if self.proc is None:
@@ -462,7 +478,9 @@ class Bench:
         start = time.monotonic()
         r = self.wrk(duration).wait()
         wall = time.monotonic() - start
-        r["nginx_cpu"] = (self.nginx.worker_cpu() - n0) / wall
+        n1 = self.nginx.worker_cpu()
+        r["nginx_cpu"] = (n1[0] - n0[0]) / wall
+        r["nginx_wait"] = (n1[1] - n0[1]) / wall  # runnable, but CPU 0 ran something else
         if tracer_pid:
             t1 = cpu_seconds(tracer_pid)
             r["tracer_cpu"] = (t1 - t0) / wall if t0 is not None and t1 is not None else None
@@ -588,9 +606,9 @@ class Bench:
                     time.sleep(0.5)  # let the previous run's sockets and softirqs settle
                     r = self.run_mode(mode, self.args.duration, "%s-%d" % (variant, rnd))
                     results[mode].append(r)
-                    log("variant %s round %d/%d %-9s %9.0f req/s  p99 %7.3f ms  nginx cpu %3.0f%%  wrk cpu %3.0f%%%s" % (
+                    log("variant %s round %d/%d %-9s %9.0f req/s  p99 %7.3f ms  nginx cpu %3.0f%% (waiting %2.0f%%)  wrk cpu %3.0f%%%s" % (
                         variant, rnd, self.args.rounds, mode, r["rps"], r["p99_ms"],
-                        100 * r["nginx_cpu"], 100 * r["wrk_cpu"], short_note(mode, r)))
+                        100 * r["nginx_cpu"], 100 * r["nginx_wait"], 100 * r["wrk_cpu"], short_note(mode, r)))
         finally:
             self.nginx.stop()
             self.nginx = None
@@ -618,7 +636,8 @@ class Bench:
                     if len(samples) > 1:
                         log("soak: t=%4.0fs VmRSS %.1f MiB" % (now - start, (rss or 0) / 1024.0))
             r = w.wait(on_tick=sample)
-            samples.append((time.monotonic() - start, vmrss_kib(p.pid)))  # at the end of the load
+            if time.monotonic() - start - samples[-1][0] > 2:
+                samples.append((time.monotonic() - start, vmrss_kib(p.pid)))  # at the end of the load
             rc, summary, warnings, verdicts = self.stop_tool(p, out_path, err_path)
         finally:
             self.nginx.stop()
@@ -659,7 +678,9 @@ def mode_notes(mode, runs):
     if mode == "n502trace":
         ev = med([r["events"] for r in runs])
         rate = med([r["events"] / r["requests"] for r in runs if r["events"] is not None and r["requests"]])
-        notes.append("events/run %s (%s per request)" % (fmt(ev, ",.0f"), fmt(rate, ".1f")))
+        notes.append("events/run %s (%s per request%s)" % (
+            fmt(ev, ",.0f"), fmt(rate, ".1f"),
+            ": reused connections make none" if rate is not None and rate < 0.1 else ""))
         notes.append("events lost total %d" % sum(r["events_lost"] or 0 for r in runs))
         notes.append("RSS max %.1f MiB" % (max(r["rss_kib"] or 0 for r in runs) / 1024.0))
         t = med([r.get("tracer_cpu") for r in runs])
@@ -691,8 +712,8 @@ def variant_table(variant, results, modes):
     base = results.get("none")
     base_rps = med([r["rps"] for r in base]) if base else None
     base_p99 = med([r["p99_ms"] for r in base]) if base else None
-    lines = ["| mode | median req/s | ratio to none | median p99 ms | ratio to none | nginx worker CPU | wrk CPU | notes |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| mode | median req/s | ratio to none | median p99 ms | ratio to none | nginx worker CPU | nginx waiting for CPU | wrk CPU | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     ratios = {}
     for mode in modes:
         runs = results[mode]
@@ -701,9 +722,10 @@ def variant_table(variant, results, modes):
         rr = rps / base_rps if base_rps and rps is not None else None
         pr = p99 / base_p99 if base_p99 and p99 is not None else None
         ratios[mode] = rr
-        lines.append("| %s | %s | %s | %s | %s | %s%% | %s%% | %s |" % (
+        lines.append("| %s | %s | %s | %s | %s | %s%% | %s%% | %s%% | %s |" % (
             mode, fmt(rps, ",.0f"), fmt(rr, ".3f"), fmt(p99, ".3f"), fmt(pr, ".2f"),
             fmt(100 * med([r["nginx_cpu"] for r in runs]), ".0f"),
+            fmt(100 * med([r["nginx_wait"] for r in runs]), ".0f"),
             fmt(100 * med([r["wrk_cpu"] for r in runs]), ".0f"),
             mode_notes(mode, runs) or "-"))
     lines.append("")
@@ -735,7 +757,7 @@ def machine_lines(nginx_version, has_debug, load_start):
         debian = "unknown distribution"
     try:
         wrk_v = subprocess.run(["wrk", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode(
-            errors="replace").split("\n")[0].strip()
+            errors="replace").split("\n")[0].split(" Copyright")[0].strip()
     except OSError:
         wrk_v = "wrk"
     with open("/proc/loadavg") as f:
@@ -803,6 +825,7 @@ def main():
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
@@ -835,12 +858,16 @@ def main():
 
     # ---- report
     out = ["# n502trace benchmark", ""]
-    out.append("Nginx (one worker, CPU 0) proxies to a second server block of the same Nginx "
-               "(`return 200`); wrk (`-t1 -c%d`, CPU 1) on loopback. Modes interleaved in one run "
-               "(%s, same order every round), %d rounds x %d s; medians over the rounds. "
-               "`debug` = `error_log FILE debug;` (%s)." % (
-                   CONNECTIONS, ", ".join(modes), args.rounds, args.duration,
-                   "nginx built --with-debug" if has_debug else "not available: nginx lacks --with-debug"))
+    if not args.soak_only:
+        out.append("Nginx (one worker, CPU 0) proxies to a second server block of the same Nginx "
+                   "(`return 200`); wrk (`-t1 -c%d`, CPU 1) on loopback. Modes interleaved in one run "
+                   "(%s, same order every round), %d rounds x %d s; medians over the rounds. "
+                   "`debug` = `error_log FILE debug;` (%s)." % (
+                       CONNECTIONS, ", ".join(modes), args.rounds, args.duration,
+                       "nginx built --with-debug" if has_debug else "not available: nginx lacks --with-debug"))
+        out.append("CPU columns are shares of one CPU over the run: the worker's CPU time, the time it was "
+                   "runnable but CPU 0 ran something else (the tracer, other load), and wrk's CPU time "
+                   "(wrk would be the bottleneck only near 100%).")
     if args.quick:
         out.append("")
         out.append("**--quick: smoke numbers (2 s runs), not a measurement.**")
@@ -872,6 +899,9 @@ def main():
     if soak is not None:
         out.append("")
         out.append("## soak: n502trace under new_conn load for %g min" % soak["minutes"])
+        out.append("")
+        out.append("The new_conn Nginx as above, loaded by wrk (`-t1 -c%d`) for the whole time, "
+                   "n502trace attached; its VmRSS every %d s." % (CONNECTIONS, SOAK_SAMPLE_S))
         out.append("")
         out.append("%s req/s, p99 %.3f ms; %s events, %s lost; attach_ms %s, exec to ready %.0f ms%s." % (
             fmt(soak["rps"], ",.0f"), soak["p99_ms"], fmt(soak["events"], ",d"), soak["events_lost"],

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
+#include <malloc.h>
 #include <fmt/format.h>
 #include <memory>
 #include <sys/epoll.h>
@@ -33,8 +34,13 @@ void error(const std::string &msg) { fmt::print(stderr, "n502trace: error: {}\n"
 
 struct Pending {
     LogLine line;
-    uint64_t deadline; // boot ns
+    uint64_t deadline;     // boot ns: explain with what is known by then
+    uint64_t next_try = 0; // a line waiting for evidence is retried at most every 20 ms
 };
+
+// Lines waiting for kernel evidence; beyond this many (a storm the tool is
+// behind on) the oldest are explained at once with what is known.
+constexpr size_t kMaxPending = 20000;
 
 class Fd {
 public:
@@ -136,6 +142,8 @@ int run(const Options &opt)
         error(err);
         return EXIT_RUNTIME;
     }
+    // Loading parsed the kernel's BTF (megabytes, now freed): give it back.
+    malloc_trim(0);
     std::vector<uint32_t> nginx_pids = nginx->workers;
     nginx_pids.push_back(nginx->master);
     for (uint32_t pid : nginx_pids) {
@@ -247,6 +255,7 @@ int run(const Options &opt)
     uint64_t stop_at = opt.duration_s > 0 ? boot_now_ns() + static_cast<uint64_t>(opt.duration_s * 1e9) : 0;
     bool stop = false;
     bool master_gone = false;
+    unsigned trim_tick = 0;
 
     RateLimiter limiter(opt.max_verdicts_per_sec);
     auto emit = [&](const Verdict &v) {
@@ -302,15 +311,24 @@ int run(const Options &opt)
     };
     auto resolve = [&](bool final_all) {
         uint64_t now = boot_now_ns();
-        for (auto it = pending.begin(); it != pending.end();) {
-            auto v = correlator.explain(it->line, final_all || now >= it->deadline);
-            if (v) {
+        std::deque<Pending> waiting;
+        size_t over = pending.size() > kMaxPending ? pending.size() - kMaxPending : 0;
+        for (auto &p : pending) {
+            bool final = final_all || now >= p.deadline || over > 0;
+            if (over > 0)
+                over--;
+            if (!final && now < p.next_try) {
+                waiting.push_back(std::move(p));
+                continue;
+            }
+            if (auto v = correlator.explain(p.line, final)) {
                 emit(*v);
-                it = pending.erase(it);
             } else {
-                ++it;
+                p.next_try = now + 20'000'000ULL;
+                waiting.push_back(std::move(p));
             }
         }
+        pending.swap(waiting);
     };
 
     while (!stop) {
@@ -348,6 +366,8 @@ int run(const Options &opt)
         if (now >= next_stats) {
             next_stats = now + 1'000'000'000ULL;
             report_suppressed();
+            if (++trim_tick % 10 == 0)
+                malloc_trim(0); // bursts (502 storms) should not leave the heap grown
             KernelCounters kc = loader.counters();
             if (kc.lost > last_lost) {
                 sink->warning({"events_lost",

@@ -14,7 +14,7 @@ struct Options {
     bool no_access_log = false;
     bool json = false;
     double duration_s = 0; // 0: until SIGINT/SIGTERM
-    uint32_t ringbuf_kb = 4096;
+    uint32_t ringbuf_kb = 2048;
     bool verbose = false;
     bool dump_events = false; // print every kernel event to stderr (debugging)
     std::string raw_record;   // write every raw ring-buffer record to this file (benchmarks, debugging)

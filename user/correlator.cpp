@@ -15,40 +15,74 @@ Conn *Correlator::find_conn(const LogLine &line)
 {
     if (line.upstream_peer.empty())
         return nullptr;
-    int64_t oldest = line.wall_sec * 1'000'000'000LL - opt_.max_skew_ns;
+    int64_t oldest_real = line.wall_sec * 1'000'000'000LL - opt_.max_skew_ns;
+    int64_t oldest_boot = oldest_real - tb_.offset_ns();
     bool connecting = line.phase.find("connecting") != std::string::npos;
-    Conn *primary = nullptr, *fallback = nullptr;
-    auto newer = [](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
-    for (Conn *c : state_.conns_to(line.pid, line.upstream_peer)) {
-        if (c->claimed || tb_.to_real_ns(c->t_last) < oldest)
-            continue;
-        bool is_primary;
-        if (is_connect_line(line))
-            is_primary = c->error && !c->t_established;
-        else if (line.kind == LogKind::Timeout)
-            is_primary = connecting ? !c->t_established : bool(c->t_established);
-        else {
-            is_primary = c->t_established && c->failed();
-            if (!is_primary && c->t_established && newer(fallback, c))
+    bool header_phase = line.phase.find("response header") != std::string::npos;
+    auto ended = [](const Conn *c) { return c->failure_ts() ? c->failure_ts() : c->t_last; };
+    // Nginx logs failures in the order it meets them: the earliest unclaimed
+    // failure is the line's (first in, first out). Connections that ended
+    // after a response had begun are not "before the response header"
+    // failures; they are kept as a fallback (a reused keep-alive connection
+    // has bytes from earlier requests).
+    Conn *primary = nullptr, *fallback = nullptr, *newest = nullptr;
+    auto earlier = [&](Conn *best, Conn *c) { return !best || ended(c) < ended(best); };
+    auto later = [&](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
+    // Finished connections come in the order they finished: once one is a
+    // primary candidate, no later finished one can be earlier.
+    state_.visit_conns(line.pid, line.upstream_peer, oldest_boot > 0 ? oldest_boot : 0, [&](Conn *c) {
+        if (c->claimed)
+            return false;
+        if (is_connect_line(line)) {
+            if (c->error && !c->t_established && earlier(primary, c)) {
+                primary = c;
+                return c->finished;
+            }
+        } else if (line.kind == LogKind::Timeout) {
+            // The one that timed out: for connects the oldest still trying;
+            // for reads the most recently active established one.
+            if (connecting && !c->t_established && earlier(primary, c))
+                primary = c;
+            if (!connecting && c->t_established && later(newest, c))
+                newest = c;
+            return false;
+        } else if (c->t_established) {
+            bool failed = c->failed();
+            bool got_data = c->bytes_at_end && *c->bytes_at_end > 0;
+            if (failed && !(header_phase && got_data) && earlier(primary, c)) {
+                primary = c;
+                return c->finished;
+            }
+            if (failed && later(fallback, c))
                 fallback = c;
+            else if (!failed && later(newest, c))
+                newest = c;
         }
-        if (is_primary && newer(primary, c))
-            primary = c;
-    }
-    return primary ? primary : fallback;
+        return false;
+    });
+    if (primary)
+        return primary;
+    if (fallback)
+        return fallback;
+    return newest;
 }
 
 void Correlator::group_attempts(const LogLine &line, Verdict &v)
 {
     std::string id = fmt::format("{}#{}", line.pid, line.conn);
     Attempts &a = attempts_[id];
-    bool same = a.count > 0 && line.conn != 0 && a.request == line.request &&
-                v.ts_real_ns - a.last_real_ns < 5'000'000'000LL;
+    // A retry goes to another server of the group; the same server again
+    // means a new request on the same client connection (keep-alive).
+    bool new_peer = std::find(a.peers.begin(), a.peers.end(), line.upstream_peer) == a.peers.end();
+    bool same = a.count > 0 && line.conn != 0 && a.request == line.request && new_peer &&
+                line.kind != LogKind::NoLiveUpstreams && v.ts_real_ns - a.last_real_ns < 5'000'000'000LL;
     if (!same) {
         a.request = line.request;
         a.key = fmt::format("{}@{}", id, line.wall_sec);
         a.count = 0;
+        a.peers.clear();
     }
+    a.peers.push_back(line.upstream_peer);
     a.count++;
     a.last_real_ns = v.ts_real_ns;
     v.attempt = a.count;
@@ -96,7 +130,7 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
 
     const Proc *up = nullptr;
     if (conn) {
-        conn->claimed = true;
+        state_.claim(conn);
         if (conn->up_pid)
             up = state_.proc(conn->up_pid);
     }

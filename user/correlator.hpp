@@ -20,6 +20,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "accesslog.hpp"
 #include "logline.hpp"
@@ -69,6 +70,7 @@ private:
     struct Attempts {
         std::string request;
         std::string key;
+        std::vector<std::string> peers;
         int count = 0;
         int64_t last_real_ns = 0;
     };

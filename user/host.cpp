@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <climits>
+#include <ctime>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
@@ -241,6 +242,14 @@ uint32_t pid_for_socket_inode(uint64_t inode, const std::string &root)
 
 std::optional<ListenerQueue> RealHost::listener(const Addr &addr, uint32_t ns_pid)
 {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+    std::string key = fmt::format("{}|{}", addr.str(), ns_pid);
+    if (auto it = listener_cache_.find(key); it != listener_cache_.end() && now - it->second.at_ns < 200'000'000LL)
+        return it->second.value;
+    if (listener_cache_.size() > 1024)
+        listener_cache_.clear();
     std::optional<ListenerQueue> out;
     in_netns(ns_pid, [&] {
         if (addr.family == AF_UNIX)
@@ -248,6 +257,7 @@ std::optional<ListenerQueue> RealHost::listener(const Addr &addr, uint32_t ns_pi
         else if (addr.family == AF_INET || addr.family == AF_INET6)
             out = tcp_listener(addr);
     });
+    listener_cache_[key] = Cached{now, out};
     return out;
 }
 

@@ -4,6 +4,7 @@
 // interface so that the rules can be tested with recorded facts.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,7 +46,9 @@ public:
     virtual int tcp_abort_on_overflow(uint32_t pid) = 0;
 };
 
-// The real host, through /proc, stat(2) and NETLINK_SOCK_DIAG.
+// The real host, through /proc, stat(2) and NETLINK_SOCK_DIAG. Listener
+// lookups are cached for 200 ms: a storm of refused connects to one address
+// costs one sock_diag dump per 200 ms, not one per line.
 class RealHost : public Host {
 public:
     std::optional<ListenerQueue> listener(const Addr &addr, uint32_t ns_pid) override;
@@ -54,6 +57,13 @@ public:
     std::string activity(uint32_t pid) override;
     std::string port_range(uint32_t pid) override;
     int tcp_abort_on_overflow(uint32_t pid) override;
+
+private:
+    struct Cached {
+        int64_t at_ns = 0;
+        std::optional<ListenerQueue> value;
+    };
+    std::map<std::string, Cached> listener_cache_;
 };
 
 // May `c` connect to the unix socket at path? (write on the socket, search on

@@ -35,7 +35,7 @@ int main(int argc, char **argv)
     app.add_flag("--json", opt.json, "Print JSON Lines instead of text");
     app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
         ->check(CLI::PositiveNumber);
-    app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 4096)")
+    app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")
         ->check(CLI::Range(4u, 1u << 20));
     app.add_option("--max-verdicts-per-sec", opt.max_verdicts_per_sec,
                    "Print at most N verdicts per second for each cause and upstream; the rest are counted and "

@@ -127,7 +127,7 @@ void base(Verdict &v, const RuleInput &in, const char *cause, const char *confid
     v.cause = cause;
     v.confidence = confidence;
     if (in.conn)
-        v.evidence = in.conn->timeline;
+        v.evidence = in.conn->evidence();
     if (in.upstream) {
         v.upstream_pid = in.upstream->pid;
         v.upstream_comm = in.upstream->comm;

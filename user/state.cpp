@@ -121,20 +121,55 @@ void State::set_dst(Conn &c, const Addr &dst)
         unindex(&c);
     c.dst = dst;
     c.dst_key = std::move(key);
-    by_dst_[c.dst_key].push_back(&c);
+    if (c.claimed)
+        return;
+    if (c.finished)
+        fin_by_dst_[c.dst_key].push_back(&c);
+    else
+        live_by_dst_[c.dst_key].push_back(&c);
 }
 
-void State::unindex(Conn *c)
+void State::unindex(Conn *c, bool oldest)
 {
-    auto it = by_dst_.find(c->dst_key);
-    if (it == by_dst_.end())
+    if (c->finished) {
+        auto it = fin_by_dst_.find(c->dst_key);
+        if (it == fin_by_dst_.end())
+            return;
+        auto &dq = it->second;
+        // Claims take recent ones (search from the back), trims old ones (front).
+        if (oldest) {
+            auto pos = std::find(dq.begin(), dq.end(), c);
+            if (pos != dq.end())
+                dq.erase(pos);
+        } else {
+            auto rpos = std::find(dq.rbegin(), dq.rend(), c);
+            if (rpos != dq.rend())
+                dq.erase(std::next(rpos).base());
+        }
+        if (dq.empty())
+            fin_by_dst_.erase(it);
+    } else {
+        auto it = live_by_dst_.find(c->dst_key);
+        if (it == live_by_dst_.end())
+            return;
+        auto &v = it->second;
+        auto pos = std::find(v.begin(), v.end(), c);
+        if (pos != v.end()) {
+            *pos = v.back();
+            v.pop_back();
+        }
+        if (v.empty())
+            live_by_dst_.erase(it);
+    }
+}
+
+void State::claim(Conn *c)
+{
+    if (c->claimed)
         return;
-    auto &dq = it->second;
-    auto pos = std::find(dq.begin(), dq.end(), c); // nearly always at the front
-    if (pos != dq.end())
-        dq.erase(pos);
-    if (dq.empty())
-        by_dst_.erase(it);
+    if (!c->dst_key.empty())
+        unindex(c);
+    c->claimed = true;
 }
 
 void State::finish(uint64_t sk)
@@ -142,6 +177,12 @@ void State::finish(uint64_t sk)
     auto it = live_.find(sk);
     if (it == live_.end())
         return;
+    Conn *c = it->second.get();
+    if (!c->dst_key.empty() && !c->claimed)
+        unindex(c);
+    c->finished = true;
+    if (!c->dst_key.empty() && !c->claimed)
+        fin_by_dst_[c->dst_key].push_back(c);
     finished_.push_back(std::move(it->second));
     live_.erase(it);
     trim();
@@ -156,7 +197,8 @@ void State::trim()
             if (it != by_up_sk_.end() && it->second == c)
                 by_up_sk_.erase(it);
         }
-        unindex(c);
+        if (!c->claimed && !c->dst_key.empty())
+            unindex(c, true);
         finished_.pop_front();
         stats_.conns_dropped++;
     }
@@ -171,22 +213,143 @@ void State::trim()
     }
 }
 
-void State::add_evidence(Conn &c, Evidence ev)
+void State::rec(Conn &c, EvKind kind, uint64_t ts, uint32_t pid, int a, int b, int cc, uint64_t n)
 {
-    c.t_last = std::max(c.t_last, ev.ts);
-    if (c.timeline.size() < 64)
-        c.timeline.push_back(std::move(ev));
+    c.t_last = std::max(c.t_last, ts);
+    if (c.timeline.size() >= 32)
+        return;
+    EvRec r;
+    r.ts = ts;
+    r.n = n;
+    r.pid = pid;
+    r.a = static_cast<int16_t>(a);
+    r.b = static_cast<int16_t>(b);
+    r.c = static_cast<int16_t>(cc);
+    r.kind = kind;
+    c.timeline.push_back(r);
 }
 
-static Evidence make_ev(const Event &e, const char *name, uint32_t pid, std::string comm, std::string detail)
+std::vector<Evidence> Conn::evidence() const
 {
-    Evidence ev;
-    ev.ts = e.ts;
-    ev.event = name;
-    ev.pid = pid;
-    ev.comm = std::move(comm);
-    ev.detail = std::move(detail);
-    return ev;
+    std::vector<Evidence> out;
+    out.reserve(timeline.size());
+    std::string d = dst.str();
+    for (const EvRec &r : timeline) {
+        Evidence ev;
+        ev.ts = r.ts;
+        ev.pid = r.pid;
+        bool up_side = r.kind == EvKind::UpFin || r.kind == EvKind::UpAbort || r.kind == EvKind::UpState ||
+                       r.kind == EvKind::UpRstSent || r.kind == EvKind::UpRstReceived || r.kind == EvKind::Accept ||
+                       r.kind == EvKind::UpClose;
+        ev.comm = up_side ? up_comm : nginx_comm;
+        switch (r.kind) {
+        case EvKind::ConnectOk:
+            ev.event = "connect";
+            ev.detail = fmt::format("connect() to {} succeeded", d);
+            break;
+        case EvKind::ConnectInProgress:
+            ev.event = "connect";
+            ev.detail = fmt::format("connect() to {} returned EINPROGRESS (non-blocking: the outcome comes later)", d);
+            break;
+        case EvKind::ConnectFailed:
+            ev.event = "connect";
+            ev.error = r.a;
+            ev.detail = fmt::format("connect() to {} failed: {}", d, errno_text(r.a));
+            break;
+        case EvKind::Established:
+            ev.event = "state";
+            ev.from = "SYN_SENT";
+            ev.to = "ESTABLISHED";
+            ev.detail = fmt::format("Nginx's connection {} -> {} established", src.str(), d);
+            break;
+        case EvKind::FinReceived:
+            ev.event = "state";
+            ev.from = tcp_state_name(r.a);
+            ev.to = "CLOSE_WAIT";
+            ev.detail = "Nginx's socket received a FIN: the upstream end closed";
+            break;
+        case EvKind::ConnectError:
+            ev.event = "state";
+            ev.from = "SYN_SENT";
+            ev.to = "CLOSE";
+            ev.error = r.a;
+            ev.detail = fmt::format("connect to {} failed: {}", d, errno_text(r.a));
+            break;
+        case EvKind::NginxClosedFirst:
+            ev.event = "state";
+            ev.from = "ESTABLISHED";
+            ev.to = "FIN_WAIT1";
+            ev.detail = fmt::format("Nginx closed the connection first, after receiving {} bytes", r.n);
+            break;
+        case EvKind::GaveUp:
+            ev.event = "state";
+            ev.from = "SYN_SENT";
+            ev.to = "CLOSE";
+            ev.detail = fmt::format("Nginx gave up connecting to {}: no answer to its SYN", d);
+            break;
+        case EvKind::NginxState:
+            ev.event = "state";
+            ev.from = tcp_state_name(r.a);
+            ev.to = tcp_state_name(r.b);
+            if (r.c)
+                ev.error = r.c;
+            ev.detail = fmt::format("Nginx's socket {} -> {}", ev.from, ev.to);
+            break;
+        case EvKind::UpFin:
+            ev.event = "state";
+            ev.from = "ESTABLISHED";
+            ev.to = "FIN_WAIT1";
+            ev.detail = "the upstream's socket sent a FIN (its end was closed)";
+            break;
+        case EvKind::UpAbort:
+            ev.event = "state";
+            ev.from = "ESTABLISHED";
+            ev.to = "CLOSE";
+            ev.detail = "the upstream's socket was aborted (ESTABLISHED -> CLOSE)";
+            break;
+        case EvKind::UpState:
+            ev.event = "state";
+            ev.from = tcp_state_name(r.a);
+            ev.to = tcp_state_name(r.b);
+            ev.detail = fmt::format("the upstream's socket {} -> {}", ev.from, ev.to);
+            break;
+        case EvKind::RstReceived:
+            ev.event = "rst_received";
+            ev.detail = fmt::format("Nginx's socket received a RST from {} in state {}", d, tcp_state_name(r.a));
+            break;
+        case EvKind::RstSent:
+            ev.event = "rst_sent";
+            ev.detail = fmt::format("Nginx's socket sent a RST to {}", d);
+            break;
+        case EvKind::UpRstSent:
+            ev.event = "rst_sent";
+            ev.detail = "the upstream's socket sent a RST to Nginx";
+            break;
+        case EvKind::UpRstReceived:
+            ev.event = "rst_received";
+            ev.detail = "the upstream's socket received a RST from Nginx";
+            break;
+        case EvKind::SynRetransmit:
+            ev.event = "syn_retransmit";
+            ev.detail = fmt::format("SYN to {} retransmitted (#{}): no answer yet", d, r.a);
+            break;
+        case EvKind::Accept:
+            ev.event = "accept";
+            ev.detail = dst.family == AF_UNIX ? fmt::format("accepted Nginx's connection on {}", d)
+                                              : fmt::format("accepted Nginx's connection from {} on {}", src.str(), d);
+            break;
+        case EvKind::NginxClose:
+            ev.event = "close";
+            ev.detail = "Nginx closed its end";
+            break;
+        case EvKind::UpClose:
+            ev.event = "close";
+            ev.detail = "the upstream process called close() on its end";
+            break;
+        }
+        out.push_back(std::move(ev));
+    }
+    return out;
 }
 
 void State::apply(const Event &e)
@@ -214,22 +377,18 @@ void State::apply(const Event &e)
         c->nginx_comm = e.comm;
         if (e.dst.known())
             set_dst(*c, e.dst);
-        Evidence ev = make_ev(e, "connect", e.tgid, e.comm, "");
         if (e.ret == 0) {
-            ev.detail = fmt::format("connect() to {} succeeded", c->dst.str());
+            rec(*c, EvKind::ConnectOk, e.ts, e.tgid);
             if (c->dst.family == AF_UNIX)
                 c->t_established = e.ts; // unix connects complete in the syscall
-        }
-        else if (e.ret == -EINPROGRESS)
-            ev.detail = fmt::format("connect() to {} returned EINPROGRESS (non-blocking: the outcome comes later)", c->dst.str());
-        else {
-            ev.detail = fmt::format("connect() to {} failed: {}", c->dst.str(), errno_text(-e.ret));
-            ev.error = -e.ret;
+        } else if (e.ret == -EINPROGRESS) {
+            rec(*c, EvKind::ConnectInProgress, e.ts, e.tgid);
+        } else {
+            rec(*c, EvKind::ConnectFailed, e.ts, e.tgid, -e.ret);
             c->error = -e.ret;
             if (e.ret == -ECONNREFUSED)
                 c->t_refused = e.ts;
         }
-        add_evidence(*c, std::move(ev));
         if (e.dst.family == AF_UNIX && e.ret == 0 && e.peer_sk)
             unix_peer_[e.peer_sk] = e.sk;
         // A connect that failed at once (unix errors, EADDRNOTAVAIL, ...) ends here.
@@ -261,39 +420,33 @@ void State::apply(const Event &e)
                 c.src = e.src;
             c.tcp_state = e.newstate;
             c.bytes_received = e.bytes_received;
+            if (!c.bytes_at_end && (e.newstate == TCP_CLOSE_WAIT_ || e.newstate == TCP_CLOSE_ ||
+                                    (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_)))
+                c.bytes_at_end = e.bytes_received;
             c.bytes_acked = e.bytes_acked;
             if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_)
                 c.t_nginx_fin = e.ts;
-            Evidence ev = make_ev(e, "state", e.owner, c.nginx_comm, "");
-            ev.from = tcp_state_name(e.oldstate);
-            ev.to = tcp_state_name(e.newstate);
             if (e.newstate == TCP_ESTABLISHED_) {
                 c.t_established = e.ts;
-                ev.detail = fmt::format("Nginx's connection {} -> {} established", c.src.str(), c.dst.str());
+                rec(c, EvKind::Established, e.ts, e.owner);
             } else if (e.newstate == TCP_CLOSE_WAIT_) {
                 c.t_fin_recv = e.ts;
-                ev.detail = "Nginx's socket received a FIN: the upstream end closed";
+                rec(c, EvKind::FinReceived, e.ts, e.owner, e.oldstate);
             } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_ && e.sk_err) {
                 c.error = e.sk_err;
                 if (e.sk_err == ECONNREFUSED)
                     c.t_refused = e.ts;
-                ev.error = e.sk_err;
-                ev.detail = fmt::format("connect to {} failed: {}", c.dst.str(), errno_text(e.sk_err));
+                rec(c, EvKind::ConnectError, e.ts, e.owner, e.sk_err);
             } else if (e.newstate == TCP_SYN_SENT_) {
-                ev.detail.clear(); // the connect event says it
+                // the connect event says it
             } else if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_) {
-                ev.detail = fmt::format("Nginx closed the connection first, after receiving {} bytes", e.bytes_received);
+                rec(c, EvKind::NginxClosedFirst, e.ts, e.owner, 0, 0, 0, e.bytes_received);
             } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_) {
-                ev.detail = fmt::format("Nginx gave up connecting to {}: no answer to its SYN", c.dst.str());
+                rec(c, EvKind::GaveUp, e.ts, e.owner);
             } else if (e.sk_err || e.oldstate == TCP_ESTABLISHED_) {
-                ev.detail = fmt::format("Nginx's socket {} -> {}", ev.from, ev.to);
-                if (e.sk_err)
-                    ev.error = e.sk_err;
-            } else {
-                ev.detail.clear(); // the orderly end of a close: not evidence
+                rec(c, EvKind::NginxState, e.ts, e.owner, e.oldstate, e.newstate, e.sk_err);
             }
-            if (!ev.detail.empty())
-                add_evidence(c, std::move(ev));
+            c.t_last = std::max(c.t_last, e.ts);
             if (e.newstate == TCP_CLOSE_) {
                 c.t_closed = e.ts;
                 if (!c.error && e.sk_err)
@@ -304,22 +457,17 @@ void State::apply(const Event &e)
             Conn *c = conn_by_up_sk(e.sk);
             if (!c)
                 break;
-            Evidence ev = make_ev(e, "state", e.owner, c->up_comm, "");
-            ev.from = tcp_state_name(e.oldstate);
-            ev.to = tcp_state_name(e.newstate);
             if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_) {
                 c->t_up_fin = e.ts;
-                ev.detail = "the upstream's socket sent a FIN (its end was closed)";
+                rec(*c, EvKind::UpFin, e.ts, e.owner);
             } else if (e.newstate == TCP_CLOSE_ && e.oldstate == TCP_ESTABLISHED_) {
                 c->t_up_abort = e.ts;
-                ev.detail = "the upstream's socket was aborted (ESTABLISHED -> CLOSE)";
+                rec(*c, EvKind::UpAbort, e.ts, e.owner);
             } else if (e.oldstate == TCP_ESTABLISHED_) {
-                ev.detail = fmt::format("the upstream's socket {} -> {}", ev.from, ev.to);
+                rec(*c, EvKind::UpState, e.ts, e.owner, e.oldstate, e.newstate);
             }
             // The mapping stays after CLOSE: an abortive close sends its RST
             // after the state change. A new accept on this address replaces it.
-            if (!ev.detail.empty())
-                add_evidence(*c, std::move(ev));
         }
         break;
     }
@@ -328,29 +476,22 @@ void State::apply(const Event &e)
             Conn *c = live_conn(e.sk);
             if (!c)
                 break;
-            Evidence ev = make_ev(e, e.dir == N502_RST_RECEIVED ? "rst_received" : "rst_sent", e.owner, c->nginx_comm,
-                                  "");
             if (e.dir == N502_RST_RECEIVED) {
                 c->t_rst_recv = e.ts;
-                ev.detail = fmt::format("Nginx's socket received a RST from {} in state {}", c->dst.str(),
-                                        tcp_state_name(e.tcp_state));
+                rec(*c, EvKind::RstReceived, e.ts, e.owner, e.tcp_state);
             } else {
-                ev.detail = fmt::format("Nginx's socket sent a RST to {}", c->dst.str());
+                rec(*c, EvKind::RstSent, e.ts, e.owner);
             }
-            add_evidence(*c, std::move(ev));
         } else if (e.sock_role == N502_SOCK_UPSTREAM) {
             Conn *c = conn_by_up_sk(e.sk);
             if (!c)
                 break;
-            Evidence ev = make_ev(e, e.dir == N502_RST_RECEIVED ? "rst_received" : "rst_sent", e.owner, c->up_comm,
-                                  "");
             if (e.dir == N502_RST_SENT) {
                 c->t_up_rst_sent = e.ts;
-                ev.detail = "the upstream's socket sent a RST to Nginx";
+                rec(*c, EvKind::UpRstSent, e.ts, e.owner);
             } else {
-                ev.detail = "the upstream's socket received a RST from Nginx";
+                rec(*c, EvKind::UpRstReceived, e.ts, e.owner);
             }
-            add_evidence(*c, std::move(ev));
         }
         break;
     }
@@ -363,9 +504,7 @@ void State::apply(const Event &e)
         if (e.tcp_state == TCP_SYN_SENT_) {
             c->syn_retransmits++;
             if (c->syn_retransmits <= 3)
-                add_evidence(*c, make_ev(e, "syn_retransmit", e.owner, c->nginx_comm,
-                                         fmt::format("SYN to {} retransmitted (#{}): no answer yet", c->dst.str(),
-                                                     c->syn_retransmits)));
+                rec(*c, EvKind::SynRetransmit, e.ts, e.owner, c->syn_retransmits);
         }
         break;
     }
@@ -389,11 +528,9 @@ void State::apply(const Event &e)
         }
         p.role |= N502_PROC_UPSTREAM;
         p.comm = e.comm;
-        Evidence ev = make_ev(e, "accept", e.tgid, e.comm,
-                              c->dst.family == AF_UNIX ? fmt::format("accepted Nginx's connection on {}", c->dst.str())
-                                                       : fmt::format("accepted Nginx's connection from {} on {}",
-                                                                     e.dst.str(), e.src.str()));
-        add_evidence(*c, std::move(ev));
+        if (!c->src.known() && e.dst.known())
+            c->src = e.dst;
+        rec(*c, EvKind::Accept, e.ts, e.tgid);
         break;
     }
     case N502_EV_CLOSE: {
@@ -403,7 +540,7 @@ void State::apply(const Event &e)
                 break;
             c->t_nginx_close = e.ts;
             if (!c->failed()) // after a failure, Nginx's close is only the consequence
-                add_evidence(*c, make_ev(e, "close", e.tgid, e.comm, "Nginx closed its end"));
+                rec(*c, EvKind::NginxClose, e.ts, e.tgid);
             if (e.src.family == AF_UNIX)
                 finish(e.sk);
         } else if (e.sock_role == N502_SOCK_UPSTREAM) {
@@ -412,7 +549,7 @@ void State::apply(const Event &e)
                 break;
             c->t_up_close = e.ts;
             c->up_close_pid = e.tgid;
-            add_evidence(*c, make_ev(e, "close", e.tgid, e.comm, "the upstream process called close() on its end"));
+            rec(*c, EvKind::UpClose, e.ts, e.tgid);
             if (e.src.family == AF_UNIX)
                 by_up_sk_.erase(e.sk);
         } else if (e.sock_role == N502_SOCK_LISTENER) {
@@ -493,15 +630,27 @@ void State::apply(const Event &e)
     }
 }
 
-std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const std::string &upstream)
+std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const std::string &upstream, uint64_t oldest,
+                                    size_t max_finished)
 {
     std::vector<Conn *> out;
-    auto it = by_dst_.find(upstream);
-    if (it == by_dst_.end())
-        return out;
-    for (Conn *c : it->second)
-        if (c->nginx_pid == nginx_pid)
-            out.push_back(c);
+    if (auto it = live_by_dst_.find(upstream); it != live_by_dst_.end())
+        for (Conn *c : it->second)
+            if (c->nginx_pid == nginx_pid && c->t_last >= oldest)
+                out.push_back(c);
+    if (auto it = fin_by_dst_.find(upstream); it != fin_by_dst_.end()) {
+        auto &dq = it->second;
+        while (!dq.empty() && dq.front()->t_last < oldest)
+            dq.pop_front(); // out of every future line's window
+        size_t taken = 0;
+        for (auto f = dq.begin(); f != dq.end() && taken < max_finished; ++f)
+            if ((*f)->nginx_pid == nginx_pid) {
+                out.push_back(*f);
+                taken++;
+            }
+        if (dq.empty())
+            fin_by_dst_.erase(it);
+    }
     return out;
 }
 
@@ -530,11 +679,8 @@ std::vector<const Listener *> State::listeners_on(const Addr &a) const
 std::map<std::string, int> State::nginx_sockets_to(const std::string &upstream) const
 {
     std::map<std::string, int> out;
-    auto it = by_dst_.find(upstream);
-    if (it == by_dst_.end())
-        return out;
-    for (const Conn *c : it->second)
-        if (c->tcp_state && !c->t_closed && live_.count(c->sk) && live_.at(c->sk).get() == c)
+    for (const auto &[sk, c] : live_)
+        if (c->tcp_state && c->dst_key == upstream)
             out[tcp_state_name(c->tcp_state)]++;
     return out;
 }

@@ -49,6 +49,29 @@ struct Proc {
 };
 
 // One Nginx -> upstream connection, from Nginx's socket.
+// One piece of kernel evidence on a connection, kept compact (rendered into
+// an Evidence with its sentence only when a verdict needs it).
+enum class EvKind : uint8_t {
+    ConnectOk, ConnectInProgress, ConnectFailed, // a = errno
+    Established, FinReceived, ConnectError,      // a = sk_err
+    NginxClosedFirst,                            // n = bytes received
+    GaveUp, NginxState,                          // a = from, b = to, c = sk_err
+    UpFin, UpAbort, UpState,                     // a = from, b = to
+    RstReceived, RstSent,                        // a = TCP state (Nginx side)
+    UpRstSent, UpRstReceived,
+    SynRetransmit,                               // a = count
+    Accept, NginxClose, UpClose,
+};
+
+struct EvRec {
+    uint64_t ts = 0;
+    uint64_t n = 0;
+    uint32_t pid = 0;
+    int16_t a = 0, b = 0;
+    int16_t c = 0;
+    EvKind kind{};
+};
+
 struct Conn {
     uint64_t id = 0;
     uint64_t sk = 0;
@@ -68,10 +91,15 @@ struct Conn {
     uint32_t up_close_pid = 0;
     int tcp_state = 0;                   // Nginx's side, last seen
     uint64_t bytes_received = 0, bytes_acked = 0; // Nginx's side, at its last state change
+    std::optional<uint64_t> bytes_at_end;         // bytes Nginx had received when its side ended (FIN/RST/close)
     std::optional<uint64_t> t_nginx_fin; // Nginx closed first (ESTABLISHED -> FIN_WAIT1 on its side)
     int syn_retransmits = 0;
-    std::vector<Evidence> timeline;
+    std::vector<EvRec> timeline;
     bool claimed = false;
+    bool finished = false;
+
+    // The timeline as evidence records with their sentences.
+    std::vector<Evidence> evidence() const;
 
     bool failed() const
     {
@@ -95,7 +123,7 @@ struct Listener {
 };
 
 struct StateLimits {
-    size_t max_finished_conns = 4096;
+    size_t max_finished_conns = 8192;
     size_t max_dead_procs = 4096;
     size_t max_listeners_per_addr = 4;
 };
@@ -119,8 +147,31 @@ public:
 
     Proc *proc(uint32_t pid);
     const Proc *proc(uint32_t pid) const;
-    // Connections (live and recently finished) of an Nginx worker to an upstream, in no order.
-    std::vector<Conn *> conns_to(uint32_t nginx_pid, const std::string &upstream);
+    // Unclaimed connections of an Nginx worker to an upstream whose last
+    // activity is not older than `oldest` (boot ns): every live one, then the
+    // finished ones in the order they finished, oldest first (at most
+    // `max_finished`). Finished ones older than `oldest` leave the index.
+    std::vector<Conn *> conns_to(uint32_t nginx_pid, const std::string &upstream, uint64_t oldest = 0,
+                                 size_t max_finished = 4096);
+    // The same, visited in place; `fn(Conn *)` returns true to stop.
+    template <typename F>
+    void visit_conns(uint32_t nginx_pid, const std::string &upstream, uint64_t oldest, F &&fn)
+    {
+        if (auto it = live_by_dst_.find(upstream); it != live_by_dst_.end())
+            for (Conn *c : it->second)
+                if (c->nginx_pid == nginx_pid && c->t_last >= oldest && fn(c))
+                    return;
+        if (auto it = fin_by_dst_.find(upstream); it != fin_by_dst_.end()) {
+            auto &dq = it->second;
+            while (!dq.empty() && dq.front()->t_last < oldest)
+                dq.pop_front(); // out of every future line's window
+            for (Conn *c : dq)
+                if (c->nginx_pid == nginx_pid && fn(c))
+                    return;
+        }
+    }
+    // A claimed connection explains one line only: it leaves the index.
+    void claim(Conn *c);
     // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
     std::vector<const Listener *> listeners_on(const Addr &a) const;
     std::vector<uint32_t> nginx_pids() const;
@@ -136,9 +187,9 @@ private:
     Conn *conn_by_up_sk(uint64_t up_sk);
     void finish(uint64_t sk);
     Proc &proc_or_new(uint32_t pid, uint64_t ts);
-    void add_evidence(Conn &c, Evidence ev);
+    void rec(Conn &c, EvKind kind, uint64_t ts, uint32_t pid, int a = 0, int b = 0, int cc = 0, uint64_t n = 0);
     void set_dst(Conn &c, const Addr &dst);
-    void unindex(Conn *c);
+    void unindex(Conn *c, bool oldest = false); // oldest: search from the front
     void trim();
 
     StateLimits limits_;
@@ -147,7 +198,8 @@ private:
     std::unordered_map<uint64_t, std::unique_ptr<Conn>> live_;   // Nginx sk -> connection
     std::deque<std::unique_ptr<Conn>> finished_;                 // oldest first
     std::unordered_map<uint64_t, Conn *> by_up_sk_;              // upstream's sk -> connection
-    std::unordered_map<std::string, std::deque<Conn *>> by_dst_; // upstream address -> its connections
+    std::unordered_map<std::string, std::vector<Conn *>> live_by_dst_; // upstream address -> live connections
+    std::unordered_map<std::string, std::deque<Conn *>> fin_by_dst_;   // ... -> finished ones, in finish order
     std::unordered_map<uint64_t, uint64_t> unix_peer_;           // server-side unix sk -> Nginx sk
     std::unordered_map<uint32_t, Proc> procs_;
     std::deque<uint32_t> dead_order_;

@@ -1,0 +1,96 @@
+#!/usr/bin/python3
+"""A 502 storm: Nginx in front of a port where nothing listens, loaded by wrk
+for a few seconds (thousands of 502s per second). n502trace must keep up:
+every upstream error line gets a verdict (printed or counted by the rate
+limit), the printed output stays bounded, no kernel event is lost, the last
+verdicts arrive within about a second of the storm's end, and its memory
+stays bounded. Must run as root.
+
+    storm.py --bin build/n502trace [--seconds 3]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import check  # noqa: E402
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--seconds", type=int, default=3)
+    args = ap.parse_args()
+    binary = os.path.abspath(args.bin)
+    h = harness.Harness("storm")
+    ok = False
+    try:
+        port = harness.free_port()
+        nginx = h.start_nginx([("/", "http://127.0.0.1:%d" % port)])
+        tool = h.start_tool(binary)
+        t0 = time.monotonic()
+        r = subprocess.run(["wrk", "-t1", "-c8", "-d%ds" % args.seconds, "http://127.0.0.1:%d/" % nginx.port],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=args.seconds + 30)
+        t_end = time.monotonic()
+        out = r.stdout.decode(errors="replace")
+        check(r.returncode == 0, "wrk failed: %s" % out)
+        lines = sum(1 for l in nginx.read_error_log().splitlines() if "Connection refused" in l)
+        rate = lines / max(0.001, t_end - t0)
+        harness.log("wrk: %d error lines in %.1fs (%.0f 502/s)" % (lines, t_end - t0, rate))
+        check(lines >= 1000, "only %d 502s: not a storm" % lines)
+
+        def accounted():
+            recs = tool.records()
+            printed = sum(1 for x in recs if x.get("type") == "verdict")
+            suppressed = sum(x.get("count", 0) for x in recs if x.get("type") == "suppressed")
+            return printed, suppressed
+        # Every line is accounted for (printed, or counted in a suppressed record) within
+        # the verdict deadline plus the one-second suppressed-report period.
+        deadline = t_end + 2.5
+        while time.monotonic() < deadline and sum(accounted()) < lines:
+            time.sleep(0.05)
+        printed, suppressed = accounted()
+        lag = time.monotonic() - t_end
+        harness.log("n502trace: %d verdicts printed, %d counted as suppressed, %.2fs after the storm" % (
+            printed, suppressed, lag))
+        check(printed + suppressed == lines, "%d error lines but %d printed + %d suppressed" % (
+            lines, printed, suppressed))
+        rss = rss_kib(tool.proc.pid)
+        harness.log("n502trace RSS after the storm: %d KiB" % rss)
+        check(rss < 30 * 1024, "RSS %d KiB >= 30 MiB" % rss)
+        # Printed output is bounded by the rate limit (20/s per cause and upstream, plus the burst).
+        check(printed <= 20 * (args.seconds + 4), "%d verdicts printed for one cause/upstream in %ds" % (
+            printed, args.seconds))
+        tool.stop()
+        summary = tool.records("summary")[-1]
+        harness.log("summary by cause: %r" % summary.get("by_cause"))
+        bad = [x for x in tool.records("verdict") if x.get("cause") != "upstream_not_listening"]
+        check(not bad, "%d verdicts with another cause, e.g. %r" % (len(bad), bad[:1]))
+        check(summary.get("verdicts") == lines, "summary counts %r verdicts, want %d" % (summary.get("verdicts"), lines))
+        check(summary.get("suppressed") == suppressed, "summary suppressed %r != %d" % (summary.get("suppressed"), suppressed))
+        check(summary.get("events_lost") == 0, "%r kernel events lost" % summary.get("events_lost"))
+        harness.log("summary: %d events, %d lost" % (summary.get("events"), summary.get("events_lost")))
+        ok = True
+    except harness.Failure as e:
+        print("FAIL storm: %s" % e)
+    finally:
+        h.close()
+    print("%s storm" % ("PASS" if ok else "FAIL"))
+    print("%d passed, %d failed" % (1 if ok else 0, 0 if ok else 1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
