@@ -88,6 +88,7 @@ import argparse
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
@@ -815,6 +816,37 @@ def sc_access_only(s):
         check(s.verdict.get("notes"), "no note saying the verdict comes from the access log")
 
 
+def sc_rotate_rename(s):
+    """Log rotation by rename + USR1 (what logrotate does for Nginx): the tool
+    drains the old file, follows the new one, and explains the next 502."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    log = s.nginx.error_log
+    os.rename(log, log + ".1")
+    os.kill(s.nginx.master_pid, signal.SIGUSR1)
+    harness.wait_until(lambda: os.path.exists(log), 10, "nginx to reopen %s" % log)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "log_rotated", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
+def sc_rotate_copytruncate(s):
+    """copytruncate: the file is copied, then truncated in place; the tool
+    notices the truncation and reads the file again from its start."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    log = s.nginx.error_log
+    shutil.copyfile(log, log + ".1")
+    os.truncate(log, 0)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "log_truncated", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -844,6 +876,8 @@ SCENARIOS = {
     "grpc_killed": sc_grpc_killed,
     "ipv6_killed": sc_ipv6_killed,
     "access_only": sc_access_only,
+    "rotate_rename": sc_rotate_rename,
+    "rotate_copytruncate": sc_rotate_copytruncate,
 }
 
 TIME_LIMIT = 30.0
