@@ -4,7 +4,11 @@
 // reports events per second. Each replay shifts timestamps and socket
 // addresses so that replays do not alias each other.
 //
-//   bench_pipeline FILE [--events N]
+//   bench_pipeline FILE [--events N] [--log ERROR_LOG]
+//
+// With --log (the error log written while FILE was recorded), every replay
+// also feeds those lines to the correlator, with the clock shifted like the
+// events, so each line meets the connections it was written about.
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -27,9 +31,30 @@ int main(int argc, char **argv)
         return 2;
     }
     uint64_t want = 1'000'000;
-    for (int i = 2; i + 1 < argc; i++)
+    std::string log_path;
+    for (int i = 2; i + 1 < argc; i++) {
         if (std::string(argv[i]) == "--events")
             want = std::stoull(argv[i + 1]);
+        if (std::string(argv[i]) == "--log")
+            log_path = argv[i + 1];
+    }
+    std::vector<LogLine> lines;
+    if (!log_path.empty()) {
+        FILE *lf = fopen(log_path.c_str(), "r");
+        if (!lf) {
+            fmt::print(stderr, "bench_pipeline: cannot open {}: {}\n", log_path, strerror(errno));
+            return 2;
+        }
+        char buf[8192];
+        while (fgets(buf, sizeof(buf), lf)) {
+            std::string l(buf);
+            while (!l.empty() && (l.back() == '\n' || l.back() == '\r'))
+                l.pop_back();
+            if (auto parsed = parse_upstream_error(l))
+                lines.push_back(*parsed);
+        }
+        fclose(lf);
+    }
     FILE *f = fopen(argv[1], "rb");
     if (!f) {
         fmt::print(stderr, "bench_pipeline: cannot open {}: {}\n", argv[1], strerror(errno));
@@ -57,9 +82,13 @@ int main(int argc, char **argv)
         std::memcpy(&last, recs.back().data(), sizeof(last));
         span = last.ts_ns - first.ts_ns + 1'000'000;
     }
+    // The recording's own clock: its first event maps to its first log line's second.
+    n502_hdr first;
+    std::memcpy(&first, recs.front().data(), sizeof(first));
+    int64_t base_real = lines.empty() ? 0 : lines.front().wall_sec * 1'000'000'000LL;
     State state;
-    Correlator correlator(state, Timebase(0));
-    uint64_t events = 0, bad = 0;
+    Correlator correlator(state, Timebase(base_real - static_cast<int64_t>(first.ts_ns)));
+    uint64_t events = 0, bad = 0, verdicts = 0, explained = 0;
     auto t0 = std::chrono::steady_clock::now();
     for (uint64_t round = 0; events < want; round++) {
         for (auto &r : recs) {
@@ -72,10 +101,21 @@ int main(int argc, char **argv)
             state.apply(*ev);
             events++;
         }
+        // Lines of this replay: shift their seconds like the events.
+        for (LogLine l : lines) {
+            l.wall_sec += static_cast<int64_t>(round * span / 1'000'000'000ULL);
+            if (auto v = correlator.explain(l, true)) {
+                verdicts++;
+                explained += v->cause != "unknown";
+            }
+        }
     }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print("{} events ({} recorded, replayed) in {:.3f} s: {:.0f} events/s on one core ({} malformed)\n", events,
                recs.size(), secs, events / secs, bad);
+    if (!lines.empty())
+        fmt::print("{} log lines correlated in the same run ({} with a kernel explanation): {:.0f} lines/s\n",
+                   verdicts, explained, verdicts / secs);
     fmt::print("state: {} connections, {} dropped (bounded)\n", state.stats().conns, state.stats().conns_dropped);
     return 0;
 }
