@@ -897,7 +897,8 @@ def main():
         checks.append(("attached and ready in < 1 s (%d starts): attach_ms max %s, exec to ready max %.0f ms" % (
             len(tool_runs), am, wm), am < ATTACH_LIMIT_MS and wm < ATTACH_LIMIT_MS))
     if soak is not None:
-        out.append("")
+        if out[-1] != "":
+            out.append("")
         out.append("## soak: n502trace under new_conn load for %g min" % soak["minutes"])
         out.append("")
         out.append("The new_conn Nginx as above, loaded by wrk (`-t1 -c%d`) for the whole time, "
