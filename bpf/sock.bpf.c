@@ -45,10 +45,22 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 		bpf_map_delete_elem(&socks, &key);
 		return 0;
 	}
-	/* The orderly tail of a close (FIN_WAIT2, LAST_ACK, CLOSING, TIME_WAIT)
-	 * explains nothing: only the transitions the rules use are emitted. */
-	if (newstate == N502_TCP_ESTABLISHED || newstate == N502_TCP_SYN_SENT || newstate == N502_TCP_FIN_WAIT1 ||
-	    newstate == N502_TCP_CLOSE || newstate == N502_TCP_CLOSE_WAIT || BPF_CORE_READ(sk, sk_err))
+	/* Only the transitions the rules use are emitted; the orderly tail of a
+	 * close (FIN_WAIT2, LAST_ACK, CLOSING, TIME_WAIT) explains nothing, and
+	 * SYN_SENT is implied by what follows it.
+	 *   Nginx's end: ESTABLISHED, CLOSE_WAIT (FIN received), FIN_WAIT1
+	 *     (Nginx closed first), CLOSE (the end: user space forgets it).
+	 *   The upstream's end: only leaving ESTABLISHED (its FIN or abort).
+	 *   Any transition with a socket error. */
+	int emit = BPF_CORE_READ(sk, sk_err) != 0;
+	if (s->role == N502_SOCK_NGINX)
+		emit = emit || newstate == N502_TCP_ESTABLISHED || newstate == N502_TCP_CLOSE_WAIT ||
+		       newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE;
+	else if (s->role == N502_SOCK_UPSTREAM)
+		emit = emit || oldstate == N502_TCP_ESTABLISHED;
+	else
+		emit = emit || newstate == N502_TCP_CLOSE;
+	if (emit)
 		emit_state(sk, s, oldstate, newstate);
 
 	if (s->role == N502_SOCK_NGINX && newstate == N502_TCP_ESTABLISHED) {

@@ -75,6 +75,14 @@ int handle_sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	a = *ap;
 	bpf_map_delete_elem(&connect_args, &id);
 
+	/* A TCP connect in progress says nothing its state changes will not
+	 * say (ESTABLISHED, or SYN_SENT -> CLOSE with the error): only results
+	 * are emitted. Unix connects complete here, so they always are. */
+	if (a.sk && (int)ctx->ret == -115 /* EINPROGRESS */) {
+		bpf_probe_read_user(&family, sizeof(family), (void *)a.uaddr);
+		if (family == N502_AF_INET || family == N502_AF_INET6)
+			return 0;
+	}
 	e = reserve(sizeof(*e), N502_EV_CONNECT);
 	if (!e)
 		return 0;
@@ -193,7 +201,12 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!s || (s->role & N502_SOCK_CLOSED))
 		return 0;
 
-	struct n502_close_event *e = reserve(sizeof(*e), N502_EV_CLOSE);
+	/* TCP sockets tell their story through state changes (a close is a FIN
+	 * or an abort, attributed to its owner): close() itself is emitted for
+	 * unix sockets only, which have no states. */
+	struct n502_close_event *e = 0;
+	if (s->family == N502_AF_UNIX)
+		e = reserve(sizeof(*e), N502_EV_CLOSE);
 	if (e) {
 		e->sk = key;
 		e->fd = fd;

@@ -333,7 +333,8 @@ int run(const Options &opt)
 
     while (!stop) {
         epoll_event evs[4];
-        int n = epoll_wait(ep.get(), evs, 4, 50);
+        // The kernel side wakes us only for bursts: poll every 10 ms.
+        int n = epoll_wait(ep.get(), evs, 4, 10);
         if (n < 0 && errno != EINTR) {
             error(fmt::format("epoll_wait: {}", strerror(errno)));
             break;

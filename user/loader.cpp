@@ -144,6 +144,9 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
         return false;
     }
     bpf_map__set_max_entries(skel_->maps.events, size);
+    // Wake the reader early only when an eighth of the ring is waiting; it
+    // polls every 10 ms anyway (see wakeup_bytes in bpf/common.bpf.h).
+    skel_->rodata->wakeup_bytes = size / 8;
 
     int err = n502_bpf__load(skel_);
     if (err) {

@@ -447,6 +447,11 @@ void State::apply(const Event &e)
                 rec(c, EvKind::NginxState, e.ts, e.owner, e.oldstate, e.newstate, e.sk_err);
             }
             c.t_last = std::max(c.t_last, e.ts);
+            // Nginx aborting the connection itself (close() with unread data):
+            // ESTABLISHED -> CLOSE in its own context, no RST received.
+            if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_CLOSE_ && e.tgid == e.owner && !c.t_rst_recv &&
+                !c.t_nginx_close)
+                c.t_nginx_close = e.ts;
             if (e.newstate == TCP_CLOSE_) {
                 c.t_closed = e.ts;
                 if (!c.error && e.sk_err)
@@ -498,9 +503,12 @@ void State::apply(const Event &e)
     case N502_EV_RETRANS: {
         if (e.sock_role != N502_SOCK_NGINX)
             break;
-        Conn *c = live_conn(e.sk);
+        // A connect still in SYN_SENT has emitted nothing else yet.
+        Conn *c = e.tcp_state == TCP_SYN_SENT_ ? &conn_for(e.sk, e.ts, e.owner) : live_conn(e.sk);
         if (!c)
             break;
+        if (e.dst.known() && e.dst.port && c->dst_key.empty())
+            set_dst(*c, e.dst);
         if (e.tcp_state == TCP_SYN_SENT_) {
             c->syn_retransmits++;
             if (c->syn_retransmits <= 3)

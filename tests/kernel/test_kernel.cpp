@@ -169,9 +169,10 @@ TEST_CASE("TCP connect, listen and accept are attributed to their processes", "[
     close(fd);
     int status;
     waitpid(up, &status, 0);
-    // The upstream's close of its end is seen, attributed to it.
+    // The upstream's close of its end (its FIN) is seen, attributed to it.
     const Event *cl = k.wait_for([&](const Event &e) {
-        return e.type == N502_EV_CLOSE && e.tgid == upid && e.sock_role == N502_SOCK_UPSTREAM;
+        return e.type == N502_EV_STATE && e.owner == upid && e.sock_role == N502_SOCK_UPSTREAM &&
+               e.oldstate == 1 && e.newstate == 4 /* FIN_WAIT1 */;
     });
     CHECK(cl);
     close(rd);
@@ -184,14 +185,14 @@ TEST_CASE("a refused non-blocking connect shows ECONNREFUSED at SYN_SENT -> CLOS
     int l = tcp_listener(&port);
     close(l); // nothing listens there now
     int fd = tcp_connect(port, true);
-    const Event *c = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self() &&
-                                                             e.dst.port == port; });
-    REQUIRE(c);
-    uint64_t sk = c->sk;
+    // A non-blocking connect in progress emits no connect event: the refusal
+    // is the state change, with the socket's error.
     const Event *st = k.wait_for([&](const Event &e) {
-        return e.type == N502_EV_STATE && e.sk == sk && e.oldstate == 2 && e.newstate == 7;
+        return e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.oldstate == 2 &&
+               e.newstate == 7;
     });
     REQUIRE(st);
+    uint64_t sk = st->sk;
     CHECK(st->sk_err == ECONNREFUSED);
     CHECK(st->owner == self());
     const Event *r = k.wait_for([&](const Event &e) { return e.type == N502_EV_RESET && e.sk == sk; });
