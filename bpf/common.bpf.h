@@ -134,7 +134,7 @@ static __always_inline void *reserve(__u32 size, __u16 type)
  * waits. A wakeup per event costs an irq_work self-IPI in the traced task's
  * context (a VM exit on virtual machines): user space polls on a short timer
  * instead, and forced wakeups only keep a burst from filling the ring. */
-const volatile __u64 wakeup_bytes = 256 * 1024;
+const volatile __u64 wakeup_bytes __weak = 256 * 1024;
 
 static __always_inline void submit(void *ev)
 {
