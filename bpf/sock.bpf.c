@@ -25,7 +25,14 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 	e->_pad = 0;
 	e->owner_tgid = s->owner_tgid;
 	e->_pad2 = 0;
-	read_inet_addrs(sk, &e->src, &e->dst);
+	/* Addresses are final at ESTABLISHED and known to user space from then
+	 * on; a connect that fails in SYN_SENT is the other first sighting. */
+	if (newstate == N502_TCP_ESTABLISHED || oldstate == N502_TCP_SYN_SENT || s->role != N502_SOCK_NGINX) {
+		read_inet_addrs(sk, &e->src, &e->dst);
+	} else {
+		__builtin_memset(&e->src, 0, sizeof(e->src));
+		__builtin_memset(&e->dst, 0, sizeof(e->dst));
+	}
 	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
 	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
 	submit(e);

@@ -129,7 +129,9 @@ static __always_inline int on_accept_exit(long ret)
 	__u16 family;
 	struct n502_addr local = {}, peer = {};
 
-	if (ret < 0)
+	/* Only processes that listen (seen at listen(), found listening at
+	 * start, or forked from one) accept: everyone else returns here. */
+	if (ret < 0 || !current_proc())
 		return 0;
 	sock = socket_from_fd((int)ret);
 	if (!sock || BPF_CORE_READ(sock, type) != N502_SOCK_STREAM)

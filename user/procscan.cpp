@@ -67,6 +67,25 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
             out.push_back({a, ino, 0, ""});
         }
     }
+    // Unix stream listeners: "Num RefCount Protocol Flags Type St Inode Path";
+    // Flags has __SO_ACCEPTCON (0x10000) for a listening socket.
+    {
+        std::ifstream f(root + "/net/unix");
+        std::string line;
+        std::getline(f, line); // header
+        while (std::getline(f, line)) {
+            std::istringstream in(line);
+            std::string num, refcnt, proto, flags, type, st, path;
+            uint64_t ino = 0;
+            if (!(in >> num >> refcnt >> proto >> flags >> type >> st >> ino >> path))
+                continue; // unnamed sockets have no path
+            unsigned long fl = strtoul(flags.c_str(), nullptr, 16);
+            if (!(fl & 0x10000) || type != "0001" || path.empty() || path[0] != '/')
+                continue;
+            by_inode[ino] = out.size();
+            out.push_back({Addr::unix_path(path), ino, 0, ""});
+        }
+    }
     if (out.empty())
         return out;
     DIR *d = opendir(root.c_str());

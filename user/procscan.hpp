@@ -17,8 +17,9 @@ struct ExistingListener {
     std::string comm;
 };
 
-// Reads /proc/net/tcp and /proc/net/tcp6 (the caller's network namespace) and
-// maps socket inodes to processes through /proc/*/fd.
+// Reads /proc/net/tcp, /proc/net/tcp6 and /proc/net/unix (stream listeners
+// with a path; the caller's network namespace) and maps socket inodes to
+// processes through /proc/*/fd.
 std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc");
 
 // Parses one /proc/net/tcp{,6} line; returns false for the header or junk.
