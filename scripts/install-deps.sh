@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   cmake make g++ pkg-config file procps iproute2 python3
-  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev libzstd-dev
+  clang llvm libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev libzstd-dev
   libcli11-dev libfmt-dev catch2
   nginx php-fpm nftables wrk tcpdump
 )

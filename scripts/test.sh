@@ -24,3 +24,20 @@ echo "== preflight"
 
 echo "== tests"
 ctest --test-dir "$BUILD" --output-on-failure --timeout 300 "$@"
+
+# The log parsers and the event decoder under libFuzzer, for a bounded time.
+if [ "${N502_SKIP_FUZZ:-0}" != 1 ] && [ $# -eq 0 ]; then
+  echo "== fuzzing"
+  scripts/fuzz.sh "${N502_FUZZ_SECONDS:-30}"
+fi
+
+# The same suites under AddressSanitizer + UndefinedBehaviorSanitizer (a
+# dynamically linked debug build; any report fails the test). The storm test
+# is a throughput test and the static-binary test does not apply there.
+if [ "${N502_SKIP_SANITIZERS:-0}" != 1 ] && [ $# -eq 0 ]; then
+  echo "== tests under ASan + UBSan"
+  cmake -S . -B "$BUILD-asan" -DCMAKE_BUILD_TYPE=Debug -DN502_SANITIZE=ON >/dev/null
+  cmake --build "$BUILD-asan" -j"$(nproc)"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir "$BUILD-asan" --output-on-failure --timeout 300 -E 'static_binary|e2e_storm'
+fi

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The user-space pipeline alone (decoder + state + correlator), on one core.
+# Records a real event stream: n502trace --raw-record while wrk drives an
+# Nginx whose upstream alternates between answering (new connection per
+# request) and refusing (a 502 storm), then replays that stream through the
+# pipeline until at least 1 million events have passed, correlating the error
+# log recorded with it. Target: >= 1,000,000 events/s. Needs root.
+#
+#   sudo scripts/bench-pipeline.sh [--bin build/n502trace] [--events 2000000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=build/n502trace
+REPLAY=build/tests/bench_pipeline
+EVENTS=2000000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bin) BIN=$2; shift 2 ;;
+    --events) EVENTS=$2; shift 2 ;;
+    *) echo "usage: scripts/bench-pipeline.sh [--bin PATH] [--events N]" >&2; exit 2 ;;
+  esac
+done
+for f in "$BIN" "$REPLAY"; do
+  [ -x "$f" ] || { echo "bench-pipeline.sh: $f is not built (cmake --build build)" >&2; exit 2; }
+done
+command -v wrk >/dev/null || scripts/install-deps.sh
+
+dir=$(mktemp -d /tmp/n502-pipeline-XXXXXX)
+tool=""
+cleanup() {
+  [ -n "$tool" ] && kill -INT "$tool" 2>/dev/null && wait "$tool" 2>/dev/null || true
+  [ -f "$dir/nginx.pid" ] && nginx -p "$dir" -c "$dir/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+front=$(free_port); ok=$(free_port); dead=$(free_port)
+cat > "$dir/nginx.conf" <<CONF
+user www-data;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log error;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream mixed { server 127.0.0.1:$ok; server 127.0.0.1:$dead max_fails=0; }
+  server { listen 127.0.0.1:$front; location / { proxy_pass http://mixed; proxy_next_upstream off; } }
+  server { listen 127.0.0.1:$ok; location / { return 200 "ok\n"; } }
+}
+CONF
+nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+for _ in $(seq 100); do [ -s "$dir/nginx.pid" ] && break; sleep 0.05; done
+"$BIN" --nginx-pid "$(cat "$dir/nginx.pid")" --json --raw-record "$dir/events.raw" > "$dir/out.json" 2> "$dir/err.txt" &
+tool=$!
+for _ in $(seq 200); do grep -q '"type":"ready"' "$dir/out.json" 2>/dev/null && break; sleep 0.05; done
+grep -q '"type":"ready"' "$dir/out.json" || { echo "n502trace did not become ready:"; cat "$dir/err.txt"; exit 1; }
+wrk -t1 -c8 -d3s "http://127.0.0.1:$front/" | grep -E "Requests/sec|Non-2xx" || true
+kill -INT "$tool"; wait "$tool" || true; tool=""
+tail -1 "$dir/out.json"
+echo "recorded $(stat -c %s "$dir/events.raw") bytes of events, $(grep -c 'Connection refused' "$dir/error.log") error lines"
+taskset -c 0 "$REPLAY" "$dir/events.raw" --events "$EVENTS" --log "$dir/error.log"

@@ -1,0 +1,24 @@
+// libFuzzer target: the error-log and access-log parsers take any bytes
+// (partial, huge, binary, hostile lines) without crashing or reading out of
+// bounds, and what they return is consistent.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "accesslog.hpp"
+#include "logline.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    std::string_view line(reinterpret_cast<const char *>(data), size);
+    if (auto l = n502::parse_upstream_error(line)) {
+        if (l->status != 502 && l->status != 504)
+            __builtin_trap();
+        (void)n502::to_string(l->kind);
+    }
+    if (auto a = n502::parse_access_error(line)) {
+        if (a->status != 502 && a->status != 504)
+            __builtin_trap();
+    }
+    return 0;
+}
