@@ -91,8 +91,27 @@ int main(int argc, char **argv)
     uint64_t events = 0, bad = 0, verdicts = 0, explained = 0;
     auto t0 = std::chrono::steady_clock::now();
     for (uint64_t round = 0; events < want; round++) {
-        for (auto &r : recs) {
-            auto ev = decode(r.data(), r.size());
+        // Lines are spread evenly through the events, as they arrive live
+        // (the state keeps a bounded number of connections, so feeding them
+        // all at the end would find most connections forgotten).
+        size_t next_line = 0;
+        int64_t shift_ns = static_cast<int64_t>(round * span);
+        Timebase tb(base_real - static_cast<int64_t>(first.ts_ns));
+        auto feed_lines = [&](size_t upto) {
+            for (; next_line < upto && next_line < lines.size(); next_line++) {
+                LogLine l = lines[next_line];
+                // Shift the line like the events; keep the sub-second part in the clock.
+                l.wall_sec += shift_ns / 1'000'000'000LL;
+                correlator.set_timebase(Timebase(tb.offset_ns() + (shift_ns / 1'000'000'000LL) * 1'000'000'000LL -
+                                                 shift_ns));
+                if (auto v = correlator.explain(l, true)) {
+                    verdicts++;
+                    explained += v->cause != "unknown";
+                }
+            }
+        };
+        for (size_t i = 0; i < recs.size(); i++) {
+            auto ev = decode(recs[i].data(), recs[i].size());
             if (!ev) {
                 bad++;
                 continue;
@@ -100,15 +119,10 @@ int main(int argc, char **argv)
             ev->ts += round * span;
             state.apply(*ev);
             events++;
+            if (!lines.empty())
+                feed_lines((i + 1) * lines.size() / recs.size());
         }
-        // Lines of this replay: shift their seconds like the events.
-        for (LogLine l : lines) {
-            l.wall_sec += static_cast<int64_t>(round * span / 1'000'000'000ULL);
-            if (auto v = correlator.explain(l, true)) {
-                verdicts++;
-                explained += v->cause != "unknown";
-            }
-        }
+        feed_lines(lines.size());
     }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print("{} events ({} recorded, replayed) in {:.3f} s: {:.0f} events/s on one core ({} malformed)\n", events,
