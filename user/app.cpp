@@ -8,7 +8,9 @@
 #include <malloc.h>
 #include <fmt/format.h>
 #include <memory>
+#include <linux/capability.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -58,6 +60,19 @@ private:
     int fd_;
 };
 
+// CAP_BPF (Linux 5.8+) or CAP_SYS_ADMIN in the effective set.
+bool have_bpf_privileges()
+{
+    if (geteuid() == 0)
+        return true;
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    if (syscall(SYS_capget, &hdr, data) != 0)
+        return false;
+    auto has = [&](int cap) { return (data[cap / 32].effective >> (cap % 32)) & 1u; };
+    return has(39 /* CAP_BPF */) || has(21 /* CAP_SYS_ADMIN */);
+}
+
 } // namespace
 
 int run_check()
@@ -83,6 +98,13 @@ int run(const Options &opt)
     else
         sink = std::make_unique<TextSink>(stdout, tb);
 
+    // Without privileges every later step fails in a less helpful way: say so first.
+    if (!have_bpf_privileges()) {
+        error("n502trace needs root (or the capabilities CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, CAP_SYS_PTRACE "
+              "and CAP_DAC_READ_SEARCH) to load its BPF programs and read Nginx's files: run it with sudo. "
+              "`n502trace --check` reports what this host supports.");
+        return EXIT_RUNTIME;
+    }
     std::string err;
     auto nginx = discover_nginx(opt.nginx_pid, &err);
     if (!nginx) {
@@ -258,7 +280,36 @@ int run(const Options &opt)
     unsigned trim_tick = 0;
 
     RateLimiter limiter(opt.max_verdicts_per_sec);
-    auto emit = [&](const Verdict &v) {
+    uint64_t last_loss_ns = 0; // boot ns when kernel event losses were last seen
+    auto check_losses = [&]() {
+        KernelCounters kc = loader.counters();
+        if (kc.lost > last_lost) {
+            sink->warning({"events_lost",
+                           fmt::format("{} kernel events lost (ring buffer full); verdicts in this period may be "
+                                       "incomplete",
+                                       kc.lost - last_lost),
+                           kc.lost - last_lost});
+            last_lost = kc.lost;
+            last_loss_ns = boot_now_ns();
+        }
+    };
+    auto emit = [&](const Verdict &given) {
+        Verdict v = given;
+        // Evidence may be missing when events were lost around this failure.
+        if (last_loss_ns && boot_now_ns() - last_loss_ns < 10'000'000'000ULL) {
+            v.notes.push_back("kernel events were lost in the 10 s before this verdict: evidence may be missing");
+            v.confidence = v.confidence == "high" ? "medium" : "low";
+        }
+        if (opt.redact) {
+            // Query strings and client addresses stay out of the output.
+            auto q = v.request.find('?');
+            if (q != std::string::npos) {
+                auto sp = v.request.find(' ', q);
+                v.request = v.request.substr(0, q) + "?<redacted>" + (sp == std::string::npos ? "" : v.request.substr(sp));
+            }
+            if (!v.client.empty())
+                v.client = "<redacted>";
+        }
         if (limiter.admit(v.cause + "\n" + v.upstream, real_now_ns()))
             sink->verdict(v);
         else
@@ -353,6 +404,8 @@ int run(const Options &opt)
             // it: drain them before correlating.
             loader.consume();
         }
+        if (!pending.empty())
+            check_losses(); // before verdicts: a loss in their window lowers their confidence
         resolve(false);
         read_access();
         resolve_access(false);
@@ -369,15 +422,7 @@ int run(const Options &opt)
             report_suppressed();
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown
-            KernelCounters kc = loader.counters();
-            if (kc.lost > last_lost) {
-                sink->warning({"events_lost",
-                               fmt::format("{} kernel events lost (ring buffer full); verdicts in this period may be "
-                                           "incomplete",
-                                           kc.lost - last_lost),
-                               kc.lost - last_lost});
-                last_lost = kc.lost;
-            }
+            check_losses();
             if (!master_gone && !read_proc(nginx->master)) {
                 master_gone = true;
                 sink->warning({"nginx_gone", fmt::format("the Nginx master {} has exited", nginx->master), 0});

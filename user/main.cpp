@@ -33,6 +33,7 @@ int main(int argc, char **argv)
                    "Nginx's open files");
     app.add_flag("--no-access-log", opt.no_access_log, "Do not follow access logs");
     app.add_flag("--json", opt.json, "Print JSON Lines instead of text");
+    app.add_flag("--redact", opt.redact, "Remove query strings and client addresses from the output");
     app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
         ->check(CLI::PositiveNumber);
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")

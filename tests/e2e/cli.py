@@ -124,6 +124,52 @@ def main():
             check(recs[-1]["type"] == "summary", "last record is not summary: %r" % recs[-1:])
             check(took < 10, "--duration 1 took %.1fs" % took)
 
+        @case("not root: a clear message and exit 1")
+        def _():
+            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN,
+                                "--nginx-pid", str(nginx.master_pid)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+            err = r.stderr.decode(errors="replace")
+            check(r.returncode == 1, "exit %d, want 1 (stderr: %s)" % (r.returncode, err.strip()))
+            check("needs root" in err, "stderr does not say it needs root: %r" % err)
+
+        @case("--redact removes query strings and client addresses")
+        def _():
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json", "--redact"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                r = harness.http_get(nginx.port, "/path?secret=hunter2")
+                check(r.status == 502, "status %r" % r.status)
+                lines = read_lines_until(p, lambda l: '"type":"verdict"' in l, 10)
+                v = json.loads(lines[-1])
+                check("hunter2" not in lines[-1], "the query string leaked: %s" % lines[-1])
+                check(v["request"].startswith("GET /path?<redacted>"), "request %r" % v["request"])
+                check(v["client"] == "<redacted>", "client %r" % v["client"])
+            finally:
+                p.send_signal(signal.SIGINT)
+                p.communicate(timeout=10)
+
+        @case("lost kernel events are counted, warned about, and lower the confidence of verdicts")
+        def _():
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json", "--ringbuf-kb", "4",
+                                  "--max-verdicts-per-sec", "0"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                subprocess.run(["wrk", "-t1", "-c8", "-d2s", "http://127.0.0.1:%d/" % nginx.port],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+            finally:
+                p.send_signal(signal.SIGINT)
+                out, _ = p.communicate(timeout=20)
+            recs = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+            summary = [x for x in recs if x["type"] == "summary"][-1]
+            check(summary["events_lost"] > 0, "a 4 KiB ring lost nothing under a storm: %r" % summary)
+            check(any(x["type"] == "warning" and x["code"] == "events_lost" for x in recs), "no events_lost warning")
+            noted = [x for x in recs if x["type"] == "verdict" and any("lost" in n for n in x["notes"])]
+            check(noted, "no verdict notes the lost events")
+            check(all(x["confidence"] != "high" for x in noted), "a verdict with losses in its window is 'high'")
+
         @case("human output: ready line, verdict headline, summary on SIGTERM")
         def _():
             p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid)], stdout=subprocess.PIPE,

@@ -847,6 +847,21 @@ def sc_rotate_copytruncate(s):
     s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
 
 
+def sc_log_deleted(s):
+    """The error log is deleted while followed: Nginx keeps writing to the
+    open file, the tool says the path is gone and keeps reading it."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    os.unlink(s.nginx.error_log)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "log_vanished", timeout=5)
+    r = s.get()
+    # The file is gone from the directory: read what Nginx wrote through its descriptor.
+    s.nginx.error_log = "/proc/%d/fd/2" % s.nginx.workers[0]
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -878,6 +893,7 @@ SCENARIOS = {
     "access_only": sc_access_only,
     "rotate_rename": sc_rotate_rename,
     "rotate_copytruncate": sc_rotate_copytruncate,
+    "log_deleted": sc_log_deleted,
 }
 
 TIME_LIMIT = 30.0

@@ -281,8 +281,9 @@ TEST_CASE("a real segfault is a self-generated SIGSEGV with a fault code", "[ker
     int rd;
     pid_t c = child(
         [](int) {
-            signal(SIGSEGV, SIG_DFL);
-            volatile int *p = nullptr;
+            signal(SIGSEGV, SIG_DFL); // (sanitizer builds install their own handler)
+            // An unmapped, non-null address: a real fault that UBSan's null check does not intercept.
+            volatile int *p = reinterpret_cast<volatile int *>(uintptr_t{8});
             *p = 1;
         },
         &rd);
