@@ -5,8 +5,10 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
+#include <dirent.h>
 #include <malloc.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <memory>
 #include <linux/capability.h>
 #include <sys/epoll.h>
@@ -59,6 +61,40 @@ public:
 private:
     int fd_;
 };
+
+// Alive: in /proc and neither a zombie nor dead.
+bool process_alive(uint32_t pid)
+{
+    FILE *f = fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
+    if (!f)
+        return false;
+    char buf[512] = {};
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    std::string st(buf, n);
+    auto close = st.rfind(')');
+    char state = close != std::string::npos && close + 2 < st.size() ? st[close + 2] : '?';
+    return state != 'Z' && state != 'X';
+}
+
+// An Nginx master whose command line is exactly `cmdline`, or 0.
+uint32_t find_master(const std::string &cmdline)
+{
+    uint32_t found = 0;
+    if (DIR *d = opendir("/proc")) {
+        while (dirent *de = readdir(d)) {
+            char *end = nullptr;
+            unsigned long pid = strtoul(de->d_name, &end, 10);
+            if (!end || *end || pid == 0)
+                continue;
+            auto pi = read_proc(static_cast<uint32_t>(pid));
+            if (pi && pi->cmdline == cmdline && process_alive(pi->pid))
+                found = pi->pid;
+        }
+        closedir(d);
+    }
+    return found;
+}
 
 // CAP_BPF (Linux 5.8+) or CAP_SYS_ADMIN in the effective set.
 bool have_bpf_privileges()
@@ -277,6 +313,10 @@ int run(const Options &opt)
     uint64_t stop_at = opt.duration_s > 0 ? boot_now_ns() + static_cast<uint64_t>(opt.duration_s * 1e9) : 0;
     bool stop = false;
     bool master_gone = false;
+    int exit_code = EXIT_OK;
+    std::string master_cmdline;
+    if (auto pi = read_proc(nginx->master))
+        master_cmdline = pi->cmdline;
     unsigned trim_tick = 0;
 
     RateLimiter limiter(opt.max_verdicts_per_sec);
@@ -423,9 +463,58 @@ int run(const Options &opt)
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown
             check_losses();
-            if (!master_gone && !read_proc(nginx->master)) {
-                master_gone = true;
-                sink->warning({"nginx_gone", fmt::format("the Nginx master {} has exited", nginx->master), 0});
+            if (!master_gone && !process_alive(nginx->master)) {
+                // A binary upgrade (USR2, then QUIT to the old master) leaves
+                // a new master that the old one forked: we already track it.
+                uint32_t successor = 0;
+                for (uint32_t pid : state.nginx_pids())
+                    if (pid != nginx->master && process_alive(pid))
+                        if (auto pi = read_proc(pid); pi && pi->cmdline.find("master process") != std::string::npos)
+                            successor = pid;
+                if (successor) {
+                    sink->warning({"nginx_new_master",
+                                   fmt::format("the Nginx master {} has exited; following its successor {} (binary "
+                                               "upgrade)",
+                                               nginx->master, successor),
+                                   0});
+                    nginx->master = successor;
+                } else if (opt.follow) {
+                    master_gone = true;
+                    sink->warning({"nginx_gone",
+                                   fmt::format("the Nginx master {} has exited; waiting for a new one (--follow)",
+                                               nginx->master),
+                                   0});
+                } else {
+                    sink->warning({"nginx_gone",
+                                   fmt::format("the Nginx master {} has exited; stopping (--follow waits for a new "
+                                               "one)",
+                                               nginx->master),
+                                   0});
+                    exit_code = EXIT_RUNTIME;
+                    stop = true;
+                }
+            } else if (master_gone) {
+                // --follow: a new master started with the same command line.
+                if (uint32_t pid = find_master(master_cmdline); pid) {
+                    std::string derr;
+                    if (auto again = discover_nginx(pid, &derr)) {
+                        std::vector<uint32_t> pids = again->workers;
+                        pids.push_back(again->master);
+                        for (uint32_t p2 : pids) {
+                            if (!loader.track_process(p2, N502_PROC_NGINX, &derr))
+                                sink->warning({"map_full", derr, 0});
+                            auto pi = read_proc(p2);
+                            state.add_process(p2, N502_PROC_NGINX, pi ? pi->comm : "nginx",
+                                              p2 == again->master ? 0 : again->master);
+                        }
+                        sink->warning({"nginx_restarted",
+                                       fmt::format("a new Nginx master {} started (workers {}); following it",
+                                                   again->master, fmt::join(again->workers, " ")),
+                                       0});
+                        *nginx = *again;
+                        master_gone = false;
+                    }
+                }
             }
         }
         if (now >= next_rebase) {
@@ -457,7 +546,7 @@ int run(const Options &opt)
     summary.duration_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     sink->summary(summary);
-    return EXIT_OK;
+    return exit_code;
 }
 
 } // namespace n502

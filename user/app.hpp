@@ -13,7 +13,8 @@ struct Options {
     std::vector<std::string> access_logs;
     bool no_access_log = false;
     bool json = false;
-    bool redact = false; // no query strings or client addresses in the output
+    bool redact = false;
+    bool follow = false; // when the Nginx master exits, wait for a new one // no query strings or client addresses in the output
     double duration_s = 0; // 0: until SIGINT/SIGTERM
     uint32_t ringbuf_kb = 2048;
     bool verbose = false;

@@ -33,6 +33,9 @@ int main(int argc, char **argv)
                    "Nginx's open files");
     app.add_flag("--no-access-log", opt.no_access_log, "Do not follow access logs");
     app.add_flag("--json", opt.json, "Print JSON Lines instead of text");
+    app.add_flag("--follow", opt.follow,
+                 "When Nginx stops, wait for a new master with the same command line and follow it (without it, "
+                 "n502trace stops with exit code 1); binary upgrades (USR2) are followed either way");
     app.add_flag("--redact", opt.redact, "Remove query strings and client addresses from the output");
     app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
         ->check(CLI::PositiveNumber);

@@ -189,6 +189,22 @@ def main():
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+        @case("Nginx stops: the tool says so and exits 1 (no --follow)")
+        def _():
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                nginx.stop()
+                out, _ = p.communicate(timeout=15)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            recs = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+            check(p.returncode == 1, "exit %r, want 1" % p.returncode)
+            check(any(x["type"] == "warning" and x["code"] == "nginx_gone" for x in recs), "no nginx_gone warning")
+            check(recs and recs[-1]["type"] == "summary", "no summary at the end")
     finally:
         h.close()
     print("%d passed, %d failed" % (len(ran) - len(failures), len(failures)))

@@ -862,6 +862,64 @@ def sc_log_deleted(s):
     s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
 
 
+def sc_binary_upgrade(s):
+    """Binary upgrade: USR2 starts a new master (forked by the old one), QUIT
+    retires the old one. The tool follows the successor without being told."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    old_master = s.nginx.master_pid
+
+    def new_master():
+        for c in harness.children_of(old_master):
+            try:
+                with open("/proc/%d/cmdline" % c, "rb") as f:
+                    if b"master process" in f.read():
+                        return c
+            except OSError:
+                pass
+        return None
+    os.kill(old_master, signal.SIGUSR2)
+    new = harness.wait_until(new_master, 10, "the new nginx master after USR2")
+    harness.wait_until(lambda: len(harness.children_of(new)) >= s.nginx.nworkers or None, 10,
+                       "the new master's workers")
+    os.kill(old_master, signal.SIGQUIT)
+    harness.wait_until(lambda: not harness.pid_alive(old_master) or None, 15, "the old master to exit")
+    s.nginx.master_pid = new
+    s.nginx.workers = harness.children_of(new)
+    s.note("binary upgrade: master %d -> %d, workers %s" % (old_master, new, s.nginx.workers))
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_new_master", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
+def sc_restart_follow(s):
+    """Nginx stopped and started again: with --follow the tool says so, waits,
+    and follows the new master (same command line)."""
+    port = harness.free_port()
+    saved = os.environ.get("N502_EXTRA_ARGS")
+    os.environ["N502_EXTRA_ARGS"] = ((saved or "") + " --follow").strip()
+    try:
+        s.setup("http://127.0.0.1:%d" % port)
+    finally:
+        if saved is None:
+            del os.environ["N502_EXTRA_ARGS"]
+        else:
+            os.environ["N502_EXTRA_ARGS"] = saved
+    s.nginx.stop()
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_gone", timeout=5)
+        check(s.tool.alive(), "n502trace --follow exited when Nginx stopped")
+    s.nginx.start()
+    s.note("nginx restarted: master %d" % s.nginx.master_pid)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_restarted", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -894,6 +952,8 @@ SCENARIOS = {
     "rotate_rename": sc_rotate_rename,
     "rotate_copytruncate": sc_rotate_copytruncate,
     "log_deleted": sc_log_deleted,
+    "binary_upgrade": sc_binary_upgrade,
+    "restart_follow": sc_restart_follow,
 }
 
 TIME_LIMIT = 30.0
