@@ -442,3 +442,54 @@ TEST_CASE("state stays bounded", "[state]")
     CHECK(s.stats().conns_dropped == 1000 - 16);
     CHECK(s.stats().procs_dropped == 1000 - 8);
 }
+
+TEST_CASE("time matching across second boundaries", "[correlator][time]")
+{
+    // Nginx stamps a line with its cached time (whole seconds, refreshed once
+    // per event-loop iteration): the failure may be a little before the
+    // stamped second, or after it.
+    auto killed = [] {
+        Rec r;
+        r.established();
+        r.signal(KILLER, "kill", UPSTREAM, 9);
+        r.exit(UPSTREAM, 9);
+        r.fin_from_upstream(UPSTREAM);
+        return r;
+    };
+    SECTION("failure at .999 of the previous second")
+    {
+        Rec r = killed();
+        World w(r, PREMATURE);
+        // Shift the clock so the last event lands 1 ms before the line's second.
+        w.tb = Timebase(w.line.wall_sec * 1'000'000'000LL - 1'000'000 - static_cast<int64_t>(r.t));
+        CHECK(w.verdict().cause == "upstream_killed");
+    }
+    SECTION("failure 0.9 s after the stamped second (Nginx's cached time lagging)")
+    {
+        Rec r = killed();
+        World w(r, PREMATURE);
+        w.tb = Timebase(w.line.wall_sec * 1'000'000'000LL + 900'000'000 - static_cast<int64_t>(r.t));
+        CHECK(w.verdict().cause == "upstream_killed");
+    }
+    SECTION("a failure 6 s before the line's second is someone else's")
+    {
+        Rec r = killed();
+        World w(r, PREMATURE);
+        w.tb = Timebase(w.line.wall_sec * 1'000'000'000LL - 6'000'000'000LL - static_cast<int64_t>(r.t));
+        CHECK(w.verdict().cause == "unknown");
+    }
+}
+
+TEST_CASE("a reused pid is a new process", "[state]")
+{
+    Rec r;
+    r.listen();
+    r.exit(UPSTREAM, 9); // the first process with this pid dies ...
+    r.established();     // ... and a new one with the same pid accepts
+    r.fin_from_upstream(UPSTREAM);
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    // The old process's death is not this one's: it is alive and closed the connection.
+    CHECK(v.cause == "upstream_closed_early");
+    CHECK(*v.upstream_pid == UPSTREAM);
+}
