@@ -12,6 +12,7 @@
 #include <memory>
 #include <linux/capability.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -94,6 +95,57 @@ uint32_t find_master(const std::string &cmdline)
         closedir(d);
     }
     return found;
+}
+
+// After attaching, keep only what the remaining work needs: CAP_BPF and
+// CAP_SYS_ADMIN (map reads and updates; setns into an upstream's network
+// namespace), CAP_SYS_PTRACE (other processes' /proc/PID/fd), and
+// CAP_DAC_READ_SEARCH (logs and /proc files). Everything else leaves the
+// effective, permitted, inheritable and bounding sets, and no_new_privs is
+// set. Returns the kept capabilities' names, or an error.
+std::vector<std::string> drop_capabilities(std::string *err)
+{
+    static const std::pair<int, const char *> keep[] = {
+        {2, "CAP_DAC_READ_SEARCH"}, {19, "CAP_SYS_PTRACE"}, {21, "CAP_SYS_ADMIN"}, {39, "CAP_BPF"}};
+    int last = 40;
+    if (FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "r")) {
+        if (fscanf(f, "%d", &last) != 1)
+            last = 40;
+        fclose(f);
+    }
+    auto kept = [&](int cap) {
+        for (const auto &k : keep)
+            if (k.first == cap)
+                return true;
+        return false;
+    };
+    for (int cap = 0; cap <= last; cap++) // the bounding set first: it needs CAP_SETPCAP
+        if (!kept(cap))
+            prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    if (syscall(SYS_capget, &hdr, data) != 0) {
+        *err = fmt::format("capget: {}", strerror(errno));
+        return {};
+    }
+    uint32_t mask[2] = {0, 0};
+    std::vector<std::string> names;
+    for (const auto &k : keep)
+        if (k.first <= last && ((data[k.first / 32].permitted >> (k.first % 32)) & 1u)) {
+            mask[k.first / 32] |= 1u << (k.first % 32);
+            names.push_back(k.second);
+        }
+    for (int i = 0; i < 2; i++) {
+        data[i].effective = mask[i];
+        data[i].permitted = mask[i];
+        data[i].inheritable = 0;
+    }
+    if (syscall(SYS_capset, &hdr, data) != 0) {
+        *err = fmt::format("capset: {}", strerror(errno));
+        return {};
+    }
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    return names;
 }
 
 // CAP_BPF (Linux 5.8+) or CAP_SYS_ADMIN in the effective set.
@@ -290,6 +342,12 @@ int run(const Options &opt)
             sink->warning({"probe_missing",
                            fmt::format("{} is not attached ({}): verdicts that need it are degraded", p.hook, p.error),
                            0});
+    {
+        std::string cerr;
+        ready.capabilities = drop_capabilities(&cerr);
+        if (!cerr.empty())
+            sink->warning({"capabilities", "could not drop capabilities after attaching: " + cerr, 0});
+    }
     sink->ready(ready);
 
     Fd ep(epoll_create1(EPOLL_CLOEXEC));

@@ -138,10 +138,10 @@ void JsonSink::emit(const std::string &line)
 void JsonSink::ready(const ReadyInfo &r)
 {
     emit(fmt::format("{{\"type\":\"ready\",\"ts\":{},\"version\":{},\"nginx_pid\":{},\"workers\":{},"
-                     "\"error_logs\":{},\"access_logs\":{},\"probes\":{},\"probes_failed\":{},\"attach_ms\":{}}}",
+                     "\"error_logs\":{},\"access_logs\":{},\"probes\":{},\"probes_failed\":{},\"attach_ms\":{},\"capabilities\":{}}}",
                      jstr(rfc3339_utc(real_now_ns())), jstr(N502_VERSION), r.nginx_pid, jarr_u32(r.workers),
                      jarr_str(r.error_logs), jarr_str(r.access_logs), jarr_str(r.probes), jarr_str(r.probes_failed),
-                     r.attach_ms));
+                     r.attach_ms, jarr_str(r.capabilities)));
 }
 
 void JsonSink::verdict(const Verdict &v) { emit(verdict_json(v, tb_)); }

@@ -20,6 +20,7 @@ struct ReadyInfo {
     std::vector<std::string> probes;        // attached programs
     std::vector<std::string> probes_failed; // "name: reason"
     uint64_t attach_ms = 0;
+    std::vector<std::string> capabilities; // kept after attaching
 };
 
 struct Summary {

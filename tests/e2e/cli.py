@@ -133,6 +133,33 @@ def main():
             check(r.returncode == 1, "exit %d, want 1 (stderr: %s)" % (r.returncode, err.strip()))
             check("needs root" in err, "stderr does not say it needs root: %r" % err)
 
+        @case("after attaching, only the needed capabilities remain")
+        def _():
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                lines = read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                ready = json.loads(lines[-1])
+                status = open("/proc/%d/status" % p.pid).read()
+                caps = {k: int(v, 16) for k, v in (l.split(":\t") for l in status.splitlines()
+                                                   if l.startswith(("CapEff", "CapPrm", "CapBnd", "CapInh")))}
+                allowed = (1 << 2) | (1 << 19) | (1 << 21) | (1 << 39)
+                for k in ("CapEff", "CapPrm", "CapBnd"):
+                    check(caps[k] & ~allowed == 0, "%s %x has more than %x" % (k, caps[k], allowed))
+                check(caps["CapInh"] == 0, "CapInh %x" % caps["CapInh"])
+                check("NoNewPrivs:\t1" in status, "no_new_privs is not set")
+                check("CAP_BPF" in ready.get("capabilities", []) or "CAP_SYS_ADMIN" in ready.get("capabilities", []),
+                      "ready.capabilities %r" % ready.get("capabilities"))
+                # It still works: a 502 gets its verdict.
+                r = harness.http_get(nginx.port)
+                check(r.status == 502, "status %r" % r.status)
+                lines = read_lines_until(p, lambda l: '"type":"verdict"' in l, 10)
+                check(json.loads(lines[-1])["cause"] == "upstream_not_listening", "verdict %s" % lines[-1])
+            finally:
+                p.send_signal(signal.SIGINT)
+                p.communicate(timeout=10)
+            check(p.returncode == 0, "exit %r after SIGINT" % p.returncode)
+
         @case("--redact removes query strings and client addresses")
         def _():
             p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json", "--redact"],
