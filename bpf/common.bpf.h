@@ -66,15 +66,6 @@ struct {
 	__type(value, __u64);
 } tuples SEC(".maps") __weak;
 
-/* Unix stream connections: server-side socket created by Nginx's connect ->
- * Nginx's socket. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, __u64);
-} unix_peers SEC(".maps") __weak;
-
 /* connect() arguments between sys_enter and sys_exit, per thread. */
 struct connect_args {
 	__u64 sk;

@@ -111,8 +111,6 @@ int handle_sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 			struct unix_sock *us = (struct unix_sock *)a.sk;
 			__u64 peer = (__u64)BPF_CORE_READ(us, peer);
 			e->peer_sk = peer;
-			if (peer && bpf_map_update_elem(&unix_peers, &peer, &a.sk, BPF_ANY))
-				count(N502_CNT_MAP_FULL);
 		} else {
 			bpf_map_delete_elem(&socks, &a.sk);
 		}
@@ -125,9 +123,11 @@ static __always_inline int on_accept_exit(long ret)
 {
 	struct socket *sock;
 	struct sock *sk;
-	__u64 key, *nginx_sk = 0;
+	__u64 key, nginx_sk = 0;
+	__u32 nginx_tgid = 0;
 	__u16 family;
 	struct n502_addr local = {}, peer = {};
+	struct n502_sock *ns;
 
 	/* Only processes that listen (seen at listen(), found listening at
 	 * start, or forked from one) accept: everyone else returns here. */
@@ -143,17 +143,27 @@ static __always_inline int on_accept_exit(long ret)
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family == N502_AF_INET || family == N502_AF_INET6) {
 		struct n502_tuple t = {};
+		__u64 *found;
 		read_inet_addrs(sk, &local, &peer);
 		/* Nginx's view of the same connection: its address is our peer. */
 		tuple_from_addrs(&t, &peer, &local);
-		nginx_sk = bpf_map_lookup_elem(&tuples, &t);
+		found = bpf_map_lookup_elem(&tuples, &t);
+		if (found)
+			nginx_sk = *found;
 	} else if (family == N502_AF_UNIX) {
-		nginx_sk = bpf_map_lookup_elem(&unix_peers, &key);
+		/* The accepted unix socket's peer is the connecting socket itself,
+		 * tracked since Nginx's connect() began. (The acceptor can return
+		 * before Nginx's connect() does: do not wait for its exit.) */
+		nginx_sk = (__u64)BPF_CORE_READ((struct unix_sock *)sk, peer);
 		local.family = family;
 		peer.family = family;
 	}
 	if (!nginx_sk)
 		return 0;
+	ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+	if (!ns || (ns->role & ~N502_SOCK_CLOSED) != N502_SOCK_NGINX)
+		return 0;
+	nginx_tgid = ns->owner_tgid;
 
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	track_proc(tgid, N502_PROC_UPSTREAM);
@@ -163,9 +173,9 @@ static __always_inline int on_accept_exit(long ret)
 	if (!e)
 		return 0;
 	e->sk = key;
-	e->nginx_sk = *nginx_sk;
+	e->nginx_sk = nginx_sk;
 	e->fd = (int)ret;
-	e->_pad = 0;
+	e->nginx_tgid = nginx_tgid;
 	e->local = local;
 	e->peer = peer;
 	submit(e);

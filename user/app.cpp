@@ -265,11 +265,14 @@ int run(const Options &opt)
         state.add_process(pid, N502_PROC_NGINX, pi ? pi->comm : "nginx", pid == nginx->master ? 0 : nginx->master);
     }
     // Listeners that predate us: who holds them, so that their death is seen.
+    // Every holder counts: the children of a pre-fork server (PHP-FPM,
+    // gunicorn) accept on the socket their parent opened.
     for (const auto &l : scan_tcp_listeners()) {
         if (!l.pid)
             continue;
-        if (!loader.track_process(l.pid, N502_PROC_LISTENER, &err))
-            sink->warning({"map_full", err, 0});
+        for (uint32_t holder : l.holders)
+            if (!loader.track_process(holder, N502_PROC_LISTENER, &err))
+                sink->warning({"map_full", err, 0});
         state.add_listener(l.addr, l.pid, l.comm);
     }
     std::unique_ptr<FILE, int (*)(FILE *)> raw(nullptr, fclose);

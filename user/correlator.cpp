@@ -49,7 +49,14 @@ Conn *Correlator::find_conn(const LogLine &line)
         } else if (c->t_established) {
             bool failed = c->failed();
             bool got_data = c->bytes_at_end && *c->bytes_at_end > 0;
-            if (failed && !(header_phase && got_data) && earlier(primary, c)) {
+            // "Prematurely closed" and "reset by peer" mean the upstream ended
+            // first: a connection Nginx closed itself (a client gone, a
+            // response read) is not one of those.
+            uint64_t upstream_end = std::min(c->t_fin_recv.value_or(UINT64_MAX), c->t_rst_recv.value_or(UINT64_MAX));
+            uint64_t nginx_end = std::min(c->t_nginx_fin.value_or(UINT64_MAX), c->t_nginx_close.value_or(UINT64_MAX));
+            bool nginx_first = (line.kind == LogKind::PrematureClose || line.kind == LogKind::Reset) &&
+                               nginx_end < upstream_end;
+            if (failed && !nginx_first && !(header_phase && got_data) && earlier(primary, c)) {
                 primary = c;
                 return c->finished;
             }

@@ -111,6 +111,7 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
         e.peer_sk = r.nginx_sk;
+        e.owner = r.nginx_tgid;
         e.fd = r.fd;
         e.src = Addr::from_raw(r.local);
         e.dst = Addr::from_raw(r.peer);

@@ -108,11 +108,16 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
             buf[n] = 0;
             uint64_t ino = strtoull(buf + 8, nullptr, 10);
             auto it = by_inode.find(ino);
-            if (it == by_inode.end() || out[it->second].pid)
+            if (it == by_inode.end())
                 continue;
-            out[it->second].pid = static_cast<uint32_t>(pid);
+            ExistingListener &l = out[it->second];
+            if (l.holders.empty() || l.holders.back() != pid)
+                l.holders.push_back(static_cast<uint32_t>(pid));
+            if (l.pid)
+                continue;
+            l.pid = static_cast<uint32_t>(pid);
             if (auto p = read_proc(static_cast<uint32_t>(pid), root))
-                out[it->second].comm = p->comm;
+                l.comm = p->comm;
         }
         closedir(fds);
     }

@@ -13,8 +13,9 @@ namespace n502 {
 struct ExistingListener {
     Addr addr;
     uint64_t inode = 0;
-    uint32_t pid = 0; // 0 when no process could be found holding it
+    uint32_t pid = 0; // the first process found holding it, 0 when none
     std::string comm;
+    std::vector<uint32_t> holders; // every process holding it (pre-fork servers share it)
 };
 
 // Reads /proc/net/tcp, /proc/net/tcp6 and /proc/net/unix (stream listeners

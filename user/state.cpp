@@ -521,6 +521,10 @@ void State::apply(const Event &e)
         if (!c)
             if (auto it = unix_peer_.find(e.sk); it != unix_peer_.end())
                 c = live_conn(it->second);
+        // A unix connect completes inside the syscall: the acceptor may be
+        // seen before Nginx's connect() returns. Start the connection here.
+        if (!c && e.owner && e.peer_sk)
+            c = &conn_for(e.peer_sk, e.ts, e.owner);
         if (!c)
             break;
         c->up_sk = e.sk;

@@ -100,7 +100,7 @@ struct n502_accept_event {
 	__u64 sk;              /* the accepted socket (upstream's end) */
 	__u64 nginx_sk;        /* Nginx's end of the same connection */
 	__s32 fd;
-	__u32 _pad;
+	__u32 nginx_tgid;      /* owner of Nginx's end (recorded at its connect) */
 	struct n502_addr local; /* the address the upstream accepted on */
 	struct n502_addr peer;  /* Nginx's address */
 };

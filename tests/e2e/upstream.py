@@ -41,7 +41,7 @@ import struct
 import sys
 import time
 
-MODES = ("ok", "close", "reset", "hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close")
+MODES = ("ok", "close", "reset", "hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close", "churn")
 
 
 def say(word):
@@ -149,7 +149,34 @@ def serve_keepalive(lsock):
                 st[1] = time.monotonic()
 
 
+def serve_churn(lsock, workers=4):
+    """A process per request (CGI-style): the parent keeps `workers` children,
+    each accepts ONE connection, answers it and exits. A request for /hang
+    makes its child print REQUEST <its pid> and wait instead."""
+    children = set()
+    while True:
+        while len(children) < workers:
+            pid = os.fork()
+            if pid == 0:
+                conn, _ = lsock.accept()
+                first = conn.recv(65536, socket.MSG_PEEK).split(b"\r\n", 1)[0]
+                if not read_headers(conn):
+                    os._exit(0)
+                if b" /hang" in first:
+                    say("REQUEST")
+                    while True:
+                        signal.pause()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+                conn.close()
+                os._exit(0)
+            children.add(pid)
+        pid, _ = os.wait()
+        children.discard(pid)
+
+
 def serve(lsock, mode):
+    if mode == "churn":
+        serve_churn(lsock)
     if mode == "noaccept":
         while True:
             signal.pause()

@@ -456,3 +456,51 @@ TEST_CASE("access-log 502s: covered by an error-log verdict, or explained from t
         CHECK(v.explanation.find("return 502") != std::string::npos);
     }
 }
+
+TEST_CASE("a connection Nginx closed itself is not the one an upstream closed prematurely", "[causes]")
+{
+    // Recorded in the churn scenario: a client went away, so Nginx closed an
+    // upstream connection itself (no bytes yet), just before the real
+    // premature close by a killed upstream process on another connection.
+    Seq s;
+    // Connection A: Nginx closes first (FIN_WAIT1, 0 bytes), then the end.
+    s.state(0xf000, N502_SOCK_NGINX, NGINX, 7, 2);
+    s.state(0xf000, N502_SOCK_NGINX, NGINX, 2, 1);
+    s.state(0xf000, N502_SOCK_NGINX, NGINX, 1, 4, 0, 0);
+    s.state(0xf000, N502_SOCK_NGINX, NGINX, 5, 7);
+    // Connection B: accepted by UP, which is killed: FIN to Nginx, 0 bytes.
+    s.established();
+    Event &sig = s.add(N502_EV_SIGNAL, 777);
+    sig.target = UP;
+    sig.sig = 9;
+    s.add(N502_EV_EXIT, UP).exit_code = 9;
+    s.state(UPSK, N502_SOCK_UPSTREAM, UP, 1, 4);
+    s.state(SK, N502_SOCK_NGINX, NGINX, 1, 8);
+    Verdict v = explain(s, line("upstream prematurely closed connection while reading response header from upstream",
+                                "http://127.0.0.1:8080/"),
+                        nullptr);
+    CHECK(v.cause == "upstream_killed");
+    CHECK(*v.upstream_pid == UP);
+}
+
+TEST_CASE("unix: the acceptor seen before Nginx's connect() returns", "[causes]")
+{
+    // On two CPUs a PHP-FPM child can return from accept() before Nginx
+    // returns from connect(): the accept event comes first in the stream.
+    Seq s;
+    Event &a = s.add(N502_EV_ACCEPT, UP);
+    a.sk = UPSK;
+    a.peer_sk = SK;
+    a.owner = NGINX; // Nginx's socket owner, recorded at its connect
+    s.connect(Addr::unix_path(SOCK), 0);
+    Event &sig = s.add(N502_EV_SIGNAL, 777);
+    sig.target = UP;
+    sig.sig = 9;
+    s.add(N502_EV_EXIT, UP).exit_code = 9;
+    Verdict v = explain(s, line("recv() failed (104: Connection reset by peer) while reading response header from "
+                                "upstream",
+                                "fastcgi://unix:" + SOCK + ":"),
+                        nullptr);
+    CHECK(v.cause == "upstream_killed");
+    CHECK(*v.upstream_pid == UP);
+}
