@@ -38,6 +38,6 @@ if [ "${N502_SKIP_SANITIZERS:-0}" != 1 ] && [ $# -eq 0 ]; then
   echo "== tests under ASan + UBSan"
   cmake -S . -B "$BUILD-asan" -DCMAKE_BUILD_TYPE=Debug -DN502_SANITIZE=ON >/dev/null
   cmake --build "$BUILD-asan" -j"$(nproc)"
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+  N502_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir "$BUILD-asan" --output-on-failure --timeout 300 -E 'static_binary|e2e_storm'
 fi
