@@ -78,11 +78,9 @@ int handle_sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	/* A TCP connect in progress says nothing its state changes will not
 	 * say (ESTABLISHED, or SYN_SENT -> CLOSE with the error): only results
 	 * are emitted. Unix connects complete here, so they always are. */
-	if (a.sk && (int)ctx->ret == -115 /* EINPROGRESS */) {
-		bpf_probe_read_user(&family, sizeof(family), (void *)a.uaddr);
-		if (family == N502_AF_INET || family == N502_AF_INET6)
-			return 0;
-	}
+	bpf_probe_read_user(&family, sizeof(family), (void *)a.uaddr);
+	if ((int)ctx->ret == -115 /* EINPROGRESS */ && (family == N502_AF_INET || family == N502_AF_INET6))
+		return 0;
 	e = reserve(sizeof(*e), N502_EV_CONNECT);
 	if (!e)
 		return 0;
@@ -92,7 +90,6 @@ int handle_sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	e->ret = (int)ctx->ret;
 	__builtin_memset(&e->dst, 0, sizeof(e->dst));
 	e->path[0] = 0;
-	bpf_probe_read_user(&family, sizeof(family), (void *)a.uaddr);
 	e->dst.family = family;
 	if (family == N502_AF_INET) {
 		struct sockaddr_in sin = {};

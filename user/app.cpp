@@ -419,6 +419,12 @@ int run(const Options &opt)
         summary.by_cause[v.cause]++;
         summary.by_upstream[v.upstream]++;
     };
+    auto report_suppressed = [&]() {
+        for (const auto &[key, count] : limiter.take_suppressed(real_now_ns())) {
+            auto nl = key.find('\n');
+            sink->suppressed(key.substr(0, nl), key.substr(nl + 1), count, 1.0);
+        }
+    };
     auto read_logs = [&]() {
         bool any = false;
         for (auto &f : followers) {
@@ -512,12 +518,6 @@ int run(const Options &opt)
         resolve_access(false);
 
         uint64_t now = boot_now_ns();
-        auto report_suppressed = [&]() {
-            for (const auto &[key, count] : limiter.take_suppressed(real_now_ns())) {
-                auto nl = key.find('\n');
-                sink->suppressed(key.substr(0, nl), key.substr(nl + 1), count, 1.0);
-            }
-        };
         if (now >= next_stats) {
             next_stats = now + 1'000'000'000ULL;
             report_suppressed();
@@ -594,10 +594,7 @@ int run(const Options &opt)
     resolve(true);
     read_access();
     resolve_access(true);
-    for (const auto &[key, count] : limiter.take_suppressed(real_now_ns())) {
-        auto nl = key.find('\n');
-        sink->suppressed(key.substr(0, nl), key.substr(nl + 1), count, 1.0);
-    }
+    report_suppressed();
 
     KernelCounters kc = loader.counters();
     summary.events = state.stats().events;

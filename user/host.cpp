@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "nginx.hpp"
+#include "procscan.hpp"
 
 namespace n502 {
 
@@ -103,6 +104,14 @@ bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsg
     return ok;
 }
 
+// The process holding a listening socket, by its inode.
+void name_holder(ListenerQueue &q, uint64_t inode)
+{
+    q.pid = pid_for_socket_inode(inode);
+    if (auto p = read_proc(q.pid))
+        q.comm = p->comm;
+}
+
 std::optional<ListenerQueue> tcp_listener(const Addr &a)
 {
     struct {
@@ -136,11 +145,8 @@ std::optional<ListenerQueue> tcp_listener(const Addr &a)
         inode = m->idiag_inode;
         best = q;
     });
-    if (best && inode) {
-        best->pid = pid_for_socket_inode(inode);
-        if (auto p = read_proc(best->pid))
-            best->comm = p->comm;
-    }
+    if (best && inode)
+        name_holder(*best, inode);
     return best;
 }
 
@@ -179,11 +185,8 @@ std::optional<ListenerQueue> unix_listener(const std::string &path)
             inode = m->udiag_ino;
         }
     });
-    if (found && inode) {
-        found->pid = pid_for_socket_inode(inode);
-        if (auto p = read_proc(found->pid))
-            found->comm = p->comm;
-    }
+    if (found && inode)
+        name_holder(*found, inode);
     return found;
 }
 
@@ -206,39 +209,6 @@ std::string name_of_id(const char *file, uint32_t id)
 }
 
 } // namespace
-
-uint32_t pid_for_socket_inode(uint64_t inode, const std::string &root)
-{
-    std::string want = fmt::format("socket:[{}]", inode);
-    DIR *d = opendir(root.c_str());
-    if (!d)
-        return 0;
-    uint32_t found = 0;
-    while (!found) {
-        dirent *de = readdir(d);
-        if (!de)
-            break;
-        char *end = nullptr;
-        unsigned long pid = strtoul(de->d_name, &end, 10);
-        if (!end || *end || pid == 0 || pid > UINT32_MAX)
-            continue;
-        std::string fddir = fmt::format("{}/{}/fd", root, pid);
-        DIR *fds = opendir(fddir.c_str());
-        if (!fds)
-            continue;
-        while (dirent *fe = readdir(fds)) {
-            char buf[64];
-            ssize_t n = readlink((fddir + "/" + fe->d_name).c_str(), buf, sizeof(buf) - 1);
-            if (n > 0 && want.compare(0, std::string::npos, buf, static_cast<size_t>(n)) == 0) {
-                found = static_cast<uint32_t>(pid);
-                break;
-            }
-        }
-        closedir(fds);
-    }
-    closedir(d);
-    return found;
-}
 
 std::optional<ListenerQueue> RealHost::listener(const Addr &addr, uint32_t ns_pid)
 {

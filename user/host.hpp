@@ -70,7 +70,4 @@ private:
 // every directory above it). Sets *why to the first refusal found.
 bool may_connect(const Creds &c, const std::string &path, Host &host, std::string *why);
 
-// pid holding a socket inode (scans /proc/*/fd), 0 when none.
-uint32_t pid_for_socket_inode(uint64_t inode, const std::string &proc_root = "/proc");
-
 } // namespace n502

@@ -122,7 +122,11 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
     return n;
 }
 
-std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &root)
+// Regular files open in one Nginx process (they all share their logs) whose
+// name contains `word` and "log"; with_stderr: its fd 2 first (Nginx points
+// stderr at its main error log).
+static std::vector<std::string> open_logs(const NginxInfo &n, const std::string &root, const char *word,
+                                          bool with_stderr)
 {
     std::vector<std::string> out;
     auto add = [&](const std::string &path) {
@@ -141,8 +145,8 @@ std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &
     for (uint32_t pid : pids) {
         std::string fddir = fmt::format("{}/{}/fd", root, pid);
         char buf[PATH_MAX];
-        ssize_t len = readlink((fddir + "/2").c_str(), buf, sizeof(buf) - 1);
-        if (len > 0)
+        ssize_t len;
+        if (with_stderr && (len = readlink((fddir + "/2").c_str(), buf, sizeof(buf) - 1)) > 0)
             add(std::string(buf, static_cast<size_t>(len)));
         if (DIR *d = opendir(fddir.c_str())) {
             while (dirent *de = readdir(d)) {
@@ -154,7 +158,7 @@ std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &
                 std::string target(buf, static_cast<size_t>(len));
                 auto slash = target.rfind('/');
                 std::string base = slash == std::string::npos ? target : target.substr(slash + 1);
-                if (base.find("error") != std::string::npos && base.find("log") != std::string::npos)
+                if (base.find(word) != std::string::npos && base.find("log") != std::string::npos)
                     add(target);
             }
             closedir(d);
@@ -165,35 +169,14 @@ std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &
     return out;
 }
 
+std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &root)
+{
+    return open_logs(n, root, "error", true);
+}
+
 std::vector<std::string> find_access_logs(const NginxInfo &n, const std::string &root)
 {
-    std::vector<std::string> out;
-    std::vector<uint32_t> pids = n.workers;
-    pids.push_back(n.master);
-    for (uint32_t pid : pids) {
-        std::string fddir = fmt::format("{}/{}/fd", root, pid);
-        DIR *d = opendir(fddir.c_str());
-        if (!d)
-            continue;
-        while (dirent *de = readdir(d)) {
-            char buf[PATH_MAX];
-            ssize_t len = readlink((fddir + "/" + de->d_name).c_str(), buf, sizeof(buf) - 1);
-            if (len <= 0)
-                continue;
-            std::string target(buf, static_cast<size_t>(len));
-            auto slash = target.rfind('/');
-            std::string base = slash == std::string::npos ? target : target.substr(slash + 1);
-            struct stat st{};
-            if (target[0] == '/' && base.find("access") != std::string::npos &&
-                base.find("log") != std::string::npos && stat(target.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-                std::find(out.begin(), out.end(), target) == out.end())
-                out.push_back(target);
-        }
-        closedir(d);
-        if (!out.empty())
-            break;
-    }
-    return out;
+    return open_logs(n, root, "access", false);
 }
 
 std::string memory_cgroup(uint32_t pid, const std::string &root)

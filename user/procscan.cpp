@@ -64,7 +64,7 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
             if (!parse_proc_net_tcp_line(line, v6, &a, &st, &ino) || st != 10 /* LISTEN */ || ino == 0)
                 continue;
             by_inode[ino] = out.size();
-            out.push_back({a, ino, 0, ""});
+            out.push_back({a, ino, 0, "", {}});
         }
     }
     // Unix stream listeners: "Num RefCount Protocol Flags Type St Inode Path";
@@ -83,15 +83,40 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
             if (!(fl & 0x10000) || type != "0001" || path.empty() || path[0] != '/')
                 continue;
             by_inode[ino] = out.size();
-            out.push_back({Addr::unix_path(path), ino, 0, ""});
+            out.push_back({Addr::unix_path(path), ino, 0, "", {}});
         }
     }
     if (out.empty())
         return out;
+    for_each_socket_fd(
+        [&](uint32_t pid, uint64_t ino) {
+            auto it = by_inode.find(ino);
+            if (it == by_inode.end())
+                return false;
+            ExistingListener &l = out[it->second];
+            if (l.holders.empty() || l.holders.back() != pid)
+                l.holders.push_back(pid);
+            if (!l.pid) {
+                l.pid = pid;
+                if (auto p = read_proc(pid, root))
+                    l.comm = p->comm;
+            }
+            return false;
+        },
+        root);
+    return out;
+}
+
+void for_each_socket_fd(const std::function<bool(uint32_t pid, uint64_t inode)> &fn, const std::string &root)
+{
     DIR *d = opendir(root.c_str());
     if (!d)
-        return out;
-    while (dirent *de = readdir(d)) {
+        return;
+    bool stop = false;
+    while (!stop) {
+        dirent *de = readdir(d);
+        if (!de)
+            break;
         char *end = nullptr;
         unsigned long pid = strtoul(de->d_name, &end, 10);
         if (!end || *end || pid == 0 || pid > UINT32_MAX)
@@ -106,23 +131,27 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
             if (n <= 8 || strncmp(buf, "socket:[", 8) != 0)
                 continue;
             buf[n] = 0;
-            uint64_t ino = strtoull(buf + 8, nullptr, 10);
-            auto it = by_inode.find(ino);
-            if (it == by_inode.end())
-                continue;
-            ExistingListener &l = out[it->second];
-            if (l.holders.empty() || l.holders.back() != pid)
-                l.holders.push_back(static_cast<uint32_t>(pid));
-            if (l.pid)
-                continue;
-            l.pid = static_cast<uint32_t>(pid);
-            if (auto p = read_proc(static_cast<uint32_t>(pid), root))
-                l.comm = p->comm;
+            if (fn(static_cast<uint32_t>(pid), strtoull(buf + 8, nullptr, 10))) {
+                stop = true;
+                break;
+            }
         }
         closedir(fds);
     }
     closedir(d);
-    return out;
+}
+
+uint32_t pid_for_socket_inode(uint64_t inode, const std::string &root)
+{
+    uint32_t found = 0;
+    for_each_socket_fd(
+        [&](uint32_t pid, uint64_t ino) {
+            if (ino == inode)
+                found = pid;
+            return found != 0;
+        },
+        root);
+    return found;
 }
 
 } // namespace n502

@@ -3,6 +3,7 @@
 // last listener and how it went away.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,14 @@ struct ExistingListener {
 // with a path; the caller's network namespace) and maps socket inodes to
 // processes through /proc/*/fd.
 std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc");
+
+// Calls fn(pid, inode) for every socket descriptor of every process (through
+// /proc/*/fd), until fn returns true.
+void for_each_socket_fd(const std::function<bool(uint32_t pid, uint64_t inode)> &fn,
+                        const std::string &proc_root = "/proc");
+
+// pid of a process holding the socket inode, 0 when none.
+uint32_t pid_for_socket_inode(uint64_t inode, const std::string &proc_root = "/proc");
 
 // Parses one /proc/net/tcp{,6} line; returns false for the header or junk.
 bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode);

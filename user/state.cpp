@@ -389,8 +389,6 @@ void State::apply(const Event &e)
             if (e.ret == -ECONNREFUSED)
                 c->t_refused = e.ts;
         }
-        if (e.dst.family == AF_UNIX && e.ret == 0 && e.peer_sk)
-            unix_peer_[e.peer_sk] = e.sk;
         // A connect that failed at once (unix errors, EADDRNOTAVAIL, ...) ends here.
         if (e.ret != 0 && e.ret != -EINPROGRESS && live_conn(e.sk) == c)
             finish(e.sk);
@@ -517,10 +515,7 @@ void State::apply(const Event &e)
         break;
     }
     case N502_EV_ACCEPT: {
-        Conn *c = live_conn(e.peer_sk);
-        if (!c)
-            if (auto it = unix_peer_.find(e.sk); it != unix_peer_.end())
-                c = live_conn(it->second);
+        Conn *c = live_conn(e.peer_sk); // the kernel matched it to Nginx's socket (TCP tuple, unix peer)
         // A unix connect completes inside the syscall: the acceptor may be
         // seen before Nginx's connect() returns. Start the connection here.
         if (!c && e.owner && e.peer_sk)
@@ -646,23 +641,13 @@ std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const std::string &upstr
                                     size_t max_finished)
 {
     std::vector<Conn *> out;
-    if (auto it = live_by_dst_.find(upstream); it != live_by_dst_.end())
-        for (Conn *c : it->second)
-            if (c->nginx_pid == nginx_pid && c->t_last >= oldest)
-                out.push_back(c);
-    if (auto it = fin_by_dst_.find(upstream); it != fin_by_dst_.end()) {
-        auto &dq = it->second;
-        while (!dq.empty() && dq.front()->t_last < oldest)
-            dq.pop_front(); // out of every future line's window
-        size_t taken = 0;
-        for (auto f = dq.begin(); f != dq.end() && taken < max_finished; ++f)
-            if ((*f)->nginx_pid == nginx_pid) {
-                out.push_back(*f);
-                taken++;
-            }
-        if (dq.empty())
-            fin_by_dst_.erase(it);
-    }
+    size_t finished = 0;
+    visit_conns(nginx_pid, upstream, oldest, [&](Conn *c) {
+        if (c->finished && ++finished > max_finished)
+            return true;
+        out.push_back(c);
+        return false;
+    });
     return out;
 }
 

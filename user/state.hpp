@@ -200,7 +200,6 @@ private:
     std::unordered_map<uint64_t, Conn *> by_up_sk_;              // upstream's sk -> connection
     std::unordered_map<std::string, std::vector<Conn *>> live_by_dst_; // upstream address -> live connections
     std::unordered_map<std::string, std::deque<Conn *>> fin_by_dst_;   // ... -> finished ones, in finish order
-    std::unordered_map<uint64_t, uint64_t> unix_peer_;           // server-side unix sk -> Nginx sk
     std::unordered_map<uint32_t, Proc> procs_;
     std::deque<uint32_t> dead_order_;
     std::map<std::string, std::vector<Listener>> listeners_;     // addr string -> history

@@ -124,6 +124,28 @@ def main():
             check(recs[-1]["type"] == "summary", "last record is not summary: %r" % recs[-1:])
             check(took < 10, "--duration 1 took %.1fs" % took)
 
+        @case("--error-log and --access-log override discovery; --no-access-log skips access logs")
+        def _():
+            elog = nginx.error_log
+            alog = os.path.join(os.path.dirname(elog), "access.log")
+            for extra, want_access in ((["--error-log", elog, "--access-log", alog], [alog]),
+                                       (["--error-log", elog, "--no-access-log"], [])):
+                p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"] + extra,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                try:
+                    lines = read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                    ready = json.loads(lines[-1])
+                    check(ready["error_logs"] == [elog], "error_logs %r" % ready["error_logs"])
+                    check(ready["access_logs"] == want_access, "access_logs %r, want %r" % (
+                        ready["access_logs"], want_access))
+                    r = harness.http_get(nginx.port)
+                    check(r.status == 502, "status %r" % r.status)
+                    lines = read_lines_until(p, lambda l: '"type":"verdict"' in l, 10)
+                    check(json.loads(lines[-1])["cause"] == "upstream_not_listening", "verdict %s" % lines[-1])
+                finally:
+                    p.send_signal(signal.SIGINT)
+                    p.communicate(timeout=10)
+
         @case("not root: a clear message and exit 1")
         def _():
             r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN,
