@@ -71,13 +71,33 @@ void State::add_listener(const Addr &a, uint32_t pid, std::string comm, uint64_t
     l.sk = sk;
     l.pid = pid;
     l.comm = comm;
-    auto &v = listeners_[a.str()];
-    v.push_back(l);
+    remember_listener(std::move(l));
+    add_process(pid, N502_PROC_LISTENER, std::move(comm));
+}
+
+void State::remember_listener(Listener l)
+{
+    std::string key = l.addr.str();
+    if (l.sk)
+        listener_sk_[l.sk] = key;
+    auto &v = listeners_[key];
+    v.push_back(std::move(l));
     if (v.size() > limits_.max_listeners_per_addr)
         v.erase(v.begin());
-    if (sk)
-        listener_sk_[sk] = a.str();
-    add_process(pid, N502_PROC_LISTENER, std::move(comm));
+}
+
+void State::unlisten(const Event &e)
+{
+    auto it = listener_sk_.find(e.sk);
+    if (it == listener_sk_.end())
+        return;
+    for (auto &l : listeners_[it->second])
+        if (l.sk == e.sk && !l.t_unlisten) {
+            l.t_unlisten = e.ts;
+            l.unlisten_pid = e.tgid;
+            l.unlisten_comm = e.comm;
+        }
+    listener_sk_.erase(it);
 }
 
 Conn *State::live_conn(uint64_t sk)
@@ -396,18 +416,8 @@ void State::apply(const Event &e)
     }
     case N502_EV_STATE: {
         if (e.sock_role == N502_SOCK_LISTENER) {
-            if (e.newstate == TCP_CLOSE_) {
-                auto it = listener_sk_.find(e.sk);
-                if (it != listener_sk_.end()) {
-                    for (auto &l : listeners_[it->second])
-                        if (l.sk == e.sk && !l.t_unlisten) {
-                            l.t_unlisten = e.ts;
-                            l.unlisten_pid = e.tgid;
-                            l.unlisten_comm = e.comm;
-                        }
-                    listener_sk_.erase(it);
-                }
-            }
+            if (e.newstate == TCP_CLOSE_)
+                unlisten(e);
             break;
         }
         if (e.sock_role == N502_SOCK_NGINX) {
@@ -560,16 +570,7 @@ void State::apply(const Event &e)
             if (e.src.family == AF_UNIX)
                 by_up_sk_.erase(e.sk);
         } else if (e.sock_role == N502_SOCK_LISTENER) {
-            auto it = listener_sk_.find(e.sk);
-            if (it != listener_sk_.end()) {
-                for (auto &l : listeners_[it->second])
-                    if (l.sk == e.sk && !l.t_unlisten) {
-                        l.t_unlisten = e.ts;
-                        l.unlisten_pid = e.tgid;
-                        l.unlisten_comm = e.comm;
-                    }
-                listener_sk_.erase(it);
-            }
+            unlisten(e);
         }
         break;
     }
@@ -588,12 +589,7 @@ void State::apply(const Event &e)
         l.comm = e.comm;
         l.backlog = e.backlog;
         l.t_listen = e.ts;
-        std::string key = e.src.str();
-        auto &v = listeners_[key];
-        v.push_back(l);
-        if (v.size() > limits_.max_listeners_per_addr)
-            v.erase(v.begin());
-        listener_sk_[e.sk] = key;
+        remember_listener(std::move(l));
         p.role |= N502_PROC_LISTENER;
         break;
     }
