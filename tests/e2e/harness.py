@@ -382,8 +382,9 @@ class Harness:
             cgroup.add(u.pid)
         return u
 
-    def start_tool(self, binary, json_mode=True, ready_timeout=20):
-        self.tool = Tool(self, binary, self.nginx.master_pid, json_mode=json_mode)
+    def start_tool(self, binary, json_mode=True, ready_timeout=20, args=(), nginx_pid=True):
+        """nginx_pid=False: select Nginx with args only (--container, --cgroup)."""
+        self.tool = Tool(self, binary, self.nginx.master_pid if nginx_pid else None, json_mode=json_mode, args=args)
         self.tool.start(ready_timeout=ready_timeout)
         return self.tool
 
@@ -679,11 +680,14 @@ class Upstream:
 class Tool:
     """n502trace --nginx-pid MASTER [--json], stdout collected line by line."""
 
-    def __init__(self, h, binary, master_pid, json_mode=True):
+    def __init__(self, h, binary, master_pid=None, json_mode=True, args=()):
+        """master_pid: passed as --nginx-pid (None: select with args only,
+        e.g. ["--container", "web"] or ["--cgroup", PATH])."""
         self.h = h
         self.binary = binary
         self.master_pid = master_pid
         self.json_mode = json_mode
+        self.args = list(args)
         self.proc = None
         self.out = None
         self.errpath = h.path("n502trace.stderr")
@@ -691,7 +695,10 @@ class Tool:
         self.returncode = None
 
     def start(self, ready_timeout=20):
-        argv = [self.binary, "--nginx-pid", str(self.master_pid)]
+        argv = [self.binary]
+        if self.master_pid is not None:
+            argv += ["--nginx-pid", str(self.master_pid)]
+        argv += self.args
         if self.json_mode:
             argv.append("--json")
         # Debugging aid: N502_EXTRA_ARGS="--dump-events" puts every kernel event in the stderr file.
