@@ -88,6 +88,28 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps") __weak;
 
+/* Selected cgroups (--container, --cgroup): cgroup v2 ids, the value is
+ * unused. Only consulted when filter_cgroups is set before load; on hosts
+ * with v1 controllers and a v2 unified hierarchy the ids are the unified
+ * hierarchy's, which is what bpf_get_current_cgroup_id() returns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroup_sel SEC(".maps") __weak;
+
+const volatile __u8 filter_cgroups __weak = 0;
+
+/* In a selected cgroup, or no selection by cgroup at all. */
+static __always_inline int cgroup_selected(void)
+{
+	if (!filter_cgroups)
+		return 1;
+	__u64 id = bpf_get_current_cgroup_id();
+	return bpf_map_lookup_elem(&cgroup_sel, &id) != 0;
+}
+
 /* Size set by user space before load (--ringbuf-kb). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -163,14 +185,23 @@ static __always_inline struct socket *socket_from_fd(int fd)
 	return (struct socket *)BPF_CORE_READ(file, private_data);
 }
 
+/* Inode number of the socket's network namespace. */
+static __always_inline __u32 sock_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
 /* Fill local (src) and remote (dst) endpoints of an inet socket. */
 static __always_inline void read_inet_addrs(const struct sock *sk, struct n502_addr *src,
 					    struct n502_addr *dst)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u32 netns = sock_netns(sk);
 
 	src->family = family;
 	dst->family = family;
+	src->netns = netns;
+	dst->netns = netns;
 	src->port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	dst->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	/* Explicit sizes: BPF_CORE_READ_INTO would take sizeof(*addr), one byte. */
@@ -192,6 +223,20 @@ static __always_inline void tuple_from_addrs(struct n502_tuple *t, const struct 
 	t->dport = remote->port;
 	t->family = local->family;
 	t->_pad = 0;
+	/* Loopback stays inside its namespace; anything else may cross one
+	 * (veth), so it matches whatever namespace the other end is in. */
+	__u8 a0 = remote->addr[0];
+	int loopback = remote->family == N502_AF_INET ? a0 == 127 : 0;
+	if (remote->family == N502_AF_INET6) {
+		/* ::1 and ::ffff:127.x.y.z */
+		__u64 hi, lo;
+		__builtin_memcpy(&hi, remote->addr, 8);
+		__builtin_memcpy(&lo, remote->addr + 8, 8);
+		loopback = (hi == 0 && lo == bpf_cpu_to_be64(1)) ||
+			   (hi == 0 && (lo & bpf_cpu_to_be64(0xffffffff00000000ULL)) == bpf_cpu_to_be64(0x0000ffff00000000ULL) &&
+			    remote->addr[12] == 127);
+	}
+	t->netns = loopback ? remote->netns : 0;
 }
 
 static __always_inline void track_proc(__u32 tgid, __u32 role)

@@ -41,7 +41,7 @@ int handle_sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
 	struct sock *sk;
 	__u16 family;
 
-	if (!p || !(p->role & N502_PROC_NGINX))
+	if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
 		return 0;
 	a.fd = (int)ctx->args[0];
 	sock = socket_from_fd(a.fd);
@@ -91,6 +91,7 @@ int handle_sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	__builtin_memset(&e->dst, 0, sizeof(e->dst));
 	e->path[0] = 0;
 	e->dst.family = family;
+	e->dst.netns = sock_netns((const struct sock *)a.sk);
 	if (family == N502_AF_INET) {
 		struct sockaddr_in sin = {};
 		bpf_probe_read_user(&sin, sizeof(sin), (void *)a.uaddr);
@@ -154,6 +155,8 @@ static __always_inline int on_accept_exit(long ret)
 		nginx_sk = (__u64)BPF_CORE_READ((struct unix_sock *)sk, peer);
 		local.family = family;
 		peer.family = family;
+		local.netns = sock_netns(sk);
+		peer.netns = local.netns;
 	}
 	if (!nginx_sk)
 		return 0;
@@ -281,6 +284,7 @@ int handle_sys_exit_listen(struct trace_event_raw_sys_exit *ctx)
 	if (family == N502_AF_UNIX) {
 		struct unix_address *ua = BPF_CORE_READ((struct unix_sock *)sk, addr);
 		e->local.family = family;
+		e->local.netns = sock_netns(sk);
 		if (ua)
 			bpf_probe_read_kernel_str(e->path, sizeof(e->path),
 						  __builtin_preserve_access_index(&ua->name[0].sun_path));

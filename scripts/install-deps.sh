@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   cmake make g++ pkg-config file procps iproute2 python3
   clang llvm libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev libzstd-dev
-  libcli11-dev libfmt-dev catch2
+  libcli11-dev libfmt-dev nlohmann-json3-dev catch2
   nginx php-fpm nftables wrk tcpdump
 )
 

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <memory>
+#include <unordered_map>
 #include <linux/capability.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "accesslog.hpp"
+#include "container.hpp"
 #include "correlator.hpp"
 #include "decoder.hpp"
 #include "loader.hpp"
@@ -41,6 +43,7 @@ struct Pending {
     LogLine line;
     uint64_t deadline;     // boot ns: explain with what is known by then
     uint64_t next_try = 0; // a line waiting for evidence is retried at most every 20 ms
+    uint32_t logged_pid = 0; // the pid as Nginx logged it (its own pid namespace)
 };
 
 // Lines waiting for kernel evidence; beyond this many (a storm the tool is
@@ -176,6 +179,63 @@ int run_check()
     return ok ? EXIT_OK : EXIT_RUNTIME;
 }
 
+namespace {
+
+// One Nginx being followed: its processes, logs and where it lives.
+struct Instance {
+    NginxInfo info;
+    std::string cmdline;                            // the master's, to recognise a restart (--follow)
+    bool own_pidns = false;                         // Nginx logs pids of another pid namespace
+    std::unordered_map<uint32_t, uint32_t> host_of; // pid as logged -> host pid
+    std::optional<uint32_t> master_ns_pid;
+    std::string cgroup;                             // v2 path of the master
+    std::optional<ContainerInfo> container;
+    std::vector<std::unique_ptr<LogFollower>> errors, access;
+    bool selected = false;                          // found through --container/--cgroup
+    bool gone = false;
+
+    void map_pids()
+    {
+        host_of.clear();
+        std::vector<uint32_t> pids = children_of(info.master);
+        pids.push_back(info.master);
+        for (uint32_t pid : pids)
+            if (auto n = ns_pid(pid))
+                host_of[*n] = pid;
+    }
+    // The host pid of a pid Nginx logged (0: not one of its processes now).
+    uint32_t host_pid(uint32_t logged)
+    {
+        if (!own_pidns)
+            return logged;
+        auto it = host_of.find(logged);
+        if (it == host_of.end()) {
+            map_pids(); // a reload forked new workers
+            it = host_of.find(logged);
+        }
+        return it == host_of.end() ? 0 : it->second;
+    }
+};
+
+// Nginx masters among these processes (a single-process Nginx counts too).
+std::vector<uint32_t> nginx_masters_among(const std::vector<uint32_t> &pids)
+{
+    std::vector<uint32_t> out;
+    for (uint32_t pid : pids) {
+        auto pi = read_proc(pid);
+        if (!pi || pi->comm != "nginx")
+            continue;
+        auto parent = read_proc(pi->ppid);
+        bool parent_nginx = parent && parent->comm == "nginx" &&
+                            parent->cmdline.find("master process") != std::string::npos;
+        if (!parent_nginx && process_alive(pid))
+            out.push_back(pid);
+    }
+    return out;
+}
+
+} // namespace
+
 int run(const Options &opt)
 {
     auto t_start = std::chrono::steady_clock::now();
@@ -194,41 +254,153 @@ int run(const Options &opt)
         return EXIT_RUNTIME;
     }
     std::string err;
-    auto nginx = discover_nginx(opt.nginx_pid, &err);
-    if (!nginx) {
-        error(err);
-        return EXIT_USAGE;
-    }
-    std::vector<std::string> logs = opt.error_logs.empty() ? nginx->error_logs : opt.error_logs;
-    if (logs.empty()) {
-        error(fmt::format("could not find the error log of Nginx (master {}) among its open files; pass it with "
-                          "--error-log PATH",
-                          nginx->master));
-        return EXIT_USAGE;
-    }
-    std::vector<std::unique_ptr<LogFollower>> followers;
-    for (const auto &path : logs) {
-        auto f = std::make_unique<LogFollower>(path);
-        if (!f->open(true, &err)) {
-            error(err);
-            return EXIT_USAGE;
-        }
-        followers.push_back(std::move(f));
-    }
-    // Access logs: for 502/504 requests that left no error-log line.
-    std::vector<std::string> access_logs;
-    if (!opt.no_access_log)
-        access_logs = opt.access_logs.empty() ? nginx->access_logs : opt.access_logs;
-    std::vector<std::unique_ptr<LogFollower>> access_followers;
-    for (const auto &path : access_logs) {
-        auto f = std::make_unique<LogFollower>(path);
-        if (!f->open(true, &err)) {
-            error(err);
-            return EXIT_USAGE;
-        }
-        access_followers.push_back(std::move(f));
-    }
+    const RuntimeDirs dirs = RuntimeDirs::from_env();
+    const std::string uroot = unified_root();
 
+    // --container and --cgroup: the cgroups to watch (v2 paths). On a host
+    // without a v2 hierarchy the membership is read from /proc instead.
+    struct Selected {
+        std::string what;   // as the user gave it
+        std::string path;   // cgroup path (v2, or v1 on v1-only hosts)
+        std::optional<ContainerInfo> container;
+    };
+    std::vector<Selected> selection;
+    for (const auto &ref : opt.containers) {
+        auto rc = resolve_container(ref, dirs, &err);
+        if (!rc) {
+            error(err);
+            return EXIT_USAGE;
+        }
+        std::string path = uroot.empty() ? memory_cgroup(rc->pid) : cgroup_v2_path(rc->pid);
+        if (path.empty() || path == "/") {
+            error(fmt::format("container {} ({}): its cgroup could not be read from /proc/{}/cgroup", ref,
+                              rc->info.id.substr(0, 12), rc->pid));
+            return EXIT_RUNTIME;
+        }
+        selection.push_back({"container " + ref, path, rc->info});
+    }
+    for (const auto &arg : opt.cgroups) {
+        auto rel = normalise_cgroup_arg(arg, uroot, &err);
+        if (!rel) {
+            error(err);
+            return EXIT_USAGE;
+        }
+        selection.push_back({"cgroup " + arg, *rel, container_from_cgroup(*rel, dirs)});
+    }
+    // The kernel filters by cgroup id: every selected cgroup and those below it.
+    std::vector<CgroupRef> selected_cgroups;
+    auto walk_selection = [&]() {
+        std::vector<CgroupRef> all;
+        for (const auto &sel : selection)
+            for (auto &cg : cgroup_tree(uroot, sel.path))
+                all.push_back(std::move(cg));
+        return all;
+    };
+    auto pids_in_selection = [&](const Selected &sel) {
+        return uroot.empty() ? pids_with_cgroup_path(sel.path) : pids_in_cgroups(uroot, cgroup_tree(uroot, sel.path));
+    };
+    if (!selection.empty() && uroot.empty())
+        sink->warning({"cgroup_v1_only",
+                       "this host has no cgroup v2 hierarchy: the selected containers' processes are found from "
+                       "/proc/PID/cgroup, and the kernel side filters on the Nginx processes themselves instead of "
+                       "cgroup ids (verdicts are the same; an Nginx that starts later is found within a second)",
+                       0});
+
+    std::vector<std::unique_ptr<Instance>> instances;
+    auto have_master = [&](uint32_t master) {
+        for (const auto &in : instances)
+            if (in->info.master == master)
+                return true;
+        return false;
+    };
+    // Where an instance lives, and its log files opened (confined to its root).
+    auto make_instance = [&](NginxInfo info, bool selected, std::string *why) -> std::unique_ptr<Instance> {
+        auto in = std::make_unique<Instance>();
+        in->info = std::move(info);
+        in->selected = selected;
+        if (auto pi = read_proc(in->info.master))
+            in->cmdline = pi->cmdline;
+        uint64_t ours = pidns_of(static_cast<uint32_t>(getpid())), theirs = pidns_of(in->info.master);
+        in->own_pidns = ours && theirs && ours != theirs;
+        in->master_ns_pid = ns_pid(in->info.master);
+        in->map_pids();
+        in->cgroup = uroot.empty() ? memory_cgroup(in->info.master) : cgroup_v2_path(in->info.master);
+        in->container = container_from_cgroup(in->cgroup, dirs);
+        for (const auto &path : in->info.error_logs) {
+            auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
+            if (!f->open(true, why))
+                return nullptr;
+            in->errors.push_back(std::move(f));
+        }
+        if (!opt.no_access_log)
+            for (const auto &path : in->info.access_logs) {
+                auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
+                if (!f->open(true, why))
+                    return nullptr;
+                in->access.push_back(std::move(f));
+            }
+        if (in->errors.empty() && in->info.captures.empty()) {
+            *why = fmt::format("could not find the error log of Nginx (master {}) among its open files{}; pass it "
+                               "with --error-log PATH",
+                               in->info.master, in->info.root.empty() ? "" : " (looked inside " + in->info.root + ")");
+            return nullptr;
+        }
+        return in;
+    };
+
+    if (opt.nginx_pid) {
+        auto nginx = discover_nginx(opt.nginx_pid, &err);
+        if (!nginx) {
+            error(err);
+            return EXIT_USAGE;
+        }
+        // --error-log/--access-log name this Nginx's logs, as host paths.
+        if (!opt.error_logs.empty()) {
+            nginx->error_logs = opt.error_logs;
+            nginx->root.clear();
+            nginx->captures.clear();
+        }
+        if (!opt.access_logs.empty())
+            nginx->access_logs = opt.access_logs;
+        auto in = make_instance(*nginx, false, &err);
+        if (!in) {
+            error(err);
+            return EXIT_USAGE;
+        }
+        instances.push_back(std::move(in));
+    }
+    for (const auto &sel : selection) {
+        auto masters = nginx_masters_among(pids_in_selection(sel));
+        if (masters.empty()) {
+            sink->warning({"no_nginx_in_selection",
+                           fmt::format("no Nginx master runs in {} (cgroup {}){}", sel.what, sel.path,
+                                       opt.nginx_pid || selection.size() > 1 ? "" : "; waiting for one to start"),
+                           0});
+            continue;
+        }
+        for (uint32_t m : masters) {
+            if (have_master(m))
+                continue;
+            auto nginx = discover_nginx(m, &err);
+            if (!nginx)
+                continue; // exited meanwhile
+            auto in = make_instance(*nginx, true, &err);
+            if (!in) {
+                error(err);
+                return EXIT_USAGE;
+            }
+            instances.push_back(std::move(in));
+        }
+    }
+    if (instances.empty()) {
+        std::string what;
+        for (const auto &sel : selection)
+            what += (what.empty() ? "" : ", ") + sel.what;
+        error(fmt::format("no Nginx master process found in {} (`ps -o pid,cmd --ppid 0 -e | grep nginx` on the "
+                          "host lists masters; give one with --nginx-pid)",
+                          what));
+        return EXIT_USAGE;
+    }
     // SIGINT/SIGTERM arrive through a signalfd so the loop can stop cleanly.
     sigset_t mask;
     sigemptyset(&mask);
@@ -248,33 +420,112 @@ int run(const Options &opt)
     LoaderOptions lo;
     lo.ringbuf_bytes = opt.ringbuf_kb * 1024u;
     lo.verbose = opt.verbose;
+    lo.filter_cgroups = !selection.empty() && !uroot.empty();
+    // With a selection, an Nginx that starts later may log to stderr too.
+    lo.capture_logs = !selection.empty();
+    for (const auto &in : instances)
+        lo.capture_logs = lo.capture_logs || !in->info.captures.empty();
     if (!loader.load(lo, &err) || !loader.attach(&err)) {
         error(err);
         return EXIT_RUNTIME;
     }
     // Loading parsed the kernel's BTF (megabytes, now freed): give it back.
     malloc_trim(0);
-    std::vector<uint32_t> nginx_pids = nginx->workers;
-    nginx_pids.push_back(nginx->master);
-    for (uint32_t pid : nginx_pids) {
-        if (!loader.track_process(pid, N502_PROC_NGINX, &err)) {
-            error(err);
-            return EXIT_RUNTIME;
-        }
-        auto pi = read_proc(pid);
-        state.add_process(pid, N502_PROC_NGINX, pi ? pi->comm : "nginx", pid == nginx->master ? 0 : nginx->master);
+
+    // The kernel-side selection: every selected cgroup (and those below),
+    // plus the cgroup of an Nginx given by pid next to them.
+    std::unordered_map<uint64_t, std::string> filter_ids;
+    auto select_cgroup = [&](const CgroupRef &cg) {
+        if (!lo.filter_cgroups || filter_ids.count(cg.id))
+            return;
+        std::string serr;
+        if (loader.select_cgroup(cg.id, &serr))
+            filter_ids[cg.id] = cg.path;
+        else
+            sink->warning({"map_full", serr, 0});
+    };
+    if (lo.filter_cgroups) {
+        for (const auto &cg : walk_selection())
+            select_cgroup(cg);
+        for (const auto &in : instances)
+            for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
+                if (cg.path == in->cgroup)
+                    select_cgroup(cg);
     }
+
+    // Facts about a process's whereabouts, read from /proc once while it lives.
+    std::unordered_map<std::string, std::optional<ContainerInfo>> container_cache;
+    auto read_facts = [&](Proc &p, bool again = false) {
+        if (p.facts_read && !again)
+            return;
+        p.facts_read = true;
+        std::string cg = memory_cgroup(p.pid);
+        if (!cg.empty() || !again) {
+            p.cgroup = cg;
+            p.memory_limit = memory_limit(cg);
+        }
+        if (auto n = ns_pid(p.pid))
+            p.ns_pid = n;
+        std::string v2 = cgroup_v2_path(p.pid);
+        if (!v2.empty())
+            p.cgroup2 = v2;
+        const std::string &key = !p.cgroup2.empty() && p.cgroup2 != "/" ? p.cgroup2 : p.cgroup;
+        if (key.empty())
+            return;
+        if (container_cache.size() > 4096)
+            container_cache.clear();
+        auto it = container_cache.find(key);
+        if (it == container_cache.end())
+            it = container_cache.emplace(key, container_from_cgroup(key, dirs)).first;
+        p.container = it->second;
+    };
+
+    // Captured logs (stderr pipes): inode -> the instance that writes there.
+    std::unordered_map<uint64_t, Instance *> capture_of;
+    auto start_instance = [&](Instance &in) {
+        std::vector<uint32_t> pids = in.info.workers;
+        pids.push_back(in.info.master);
+        for (uint32_t pid : pids) {
+            if (!loader.track_process(pid, N502_PROC_NGINX, &err))
+                sink->warning({"map_full", err, 0});
+            auto pi = read_proc(pid);
+            state.add_process(pid, N502_PROC_NGINX, pi ? pi->comm : "nginx", pid == in.info.master ? 0 : in.info.master);
+            if (Proc *p = state.proc(pid))
+                read_facts(*p);
+        }
+        for (const auto &c : in.info.captures) {
+            std::string cerr;
+            if (!loader.capture_inode(c.ino, &cerr))
+                sink->warning({"log_capture", cerr, 0});
+            capture_of[c.ino] = &in;
+        }
+    };
+    for (auto &in : instances)
+        start_instance(*in);
+
     // Listeners that predate us: who holds them, so that their death is seen.
     // Every holder counts: the children of a pre-fork server (PHP-FPM,
-    // gunicorn) accept on the socket their parent opened.
-    for (const auto &l : scan_tcp_listeners()) {
-        if (!l.pid)
-            continue;
-        for (uint32_t holder : l.holders)
-            if (!loader.track_process(holder, N502_PROC_LISTENER, &err))
-                sink->warning({"map_full", err, 0});
-        state.add_listener(l.addr, l.pid, l.comm);
-    }
+    // gunicorn) accept on the socket their parent opened. Our network
+    // namespace and each Nginx's (a pod's upstreams share Nginx's).
+    std::vector<uint64_t> scanned_netns;
+    auto scan_listeners = [&](uint32_t net_pid) {
+        uint64_t ns = net_pid ? netns_of(net_pid) : netns_of(static_cast<uint32_t>(getpid()));
+        if (!ns || std::find(scanned_netns.begin(), scanned_netns.end(), ns) != scanned_netns.end())
+            return;
+        scanned_netns.push_back(ns);
+        for (const auto &l : scan_tcp_listeners("/proc", net_pid)) {
+            if (!l.pid)
+                continue;
+            for (uint32_t holder : l.holders)
+                if (!loader.track_process(holder, N502_PROC_LISTENER, &err))
+                    sink->warning({"map_full", err, 0});
+            state.add_listener(l.addr, l.pid, l.comm);
+        }
+    };
+    scan_listeners(0);
+    for (const auto &in : instances)
+        scan_listeners(in->info.master);
+
     std::unique_ptr<FILE, int (*)(FILE *)> raw(nullptr, fclose);
     if (!opt.raw_record.empty()) {
         raw.reset(fopen(opt.raw_record.c_str(), "wb"));
@@ -283,6 +534,61 @@ int run(const Options &opt)
             return EXIT_USAGE;
         }
     }
+
+    std::deque<Pending> pending;
+    struct PendingAccess {
+        AccessLine line;
+        uint64_t deadline;
+    };
+    std::deque<PendingAccess> pending_access;
+    uint64_t grace_ns = static_cast<uint64_t>(opt.grace_ms) * 1'000'000ULL;
+
+    // A log line, from a file or captured: an upstream error waits for its
+    // evidence, a 502/504 access line for its error line.
+    auto take_line = [&](Instance &in, const std::string &text, uint32_t writer) {
+        if (auto line = parse_upstream_error(text)) {
+            summary.log_lines++;
+            uint32_t logged = line->pid;
+            // Nginx logs pids of its own namespace; the kernel speaks host pids.
+            uint32_t hostpid = writer ? writer : in.host_pid(logged);
+            if (hostpid)
+                line->pid = hostpid;
+            pending.push_back({std::move(*line), boot_now_ns() + grace_ns, 0, logged});
+            return true;
+        }
+        if (!opt.no_access_log)
+            if (auto a = parse_access_error(text))
+                // Wait for the error-log line of the same request, and its verdict.
+                pending_access.push_back({std::move(*a), boot_now_ns() + grace_ns + 100'000'000ULL});
+        return false;
+    };
+    // Captured writes may split or join lines: complete lines only.
+    std::unordered_map<uint64_t, std::string> capture_partial; // (inode ^ writer) -> unfinished line
+    uint64_t capture_cut = 0;
+    auto take_capture = [&](const Event &ev) {
+        auto it = capture_of.find(ev.ino);
+        if (it == capture_of.end())
+            return;
+        if (ev.cut && capture_cut++ == 0)
+            sink->warning({"log_capture_cut",
+                           fmt::format("Nginx wrote {} bytes at once to {}; only the first {} were captured", ev.cut +
+                                       ev.data.size(), it->second->info.captures.empty() ? "its log" : it->second->info.captures[0].desc,
+                                       ev.data.size()),
+                           1});
+        std::string &part = capture_partial[ev.ino ^ (static_cast<uint64_t>(ev.tgid) << 32)];
+        size_t start = 0;
+        for (size_t i = 0; i < ev.data.size(); i++) {
+            if (ev.data[i] != '\n')
+                continue;
+            part.append(ev.data, start, i - start);
+            take_line(*it->second, part, ev.tgid);
+            part.clear();
+            start = i + 1;
+        }
+        if (start < ev.data.size() && part.size() < 64 * 1024)
+            part.append(ev.data, start, std::string::npos);
+    };
+
     bool ring_ok = loader.start_ring(
         [&](const void *data, size_t len) {
             if (raw) {
@@ -302,23 +608,19 @@ int run(const Options &opt)
                            event_type_name(ev->type), ev->ts, ev->tgid, ev->comm, ev->sk, ev->peer_sk, ev->ret,
                            ev->src.str(), ev->dst.str(), ev->oldstate, ev->newstate, ev->sk_err, ev->sock_role,
                            ev->owner, ev->dir, ev->target, ev->sig, ev->code, ev->exit_code);
+            if (ev->type == N502_EV_LOG) {
+                take_capture(*ev);
+                return;
+            }
             state.apply(*ev);
             if (ev->type == N502_EV_OOM) {
                 // Read now: the victim may have moved cgroups since we first saw it.
-                if (Proc *p = state.proc(ev->target)) {
-                    std::string cg = memory_cgroup(ev->target);
-                    if (!cg.empty()) {
-                        p->cgroup = cg;
-                        p->memory_limit = memory_limit(cg);
-                    }
-                }
+                if (Proc *p = state.proc(ev->target))
+                    read_facts(*p, true);
             }
             if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN) {
-                if (Proc *p = state.proc(ev->tgid); p && !p->facts_read) {
-                    p->facts_read = true;
-                    p->cgroup = memory_cgroup(ev->tgid);
-                    p->memory_limit = memory_limit(p->cgroup);
-                }
+                if (Proc *p = state.proc(ev->tgid))
+                    read_facts(*p);
             }
         },
         &err);
@@ -327,21 +629,41 @@ int run(const Options &opt)
         return EXIT_RUNTIME;
     }
 
+    auto instance_info = [&](const Instance &in) {
+        InstanceInfo ii;
+        ii.master = in.info.master;
+        ii.master_ns_pid = in.master_ns_pid;
+        ii.workers = in.info.workers;
+        for (const auto &f : in.errors)
+            ii.error_logs.push_back(f->display());
+        for (const auto &f : in.access)
+            ii.access_logs.push_back(f->display());
+        for (const auto &c : in.info.captures)
+            ii.captured_logs.push_back(c.desc);
+        ii.cgroup = in.cgroup;
+        ii.container = in.container;
+        return ii;
+    };
     ReadyInfo ready;
-    ready.nginx_pid = nginx->master;
-    ready.workers = nginx->workers;
-    ready.error_logs = logs;
-    ready.access_logs = access_logs;
+    for (const auto &in : instances)
+        ready.instances.push_back(instance_info(*in));
+    ready.nginx_pid = instances.front()->info.master;
+    ready.workers = instances.front()->info.workers;
+    ready.error_logs = ready.instances.front().error_logs;
+    ready.access_logs = ready.instances.front().access_logs;
+    for (const auto &[id, path] : filter_ids)
+        ready.cgroups.emplace_back(path, id);
+    std::sort(ready.cgroups.begin(), ready.cgroups.end());
     for (const auto &p : loader.probes()) {
         if (p.attached)
             ready.probes.push_back(p.hook);
-        else
+        else if (!p.skipped)
             ready.probes_failed.push_back(fmt::format("{}: {}", p.hook, p.error));
     }
     ready.attach_ms = static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t_start).count());
     for (const auto &p : loader.probes())
-        if (!p.attached)
+        if (!p.attached && !p.skipped)
             sink->warning({"probe_missing",
                            fmt::format("{} is not attached ({}): verdicts that need it are degraded", p.hook, p.error),
                            0});
@@ -361,23 +683,12 @@ int run(const Options &opt)
     ev.data.fd = sfd.get();
     epoll_ctl(ep.get(), EPOLL_CTL_ADD, sfd.get(), &ev);
 
-    std::deque<Pending> pending;
-    struct PendingAccess {
-        AccessLine line;
-        uint64_t deadline;
-    };
-    std::deque<PendingAccess> pending_access;
-    uint64_t grace_ns = static_cast<uint64_t>(opt.grace_ms) * 1'000'000ULL;
     uint64_t last_lost = 0;
     uint64_t next_stats = boot_now_ns() + 1'000'000'000ULL;
     uint64_t next_rebase = boot_now_ns() + 60'000'000'000ULL;
     uint64_t stop_at = opt.duration_s > 0 ? boot_now_ns() + static_cast<uint64_t>(opt.duration_s * 1e9) : 0;
     bool stop = false;
-    bool master_gone = false;
     int exit_code = EXIT_OK;
-    std::string master_cmdline;
-    if (auto pi = read_proc(nginx->master))
-        master_cmdline = pi->cmdline;
     unsigned trim_tick = 0;
 
     RateLimiter limiter(opt.max_verdicts_per_sec);
@@ -394,8 +705,25 @@ int run(const Options &opt)
             last_loss_ns = boot_now_ns();
         }
     };
-    auto emit = [&](const Verdict &given) {
+    // Where Nginx and the upstream live: pids in their namespaces, cgroups, containers.
+    auto place = [&](uint32_t pid, std::optional<uint32_t> &nsp, std::string &cgroup,
+                     std::optional<ContainerInfo> &container) {
+        Proc *p = state.proc(pid);
+        if (!p)
+            return;
+        read_facts(*p);
+        if (!nsp)
+            nsp = p->ns_pid;
+        cgroup = p->cgroup2.empty() ? p->cgroup : p->cgroup2;
+        container = p->container;
+    };
+    auto emit = [&](const Verdict &given, uint32_t logged_pid) {
         Verdict v = given;
+        if (logged_pid)
+            v.nginx_ns_pid = logged_pid;
+        place(v.nginx_pid, v.nginx_ns_pid, v.nginx_cgroup, v.nginx_container);
+        if (v.upstream_pid)
+            place(*v.upstream_pid, v.upstream_ns_pid, v.upstream_cgroup, v.upstream_container);
         // Evidence may be missing when events were lost around this failure.
         if (last_loss_ns && boot_now_ns() - last_loss_ns < 10'000'000'000ULL) {
             v.notes.push_back("kernel events were lost in the 10 s before this verdict: evidence may be missing");
@@ -427,34 +755,22 @@ int run(const Options &opt)
     };
     auto read_logs = [&]() {
         bool any = false;
-        for (auto &f : followers) {
-            for (auto &fe : f->poll()) {
-                if (fe.kind != FollowEvent::Line) {
-                    sink->warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
-                                                        : fe.kind == FollowEvent::Truncated ? "truncated"
-                                                                                            : "vanished"),
-                                   fe.text, 0});
-                    continue;
-                }
-                auto line = parse_upstream_error(fe.text);
-                if (!line)
-                    continue;
-                summary.log_lines++;
-                pending.push_back({std::move(*line), boot_now_ns() + grace_ns});
-                any = true;
-            }
+        for (auto &in : instances) {
+            for (auto *list : {&in->errors, &in->access})
+                for (auto &f : *list)
+                    for (auto &fe : f->poll()) {
+                        if (fe.kind != FollowEvent::Line) {
+                            if (list == &in->errors)
+                                sink->warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
+                                                                    : fe.kind == FollowEvent::Truncated ? "truncated"
+                                                                                                        : "vanished"),
+                                               fe.text, 0});
+                            continue;
+                        }
+                        any = take_line(*in, fe.text, 0) || any;
+                    }
         }
         return any;
-    };
-    auto read_access = [&]() {
-        for (auto &f : access_followers)
-            for (auto &fe : f->poll()) {
-                if (fe.kind != FollowEvent::Line)
-                    continue;
-                if (auto a = parse_access_error(fe.text))
-                    // Wait for the error-log line of the same request, and its verdict.
-                    pending_access.push_back({std::move(*a), boot_now_ns() + grace_ns + 100'000'000ULL});
-            }
     };
     auto resolve_access = [&](bool final_all) {
         uint64_t now = boot_now_ns();
@@ -462,7 +778,7 @@ int run(const Options &opt)
             const AccessLine &a = pending_access.front().line;
             if (!correlator.covered(a)) {
                 summary.access_only++;
-                emit(correlator.explain_access(a));
+                emit(correlator.explain_access(a), 0);
             }
             pending_access.pop_front();
         }
@@ -480,13 +796,113 @@ int run(const Options &opt)
                 continue;
             }
             if (auto v = correlator.explain(p.line, final)) {
-                emit(*v);
+                emit(*v, p.logged_pid);
             } else {
                 p.next_try = now + 20'000'000ULL;
                 waiting.push_back(std::move(p));
             }
         }
         pending.swap(waiting);
+    };
+
+    // A new Nginx master to follow (restart with --follow, or one that
+    // started in a selected container).
+    auto adopt = [&](uint32_t master, bool selected, const char *code, const std::string &why) {
+        std::string derr;
+        auto again = discover_nginx(master, &derr);
+        if (!again)
+            return false;
+        auto in = make_instance(*again, selected, &derr);
+        if (!in) {
+            sink->warning({"nginx_logs", derr, 0});
+            return false;
+        }
+        start_instance(*in);
+        scan_listeners(in->info.master);
+        if (lo.filter_cgroups)
+            for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
+                if (cg.path == in->cgroup)
+                    select_cgroup(cg);
+        InstanceInfo ii = instance_info(*in);
+        std::vector<std::string> logs = ii.error_logs;
+        logs.insert(logs.end(), ii.captured_logs.begin(), ii.captured_logs.end());
+        sink->warning({code,
+                       fmt::format("{}: following Nginx master {}{} (workers {}; logs {})", why, in->info.master,
+                                   in->container ? " in " + describe(*in->container) : "",
+                                   fmt::format("{}", fmt::join(in->info.workers, " ")),
+                                   fmt::format("{}", fmt::join(logs, ", "))),
+                       0});
+        instances.push_back(std::move(in));
+        return true;
+    };
+    auto check_instances = [&]() {
+        for (auto &inp : instances) {
+            Instance &in = *inp;
+            if (in.gone || process_alive(in.info.master))
+                continue;
+            // A binary upgrade (USR2, then QUIT to the old master) leaves a
+            // new master that the old one forked: we already track it.
+            uint32_t successor = 0;
+            for (uint32_t pid : state.nginx_pids()) {
+                if (pid == in.info.master || have_master(pid) || !process_alive(pid))
+                    continue;
+                const Proc *p = state.proc(pid);
+                auto pi = read_proc(pid);
+                if (p && p->parent == in.info.master && pi && pi->cmdline.find("master process") != std::string::npos)
+                    successor = pid;
+            }
+            if (successor) {
+                sink->warning({"nginx_new_master",
+                               fmt::format("the Nginx master {} has exited; following its successor {} (binary "
+                                           "upgrade)",
+                                           in.info.master, successor),
+                               0});
+                in.info.master = successor;
+                in.info.workers = children_of(successor);
+                in.map_pids();
+                continue;
+            }
+            in.gone = true;
+            // What it wrote before it went still counts; then its logs are
+            // let go (a restarted Nginx is followed as a new instance).
+            for (auto *list : {&in.errors, &in.access}) {
+                for (auto &f : *list)
+                    for (auto &fe : f->poll())
+                        if (fe.kind == FollowEvent::Line)
+                            take_line(in, fe.text, 0);
+                list->clear();
+            }
+            bool waits = opt.follow || in.selected;
+            sink->warning({"nginx_gone",
+                           fmt::format("the Nginx master {} has exited{}", in.info.master,
+                                       in.selected ? "; waiting for Nginx to start again in the selection"
+                                       : opt.follow ? "; waiting for a new one (--follow)"
+                                                    : "; stopping (--follow waits for a new one)"),
+                           0});
+            if (!waits) {
+                exit_code = EXIT_RUNTIME;
+                stop = true;
+            }
+        }
+        // --follow: a new master started with the same command line.
+        for (size_t i = 0; i < instances.size(); i++) {
+            Instance &in = *instances[i];
+            if (!in.gone || in.selected || !opt.follow || in.cmdline.empty())
+                continue;
+            if (uint32_t pid = find_master(in.cmdline); pid && !have_master(pid))
+                if (adopt(pid, false, "nginx_restarted", fmt::format("a new Nginx master {} started", pid)))
+                    instances[i]->cmdline.clear(); // followed: do not adopt twice
+        }
+        // The selection: new cgroups (a restarted container) and new masters.
+        if (!selection.empty()) {
+            if (lo.filter_cgroups)
+                for (const auto &cg : walk_selection())
+                    select_cgroup(cg);
+            for (const auto &sel : selection)
+                for (uint32_t m : nginx_masters_among(pids_in_selection(sel)))
+                    if (!have_master(m))
+                        adopt(m, true, "nginx_started", fmt::format("Nginx started in {}", sel.what));
+        }
     };
 
     while (!stop) {
@@ -514,7 +930,6 @@ int run(const Options &opt)
         if (!pending.empty())
             check_losses(); // before verdicts: a loss in their window lowers their confidence
         resolve(false);
-        read_access();
         resolve_access(false);
 
         uint64_t now = boot_now_ns();
@@ -524,59 +939,7 @@ int run(const Options &opt)
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown
             check_losses();
-            if (!master_gone && !process_alive(nginx->master)) {
-                // A binary upgrade (USR2, then QUIT to the old master) leaves
-                // a new master that the old one forked: we already track it.
-                uint32_t successor = 0;
-                for (uint32_t pid : state.nginx_pids())
-                    if (pid != nginx->master && process_alive(pid))
-                        if (auto pi = read_proc(pid); pi && pi->cmdline.find("master process") != std::string::npos)
-                            successor = pid;
-                if (successor) {
-                    sink->warning({"nginx_new_master",
-                                   fmt::format("the Nginx master {} has exited; following its successor {} (binary "
-                                               "upgrade)",
-                                               nginx->master, successor),
-                                   0});
-                    nginx->master = successor;
-                } else if (opt.follow) {
-                    master_gone = true;
-                    sink->warning({"nginx_gone",
-                                   fmt::format("the Nginx master {} has exited; waiting for a new one (--follow)",
-                                               nginx->master),
-                                   0});
-                } else {
-                    sink->warning({"nginx_gone",
-                                   fmt::format("the Nginx master {} has exited; stopping (--follow waits for a new "
-                                               "one)",
-                                               nginx->master),
-                                   0});
-                    exit_code = EXIT_RUNTIME;
-                    stop = true;
-                }
-            } else if (master_gone) {
-                // --follow: a new master started with the same command line.
-                if (uint32_t pid = find_master(master_cmdline); pid) {
-                    std::string derr;
-                    if (auto again = discover_nginx(pid, &derr)) {
-                        std::vector<uint32_t> pids = again->workers;
-                        pids.push_back(again->master);
-                        for (uint32_t p2 : pids) {
-                            if (!loader.track_process(p2, N502_PROC_NGINX, &derr))
-                                sink->warning({"map_full", derr, 0});
-                            auto pi = read_proc(p2);
-                            state.add_process(p2, N502_PROC_NGINX, pi ? pi->comm : "nginx",
-                                              p2 == again->master ? 0 : again->master);
-                        }
-                        sink->warning({"nginx_restarted",
-                                       fmt::format("a new Nginx master {} started (workers {}); following it",
-                                                   again->master, fmt::join(again->workers, " ")),
-                                       0});
-                        *nginx = *again;
-                        master_gone = false;
-                    }
-                }
-            }
+            check_instances();
         }
         if (now >= next_rebase) {
             next_rebase = now + 60'000'000'000ULL;
@@ -592,7 +955,6 @@ int run(const Options &opt)
     read_logs();
     loader.consume();
     resolve(true);
-    read_access();
     resolve_access(true);
     report_suppressed();
 

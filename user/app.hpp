@@ -9,6 +9,8 @@ namespace n502 {
 
 struct Options {
     uint32_t nginx_pid = 0;
+    std::vector<std::string> containers; // --container: name, id or id prefix
+    std::vector<std::string> cgroups;    // --cgroup: cgroup v2 paths
     std::vector<std::string> error_logs;
     std::vector<std::string> access_logs;
     bool no_access_log = false;

@@ -1,6 +1,7 @@
 #include "decoder.hpp"
 
 #include <arpa/inet.h>
+#include <cstddef>
 #include <cstring>
 #include <fmt/format.h>
 #include <sys/socket.h>
@@ -29,8 +30,21 @@ Addr Addr::from_raw(const n502_addr &a)
     Addr r;
     r.family = a.family;
     r.port = a.port;
+    r.netns = a.netns;
     std::memcpy(r.ip.data(), a.addr, 16);
     return r;
+}
+
+bool Addr::loopback() const
+{
+    if (family == AF_INET)
+        return ip[0] == 127;
+    if (family == AF_INET6) {
+        static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        return std::memcmp(ip.data(), one, 16) == 0 || (std::memcmp(ip.data(), mapped, 12) == 0 && ip[12] == 127);
+    }
+    return false;
 }
 
 Addr Addr::unix_path(std::string p)
@@ -214,6 +228,28 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.role = r.victim_role;
         return e;
     }
+    case N502_EV_LOG: {
+        // Variable size: the header, then len bytes of what Nginx wrote.
+        constexpr size_t head = offsetof(n502_log_event, data);
+        n502_log_event r;
+        if (len < head || h.size < head || h.size > len || h.size > sizeof(r)) {
+            if (why)
+                *why = fmt::format("log event has size {} (record {} bytes), expected {}..{}", h.size, len, head,
+                                   sizeof(r));
+            return std::nullopt;
+        }
+        std::memcpy(&r, data, h.size);
+        if (r.len != h.size - head) {
+            if (why)
+                *why = fmt::format("log event says {} bytes of data but carries {}", r.len, h.size - head);
+            return std::nullopt;
+        }
+        e.fd = r.fd;
+        e.ino = r.ino;
+        e.data.assign(r.data, r.len);
+        e.cut = r.cut;
+        return e;
+    }
     case N502_EV_LISTEN: {
         if (!fits<n502_listen_event>(len, h, why))
             return std::nullopt;
@@ -288,6 +324,7 @@ const char *event_type_name(n502_event_type t)
     case N502_EV_OOM: return "oom";
     case N502_EV_LISTEN: return "listen";
     case N502_EV_RETRANS: return "retrans";
+    case N502_EV_LOG: return "log";
     default: return "unknown";
     }
 }

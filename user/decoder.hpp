@@ -15,12 +15,15 @@ namespace n502 {
 struct Addr {
     uint16_t family = 0; // AF_INET, AF_INET6, AF_UNIX, 0 = unknown
     uint16_t port = 0;
+    uint32_t netns = 0;  // network namespace inode number (0: unknown); not part of str()
     std::array<uint8_t, 16> ip{};
     std::string path; // unix
 
     // "127.0.0.1:8080", "[::1]:8080", "unix:/run/app.sock"; "" when unknown.
     std::string str() const;
     bool known() const { return family != 0; }
+    // 127.0.0.0/8, ::1, ::ffff:127.x: an address that means something only inside its network namespace.
+    bool loopback() const;
     static Addr from_raw(const n502_addr &a);
     static Addr unix_path(std::string p);
     static Addr ipv4(uint32_t host_order, uint16_t port);
@@ -54,6 +57,9 @@ struct Event {
     int backlog = 0;
     uint64_t bytes_received = 0; // STATE
     uint64_t bytes_acked = 0;    // STATE
+    uint64_t ino = 0;            // LOG: inode of the file written
+    std::string data;            // LOG: the bytes written (at most N502_LOG_MAX)
+    uint32_t cut = 0;            // LOG: bytes of the write not captured
 };
 
 // Returns nullopt and sets *why for records that are too short, of an unknown

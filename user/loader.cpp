@@ -130,6 +130,11 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
         st.program = bpf_program__name(prog);
         st.hook = bpf_program__section_name(prog);
         st.available = hook_available(vmlinux, st.hook, &st.error);
+        if (st.program == "handle_sys_enter_write" && !opt.capture_logs) {
+            st.available = false;
+            st.skipped = true;
+            st.error = "not needed: no log to capture from the kernel";
+        }
         if (!st.available)
             bpf_program__set_autoload(prog, false);
         probes_.push_back(st);
@@ -147,6 +152,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
     // Wake the reader early only when an eighth of the ring is waiting; it
     // polls every 10 ms anyway (see wakeup_bytes in bpf/common.bpf.h).
     skel_->rodata->wakeup_bytes = size / 8;
+    skel_->rodata->filter_cgroups = opt.filter_cgroups ? 1 : 0;
 
     int err = n502_bpf__load(skel_);
     if (err) {
@@ -194,6 +200,26 @@ bool Loader::track_process(uint32_t pid, uint32_t role, std::string *error)
     v.role |= role;
     if (bpf_map__update_elem(skel_->maps.procs, &pid, sizeof(pid), &v, sizeof(v), BPF_ANY) != 0) {
         *error = fmt::format("cannot add pid {} to the procs map: {}", pid, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+bool Loader::select_cgroup(uint64_t id, std::string *error)
+{
+    uint8_t one = 1;
+    if (bpf_map__update_elem(skel_->maps.cgroup_sel, &id, sizeof(id), &one, sizeof(one), BPF_ANY) != 0) {
+        *error = fmt::format("cannot add cgroup id {} to the selection map: {}", id, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+bool Loader::capture_inode(uint64_t ino, std::string *error)
+{
+    uint8_t one = 1;
+    if (bpf_map__update_elem(skel_->maps.log_inodes, &ino, sizeof(ino), &one, sizeof(one), BPF_ANY) != 0) {
+        *error = fmt::format("cannot add inode {} to the log capture map: {}", ino, strerror(errno));
         return false;
     }
     return true;

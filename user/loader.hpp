@@ -19,6 +19,7 @@ struct ProbeStatus {
     std::string hook;     // tp_btf/tcp_receive_reset
     bool available = false;
     bool attached = false;
+    bool skipped = false; // not wanted for this run (e.g. log capture with nothing to capture)
     std::string error;
 };
 
@@ -31,6 +32,8 @@ struct KernelCounters {
 struct LoaderOptions {
     uint32_t ringbuf_bytes = 4u << 20;
     bool verbose = false;
+    bool capture_logs = false;   // load the write() hook (logs that are pipes: stderr in containers)
+    bool filter_cgroups = false; // Nginx's hooks only fire in the cgroups given to select_cgroup()
 };
 
 class Loader {
@@ -49,6 +52,10 @@ public:
     const std::vector<ProbeStatus> &probes() const { return probes_; }
 
     bool track_process(uint32_t pid, uint32_t role, std::string *error);
+    // Adds a cgroup v2 id to the kernel-side selection (LoaderOptions::filter_cgroups).
+    bool select_cgroup(uint64_t id, std::string *error);
+    // Captures Nginx's writes to the file with this inode number (LoaderOptions::capture_logs).
+    bool capture_inode(uint64_t ino, std::string *error);
     bool start_ring(Callback cb, std::string *error);
     int ring_epoll_fd() const;
     // Consumes every record available now; returns how many, or < 0 on error.

@@ -4,10 +4,29 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace n502 {
+
+int open_in_root(const std::string &root, const std::string &path, int flags)
+{
+    if (root.empty())
+        return ::open(path.c_str(), flags);
+    int dirfd = ::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0)
+        return -1;
+    open_how how{};
+    how.flags = static_cast<uint64_t>(flags);
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    int fd = static_cast<int>(syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof(how)));
+    int saved = errno;
+    ::close(dirfd);
+    errno = saved;
+    return fd;
+}
 
 LogFollower::~LogFollower()
 {
@@ -17,16 +36,19 @@ LogFollower::~LogFollower()
 
 bool LogFollower::open(bool from_end, std::string *error)
 {
-    int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    int fd = open_in_root(root_, path_, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         if (error)
-            *error = fmt::format("cannot open error log {}: {}", path_, strerror(errno));
+            *error = root_.empty() ? fmt::format("cannot open error log {}: {}", path_, strerror(errno))
+                                   : fmt::format("cannot open error log {} inside {} (symlinks are not followed out "
+                                                 "of it): {}",
+                                                 path_, root_, strerror(errno));
         return false;
     }
     struct stat st{};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         if (error)
-            *error = fmt::format("error log {} is not a regular file", path_);
+            *error = fmt::format("error log {} is not a regular file", display());
         ::close(fd);
         return false;
     }
@@ -91,16 +113,20 @@ std::vector<FollowEvent> LogFollower::poll()
     }
     struct stat st{};
     if (fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) < offset_) {
-        out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", path_)});
+        out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", display())});
         offset_ = 0;
         partial_.clear();
     }
     read_available(out);
 
     struct stat now{};
-    if (stat(path_.c_str(), &now) != 0) {
+    int pfd = open_in_root(root_, path_, O_PATH | O_CLOEXEC);
+    bool found = pfd >= 0 && fstat(pfd, &now) == 0;
+    if (pfd >= 0)
+        ::close(pfd);
+    if (!found) {
         if (!vanished_reported_) {
-            out.push_back({FollowEvent::Vanished, fmt::format("{} was removed; still reading the open file", path_)});
+            out.push_back({FollowEvent::Vanished, fmt::format("{} was removed; still reading the open file", display())});
             vanished_reported_ = true;
         }
         return out;
@@ -110,7 +136,7 @@ std::vector<FollowEvent> LogFollower::poll()
         // Rotated: the old file is drained above; follow the new one from its start.
         read_available(out);
         if (open(false, nullptr)) {
-            out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", path_)});
+            out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", display())});
             read_available(out);
         }
     }

@@ -14,9 +14,20 @@ struct FollowEvent {
     bool truncated_line = false; // a line longer than the limit was cut
 };
 
+// Opens `path` inside the directory tree `root` (a container's
+// /proc/PID/root): absolute symlinks are resolved against that root and no
+// path, symlink or ".." can lead out of it; /proc magic links are refused.
+// root "" opens path as is. Returns the fd, or -1 with errno set.
+int open_in_root(const std::string &root, const std::string &path, int flags);
+
 class LogFollower {
 public:
-    explicit LogFollower(std::string path, size_t max_line = 64 * 1024) : path_(std::move(path)), max_line_(max_line) {}
+    // root: "" for the host's file system, else the directory the path is
+    // confined to (see open_in_root).
+    explicit LogFollower(std::string path, size_t max_line = 64 * 1024, std::string root = "")
+        : path_(std::move(path)), root_(std::move(root)), max_line_(max_line)
+    {
+    }
     ~LogFollower();
     LogFollower(const LogFollower &) = delete;
     LogFollower &operator=(const LogFollower &) = delete;
@@ -27,12 +38,15 @@ public:
     // Reads what was appended since the last call.
     std::vector<FollowEvent> poll();
     const std::string &path() const { return path_; }
+    // What to show the user: the path, and the root when there is one.
+    std::string display() const { return root_.empty() ? path_ : root_ + path_; }
 
 private:
     void read_available(std::vector<FollowEvent> &out);
     void split(const char *data, size_t n, std::vector<FollowEvent> &out);
 
     std::string path_;
+    std::string root_;
     size_t max_line_;
     int fd_ = -1;
     uint64_t ino_ = 0, dev_ = 0;

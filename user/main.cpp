@@ -21,11 +21,23 @@ int main(int argc, char **argv)
                  "signals, exits, OOM kills) with timestamps. Run it as root on the Nginx host:\n\n"
                  "  sudo n502trace --nginx-pid $(pgrep -o nginx)          # human output until Ctrl-C\n"
                  "  sudo n502trace --nginx-pid PID --json --duration 600 # JSON Lines for scripts\n"
-                 "  sudo n502trace --check                                # what this kernel supports\n",
+                 "  sudo n502trace --container web                        # the Nginx in a container (from the host)\n"
+                 "  sudo n502trace --cgroup /sys/fs/cgroup/unified/docker/ID --json\n"
+                 "  sudo n502trace --check                                # what this kernel supports\n\n"
+                 "Containers: --container takes a Docker, containerd (Kubernetes) or CRI-O container's name, full id or\n"
+                 "id prefix, read from the runtime's state on disk; --cgroup takes a cgroup v2 directory (or the path\n"
+                 "/proc/PID/cgroup shows). Both repeat and combine with --nginx-pid; every Nginx found is followed, its\n"
+                 "logs through /proc/PID/root (or captured from its stderr), and the kernel side watches only those\n"
+                 "cgroups. Upstreams are found through the connection wherever they run. Verdicts show host pids and\n"
+                 "the pids inside the container, the container and the cgroup of Nginx and of the upstream process.\n",
                  "n502trace"};
     app.footer(causes + "\nJSON records: ready (once attached), verdict, warning, summary (on exit).\n"
                         "Exit codes: 0 ok, 1 runtime failure (cannot attach, ...), 2 bad usage or input.\n");
-    app.add_option("-p,--nginx-pid", opt.nginx_pid, "PID of the Nginx master or of any worker");
+    app.add_option("-p,--nginx-pid", opt.nginx_pid, "PID (host pid) of the Nginx master or of any worker");
+    app.add_option("-c,--container", opt.containers,
+                   "Follow the Nginx in this container: name, full id or id prefix (repeatable)");
+    app.add_option("--cgroup", opt.cgroups,
+                   "Follow every Nginx in this cgroup v2 directory and below it (repeatable)");
     app.add_option("--error-log", opt.error_logs,
                    "Error log to follow (repeatable); default: found from Nginx's open files");
     app.add_option("--access-log", opt.access_logs,
@@ -63,9 +75,9 @@ int main(int argc, char **argv)
     }
     if (check)
         return n502::run_check();
-    if (opt.nginx_pid == 0) {
-        fmt::print(stderr, "n502trace: error: --nginx-pid PID is required (the Nginx master or any worker; "
-                           "`pgrep -a nginx` lists them). See --help.\n");
+    if (opt.nginx_pid == 0 && opt.containers.empty() && opt.cgroups.empty()) {
+        fmt::print(stderr, "n502trace: error: say which Nginx: --nginx-pid PID (the master or any worker; `pgrep -a "
+                           "nginx` lists them), --container NAME or --cgroup PATH. See --help.\n");
         return n502::EXIT_USAGE;
     }
     return n502::run(opt);

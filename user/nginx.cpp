@@ -7,10 +7,14 @@
 #include <cstring>
 #include <dirent.h>
 #include <fmt/format.h>
+#include <fcntl.h>
 #include <fstream>
 #include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "container.hpp"
+#include "logfollow.hpp"
 
 namespace n502 {
 
@@ -117,9 +121,48 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
         n.master = pid;
     }
     n.workers = children_of(n.master, root);
+    // In another mount namespace (a container), its paths mean something
+    // only inside its root.
+    uint64_t ours = mntns_of(static_cast<uint32_t>(getpid()), root), theirs = mntns_of(n.master, root);
+    if (ours && theirs && ours != theirs)
+        n.root = fmt::format("{}/{}/root", root, n.master);
     n.error_logs = find_error_logs(n, root);
     n.access_logs = find_access_logs(n, root);
+    n.captures = find_log_captures(n, root);
     return n;
+}
+
+std::vector<LogCapture> find_log_captures(const NginxInfo &n, const std::string &root)
+{
+    std::vector<LogCapture> out;
+    // fd 2 is the error log when that is not a file; fd 1 carries the access
+    // log when it goes to /dev/stdout.
+    std::vector<int> fds;
+    if (n.error_logs.empty())
+        fds.push_back(2);
+    if (n.access_logs.empty())
+        fds.push_back(1);
+    for (int fd : fds) {
+        std::string link = fmt::format("{}/{}/fd/{}", root, n.master, fd);
+        char buf[PATH_MAX];
+        ssize_t len = readlink(link.c_str(), buf, sizeof(buf) - 1);
+        if (len <= 0)
+            continue;
+        std::string target(buf, static_cast<size_t>(len));
+        struct stat st{};
+        if (stat(link.c_str(), &st) != 0)
+            continue;
+        bool stream = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ||
+                      (S_ISCHR(st.st_mode) && target.rfind("/dev/pts/", 0) == 0);
+        if (!stream)
+            continue;
+        bool dup = false;
+        for (const auto &c : out)
+            dup = dup || c.ino == static_cast<uint64_t>(st.st_ino);
+        if (!dup)
+            out.push_back({static_cast<uint64_t>(st.st_ino), fmt::format("{} (fd {})", target, fd)});
+    }
+    return out;
 }
 
 // Regular files open in one Nginx process (they all share their logs) whose
@@ -134,8 +177,14 @@ static std::vector<std::string> open_logs(const NginxInfo &n, const std::string 
             return;
         if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0)
             return;
+        // Inside Nginx's root when it has its own (a container): the same
+        // path on the host may be another file.
         struct stat st{};
-        if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+        int fd = open_in_root(n.root, path, O_PATH | O_CLOEXEC);
+        bool regular = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+        if (fd >= 0)
+            close(fd);
+        if (!regular)
             return;
         if (std::find(out.begin(), out.end(), path) == out.end())
             out.push_back(path);

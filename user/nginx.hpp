@@ -7,11 +7,22 @@
 
 namespace n502 {
 
+// A log Nginx writes to a pipe, socket or terminal (stderr in a container):
+// its lines are captured from the kernel, from Nginx's write()s.
+struct LogCapture {
+    uint64_t ino = 0;
+    std::string desc; // "pipe:[12345] (fd 2)"
+};
+
 struct NginxInfo {
     uint32_t master = 0;
     std::vector<uint32_t> workers; // every child of the master (workers, cache manager/loader)
+    // "" when Nginx shares our mount namespace, else "/proc/MASTER/root":
+    // the log paths below are inside it and are opened confined to it.
+    std::string root;
     std::vector<std::string> error_logs;
     std::vector<std::string> access_logs;
+    std::vector<LogCapture> captures; // when the error log (or access log) is not a file
 };
 
 struct ProcInfo {
@@ -31,6 +42,9 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
 // The error logs a running Nginx writes to, from its open descriptors:
 // stderr (Nginx points it at its main error log) and any open *error*log file.
 std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &proc_root = "/proc");
+
+// Logs that are pipes, sockets or terminals (see LogCapture).
+std::vector<LogCapture> find_log_captures(const NginxInfo &n, const std::string &proc_root = "/proc");
 
 // Open *access*log files of a running Nginx.
 std::vector<std::string> find_access_logs(const NginxInfo &n, const std::string &proc_root = "/proc");

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <fmt/format.h>
 #include <fstream>
+#include <sys/stat.h>
 #include <sstream>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -50,12 +51,18 @@ bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int 
     return true;
 }
 
-std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
+std::vector<ExistingListener> scan_tcp_listeners(const std::string &root, uint32_t net_pid)
 {
     std::vector<ExistingListener> out;
+    std::string net = net_pid ? fmt::format("{}/{}/net", root, net_pid) : root + "/net";
+    struct stat nst{};
+    uint32_t netns = stat(net_pid ? fmt::format("{}/{}/ns/net", root, net_pid).c_str() : (root + "/self/ns/net").c_str(),
+                          &nst) == 0
+                         ? static_cast<uint32_t>(nst.st_ino)
+                         : 0;
     std::unordered_map<uint64_t, size_t> by_inode;
     for (bool v6 : {false, true}) {
-        std::ifstream f(root + (v6 ? "/net/tcp6" : "/net/tcp"));
+        std::ifstream f(net + (v6 ? "/tcp6" : "/tcp"));
         std::string line;
         while (std::getline(f, line)) {
             Addr a;
@@ -63,6 +70,7 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
             uint64_t ino = 0;
             if (!parse_proc_net_tcp_line(line, v6, &a, &st, &ino) || st != 10 /* LISTEN */ || ino == 0)
                 continue;
+            a.netns = netns;
             by_inode[ino] = out.size();
             out.push_back({a, ino, 0, "", {}});
         }
@@ -70,7 +78,7 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
     // Unix stream listeners: "Num RefCount Protocol Flags Type St Inode Path";
     // Flags has __SO_ACCEPTCON (0x10000) for a listening socket.
     {
-        std::ifstream f(root + "/net/unix");
+        std::ifstream f(net + "/unix");
         std::string line;
         std::getline(f, line); // header
         while (std::getline(f, line)) {
@@ -83,7 +91,9 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root)
             if (!(fl & 0x10000) || type != "0001" || path.empty() || path[0] != '/')
                 continue;
             by_inode[ino] = out.size();
-            out.push_back({Addr::unix_path(path), ino, 0, "", {}});
+            Addr ua = Addr::unix_path(path);
+            ua.netns = netns;
+            out.push_back({ua, ino, 0, "", {}});
         }
     }
     if (out.empty())

@@ -22,7 +22,9 @@ struct ExistingListener {
 // Reads /proc/net/tcp, /proc/net/tcp6 and /proc/net/unix (stream listeners
 // with a path; the caller's network namespace) and maps socket inodes to
 // processes through /proc/*/fd.
-std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc");
+// net_pid != 0: the listeners of that process's network namespace
+// (/proc/PID/net/...), with Addr::netns set to it.
+std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc", uint32_t net_pid = 0);
 
 // Calls fn(pid, inode) for every socket descriptor of every process (through
 // /proc/*/fd), until fn returns true.

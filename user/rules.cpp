@@ -227,6 +227,14 @@ bool rule_oom_killed(const RuleInput &in, Verdict &v)
     if (!p.cgroup.empty())
         where = p.memory_limit ? fmt::format(" in memory cgroup {} (limit {} MiB)", p.cgroup, p.memory_limit >> 20)
                                : fmt::format(" in memory cgroup {}", p.cgroup);
+    if (p.container)
+        where = p.memory_limit ? fmt::format(" in {} under its memory limit of {} MiB", describe(*p.container),
+                                             p.memory_limit >> 20)
+                               : fmt::format(" in {}", describe(*p.container));
+    if (!p.cgroup.empty())
+        v.fact("memory_cgroup", p.cgroup);
+    if (p.memory_limit)
+        v.fact("memory_limit_bytes", static_cast<int64_t>(p.memory_limit));
     v.explanation = fmt::format("Upstream {} was OOM-killed at {}{} while it held Nginx's connection.",
                                 who(p.pid, p.comm), at(in, *p.oom_ts), where);
     return true;

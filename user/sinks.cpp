@@ -77,6 +77,16 @@ static std::string jarr_str(const std::vector<std::string> &v)
     return s + "]";
 }
 
+static std::string jcontainer(const std::optional<ContainerInfo> &c)
+{
+    if (!c)
+        return "null";
+    return fmt::format("{{\"runtime\":{},\"id\":{},\"name\":{}}}", jstr(c->runtime), jstr(c->id),
+                       c->name.empty() ? std::string("null") : jstr(c->name));
+}
+
+static std::string jstr_or_null(const std::string &s) { return s.empty() ? std::string("null") : jstr(s); }
+
 static std::string ev_ts(const Timebase &tb, uint64_t ts)
 {
     return ts ? jstr(rfc3339_utc(tb.to_real_ns(ts))) : std::string("null");
@@ -120,12 +130,15 @@ std::string verdict_json(const Verdict &v, const Timebase &tb)
         "{{\"type\":\"verdict\",\"ts\":{},\"status\":{},\"nginx_pid\":{},\"nginx_conn\":{},\"upstream\":{},"
         "\"request\":{},\"client\":{},\"server\":{},\"host\":{},\"nginx_message\":{},\"log_only_cause\":{},"
         "\"cause\":{},\"confidence\":{},\"explanation\":{},\"upstream_pid\":{},\"upstream_comm\":{},"
-        "\"attempt\":{},\"request_key\":{},\"facts\":{},\"notes\":{},\"evidence\":{}}}",
+        "\"attempt\":{},\"request_key\":{},\"nginx_ns_pid\":{},\"upstream_ns_pid\":{},\"nginx_cgroup\":{},"
+        "\"upstream_cgroup\":{},\"nginx_container\":{},\"upstream_container\":{},\"facts\":{},\"notes\":{},"
+        "\"evidence\":{}}}",
         jstr(rfc3339_utc(v.ts_real_ns)), v.status, v.nginx_pid, v.nginx_conn, jstr(v.upstream), jstr(v.request),
         jstr(v.client), jstr(v.server), jstr(v.host), jstr(v.nginx_message), jstr(v.log_only_cause), jstr(v.cause),
         jstr(v.confidence), jstr(v.explanation), jopt(v.upstream_pid),
-        v.upstream_pid ? jstr(v.upstream_comm) : std::string("null"), v.attempt, jstr(v.request_key), facts,
-        jarr_str(v.notes), ev);
+        v.upstream_pid ? jstr(v.upstream_comm) : std::string("null"), v.attempt, jstr(v.request_key),
+        jopt(v.nginx_ns_pid), jopt(v.upstream_ns_pid), jstr_or_null(v.nginx_cgroup), jstr_or_null(v.upstream_cgroup),
+        jcontainer(v.nginx_container), jcontainer(v.upstream_container), facts, jarr_str(v.notes), ev);
 }
 
 void JsonSink::emit(const std::string &line)
@@ -137,11 +150,26 @@ void JsonSink::emit(const std::string &line)
 
 void JsonSink::ready(const ReadyInfo &r)
 {
+    std::string inst = "[";
+    for (size_t i = 0; i < r.instances.size(); i++) {
+        const InstanceInfo &n = r.instances[i];
+        inst += fmt::format("{}{{\"master\":{},\"master_ns_pid\":{},\"workers\":{},\"error_logs\":{},"
+                            "\"access_logs\":{},\"captured_logs\":{},\"cgroup\":{},\"container\":{}}}",
+                            i ? "," : "", n.master, jopt(n.master_ns_pid), jarr_u32(n.workers), jarr_str(n.error_logs),
+                            jarr_str(n.access_logs), jarr_str(n.captured_logs), jstr_or_null(n.cgroup),
+                            jcontainer(n.container));
+    }
+    inst += "]";
+    std::string cgs = "[";
+    for (size_t i = 0; i < r.cgroups.size(); i++)
+        cgs += fmt::format("{}{{\"path\":{},\"id\":{}}}", i ? "," : "", jstr(r.cgroups[i].first), r.cgroups[i].second);
+    cgs += "]";
     emit(fmt::format("{{\"type\":\"ready\",\"ts\":{},\"version\":{},\"nginx_pid\":{},\"workers\":{},"
-                     "\"error_logs\":{},\"access_logs\":{},\"probes\":{},\"probes_failed\":{},\"attach_ms\":{},\"capabilities\":{}}}",
+                     "\"error_logs\":{},\"access_logs\":{},\"instances\":{},\"cgroups\":{},\"probes\":{},"
+                     "\"probes_failed\":{},\"attach_ms\":{},\"capabilities\":{}}}",
                      jstr(rfc3339_utc(real_now_ns())), jstr(N502_VERSION), r.nginx_pid, jarr_u32(r.workers),
-                     jarr_str(r.error_logs), jarr_str(r.access_logs), jarr_str(r.probes), jarr_str(r.probes_failed),
-                     r.attach_ms, jarr_str(r.capabilities)));
+                     jarr_str(r.error_logs), jarr_str(r.access_logs), inst, cgs, jarr_str(r.probes),
+                     jarr_str(r.probes_failed), r.attach_ms, jarr_str(r.capabilities)));
 }
 
 void JsonSink::verdict(const Verdict &v) { emit(verdict_json(v, tb_)); }
@@ -189,8 +217,22 @@ void TextSink::ready(const ReadyInfo &r)
             workers += ' ';
         workers += std::to_string(r.workers[i]);
     }
-    fmt::print(out_, "n502trace: ready: watching nginx master {} (workers {}), following {}; {} probes attached in {} ms\n",
-               r.nginx_pid, workers, fmt::format("{}", fmt::join(r.error_logs, ", ")), r.probes.size(), r.attach_ms);
+    if (r.instances.size() <= 1 && (r.instances.empty() || (!r.instances[0].container && r.instances[0].captured_logs.empty())))
+        fmt::print(out_, "n502trace: ready: watching nginx master {} (workers {}), following {}; {} probes attached in {} ms\n",
+                   r.nginx_pid, workers, fmt::format("{}", fmt::join(r.error_logs, ", ")), r.probes.size(), r.attach_ms);
+    else {
+        fmt::print(out_, "n502trace: ready: watching {} nginx instance{}; {} probes attached in {} ms\n",
+                   r.instances.size(), r.instances.size() == 1 ? "" : "s", r.probes.size(), r.attach_ms);
+        for (const auto &n : r.instances) {
+            std::vector<std::string> logs = n.error_logs;
+            for (const auto &c : n.captured_logs)
+                logs.push_back(c + " captured from the kernel");
+            fmt::print(out_, "    master {}{}{}: workers {}, following {}\n", n.master,
+                       n.master_ns_pid && *n.master_ns_pid != n.master ? fmt::format(" (pid {} inside)", *n.master_ns_pid) : "",
+                       n.container ? " in " + describe(*n.container) : (n.cgroup.empty() ? "" : " in cgroup " + n.cgroup),
+                       fmt::format("{}", fmt::join(n.workers, " ")), fmt::format("{}", fmt::join(logs, ", ")));
+        }
+    }
     for (const auto &f : r.probes_failed)
         fmt::print(out_, "n502trace: warning: probe not attached: {}\n", f);
     fflush(out_);
@@ -199,11 +241,22 @@ void TextSink::ready(const ReadyInfo &r)
 void TextSink::verdict(const Verdict &v)
 {
     std::string up = v.upstream_pid ? fmt::format("pid {} ({})", *v.upstream_pid, v.upstream_comm) : "-";
+    // "pid 4242 (7 in its namespace) in docker container web (3f2a...)"
+    auto where = [](uint32_t pid, const std::optional<uint32_t> &nsp, const std::optional<ContainerInfo> &c) {
+        std::string s = nsp && *nsp != pid ? fmt::format(", pid {} inside", *nsp) : "";
+        if (c)
+            s += ", " + describe(*c);
+        return s;
+    };
     fmt::print(out_, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", v.status, clock_local(v.ts_real_ns),
                v.request.empty() ? "-" : v.request, v.client.empty() ? "-" : v.client, v.upstream, v.cause,
                v.confidence);
     fmt::print(out_, "    {}\n", v.explanation);
-    fmt::print(out_, "    nginx (worker {}, *{}): {}\n", v.nginx_pid, v.nginx_conn, v.nginx_message);
+    fmt::print(out_, "    nginx (worker {}{}, *{}): {}\n", v.nginx_pid, where(v.nginx_pid, v.nginx_ns_pid, v.nginx_container),
+               v.nginx_conn, v.nginx_message);
+    if (v.upstream_pid && (v.upstream_container || (v.upstream_ns_pid && *v.upstream_ns_pid != *v.upstream_pid)))
+        fmt::print(out_, "    upstream process: pid {} ({}){}\n", *v.upstream_pid, v.upstream_comm,
+                   where(*v.upstream_pid, v.upstream_ns_pid, v.upstream_container));
     if (v.log_only_cause != v.cause)
         fmt::print(out_, "    the log alone would suggest: {}\n", v.log_only_cause);
     if (v.attempt > 1)

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,7 +13,20 @@
 
 namespace n502 {
 
+// One Nginx followed (several with --container/--cgroup).
+struct InstanceInfo {
+    uint32_t master = 0;
+    std::optional<uint32_t> master_ns_pid;
+    std::vector<uint32_t> workers;
+    std::vector<std::string> error_logs, access_logs;
+    std::vector<std::string> captured_logs; // described, e.g. "pipe:[123] (fd 2)"
+    std::string cgroup;
+    std::optional<ContainerInfo> container;
+};
+
 struct ReadyInfo {
+    std::vector<InstanceInfo> instances;
+    std::vector<std::pair<std::string, uint64_t>> cgroups; // the kernel-side selection: path, id
     uint32_t nginx_pid = 0;
     std::vector<uint32_t> workers;
     std::vector<std::string> error_logs;

@@ -660,7 +660,10 @@ std::vector<const Listener *> State::listeners_on(const Addr &a) const
         if (it == listeners_.end())
             continue;
         for (const auto &l : it->second)
-            out.push_back(&l);
+            // A loopback address is a different place in every network
+            // namespace: only that namespace's listeners count.
+            if (!a.loopback() || !a.netns || !l.addr.netns || l.addr.netns == a.netns)
+                out.push_back(&l);
     }
     std::stable_sort(out.begin(), out.end(), [](const Listener *x, const Listener *y) {
         uint64_t tx = x->t_unlisten.value_or(UINT64_MAX), ty = y->t_unlisten.value_or(UINT64_MAX);

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "container.hpp"
 #include "decoder.hpp"
 #include "verdict.hpp"
 
@@ -46,6 +47,10 @@ struct Proc {
     std::string cgroup;       // memory cgroup, looked up once from /proc when first seen
     uint64_t memory_limit = 0; // bytes, 0 when unlimited or unknown
     bool facts_read = false;
+    // Where it lives, read from /proc with the facts above.
+    std::optional<uint32_t> ns_pid; // pid inside its own pid namespace
+    std::string cgroup2;            // cgroup v2 path
+    std::optional<ContainerInfo> container;
 };
 
 // One Nginx -> upstream connection, from Nginx's socket.

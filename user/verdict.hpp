@@ -8,6 +8,8 @@
 #include <variant>
 #include <vector>
 
+#include "container.hpp"
+
 namespace n502 {
 
 struct Evidence {
@@ -48,6 +50,11 @@ struct Verdict {
     std::vector<std::pair<std::string, FactValue>> facts;
     int attempt = 1;          // 1-based try within one client request
     std::string request_key;  // the same for every attempt of one request
+    // Where Nginx and the upstream process live (containers, namespaces).
+    std::optional<uint32_t> nginx_ns_pid;    // the pid Nginx logged (its own pid namespace)
+    std::optional<uint32_t> upstream_ns_pid; // the upstream's pid in its innermost pid namespace
+    std::string nginx_cgroup, upstream_cgroup; // cgroup v2 paths ("" unknown)
+    std::optional<ContainerInfo> nginx_container, upstream_container;
 
     void fact(std::string k, FactValue v) { facts.emplace_back(std::move(k), std::move(v)); }
 };

@@ -21,7 +21,9 @@
 
 #define N502_COMM_LEN 16
 #define N502_UNIX_PATH_LEN 108
-#define N502_ABI_VERSION 1
+#define N502_ABI_VERSION 2
+/* Largest log write captured from the kernel (N502_EV_LOG); longer ones are cut. */
+#define N502_LOG_MAX 4096
 
 enum n502_event_type {
 	N502_EV_CONNECT = 1, /* an Nginx process returned from connect() on a stream socket */
@@ -35,7 +37,8 @@ enum n502_event_type {
 	N502_EV_OOM = 9,     /* the OOM killer chose a victim (any process) */
 	N502_EV_LISTEN = 10, /* a process started listening on a stream socket */
 	N502_EV_RETRANS = 11, /* a tracked TCP socket retransmitted (a SYN, in SYN_SENT) */
-	N502_EV_TYPE_MAX = 12,
+	N502_EV_LOG = 12,     /* Nginx wrote to a log that is a pipe/socket/tty (stderr in a container) */
+	N502_EV_TYPE_MAX = 13,
 };
 
 /* Process roles: bits in the procs map value and in events. */
@@ -72,6 +75,7 @@ enum n502_counter {
 struct n502_addr {
 	__u16 family;
 	__u16 port;    /* host byte order */
+	__u32 netns;   /* inode number of the socket's network namespace (0: unknown) */
 	__u8 addr[16]; /* IPv4 in the first 4 bytes, network byte order */
 };
 
@@ -184,6 +188,18 @@ struct n502_oom_event {
 	__u32 victim_role;    /* 0 when the victim is not tracked */
 };
 
+/* A write() by an Nginx process to a captured log descriptor. Variable
+ * size: hdr.size == offsetof(data) + len. */
+struct n502_log_event {
+	struct n502_hdr hdr;
+	__u64 ino;     /* inode number of the file written (the pipe, socket or tty) */
+	__s32 fd;
+	__u32 len;     /* bytes in data */
+	__u32 cut;     /* the write was longer than N502_LOG_MAX: this many bytes were not copied */
+	__u32 _pad;
+	char data[N502_LOG_MAX];
+};
+
 struct n502_listen_event {
 	struct n502_hdr hdr;
 	__u64 sk;
@@ -206,7 +222,10 @@ struct n502_sock {
 	__u16 family;
 };
 
-/* Key of the tuples map: an Nginx TCP connection seen from Nginx's side. */
+/* Key of the tuples map: an Nginx TCP connection seen from Nginx's side.
+ * netns is set for loopback destinations only: 127.0.0.1:9000 in two
+ * network namespaces are two upstreams, while a connection through a veth
+ * pair has its two ends in different namespaces. */
 struct n502_tuple {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -214,6 +233,7 @@ struct n502_tuple {
 	__u16 dport; /* host byte order */
 	__u16 family;
 	__u16 _pad;
+	__u32 netns;
 };
 
 #endif /* N502_EVENTS_H */

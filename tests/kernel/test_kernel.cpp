@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +36,7 @@ struct Kernel {
     {
         LoaderOptions opt;
         opt.ringbuf_bytes = 1u << 20;
+        opt.capture_logs = true;
         if (!loader.load(opt, &error) || !loader.attach(&error))
             return;
         if (!loader.track_process(static_cast<uint32_t>(getpid()), N502_PROC_NGINX, &error))
@@ -358,6 +360,41 @@ TEST_CASE("unix stream connect and accept are linked through the peer socket", "
     REQUIRE(m);
     CHECK(m->ret == -ENOENT);
     close(fd2);
+}
+
+TEST_CASE("log capture: an Nginx process's writes to a captured pipe arrive whole, others do not", "[kernel]")
+{
+    Kernel &k = kernel();
+    REQUIRE(k.ok);
+    int captured[2], other[2];
+    REQUIRE(pipe(captured) == 0);
+    REQUIRE(pipe(other) == 0);
+    struct stat st{};
+    REQUIRE(fstat(captured[1], &st) == 0);
+    std::string error;
+    REQUIRE(k.loader.capture_inode(st.st_ino, &error));
+    const std::string ignored = "not captured: another pipe\n";
+    REQUIRE(write(other[1], ignored.data(), ignored.size()) == static_cast<ssize_t>(ignored.size()));
+    const std::string line = "2026/11/23 05:00:00 [error] 7#7: *1 upstream prematurely closed connection\n";
+    REQUIRE(write(captured[1], line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+    // A write longer than the capture limit is cut, and says by how much.
+    std::string big(N502_LOG_MAX + 100, 'x');
+    REQUIRE(fcntl(captured[1], F_SETPIPE_SZ, 1 << 16) >= 0);
+    REQUIRE(write(captured[1], big.data(), big.size()) == static_cast<ssize_t>(big.size()));
+    const Event *e = k.wait_for([&](const Event &ev) { return ev.type == N502_EV_LOG && ev.tgid == self() &&
+                                                               ev.data == line; });
+    REQUIRE(e);
+    CHECK(e->ino == static_cast<uint64_t>(st.st_ino));
+    CHECK(e->fd == captured[1]);
+    CHECK(e->cut == 0);
+    const Event *b = k.wait_for([&](const Event &ev) { return ev.type == N502_EV_LOG && ev.cut > 0; });
+    REQUIRE(b);
+    CHECK(b->data.size() == N502_LOG_MAX);
+    CHECK(b->cut == 100);
+    for (const auto &ev : k.events)
+        CHECK_FALSE((ev.type == N502_EV_LOG && ev.data == ignored));
+    for (int fd : {captured[0], captured[1], other[0], other[1]})
+        close(fd);
 }
 
 TEST_CASE("counters: events are counted and none were lost", "[kernel]")

@@ -8,7 +8,9 @@
 #define PIN_OFFSET(T, F, O) static_assert(offsetof(T, F) == (O), #T "." #F " moved")
 #define PIN_SIZE(T, S) static_assert(sizeof(T) == (S), #T " changed size")
 
-PIN_SIZE(struct n502_addr, 20);
+PIN_SIZE(struct n502_addr, 24);
+PIN_OFFSET(struct n502_addr, netns, 4);
+PIN_OFFSET(struct n502_addr, addr, 8);
 PIN_SIZE(struct n502_hdr, 40);
 PIN_OFFSET(struct n502_hdr, type, 0);
 PIN_OFFSET(struct n502_hdr, size, 2);
@@ -18,29 +20,29 @@ PIN_OFFSET(struct n502_hdr, tgid, 16);
 PIN_OFFSET(struct n502_hdr, tid, 20);
 PIN_OFFSET(struct n502_hdr, comm, 24);
 
-PIN_SIZE(struct n502_connect_event, 192);
+PIN_SIZE(struct n502_connect_event, 200);
 PIN_OFFSET(struct n502_connect_event, sk, 40);
 PIN_OFFSET(struct n502_connect_event, peer_sk, 48);
 PIN_OFFSET(struct n502_connect_event, fd, 56);
 PIN_OFFSET(struct n502_connect_event, ret, 60);
 PIN_OFFSET(struct n502_connect_event, dst, 64);
-PIN_OFFSET(struct n502_connect_event, path, 84);
+PIN_OFFSET(struct n502_connect_event, path, 88);
 
-PIN_SIZE(struct n502_accept_event, 104);
+PIN_SIZE(struct n502_accept_event, 112);
 PIN_OFFSET(struct n502_accept_event, nginx_sk, 48);
 PIN_OFFSET(struct n502_accept_event, local, 64);
-PIN_OFFSET(struct n502_accept_event, peer, 84);
+PIN_OFFSET(struct n502_accept_event, peer, 88);
 
 PIN_SIZE(struct n502_close_event, 64);
-PIN_SIZE(struct n502_state_event, 128);
-PIN_OFFSET(struct n502_state_event, bytes_received, 112);
-PIN_SIZE(struct n502_retrans_event, 104);
+PIN_SIZE(struct n502_state_event, 136);
+PIN_OFFSET(struct n502_state_event, bytes_received, 120);
+PIN_SIZE(struct n502_retrans_event, 112);
 PIN_OFFSET(struct n502_state_event, oldstate, 48);
 PIN_OFFSET(struct n502_state_event, sk_err, 56);
 PIN_OFFSET(struct n502_state_event, owner_tgid, 64);
 PIN_OFFSET(struct n502_state_event, src, 72);
-PIN_OFFSET(struct n502_state_event, dst, 92);
-PIN_SIZE(struct n502_reset_event, 104);
+PIN_OFFSET(struct n502_state_event, dst, 96);
+PIN_SIZE(struct n502_reset_event, 112);
 PIN_SIZE(struct n502_signal_event, 80);
 PIN_OFFSET(struct n502_signal_event, target_tgid, 40);
 PIN_OFFSET(struct n502_signal_event, sig, 48);
@@ -48,9 +50,13 @@ PIN_OFFSET(struct n502_signal_event, target_comm, 64);
 PIN_SIZE(struct n502_exit_event, 48);
 PIN_SIZE(struct n502_fork_event, 48);
 PIN_SIZE(struct n502_oom_event, 48);
-PIN_SIZE(struct n502_listen_event, 184);
-PIN_OFFSET(struct n502_listen_event, path, 76);
-PIN_SIZE(struct n502_tuple, 40);
+PIN_SIZE(struct n502_listen_event, 192);
+PIN_OFFSET(struct n502_listen_event, path, 80);
+PIN_SIZE(struct n502_tuple, 44);
+PIN_SIZE(struct n502_log_event, 64 + N502_LOG_MAX);
+PIN_OFFSET(struct n502_log_event, ino, 40);
+PIN_OFFSET(struct n502_log_event, len, 52);
+PIN_OFFSET(struct n502_log_event, data, 64);
 PIN_SIZE(struct n502_sock, 8);
 PIN_SIZE(struct n502_proc, 8);
 
@@ -67,5 +73,6 @@ TEST_CASE("event type numbers are stable", "[abi]")
     CHECK(N502_EV_OOM == 9);
     CHECK(N502_EV_LISTEN == 10);
     CHECK(N502_EV_RETRANS == 11);
-    CHECK(N502_ABI_VERSION == 1);
+    CHECK(N502_EV_LOG == 12);
+    CHECK(N502_ABI_VERSION == 2);
 }
