@@ -173,6 +173,13 @@ bool Loader::attach(std::string *error)
         ProbeStatus &st = probes_[i++];
         if (!st.available)
             continue;
+        if (st.program == "handle_sys_enter_write") {
+            // Every write() on the host would pay for it: attached only when
+            // there is a log to capture (capture_inode).
+            st.skipped = true;
+            st.error = "attached when a log needs capturing";
+            continue;
+        }
         struct bpf_link *link = bpf_program__attach(prog);
         if (!link) {
             int err = errno;
@@ -217,6 +224,25 @@ bool Loader::select_cgroup(uint64_t id, std::string *error)
 
 bool Loader::capture_inode(uint64_t ino, std::string *error)
 {
+    for (auto &st : probes_) {
+        if (st.program != "handle_sys_enter_write" || st.attached)
+            continue;
+        if (!st.available) {
+            *error = fmt::format("cannot capture Nginx's log writes: {} ({})", st.hook, st.error);
+            return false;
+        }
+        struct bpf_link *link = bpf_program__attach(skel_->progs.handle_sys_enter_write);
+        if (!link) {
+            int err = errno;
+            st.error = fmt::format("attach failed: {}{}", strerror(err), advice(err));
+            *error = fmt::format("cannot capture Nginx's log writes: {}", st.error);
+            return false;
+        }
+        links_.push_back(link);
+        st.attached = true;
+        st.skipped = false;
+        st.error.clear();
+    }
     uint8_t one = 1;
     if (bpf_map__update_elem(skel_->maps.log_inodes, &ino, sizeof(ino), &one, sizeof(one), BPF_ANY) != 0) {
         *error = fmt::format("cannot add inode {} to the log capture map: {}", ino, strerror(errno));

@@ -5,6 +5,7 @@
     docker_e2e.py --bin build/n502trace SCENARIO...
     docker_e2e.py --bin build/n502trace --all
     docker_e2e.py --no-tool SCENARIO...|--all   # Docker, Nginx and the fault only
+    docker_e2e.py --prepare                     # start dockerd if needed, build the image
 
 A real Docker engine (dockerd is started, with Docker's networking off, when
 none answers, and left running) and the image from scripts/docker-image.sh
@@ -501,6 +502,8 @@ def main():
     ap.add_argument("--all", action="store_true", help="run every scenario")
     ap.add_argument("--no-tool", action="store_true", help="check only Docker's and Nginx's side, without n502trace")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
+    ap.add_argument("--prepare", action="store_true",
+                    help="only start dockerd if needed and build the image (exit 0, or 77: SKIP)")
     ap.add_argument("scenario", nargs="*")
     args = ap.parse_args()
 
@@ -508,12 +511,12 @@ def main():
         print("\n".join(SCENARIOS))
         return 0
     names = list(SCENARIOS) if args.all else args.scenario
-    if not names:
-        ap.error("name a scenario, or --all, or --list")
+    if not names and not args.prepare:
+        ap.error("name a scenario, or --all, --list or --prepare")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         ap.error("unknown scenario(s): %s (see --list)" % ", ".join(unknown))
-    use_tool = not args.no_tool
+    use_tool = not args.no_tool and not args.prepare
     binary = None
     if use_tool:
         if not args.bin:
@@ -525,7 +528,7 @@ def main():
     try:
         image = dockerenv.prepare()
     except dockerenv.Skip as e:
-        msg = "SKIP docker_e2e.py (%s): %s" % (" ".join(names), e)
+        msg = "SKIP docker_e2e.py (%s): %s" % (" ".join(names) or "--prepare", e)
         bar = "*" * min(100, max(40, len(msg.splitlines()[0])))
         sys.stderr.write("\n%s\n%s\n%s\n" % (bar, msg, bar))
         print(msg.splitlines()[0])
@@ -534,6 +537,9 @@ def main():
         sys.stderr.write("docker_e2e.py: cannot prepare Docker: %s\n" % e)
         return 1
     harness.log("image %s" % image)
+    if args.prepare:
+        print("docker ready: image %s" % image)
+        return 0
     failed = [n for n in names if not run_one(n, image, binary, use_tool, keep=args.keep)]
     if len(names) > 1:
         print("%d/%d passed%s" % (len(names) - len(failed), len(names),

@@ -19,6 +19,7 @@ Synchronisation: no sleeps; every wait polls an observable fact (docker
 info answering, a pid in docker inspect, a line in a file, a port that
 accepts) with a bounded deadline, like harness.py.
 """
+import fcntl
 import json
 import os
 import random
@@ -38,6 +39,7 @@ PREFIX = "n502-e2e-"
 DOCKERD_ARGS = ["--iptables=false", "--ip6tables=false", "--bridge=none"]
 DOCKERD_LOG = "/var/tmp/n502trace-dockerd.log"
 DOCKERD_START_TIMEOUT = 60
+PREPARE_LOCK = "/var/tmp/n502trace-docker-prepare.lock"
 IP = harness.IP
 
 # Paths inside the containers.
@@ -136,14 +138,17 @@ def ensure_image():
 
 
 def prepare():
-    """Engine and image, or Skip. Returns the image name."""
+    """Engine and image, or Skip. Returns the image name. Several test
+    processes may call it at once (ctest -j): one at a time starts dockerd
+    or builds the image, the others then find them ready."""
     if os.geteuid() != 0:
         raise Skip("must run as root")
-    for tool in (IP, "/bin/sh"):
-        if not os.access(tool, os.X_OK):
-            raise Skip("%s is missing (iproute2)" % tool)
-    ensure_daemon()
-    return ensure_image()
+    if not os.access(IP, os.X_OK):
+        raise Skip("%s is missing (apt-get install iproute2)" % IP)
+    with open(PREPARE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_daemon()
+        return ensure_image()
 
 
 # ---------------------------------------------------------------- /proc helpers

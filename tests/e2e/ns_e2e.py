@@ -40,17 +40,39 @@ Scenarios:
                          127.0.0.1:9000; requests hang in both; A's upstream killed, then B's:
                          each verdict names its own pod's upstream; the other pod serves 200
   veth_upstream          Nginx in netns A -> upstream (pid 1 of its own container) in netns B
-                         at 192.0.2.2:9000 over a veth pair; upstream killed mid-request
-  symlink_escape         /var/log/nginx/error.log in the root is an ABSOLUTE symlink to a path
-                         that also exists on the host (with secret content): the tool never
-                         reads the host file (it follows the in-root file, or refuses: exit 2)
-  symlink_escape_rotate  after the tool attached, the log is renamed and replaced by a RELATIVE
-                         symlink whose ../../.. climbs out of the root when resolved from the
-                         host through /proc/PID/root, then USR1: never the host file
+                         at 192.0.2.2:9000 over a veth pair; upstream (running before the
+                         tool started) killed mid-request
+  veth_upstream_late     the same with the upstream started after the tool attached
+  symlink_escape         /var/log/nginx/error.log in the root is an ABSOLUTE symlink to
+                         /tmp/n502-e2e-host-secret-X-error.log, which also exists on the host
+                         (a secret and a fake 502 line): the tool never reads the host file (it
+                         follows the in-root file Nginx created, or refuses: exit 2)
+  symlink_escape_rotate  after the tool attached, the log is renamed and replaced by an
+                         absolute symlink like the one above, then USR1
+  symlink_escape_dotdot  the same with a RELATIVE link ../../..(x16)/tmp/..., in a chroot
+                         container
   symlink_inside         error.log is a relative symlink that stays inside the root: followed
   cgroup_plus_pid        --cgroup A for a container Nginx plus --nginx-pid of a host Nginx: two
                          instances, each fault attributed to its own Nginx
   oom_in_netns           upstream inside a pod, in a 64 MiB v1 memory cgroup, OOM-killed
+
+Facts these scenarios rest on (kernel 6.18, util-linux 2.38, observed):
+  - readlink(/proc/PID/fd/N) from the host names the path from the root of
+    PID's MOUNT NAMESPACE: after pivot_root that is the container's path
+    (/var/log/nginx/error.log); in a chroot it is the host path of the root
+    plus the container path (/var/tmp/.../ns-root-.../var/log/nginx/error.log),
+    which, opened on the host, is the shared root's own file, not the one
+    bind-mounted over it in the container. /proc/PID/root/<path> with the
+    container path reaches the right file in both.
+  - An absolute symlink in the container, opened from the host through
+    /proc/PID/root/..., resolves against the HOST's root: it escapes from both
+    flavours. A relative ../../.. link escapes from a chroot (its mount
+    namespace still has the host's tree above the root) but not from a
+    pivot_root container (nothing above its root).
+  - Nginx (pid 1, daemon off) logs namespace pids: master 1, workers small
+    numbers (11..14) that are not their host pids.
+  - unshare cannot re-raise its child's SIGKILL (signal(SIGKILL, SIG_DFL) is
+    EINVAL): it exits 1 with "sigprocmask unblock failed"; nsenter re-raises.
 
 Exit codes: 0 all passed, 1 a failure, 2 bad usage, 77 (SKIP) the host lacks
 something (named in a loud message): unshare, nsenter, a cgroup2 mount, ...
@@ -399,27 +421,29 @@ class Container:
             return ""
 
     def stop(self, timeout=5):
-        """SIGTERM pid 1 (Nginx: fast shutdown), SIGKILL after timeout: the
-        kernel then kills everything in the pid namespace."""
+        """SIGTERM to an Nginx pid 1 (fast shutdown), else SIGKILL (a pid 1
+        ignores signals it has no handler for); then SIGKILL whatever is left
+        in the cgroup (every process of the container is there)."""
         if self.launcher is None:
             return
         if self.launcher.poll() is None and self.pid1 and harness.pid_alive(self.pid1):
+            sig = signal.SIGTERM if harness.proc_comm(self.pid1) == "nginx" else signal.SIGKILL
             try:
-                os.kill(self.pid1, signal.SIGTERM)
+                os.kill(self.pid1, sig)
             except ProcessLookupError:
                 pass
-        try:
-            self.launcher.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            if self.pid1 and harness.pid_alive(self.pid1):
-                os.kill(self.pid1, signal.SIGKILL)
-            self.launcher.wait(timeout=timeout)
-        for p, _ in self.execs:
-            try:
-                p.wait(timeout=timeout)  # its child died with the pid namespace
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        procs = [self.launcher] + [p for p, _ in self.execs]
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(harness.POLL)
+        if any(p.poll() is None for p in procs):
+            for pid in self.cgroup.pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for p in procs:
+            p.wait(timeout=timeout)
         for f in self.files:
             f.close()
         self.launcher = None
