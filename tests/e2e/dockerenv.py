@@ -163,13 +163,15 @@ def ns_pids(pid):
     raise Failure("no NSpid in /proc/%d/status" % pid)
 
 
-def unified_cgroup(pid):
-    """The cgroup v2 path of pid ("0::" line of /proc/PID/cgroup)."""
+def proc_cgroups(pid):
+    """/proc/PID/cgroup as {controller: path}; the unified (v2) hierarchy is ""."""
+    out = {}
     with open("/proc/%d/cgroup" % pid) as f:
         for line in f:
-            if line.startswith("0::"):
-                return line[3:].strip()
-    return None
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                out[c] = path
+    return out
 
 
 def netns_name(role):
@@ -193,6 +195,7 @@ class Container:
         self.id = None
         self.pid = None  # host pid of the container's PID 1 while it runs
         self.netns = None  # /run/netns name of its network namespace, once attached
+        self.cgroups = {}  # /proc/PID/cgroup of its PID 1: {controller: path}, "" for cgroup v2
         self.outdir = None
         if out:  # a writable dir for what the container's command prints
             self.outdir = env.h.path("out-%s" % role)
@@ -225,7 +228,11 @@ class Container:
                 raise Failure("container %s %s (exit code %s): %s" % (
                     self.name, st.get("Status"), st.get("ExitCode"), self.logs()[-2000:]))
             return None
-        return harness.wait_until(running_pid, timeout, "container %s running" % self.name)
+        pid = harness.wait_until(running_pid, timeout, "container %s running" % self.name)
+        self.cgroups = proc_cgroups(pid)
+        check(self.id in self.cgroups.get("", ""), "container %s (pid %d): cgroup v2 path %r does not name its id" % (
+            self.name, pid, self.cgroups.get("")))
+        return pid
 
     def wait_exited(self, timeout=20):
         def gone():
@@ -245,7 +252,9 @@ class Container:
 
     @property
     def cgroup(self):
-        return "/docker/%s" % self.id
+        """Its cgroup v2 path, as /proc/PID/cgroup's "0::" line shows it:
+        /docker/<id> with Docker's cgroupfs driver."""
+        return self.cgroups[""]
 
     def start(self):
         """docker start (after a stop): waits until it runs; returns the new host pid."""

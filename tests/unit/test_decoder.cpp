@@ -1,6 +1,7 @@
 // Decoder: raw records as the BPF side writes them -> Event, and rejection of
 // anything malformed.
 #include <catch2/catch.hpp>
+#include <cstddef>
 #include <cstring>
 #include <sys/socket.h>
 #include <vector>
@@ -143,4 +144,43 @@ TEST_CASE("control characters in comm are neutralised", "[decoder]")
     auto e = decode(&r, sizeof(r));
     REQUIRE(e);
     CHECK(e->comm == "ev?il?");
+}
+
+TEST_CASE("log events carry exactly the bytes written; anything else is rejected", "[decoder]")
+{
+    auto r = raw<n502_log_event>(N502_EV_LOG);
+    const std::string line = "2026/11/23 05:00:00 [error] 7#7: *1 connect() failed\n";
+    std::memcpy(r.data, line.data(), line.size());
+    r.len = static_cast<uint32_t>(line.size());
+    r.ino = 54684398;
+    r.fd = 2;
+    size_t size = offsetof(n502_log_event, data) + line.size();
+    r.hdr.size = static_cast<uint16_t>(size);
+    std::string why;
+    auto e = decode(&r, size, &why);
+    REQUIRE(e);
+    CHECK(e->type == N502_EV_LOG);
+    CHECK(e->data == line);
+    CHECK(e->ino == 54684398);
+    CHECK(e->fd == 2);
+
+    // The length field disagrees with the record's size.
+    r.len = static_cast<uint32_t>(line.size() + 1);
+    CHECK_FALSE(decode(&r, size, &why));
+    CHECK(why.find("carries") != std::string::npos);
+    // The record is shorter than its size field says.
+    r.len = static_cast<uint32_t>(line.size());
+    CHECK_FALSE(decode(&r, size - 1, &why));
+    // Shorter than the fixed part.
+    r.hdr.size = 50;
+    CHECK_FALSE(decode(&r, 50, &why));
+    // Netns survives decoding (loopback addresses are per namespace).
+    auto st = raw<n502_state_event>(N502_EV_STATE);
+    st.dst.family = AF_INET;
+    st.dst.netns = 4026531840u;
+    st.dst.addr[0] = 127;
+    auto es = decode(&st, sizeof(st));
+    REQUIRE(es);
+    CHECK(es->dst.netns == 4026531840u);
+    CHECK(es->dst.loopback());
 }
