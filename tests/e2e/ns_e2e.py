@@ -666,8 +666,9 @@ class Ctx:
         return ct
 
     def nginx(self, ct, locations, **kw):
-        n = NsNginx(ct, locations, **kw).start()
-        self.nginxes.append(n)
+        n = NsNginx(ct, locations, **kw)
+        self.nginxes.append(n)  # before start(): a failure report shows its log
+        n.start()
         self.note("%s: nginx master %d (ns pid %d), workers %s (ns pids %s), cgroup %s, on %s127.0.0.1:%d" % (
             ct.label, n.master_pid, innermost_pid(n.master_pid), n.workers,
             [innermost_pid(w) for w in n.workers], ct.cgroup.rel,
