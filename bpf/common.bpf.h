@@ -156,6 +156,17 @@ static __always_inline void submit(void *ev)
 	count(N502_CNT_EMITTED);
 }
 
+/* The current process's pid as its own (innermost) pid namespace sees it:
+ * what a containerised process logs and what `docker top` does not show. */
+static __always_inline __u32 current_ns_tgid(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+
+	return BPF_CORE_READ(pid, numbers[level].nr);
+}
+
 static __always_inline struct n502_proc *current_proc(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;

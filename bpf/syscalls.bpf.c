@@ -178,6 +178,11 @@ static __always_inline int on_accept_exit(long ret)
 	e->nginx_tgid = nginx_tgid;
 	e->local = local;
 	e->peer = peer;
+	/* Where the acceptor lives, read now: it may be gone (killed, its
+	 * container removed) before user space could look in /proc. */
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->ns_tgid = current_ns_tgid();
+	e->_pad = 0;
 	submit(e);
 	return 0;
 }
@@ -292,6 +297,9 @@ int handle_sys_exit_listen(struct trace_event_raw_sys_exit *ctx)
 		struct n502_addr dst;
 		read_inet_addrs(sk, &e->local, &dst);
 	}
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->ns_tgid = current_ns_tgid();
+	e->_pad = 0;
 	submit(e);
 	return 0;
 }

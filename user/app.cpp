@@ -467,6 +467,8 @@ int run(const Options &opt)
         if (auto n = ns_pid(p.pid))
             p.ns_pid = n;
         std::string v2 = cgroup_v2_path(p.pid);
+        if (v2.empty() && p.cgroup_id) // gone from /proc: the kernel said where it was
+            v2 = cgroup_path_by_id(uroot, p.cgroup_id);
         if (!v2.empty())
             p.cgroup2 = v2;
         const std::string &key = !p.cgroup2.empty() && p.cgroup2 != "/" ? p.cgroup2 : p.cgroup;
@@ -503,17 +505,25 @@ int run(const Options &opt)
     for (auto &in : instances)
         start_instance(*in);
 
-    // Listeners that predate us: who holds them, so that their death is seen.
-    // Every holder counts: the children of a pre-fork server (PHP-FPM,
-    // gunicorn) accept on the socket their parent opened. Our network
-    // namespace and each Nginx's (a pod's upstreams share Nginx's).
+    // Listeners that predate us: who holds them, so that their death is seen
+    // and their accepts are (the kernel side only looks at accepts by
+    // processes it knows). Every holder counts: the children of a pre-fork
+    // server (PHP-FPM, gunicorn) accept on the socket their parent opened.
+    // Every network namespace: an upstream may sit behind a veth pair in
+    // a namespace of its own.
     std::vector<uint64_t> scanned_netns;
-    auto scan_listeners = [&](uint32_t net_pid) {
-        uint64_t ns = net_pid ? netns_of(net_pid) : netns_of(static_cast<uint32_t>(getpid()));
-        if (!ns || std::find(scanned_netns.begin(), scanned_netns.end(), ns) != scanned_netns.end())
+    auto scan_listeners = [&](const std::vector<uint32_t> &net_pids) {
+        std::vector<uint32_t> todo;
+        for (uint32_t pid : net_pids) {
+            uint64_t ns = netns_of(pid);
+            if (!ns || std::find(scanned_netns.begin(), scanned_netns.end(), ns) != scanned_netns.end())
+                continue;
+            scanned_netns.push_back(ns);
+            todo.push_back(pid);
+        }
+        if (todo.empty())
             return;
-        scanned_netns.push_back(ns);
-        for (const auto &l : scan_tcp_listeners("/proc", net_pid)) {
+        for (const auto &l : scan_tcp_listeners("/proc", todo)) {
             if (!l.pid)
                 continue;
             for (uint32_t holder : l.holders)
@@ -522,9 +532,7 @@ int run(const Options &opt)
             state.add_listener(l.addr, l.pid, l.comm);
         }
     };
-    scan_listeners(0);
-    for (const auto &in : instances)
-        scan_listeners(in->info.master);
+    scan_listeners(one_pid_per_netns());
 
     std::unique_ptr<FILE, int (*)(FILE *)> raw(nullptr, fclose);
     if (!opt.raw_record.empty()) {
@@ -619,8 +627,13 @@ int run(const Options &opt)
                     read_facts(*p, true);
             }
             if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN) {
-                if (Proc *p = state.proc(ev->tgid))
+                if (Proc *p = state.proc(ev->tgid)) {
+                    if (ev->ns_tgid)
+                        p->ns_pid = ev->ns_tgid;
+                    if (ev->cgroup_id)
+                        p->cgroup_id = ev->cgroup_id;
                     read_facts(*p);
+                }
             }
         },
         &err);
@@ -818,7 +831,7 @@ int run(const Options &opt)
             return false;
         }
         start_instance(*in);
-        scan_listeners(in->info.master);
+        scan_listeners({in->info.master});
         if (lo.filter_cgroups)
             for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
                 if (cg.path == in->cgroup)

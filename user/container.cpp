@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <dirent.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -401,6 +402,34 @@ std::optional<std::string> normalise_cgroup_arg(const std::string &arg, const st
         return std::nullopt;
     }
     return rel;
+}
+
+std::string cgroup_path_by_id(const std::string &root, uint64_t id)
+{
+    if (root.empty() || id == 0)
+        return "";
+    int mfd = open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (mfd < 0)
+        return "";
+    // kernfs file handles are the node id (== the cgroup id) as 8 bytes.
+    alignas(file_handle) unsigned char buf[sizeof(file_handle) + sizeof(uint64_t)];
+    auto *fh = reinterpret_cast<file_handle *>(buf);
+    fh->handle_bytes = sizeof(uint64_t);
+    fh->handle_type = 0xfe; // FILEID_KERNFS
+    std::memcpy(fh->f_handle, &id, sizeof(id));
+    int fd = open_by_handle_at(mfd, fh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    close(mfd);
+    if (fd < 0)
+        return "";
+    char target[4096];
+    ssize_t n = readlink(fmt::format("/proc/self/fd/{}", fd).c_str(), target, sizeof(target) - 1);
+    close(fd);
+    if (n <= 0)
+        return "";
+    std::string path(target, static_cast<size_t>(n));
+    if (path == root)
+        return "/";
+    return path.rfind(root + "/", 0) == 0 ? path.substr(root.size()) : "";
 }
 
 std::vector<CgroupRef> cgroup_tree(const std::string &root, const std::string &path)

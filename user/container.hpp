@@ -60,6 +60,10 @@ struct CgroupRef {
     std::string path; // relative to the v2 root
     uint64_t id = 0;  // the kernel's cgroup id (inode number of its directory)
 };
+// The path (relative to the v2 root) of the cgroup with this id, through
+// open_by_handle_at (needs CAP_DAC_READ_SEARCH); "" when it no longer exists.
+std::string cgroup_path_by_id(const std::string &root, uint64_t id);
+
 // The cgroup and every cgroup below it.
 std::vector<CgroupRef> cgroup_tree(const std::string &root, const std::string &path);
 // Pids in those cgroups (cgroup.procs).

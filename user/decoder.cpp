@@ -129,6 +129,8 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.fd = r.fd;
         e.src = Addr::from_raw(r.local);
         e.dst = Addr::from_raw(r.peer);
+        e.cgroup_id = r.cgroup_id;
+        e.ns_tgid = r.ns_tgid;
         return e;
     }
     case N502_EV_CLOSE: {
@@ -261,6 +263,8 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.src = Addr::from_raw(r.local);
         if (e.src.family == AF_UNIX)
             e.src.path = cstr(r.path, sizeof(r.path));
+        e.cgroup_id = r.cgroup_id;
+        e.ns_tgid = r.ns_tgid;
         return e;
     }
     default:

@@ -60,6 +60,8 @@ struct Event {
     uint64_t ino = 0;            // LOG: inode of the file written
     std::string data;            // LOG: the bytes written (at most N502_LOG_MAX)
     uint32_t cut = 0;            // LOG: bytes of the write not captured
+    uint64_t cgroup_id = 0;      // ACCEPT/LISTEN: the process's cgroup v2 id
+    uint32_t ns_tgid = 0;        // ACCEPT/LISTEN: its pid in its own pid namespace
 };
 
 // Returns nullopt and sets *why for records that are too short, of an unknown

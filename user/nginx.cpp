@@ -123,9 +123,18 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
     n.workers = children_of(n.master, root);
     // In another mount namespace (a container), its paths mean something
     // only inside its root.
+    // A chroot counts too (same mount namespace or not): /proc/PID/fd then
+    // shows paths from the namespace's root, with the chroot in front.
     uint64_t ours = mntns_of(static_cast<uint32_t>(getpid()), root), theirs = mntns_of(n.master, root);
-    if (ours && theirs && ours != theirs)
-        n.root = fmt::format("{}/{}/root", root, n.master);
+    std::string rootlink = fmt::format("{}/{}/root", root, n.master);
+    char rbuf[PATH_MAX];
+    ssize_t rlen = readlink(rootlink.c_str(), rbuf, sizeof(rbuf) - 1);
+    std::string chroot_dir = rlen > 0 ? std::string(rbuf, static_cast<size_t>(rlen)) : "/";
+    if ((ours && theirs && ours != theirs) || chroot_dir != "/") {
+        n.root = rootlink;
+        if (chroot_dir != "/" && chroot_dir[0] == '/')
+            n.root_prefix = chroot_dir;
+    }
     n.error_logs = find_error_logs(n, root);
     n.access_logs = find_access_logs(n, root);
     n.captures = find_log_captures(n, root);
@@ -172,11 +181,17 @@ static std::vector<std::string> open_logs(const NginxInfo &n, const std::string 
                                           bool with_stderr)
 {
     std::vector<std::string> out;
-    auto add = [&](const std::string &path) {
-        if (path.empty() || path[0] != '/' || path.rfind("/dev/", 0) == 0 || path.rfind("/proc/", 0) == 0)
+    auto add = [&](const std::string &given) {
+        if (given.empty() || given[0] != '/' || given.rfind("/dev/", 0) == 0 || given.rfind("/proc/", 0) == 0)
             return;
-        if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0)
+        if (given.size() > 10 && given.compare(given.size() - 10, 10, " (deleted)") == 0)
             return;
+        std::string path = given;
+        if (!n.root_prefix.empty()) {
+            if (path.rfind(n.root_prefix + "/", 0) != 0)
+                return; // outside its chroot: not a path it can name
+            path = path.substr(n.root_prefix.size());
+        }
         // Inside Nginx's root when it has its own (a container): the same
         // path on the host may be another file.
         struct stat st{};

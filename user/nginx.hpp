@@ -20,6 +20,7 @@ struct NginxInfo {
     // "" when Nginx shares our mount namespace, else "/proc/MASTER/root":
     // the log paths below are inside it and are opened confined to it.
     std::string root;
+    std::string root_prefix; // Nginx is chrooted here (as /proc/PID/fd shows it): stripped from its paths
     std::vector<std::string> error_logs;
     std::vector<std::string> access_logs;
     std::vector<LogCapture> captures; // when the error log (or access log) is not a file

@@ -51,16 +51,17 @@ bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int 
     return true;
 }
 
-std::vector<ExistingListener> scan_tcp_listeners(const std::string &root, uint32_t net_pid)
+// The listeners of one network namespace, seen through /proc/NET_PID/net
+// (net_pid 0: ours); appended to out, indexed by socket inode.
+static void listeners_of_netns(const std::string &root, uint32_t net_pid, std::vector<ExistingListener> &out,
+                               std::unordered_map<uint64_t, size_t> &by_inode)
 {
-    std::vector<ExistingListener> out;
     std::string net = net_pid ? fmt::format("{}/{}/net", root, net_pid) : root + "/net";
     struct stat nst{};
     uint32_t netns = stat(net_pid ? fmt::format("{}/{}/ns/net", root, net_pid).c_str() : (root + "/self/ns/net").c_str(),
                           &nst) == 0
                          ? static_cast<uint32_t>(nst.st_ino)
                          : 0;
-    std::unordered_map<uint64_t, size_t> by_inode;
     for (bool v6 : {false, true}) {
         std::ifstream f(net + (v6 ? "/tcp6" : "/tcp"));
         std::string line;
@@ -71,6 +72,8 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root, uint32
             if (!parse_proc_net_tcp_line(line, v6, &a, &st, &ino) || st != 10 /* LISTEN */ || ino == 0)
                 continue;
             a.netns = netns;
+            if (by_inode.count(ino))
+                continue;
             by_inode[ino] = out.size();
             out.push_back({a, ino, 0, "", {}});
         }
@@ -90,12 +93,24 @@ std::vector<ExistingListener> scan_tcp_listeners(const std::string &root, uint32
             unsigned long fl = strtoul(flags.c_str(), nullptr, 16);
             if (!(fl & 0x10000) || type != "0001" || path.empty() || path[0] != '/')
                 continue;
+            if (by_inode.count(ino))
+                continue;
             by_inode[ino] = out.size();
             Addr ua = Addr::unix_path(path);
             ua.netns = netns;
             out.push_back({ua, ino, 0, "", {}});
         }
     }
+}
+
+std::vector<ExistingListener> scan_tcp_listeners(const std::string &root, const std::vector<uint32_t> &net_pids)
+{
+    std::vector<ExistingListener> out;
+    std::unordered_map<uint64_t, size_t> by_inode;
+    if (net_pids.empty())
+        listeners_of_netns(root, 0, out, by_inode);
+    for (uint32_t pid : net_pids)
+        listeners_of_netns(root, pid, out, by_inode);
     if (out.empty())
         return out;
     for_each_socket_fd(
@@ -162,6 +177,31 @@ uint32_t pid_for_socket_inode(uint64_t inode, const std::string &root)
         },
         root);
     return found;
+}
+
+} // namespace n502
+
+namespace n502 {
+
+std::vector<uint32_t> one_pid_per_netns(const std::string &root)
+{
+    std::vector<uint32_t> out;
+    std::unordered_map<uint64_t, bool> seen;
+    if (DIR *d = opendir(root.c_str())) {
+        while (dirent *de = readdir(d)) {
+            char *end = nullptr;
+            unsigned long pid = strtoul(de->d_name, &end, 10);
+            if (!end || *end || pid == 0)
+                continue;
+            struct stat st{};
+            if (stat(fmt::format("{}/{}/ns/net", root, pid).c_str(), &st) != 0)
+                continue;
+            if (seen.emplace(static_cast<uint64_t>(st.st_ino), true).second)
+                out.push_back(static_cast<uint32_t>(pid));
+        }
+        closedir(d);
+    }
+    return out;
 }
 
 } // namespace n502

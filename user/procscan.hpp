@@ -22,9 +22,13 @@ struct ExistingListener {
 // Reads /proc/net/tcp, /proc/net/tcp6 and /proc/net/unix (stream listeners
 // with a path; the caller's network namespace) and maps socket inodes to
 // processes through /proc/*/fd.
-// net_pid != 0: the listeners of that process's network namespace
-// (/proc/PID/net/...), with Addr::netns set to it.
-std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc", uint32_t net_pid = 0);
+// net_pids: the network namespaces of these processes (/proc/PID/net/...;
+// empty: ours), each listener with Addr::netns set to its namespace.
+std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc",
+                                                 const std::vector<uint32_t> &net_pids = {});
+
+// One process in each network namespace on the host (for scan_tcp_listeners).
+std::vector<uint32_t> one_pid_per_netns(const std::string &proc_root = "/proc");
 
 // Calls fn(pid, inode) for every socket descriptor of every process (through
 // /proc/*/fd), until fn returns true.

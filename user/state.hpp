@@ -50,6 +50,7 @@ struct Proc {
     // Where it lives, read from /proc with the facts above.
     std::optional<uint32_t> ns_pid; // pid inside its own pid namespace
     std::string cgroup2;            // cgroup v2 path
+    uint64_t cgroup_id = 0;         // from the kernel at accept/listen: the path when /proc is gone
     std::optional<ContainerInfo> container;
 };
 

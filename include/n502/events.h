@@ -107,6 +107,9 @@ struct n502_accept_event {
 	__u32 nginx_tgid;      /* owner of Nginx's end (recorded at its connect) */
 	struct n502_addr local; /* the address the upstream accepted on */
 	struct n502_addr peer;  /* Nginx's address */
+	__u64 cgroup_id;        /* the accepting process's cgroup v2 id */
+	__u32 ns_tgid;          /* its pid inside its own pid namespace */
+	__u32 _pad;
 };
 
 struct n502_close_event {
@@ -207,6 +210,9 @@ struct n502_listen_event {
 	__s32 backlog;
 	struct n502_addr local;
 	char path[N502_UNIX_PATH_LEN]; /* unix listeners: the bound path */
+	__u64 cgroup_id;               /* the listening process's cgroup v2 id */
+	__u32 ns_tgid;                 /* its pid inside its own pid namespace */
+	__u32 _pad;
 };
 
 /* Value of the procs map (key: tgid). */

@@ -43,6 +43,11 @@ on kernel 6.18 (cgroup v1 + unified hierarchy, Docker 20.10, cgroupfs):
   veth_containers  Nginx and upstream in separate --network none containers joined by a
                    veth pair 192.0.2.1/30 -- 192.0.2.2/30; mode hang on 192.0.2.2:9000,
                    `docker kill` during the request: "upstream prematurely closed" -> 502
+  twin_pods        two pods (Nginx + upstream.py, mode hang), each with
+                   net.ipv4.ip_local_port_range "40000 40000", so both Nginx-to-upstream
+                   connections are 127.0.0.1:40000 -> 127.0.0.1:9000; one n502trace
+                   --container A --container B; `docker kill` A's upstream, then B's:
+                   "upstream prematurely closed" -> 502 in each pod
 """
 import argparse
 import json
@@ -108,16 +113,15 @@ class Scenario:
         self.binary = binary
         self.use_tool = use_tool
         self.tools = []
-        self.ntools = 0
         self.want_verdicts = {}  # tool -> verdicts this scenario caused while it ran
 
     def note(self, msg):
         harness.log(msg)
 
     # -- pieces
-    def web(self, upstream=LOOPBACK_UPSTREAM, conf=None, **kw):
-        """The Nginx container "web" (--network none unless told)."""
-        ng = self.env.nginx("web", conf or nginx_conf(upstream), **kw)
+    def web(self, upstream=LOOPBACK_UPSTREAM, conf=None, role="web", **kw):
+        """An Nginx container (--network none unless told)."""
+        ng = self.env.nginx(role, conf or nginx_conf(upstream), **kw)
         self.note("nginx container %s (%s): master pid %d, workers %s" % (
             ng.name, ng.id[:12], ng.pid, ng.workers))
         return ng
@@ -131,12 +135,11 @@ class Scenario:
 
     def start_tool(self, args, nginx=None):
         """n502trace selected by args only (no --nginx-pid); None with --no-tool.
-        Checks the ready record against the one Nginx container it must find."""
+        nginx: the Nginx container(s) the ready record must list, and only them."""
         if not self.use_tool:
             return None
-        self.ntools += 1
         tool = harness.Tool(self.h, self.binary, None, args=args)
-        tool.errpath = self.h.path("n502trace-%d.stderr" % self.ntools)
+        tool.errpath = self.h.path("n502trace-%d.stderr" % (len(self.tools) + 1))
         self.tools.append(tool)
         self.want_verdicts[tool] = 0
         tool.start()
@@ -151,22 +154,31 @@ class Scenario:
             self.check_verdict_count(tool)
 
     def check_ready(self, ready, ng, want_file_log=True):
+        """ready.instances holds exactly the Nginx containers ng (one, or a list)."""
+        ngs = ng if isinstance(ng, list) else [ng]
         inst = ready.get("instances")
-        check(isinstance(inst, list) and len(inst) == 1,
-              "ready.instances: want exactly one Nginx (%s), got %s" % (ng.name, json.dumps(inst)))
-        i0 = inst[0]
-        check(i0.get("master") == ng.pid, "ready.instances[0].master %r, want %d" % (i0.get("master"), ng.pid))
+        check(isinstance(inst, list) and len(inst) == len(ngs),
+              "ready.instances: want exactly %d Nginx (%s), got %s" % (
+                  len(ngs), ", ".join(n.name for n in ngs), json.dumps(inst)))
+        for ng in ngs:
+            i0 = next((i for i in inst if isinstance(i, dict) and i.get("master") == ng.pid), None)
+            check(i0 is not None, "ready.instances has no master %d (%s): %s" % (ng.pid, ng.name, json.dumps(inst)))
+            self.check_instance(ready, i0, ng, want_file_log)
+
+    def check_instance(self, ready, i0, ng, want_file_log):
+        where = "ready.instances[master %d]" % ng.pid
+        check(i0.get("master") == ng.pid, where + ".master %r, want %d" % (i0.get("master"), ng.pid))
         check(i0.get("master_ns_pid") == 1,
-              "ready.instances[0].master_ns_pid %r, want 1 (PID 1 of the container)" % (i0.get("master_ns_pid"),))
+              where + ".master_ns_pid %r, want 1 (PID 1 of the container)" % (i0.get("master_ns_pid"),))
         check(sorted(i0.get("workers") or []) == sorted(ng.worker_pids()),
-              "ready.instances[0].workers %r, want %r" % (i0.get("workers"), ng.worker_pids()))
-        check(i0.get("cgroup") == ng.cgroup, "ready.instances[0].cgroup %r, want %r" % (i0.get("cgroup"), ng.cgroup))
+              where + ".workers %r, want %r" % (i0.get("workers"), ng.worker_pids()))
+        check(i0.get("cgroup") == ng.cgroup, where + ".cgroup %r, want %r" % (i0.get("cgroup"), ng.cgroup))
         check(i0.get("container") == ng.info(),
-              "ready.instances[0].container %s, want %s" % (json.dumps(i0.get("container")), json.dumps(ng.info())))
+              where + ".container %s, want %s" % (json.dumps(i0.get("container")), json.dumps(ng.info())))
         if want_file_log:
             logs = i0.get("error_logs") or []
             check(any(str(p).endswith(ng.ERROR_LOG) for p in logs),
-                  "ready.instances[0].error_logs %r has no %s (the container's own file)" % (logs, ng.ERROR_LOG))
+                  where + ".error_logs %r has no %s (the container's own file)" % (logs, ng.ERROR_LOG))
         cg = ready.get("cgroups")
         check(isinstance(cg, list) and any(isinstance(c, dict) and c.get("path") == ng.cgroup for c in cg),
               "ready.cgroups %s has no {\"path\": %r}" % (json.dumps(cg), ng.cgroup))
@@ -275,8 +287,10 @@ class Scenario:
 
 def memory_limit(ct):
     """The container's memory limit as its memory cgroup says (v1, or v2's memory.max)."""
-    for path in ("/sys/fs/cgroup/memory%s/memory.limit_in_bytes" % ct.cgroups.get("memory"),
-                 "/sys/fs/cgroup%s/memory.max" % ct.cgroup):
+    paths = ["/sys/fs/cgroup%s/memory.max" % ct.cgroup]
+    if "memory" in ct.cgroups:
+        paths.insert(0, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes" % ct.cgroups["memory"])
+    for path in paths:
         if os.path.exists(path):
             with open(path) as f:
                 return int(f.read())
@@ -450,6 +464,41 @@ def sc_veth_containers(s):
     s.stop_tool(tool)
 
 
+def sc_twin_pods(s):
+    # Two pods whose Nginx-to-upstream connections have the very same 4-tuple
+    # (127.0.0.1:40000 -> 127.0.0.1:9000, each on its own loopback): a single
+    # local port in each namespace. One n502trace follows both Nginx.
+    port = "40000"
+    pods = []
+    for tag in ("a", "b"):
+        web = s.web(role="web" + tag, extra=["--sysctl", "net.ipv4.ip_local_port_range=%s %s" % (port, port)])
+        pods.append([web, None])
+    tool = s.start_tool(["--container", pods[0][0].name, "--container", pods[1][0].name], [w for w, _ in pods])
+    for pod in pods:
+        pod[1] = s.pod_upstream(pod[0], "hang", role="app" + pod[0].role[-1])
+    reqs = []
+    for n, (web, up) in enumerate(pods):
+        # The client binds a port outside the one-port range: Nginx's connect gets port 40000.
+        reqs.append(web.background_get(source_port=41000 + n))
+        up.wait_word("REQUEST")
+    for web, up in pods:
+        conns = dockerenv.established_to(web.netns, UPSTREAM_PORT)
+        check(conns == [("127.0.0.1:%s" % port, LOOPBACK_UPSTREAM)],
+              "%s: Nginx's upstream connections %s, want exactly 127.0.0.1:%s -> %s" % (
+                  web.name, conns, port, LOOPBACK_UPSTREAM))
+    s.note("both pods hold 127.0.0.1:%s -> %s" % (port, LOOPBACK_UPSTREAM))
+    for (web, up), req in zip(pods, reqs):
+        dockerenv.docker("kill", up.name)
+        r = req.result()
+        check(r.status == 502, "GET / via %s: status %r, want 502" % (web.name, r.status))
+        up.wait_exited()
+        _, logged = s.expect_nginx_line(web, MSG_PREMATURE)
+        s.expect_verdict(tool, r, web, logged, "upstream_killed", LOOPBACK_UPSTREAM, "prematurely closed", up=up,
+                         evidence=[[{"event": "signal", "target_pid": up.pid, "sig": 9}],
+                                   [{"event": "accept", "pid": up.pid}]])
+    s.stop_tool(tool)
+
+
 SCENARIOS = {
     "pod_oom": sc_pod_oom,
     "docker_kill": sc_docker_kill,
@@ -458,6 +507,7 @@ SCENARIOS = {
     "stderr_only": sc_stderr_only,
     "attach_by": sc_attach_by,
     "veth_containers": sc_veth_containers,
+    "twin_pods": sc_twin_pods,
 }
 
 

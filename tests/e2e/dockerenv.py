@@ -151,6 +151,21 @@ def prepare():
         return ensure_image()
 
 
+def run_cmd(argv, what, timeout=10):
+    """Run a host command; its stdout, or Failure naming what failed."""
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    if r.returncode != 0:
+        raise Failure("%s failed (%d): %s" % (what, r.returncode, r.stderr.decode(errors="replace").strip()))
+    return r.stdout.decode(errors="replace")
+
+
+def established_to(netns, port):
+    """[(local, peer)] of the established TCP connections to port in /run/netns/<netns>."""
+    out = run_cmd([IP, "netns", "exec", netns, "ss", "-tnH", "state", "established", "dport = :%d" % port],
+                  "ss in netns %s" % netns)
+    return [tuple(l.split()[2:4]) for l in out.splitlines() if l.strip()]
+
+
 # ---------------------------------------------------------------- /proc helpers
 
 
@@ -320,14 +335,14 @@ class NginxContainer(Container):
             return hits[nth - 1] if len(hits) >= nth else None
         return harness.wait_until(find, timeout, "nginx (%s) error line #%d containing %r" % (self.name, nth, substring))
 
-    def get(self, path="/", want=None, timeout=25):
-        r = harness.http_get(self.port, path, timeout=timeout, netns=self.netns)
+    def get(self, path="/", want=None, timeout=25, source_port=None):
+        r = harness.http_get(self.port, path, timeout=timeout, netns=self.netns, source_port=source_port)
         if want is not None:
             check(r.status == want, "GET %s via %s: status %r, want %d" % (path, self.name, r.status, want))
         return r
 
-    def background_get(self, path="/"):
-        req = harness.BackgroundRequest(self.port, path, netns=self.netns)
+    def background_get(self, path="/", source_port=None):
+        req = harness.BackgroundRequest(self.port, path, netns=self.netns, source_port=source_port)
         req.start()
         return req
 
@@ -410,7 +425,7 @@ class DockerEnv:
     def attach_netns(self, container):
         """/run/netns/<name> for the container's network namespace (ip netns attach)."""
         name = netns_name(container.role)
-        harness._run([IP, "netns", "attach", name, str(container.pid)], "ip netns attach %s %d" % (name, container.pid))
+        run_cmd([IP, "netns", "attach", name, str(container.pid)], "ip netns attach %s %d" % (name, container.pid))
         self.netnses.append(name)
         return name
 
@@ -420,14 +435,14 @@ class DockerEnv:
         two interface names."""
         base = "%s%04x" % (PREFIX, random.randrange(1 << 16))  # 13 chars; + 1 < IFNAMSIZ
         ea, eb = base + "a", base + "b"
-        harness._run([IP, "link", "add", ea, "type", "veth", "peer", "name", eb], "ip link add %s" % ea)
+        run_cmd([IP, "link", "add", ea, "type", "veth", "peer", "name", eb], "ip link add %s" % ea)
         self.veths.append(ea)
         for end, ct, addr in ((ea, a, a_addr), (eb, b, b_addr)):
             ns = ct.netns or self.attach_netns(ct)
             ct.netns = ns
-            harness._run([IP, "link", "set", end, "netns", str(ct.pid)], "ip link set %s netns %d" % (end, ct.pid))
-            harness._run([IP, "-n", ns, "addr", "add", addr, "dev", end], "ip -n %s addr add %s" % (ns, addr))
-            harness._run([IP, "-n", ns, "link", "set", end, "up"], "ip -n %s link set %s up" % (ns, end))
+            run_cmd([IP, "link", "set", end, "netns", str(ct.pid)], "ip link set %s netns %d" % (end, ct.pid))
+            run_cmd([IP, "-n", ns, "addr", "add", addr, "dev", end], "ip -n %s addr add %s" % (ns, addr))
+            run_cmd([IP, "-n", ns, "link", "set", end, "up"], "ip -n %s link set %s up" % (ns, end))
         return ea, eb
 
     def snapshot(self):
