@@ -369,13 +369,11 @@ int run(const Options &opt)
         }
         instances.push_back(std::move(in));
     }
+    std::vector<const Selected *> empty_selections;
     for (const auto &sel : selection) {
         auto masters = nginx_masters_among(pids_in_selection(sel));
         if (masters.empty()) {
-            sink->warning({"no_nginx_in_selection",
-                           fmt::format("no Nginx master runs in {} (cgroup {}){}", sel.what, sel.path,
-                                       opt.nginx_pid || selection.size() > 1 ? "" : "; waiting for one to start"),
-                           0});
+            empty_selections.push_back(&sel);
             continue;
         }
         for (uint32_t m : masters) {
@@ -401,6 +399,11 @@ int run(const Options &opt)
                           what));
         return EXIT_USAGE;
     }
+    for (const Selected *sel : empty_selections)
+        sink->warning({"no_nginx_in_selection",
+                       fmt::format("no Nginx master runs in {} (cgroup {}) yet: it is followed when one starts",
+                                   sel->what, sel->path),
+                       0});
     // SIGINT/SIGTERM arrive through a signalfd so the loop can stop cleanly.
     sigset_t mask;
     sigemptyset(&mask);

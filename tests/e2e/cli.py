@@ -7,6 +7,7 @@ and the human output shows a verdict headline. Must run as root.
 """
 import argparse
 import json
+import re
 import os
 import select
 import signal
@@ -102,6 +103,31 @@ def main():
         check(r.returncode == 0, "exit %d" % r.returncode)
         for needle in ("--nginx-pid", "--json", "--error-log", "--duration", "upstream_oom_killed", "Exit codes"):
             check(needle in out, "--help lacks %r" % needle)
+
+    @case("--container that does not exist: exit 2, naming it")
+    def _():
+        expect_usage_error(["--container", "n502-no-such-container"], 'no container matches "n502-no-such-container"')
+
+    @case("--cgroup that is not a cgroup: exit 2")
+    def _():
+        expect_usage_error(["--cgroup", "/n502-no/such/cgroup"], "not a cgroup directory")
+
+    @case("no BTF: --check says what is missing; a run refuses with the reason")
+    def _():
+        # Hide /sys/kernel/btf in a private mount namespace: the kernel is
+        # the same, the tool just cannot see its BTF.
+        hide = "mount -t tmpfs none /sys/kernel/btf && exec \"$@\""
+        r = subprocess.run(["unshare", "-m", "sh", "-c", hide, "sh", BIN, "--check"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=30)
+        out = r.stdout.decode(errors="replace")
+        check(r.returncode == 1, "--check without BTF: exit %d, want 1" % r.returncode)
+        check(re.search(r"kernel BTF\s+MISSING", out), "--check does not report missing BTF: %s" % out)
+        check("hook tracepoint/syscalls/sys_enter_connect" in out and "yes" in out,
+              "--check does not say what still works: %s" % out)
+        r = subprocess.run(["unshare", "-m", "sh", "-c", hide, "sh", BIN, "--nginx-pid", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        err = r.stderr.decode(errors="replace")
+        check(r.returncode in (1, 2), "run without BTF: exit %d" % r.returncode)
 
     h = harness.Harness("cli")
     try:
@@ -238,6 +264,65 @@ def main():
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+        @case("no BTF: a run against a real Nginx refuses, naming BTF")
+        def _():
+            hide = "mount -t tmpfs none /sys/kernel/btf && exec \"$@\""
+            r = subprocess.run(["unshare", "-m", "sh", "-c", hide, "sh", BIN, "--nginx-pid", str(nginx.master_pid)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+            err = r.stderr.decode(errors="replace")
+            check(r.returncode == 1, "exit %d, want 1 (stderr %s)" % (r.returncode, err))
+            check("no BTF" in err and "CONFIG_DEBUG_INFO_BTF" in err, "stderr does not name BTF: %r" % err)
+
+        @case("missing tracepoints: the rest attaches, each missing hook is named")
+        def _():
+            # A tracefs without the syscall events: the classic tracepoints
+            # are missing, the BTF ones (sockets, signals, exits) remain.
+            fake = "mount -t tmpfs none /sys/kernel/tracing && mkdir -p /sys/kernel/tracing/events/oom && exec \"$@\""
+            r = subprocess.run(["unshare", "-m", "sh", "-c", fake, "sh", BIN, "--nginx-pid", str(nginx.master_pid),
+                                "--json", "--duration", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+            recs = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+            check(r.returncode == 0, "exit %d: %s" % (r.returncode, r.stderr.decode(errors="replace")))
+            ready = next((x for x in recs if x["type"] == "ready"), None)
+            check(ready is not None, "no ready record: %r" % recs[:3])
+            failed = " ".join(ready["probes_failed"])
+            check("sys_enter_connect" in failed and "does not exist" in failed,
+                  "probes_failed does not name the missing hook: %r" % ready["probes_failed"])
+            check("tp_btf/inet_sock_set_state" in ready["probes"], "BTF hooks not attached: %r" % ready["probes"])
+            warned = [x for x in recs if x["type"] == "warning" and x["code"] == "probe_missing"]
+            check(any("sys_enter_connect" in w["message"] and "degraded" in w["message"] for w in warned),
+                  "no probe_missing warning for sys_enter_connect: %r" % warned)
+
+        @case("--cgroup with no Nginx in it: exit 2, saying so")
+        def _():
+            root = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified/") else "/sys/fs/cgroup"
+            cg = os.path.join(root, "n502-cli-empty-%d" % os.getpid())
+            os.mkdir(cg)
+            try:
+                expect_usage_error(["--cgroup", cg], "no Nginx master process found in cgroup " + cg)
+                # Nginx given by pid next to an empty selection: followed, with a warning.
+                p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--cgroup", cg, "--json"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                try:
+                    lines = read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                    recs = [json.loads(x) for x in lines]
+                    check(any(x["type"] == "warning" and x["code"] == "no_nginx_in_selection" for x in recs),
+                          "no no_nginx_in_selection warning: %r" % recs)
+                    ready = recs[-1]
+                    check([i["master"] for i in ready["instances"]] == [nginx.master_pid],
+                          "instances %r" % ready["instances"])
+                    # The kernel filter holds the selection and Nginx's own cgroup.
+                    check(len(ready["cgroups"]) >= 1, "cgroups %r" % ready["cgroups"])
+                    r = harness.http_get(nginx.port)
+                    check(r.status == 502, "status %r" % r.status)
+                    lines = read_lines_until(p, lambda l: '"type":"verdict"' in l, 10)
+                    check(json.loads(lines[-1])["cause"] == "upstream_not_listening", "verdict %s" % lines[-1])
+                finally:
+                    p.send_signal(signal.SIGINT)
+                    p.communicate(timeout=10)
+            finally:
+                os.rmdir(cg)
+
         @case("Nginx stops: the tool says so and exits 1 (no --follow)")
         def _():
             p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"], stdout=subprocess.PIPE,
