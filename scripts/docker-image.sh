@@ -43,6 +43,9 @@ fi
 ROOT=$CACHE/rootfs-$RECIPE
 TARBALL=$CACHE/rootfs-$RECIPE.tar
 mkdir -p "$CACHE"
+# One build at a time (tests may ask for the image and the root together).
+exec 9>"$CACHE/.lock"
+flock 9
 if [ ! -f "$TARBALL" ]; then
   rm -rf "$ROOT"
   echo "docker-image.sh: debootstrap bookworm ($PACKAGES) into $ROOT" >&2

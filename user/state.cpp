@@ -81,8 +81,21 @@ void State::remember_listener(Listener l)
     if (l.sk)
         listener_sk_[l.sk] = key;
     auto &v = listeners_[key];
+    uint32_t ns = l.addr.netns;
     v.push_back(std::move(l));
-    if (v.size() > limits_.max_listeners_per_addr)
+    // The history is kept per network namespace: 127.0.0.1:9000 in other
+    // pods must not push this pod's last listener out. An overall cap
+    // bounds an address that thousands of namespaces listen on.
+    size_t same = 0;
+    for (const auto &x : v)
+        same += x.addr.netns == ns;
+    if (same > limits_.max_listeners_per_addr)
+        for (auto it = v.begin(); it != v.end(); ++it)
+            if (it->addr.netns == ns) {
+                v.erase(it);
+                break;
+            }
+    if (v.size() > limits_.max_listeners_per_addr * 16)
         v.erase(v.begin());
 }
 

@@ -296,3 +296,26 @@ TEST_CASE("network namespaces: 127.0.0.1:9000 in two pods are two places", "[con
     REQUIRE(st.listeners_on(veth).size() == 1);
     CHECK(st.listeners_on(veth)[0]->pid == 300);
 }
+
+TEST_CASE("listener history is kept per network namespace", "[container]")
+{
+    State st;
+    Addr mine = Addr::ipv4(0x7f000001, 9000);
+    mine.netns = 1001;
+    st.add_listener(mine, 100, "app");
+    // Five other pods listen on the same loopback address afterwards.
+    for (uint32_t i = 0; i < 5; i++) {
+        Addr other = mine;
+        other.netns = 2000 + i;
+        st.add_listener(other, 200 + i, "neighbour");
+    }
+    auto ls = st.listeners_on(mine);
+    REQUIRE(ls.size() == 1);
+    CHECK(ls[0]->pid == 100);
+    // Within one namespace the history is bounded (oldest dropped).
+    for (uint32_t i = 0; i < 10; i++)
+        st.add_listener(mine, 300 + i, "app");
+    ls = st.listeners_on(mine);
+    CHECK(ls.size() == StateLimits{}.max_listeners_per_addr);
+    CHECK(ls.back()->pid == 309);
+}
