@@ -391,7 +391,7 @@ std::optional<std::string> normalise_cgroup_arg(const std::string &arg, const st
                              arg, root);
         return std::nullopt;
     }
-    if (rel.find("/../") != std::string::npos || rel.size() >= 3 && rel.compare(rel.size() - 3, 3, "/..") == 0) {
+    if (rel.find("/../") != std::string::npos || (rel.size() >= 3 && rel.compare(rel.size() - 3, 3, "/..") == 0)) {
         *error = fmt::format("--cgroup {}: \"..\" is not allowed", arg);
         return std::nullopt;
     }

@@ -48,6 +48,26 @@ static std::string advice(int err)
     }
 }
 
+std::string lockdown_verdict(const std::string &file)
+{
+    // The file lists the modes with the active one in brackets:
+    // "none [integrity] confidentiality".
+    auto open = file.find('['), close = file.find(']');
+    if (open == std::string::npos || close == std::string::npos || close < open)
+        return file.empty() || file == "unknown"
+                   ? "unknown (no /sys/kernel/security/lockdown: securityfs not mounted, or no lockdown LSM)"
+                   : "unknown (" + file + ")";
+    std::string mode = file.substr(open + 1, close - open - 1);
+    if (mode == "none")
+        return "none";
+    if (mode == "integrity")
+        return "integrity: BPF tracing still works";
+    if (mode == "confidentiality")
+        return "MISSING: lockdown=confidentiality refuses BPF programs that read kernel memory; n502trace cannot "
+               "attach (boot without it, or with lockdown=integrity)";
+    return "unknown mode " + mode;
+}
+
 bool ensure_tracefs(std::string *error)
 {
     if (access("/sys/kernel/tracing/events", F_OK) == 0 || access("/sys/kernel/debug/tracing/events", F_OK) == 0)
@@ -317,7 +337,7 @@ std::vector<std::pair<std::string, std::string>> Loader::preflight()
         while (!lockdown.empty() && lockdown.back() == '\n')
             lockdown.pop_back();
     }
-    out.emplace_back("lockdown", lockdown);
+    out.emplace_back("lockdown", lockdown_verdict(lockdown));
     out.emplace_back("ring buffer", libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr) == 1
                                         ? "yes"
                                         : "MISSING: BPF ring buffers need Linux 5.8 or later");

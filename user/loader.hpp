@@ -75,6 +75,9 @@ private:
     Callback cb_;
 };
 
+// --check's reading of /sys/kernel/security/lockdown's contents.
+std::string lockdown_verdict(const std::string &file);
+
 // Makes sure tracefs is mounted (classic tracepoints need its event ids).
 bool ensure_tracefs(std::string *error);
 

@@ -129,6 +129,23 @@ def main():
         err = r.stderr.decode(errors="replace")
         check(r.returncode in (1, 2), "run without BTF: exit %d" % r.returncode)
 
+    @case("lockdown: --check reads the mode and says whether n502trace can attach")
+    def _():
+        # A private securityfs stand-in: the host's kernel is not locked
+        # down (and locking it down cannot be undone), the file is what
+        # --check reads.
+        for mode, rc, needle in (("[none] integrity confidentiality", 0, "lockdown"),
+                                 ("none [integrity] confidentiality", 0, "integrity: BPF tracing still works"),
+                                 ("none integrity [confidentiality]", 1, "MISSING: lockdown=confidentiality")):
+            fake = ("mount -t tmpfs none /sys/kernel/security && printf '%s\\n' > /sys/kernel/security/lockdown "
+                    "&& exec \"$@\"" % mode)
+            r = subprocess.run(["unshare", "-m", "sh", "-c", fake, "sh", BIN, "--check"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=30)
+            out = r.stdout.decode(errors="replace")
+            line = next((l for l in out.splitlines() if l.strip().startswith("lockdown")), "")
+            check(needle in line, "%s: lockdown line %r lacks %r" % (mode, line, needle))
+            check(r.returncode == rc, "%s: exit %d, want %d" % (mode, r.returncode, rc))
+
     h = harness.Harness("cli")
     try:
         port = harness.free_port()
