@@ -5,19 +5,19 @@
  * In containers Nginx often logs to stderr (`error_log stderr`, or the
  * official image's /var/log/nginx/error.log -> /dev/stderr), a pipe that a
  * logging driver drains and may never store. The lines are taken here, from
- * the write() of an Nginx process to a descriptor whose inode user space
- * named in log_inodes (the pipe, socket or tty behind its fd 2).
+ * the write() of an Nginx process to a descriptor whose file (device and
+ * inode) user space named in log_inodes (the pipe, socket or tty behind its fd 2).
  *
  * Only loaded when there is something to capture: sys_enter_write runs for
  * every write() on the host, so the filter is the first thing it does.
  */
 #include "common.bpf.h"
 
-/* Inode numbers of the captured files (value unused). */
+/* The captured files (value unused). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u64);
+	__uint(max_entries, 256);
+	__type(key, struct n502_file_key);
 	__type(value, __u8);
 } log_inodes SEC(".maps");
 
@@ -30,8 +30,9 @@ struct {
 	__type(value, struct n502_log_event);
 } log_scratch SEC(".maps");
 
-/* fd -> inode number of the current task's open file, or 0. */
-static __always_inline __u64 inode_of_fd(int fd)
+/* fd -> device and inode number of the current task's open file; 0 when
+ * there is none. */
+static __always_inline int file_of_fd(int fd, struct n502_file_key *key)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -43,7 +44,10 @@ static __always_inline __u64 inode_of_fd(int fd)
 	fds = BPF_CORE_READ(fdt, fd);
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
 		return 0;
-	return BPF_CORE_READ(file, f_inode, i_ino);
+	key->ino = BPF_CORE_READ(file, f_inode, i_ino);
+	key->dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	key->_pad = 0;
+	return key->ino != 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
@@ -52,25 +56,25 @@ int handle_sys_enter_write(struct trace_event_raw_sys_enter *ctx)
 	struct n502_proc *p = current_proc();
 	struct n502_log_event *e;
 	__u32 zero = 0;
-	__u64 ino, nbytes;
+	struct n502_file_key key = {};
+	__u64 nbytes;
 	__u32 len;
 	int fd;
 
 	if (!p || !(p->role & N502_PROC_NGINX))
 		return 0;
 	fd = (int)ctx->args[0];
-	ino = inode_of_fd(fd);
-	if (!ino || !bpf_map_lookup_elem(&log_inodes, &ino) || !cgroup_selected())
+	if (!file_of_fd(fd, &key) || !bpf_map_lookup_elem(&log_inodes, &key) || !cgroup_selected())
 		return 0;
 	e = bpf_map_lookup_elem(&log_scratch, &zero);
 	if (!e)
 		return 0;
 	nbytes = ctx->args[2];
 	len = nbytes > N502_LOG_MAX ? N502_LOG_MAX : (__u32)nbytes;
-	e->ino = ino;
+	e->ino = key.ino;
+	e->dev = key.dev;
 	e->fd = fd;
 	e->cut = nbytes > N502_LOG_MAX ? (__u32)(nbytes - N502_LOG_MAX) : 0;
-	e->_pad = 0;
 	if (len == 0)
 		return 0;
 	/* Bounded for the verifier: 1 <= len <= N502_LOG_MAX. */

@@ -9,6 +9,8 @@
 #include <malloc.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <map>
+#include <tuple>
 #include <memory>
 #include <unordered_map>
 #include <linux/capability.h>
@@ -194,9 +196,12 @@ struct Instance {
     bool selected = false;                          // found through --container/--cgroup
     bool gone = false;
 
+    // Merged, never cleared: a worker that has exited (killed, OOM) keeps
+    // its mapping for the lines it logged before it went.
     void map_pids()
     {
-        host_of.clear();
+        if (host_of.size() > 4096)
+            host_of.clear(); // many reloads: start again from the living
         std::vector<uint32_t> pids = children_of(info.master);
         pids.push_back(info.master);
         for (uint32_t pid : pids)
@@ -263,6 +268,7 @@ int run(const Options &opt)
         std::string what;   // as the user gave it
         std::string path;   // cgroup path (v2, or v1 on v1-only hosts)
         std::optional<ContainerInfo> container;
+        bool v1 = false;    // path is a v1 cgroup: membership from /proc, no kernel filter
     };
     std::vector<Selected> selection;
     for (const auto &ref : opt.containers) {
@@ -272,12 +278,36 @@ int run(const Options &opt)
             return EXIT_USAGE;
         }
         std::string path = uroot.empty() ? memory_cgroup(rc->pid) : cgroup_v2_path(rc->pid);
+        // A runtime that does not join the v2 hierarchy (older runc on a
+        // hybrid host) leaves its containers in a service's v2 cgroup:
+        // selecting that would select every container under it.
+        if (!uroot.empty()) {
+            auto c2 = container_from_cgroup(path, dirs);
+            if (!c2 || c2->id != rc->info.id) {
+                std::string v1 = memory_cgroup(rc->pid);
+                auto c1 = container_from_cgroup(v1, dirs);
+                if (!c1 || c1->id != rc->info.id) {
+                    error(fmt::format("container {} ({}): neither its cgroup v2 path {} nor its memory cgroup {} "
+                                      "belongs to it alone; select its Nginx with --nginx-pid",
+                                      ref, rc->info.id.substr(0, 12), path, v1));
+                    return EXIT_RUNTIME;
+                }
+                sink->warning({"cgroup_v1_only",
+                               fmt::format("container {} is not in a cgroup v2 of its own ({}): its processes are "
+                                           "found through its v1 cgroup {}, and the kernel filters on the Nginx "
+                                           "processes instead of cgroup ids",
+                                           ref, path, v1),
+                               0});
+                selection.push_back({"container " + ref, v1, rc->info, true});
+                continue;
+            }
+        }
         if (path.empty() || path == "/") {
             error(fmt::format("container {} ({}): its cgroup could not be read from /proc/{}/cgroup", ref,
                               rc->info.id.substr(0, 12), rc->pid));
             return EXIT_RUNTIME;
         }
-        selection.push_back({"container " + ref, path, rc->info});
+        selection.push_back({"container " + ref, path, rc->info, uroot.empty()});
     }
     for (const auto &arg : opt.cgroups) {
         auto rel = normalise_cgroup_arg(arg, uroot, &err);
@@ -292,12 +322,14 @@ int run(const Options &opt)
     auto walk_selection = [&]() {
         std::vector<CgroupRef> all;
         for (const auto &sel : selection)
-            for (auto &cg : cgroup_tree(uroot, sel.path))
-                all.push_back(std::move(cg));
+            if (!sel.v1)
+                for (auto &cg : cgroup_tree(uroot, sel.path))
+                    all.push_back(std::move(cg));
         return all;
     };
     auto pids_in_selection = [&](const Selected &sel) {
-        return uroot.empty() ? pids_with_cgroup_path(sel.path) : pids_in_cgroups(uroot, cgroup_tree(uroot, sel.path));
+        return uroot.empty() || sel.v1 ? pids_with_cgroup_path(sel.path)
+                                       : pids_in_cgroups(uroot, cgroup_tree(uroot, sel.path));
     };
     if (!selection.empty() && uroot.empty())
         sink->warning({"cgroup_v1_only",
@@ -424,6 +456,8 @@ int run(const Options &opt)
     lo.ringbuf_bytes = opt.ringbuf_kb * 1024u;
     lo.verbose = opt.verbose;
     lo.filter_cgroups = !selection.empty() && !uroot.empty();
+    for (const auto &sel : selection)
+        lo.filter_cgroups = lo.filter_cgroups && !sel.v1;
     // With a selection, an Nginx that starts later may log to stderr too.
     lo.capture_logs = !selection.empty();
     for (const auto &in : instances)
@@ -438,14 +472,15 @@ int run(const Options &opt)
     // The kernel-side selection: every selected cgroup (and those below),
     // plus the cgroup of an Nginx given by pid next to them.
     std::unordered_map<uint64_t, std::string> filter_ids;
+    uint64_t select_failures = 0;
     auto select_cgroup = [&](const CgroupRef &cg) {
         if (!lo.filter_cgroups || filter_ids.count(cg.id))
             return;
         std::string serr;
         if (loader.select_cgroup(cg.id, &serr))
             filter_ids[cg.id] = cg.path;
-        else
-            sink->warning({"map_full", serr, 0});
+        else if (select_failures++ == 0)
+            sink->warning({"map_full", serr + " (Nginx in further cgroups is not watched)", 0});
     };
     if (lo.filter_cgroups) {
         for (const auto &cg : walk_selection())
@@ -486,7 +521,7 @@ int run(const Options &opt)
     };
 
     // Captured logs (stderr pipes): inode -> the instance that writes there.
-    std::unordered_map<uint64_t, Instance *> capture_of;
+    std::map<std::pair<uint32_t, uint64_t>, Instance *> capture_of; // (dev, ino)
     auto start_instance = [&](Instance &in) {
         std::vector<uint32_t> pids = in.info.workers;
         pids.push_back(in.info.master);
@@ -500,9 +535,9 @@ int run(const Options &opt)
         }
         for (const auto &c : in.info.captures) {
             std::string cerr;
-            if (!loader.capture_inode(c.ino, &cerr))
+            if (!loader.capture_file(c.dev, c.ino, &cerr))
                 sink->warning({"log_capture", cerr, 0});
-            capture_of[c.ino] = &in;
+            capture_of[{c.dev, c.ino}] = &in;
         }
     };
     for (auto &in : instances)
@@ -561,9 +596,9 @@ int run(const Options &opt)
             summary.log_lines++;
             uint32_t logged = line->pid;
             // Nginx logs pids of its own namespace; the kernel speaks host pids.
-            uint32_t hostpid = writer ? writer : in.host_pid(logged);
-            if (hostpid)
-                line->pid = hostpid;
+            // A pid that cannot be mapped is not guessed at (0: no connection
+            // of that worker is known; the verdict says so).
+            line->pid = writer ? writer : in.host_pid(logged);
             pending.push_back({std::move(*line), boot_now_ns() + grace_ns, 0, logged});
             return true;
         }
@@ -573,11 +608,16 @@ int run(const Options &opt)
                 pending_access.push_back({std::move(*a), boot_now_ns() + grace_ns + 100'000'000ULL});
         return false;
     };
-    // Captured writes may split or join lines: complete lines only.
-    std::unordered_map<uint64_t, std::string> capture_partial; // (inode ^ writer) -> unfinished line
+    // Captured writes may split or join lines: complete lines only, per
+    // file and writer; a line that grows past 64 KiB is dropped whole.
+    struct Partial {
+        std::string text;
+        bool overflow = false;
+    };
+    std::map<std::tuple<uint32_t, uint64_t, uint32_t>, Partial> capture_partial; // (dev, ino, writer)
     uint64_t capture_cut = 0;
     auto take_capture = [&](const Event &ev) {
-        auto it = capture_of.find(ev.ino);
+        auto it = capture_of.find({ev.dev, ev.ino});
         if (it == capture_of.end())
             return;
         if (ev.cut && capture_cut++ == 0)
@@ -586,18 +626,37 @@ int run(const Options &opt)
                                        ev.data.size(), it->second->info.captures.empty() ? "its log" : it->second->info.captures[0].desc,
                                        ev.data.size()),
                            1});
-        std::string &part = capture_partial[ev.ino ^ (static_cast<uint64_t>(ev.tgid) << 32)];
+        auto key = std::make_tuple(ev.dev, ev.ino, ev.tgid);
+        auto pit = capture_partial.find(key);
+        Partial scratch;
+        Partial &part = pit == capture_partial.end() ? scratch : pit->second;
         size_t start = 0;
         for (size_t i = 0; i < ev.data.size(); i++) {
             if (ev.data[i] != '\n')
                 continue;
-            part.append(ev.data, start, i - start);
-            take_line(*it->second, part, ev.tgid);
-            part.clear();
+            if (!part.overflow) {
+                part.text.append(ev.data, start, i - start);
+                take_line(*it->second, part.text, ev.tgid);
+            }
+            part.text.clear();
+            part.overflow = false;
             start = i + 1;
         }
-        if (start < ev.data.size() && part.size() < 64 * 1024)
-            part.append(ev.data, start, std::string::npos);
+        if (start < ev.data.size()) {
+            if (part.text.size() + (ev.data.size() - start) > 64 * 1024) {
+                part.text.clear();
+                part.overflow = true;
+            } else if (!part.overflow) {
+                part.text.append(ev.data, start, std::string::npos);
+            }
+        }
+        bool unfinished = !part.text.empty() || part.overflow;
+        if (pit == capture_partial.end() && unfinished) {
+            if (capture_partial.size() < 4096)
+                capture_partial.emplace(key, std::move(scratch));
+        } else if (pit != capture_partial.end() && !unfinished) {
+            capture_partial.erase(pit);
+        }
     };
 
     bool ring_ok = loader.start_ring(
@@ -737,6 +796,10 @@ int run(const Options &opt)
         Verdict v = given;
         if (logged_pid)
             v.nginx_ns_pid = logged_pid;
+        if (v.nginx_pid == 0 && logged_pid)
+            v.notes.push_back(fmt::format("Nginx logged pid {}, which is no process of its pid namespace now: "
+                                          "its connections could not be looked up",
+                                          logged_pid));
         place(v.nginx_pid, v.nginx_ns_pid, v.nginx_cgroup, v.nginx_container);
         if (v.upstream_pid)
             place(*v.upstream_pid, v.upstream_ns_pid, v.upstream_cgroup, v.upstream_container);
@@ -823,13 +886,19 @@ int run(const Options &opt)
 
     // A new Nginx master to follow (restart with --follow, or one that
     // started in a selected container).
+    std::unordered_map<uint32_t, bool> adopt_failed; // masters whose logs could not be found: said once
     auto adopt = [&](uint32_t master, bool selected, const char *code, const std::string &why) {
+        if (adopt_failed.count(master))
+            return false;
         std::string derr;
         auto again = discover_nginx(master, &derr);
         if (!again)
             return false;
         auto in = make_instance(*again, selected, &derr);
         if (!in) {
+            if (adopt_failed.size() > 4096)
+                adopt_failed.clear();
+            adopt_failed[master] = true;
             sink->warning({"nginx_logs", derr, 0});
             return false;
         }
@@ -888,6 +957,13 @@ int run(const Options &opt)
                             take_line(in, fe.text, 0);
                 list->clear();
             }
+            for (const auto &c : in.info.captures) {
+                loader.uncapture_file(c.dev, c.ino);
+                capture_of.erase({c.dev, c.ino});
+            }
+            for (auto it = capture_partial.begin(); it != capture_partial.end();)
+                it = capture_of.count({std::get<0>(it->first), std::get<1>(it->first)}) ? std::next(it)
+                                                                                       : capture_partial.erase(it);
             bool waits = opt.follow || in.selected;
             sink->warning({"nginx_gone",
                            fmt::format("the Nginx master {} has exited{}", in.info.master,
@@ -909,11 +985,29 @@ int run(const Options &opt)
                 if (adopt(pid, false, "nginx_restarted", fmt::format("a new Nginx master {} started", pid)))
                     instances[i]->cmdline.clear(); // followed: do not adopt twice
         }
-        // The selection: new cgroups (a restarted container) and new masters.
+        // The selection: new cgroups (a restarted container) and new masters;
+        // cgroups that are gone leave the kernel's map.
         if (!selection.empty()) {
-            if (lo.filter_cgroups)
-                for (const auto &cg : walk_selection())
+            if (lo.filter_cgroups) {
+                std::unordered_map<uint64_t, bool> present;
+                for (const auto &cg : walk_selection()) {
+                    present[cg.id] = true;
                     select_cgroup(cg);
+                }
+                for (const auto &in : instances)
+                    if (!in->gone)
+                        for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
+                            if (cg.path == in->cgroup)
+                                present[cg.id] = true;
+                for (auto it = filter_ids.begin(); it != filter_ids.end();) {
+                    if (present.count(it->first)) {
+                        ++it;
+                        continue;
+                    }
+                    loader.unselect_cgroup(it->first);
+                    it = filter_ids.erase(it);
+                }
+            }
             for (const auto &sel : selection)
                 for (uint32_t m : nginx_masters_among(pids_in_selection(sel)))
                     if (!have_master(m))

@@ -301,8 +301,18 @@ std::optional<ResolvedContainer> resolve_container(const std::string &ref_in, co
     }
     // containerd (also Kubernetes through its CRI plugin): running tasks' bundles.
     std::string base = dirs.containerd + "/io.containerd.runtime.v2.task";
+    auto known = [&](const std::string &id) {
+        for (const auto &c : all)
+            if (c.info.id == id)
+                return true;
+        return false;
+    };
     for (const auto &ns : list_dir(base))
         for (const auto &id : list_dir(base + "/" + ns)) {
+            // Docker on the system containerd keeps its tasks in namespace
+            // "moby": the same containers, already found (with names) above.
+            if (ns == "moby" || known(id))
+                continue;
             Candidate cand;
             cand.info = {"containerd", id, ""};
             if (auto j = read_json(base + "/" + ns + "/" + id + "/config.json"))
@@ -318,7 +328,7 @@ std::optional<ResolvedContainer> resolve_container(const std::string &ref_in, co
                 continue;
             Candidate cand;
             cand.info = {"cri-o", jstring(c, "id"), ""};
-            if (cand.info.id.empty())
+            if (cand.info.id.empty() || known(cand.info.id))
                 continue;
             fill_name(cand.info, dirs);
             cand.pid = read_pidfile(dirs.crio_state + "/overlay-containers/" + cand.info.id + "/userdata/pidfile");
@@ -396,6 +406,7 @@ std::optional<std::string> normalise_cgroup_arg(const std::string &arg, const st
         return std::nullopt;
     }
     struct stat st{};
+    errno = 0;
     if (stat((root + rel).c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
         *error = fmt::format("--cgroup {}: {} is not a cgroup directory ({})", arg, root + rel,
                              errno ? strerror(errno) : "not a directory");

@@ -248,6 +248,7 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         }
         e.fd = r.fd;
         e.ino = r.ino;
+        e.dev = r.dev;
         e.data.assign(r.data, r.len);
         e.cut = r.cut;
         return e;

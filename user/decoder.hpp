@@ -58,6 +58,7 @@ struct Event {
     uint64_t bytes_received = 0; // STATE
     uint64_t bytes_acked = 0;    // STATE
     uint64_t ino = 0;            // LOG: inode of the file written
+    uint32_t dev = 0;            // LOG: its device (kernel encoding)
     std::string data;            // LOG: the bytes written (at most N502_LOG_MAX)
     uint32_t cut = 0;            // LOG: bytes of the write not captured
     uint64_t cgroup_id = 0;      // ACCEPT/LISTEN: the process's cgroup v2 id

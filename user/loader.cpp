@@ -242,7 +242,7 @@ bool Loader::select_cgroup(uint64_t id, std::string *error)
     return true;
 }
 
-bool Loader::capture_inode(uint64_t ino, std::string *error)
+bool Loader::capture_file(uint32_t dev, uint64_t ino, std::string *error)
 {
     for (auto &st : probes_) {
         if (st.program != "handle_sys_enter_write" || st.attached)
@@ -264,11 +264,23 @@ bool Loader::capture_inode(uint64_t ino, std::string *error)
         st.error.clear();
     }
     uint8_t one = 1;
-    if (bpf_map__update_elem(skel_->maps.log_inodes, &ino, sizeof(ino), &one, sizeof(one), BPF_ANY) != 0) {
+    n502_file_key key{ino, dev, 0};
+    if (bpf_map__update_elem(skel_->maps.log_inodes, &key, sizeof(key), &one, sizeof(one), BPF_ANY) != 0) {
         *error = fmt::format("cannot add inode {} to the log capture map: {}", ino, strerror(errno));
         return false;
     }
     return true;
+}
+
+void Loader::uncapture_file(uint32_t dev, uint64_t ino)
+{
+    n502_file_key key{ino, dev, 0};
+    bpf_map__delete_elem(skel_->maps.log_inodes, &key, sizeof(key), 0);
+}
+
+void Loader::unselect_cgroup(uint64_t id)
+{
+    bpf_map__delete_elem(skel_->maps.cgroup_sel, &id, sizeof(id), 0);
 }
 
 int Loader::on_record(void *ctx, void *data, size_t len)

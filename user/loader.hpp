@@ -54,8 +54,13 @@ public:
     bool track_process(uint32_t pid, uint32_t role, std::string *error);
     // Adds a cgroup v2 id to the kernel-side selection (LoaderOptions::filter_cgroups).
     bool select_cgroup(uint64_t id, std::string *error);
-    // Captures Nginx's writes to the file with this inode number (LoaderOptions::capture_logs).
-    bool capture_inode(uint64_t ino, std::string *error);
+    // Captures Nginx's writes to this file (kernel dev_t encoding, inode
+    // number); the write() hook is attached on the first call.
+    bool capture_file(uint32_t dev, uint64_t ino, std::string *error);
+    // Stops capturing it.
+    void uncapture_file(uint32_t dev, uint64_t ino);
+    // Removes a cgroup id from the kernel-side selection.
+    void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);
     int ring_epoll_fd() const;
     // Consumes every record available now; returns how many, or < 0 on error.

@@ -11,6 +11,14 @@
 
 namespace n502 {
 
+int open_in_root_fd(int rootfd, const std::string &path, int flags)
+{
+    open_how how{};
+    how.flags = static_cast<uint64_t>(flags);
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    return static_cast<int>(syscall(SYS_openat2, rootfd, path.c_str(), &how, sizeof(how)));
+}
+
 int open_in_root(const std::string &root, const std::string &path, int flags)
 {
     if (root.empty())
@@ -18,25 +26,36 @@ int open_in_root(const std::string &root, const std::string &path, int flags)
     int dirfd = ::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dirfd < 0)
         return -1;
-    open_how how{};
-    how.flags = static_cast<uint64_t>(flags);
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    int fd = static_cast<int>(syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof(how)));
+    int fd = open_in_root_fd(dirfd, path, flags);
     int saved = errno;
     ::close(dirfd);
     errno = saved;
     return fd;
 }
 
+int LogFollower::open_file(int flags)
+{
+    if (root_.empty())
+        return ::open(path_.c_str(), flags);
+    if (root_fd_ < 0) {
+        root_fd_ = ::open(root_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (root_fd_ < 0)
+            return -1;
+    }
+    return open_in_root_fd(root_fd_, path_, flags);
+}
+
 LogFollower::~LogFollower()
 {
     if (fd_ >= 0)
         ::close(fd_);
+    if (root_fd_ >= 0)
+        ::close(root_fd_);
 }
 
 bool LogFollower::open(bool from_end, std::string *error)
 {
-    int fd = open_in_root(root_, path_, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    int fd = open_file(O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         if (error)
             *error = root_.empty() ? fmt::format("cannot open error log {}: {}", path_, strerror(errno))
@@ -120,7 +139,7 @@ std::vector<FollowEvent> LogFollower::poll()
     read_available(out);
 
     struct stat now{};
-    int pfd = open_in_root(root_, path_, O_PATH | O_CLOEXEC);
+    int pfd = open_file(O_PATH | O_CLOEXEC);
     bool found = pfd >= 0 && fstat(pfd, &now) == 0;
     if (pfd >= 0)
         ::close(pfd);

@@ -19,6 +19,8 @@ struct FollowEvent {
 // path, symlink or ".." can lead out of it; /proc magic links are refused.
 // root "" opens path as is. Returns the fd, or -1 with errno set.
 int open_in_root(const std::string &root, const std::string &path, int flags);
+// The same below an open directory (O_PATH) instead of a path.
+int open_in_root_fd(int rootfd, const std::string &path, int flags);
 
 class LogFollower {
 public:
@@ -45,8 +47,11 @@ private:
     void read_available(std::vector<FollowEvent> &out);
     void split(const char *data, size_t n, std::vector<FollowEvent> &out);
 
+    int open_file(int flags);
+
     std::string path_;
     std::string root_;
+    int root_fd_ = -1; // root_ opened once: /proc/PID/root must not be looked up again (the pid may be reused)
     size_t max_line_;
     int fd_ = -1;
     uint64_t ino_ = 0, dev_ = 0;

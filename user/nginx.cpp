@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "container.hpp"
@@ -165,11 +166,12 @@ std::vector<LogCapture> find_log_captures(const NginxInfo &n, const std::string 
                       (S_ISCHR(st.st_mode) && target.rfind("/dev/pts/", 0) == 0);
         if (!stream)
             continue;
+        uint32_t dev = (static_cast<uint32_t>(major(st.st_dev)) << 20) | static_cast<uint32_t>(minor(st.st_dev));
         bool dup = false;
         for (const auto &c : out)
-            dup = dup || c.ino == static_cast<uint64_t>(st.st_ino);
+            dup = dup || (c.ino == static_cast<uint64_t>(st.st_ino) && c.dev == dev);
         if (!dup)
-            out.push_back({static_cast<uint64_t>(st.st_ino), fmt::format("{} (fd {})", target, fd)});
+            out.push_back({dev, static_cast<uint64_t>(st.st_ino), fmt::format("{} (fd {})", target, fd)});
     }
     return out;
 }

@@ -10,6 +10,7 @@ namespace n502 {
 // A log Nginx writes to a pipe, socket or terminal (stderr in a container):
 // its lines are captured from the kernel, from Nginx's write()s.
 struct LogCapture {
+    uint32_t dev = 0; // kernel encoding (major << 20 | minor), as the BPF side reads it
     uint64_t ino = 0;
     std::string desc; // "pipe:[12345] (fd 2)"
 };

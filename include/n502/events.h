@@ -199,8 +199,16 @@ struct n502_log_event {
 	__s32 fd;
 	__u32 len;     /* bytes in data */
 	__u32 cut;     /* the write was longer than N502_LOG_MAX: this many bytes were not copied */
-	__u32 _pad;
+	__u32 dev;     /* the file's device (kernel encoding: major << 20 | minor) */
 	char data[N502_LOG_MAX];
+};
+
+/* Key of the log capture map: a file is its device and inode number (inode
+ * numbers alone repeat across tmpfs, devpts and pipefs). */
+struct n502_file_key {
+	__u64 ino;
+	__u32 dev; /* kernel encoding: major << 20 | minor */
+	__u32 _pad;
 };
 
 struct n502_listen_event {

@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -372,7 +373,8 @@ TEST_CASE("log capture: an Nginx process's writes to a captured pipe arrive whol
     struct stat st{};
     REQUIRE(fstat(captured[1], &st) == 0);
     std::string error;
-    REQUIRE(k.loader.capture_inode(st.st_ino, &error));
+    uint32_t dev = (static_cast<uint32_t>(major(st.st_dev)) << 20) | static_cast<uint32_t>(minor(st.st_dev));
+    REQUIRE(k.loader.capture_file(dev, st.st_ino, &error));
     const std::string ignored = "not captured: another pipe\n";
     REQUIRE(write(other[1], ignored.data(), ignored.size()) == static_cast<ssize_t>(ignored.size()));
     const std::string line = "2026/11/23 05:00:00 [error] 7#7: *1 upstream prematurely closed connection\n";
@@ -385,6 +387,7 @@ TEST_CASE("log capture: an Nginx process's writes to a captured pipe arrive whol
                                                                ev.data == line; });
     REQUIRE(e);
     CHECK(e->ino == static_cast<uint64_t>(st.st_ino));
+    CHECK(e->dev == dev);
     CHECK(e->fd == captured[1]);
     CHECK(e->cut == 0);
     const Event *b = k.wait_for([&](const Event &ev) { return ev.type == N502_EV_LOG && ev.cut > 0; });

@@ -60,7 +60,9 @@ PIN_SIZE(struct n502_tuple, 44);
 PIN_SIZE(struct n502_log_event, 64 + N502_LOG_MAX);
 PIN_OFFSET(struct n502_log_event, ino, 40);
 PIN_OFFSET(struct n502_log_event, len, 52);
+PIN_OFFSET(struct n502_log_event, dev, 60);
 PIN_OFFSET(struct n502_log_event, data, 64);
+PIN_SIZE(struct n502_file_key, 16);
 PIN_SIZE(struct n502_sock, 8);
 PIN_SIZE(struct n502_proc, 8);
 

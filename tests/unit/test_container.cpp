@@ -319,3 +319,23 @@ TEST_CASE("listener history is kept per network namespace", "[container]")
     CHECK(ls.size() == StateLimits{}.max_listeners_per_addr);
     CHECK(ls.back()->pid == 309);
 }
+
+TEST_CASE("Docker on the system containerd: one container, not two", "[container]")
+{
+    // dockerd on containerd's v2 shim also leaves the task under
+    // <containerd>/io.containerd.runtime.v2.task/moby/<id>.
+    TempDir t;
+    RuntimeDirs d{t.path + "/docker", t.path + "/containerd", t.path + "/crio-run", t.path + "/crio-lib"};
+    uint32_t me = static_cast<uint32_t>(getpid());
+    t.write("docker/containers/" + kId1 + "/config.v2.json", docker_config(kId1, "web", true, static_cast<int>(me)));
+    t.write("containerd/io.containerd.runtime.v2.task/moby/" + kId1 + "/init.pid", std::to_string(me));
+    t.write("containerd/io.containerd.runtime.v2.task/moby/" + kId1 + "/config.json", "{}");
+    std::string err;
+    for (const std::string ref : {kId1, kId1.substr(0, 12), std::string("web")}) {
+        auto r = resolve_container(ref, d, &err);
+        INFO(ref << ": " << err);
+        REQUIRE(r);
+        CHECK(r->info.runtime == "docker");
+        CHECK(r->info.name == "web");
+    }
+}
