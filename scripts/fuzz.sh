@@ -13,7 +13,7 @@ flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
        -DFMT_HEADER_ONLY -DN502_VERSION='"fuzz"' -Iinclude -Iuser)
 core=(user/logline.cpp user/accesslog.cpp)
 state=(user/decoder.cpp user/state.cpp user/correlator.cpp user/rules.cpp user/host.cpp user/nginx.cpp user/procscan.cpp
-       user/container.cpp user/logfollow.cpp
+       user/container.cpp user/logfollow.cpp user/nginxconf.cpp
        user/timebase.cpp user/logline.cpp user/accesslog.cpp)
 echo "fuzz.sh: building"
 $CXX "${flags[@]}" tests/fuzz/fuzz_logline.cpp "${core[@]}" -o "$out/fuzz_logline"

@@ -1,5 +1,6 @@
 #include "app.hpp"
 
+#include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -29,6 +30,7 @@
 #include "logline.hpp"
 #include "n502/events.h"
 #include "nginx.hpp"
+#include "nginxconf.hpp"
 #include "procscan.hpp"
 #include "ratelimit.hpp"
 #include "sinks.hpp"
@@ -193,6 +195,9 @@ struct Instance {
     std::string cgroup;                             // v2 path of the master
     std::optional<ContainerInfo> container;
     std::vector<std::unique_ptr<LogFollower>> errors, access;
+    std::string config;                             // main configuration file read
+    std::vector<InstanceInfo::Upstream> upstreams;  // what it names, checked at start
+    std::vector<std::string> down;                  // warnings for the ones nothing listens on
     bool selected = false;                          // found through --container/--cgroup
     bool gone = false;
 
@@ -572,6 +577,78 @@ int run(const Options &opt)
     };
     scan_listeners(one_pid_per_netns());
 
+    // The configuration each Nginx runs with: the upstreams it names, and
+    // whether anything listens there now. Many 502 incidents are visible
+    // before the first request.
+    auto report_down = [&](Instance &in) {
+        for (const auto &msg : in.down)
+            sink->warning({"upstream_down", msg, 0});
+        in.down.clear();
+    };
+    auto check_config = [&](Instance &in, bool report) {
+        NginxPaths paths = nginx_paths(in.info.master, in.info.root);
+        NginxConf conf = parse_nginx_conf(in.info.root, paths.conf);
+        if (conf.files.empty()) {
+            sink->warning({"nginx_config",
+                           fmt::format("could not read Nginx's configuration {}{}: {}", paths.conf,
+                                       in.info.root.empty() ? "" : " (inside " + in.info.root + ")",
+                                       conf.problems.empty() ? "no file" : conf.problems.front()),
+                           0});
+            return;
+        }
+        in.config = conf.main_file;
+        for (const auto &pr : conf.problems)
+            sink->warning({"nginx_config", pr, 0});
+        uint32_t netns = static_cast<uint32_t>(netns_of(in.info.master));
+        in.upstreams.clear();
+        in.down.clear();
+        for (const auto &u : conf.upstreams) {
+            InstanceInfo::Upstream out{u.address, u.group, fmt::format("{}:{}", u.file, u.line), std::nullopt};
+            std::optional<Addr> addr;
+            if (!u.has_variables) {
+                if (u.address.rfind("unix:", 0) == 0) {
+                    addr = Addr::unix_path(u.address.substr(5));
+                } else {
+                    // Only addresses that mean this host: loopback (and "localhost").
+                    auto colon = u.address.rfind(':');
+                    std::string host = colon == std::string::npos ? u.address : u.address.substr(0, colon);
+                    unsigned long port = colon == std::string::npos ? 0 : strtoul(u.address.c_str() + colon + 1, nullptr, 10);
+                    if (host == "localhost")
+                        host = "127.0.0.1";
+                    if (!host.empty() && host.front() == '[' && host.back() == ']')
+                        host = host.substr(1, host.size() - 2);
+                    Addr a;
+                    if (port > 0 && port < 65536) {
+                        a.port = static_cast<uint16_t>(port);
+                        if (inet_pton(AF_INET, host.c_str(), a.ip.data()) == 1)
+                            a.family = AF_INET;
+                        else if (inet_pton(AF_INET6, host.c_str(), a.ip.data()) == 1)
+                            a.family = AF_INET6;
+                    }
+                    a.netns = netns;
+                    if (a.family && a.loopback())
+                        addr = a;
+                }
+            }
+            if (addr) {
+                bool up = false;
+                for (const Listener *l : state.listeners_on(*addr))
+                    up = up || !l->t_unlisten;
+                out.listening = up;
+                if (!up)
+                    in.down.push_back(fmt::format("nothing listens on upstream {}{} ({} {}): requests to it will "
+                                                  "fail with 502 until something does",
+                                                  u.address, u.group.empty() ? "" : " of upstream " + u.group,
+                                                  u.directive, out.where));
+            }
+            in.upstreams.push_back(out);
+        }
+        if (report)
+            report_down(in);
+    };
+    for (auto &in : instances)
+        check_config(*in, false); // reported right after ready
+
     std::unique_ptr<FILE, int (*)(FILE *)> raw(nullptr, fclose);
     if (!opt.raw_record.empty()) {
         raw.reset(fopen(opt.raw_record.c_str(), "wb"));
@@ -717,6 +794,8 @@ int run(const Options &opt)
             ii.captured_logs.push_back(c.desc);
         ii.cgroup = in.cgroup;
         ii.container = in.container;
+        ii.config = in.config;
+        ii.upstreams = in.upstreams;
         return ii;
     };
     ReadyInfo ready;
@@ -749,6 +828,8 @@ int run(const Options &opt)
             sink->warning({"capabilities", "could not drop capabilities after attaching: " + cerr, 0});
     }
     sink->ready(ready);
+    for (auto &in : instances)
+        report_down(*in);
 
     Fd ep(epoll_create1(EPOLL_CLOEXEC));
     epoll_event ev{};
@@ -904,6 +985,7 @@ int run(const Options &opt)
         }
         start_instance(*in);
         scan_listeners({in->info.master});
+        check_config(*in, true);
         if (lo.filter_cgroups)
             for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
                 if (cg.path == in->cgroup)

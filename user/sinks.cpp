@@ -153,11 +153,20 @@ void JsonSink::ready(const ReadyInfo &r)
     std::string inst = "[";
     for (size_t i = 0; i < r.instances.size(); i++) {
         const InstanceInfo &n = r.instances[i];
+        std::string ups = "[";
+        for (size_t k = 0; k < n.upstreams.size(); k++) {
+            const auto &u = n.upstreams[k];
+            ups += fmt::format("{}{{\"address\":{},\"group\":{},\"where\":{},\"listening\":{}}}", k ? "," : "",
+                               jstr(u.address), jstr_or_null(u.group), jstr(u.where),
+                               u.listening ? (*u.listening ? "true" : "false") : "null");
+        }
+        ups += "]";
         inst += fmt::format("{}{{\"master\":{},\"master_ns_pid\":{},\"workers\":{},\"error_logs\":{},"
-                            "\"access_logs\":{},\"captured_logs\":{},\"cgroup\":{},\"container\":{}}}",
+                            "\"access_logs\":{},\"captured_logs\":{},\"cgroup\":{},\"container\":{},"
+                            "\"config\":{},\"upstreams\":{}}}",
                             i ? "," : "", n.master, jopt(n.master_ns_pid), jarr_u32(n.workers), jarr_str(n.error_logs),
                             jarr_str(n.access_logs), jarr_str(n.captured_logs), jstr_or_null(n.cgroup),
-                            jcontainer(n.container));
+                            jcontainer(n.container), jstr_or_null(n.config), ups);
     }
     inst += "]";
     std::string cgs = "[";

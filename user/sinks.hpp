@@ -22,6 +22,12 @@ struct InstanceInfo {
     std::vector<std::string> captured_logs; // described, e.g. "pipe:[123] (fd 2)"
     std::string cgroup;
     std::optional<ContainerInfo> container;
+    std::string config; // the main configuration file read ("" when none)
+    struct Upstream {
+        std::string address, group, where; // where: "file:line"
+        std::optional<bool> listening;     // nullopt: not checkable from here
+    };
+    std::vector<Upstream> upstreams; // every upstream address the configuration names
 };
 
 struct ReadyInfo {

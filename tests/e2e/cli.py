@@ -340,6 +340,36 @@ def main():
             finally:
                 os.rmdir(cg)
 
+        @case("configured upstreams with no listener are reported at ready")
+        def _():
+            # A second Nginx whose configuration names one live upstream and
+            # one dead one (a port nobody listens on, a unix socket path).
+            h2 = harness.Harness("cli-config")
+            try:
+                up = h2.start_upstream("ok")
+                dead = harness.free_port()
+                sock = os.path.join(h2.dir, "gone.sock")
+                n2 = h2.start_nginx([("/", "http://127.0.0.1:%d" % up.port),
+                                     ("/dead", "http://127.0.0.1:%d" % dead),
+                                     ("/sock", "http://unix:%s:" % sock)])
+                r = run(["--nginx-pid", str(n2.master_pid), "--json", "--duration", "0.5"], timeout=30)
+                check(r.returncode == 0, "exit %d: %s" % (r.returncode, r.stderr.decode(errors="replace")))
+                recs = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+                down = [x["message"] for x in recs if x["type"] == "warning" and x["code"] == "upstream_down"]
+                check(len(down) == 2, "want 2 upstream_down warnings, got %r" % down)
+                check(any("127.0.0.1:%d" % dead in m for m in down), "dead port not reported: %r" % down)
+                check(any(sock in m for m in down), "missing socket not reported: %r" % down)
+                check(not any("127.0.0.1:%d " % up.port in m for m in down), "live upstream reported: %r" % down)
+                ready = next(x for x in recs if x["type"] == "ready")
+                inst = ready["instances"][0]
+                check(inst["config"] == n2.conf, "config %r, want %r" % (inst["config"], n2.conf))
+                listening = {u["address"]: u["listening"] for u in inst["upstreams"]}
+                check(listening.get("127.0.0.1:%d" % up.port) is True, "upstreams %r" % inst["upstreams"])
+                check(listening.get("127.0.0.1:%d" % dead) is False, "upstreams %r" % inst["upstreams"])
+                check(listening.get("unix:%s" % sock) is False, "upstreams %r" % inst["upstreams"])
+            finally:
+                h2.close()
+
         @case("Nginx stops: the tool says so and exits 1 (no --follow)")
         def _():
             p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"], stdout=subprocess.PIPE,
