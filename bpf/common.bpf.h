@@ -66,6 +66,19 @@ struct {
 	__type(value, __u64);
 } tuples SEC(".maps") __weak;
 
+/* Connections that predate n502trace (a keep-alive pool): found by user
+ * space at start from /proc, keyed by the 4-tuple as each end sees it
+ * (local first). The first state change or reset of such a socket adopts it
+ * into socks. Only consulted when adopt_preexisting is set before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct n502_tuple);
+	__type(value, struct n502_sock);
+} preexisting SEC(".maps") __weak;
+
+const volatile __u8 adopt_preexisting __weak = 0;
+
 /* connect() arguments between sys_enter and sys_exit, per thread. */
 struct connect_args {
 	__u64 sk;

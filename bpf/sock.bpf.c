@@ -11,8 +11,34 @@
  */
 #include "common.bpf.h"
 
+/* The socks entry of sk; for a socket of a connection that predates us
+ * (preexisting map), adopt it first. *adopted says which. */
+static __always_inline struct n502_sock *lookup_or_adopt(const struct sock *sk, __u64 key, int *adopted)
+{
+	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+	struct n502_addr src = {}, dst = {};
+	struct n502_tuple t = {};
+	struct n502_sock *pre;
+
+	*adopted = 0;
+	if (s || !adopt_preexisting)
+		return s;
+	read_inet_addrs(sk, &src, &dst);
+	tuple_from_addrs(&t, &src, &dst);
+	pre = bpf_map_lookup_elem(&preexisting, &t);
+	if (!pre)
+		return 0;
+	if (bpf_map_update_elem(&socks, &key, pre, BPF_ANY)) {
+		count(N502_CNT_MAP_FULL);
+		return 0;
+	}
+	bpf_map_delete_elem(&preexisting, &t);
+	*adopted = 1;
+	return bpf_map_lookup_elem(&socks, &key);
+}
+
 static __always_inline void emit_state(const struct sock *sk, struct n502_sock *s, int oldstate,
-				       int newstate)
+				       int newstate, int adopted)
 {
 	struct n502_state_event *e = reserve(sizeof(*e), N502_EV_STATE);
 	if (!e)
@@ -27,7 +53,8 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 	e->_pad2 = 0;
 	/* Addresses are final at ESTABLISHED and known to user space from then
 	 * on; a connect that fails in SYN_SENT is the other first sighting. */
-	if (newstate == N502_TCP_ESTABLISHED || oldstate == N502_TCP_SYN_SENT || s->role != N502_SOCK_NGINX) {
+	if (newstate == N502_TCP_ESTABLISHED || oldstate == N502_TCP_SYN_SENT || s->role != N502_SOCK_NGINX ||
+	    adopted) {
 		read_inet_addrs(sk, &e->src, &e->dst);
 	} else {
 		__builtin_memset(&e->src, 0, sizeof(e->src));
@@ -43,7 +70,8 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 	     const int newstate)
 {
 	__u64 key = (__u64)sk;
-	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+	int adopted;
+	struct n502_sock *s = lookup_or_adopt(sk, key, &adopted);
 
 	if (!s)
 		return 0;
@@ -59,7 +87,7 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 	 *     (Nginx closed first), CLOSE (the end: user space forgets it).
 	 *   The upstream's end: only leaving ESTABLISHED (its FIN or abort).
 	 *   Any transition with a socket error. */
-	int emit = BPF_CORE_READ(sk, sk_err) != 0;
+	int emit = BPF_CORE_READ(sk, sk_err) != 0 || adopted;
 	if (s->role == N502_SOCK_NGINX)
 		emit = emit || newstate == N502_TCP_ESTABLISHED || newstate == N502_TCP_CLOSE_WAIT ||
 		       newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE;
@@ -68,7 +96,7 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 	else
 		emit = emit || newstate == N502_TCP_CLOSE;
 	if (emit)
-		emit_state(sk, s, oldstate, newstate);
+		emit_state(sk, s, oldstate, newstate, adopted);
 
 	if (s->role == N502_SOCK_NGINX && newstate == N502_TCP_ESTABLISHED) {
 		/* Ports and addresses are final now: remember the 4-tuple so the
@@ -108,9 +136,11 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 	struct n502_sock *s;
 	struct n502_reset_event *e;
 
+	int adopted;
+
 	if (!sk)
 		return; /* a reset for a packet that matched no socket */
-	s = bpf_map_lookup_elem(&socks, &key);
+	s = lookup_or_adopt(sk, key, &adopted);
 	if (!s)
 		return;
 	if (s->role & N502_SOCK_CLOSED) {

@@ -9,9 +9,10 @@
 #   sudo scripts/vm-test.sh bookworm killed reset     # only these scenarios
 #   sudo scripts/vm-test.sh --image bullseye          # only build (or check) the cached image
 #
-# The VM image (a debootstrapped Debian root on an ext4 disk image, with the
-# release's linux-image-amd64, nginx-light, python3, iproute2, procps,
-# nftables) is built once and cached under /var/tmp/n502trace-vm/RELEASE/,
+# The VM image (a debootstrapped Debian 12 root on an ext4 disk image with
+# nginx-light, python3, iproute2, procps, nftables, and RELEASE's
+# linux-image-amd64: the user space is the same for every kernel) is built
+# once and cached under /var/tmp/n502trace-vm/RELEASE/,
 # keyed by a recipe version: nothing but Debian packages is ever fetched,
 # and a cached run fetches nothing. The guest has no network (-nic none);
 # all test traffic is on its loopback. The disk is used copy-on-write
@@ -35,6 +36,9 @@
 #   N502_VM_TEST_TIMEOUT  per-test timeout inside the guest, seconds (default 300)
 #   N502_VM_CGROUPS    hybrid (v1 controllers + v2 at /sys/fs/cgroup/unified, what the
 #                      oom scenario needs) | v2 (Debian's default; oom is then SKIP)
+#   N502_VM_EXTRA      a shell script to run in the guest too (row "extra"; its output in
+#                      results/extra.log), e.g. to look at something on that kernel;
+#                      scenario list `none` runs no scenario
 #   N502_VM_MEM, N502_VM_SMP   (default 2048, 2)
 #   N502_VM_NICE       niceness of qemu (default 10)
 #   N502_MIRROR        Debian mirror (default: the first URI in apt's sources)
@@ -44,9 +48,13 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
 # Bump when the image recipe (packages, bootstrap init, initramfs set-up) changes.
-RECIPE=1
+RECIPE=2
 CORE_SCENARIOS="no_listener listener_stopped killed oom segv exit reset close worker_pid reload socket_missing connect_timeout"
 GUEST_PKGS=nginx-light,python3,procps,iproute2,nftables,kmod
+# The user space is always Debian 12's (the Nginx 1.22.1 and Python 3.11 the
+# end-to-end tests are written against: bullseye's Nginx 1.18 has no -e);
+# only the kernel package comes from RELEASE's suite.
+SUITE=bookworm
 
 usage() {
   sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -58,9 +66,9 @@ if [ "${1:-}" = "--image" ]; then IMAGE_ONLY=1; shift; fi
 [ $# -ge 1 ] || usage
 RELEASE=$1; shift
 case "$RELEASE" in
-  bullseye)           SUITE=bullseye; KERNEL_SUITE= ;;
-  bookworm)           SUITE=bookworm; KERNEL_SUITE= ;;
-  bookworm-backports) SUITE=bookworm; KERNEL_SUITE=bookworm-backports ;;
+  bullseye)           KERNEL_SUITE=bullseye ;;
+  bookworm)           KERNEL_SUITE=bookworm ;;
+  bookworm-backports) KERNEL_SUITE=bookworm-backports ;;
   -h|--help) usage ;;
   *) echo "vm-test.sh: unknown release '$RELEASE' (bullseye | bookworm | bookworm-backports)" >&2; exit 2 ;;
 esac
@@ -116,7 +124,7 @@ build_image() {
   mir=$(mirror)
   rm -rf "$work"
   mkdir -p "$work"
-  log "building the image (recipe $RECIPE): debootstrap $SUITE from $mir"
+  log "building the image (recipe $RECIPE): debootstrap $SUITE from $mir, kernel from $KERNEL_SUITE"
   local t0=$SECONDS
   debootstrap --variant=minbase --include="$GUEST_PKGS" "$SUITE" "$root" "$mir" >"$work/debootstrap.log" 2>&1 || {
     log "debootstrap failed, see $work/debootstrap.log"; tail -n 20 "$work/debootstrap.log" >&2; return 1; }
@@ -126,11 +134,16 @@ build_image() {
   chmod +x "$root/usr/sbin/policy-rc.d"
   cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
   echo "deb $mir $SUITE main" >"$root/etc/apt/sources.list"
-  local target=()
-  if [ -n "$KERNEL_SUITE" ]; then
-    echo "deb $mir $KERNEL_SUITE main" >>"$root/etc/apt/sources.list"
-    target=(-t "$KERNEL_SUITE")
-  fi
+  local kpkgs=(linux-image-amd64 initramfs-tools)
+  case "$KERNEL_SUITE" in
+    "$SUITE") ;;
+    *-backports)
+      echo "deb $mir $KERNEL_SUITE main" >>"$root/etc/apt/sources.list"
+      kpkgs=(-t "$KERNEL_SUITE" "${kpkgs[@]}") ;;
+    *)  # an older release's kernel on this user space (its dependencies from $SUITE)
+      echo "deb $mir $KERNEL_SUITE main" >>"$root/etc/apt/sources.list"
+      kpkgs=("linux-image-amd64/$KERNEL_SUITE" initramfs-tools) ;;
+  esac
   mkdir -p "$root/etc/initramfs-tools"
   # No udev in the image: the initramfs loads these explicitly.
   printf '%s\n' virtio_pci virtio_blk ext4 >>"$root/etc/initramfs-tools/modules"
@@ -141,7 +154,7 @@ build_image() {
   {
     chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
     chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      "${target[@]}" linux-image-amd64 initramfs-tools
+      "${kpkgs[@]}"
   } >"$work/kernel.log" 2>&1 || rc=$?
   umount "$root/sys" "$root/dev" "$root/proc"
   if [ $rc -ne 0 ]; then
@@ -214,6 +227,10 @@ if [ -x "$KTESTS" ]; then
 else
   log "warning: $KTESTS missing: kernel_tests will be reported MISSING"
 fi
+if [ -n "${N502_VM_EXTRA:-}" ]; then
+  cp "$N502_VM_EXTRA" "$SHARE/extra.sh"
+fi
+[ "$SCENARIOS" = none ] && SCENARIOS=
 {
   echo "SCENARIOS='$SCENARIOS'"
   echo "TEST_TIMEOUT=${N502_VM_TEST_TIMEOUT:-300}"

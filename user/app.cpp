@@ -456,8 +456,22 @@ int run(const Options &opt)
     Summary summary;
     uint64_t malformed = 0;
 
+    // Connections Nginx holds to its upstreams since before we started (a
+    // keep-alive pool): found now, adopted by the kernel side at their next
+    // state change, and as good as new ones from then on.
+    std::vector<ExistingConn> existing;
+    {
+        std::vector<uint32_t> owners, nets = one_pid_per_netns();
+        for (const auto &in : instances) {
+            owners.insert(owners.end(), in->info.workers.begin(), in->info.workers.end());
+            owners.push_back(in->info.master);
+        }
+        existing = scan_connections(owners, nets);
+    }
+
     Loader loader;
     LoaderOptions lo;
+    lo.adopt_preexisting = !existing.empty();
     lo.ringbuf_bytes = opt.ringbuf_kb * 1024u;
     lo.verbose = opt.verbose;
     lo.filter_cgroups = !selection.empty() && !uroot.empty();
@@ -547,6 +561,33 @@ int run(const Options &opt)
     };
     for (auto &in : instances)
         start_instance(*in);
+    auto tuple_of = [](const Addr &local, const Addr &remote) {
+        n502_tuple t{};
+        std::memcpy(t.saddr, local.ip.data(), 16);
+        std::memcpy(t.daddr, remote.ip.data(), 16);
+        t.sport = local.port;
+        t.dport = remote.port;
+        t.family = local.family;
+        t.netns = remote.loopback() ? remote.netns : 0;
+        return t;
+    };
+    for (const auto &c : existing) {
+        std::string perr;
+        n502_sock nv{c.nginx_pid, N502_SOCK_NGINX, c.local.family};
+        if (!loader.add_preexisting(tuple_of(c.local, c.remote), nv, &perr))
+            sink->warning({"map_full", perr, 0});
+        if (c.up_pid) {
+            n502_sock uv{c.up_pid, N502_SOCK_UPSTREAM, c.up_local.family};
+            if (!loader.add_preexisting(tuple_of(c.up_local, c.up_remote), uv, &perr))
+                sink->warning({"map_full", perr, 0});
+            if (!loader.track_process(c.up_pid, N502_PROC_UPSTREAM, &perr))
+                sink->warning({"map_full", perr, 0});
+        }
+        state.add_preexisting(c.nginx_pid, c.local, c.remote, c.up_pid, c.up_comm, c.up_local, c.up_remote);
+        if (c.up_pid)
+            if (Proc *p = state.proc(c.up_pid))
+                read_facts(*p);
+    }
 
     // Listeners that predate us: who holds them, so that their death is seen
     // and their accepts are (the kernel side only looks at accepts by
@@ -801,6 +842,7 @@ int run(const Options &opt)
     ReadyInfo ready;
     for (const auto &in : instances)
         ready.instances.push_back(instance_info(*in));
+    ready.preexisting = existing.size();
     ready.nginx_pid = instances.front()->info.master;
     ready.workers = instances.front()->info.workers;
     ready.error_logs = ready.instances.front().error_logs;

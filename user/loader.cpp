@@ -173,6 +173,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
     // polls every 10 ms anyway (see wakeup_bytes in bpf/common.bpf.h).
     skel_->rodata->wakeup_bytes = size / 8;
     skel_->rodata->filter_cgroups = opt.filter_cgroups ? 1 : 0;
+    skel_->rodata->adopt_preexisting = opt.adopt_preexisting ? 1 : 0;
 
     int err = n502_bpf__load(skel_);
     if (err) {
@@ -267,6 +268,15 @@ bool Loader::capture_file(uint32_t dev, uint64_t ino, std::string *error)
     n502_file_key key{ino, dev, 0};
     if (bpf_map__update_elem(skel_->maps.log_inodes, &key, sizeof(key), &one, sizeof(one), BPF_ANY) != 0) {
         *error = fmt::format("cannot add inode {} to the log capture map: {}", ino, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+bool Loader::add_preexisting(const n502_tuple &key, const n502_sock &value, std::string *error)
+{
+    if (bpf_map__update_elem(skel_->maps.preexisting, &key, sizeof(key), &value, sizeof(value), BPF_ANY) != 0) {
+        *error = fmt::format("cannot add a connection to the preexisting map: {}", strerror(errno));
         return false;
     }
     return true;

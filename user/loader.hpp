@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "n502/events.h"
+
 struct n502_bpf;
 struct ring_buffer;
 struct bpf_link;
@@ -34,6 +36,7 @@ struct LoaderOptions {
     bool verbose = false;
     bool capture_logs = false;   // load the write() hook (logs that are pipes: stderr in containers)
     bool filter_cgroups = false; // Nginx's hooks only fire in the cgroups given to select_cgroup()
+    bool adopt_preexisting = false; // sockets of connections older than us are adopted (add_preexisting)
 };
 
 class Loader {
@@ -59,6 +62,9 @@ public:
     bool capture_file(uint32_t dev, uint64_t ino, std::string *error);
     // Stops capturing it.
     void uncapture_file(uint32_t dev, uint64_t ino);
+    // A socket of a connection that predates us, by its 4-tuple (its own
+    // end first), to be adopted at its next state change or reset.
+    bool add_preexisting(const n502_tuple &key, const n502_sock &value, std::string *error);
     // Removes a cgroup id from the kernel-side selection.
     void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);

@@ -113,9 +113,13 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
         return std::nullopt;
     }
     NginxInfo n;
-    if (is_master(*p)) {
+    // The parent first: a worker that has just been forked still carries
+    // its master's title ("master process ...") for a moment.
+    if (auto parent = read_proc(p->ppid, root); parent && looks_like_nginx(*parent) && is_master(*parent)) {
+        n.master = parent->pid;
+    } else if (is_master(*p)) {
         n.master = pid;
-    } else if (auto parent = read_proc(p->ppid, root); parent && looks_like_nginx(*parent)) {
+    } else if (parent && looks_like_nginx(*parent)) {
         n.master = parent->pid;
     } else {
         // Single-process Nginx (master_process off) or an unusual cmdline.

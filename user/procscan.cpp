@@ -17,7 +17,33 @@
 
 namespace n502 {
 
-bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode)
+// "0100007F:1F90" -> 127.0.0.1:8080 (each 32-bit word in host byte order).
+static bool parse_hex_endpoint(const std::string &hex, bool v6, Addr *out)
+{
+    auto colon = hex.find(':');
+    size_t hexlen = v6 ? 32 : 8;
+    if (colon != hexlen || hex.size() < colon + 2)
+        return false;
+    char *end = nullptr;
+    unsigned long port = strtoul(hex.c_str() + colon + 1, &end, 16);
+    if (*end || port > 65535)
+        return false;
+    Addr a;
+    a.family = v6 ? AF_INET6 : AF_INET;
+    a.port = static_cast<uint16_t>(port);
+    for (size_t w = 0; w < hexlen / 8; w++) {
+        std::string word = hex.substr(w * 8, 8);
+        uint32_t v = static_cast<uint32_t>(strtoul(word.c_str(), &end, 16));
+        if (*end)
+            return false;
+        std::memcpy(a.ip.data() + w * 4, &v, 4);
+    }
+    *out = a;
+    return true;
+}
+
+bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode,
+                             Addr *remote)
 {
     std::istringstream in(line);
     std::string sl, loc, rem, st, queues, timer, retr, uid, timeout;
@@ -25,28 +51,15 @@ bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int 
         return false;
     if (sl.empty() || sl.back() != ':')
         return false;
-    auto colon = loc.find(':');
-    size_t hexlen = v6 ? 32 : 8;
-    if (colon != hexlen || loc.size() < colon + 2)
-        return false;
     char *end = nullptr;
     *state = static_cast<int>(strtol(st.c_str(), &end, 16));
     if (*end)
         return false;
-    unsigned long port = strtoul(loc.c_str() + colon + 1, &end, 16);
-    if (*end || port > 65535)
+    Addr a, r;
+    if (!parse_hex_endpoint(loc, v6, &a) || !parse_hex_endpoint(rem, v6, &r))
         return false;
-    Addr a;
-    a.family = v6 ? AF_INET6 : AF_INET;
-    a.port = static_cast<uint16_t>(port);
-    // The kernel prints each 32-bit word in host byte order.
-    for (size_t w = 0; w < hexlen / 8; w++) {
-        std::string word = loc.substr(w * 8, 8);
-        uint32_t v = static_cast<uint32_t>(strtoul(word.c_str(), &end, 16));
-        if (*end)
-            return false;
-        std::memcpy(a.ip.data() + w * 4, &v, 4);
-    }
+    if (remote)
+        *remote = r;
     *local = a;
     return true;
 }
@@ -201,6 +214,103 @@ std::vector<uint32_t> one_pid_per_netns(const std::string &root)
         }
         closedir(d);
     }
+    return out;
+}
+
+} // namespace n502
+
+namespace n502 {
+
+std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &net_pids,
+                                           const std::string &root)
+{
+    std::vector<ExistingConn> out;
+    // Socket inodes of the owners (Nginx's processes).
+    std::unordered_map<uint64_t, uint32_t> mine;
+    for (uint32_t pid : owners) {
+        std::string fddir = fmt::format("{}/{}/fd", root, pid);
+        if (DIR *d = opendir(fddir.c_str())) {
+            while (dirent *de = readdir(d)) {
+                char buf[64];
+                ssize_t n = readlink((fddir + "/" + de->d_name).c_str(), buf, sizeof(buf) - 1);
+                if (n <= 8)
+                    continue;
+                buf[n] = 0;
+                unsigned long long ino = 0;
+                if (sscanf(buf, "socket:[%llu]", &ino) == 1)
+                    mine.emplace(ino, pid);
+            }
+            closedir(d);
+        }
+    }
+    struct Sock {
+        Addr local, remote;
+        int state;
+        uint64_t ino;
+    };
+    // Every TCP socket of every namespace asked about, by namespace.
+    std::vector<Sock> all;
+    std::vector<uint16_t> listen_ports; // the owners' own listeners: their client side
+    for (uint32_t np : net_pids) {
+        struct stat nst{};
+        uint32_t netns = stat(fmt::format("{}/{}/ns/net", root, np).c_str(), &nst) == 0 ? static_cast<uint32_t>(nst.st_ino) : 0;
+        for (bool v6 : {false, true}) {
+            std::ifstream f(fmt::format("{}/{}/net/{}", root, np, v6 ? "tcp6" : "tcp"));
+            std::string line;
+            while (std::getline(f, line)) {
+                Sock s{};
+                if (!parse_proc_net_tcp_line(line, v6, &s.local, &s.state, &s.ino, &s.remote) || !s.ino)
+                    continue;
+                s.local.netns = netns;
+                s.remote.netns = netns;
+                if (s.state == 10 && mine.count(s.ino))
+                    listen_ports.push_back(s.local.port);
+                all.push_back(s);
+            }
+        }
+    }
+    auto same_ip = [](const Addr &a, const Addr &b) { return a.family == b.family && a.ip == b.ip && a.port == b.port; };
+    std::unordered_map<uint64_t, size_t> want; // upstream socket inode -> index in out
+    for (const Sock &s : all) {
+        auto it = mine.find(s.ino);
+        // ESTABLISHED (1) or CLOSE_WAIT (8): a connection still in use or in the pool.
+        if (it == mine.end() || (s.state != 1 && s.state != 8))
+            continue;
+        if (std::find(listen_ports.begin(), listen_ports.end(), s.local.port) != listen_ports.end())
+            continue; // a client's connection to Nginx
+        ExistingConn c;
+        c.nginx_pid = it->second;
+        c.local = s.local;
+        c.remote = s.remote;
+        c.state = s.state;
+        // The other end: the socket whose local end is our remote one (the
+        // same namespace for loopback, any namespace otherwise).
+        for (const Sock &o : all) {
+            if (!same_ip(o.local, s.remote) || !same_ip(o.remote, s.local) || o.ino == s.ino)
+                continue;
+            if (s.remote.loopback() && o.local.netns != s.local.netns)
+                continue;
+            c.up_local = o.local;
+            c.up_remote = o.remote;
+            c.up_inode = o.ino;
+            break;
+        }
+        if (c.up_inode)
+            want[c.up_inode] = out.size();
+        out.push_back(c);
+    }
+    if (!want.empty())
+        for_each_socket_fd(
+            [&](uint32_t pid, uint64_t ino) {
+                auto it = want.find(ino);
+                if (it != want.end() && !out[it->second].up_pid) {
+                    out[it->second].up_pid = pid;
+                    if (auto p = read_proc(pid, root))
+                        out[it->second].up_comm = p->comm;
+                }
+                return false;
+            },
+            root);
     return out;
 }
 

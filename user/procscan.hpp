@@ -39,6 +39,24 @@ void for_each_socket_fd(const std::function<bool(uint32_t pid, uint64_t inode)> 
 uint32_t pid_for_socket_inode(uint64_t inode, const std::string &proc_root = "/proc");
 
 // Parses one /proc/net/tcp{,6} line; returns false for the header or junk.
-bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode);
+bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode,
+                             Addr *remote = nullptr);
+
+// A TCP connection of one of `owners` (Nginx) to an upstream that existed
+// before n502trace started (a keep-alive pool), and the process holding the
+// other end when it is on this host.
+struct ExistingConn {
+    uint32_t nginx_pid = 0;
+    Addr local, remote; // Nginx's view
+    int state = 0;      // TCP state (1 ESTABLISHED, 8 CLOSE_WAIT)
+    Addr up_local, up_remote;
+    uint64_t up_inode = 0;
+    uint32_t up_pid = 0;
+    std::string up_comm;
+};
+// Looks in the network namespaces of net_pids (/proc/PID/net/tcp{,6});
+// connections to the owners' own listening ports (clients) are left out.
+std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &net_pids,
+                                           const std::string &proc_root = "/proc");
 
 } // namespace n502

@@ -174,10 +174,10 @@ void JsonSink::ready(const ReadyInfo &r)
         cgs += fmt::format("{}{{\"path\":{},\"id\":{}}}", i ? "," : "", jstr(r.cgroups[i].first), r.cgroups[i].second);
     cgs += "]";
     emit(fmt::format("{{\"type\":\"ready\",\"ts\":{},\"version\":{},\"nginx_pid\":{},\"workers\":{},"
-                     "\"error_logs\":{},\"access_logs\":{},\"instances\":{},\"cgroups\":{},\"probes\":{},"
+                     "\"error_logs\":{},\"access_logs\":{},\"instances\":{},\"cgroups\":{},\"preexisting_connections\":{},\"probes\":{},"
                      "\"probes_failed\":{},\"attach_ms\":{},\"capabilities\":{}}}",
                      jstr(rfc3339_utc(real_now_ns())), jstr(N502_VERSION), r.nginx_pid, jarr_u32(r.workers),
-                     jarr_str(r.error_logs), jarr_str(r.access_logs), inst, cgs, jarr_str(r.probes),
+                     jarr_str(r.error_logs), jarr_str(r.access_logs), inst, cgs, r.preexisting, jarr_str(r.probes),
                      jarr_str(r.probes_failed), r.attach_ms, jarr_str(r.capabilities)));
 }
 

@@ -32,6 +32,7 @@ struct InstanceInfo {
 
 struct ReadyInfo {
     std::vector<InstanceInfo> instances;
+    uint64_t preexisting = 0; // Nginx's upstream connections open before we started (adopted on their next change)
     std::vector<std::pair<std::string, uint64_t>> cgroups; // the kernel-side selection: path, id
     uint32_t nginx_pid = 0;
     std::vector<uint32_t> workers;

@@ -113,6 +113,76 @@ void State::unlisten(const Event &e)
     listener_sk_.erase(it);
 }
 
+// A connection's ends, as the kernel's tuple key has them: loopback stays
+// in its network namespace.
+static std::string tuple_key(const Addr &local, const Addr &remote)
+{
+    return fmt::format("{}>{}#{}", local.str(), remote.str(), remote.loopback() ? remote.netns : 0);
+}
+
+void State::add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
+                            std::string up_comm, const Addr &up_local, const Addr &up_remote)
+{
+    // A placeholder key until the kernel names the socket (no real socket
+    // address has the top bit clear... on x86-64 they all have it set).
+    uint64_t fake = 0x7f00000000000000ULL | next_id_;
+    Conn &c = conn_for(fake, 0, nginx_pid);
+    set_dst(c, remote);
+    c.src = local;
+    c.t_established = 0;
+    c.tcp_state = TCP_ESTABLISHED_;
+    rec(c, EvKind::Established, 0, nginx_pid);
+    if (up_pid) {
+        c.up_pid = up_pid;
+        c.up_comm = up_comm;
+        c.t_accept = 0;
+        rec(c, EvKind::Accept, 0, up_pid);
+        pre_up_[tuple_key(up_local, up_remote)] = fake;
+        proc_or_new(up_pid, 0).comm = up_comm;
+    }
+    pre_nginx_[tuple_key(local, remote)] = fake;
+}
+
+void State::adopt(const Event &e)
+{
+    if (pre_nginx_.empty() && pre_up_.empty())
+        return;
+    if (!e.src.known() || !e.dst.known())
+        return;
+    std::string key = tuple_key(e.src, e.dst);
+    if (e.sock_role == N502_SOCK_NGINX && !live_conn(e.sk)) {
+        auto it = pre_nginx_.find(key);
+        if (it == pre_nginx_.end())
+            return;
+        auto lit = live_.find(it->second);
+        if (lit != live_.end()) {
+            std::unique_ptr<Conn> c = std::move(lit->second);
+            live_.erase(lit);
+            c->sk = e.sk;
+            live_[e.sk] = std::move(c);
+        }
+        pre_nginx_.erase(it);
+    } else if (e.sock_role == N502_SOCK_UPSTREAM && !conn_by_up_sk(e.sk)) {
+        auto it = pre_up_.find(key);
+        if (it == pre_up_.end())
+            return;
+        // The Nginx side may have been adopted (its key changed) or not.
+        Conn *c = live_conn(it->second);
+        if (!c)
+            for (auto &[sk, lc] : live_)
+                if (lc->up_pid && lc->t_accept && *lc->t_accept == 0 && lc->up_sk == 0 &&
+                    tuple_key(lc->src, lc->dst) == tuple_key(e.dst, e.src)) {
+                    c = lc.get();
+                    break;
+                }
+        if (c) {
+            c->up_sk = e.sk;
+            by_up_sk_[e.sk] = c;
+        }
+        pre_up_.erase(it);
+    }
+}
+
 Conn *State::live_conn(uint64_t sk)
 {
     auto it = live_.find(sk);
@@ -428,6 +498,7 @@ void State::apply(const Event &e)
         break;
     }
     case N502_EV_STATE: {
+        adopt(e);
         if (e.sock_role == N502_SOCK_LISTENER) {
             if (e.newstate == TCP_CLOSE_)
                 unlisten(e);
@@ -498,6 +569,7 @@ void State::apply(const Event &e)
         break;
     }
     case N502_EV_RESET: {
+        adopt(e);
         if (e.sock_role == N502_SOCK_NGINX) {
             Conn *c = live_conn(e.sk);
             if (!c)

@@ -150,6 +150,11 @@ public:
     // Facts learned outside the event stream (start-up scans).
     void add_process(uint32_t pid, uint32_t role, std::string comm, uint32_t parent = 0);
     void add_listener(const Addr &a, uint32_t pid, std::string comm, uint64_t sk = 0);
+    // A connection that was open before we started (a keep-alive pool): it
+    // is a live connection from now on, bound to its sockets when the kernel
+    // adopts them (their first state change or reset).
+    void add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
+                         std::string up_comm, const Addr &up_local, const Addr &up_remote);
 
     Proc *proc(uint32_t pid);
     const Proc *proc(uint32_t pid) const;
@@ -198,6 +203,7 @@ private:
     void remember_listener(Listener l);
     void unlisten(const Event &e); // a listening socket closed
     void unindex(Conn *c, bool oldest = false); // oldest: search from the front
+    void adopt(const Event &e);                 // binds a preexisting connection's socket
     void trim();
 
     StateLimits limits_;
@@ -212,6 +218,8 @@ private:
     std::deque<uint32_t> dead_order_;
     std::map<std::string, std::vector<Listener>> listeners_;     // addr string -> history
     std::unordered_map<uint64_t, std::string> listener_sk_;      // listener sk -> addr key
+    std::unordered_map<std::string, uint64_t> pre_nginx_;        // "local>remote#ns" -> placeholder sk
+    std::unordered_map<std::string, uint64_t> pre_up_;           // the upstream's view -> placeholder sk
 };
 
 } // namespace n502

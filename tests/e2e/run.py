@@ -699,6 +699,44 @@ def sc_keepalive_race(s):
     ])
 
 
+def sc_preexisting_keepalive(s):
+    """A keep-alive connection opened before n502trace started, then the
+    upstream killed while a request waits on it: the same verdict as for a
+    new connection (the kernel side adopts the old sockets)."""
+    port = harness.free_port()
+    ka = "    upstream ka {\n        server 127.0.0.1:%d;\n        keepalive 4;\n    }\n" % port
+    use_tool = s.use_tool
+    s.use_tool = False  # start it once the pool exists
+    try:
+        s.setup("http://ka", ["proxy_http_version 1.1;", 'proxy_set_header Connection "";',
+                              "proxy_next_upstream off;"], http_extra=ka, workers=1)
+    finally:
+        s.use_tool = use_tool
+    up = s.h.start_upstream("ka_once", port=port)
+    s.get("/one", want=200)
+    up.wait_request(1)
+    nginx_side = ss_tcp_states(port, side="dport")
+    check(list(nginx_side.values()) == ["ESTAB"], "Nginx's pool %r, want one ESTAB connection" % nginx_side)
+    if s.use_tool:
+        s.tool = s.h.start_tool(s.binary)
+        check(s.tool.ready.get("preexisting_connections") == 1,
+              "ready.preexisting_connections %r, want 1" % s.tool.ready.get("preexisting_connections"))
+    req = harness.BackgroundRequest(s.nginx.port, "/two")
+    req.start()
+    up.wait_request(2)  # on the pooled connection: nothing new was accepted
+    check(list(ss_tcp_states(port, side="dport").values()) == ["ESTAB"], "Nginx opened a new connection")
+    killer = harness.spawn_kill(signal.SIGKILL, up.pid)
+    s.note("/bin/kill -KILL %d ran as pid %d" % (up.pid, killer))
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    s.expect_death(up, -signal.SIGKILL)
+    s.expect_nginx_message(MSG_PREMATURE)
+    s.expect_verdict(r, "upstream_killed", up.address, "prematurely closed", upstream_pid=up.pid, evidence=[
+        [{"event": "accept", "pid": up.pid, "ts": None}],
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+
+
 PHP_SLEEP = """<?php
 file_put_contents(%r, getmypid() . "\\n");
 sleep(30);
@@ -954,6 +992,7 @@ SCENARIOS = {
     "log_deleted": sc_log_deleted,
     "binary_upgrade": sc_binary_upgrade,
     "restart_follow": sc_restart_follow,
+    "preexisting_keepalive": sc_preexisting_keepalive,
 }
 
 TIME_LIMIT = 30.0

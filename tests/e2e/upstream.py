@@ -15,6 +15,8 @@ the headers of a request (both flushed), then acts out MODE:
   oom    allocate and touch memory until killed (run it in a small memory cgroup)
   noaccept  listen (backlog --backlog, default 0 here) and never accept
   bigheader  answer with a 16 KiB response header, then keep the connection open
+  ka_once    HTTP/1.1 keep-alive: the first request of each connection gets a 200,
+             later ones are read and never answered (kill it meanwhile)
   ka_close   HTTP/1.1 keep-alive 200s on any number of connections at once; a
              connection idle for 300 ms is closed ("IDLE_CLOSED <pid>" once closed)
 
@@ -41,7 +43,8 @@ import struct
 import sys
 import time
 
-MODES = ("ok", "close", "reset", "hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close", "churn")
+MODES = ("ok", "close", "reset", "hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close", "ka_once",
+         "churn")
 
 
 def say(word):
@@ -107,15 +110,18 @@ def eat_memory():
 KA_IDLE = 0.3  # ka_close: seconds of idleness after which a connection is closed
 
 
-def serve_keepalive(lsock):
+def serve_keepalive(lsock, once=False):
     """ka_close: HTTP/1.1 keep-alive on any number of connections; a connection
-    idle for KA_IDLE seconds after a response is closed by this process."""
+    idle for KA_IDLE seconds after a response is closed by this process.
+    once (ka_once): connections are never closed for idleness, and only the
+    first request of each is answered; later ones are read and left waiting."""
     conns = {}  # socket -> [buffer, idle since (monotonic) or None while reading]
+    answered = set()
     while True:
         now = time.monotonic()
         timeout = None
         for c, (buf, since) in list(conns.items()):
-            if since is not None:
+            if since is not None and not once:
                 left = since + KA_IDLE - now
                 if left <= 0:
                     c.close()
@@ -143,6 +149,9 @@ def serve_keepalive(lsock):
             while b"\r\n\r\n" in st[0]:
                 _, st[0] = st[0].split(b"\r\n\r\n", 1)
                 say("REQUEST")
+                if once and s in answered:
+                    continue
+                answered.add(s)
                 body = b"hello from upstream %d\n" % os.getpid()
                 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                           b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(body) + body)
@@ -182,6 +191,8 @@ def serve(lsock, mode):
             signal.pause()
     if mode == "ka_close":
         serve_keepalive(lsock)
+    if mode == "ka_once":
+        serve_keepalive(lsock, once=True)
     held = []  # connections kept open by "hang"
     while True:
         conn, _ = lsock.accept()

@@ -138,6 +138,10 @@ else
   run kernel_tests "$KT"
 fi
 
+if [ -f "$SHARE/extra.sh" ]; then
+  run extra /bin/bash "$SHARE/extra.sh"
+fi
+
 cd "$SHARE/tests/e2e"
 for s in $SCENARIOS; do
   if [ "$s" = oom ] && [ ! -d /sys/fs/cgroup/memory ]; then
