@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <cerrno>
+#include <cinttypes>
 #include <chrono>
 #include <csignal>
 #include <cstring>
@@ -450,7 +451,9 @@ int run(const Options &opt)
     signal(SIGPIPE, SIG_IGN);
     Fd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
-    State state;
+    StateLimits limits;
+    limits.window_ns = static_cast<uint64_t>(opt.window_s * 1e9);
+    State state(limits);
     RealHost host;
     Correlator correlator(state, tb, CorrelatorOptions{}, &host);
     Summary summary;
@@ -1174,6 +1177,7 @@ int run(const Options &opt)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown
             check_losses();
             check_instances();
+            state.expire(now);
         }
         if (now >= next_rebase) {
             next_rebase = now + 60'000'000'000ULL;
@@ -1199,6 +1203,19 @@ int run(const Options &opt)
     summary.map_full = kc.map_full;
     summary.duration_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const StateStats &ss = state.stats();
+    summary.window_s = opt.window_s;
+    summary.expired = ss.conns_expired + ss.procs_expired + ss.listeners_expired;
+    summary.dropped = ss.conns_dropped + ss.procs_dropped;
+    summary.conns_held = state.conns_held();
+    summary.procs_held = state.procs_held();
+    if (FILE *f = fopen("/proc/self/status", "r")) {
+        char line[256];
+        while (fgets(line, sizeof(line), f))
+            if (sscanf(line, "VmRSS: %" SCNu64, &summary.rss_kib) == 1)
+                break;
+        fclose(f);
+    }
     sink->summary(summary);
     return exit_code;
 }

@@ -24,6 +24,7 @@ struct Options {
     std::string raw_record;   // write every raw ring-buffer record to this file (benchmarks, debugging)
     uint32_t max_verdicts_per_sec = 20; // per cause and upstream; 0: no limit
     uint32_t grace_ms = 300; // how long a log line waits for its kernel evidence
+    double window_s = 300;   // kernel evidence kept this long (--window)
 };
 
 enum ExitCode {

@@ -51,6 +51,10 @@ int main(int argc, char **argv)
     app.add_flag("--redact", opt.redact, "Remove query strings and client addresses from the output");
     app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
         ->check(CLI::PositiveNumber);
+    app.add_option("--window", opt.window_s,
+                   "Keep kernel evidence this many seconds (default 300): a 502 is explained by a kill, an OOM kill "
+                   "or a listener that went away within it; older records are dropped and counted in the summary")
+        ->check(CLI::Range(1.0, 86400.0));
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")
         ->check(CLI::Range(4u, 1u << 20));
     app.add_option("--max-verdicts-per-sec", opt.max_verdicts_per_sec,

@@ -150,9 +150,13 @@ bool rule_not_listening(const RuleInput &in, Verdict &v)
     v.upstream_comm.clear();
     std::string dst = in.conn->dst.str();
     if (!last) {
-        v.explanation = fmt::format("Nothing was listening on {}: the connection was refused, and no process has "
-                                    "listened there since n502trace started.",
-                                    dst);
+        v.explanation = in.state.listener_aged_out(in.conn->dst)
+                            ? fmt::format("Nothing was listening on {}: the connection was refused; the last "
+                                          "listener there stopped longer ago than the evidence window (--window).",
+                                          dst)
+                            : fmt::format("Nothing was listening on {}: the connection was refused, and no process "
+                                          "has listened there since n502trace started.",
+                                          dst);
         return true;
     }
     Evidence l;

@@ -211,9 +211,11 @@ void JsonSink::summary(const Summary &s)
 {
     emit(fmt::format("{{\"type\":\"summary\",\"ts\":{},\"duration_s\":{:.3f},\"verdicts\":{},\"suppressed\":{},\"by_cause\":{},"
                      "\"by_upstream\":{},\"log_lines\":{},\"access_only\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
-                     "\"map_full\":{}}}",
+                     "\"map_full\":{},\"window_s\":{:.0f},\"expired\":{},\"dropped\":{},\"conns_held\":{},\"procs_held\":{},"
+                     "\"rss_kib\":{}}}",
                      jstr(rfc3339_utc(real_now_ns())), s.duration_s, s.verdicts, s.suppressed, jmap(s.by_cause),
-                     jmap(s.by_upstream), s.log_lines, s.access_only, s.events, s.events_lost, s.events_malformed, s.map_full));
+                     jmap(s.by_upstream), s.log_lines, s.access_only, s.events, s.events_lost, s.events_malformed, s.map_full,
+                     s.window_s, s.expired, s.dropped, s.conns_held, s.procs_held, s.rss_kib));
 }
 
 // ---------------------------------------------------------------------------
@@ -319,6 +321,9 @@ void TextSink::summary(const Summary &s)
         fmt::print(out_, "    upstream {:<28} {}\n", k, v);
     fmt::print(out_, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
                s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
+    fmt::print(out_, "    evidence window {:.0f} s: {} connections and {} processes held, {} records aged out, {} "
+                     "dropped over the bounds; {} KiB resident\n",
+               s.window_s, s.conns_held, s.procs_held, s.expired, s.dropped, s.rss_kib);
     fflush(out_);
 }
 

@@ -56,6 +56,12 @@ struct Summary {
     uint64_t log_lines = 0;
     uint64_t access_only = 0; // 502/504 access-log lines with no error-log line
     double duration_s = 0;
+    // The look-back window: how long evidence is kept, what was let go (by
+    // age, and over the count bounds), what is held, and the memory used.
+    double window_s = 0;
+    uint64_t expired = 0, dropped = 0;
+    uint64_t conns_held = 0, procs_held = 0;
+    uint64_t rss_kib = 0;
 };
 
 struct Warning {

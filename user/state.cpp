@@ -316,6 +316,50 @@ void State::trim()
     }
 }
 
+void State::expire(uint64_t now)
+{
+    if (!limits_.window_ns || now < limits_.window_ns)
+        return;
+    uint64_t horizon = now - limits_.window_ns;
+    while (!finished_.empty() && finished_.front()->t_last < horizon) {
+        Conn *c = finished_.front().get();
+        if (c->up_sk) {
+            auto it = by_up_sk_.find(c->up_sk);
+            if (it != by_up_sk_.end() && it->second == c)
+                by_up_sk_.erase(it);
+        }
+        if (!c->claimed && !c->dst_key.empty())
+            unindex(c, true);
+        finished_.pop_front();
+        stats_.conns_expired++;
+    }
+    while (!dead_order_.empty()) {
+        auto it = procs_.find(dead_order_.front());
+        if (it != procs_.end() && it->second.exit && it->second.exit->ts >= horizon)
+            break;
+        if (it != procs_.end() && it->second.exit) {
+            procs_.erase(it);
+            stats_.procs_expired++;
+        }
+        dead_order_.pop_front();
+    }
+    for (auto it = listeners_.begin(); it != listeners_.end();) {
+        auto &v = it->second;
+        for (auto l = v.begin(); l != v.end();) {
+            if (l->t_unlisten && *l->t_unlisten < horizon) {
+                aged_out_.push_back(l->addr);
+                if (aged_out_.size() > 1024)
+                    aged_out_.pop_front();
+                l = v.erase(l);
+                stats_.listeners_expired++;
+            } else {
+                ++l;
+            }
+        }
+        it = v.empty() ? listeners_.erase(it) : std::next(it);
+    }
+}
+
 void State::rec(Conn &c, EvKind kind, uint64_t ts, uint32_t pid, int a, int b, int cc, uint64_t n)
 {
     c.t_last = std::max(c.t_last, ts);
@@ -755,6 +799,18 @@ std::vector<const Listener *> State::listeners_on(const Addr &a) const
         return tx < ty;
     });
     return out;
+}
+
+bool State::listener_aged_out(const Addr &a) const
+{
+    for (const Addr &g : aged_out_) {
+        bool same_port = g.port == a.port && g.family == a.family;
+        bool wildcard = std::all_of(g.ip.begin(), g.ip.end(), [](uint8_t b) { return b == 0; });
+        bool here = !a.loopback() || !a.netns || !g.netns || g.netns == a.netns;
+        if ((g.str() == a.str() || (same_port && wildcard)) && here)
+            return true;
+    }
+    return false;
 }
 
 std::map<std::string, int> State::nginx_sockets_to(const std::string &upstream) const

@@ -132,13 +132,17 @@ struct StateLimits {
     size_t max_finished_conns = 8192;
     size_t max_dead_procs = 4096;
     size_t max_listeners_per_addr = 4;
+    uint64_t window_ns = 300'000'000'000ULL; // evidence kept this long (--window); 0: only the count bounds
 };
 
 struct StateStats {
     uint64_t events = 0;
     uint64_t conns = 0;
-    uint64_t conns_dropped = 0;
+    uint64_t conns_dropped = 0;     // over the count bound, oldest first
     uint64_t procs_dropped = 0;
+    uint64_t conns_expired = 0;     // older than the window
+    uint64_t procs_expired = 0;
+    uint64_t listeners_expired = 0;
 };
 
 class State {
@@ -146,6 +150,12 @@ public:
     explicit State(StateLimits limits = {}) : limits_(limits) {}
 
     void apply(const Event &e);
+    // Forgets what ended before now - window: finished connections, dead
+    // processes, listeners that stopped (counted in stats()).
+    void expire(uint64_t now);
+    // What is held now (for the summary).
+    size_t conns_held() const { return finished_.size() + live_.size(); }
+    size_t procs_held() const { return procs_.size(); }
 
     // Facts learned outside the event stream (start-up scans).
     void add_process(uint32_t pid, uint32_t role, std::string comm, uint32_t parent = 0);
@@ -185,6 +195,8 @@ public:
     void claim(Conn *c);
     // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
     std::vector<const Listener *> listeners_on(const Addr &a) const;
+    // A listener on a (as listeners_on matches it) was let go for age.
+    bool listener_aged_out(const Addr &a) const;
     std::vector<uint32_t> nginx_pids() const;
     // Every connection still remembered, live and finished.
     std::vector<Conn *> recent_conns();
@@ -218,6 +230,7 @@ private:
     std::deque<uint32_t> dead_order_;
     std::map<std::string, std::vector<Listener>> listeners_;     // addr string -> history
     std::unordered_map<uint64_t, std::string> listener_sk_;      // listener sk -> addr key
+    std::deque<Addr> aged_out_;                                  // addresses whose listeners aged out (bounded)
     std::unordered_map<std::string, uint64_t> pre_nginx_;        // "local>remote#ns" -> placeholder sk
     std::unordered_map<std::string, uint64_t> pre_up_;           // the upstream's view -> placeholder sk
 };

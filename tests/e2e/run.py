@@ -283,6 +283,46 @@ def sc_listener_stopped(s):
     ])
 
 
+def with_tool_args(args, fn):
+    """Runs fn() with extra n502trace arguments for the tool it starts."""
+    saved = os.environ.get("N502_EXTRA_ARGS")
+    os.environ["N502_EXTRA_ARGS"] = ((saved or "") + " " + args).strip()
+    try:
+        return fn()
+    finally:
+        if saved is None:
+            del os.environ["N502_EXTRA_ARGS"]
+        else:
+            os.environ["N502_EXTRA_ARGS"] = saved
+
+
+def sc_window_expired(s):
+    """--window: a listener that went away longer ago than the window is let
+    go (counted in the summary), and the verdict says so instead of naming it."""
+    port = harness.free_port()
+    with_tool_args("--window 1", lambda: s.setup("http://127.0.0.1:%d" % port))
+    up = s.h.start_upstream("ok", port=port)
+    s.get(want=200)
+    up.wait_request(1)
+    up.stop()
+    harness.wait_port_refusing(port)
+    # The behaviour under test is time passing: the window (1 s) plus the
+    # tool's once-a-second sweep, with margin.
+    t_gone = time.monotonic()
+    harness.wait_until(lambda: time.monotonic() - t_gone > 2.5, 5, "the window to pass")
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    v = s.expect_verdict(r, "upstream_not_listening", up.address, "Connection refused")
+    if s.use_tool:
+        check("longer ago than the evidence window" in v["explanation"], "explanation %r" % v["explanation"])
+        check(not any(e["event"] == "listen" for e in v["evidence"]), "the expired listener is still named")
+        s.tool.stop()
+        summary = s.tool.records("summary")[-1]
+        check(summary["window_s"] == 1 and summary["expired"] >= 2,
+              "summary window_s %r expired %r, want 1 and >= 2 (the listener and its process)" % (
+                  summary["window_s"], summary["expired"]))
+
+
 def sc_killed(s):
     port = harness.free_port()
     s.setup("http://127.0.0.1:%d" % port)
@@ -993,6 +1033,7 @@ SCENARIOS = {
     "binary_upgrade": sc_binary_upgrade,
     "restart_follow": sc_restart_follow,
     "preexisting_keepalive": sc_preexisting_keepalive,
+    "window_expired": sc_window_expired,
 }
 
 TIME_LIMIT = 30.0

@@ -339,3 +339,46 @@ TEST_CASE("Docker on the system containerd: one container, not two", "[container
         CHECK(r->info.name == "web");
     }
 }
+
+TEST_CASE("the evidence window: what ended before it is let go and counted", "[window]")
+{
+    StateLimits lim;
+    lim.window_ns = 1'000'000'000ULL; // 1 s
+    State st(lim);
+    Event listen;
+    listen.type = N502_EV_LISTEN;
+    listen.ts = 1'000'000'000ULL;
+    listen.tgid = 77;
+    listen.comm = "app";
+    listen.sk = 0x5000;
+    listen.src = Addr::ipv4(0x7f000001, 9000);
+    st.apply(listen);
+    Event close = listen;
+    close.type = N502_EV_STATE;
+    close.ts = 2'000'000'000ULL;
+    close.sock_role = N502_SOCK_LISTENER;
+    close.oldstate = 10;
+    close.newstate = 7;
+    st.apply(close);
+    Event exit;
+    exit.type = N502_EV_EXIT;
+    exit.ts = 2'000'000'000ULL;
+    exit.tgid = 77;
+    exit.comm = "app";
+    exit.exit_code = 9;
+    st.apply(exit);
+
+    st.expire(2'500'000'000ULL); // within the window: kept
+    REQUIRE(st.listeners_on(listen.src).size() == 1);
+    CHECK(st.proc(77));
+    CHECK_FALSE(st.listener_aged_out(listen.src));
+
+    st.expire(3'500'000'000ULL); // 1.5 s after it ended: let go
+    CHECK(st.listeners_on(listen.src).empty());
+    CHECK_FALSE(st.proc(77));
+    CHECK(st.listener_aged_out(listen.src));
+    CHECK(st.listener_aged_out(Addr::ipv4(0x7f000001, 9000)));
+    CHECK_FALSE(st.listener_aged_out(Addr::ipv4(0x7f000001, 9001)));
+    CHECK(st.stats().listeners_expired == 1);
+    CHECK(st.stats().procs_expired == 1);
+}

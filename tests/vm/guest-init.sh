@@ -27,7 +27,10 @@ poweroff_now() {
 mnt() {  # mnt TYPE SOURCE DIR [OPTIONS]
   mkdir -p "$3"
   mountpoint -q "$3" && return 0
-  mount -t "$1" ${4:+-o "$4"} "$2" "$3" || say "mount -t $1 $3 failed"
+  mount -t "$1" ${4:+-o "$4"} "$2" "$3" && return 0
+  say "mount -t $1 $3 failed"
+  rmdir "$3" 2>/dev/null  # no empty directory where a hierarchy would be
+  return 0
 }
 
 # ---------------------------------------------------------------- system set-up
@@ -144,8 +147,11 @@ fi
 
 cd "$SHARE/tests/e2e"
 for s in $SCENARIOS; do
-  if [ "$s" = oom ] && [ ! -d /sys/fs/cgroup/memory ]; then
-    echo "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory (CGROUPS=$CGROUPS)" >"$OUT/$s.log"
+  if [ "$s" = oom ] && ! mountpoint -q /sys/fs/cgroup/memory; then
+    # Debian's 6.12 has no v1 memory controller (# CONFIG_MEMCG_V1 is not set);
+    # the oom scenario needs one.
+    echo "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory (CGROUPS=$CGROUPS;" \
+      "$(grep -s MEMCG_V1 /boot/config-"$KVER")); the oom scenario needs one" >"$OUT/$s.log"
     row "$s" SKIP 0
     continue
   fi
