@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "app.hpp"
+#include "report.hpp"
 #include "rules.hpp"
 
 int main(int argc, char **argv)
@@ -67,6 +68,13 @@ int main(int argc, char **argv)
     app.add_option("--raw-record", opt.raw_record,
                    "Write every raw kernel event to FILE (u32 length + record; for scripts/bench-pipeline)");
 
+    std::string report_in, report_out;
+    CLI::App *report = app.add_subcommand(
+        "report", "Write a self-contained HTML postmortem page from a --json output (n502trace report FILE [-o "
+                  "OUT.html]) and print a short summary");
+    report->add_option("file", report_in, "JSON Lines written by n502trace --json")->required();
+    report->add_option("-o,--output", report_out, "HTML file to write (default: FILE.html)");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError &e) {
@@ -77,6 +85,8 @@ int main(int argc, char **argv)
         fmt::print("n502trace {}\n", N502_VERSION);
         return 0;
     }
+    if (*report)
+        return n502::run_report(report_in, report_out);
     if (check)
         return n502::run_check();
     if (opt.nginx_pid == 0 && opt.containers.empty() && opt.cgroups.empty()) {
