@@ -4,13 +4,14 @@
 # end-to-end scenarios. Prints one row per kernel and test.
 #
 #   sudo scripts/vm-test.sh bookworm                  # Debian 12, kernel 6.1
-#   sudo scripts/vm-test.sh bullseye                  # Debian 11, kernel 5.10
+#   sudo scripts/vm-test.sh bullseye                  # Debian 11's kernel 5.10
 #   sudo scripts/vm-test.sh bookworm-backports        # Debian 12 + backports kernel (6.12)
 #   sudo scripts/vm-test.sh bookworm killed reset     # only these scenarios
+#   sudo scripts/vm-test.sh bookworm all              # every scenario of tests/e2e/run.py --list
 #   sudo scripts/vm-test.sh --image bullseye          # only build (or check) the cached image
 #
 # The VM image (a debootstrapped Debian 12 root on an ext4 disk image with
-# nginx-light, python3, iproute2, procps, nftables, and RELEASE's
+# nginx-light, php-fpm, python3, iproute2, procps, nftables, and RELEASE's
 # linux-image-amd64: the user space is the same for every kernel) is built
 # once and cached under /var/tmp/n502trace-vm/RELEASE/,
 # keyed by a recipe version: nothing but Debian packages is ever fetched,
@@ -48,16 +49,16 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
 # Bump when the image recipe (packages, bootstrap init, initramfs set-up) changes.
-RECIPE=2
+RECIPE=3
 CORE_SCENARIOS="no_listener listener_stopped killed oom segv exit reset close worker_pid reload socket_missing connect_timeout"
-GUEST_PKGS=nginx-light,python3,procps,iproute2,nftables,kmod
+GUEST_PKGS=nginx-light,python3,procps,iproute2,nftables,kmod,php-fpm
 # The user space is always Debian 12's (the Nginx 1.22.1 and Python 3.11 the
 # end-to-end tests are written against: bullseye's Nginx 1.18 has no -e);
 # only the kernel package comes from RELEASE's suite.
 SUITE=bookworm
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -288,10 +289,10 @@ WALL=$((SECONDS - T0))
 RES=$SHARE/results/results.tsv
 FAIL=0
 echo
-printf '%-28s %-18s %-8s %8s\n' KERNEL TEST RESULT SECONDS
+printf '%-24s %-24s %-8s %8s\n' KERNEL TEST RESULT SECONDS
 if [ -s "$RES" ]; then
   while IFS=$'\t' read -r k t r s; do
-    printf '%-28s %-18s %-8s %8s\n' "$k" "$t" "$r" "$s"
+    printf '%-24s %-24s %-8s %8s\n' "$k" "$t" "$r" "$s"
     case "$r" in PASS|SKIP) ;; *) FAIL=1 ;; esac
   done <"$RES"
 fi
@@ -300,9 +301,9 @@ DONE=0
 if [ $DONE = 0 ]; then
   FAIL=1
   if [ $QRC = 124 ] || [ $QRC = 137 ]; then
-    printf '%-28s %-18s %-8s %8s\n' "$KVER" vm TIMEOUT "$WALL"
+    printf '%-24s %-24s %-8s %8s\n' "$KVER" vm TIMEOUT "$WALL"
   else
-    printf '%-28s %-18s %-8s %8s\n' "$KVER" vm "EXIT$QRC" "$WALL"
+    printf '%-24s %-24s %-8s %8s\n' "$KVER" vm "EXIT$QRC" "$WALL"
   fi
 fi
 echo "($ACCEL, VM wall time ${WALL}s; logs: $SHARE/results, console: $CONSOLE)"

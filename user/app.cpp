@@ -8,6 +8,7 @@
 #include <cstring>
 #include <deque>
 #include <dirent.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -175,7 +176,29 @@ int run_check()
 {
     bool ok = true;
     fmt::print("n502trace {} preflight (nothing is attached):\n", N502_VERSION);
-    for (const auto &[what, result] : Loader::preflight()) {
+    auto facts = Loader::preflight();
+    // Containers: the cgroup v2 hierarchy (kernel-side selection) and
+    // openat2 (logs read inside a container's root without leaving it).
+    std::string uroot = unified_root();
+    facts.emplace_back("cgroup v2 hierarchy (--container, --cgroup)",
+                       uroot.empty() ? "none: containers are selected from /proc/PID/cgroup and --cgroup is "
+                                       "unavailable (not a failure)"
+                                     : "yes (" + uroot + (uroot == "/sys/fs/cgroup" ? ")" : ", hybrid)"));
+    {
+        bool ok2 = false;
+        // Our own root through openat2: tests the syscall itself.
+        int dfd = open("/proc/self/root", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            int f = open_in_root_fd(dfd, "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            ok2 = f >= 0;
+            if (f >= 0)
+                close(f);
+            close(dfd);
+        }
+        facts.emplace_back("openat2 RESOLVE_IN_ROOT (container logs)",
+                           ok2 ? "yes" : "no: Linux 5.6+ is needed to read logs inside a container's root");
+    }
+    for (const auto &[what, result] : facts) {
         fmt::print("  {:<44} {}\n", what, result);
         if (result.rfind("MISSING", 0) == 0 || result.rfind("no:", 0) == 0)
             ok = false;

@@ -91,7 +91,7 @@ FAILED=0
 
 row() {  # row TEST RESULT SECONDS
   printf '%s\t%s\t%s\t%s\n' "$KVER" "$1" "$2" "$3" >>"$RES"
-  printf 'n502vm-row %-28s %-18s %-8s %6s\n' "$KVER" "$1" "$2" "$3" >/dev/console
+  printf 'n502vm-row %-24s %-24s %-8s %6s\n' "$KVER" "$1" "$2" "$3" >/dev/console
   sync
 }
 
@@ -146,6 +146,7 @@ if [ -f "$SHARE/extra.sh" ]; then
 fi
 
 cd "$SHARE/tests/e2e"
+[ "$SCENARIOS" = all ] && SCENARIOS=$(/usr/bin/python3 "$SHARE/tests/e2e/run.py" --list)
 for s in $SCENARIOS; do
   if [ "$s" = oom ] && ! mountpoint -q /sys/fs/cgroup/memory; then
     # Debian's 6.12 has no v1 memory controller (# CONFIG_MEMCG_V1 is not set);
