@@ -25,6 +25,16 @@ echo "== preflight"
 echo "== tests"
 ctest --test-dir "$BUILD" --output-on-failure --timeout 300 "$@"
 
+# The kernel matrix: the same static binary and tests on Debian's own kernels
+# under qemu (images cached under /var/tmp/n502trace-vm). CI runs 5.10 and 6.1;
+# N502_VM_RELEASES="bullseye bookworm bookworm-backports" adds 6.12.
+if [ "${N502_SKIP_VM:-0}" != 1 ] && [ $# -eq 0 ]; then
+  for r in ${N502_VM_RELEASES:-bullseye bookworm}; do
+    echo "== kernel matrix: $r (qemu)"
+    BUILD_DIR="$BUILD" scripts/vm-test.sh "$r"
+  done
+fi
+
 # The log parsers and the event decoder under libFuzzer, for a bounded time.
 if [ "${N502_SKIP_FUZZ:-0}" != 1 ] && [ $# -eq 0 ]; then
   echo "== fuzzing"

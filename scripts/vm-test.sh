@@ -58,7 +58,7 @@ GUEST_PKGS=nginx-light,python3,procps,iproute2,nftables,kmod,php-fpm
 SUITE=bookworm
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 

@@ -492,9 +492,15 @@ bool rule_connect_timeout(const RuleInput &in, Verdict &v)
         return false;
     base(v, in, "connect_timeout", in.conn->syn_retransmits ? "high" : "medium");
     v.fact("syn_retransmits", static_cast<int64_t>(in.conn->syn_retransmits));
-    v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({} retransmissions seen) until Nginx gave up: "
-                                "packets are dropped on the way (a firewall DROP rule, a down route or host).",
-                                in.conn->dst.str(), in.conn->syn_retransmits);
+    v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({}) until Nginx gave up: packets are dropped on "
+                                "the way (a firewall DROP rule, a down route or host).",
+                                in.conn->dst.str(),
+                                in.conn->syn_retransmits
+                                    ? fmt::format("{} retransmissions seen", in.conn->syn_retransmits)
+                                    // Before 6.x the kernel reports only resends that left the host: a
+                                    // local firewall (output hook) makes them fail unseen.
+                                    : std::string("no retransmission seen: before Linux 6.x a resend dropped by a "
+                                                  "local firewall is not reported"));
     return true;
 }
 

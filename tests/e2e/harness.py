@@ -397,10 +397,10 @@ class Harness:
         """Run fn() at close(), after the tool stops and before Nginx does."""
         self.finalizers.append((what, fn))
 
-    def nft_table(self, rules):
-        """An nftables table of our own with an output-hook chain holding rules
-        (a list of rule strings); deleted by close()."""
-        t = NftTable(rules)
+    def nft_table(self, rules, hook="output"):
+        """An nftables table of our own with a chain on `hook` (output or
+        input) holding rules (a list of rule strings); deleted by close()."""
+        t = NftTable(rules, hook)
         self.nft_tables.append(t)
         t.create()
         return t
@@ -778,14 +778,43 @@ class Tool:
 # ---------------------------------------------------------------- memory cgroup (v1)
 
 
+def _cgroup2_with_memory():
+    """The cgroup v2 root whose subtree can use the memory controller (kernels
+    built without the v1 memory controller, e.g. Debian's 6.12), or None."""
+    for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        try:
+            with open(os.path.join(root, "cgroup.controllers")) as f:
+                if "memory" not in f.read().split():
+                    continue
+            with open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
+                f.write("+memory")
+            return root
+        except OSError:
+            continue
+    return None
+
+
 class MemoryCgroup:
-    """A cgroup v1 memory cgroup /sys/fs/cgroup/memory/n502-e2e-<random>."""
+    """A memory cgroup n502-e2e-<random>: cgroup v1 under /sys/fs/cgroup/memory,
+    or cgroup v2 (memory.max) where the kernel has no v1 memory controller."""
 
     def __init__(self, limit="64M"):
-        if not os.path.isdir(CGROUP_MEMORY_ROOT):
-            raise Failure("no cgroup v1 memory hierarchy at %s" % CGROUP_MEMORY_ROOT)
-        self.path = os.path.join(CGROUP_MEMORY_ROOT, "n502-e2e-%08x" % random.randrange(1 << 32))
+        self.v2 = False
+        if os.path.isdir(CGROUP_MEMORY_ROOT):
+            root = CGROUP_MEMORY_ROOT
+        else:
+            root = _cgroup2_with_memory()
+            if root is None:
+                raise Failure("no memory cgroup: neither v1 at %s nor a cgroup v2 hierarchy with the memory "
+                              "controller" % CGROUP_MEMORY_ROOT)
+            self.v2 = True
+        self.path = os.path.join(root, "n502-e2e-%08x" % random.randrange(1 << 32))
         os.mkdir(self.path)
+        if self.v2:
+            self._write("memory.max", limit)
+            if os.path.exists(self._p("memory.swap.max")):
+                self._write("memory.swap.max", "0")  # no swapping out of trouble
+            return
         self._write("memory.limit_in_bytes", limit)
         if os.path.exists(self._p("memory.memsw.limit_in_bytes")):
             self._write("memory.memsw.limit_in_bytes", limit)  # no swapping out of trouble
@@ -808,8 +837,9 @@ class MemoryCgroup:
             return [int(x) for x in f.read().split()]
 
     def oom_control(self):
+        """OOM counters: v1 memory.oom_control, or v2 memory.events (oom_kill)."""
         out = {}
-        with open(self._p("memory.oom_control")) as f:
+        with open(self._p("memory.events" if self.v2 else "memory.oom_control")) as f:
             for line in f:
                 k, _, v = line.partition(" ")
                 out[k] = int(v)
@@ -846,17 +876,19 @@ def _run(argv, what, timeout=10, input=None):
 
 
 class NftTable:
-    """table inet n502e2e_<random> with one chain on the output hook. Rules
-    must confine themselves to loopback (oifname "lo") and the test's ports."""
+    """table inet n502e2e_<random> with one chain on the output (or input)
+    hook. Rules must confine themselves to loopback (oifname/iifname "lo")
+    and the test's ports."""
 
-    def __init__(self, rules):
+    def __init__(self, rules, hook="output"):
         self.name = "n502e2e_%08x" % random.randrange(1 << 32)
         self.rules = list(rules)
+        self.hook = hook
         self.created = False
 
     def ruleset(self):
-        return ("table inet %s {\n  chain out {\n    type filter hook output priority 0; policy accept;\n%s  }\n}\n"
-                % (self.name, "".join("    %s\n" % r for r in self.rules)))
+        return ("table inet %s {\n  chain c {\n    type filter hook %s priority 0; policy accept;\n%s  }\n}\n"
+                % (self.name, self.hook, "".join("    %s\n" % r for r in self.rules)))
 
     def create(self):
         _run([NFT, "-f", "-"], "nft -f (table %s)" % self.name, input=self.ruleset().encode())

@@ -603,8 +603,11 @@ def sc_backlog_full_tcp(s):
 def sc_connect_timeout(s):
     port = harness.free_port()
     s.setup("http://127.0.0.1:%d" % port, ["proxy_connect_timeout %s;" % CONNECT_TIMEOUT])
-    t = s.h.nft_table(['oifname "lo" ip daddr 127.0.0.1 tcp dport %d tcp flags & (syn | ack) == syn drop' % port])
-    s.note("nft table inet %s drops SYNs to 127.0.0.1:%d" % (t.name, port))
+    # Dropped on the way in, as a remote firewall would: a drop in the output
+    # hook fails the resend locally, which kernels before 6.x do not report.
+    t = s.h.nft_table(['iifname "lo" ip daddr 127.0.0.1 tcp dport %d tcp flags & (syn | ack) == syn drop' % port],
+                      hook="input")
+    s.note("nft table inet %s drops SYNs to 127.0.0.1:%d (input hook)" % (t.name, port))
     retrans = tcp_syn_retrans()
     r = s.get(want=504)
     s.expect_nginx_message(MSG_CONNECT_TIMEOUT)
