@@ -18,16 +18,7 @@ namespace n502 {
 
 namespace {
 
-std::optional<std::string> slurp(const std::string &path, size_t max = 4 << 20)
-{
-    std::ifstream f(path, std::ios::binary);
-    if (!f)
-        return std::nullopt;
-    std::string s(max, '\0');
-    f.read(s.data(), static_cast<std::streamsize>(max));
-    s.resize(static_cast<size_t>(f.gcount()));
-    return s;
-}
+std::optional<std::string> slurp(const std::string &path, size_t max = 4 << 20) { return read_file(path, max); }
 
 std::optional<nlohmann::json> read_json(const std::string &path)
 {
@@ -173,6 +164,19 @@ std::optional<uint32_t> read_pidfile(const std::string &path)
 }
 
 } // namespace
+
+std::optional<std::string> read_file(const std::string &path, size_t max)
+{
+    std::ifstream f(path, std::ios::binary);
+    if (!f)
+        return std::nullopt;
+    std::string out;
+    char buf[16384];
+    while (out.size() < max && f.read(buf, static_cast<std::streamsize>(std::min(sizeof(buf), max - out.size()))),
+           f.gcount() > 0)
+        out.append(buf, static_cast<size_t>(f.gcount()));
+    return out;
+}
 
 RuntimeDirs RuntimeDirs::from_env()
 {

@@ -28,6 +28,10 @@ struct RuntimeDirs {
     static RuntimeDirs from_env();
 };
 
+// At most `max` bytes of a file (procfs, cgroupfs and runtime state files
+// are small); nullopt when it cannot be opened.
+std::optional<std::string> read_file(const std::string &path, size_t max);
+
 // The cgroup v2 hierarchy: "/sys/fs/cgroup/unified" on hybrid hosts,
 // "/sys/fs/cgroup" on pure v2 ones, "" when there is none (v1 only).
 std::string unified_root();

@@ -19,16 +19,7 @@
 
 namespace n502 {
 
-static std::optional<std::string> slurp(const std::string &path, size_t max = 1 << 16)
-{
-    std::ifstream f(path, std::ios::binary);
-    if (!f)
-        return std::nullopt;
-    std::string s(max, '\0');
-    f.read(s.data(), static_cast<std::streamsize>(max));
-    s.resize(static_cast<size_t>(f.gcount()));
-    return s;
-}
+static std::optional<std::string> slurp(const std::string &path, size_t max = 1 << 16) { return read_file(path, max); }
 
 std::optional<ProcInfo> read_proc(uint32_t pid, const std::string &root)
 {

@@ -291,18 +291,23 @@ void State::finish(uint64_t sk)
     trim();
 }
 
+void State::drop_oldest_finished()
+{
+    Conn *c = finished_.front().get();
+    if (c->up_sk) {
+        auto it = by_up_sk_.find(c->up_sk);
+        if (it != by_up_sk_.end() && it->second == c)
+            by_up_sk_.erase(it);
+    }
+    if (!c->claimed && !c->dst_key.empty())
+        unindex(c, true);
+    finished_.pop_front();
+}
+
 void State::trim()
 {
     while (finished_.size() > limits_.max_finished_conns) {
-        Conn *c = finished_.front().get();
-        if (c->up_sk) {
-            auto it = by_up_sk_.find(c->up_sk);
-            if (it != by_up_sk_.end() && it->second == c)
-                by_up_sk_.erase(it);
-        }
-        if (!c->claimed && !c->dst_key.empty())
-            unindex(c, true);
-        finished_.pop_front();
+        drop_oldest_finished();
         stats_.conns_dropped++;
     }
     while (dead_order_.size() > limits_.max_dead_procs) {
@@ -322,15 +327,7 @@ void State::expire(uint64_t now)
         return;
     uint64_t horizon = now - limits_.window_ns;
     while (!finished_.empty() && finished_.front()->t_last < horizon) {
-        Conn *c = finished_.front().get();
-        if (c->up_sk) {
-            auto it = by_up_sk_.find(c->up_sk);
-            if (it != by_up_sk_.end() && it->second == c)
-                by_up_sk_.erase(it);
-        }
-        if (!c->claimed && !c->dst_key.empty())
-            unindex(c, true);
-        finished_.pop_front();
+        drop_oldest_finished();
         stats_.conns_expired++;
     }
     while (!dead_order_.empty()) {

@@ -217,6 +217,7 @@ private:
     void unindex(Conn *c, bool oldest = false); // oldest: search from the front
     void adopt(const Event &e);                 // binds a preexisting connection's socket
     void trim();
+    void drop_oldest_finished(); // forgets finished_.front() and its index entries
 
     StateLimits limits_;
     StateStats stats_;
