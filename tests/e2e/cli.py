@@ -129,6 +129,25 @@ def main():
         err = r.stderr.decode(errors="replace")
         check(r.returncode in (1, 2), "run without BTF: exit %d" % r.returncode)
 
+    @case("a host without cgroup v2 (simulated): --cgroup refused, saying what still works; --check says so")
+    def _():
+        hide = "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\""
+        if not os.path.ismount("/sys/fs/cgroup/unified"):
+            print("  (no /sys/fs/cgroup/unified mount here: simulated host not needed)")
+            return
+        r = subprocess.run(["unshare", "-m", "sh", "-c", hide, "sh", BIN, "--cgroup", "/docker/x"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        err = r.stderr.decode(errors="replace")
+        check(r.returncode == 2, "exit %d, want 2 (%s)" % (r.returncode, err))
+        check("no cgroup v2 hierarchy" in err and "--container and --nginx-pid still work" in err,
+              "stderr does not say what still works: %r" % err)
+        r = subprocess.run(["unshare", "-m", "sh", "-c", hide, "sh", BIN, "--check"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        out = r.stdout.decode(errors="replace")
+        check(re.search(r"cgroup v2 hierarchy.*none: containers are selected from /proc", out),
+              "--check does not report the missing v2 hierarchy: %s" % out)
+        check(r.returncode == 0, "--check failed on a v1-only view (exit %d): %s" % (r.returncode, out))
+
     @case("lockdown: --check reads the mode and says whether n502trace can attach")
     def _():
         # A private securityfs stand-in: the host's kernel is not locked

@@ -133,12 +133,22 @@ class Scenario:
             up.name, up.id[:12], up.pid, up.ns_pid, mode))
         return up
 
-    def start_tool(self, args, nginx=None):
+    def start_tool(self, args, nginx=None, v1_only=False):
         """n502trace selected by args only (no --nginx-pid); None with --no-tool.
-        nginx: the Nginx container(s) the ready record must list, and only them."""
+        nginx: the Nginx container(s) the ready record must list, and only them.
+        v1_only: run it in a private mount namespace without the cgroup v2
+        mount, as on a host with cgroup v1 only."""
         if not self.use_tool:
             return None
-        tool = harness.Tool(self.h, self.binary, None, args=args)
+        binary = self.binary
+        self.v1_only = v1_only
+        if v1_only:
+            binary = self.h.path("n502trace-v1-only.sh")
+            with open(binary, "w") as f:
+                f.write("#!/bin/sh\nexec unshare -m sh -c 'umount /sys/fs/cgroup/unified || exit 99; "
+                        "exec \"$0\" \"$@\"' %s \"$@\"\n" % self.binary)
+            os.chmod(binary, 0o755)
+        tool = harness.Tool(self.h, binary, None, args=args)
         tool.errpath = self.h.path("n502trace-%d.stderr" % (len(self.tools) + 1))
         self.tools.append(tool)
         self.want_verdicts[tool] = 0
@@ -180,6 +190,10 @@ class Scenario:
             check(any(str(p).endswith(ng.ERROR_LOG) for p in logs),
                   where + ".error_logs %r has no %s (the container's own file)" % (logs, ng.ERROR_LOG))
         cg = ready.get("cgroups")
+        if getattr(self, "v1_only", False):
+            # No v2 hierarchy: no kernel-side cgroup filter, membership from /proc.
+            check(cg == [], "ready.cgroups %s on a v1-only host, want []" % json.dumps(cg))
+            return
         check(isinstance(cg, list) and any(isinstance(c, dict) and c.get("path") == ng.cgroup for c in cg),
               "ready.cgroups %s has no {\"path\": %r}" % (json.dumps(cg), ng.cgroup))
 
@@ -428,11 +442,15 @@ def sc_stderr_only(s):
 def sc_attach_by(s):
     web = s.web()
     up = s.pod_upstream(web, "close")
-    ways = [("name", ["--container", web.name]),
-            ("id prefix", ["--container", web.id[:12]]),
-            ("cgroup", ["--cgroup", web.cgroup])]
-    for n, (how, args) in enumerate(ways, 1):
-        tool = s.start_tool(args, web)
+    ways = [("name", ["--container", web.name], False),
+            ("id prefix", ["--container", web.id[:12]], False),
+            ("cgroup", ["--cgroup", web.cgroup], False),
+            ("name on a host without cgroup v2", ["--container", web.name], True)]
+    for n, (how, args, v1_only) in enumerate(ways, 1):
+        tool = s.start_tool(args, web, v1_only=v1_only)
+        if tool is not None and v1_only:
+            check(any(r.get("code") == "cgroup_v1_only" for r in tool.records("warning")),
+                  "no cgroup_v1_only warning on a v1-only host: %s" % json.dumps(tool.records("warning")))
         r = web.get(want=502)
         up.wait_word("REQUEST", n)
         _, logged = s.expect_nginx_line(web, MSG_PREMATURE, nth=n)
