@@ -39,9 +39,16 @@ def chromium(args, profile, timeout=90):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
 
 
-def make_incident(h, binary, out_path):
+def make_incident(h, binary, out_path, spread=0.0):
     """A small incident: upstreams killed mid-request, refused connects, a
-    reset. Returns the verdict records the tool printed."""
+    reset. Returns the verdict records the tool printed. spread: seconds
+    between the faults (a longer timeline for the README's screenshot)."""
+    import time
+
+    def pause():
+        if spread:
+            t = time.monotonic()
+            harness.wait_until(lambda: time.monotonic() - t >= spread, spread + 5, "the incident to go on")
     live = [h.start_upstream("hang") for _ in range(2)]
     dead_port = harness.free_port()
     reset = h.start_upstream("reset")
@@ -54,8 +61,10 @@ def make_incident(h, binary, out_path):
         up.wait_request(1)
         harness.spawn_kill(signal.SIGKILL, up.pid)
         check(req.result().status == 502, "%s: not a 502" % path)
+        pause()
     for _ in range(3):
         check(harness.http_get(nginx.port, "/dead").status == 502, "/dead: not a 502")
+        pause()
     check(harness.http_get(nginx.port, "/reset").status == 502, "/reset: not a 502")
     want = 6
     tool.out.wait_for(lambda: len(tool.records("verdict")) >= want or None, 10, "%d verdicts" % want,
@@ -71,6 +80,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--screenshot", help="keep a PNG of the rendered report here")
+    ap.add_argument("--spread", type=float, default=0.0, help="seconds between the faults (default 0)")
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
     if not CHROMIUM:
@@ -80,7 +90,7 @@ def main():
     work = tempfile.mkdtemp(prefix="n502-report-")
     try:
         jsonl = os.path.join(work, "incident.jsonl")
-        verdicts = make_incident(h, binary, jsonl)
+        verdicts = make_incident(h, binary, jsonl, args.spread)
         by_cause = {}
         for v in verdicts:
             by_cause[v["cause"]] = by_cause.get(v["cause"], 0) + 1
