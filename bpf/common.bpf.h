@@ -186,22 +186,28 @@ static __always_inline struct n502_proc *current_proc(void)
 	return bpf_map_lookup_elem(&procs, &tgid);
 }
 
-/* fd -> struct socket of the current task, or NULL when fd is not a socket. */
-static __always_inline struct socket *socket_from_fd(int fd)
+/* fd -> struct file of the current task, or NULL. */
+static __always_inline struct file *file_from_fd(int fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds;
 	struct file *file;
-	unsigned int max_fds;
 
-	if (!fdt || fd < 0)
-		return 0;
-	max_fds = BPF_CORE_READ(fdt, max_fds);
-	if ((unsigned int)fd >= max_fds)
+	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;
 	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]))
+		return 0;
+	return file;
+}
+
+/* fd -> struct socket of the current task, or NULL when fd is not a socket. */
+static __always_inline struct socket *socket_from_fd(int fd)
+{
+	struct file *file = file_from_fd(fd);
+
+	if (!file)
 		return 0;
 	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
 	if ((mode & N502_S_IFMT) != N502_S_IFSOCK)

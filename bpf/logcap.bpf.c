@@ -34,15 +34,9 @@ struct {
  * there is none. */
 static __always_inline int file_of_fd(int fd, struct n502_file_key *key)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds;
-	struct file *file;
+	struct file *file = file_from_fd(fd);
 
-	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+	if (!file)
 		return 0;
 	key->ino = BPF_CORE_READ(file, f_inode, i_ino);
 	key->dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);

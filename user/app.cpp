@@ -485,14 +485,17 @@ int run(const Options &opt)
     // Connections Nginx holds to its upstreams since before we started (a
     // keep-alive pool): found now, adopted by the kernel side at their next
     // state change, and as good as new ones from then on.
+    // One process per network namespace: where listeners and older
+    // connections are looked for (one /proc walk for both).
+    const std::vector<uint32_t> every_netns = one_pid_per_netns();
     std::vector<ExistingConn> existing;
     {
-        std::vector<uint32_t> owners, nets = one_pid_per_netns();
+        std::vector<uint32_t> owners;
         for (const auto &in : instances) {
             owners.insert(owners.end(), in->info.workers.begin(), in->info.workers.end());
             owners.push_back(in->info.master);
         }
-        existing = scan_connections(owners, nets);
+        existing = scan_connections(owners, every_netns);
     }
 
     Loader loader;
@@ -642,7 +645,7 @@ int run(const Options &opt)
             state.add_listener(l.addr, l.pid, l.comm);
         }
     };
-    scan_listeners(one_pid_per_netns());
+    scan_listeners(every_netns);
 
     // The configuration each Nginx runs with: the upstreams it names, and
     // whether anything listens there now. Many 502 incidents are visible
@@ -653,7 +656,7 @@ int run(const Options &opt)
         in.down.clear();
     };
     auto check_config = [&](Instance &in, bool report) {
-        NginxPaths paths = nginx_paths(in.info.master, in.info.root);
+        NginxPaths paths = nginx_paths(in.info.master);
         NginxConf conf = parse_nginx_conf(in.info.root, paths.conf);
         if (conf.files.empty()) {
             sink->warning({"nginx_config",

@@ -8,9 +8,11 @@
 #include <fmt/format.h>
 #include <fnmatch.h>
 #include <map>
+#include <sstream>
 #include <unistd.h>
 
 #include "logfollow.hpp"
+#include "nginx.hpp"
 
 namespace n502 {
 
@@ -300,33 +302,17 @@ NginxConf parse_nginx_conf(const std::string &root, const std::string &main_file
     return conf;
 }
 
-NginxPaths nginx_paths(uint32_t master, const std::string &root, const std::string &proc_root)
+NginxPaths nginx_paths(uint32_t master, const std::string &proc_root)
 {
-    (void)root;
     NginxPaths out;
     // The master's title keeps the command line: "nginx: master process
     // /usr/sbin/nginx -p /srv -c conf/nginx.conf -g daemon off;".
-    std::string cmd;
-    if (FILE *f = fopen(fmt::format("{}/{}/cmdline", proc_root, master).c_str(), "r")) {
-        char buf[4096];
-        size_t n = fread(buf, 1, sizeof(buf), f);
-        fclose(f);
-        cmd.assign(buf, n);
-        std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-    }
     std::vector<std::string> words;
-    {
-        size_t i = 0;
-        while (i < cmd.size()) {
-            while (i < cmd.size() && cmd[i] == ' ')
-                i++;
-            size_t j = cmd.find(' ', i);
-            if (j == std::string::npos)
-                j = cmd.size();
-            if (j > i)
-                words.push_back(cmd.substr(i, j - i));
-            i = j;
-        }
+    if (auto pi = read_proc(master, proc_root)) {
+        std::istringstream in(pi->cmdline);
+        std::string w;
+        while (in >> w)
+            words.push_back(w);
     }
     for (size_t k = 0; k + 1 < words.size(); k++) {
         if (words[k] == "-c")

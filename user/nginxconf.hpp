@@ -38,7 +38,7 @@ struct NginxPaths {
     std::string conf;   // absolute, inside its root
     std::string prefix;
 };
-NginxPaths nginx_paths(uint32_t master, const std::string &root, const std::string &proc_root = "/proc");
+NginxPaths nginx_paths(uint32_t master, const std::string &proc_root = "/proc");
 
 // Tokens of Nginx's configuration syntax (for the parser and its tests):
 // words (quotes removed, escapes kept as Nginx does), "{", "}", ";".

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <unordered_map>
 
+#include "container.hpp"
 #include "nginx.hpp"
 
 namespace n502 {
@@ -70,11 +71,7 @@ static void listeners_of_netns(const std::string &root, uint32_t net_pid, std::v
                                std::unordered_map<uint64_t, size_t> &by_inode)
 {
     std::string net = net_pid ? fmt::format("{}/{}/net", root, net_pid) : root + "/net";
-    struct stat nst{};
-    uint32_t netns = stat(net_pid ? fmt::format("{}/{}/ns/net", root, net_pid).c_str() : (root + "/self/ns/net").c_str(),
-                          &nst) == 0
-                         ? static_cast<uint32_t>(nst.st_ino)
-                         : 0;
+    uint32_t netns = static_cast<uint32_t>(net_pid ? netns_of(net_pid, root) : netns_of(static_cast<uint32_t>(getpid()), root));
     for (bool v6 : {false, true}) {
         std::ifstream f(net + (v6 ? "/tcp6" : "/tcp"));
         std::string line;
@@ -159,24 +156,32 @@ void for_each_socket_fd(const std::function<bool(uint32_t pid, uint64_t inode)> 
         unsigned long pid = strtoul(de->d_name, &end, 10);
         if (!end || *end || pid == 0 || pid > UINT32_MAX)
             continue;
-        std::string fddir = fmt::format("{}/{}/fd", root, pid);
-        DIR *fds = opendir(fddir.c_str());
-        if (!fds)
-            continue;
-        while (dirent *fe = readdir(fds)) {
-            char buf[64];
-            ssize_t n = readlink((fddir + "/" + fe->d_name).c_str(), buf, sizeof(buf) - 1);
-            if (n <= 8 || strncmp(buf, "socket:[", 8) != 0)
-                continue;
-            buf[n] = 0;
-            if (fn(static_cast<uint32_t>(pid), strtoull(buf + 8, nullptr, 10))) {
-                stop = true;
-                break;
-            }
-        }
-        closedir(fds);
+        stop = socket_fds_of(static_cast<uint32_t>(pid), [&](uint64_t ino) { return fn(static_cast<uint32_t>(pid), ino); },
+                             root);
     }
     closedir(d);
+}
+
+bool socket_fds_of(uint32_t pid, const std::function<bool(uint64_t inode)> &fn, const std::string &root)
+{
+    std::string fddir = fmt::format("{}/{}/fd", root, pid);
+    DIR *fds = opendir(fddir.c_str());
+    if (!fds)
+        return false;
+    bool stop = false;
+    while (dirent *fe = readdir(fds)) {
+        char buf[64];
+        ssize_t n = readlink((fddir + "/" + fe->d_name).c_str(), buf, sizeof(buf) - 1);
+        if (n <= 8 || strncmp(buf, "socket:[", 8) != 0)
+            continue;
+        buf[n] = 0;
+        if (fn(strtoull(buf + 8, nullptr, 10))) {
+            stop = true;
+            break;
+        }
+    }
+    closedir(fds);
+    return stop;
 }
 
 uint32_t pid_for_socket_inode(uint64_t inode, const std::string &root)
@@ -206,10 +211,8 @@ std::vector<uint32_t> one_pid_per_netns(const std::string &root)
             unsigned long pid = strtoul(de->d_name, &end, 10);
             if (!end || *end || pid == 0)
                 continue;
-            struct stat st{};
-            if (stat(fmt::format("{}/{}/ns/net", root, pid).c_str(), &st) != 0)
-                continue;
-            if (seen.emplace(static_cast<uint64_t>(st.st_ino), true).second)
+            uint64_t ns = netns_of(static_cast<uint32_t>(pid), root);
+            if (ns && seen.emplace(ns, true).second)
                 out.push_back(static_cast<uint32_t>(pid));
         }
         closedir(d);
@@ -227,22 +230,14 @@ std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, 
     std::vector<ExistingConn> out;
     // Socket inodes of the owners (Nginx's processes).
     std::unordered_map<uint64_t, uint32_t> mine;
-    for (uint32_t pid : owners) {
-        std::string fddir = fmt::format("{}/{}/fd", root, pid);
-        if (DIR *d = opendir(fddir.c_str())) {
-            while (dirent *de = readdir(d)) {
-                char buf[64];
-                ssize_t n = readlink((fddir + "/" + de->d_name).c_str(), buf, sizeof(buf) - 1);
-                if (n <= 8)
-                    continue;
-                buf[n] = 0;
-                unsigned long long ino = 0;
-                if (sscanf(buf, "socket:[%llu]", &ino) == 1)
-                    mine.emplace(ino, pid);
-            }
-            closedir(d);
-        }
-    }
+    for (uint32_t pid : owners)
+        socket_fds_of(
+            pid,
+            [&](uint64_t ino) {
+                mine.emplace(ino, pid);
+                return false;
+            },
+            root);
     struct Sock {
         Addr local, remote;
         int state;
@@ -252,8 +247,7 @@ std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, 
     std::vector<Sock> all;
     std::vector<uint16_t> listen_ports; // the owners' own listeners: their client side
     for (uint32_t np : net_pids) {
-        struct stat nst{};
-        uint32_t netns = stat(fmt::format("{}/{}/ns/net", root, np).c_str(), &nst) == 0 ? static_cast<uint32_t>(nst.st_ino) : 0;
+        uint32_t netns = static_cast<uint32_t>(netns_of(np, root));
         for (bool v6 : {false, true}) {
             std::ifstream f(fmt::format("{}/{}/net/{}", root, np, v6 ? "tcp6" : "tcp"));
             std::string line;

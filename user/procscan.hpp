@@ -35,6 +35,10 @@ std::vector<uint32_t> one_pid_per_netns(const std::string &proc_root = "/proc");
 void for_each_socket_fd(const std::function<bool(uint32_t pid, uint64_t inode)> &fn,
                         const std::string &proc_root = "/proc");
 
+// Calls fn(inode) for every socket descriptor of one process, until fn
+// returns true; returns whether it did.
+bool socket_fds_of(uint32_t pid, const std::function<bool(uint64_t inode)> &fn, const std::string &proc_root = "/proc");
+
 // pid of a process holding the socket inode, 0 when none.
 uint32_t pid_for_socket_inode(uint64_t inode, const std::string &proc_root = "/proc");
 

@@ -145,42 +145,39 @@ void State::add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &r
 
 void State::adopt(const Event &e)
 {
-    if (pre_nginx_.empty() && pre_up_.empty())
-        return;
-    if (!e.src.known() || !e.dst.known())
+    // Only a socket we do not know yet can be an adopted one.
+    bool nginx_side = e.sock_role == N502_SOCK_NGINX && !pre_nginx_.empty() && !live_conn(e.sk);
+    bool up_side = e.sock_role == N502_SOCK_UPSTREAM && !pre_up_.empty() && !conn_by_up_sk(e.sk);
+    if ((!nginx_side && !up_side) || !e.src.known() || !e.dst.known())
         return;
     std::string key = tuple_key(e.src, e.dst);
-    if (e.sock_role == N502_SOCK_NGINX && !live_conn(e.sk)) {
+    if (nginx_side) {
         auto it = pre_nginx_.find(key);
         if (it == pre_nginx_.end())
             return;
-        auto lit = live_.find(it->second);
+        uint64_t fake = it->second;
+        auto lit = live_.find(fake);
         if (lit != live_.end()) {
             std::unique_ptr<Conn> c = std::move(lit->second);
             live_.erase(lit);
             c->sk = e.sk;
             live_[e.sk] = std::move(c);
         }
+        // The other end, if not adopted yet, now finds it under its real key.
+        for (auto &[k, v] : pre_up_)
+            if (v == fake)
+                v = e.sk;
         pre_nginx_.erase(it);
-    } else if (e.sock_role == N502_SOCK_UPSTREAM && !conn_by_up_sk(e.sk)) {
-        auto it = pre_up_.find(key);
-        if (it == pre_up_.end())
-            return;
-        // The Nginx side may have been adopted (its key changed) or not.
-        Conn *c = live_conn(it->second);
-        if (!c)
-            for (auto &[sk, lc] : live_)
-                if (lc->up_pid && lc->t_accept && *lc->t_accept == 0 && lc->up_sk == 0 &&
-                    tuple_key(lc->src, lc->dst) == tuple_key(e.dst, e.src)) {
-                    c = lc.get();
-                    break;
-                }
-        if (c) {
-            c->up_sk = e.sk;
-            by_up_sk_[e.sk] = c;
-        }
-        pre_up_.erase(it);
+        return;
     }
+    auto it = pre_up_.find(key);
+    if (it == pre_up_.end())
+        return;
+    if (Conn *c = live_conn(it->second)) {
+        c->up_sk = e.sk;
+        by_up_sk_[e.sk] = c;
+    }
+    pre_up_.erase(it);
 }
 
 Conn *State::live_conn(uint64_t sk)

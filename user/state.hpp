@@ -233,7 +233,7 @@ private:
     std::unordered_map<uint64_t, std::string> listener_sk_;      // listener sk -> addr key
     std::deque<Addr> aged_out_;                                  // addresses whose listeners aged out (bounded)
     std::unordered_map<std::string, uint64_t> pre_nginx_;        // "local>remote#ns" -> placeholder sk
-    std::unordered_map<std::string, uint64_t> pre_up_;           // the upstream's view -> placeholder sk
+    std::unordered_map<std::string, uint64_t> pre_up_;           // the upstream's view -> Nginx's sk (placeholder until adopted)
 };
 
 } // namespace n502

@@ -331,7 +331,7 @@ TEST_CASE("Docker on the system containerd: one container, not two", "[container
     t.write("containerd/io.containerd.runtime.v2.task/moby/" + kId1 + "/init.pid", std::to_string(me));
     t.write("containerd/io.containerd.runtime.v2.task/moby/" + kId1 + "/config.json", "{}");
     std::string err;
-    for (const std::string ref : {kId1, kId1.substr(0, 12), std::string("web")}) {
+    for (const std::string &ref : {kId1, kId1.substr(0, 12), std::string("web")}) {
         auto r = resolve_container(ref, d, &err);
         INFO(ref << ": " << err);
         REQUIRE(r);
