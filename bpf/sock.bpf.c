@@ -48,7 +48,10 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 	e->newstate = newstate;
 	e->sk_err = BPF_CORE_READ(sk, sk_err);
 	e->sock_role = s->role;
-	e->_pad = 0;
+	/* The retransmission tracepoint can miss a resend (kernels before 6.x
+	 * fire it only for resends that left the host); the socket's own count
+	 * does not. */
+	e->retransmits = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
 	e->owner_tgid = s->owner_tgid;
 	e->_pad2 = 0;
 	/* Addresses are final at ESTABLISHED and known to user space from then

@@ -160,6 +160,7 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.dst = Addr::from_raw(r.dst);
         e.bytes_received = r.bytes_received;
         e.bytes_acked = r.bytes_acked;
+        e.retransmits = r.retransmits;
         return e;
     }
     case N502_EV_RETRANS: {

@@ -57,6 +57,7 @@ struct Event {
     int backlog = 0;
     uint64_t bytes_received = 0; // STATE
     uint64_t bytes_acked = 0;    // STATE
+    uint32_t retransmits = 0;    // STATE: the socket's timer-driven resends so far
     uint64_t ino = 0;            // LOG: inode of the file written
     uint32_t dev = 0;            // LOG: its device (kernel encoding)
     std::string data;            // LOG: the bytes written (at most N502_LOG_MAX)

@@ -434,14 +434,16 @@ bool rule_backlog_full(const RuleInput &in, Verdict &v)
                                       q->pid ? who(q->pid, q->comm) : std::string("its listener"), q->queue_len,
                                       q->backlog)
                         : std::string("its listener could not be inspected");
-    if (unix_full)
+    if (unix_full) {
         v.explanation = fmt::format("The accept queue of {} is full (connect failed with EAGAIN): {}; the upstream "
                                     "is not accepting fast enough.",
                                     in.conn->dst.str(), lst);
-    else
+    } else {
+        v.fact("syn_retransmits", static_cast<int64_t>(in.conn->syn_retransmits));
         v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({} retransmissions) because the listener's "
                                     "accept queue is full: {}.",
                                     in.conn->dst.str(), in.conn->syn_retransmits, lst);
+    }
     return true;
 }
 
@@ -496,11 +498,10 @@ bool rule_connect_timeout(const RuleInput &in, Verdict &v)
                                 "the way (a firewall DROP rule, a down route or host).",
                                 in.conn->dst.str(),
                                 in.conn->syn_retransmits
-                                    ? fmt::format("{} retransmissions seen", in.conn->syn_retransmits)
-                                    // Before 6.x the kernel reports only resends that left the host: a
-                                    // local firewall (output hook) makes them fail unseen.
-                                    : std::string("no retransmission seen: before Linux 6.x a resend dropped by a "
-                                                  "local firewall is not reported"));
+                                    ? fmt::format("{} retransmissions", in.conn->syn_retransmits)
+                                    // The count is the socket's own: none means Nginx gave up
+                                    // within the initial retransmission timeout.
+                                    : std::string("none retransmitted: Nginx gave up within the first second"));
     return true;
 }
 

@@ -426,7 +426,9 @@ std::vector<Evidence> Conn::evidence() const
             ev.event = "state";
             ev.from = "SYN_SENT";
             ev.to = "CLOSE";
-            ev.detail = fmt::format("Nginx gave up connecting to {}: no answer to its SYN", d);
+            ev.detail = r.a ? fmt::format("Nginx gave up connecting to {}: no answer to its SYN, sent {} times", d,
+                                          r.a + 1)
+                            : fmt::format("Nginx gave up connecting to {}: no answer to its SYN", d);
             break;
         case EvKind::NginxState:
             ev.event = "state";
@@ -572,7 +574,10 @@ void State::apply(const Event &e)
             } else if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_) {
                 rec(c, EvKind::NginxClosedFirst, e.ts, e.owner, 0, 0, 0, e.bytes_received);
             } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_) {
-                rec(c, EvKind::GaveUp, e.ts, e.owner);
+                // The socket's own count of resends: the retransmission
+                // tracepoint can miss one that never left the host.
+                c.syn_retransmits = std::max(c.syn_retransmits, static_cast<int>(e.retransmits));
+                rec(c, EvKind::GaveUp, e.ts, e.owner, c.syn_retransmits);
             } else if (e.sk_err || e.oldstate == TCP_ESTABLISHED_) {
                 rec(c, EvKind::NginxState, e.ts, e.owner, e.oldstate, e.newstate, e.sk_err);
             }

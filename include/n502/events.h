@@ -21,7 +21,7 @@
 
 #define N502_COMM_LEN 16
 #define N502_UNIX_PATH_LEN 108
-#define N502_ABI_VERSION 2
+#define N502_ABI_VERSION 3
 /* Largest log write captured from the kernel (N502_EV_LOG); longer ones are cut. */
 #define N502_LOG_MAX 4096
 
@@ -129,7 +129,8 @@ struct n502_state_event {
 	__s32 newstate;
 	__s32 sk_err;     /* socket error at the change (ECONNREFUSED on a refused connect) */
 	__u16 sock_role;  /* enum n502_sock_role */
-	__u16 _pad;
+	__u16 retransmits; /* icsk_retransmits: timer-driven resends so far (in SYN_SENT:
+			    * SYNs), counted even when a resend failed to leave the host */
 	__u32 owner_tgid; /* recorded at connect/accept/listen time */
 	__u32 _pad2;
 	struct n502_addr src;

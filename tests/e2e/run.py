@@ -596,8 +596,8 @@ def sc_backlog_full_tcp(s):
     s.count_filter = request_path_is("/target")
     s.expect_verdict(r, "upstream_backlog_full", up.address, "Connection timed out", status=504,
                      match=request_path_is("/target"),
-                     facts={"listener_pid": up.pid, "backlog": q[1], "queue_len": q[0]},
-                     evidence=[[{"event": "syn_retransmit"}]])
+                     facts={"listener_pid": up.pid, "backlog": q[1], "queue_len": q[0], "syn_retransmits": 1},
+                     evidence=[[{"event": "state", "from": "SYN_SENT", "to": "CLOSE"}]])
 
 
 def sc_connect_timeout(s):
@@ -613,7 +613,8 @@ def sc_connect_timeout(s):
     s.expect_nginx_message(MSG_CONNECT_TIMEOUT)
     check(tcp_syn_retrans() > retrans, "the kernel retransmitted no SYN (TCPSynRetrans %d)" % retrans)
     s.expect_verdict(r, "connect_timeout", "127.0.0.1:%d" % port, "Connection timed out", status=504,
-                     evidence=[[{"event": "syn_retransmit"}]])
+                     facts={"syn_retransmits": 1},
+                     evidence=[[{"event": "state", "from": "SYN_SENT", "to": "CLOSE"}]])
 
 
 def sc_firewall_reset(s):

@@ -41,6 +41,7 @@ PIN_OFFSET(struct n502_state_event, bytes_received, 120);
 PIN_SIZE(struct n502_retrans_event, 112);
 PIN_OFFSET(struct n502_state_event, oldstate, 48);
 PIN_OFFSET(struct n502_state_event, sk_err, 56);
+PIN_OFFSET(struct n502_state_event, retransmits, 62);
 PIN_OFFSET(struct n502_state_event, owner_tgid, 64);
 PIN_OFFSET(struct n502_state_event, src, 72);
 PIN_OFFSET(struct n502_state_event, dst, 96);
@@ -80,5 +81,5 @@ TEST_CASE("event type numbers are stable", "[abi]")
     CHECK(N502_EV_LISTEN == 10);
     CHECK(N502_EV_RETRANS == 11);
     CHECK(N502_EV_LOG == 12);
-    CHECK(N502_ABI_VERSION == 2);
+    CHECK(N502_ABI_VERSION == 3);
 }

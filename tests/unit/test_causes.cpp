@@ -75,7 +75,7 @@ struct Seq {
         e.ret = ret;
         e.dst = dst;
     }
-    void state(uint64_t sk, uint16_t role, uint32_t owner, int from, int to, int err = 0, uint64_t rx = 0)
+    Event &state(uint64_t sk, uint16_t role, uint32_t owner, int from, int to, int err = 0, uint64_t rx = 0)
     {
         Event &e = add(N502_EV_STATE, owner);
         e.sk = sk;
@@ -89,6 +89,7 @@ struct Seq {
         e.src = Addr::ipv4(0x7f000001, 40000);
         if (role == N502_SOCK_UPSTREAM)
             std::swap(e.src, e.dst);
+        return e;
     }
     void established()
     {
@@ -252,6 +253,34 @@ TEST_CASE("unanswered SYNs: full accept queue vs a dropping firewall", "[causes]
         for (const auto &e : v.evidence)
             seen = seen || e.event == "syn_retransmit";
         CHECK(seen);
+    }
+    SECTION("resends the tracepoint missed: the socket's own count at SYN_SENT -> CLOSE")
+    {
+        FakeHost h;
+        Seq s;
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        s.connect(Addr::ipv4(0x7f000001, 8080), -EINPROGRESS);
+        s.state(SK, N502_SOCK_NGINX, NGINX, 2, 7).retransmits = 2;
+        Verdict v = explain(s, timeout, &h);
+        CHECK(v.cause == "connect_timeout");
+        CHECK(v.confidence == "high");
+        CHECK(fact<int64_t>(v, "syn_retransmits") == 2);
+        bool gave_up = false;
+        for (const auto &e : v.evidence)
+            gave_up = gave_up || (e.event == "state" && e.detail.find("sent 3 times") != std::string::npos);
+        CHECK(gave_up);
+    }
+    SECTION("no resend at all: Nginx gave up within the first second")
+    {
+        FakeHost h;
+        Seq s;
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        s.connect(Addr::ipv4(0x7f000001, 8080), -EINPROGRESS);
+        s.state(SK, N502_SOCK_NGINX, NGINX, 2, 7);
+        Verdict v = explain(s, timeout, &h);
+        CHECK(v.cause == "connect_timeout");
+        CHECK(v.confidence == "medium");
+        CHECK(fact<int64_t>(v, "syn_retransmits") == 0);
     }
     SECTION("listener with room: not a backlog problem")
     {
