@@ -32,13 +32,17 @@
 /* TCP states (include/net/tcp_states.h): stable kernel ABI. */
 #define N502_TCP_ESTABLISHED 1
 #define N502_TCP_SYN_SENT 2
+#define N502_TCP_SYN_RECV 3
 #define N502_TCP_FIN_WAIT1 4
 #define N502_TCP_CLOSE 7
 #define N502_TCP_CLOSE_WAIT 8
+#define N502_TCP_LAST_ACK 9
 #define N502_TCP_LISTEN 10
+#define N502_PF_EXITING 0x00000004 /* task_struct.flags: the task is exiting */
 
 /* Tracked processes: Nginx (filled by user space at start, then through
- * fork), upstream processes (added at accept), listeners (added at listen). */
+ * fork), upstream processes (added when they take a connection), listeners
+ * (added at listen, and their children). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -47,8 +51,9 @@ struct {
 } procs SEC(".maps") __weak;
 
 /* Tracked sockets, keyed by the kernel's struct sock address. Ownership is
- * recorded here in process context (connect/accept/listen) because state,
- * reset and drop tracepoints often run in softirq where current is not the
+ * recorded here in process context (connect, listen, the upstream's first
+ * read or close; unix sockets: connect/accept/listen) because state, reset
+ * and drop tracepoints often run in softirq where current is not the
  * socket's owner. LRU: a socket that we never see closing is forgotten. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -58,7 +63,7 @@ struct {
 } socks SEC(".maps") __weak;
 
 /* Nginx's established TCP connections by 4-tuple (Nginx's view), so that the
- * process accepting the other end can be recognised. */
+ * other end can be recognised when it is established. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);

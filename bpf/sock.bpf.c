@@ -1,13 +1,24 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * TCP socket life: state changes and resets of the sockets we track.
+ * TCP sockets: who owns which end of an Nginx upstream connection, and what
+ * happened to it. Everything TCP is learnt here, from tracepoints that only
+ * run for TCP work: no syscall tracepoint (attaching one makes every syscall
+ * of every task on the host take the slow path).
  *
- * These hooks run in softirq as often as in process context, so the event
- * carries the owner recorded at connect/accept/listen time (socks map), not
- * the current task. All three use tp_btf: the first argument (the socket) has
- * kept its type on every kernel from 5.10 on, whereas the classic tracepoint
- * records of tcp_send_reset changed (6.10 added the reset reason and dropped
- * the port/family fields in favour of sockaddr blobs).
+ *   CLOSE -> SYN_SENT     connect(), in the connecting task: an Nginx socket
+ *   CLOSE -> LISTEN       listen(), in the listening task: a listener
+ *   SYN_RECV -> ESTABLISHED  (softirq) the other end of an Nginx connection,
+ *                         matched by 4-tuple; its owner is not known yet
+ *   tcp_rcv_space_adjust  the upstream's first read, in its own task: the
+ *                         owner (accept() itself has no TCP tracepoint)
+ *   other transitions, resets, retransmissions: the story of tracked sockets
+ *
+ * These hooks run in softirq as often as in process context, so events carry
+ * the owner recorded in the socks map, not the current task. All use tp_btf:
+ * the first argument (the socket) has kept its type on every kernel from 5.10
+ * on, whereas the classic tracepoint records of tcp_send_reset changed (6.10
+ * added the reset reason and dropped the port/family fields in favour of
+ * sockaddr blobs).
  */
 #include "common.bpf.h"
 
@@ -53,7 +64,7 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 	 * does not. */
 	e->retransmits = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
 	e->owner_tgid = s->owner_tgid;
-	e->_pad2 = 0;
+	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
 	/* Addresses are final at ESTABLISHED and known to user space from then
 	 * on; a connect that fails in SYN_SENT is the other first sighting. */
 	if (newstate == N502_TCP_ESTABLISHED || oldstate == N502_TCP_SYN_SENT || s->role != N502_SOCK_NGINX ||
@@ -68,6 +79,126 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 	submit(e);
 }
 
+/* Is the current task the one working on sk under its socket lock? The
+ * receive path and state changes also run in softirq, on top of whatever task
+ * was interrupted (on loopback: the sender, Nginx itself). Softirq never
+ * processes a socket a task holds locked (it queues to the backlog), so a
+ * hook that finds sk locked runs in the locking task: recvmsg(), close(),
+ * shutdown(), or the backlog processed at release_sock(), all in the owner's
+ * own context. */
+static __always_inline int in_owner_context(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_lock.owned) != 0;
+}
+
+/* Tell user space about the upstream's end of an Nginx connection. With a
+ * known owner (how: READ or CLOSE) the current task is that owner: these
+ * callers run in its context. UNKNOWN only links the socket to Nginx's end,
+ * before one of its events that user space must be able to place. */
+static __always_inline void announce_upstream(const struct sock *sk, struct n502_sock *s, __u32 how)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct n502_accept_event *e;
+	struct n502_sock *ns;
+	__u64 nginx_sk = s->peer_sk;
+
+	if (how != N502_TOOK_UNKNOWN) {
+		s->owner_tgid = tgid;
+		track_proc(tgid, N502_PROC_UPSTREAM);
+		/* A process killed while holding the connection closes it from
+		 * do_exit(), after its exit was reported. */
+		if (BPF_CORE_READ(task, flags) & N502_PF_EXITING)
+			how |= N502_TOOK_EXITING;
+	}
+	s->flags |= N502_SOCKF_ANNOUNCED;
+	e = reserve(sizeof(*e), N502_EV_ACCEPT);
+	if (!e)
+		return;
+	e->sk = (__u64)sk;
+	e->nginx_sk = nginx_sk;
+	e->fd = -1;
+	ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+	e->nginx_tgid = ns ? ns->owner_tgid : 0;
+	read_inet_addrs(sk, &e->local, &e->peer);
+	if (how == N502_TOOK_UNKNOWN) {
+		e->cgroup_id = 0;
+		e->ns_tgid = 0;
+	} else {
+		e->cgroup_id = bpf_get_current_cgroup_id();
+		e->ns_tgid = current_ns_tgid();
+	}
+	e->how = how;
+	submit(e);
+}
+
+/* listen() on TCP, in the listening task. */
+static __always_inline void on_listen(const struct sock *sk, __u64 key, __u16 family)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct n502_listen_event *e;
+	struct n502_addr unused;
+
+	track_proc(tgid, N502_PROC_LISTENER);
+	track_sock(key, tgid, N502_SOCK_LISTENER, family);
+	e = reserve(sizeof(*e), N502_EV_LISTEN);
+	if (!e)
+		return;
+	e->sk = key;
+	e->fd = -1;
+	/* Set before the state change, and already capped by somaxconn. */
+	e->backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	read_inet_addrs(sk, &e->local, &unused);
+	e->path[0] = 0;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->ns_tgid = current_ns_tgid();
+	e->_pad = 0;
+	submit(e);
+}
+
+/* A passive connection completed: is it the other end of one of Nginx's? */
+static __always_inline void on_passive_established(const struct sock *sk, __u64 key)
+{
+	struct n502_addr local = {}, peer = {};
+	struct n502_tuple t = {};
+	struct n502_sock *ns;
+	__u64 nginx_sk;
+	__u64 *found;
+
+	read_inet_addrs(sk, &local, &peer);
+	/* Nginx's view of the same connection: its address is our peer. */
+	tuple_from_addrs(&t, &peer, &local);
+	found = bpf_map_lookup_elem(&tuples, &t);
+	if (!found)
+		return;
+	nginx_sk = *found;
+	ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+	if (!ns || (ns->role & ~N502_SOCK_CLOSED) != N502_SOCK_NGINX)
+		return;
+	struct n502_sock v = { .role = N502_SOCK_UPSTREAM, .family = local.family, .peer_sk = nginx_sk };
+	if (bpf_map_update_elem(&socks, &key, &v, BPF_ANY))
+		count(N502_CNT_MAP_FULL);
+}
+
+/* The first transition of a socket we do not track yet. */
+static __always_inline void begin_tracking(const struct sock *sk, __u64 key, int oldstate, int newstate)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != N502_AF_INET && family != N502_AF_INET6)
+		return;
+	if (oldstate == N502_TCP_CLOSE && newstate == N502_TCP_SYN_SENT) {
+		/* tcp_v4/v6_connect(), in the connecting task, before the SYN. */
+		struct n502_proc *p = current_proc();
+		if (p && (p->role & N502_PROC_NGINX) && cgroup_selected())
+			track_sock(key, bpf_get_current_pid_tgid() >> 32, N502_SOCK_NGINX, family);
+	} else if (oldstate == N502_TCP_CLOSE && newstate == N502_TCP_LISTEN) {
+		on_listen(sk, key, family);
+	} else if (oldstate == N502_TCP_SYN_RECV && newstate == N502_TCP_ESTABLISHED) {
+		on_passive_established(sk, key);
+	}
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int oldstate,
 	     const int newstate)
@@ -76,11 +207,13 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 	int adopted;
 	struct n502_sock *s = lookup_or_adopt(sk, key, &adopted);
 
-	if (!s)
-		return 0;
-	if (s->role & N502_SOCK_CLOSED) {
+	if (s && (s->role & N502_SOCK_CLOSED)) {
 		/* A closed socket's memory now serves a new socket: forget it. */
 		bpf_map_delete_elem(&socks, &key);
+		s = 0;
+	}
+	if (!s) {
+		begin_tracking(sk, key, oldstate, newstate);
 		return 0;
 	}
 	/* Only the transitions the rules use are emitted; the orderly tail of a
@@ -98,6 +231,20 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 		emit = emit || oldstate == N502_TCP_ESTABLISHED;
 	else
 		emit = emit || newstate == N502_TCP_CLOSE;
+	if (s->role == N502_SOCK_UPSTREAM && !s->owner_tgid) {
+		/* Transitions only the owner causes (its close(), shutdown() or
+		 * exit) run in its context: that names it. Anything else is
+		 * announced without an owner, so user space can place it. */
+		int err = BPF_CORE_READ(sk, sk_err);
+		int by_owner = !err && in_owner_context(sk) && ((oldstate == N502_TCP_ESTABLISHED &&
+					 (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
+					(oldstate == N502_TCP_CLOSE_WAIT &&
+					 (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE)));
+		if (by_owner)
+			announce_upstream(sk, s, N502_TOOK_CLOSE);
+		else if (emit && !(s->flags & N502_SOCKF_ANNOUNCED))
+			announce_upstream(sk, s, N502_TOOK_UNKNOWN);
+	}
 	if (emit)
 		emit_state(sk, s, oldstate, newstate, adopted);
 
@@ -152,6 +299,8 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 		if (state != N502_TCP_CLOSE)
 			return; /* not the socket we tracked any more */
 	}
+	if (s->role == N502_SOCK_UPSTREAM && !s->owner_tgid && !(s->flags & N502_SOCKF_ANNOUNCED))
+		announce_upstream(sk, s, N502_TOOK_UNKNOWN);
 	e = reserve(sizeof(*e), N502_EV_RESET);
 	if (!e)
 		return;
@@ -205,6 +354,22 @@ int BPF_PROG(handle_tcp__retransmit_skb, const struct sock *sk)
 	e->_pad2 = 0;
 	read_inet_addrs(sk, &e->src, &e->dst);
 	submit(e);
+	return 0;
+}
+
+/* The upstream's first read of a connection it took, in its own context:
+ * this names the owner of a TCP upstream end. Also runs in softirq (receive
+ * autotuning on arrival), which in_owner_context() tells apart. Runs for
+ * every TCP receive on the host: one lookup for the rest. */
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(handle_tcp__rcv_space_adjust, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+
+	if (!s || s->role != N502_SOCK_UPSTREAM || s->owner_tgid || !in_owner_context(sk))
+		return 0;
+	announce_upstream(sk, s, N502_TOOK_READ);
 	return 0;
 }
 

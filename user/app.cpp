@@ -503,6 +503,7 @@ int run(const Options &opt)
     lo.adopt_preexisting = !existing.empty();
     lo.ringbuf_bytes = opt.ringbuf_kb * 1024u;
     lo.verbose = opt.verbose;
+    lo.unix_sockets = opt.unix_sockets;
     lo.filter_cgroups = !selection.empty() && !uroot.empty();
     for (const auto &sel : selection)
         lo.filter_cgroups = lo.filter_cgroups && !sel.v1;
@@ -655,9 +656,26 @@ int run(const Options &opt)
             sink->warning({"upstream_down", msg, 0});
         in.down.clear();
     };
+    // Unix-socket upstreams need the syscall hooks (they have no state
+    // tracepoints): attached when a configuration names one, may name one
+    // through a variable, or cannot be read.
+    auto need_unix = [&](const std::string &why) {
+        if (loader.unix_sockets_enabled())
+            return;
+        std::string uerr;
+        if (!loader.enable_unix_sockets(&uerr))
+            sink->warning({"unix_sockets", uerr, 0});
+        else if (opt.verbose)
+            fmt::print(stderr, "n502trace: following unix-socket upstreams: {}\n", why);
+    };
     auto check_config = [&](Instance &in, bool report) {
         NginxPaths paths = nginx_paths(in.info.master);
         NginxConf conf = parse_nginx_conf(in.info.root, paths.conf);
+        if (conf.files.empty())
+            need_unix("Nginx's configuration could not be read");
+        for (const auto &u : conf.upstreams)
+            if (u.has_variables || u.address.rfind("unix:", 0) == 0)
+                need_unix(fmt::format("{} at {}:{}", u.address, u.file, u.line));
         if (conf.files.empty()) {
             sink->warning({"nginx_config",
                            fmt::format("could not read Nginx's configuration {}{}: {}", paths.conf,

@@ -25,6 +25,7 @@ struct Options {
     uint32_t max_verdicts_per_sec = 20; // per cause and upstream; 0: no limit
     uint32_t grace_ms = 300; // how long a log line waits for its kernel evidence
     double window_s = 300;   // kernel evidence kept this long (--window)
+    bool unix_sockets = false; // follow unix-socket upstreams even when no configuration names one
 };
 
 enum ExitCode {

@@ -131,6 +131,18 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.dst = Addr::from_raw(r.peer);
         e.cgroup_id = r.cgroup_id;
         e.ns_tgid = r.ns_tgid;
+        e.took = r.how & 0xff;
+        e.exiting = (r.how & N502_TOOK_EXITING) != 0;
+        if (e.took > N502_TOOK_UNKNOWN) {
+            if (why)
+                *why = fmt::format("accept record with an unknown 'how' {}", r.how);
+            return std::nullopt;
+        }
+        if (e.took == N502_TOOK_UNKNOWN) { // the task that ran the hook is not the owner
+            e.tgid = 0;
+            e.tid = 0;
+            e.comm.clear();
+        }
         return e;
     }
     case N502_EV_CLOSE: {
@@ -161,6 +173,7 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.bytes_received = r.bytes_received;
         e.bytes_acked = r.bytes_acked;
         e.retransmits = r.retransmits;
+        e.segs_out = r.segs_out;
         return e;
     }
     case N502_EV_RETRANS: {

@@ -58,12 +58,15 @@ struct Event {
     uint64_t bytes_received = 0; // STATE
     uint64_t bytes_acked = 0;    // STATE
     uint32_t retransmits = 0;    // STATE: the socket's timer-driven resends so far
+    uint32_t segs_out = 0;       // STATE: segments the socket has sent
     uint64_t ino = 0;            // LOG: inode of the file written
     uint32_t dev = 0;            // LOG: its device (kernel encoding)
     std::string data;            // LOG: the bytes written (at most N502_LOG_MAX)
     uint32_t cut = 0;            // LOG: bytes of the write not captured
     uint64_t cgroup_id = 0;      // ACCEPT/LISTEN: the process's cgroup v2 id
     uint32_t ns_tgid = 0;        // ACCEPT/LISTEN: its pid in its own pid namespace
+    uint32_t took = 0;           // ACCEPT: enum n502_took without the flag (how the owner became known)
+    bool exiting = false;        // ACCEPT: the owner was exiting (N502_TOOK_EXITING)
 };
 
 // Returns nullopt and sets *why for records that are too short, of an unknown

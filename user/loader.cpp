@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
+#include <optional>
 #include <fmt/format.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -93,6 +94,22 @@ Loader::~Loader()
         n502_bpf__destroy(skel_);
 }
 
+// The on-demand group a program belongs to, if any.
+static std::optional<OnDemand> group_of(const std::string &program)
+{
+    if (program == "handle_sys_enter_write")
+        return OnDemand::LogCapture;
+    if (program.rfind("handle_sys_", 0) == 0)
+        return OnDemand::UnixSockets;
+    return std::nullopt;
+}
+
+static const char *group_reason(OnDemand g)
+{
+    return g == OnDemand::LogCapture ? "attached when a log needs capturing"
+                                     : "attached when an Nginx configuration names a unix-socket upstream";
+}
+
 static bool hook_available(const struct btf *vmlinux, const std::string &sec, std::string *why)
 {
     if (sec.rfind("tp_btf/", 0) == 0) {
@@ -174,6 +191,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
     skel_->rodata->wakeup_bytes = size / 8;
     skel_->rodata->filter_cgroups = opt.filter_cgroups ? 1 : 0;
     skel_->rodata->adopt_preexisting = opt.adopt_preexisting ? 1 : 0;
+    unix_at_start_ = opt.unix_sockets;
 
     int err = n502_bpf__load(skel_);
     if (err) {
@@ -194,11 +212,10 @@ bool Loader::attach(std::string *error)
         ProbeStatus &st = probes_[i++];
         if (!st.available)
             continue;
-        if (st.program == "handle_sys_enter_write") {
-            // Every write() on the host would pay for it: attached only when
-            // there is a log to capture (capture_inode).
+        auto group = group_of(st.program);
+        if (group == OnDemand::LogCapture || (group == OnDemand::UnixSockets && !unix_at_start_)) {
             st.skipped = true;
-            st.error = "attached when a log needs capturing";
+            st.error = group_reason(*group);
             continue;
         }
         struct bpf_link *link = bpf_program__attach(prog);
@@ -211,6 +228,8 @@ bool Loader::attach(std::string *error)
         st.attached = true;
         attached++;
     }
+    if (unix_at_start_)
+        unix_enabled_ = true;
     if (attached == 0) {
         *error = "no BPF program could be attached";
         for (const auto &st : probes_)
@@ -243,26 +262,57 @@ bool Loader::select_cgroup(uint64_t id, std::string *error)
     return true;
 }
 
-bool Loader::capture_file(uint32_t dev, uint64_t ino, std::string *error)
+bool Loader::attach_group(OnDemand group, std::string *error)
 {
-    for (auto &st : probes_) {
-        if (st.program != "handle_sys_enter_write" || st.attached)
+    struct bpf_program *prog;
+    size_t i = 0;
+    std::string failed;
+    bpf_object__for_each_program(prog, skel_->obj)
+    {
+        ProbeStatus &st = probes_[i++];
+        if (group_of(st.program) != group || st.attached)
             continue;
         if (!st.available) {
-            *error = fmt::format("cannot capture Nginx's log writes: {} ({})", st.hook, st.error);
-            return false;
+            failed += fmt::format("{}{} ({})", failed.empty() ? "" : "; ", st.hook, st.error);
+            continue;
         }
-        struct bpf_link *link = bpf_program__attach(skel_->progs.handle_sys_enter_write);
+        struct bpf_link *link = bpf_program__attach(prog);
         if (!link) {
             int err = errno;
             st.error = fmt::format("attach failed: {}{}", strerror(err), advice(err));
-            *error = fmt::format("cannot capture Nginx's log writes: {}", st.error);
-            return false;
+            failed += fmt::format("{}{}: {}", failed.empty() ? "" : "; ", st.hook, st.error);
+            continue;
         }
         links_.push_back(link);
         st.attached = true;
         st.skipped = false;
         st.error.clear();
+    }
+    if (!failed.empty()) {
+        *error = failed;
+        return false;
+    }
+    return true;
+}
+
+bool Loader::enable_unix_sockets(std::string *error)
+{
+    if (unix_enabled_)
+        return true;
+    std::string why;
+    bool ok = attach_group(OnDemand::UnixSockets, &why);
+    unix_enabled_ = true; // what attached stays attached; what did not is in probes()
+    if (!ok)
+        *error = "cannot follow unix-socket upstreams fully: " + why;
+    return ok;
+}
+
+bool Loader::capture_file(uint32_t dev, uint64_t ino, std::string *error)
+{
+    std::string why;
+    if (!attach_group(OnDemand::LogCapture, &why)) {
+        *error = "cannot capture Nginx's log writes: " + why;
+        return false;
     }
     uint8_t one = 1;
     n502_file_key key{ino, dev, 0};

@@ -37,7 +37,13 @@ struct LoaderOptions {
     bool capture_logs = false;   // load the write() hook (logs that are pipes: stderr in containers)
     bool filter_cgroups = false; // Nginx's hooks only fire in the cgroups given to select_cgroup()
     bool adopt_preexisting = false; // sockets of connections older than us are adopted (add_preexisting)
+    bool unix_sockets = false;   // attach the unix-socket syscall hooks now (else on enable_unix_sockets())
 };
+
+// Programs attached only on demand, because each is a syscall tracepoint:
+// once one is attached, every syscall of every task on the host takes the
+// slower path.
+enum class OnDemand { LogCapture, UnixSockets };
 
 class Loader {
 public:
@@ -62,6 +68,10 @@ public:
     bool capture_file(uint32_t dev, uint64_t ino, std::string *error);
     // Stops capturing it.
     void uncapture_file(uint32_t dev, uint64_t ino);
+    // Follows unix-socket upstream connections from now on (attaches the
+    // connect/accept/close/listen syscall hooks; TCP needs none of them).
+    bool enable_unix_sockets(std::string *error);
+    bool unix_sockets_enabled() const { return unix_enabled_; }
     // A socket of a connection that predates us, by its 4-tuple (its own
     // end first), to be adopted at its next state change or reset.
     bool add_preexisting(const n502_tuple &key, const n502_sock &value, std::string *error);
@@ -78,12 +88,16 @@ public:
 
 private:
     static int on_record(void *ctx, void *data, size_t len);
+    // Attaches the on-demand group's programs that are not attached yet.
+    bool attach_group(OnDemand group, std::string *error);
 
     n502_bpf *skel_ = nullptr;
     ring_buffer *rb_ = nullptr;
     std::vector<bpf_link *> links_;
     std::vector<ProbeStatus> probes_;
     Callback cb_;
+    bool unix_enabled_ = false;
+    bool unix_at_start_ = false;
 };
 
 // --check's reading of /sys/kernel/security/lockdown's contents.

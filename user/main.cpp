@@ -56,6 +56,11 @@ int main(int argc, char **argv)
                    "Keep kernel evidence this many seconds (default 300): a 502 is explained by a kill, an OOM kill "
                    "or a listener that went away within it; older records are dropped and counted in the summary")
         ->check(CLI::Range(1.0, 86400.0));
+    app.add_flag("--unix-sockets", opt.unix_sockets,
+                 "Follow unix-socket upstreams from the start even when Nginx's configuration does not name one "
+                 "(it is read at start: a unix: upstream in it, or a configuration that cannot be read, turns "
+                 "this on). The unix hooks are syscall tracepoints, which cost every syscall on the host a "
+                 "little; TCP upstreams need none");
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")
         ->check(CLI::Range(4u, 1u << 20));
     app.add_option("--max-verdicts-per-sec", opt.max_verdicts_per_sec,

@@ -136,7 +136,7 @@ void State::add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &r
         c.up_pid = up_pid;
         c.up_comm = up_comm;
         c.t_accept = 0;
-        rec(c, EvKind::Accept, 0, up_pid);
+        rec(c, EvKind::Accept, 0, up_pid, -1); // -1: open before we started
         pre_up_[tuple_key(up_local, up_remote)] = fake;
         proc_or_new(up_pid, 0).comm = up_comm;
     }
@@ -478,8 +478,18 @@ std::vector<Evidence> Conn::evidence() const
             break;
         case EvKind::Accept:
             ev.event = "accept";
-            ev.detail = dst.family == AF_UNIX ? fmt::format("accepted Nginx's connection on {}", d)
-                                              : fmt::format("accepted Nginx's connection from {} on {}", src.str(), d);
+            if (r.a == -1)
+                ev.detail = dst.family == AF_UNIX
+                                ? fmt::format("held Nginx's connection on {} (open before n502trace started)", d)
+                                : fmt::format("held Nginx's connection from {} on {} (open before n502trace started)",
+                                              src.str(), d);
+            else if (dst.family == AF_UNIX)
+                ev.detail = fmt::format("accepted Nginx's connection on {}", d);
+            else if (r.a == N502_TOOK_CLOSE)
+                ev.detail = fmt::format("closed Nginx's connection from {} on {} without reading from it (its owner)",
+                                        src.str(), d);
+            else
+                ev.detail = fmt::format("took Nginx's connection from {} on {} (its first read)", src.str(), d);
             break;
         case EvKind::NginxClose:
             ev.event = "close";
@@ -564,6 +574,12 @@ void State::apply(const Event &e)
             } else if (e.newstate == TCP_CLOSE_WAIT_) {
                 c.t_fin_recv = e.ts;
                 rec(c, EvKind::FinReceived, e.ts, e.owner, e.oldstate);
+            } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_ && !e.sk_err && !e.segs_out) {
+                // Back to CLOSE inside connect() before its SYN was sent: what
+                // fails there is choosing the local port (tcp_v4/v6_connect ->
+                // inet_hash_connect), which is EADDRNOTAVAIL.
+                c.error = EADDRNOTAVAIL;
+                rec(c, EvKind::ConnectError, e.ts, e.owner, EADDRNOTAVAIL);
             } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_ && e.sk_err) {
                 c.error = e.sk_err;
                 if (e.sk_err == ECONNREFUSED)
@@ -661,21 +677,27 @@ void State::apply(const Event &e)
         if (!c)
             break;
         c->up_sk = e.sk;
+        by_up_sk_[e.sk] = c;
+        if (!c->src.known() && e.dst.known())
+            c->src = e.dst;
+        if (e.took == N502_TOOK_UNKNOWN || !e.tgid)
+            break; // linked; its owner comes with its first read or close
         c->up_pid = e.tgid;
         c->up_comm = e.comm;
-        c->t_accept = e.ts;
-        by_up_sk_[e.sk] = c;
+        c->took = e.took;
+        // When the owner was only learnt from its dying close, when it took
+        // the connection is not known: it held it before its exit.
+        if (e.took != N502_TOOK_CLOSE)
+            c->t_accept = e.ts;
         Proc &p = proc_or_new(e.tgid, e.ts);
-        if (p.exit) { // pid reused by a new process
+        if (p.exit && !e.exiting) { // pid reused by a new process
             p = Proc{};
             p.pid = e.tgid;
             p.first_seen = e.ts;
         }
         p.role |= N502_PROC_UPSTREAM;
         p.comm = e.comm;
-        if (!c->src.known() && e.dst.known())
-            c->src = e.dst;
-        rec(*c, EvKind::Accept, e.ts, e.tgid);
+        rec(*c, EvKind::Accept, e.ts, e.tgid, static_cast<int>(e.took));
         break;
     }
     case N502_EV_CLOSE: {

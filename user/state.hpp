@@ -94,6 +94,7 @@ struct Conn {
     uint32_t up_pid = 0;
     std::string up_comm;
     std::optional<uint64_t> t_accept, t_up_close, t_up_fin, t_up_abort, t_up_rst_sent;
+    uint32_t took = 0;                   // enum n502_took: how up_pid became known
     uint32_t up_close_pid = 0;
     int tcp_state = 0;                   // Nginx's side, last seen
     uint64_t bytes_received = 0, bytes_acked = 0; // Nginx's side, at its last state change

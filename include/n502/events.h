@@ -21,7 +21,7 @@
 
 #define N502_COMM_LEN 16
 #define N502_UNIX_PATH_LEN 108
-#define N502_ABI_VERSION 3
+#define N502_ABI_VERSION 4
 /* Largest log write captured from the kernel (N502_EV_LOG); longer ones are cut. */
 #define N502_LOG_MAX 4096
 
@@ -44,15 +44,15 @@ enum n502_event_type {
 /* Process roles: bits in the procs map value and in events. */
 enum n502_proc_role {
 	N502_PROC_NGINX = 1,
-	N502_PROC_UPSTREAM = 2, /* accepted at least one Nginx connection */
+	N502_PROC_UPSTREAM = 2, /* took at least one Nginx connection */
 	N502_PROC_LISTENER = 4, /* listened on a TCP port (or inherited a listener) */
 };
 
 /* Which end a tracked socket is. */
 enum n502_sock_role {
 	N502_SOCK_NGINX = 1,    /* Nginx's end of an upstream connection */
-	N502_SOCK_UPSTREAM = 2, /* the upstream's end, owned by the accepting process */
-	N502_SOCK_LISTENER = 3, /* a TCP listening socket */
+	N502_SOCK_UPSTREAM = 2, /* the upstream's end, owned by the process that took it */
+	N502_SOCK_LISTENER = 3, /* a listening socket */
 	/* Flag in the socks map only (never in events): the socket reached
 	 * TCP_CLOSE but may still send the RST of an abortive close. */
 	N502_SOCK_CLOSED = 0x8000,
@@ -99,17 +99,30 @@ struct n502_connect_event {
 	char path[N502_UNIX_PATH_LEN]; /* unix: sun_path (abstract: leading NUL) */
 };
 
+/* How the process on the upstream's end of a connection became known.
+ * Unix sockets: at accept(). TCP: accept() is not traced (a syscall
+ * tracepoint would slow down every syscall on the host); the owner is the
+ * process that first reads from the socket or closes it, both in its own
+ * context. */
+enum n502_took {
+	N502_TOOK_ACCEPT = 0,  /* accept() returned it (unix sockets) */
+	N502_TOOK_READ = 1,    /* first read of Nginx's request (TCP) */
+	N502_TOOK_CLOSE = 2,   /* closed it without reading (TCP: its close, or its exit) */
+	N502_TOOK_UNKNOWN = 3, /* linked to Nginx's end, owner not known yet: hdr's task is not it */
+	N502_TOOK_EXITING = 0x100, /* flag: the owner was exiting (its death closed the socket) */
+};
+
 struct n502_accept_event {
-	struct n502_hdr hdr;   /* the accepting (upstream) process */
-	__u64 sk;              /* the accepted socket (upstream's end) */
+	struct n502_hdr hdr;   /* the upstream process (unless how is N502_TOOK_UNKNOWN) */
+	__u64 sk;              /* the upstream's end */
 	__u64 nginx_sk;        /* Nginx's end of the same connection */
-	__s32 fd;
+	__s32 fd;              /* unix: accept()'s result; TCP: -1 */
 	__u32 nginx_tgid;      /* owner of Nginx's end (recorded at its connect) */
 	struct n502_addr local; /* the address the upstream accepted on */
 	struct n502_addr peer;  /* Nginx's address */
-	__u64 cgroup_id;        /* the accepting process's cgroup v2 id */
+	__u64 cgroup_id;        /* the upstream process's cgroup v2 id */
 	__u32 ns_tgid;          /* its pid inside its own pid namespace */
-	__u32 _pad;
+	__u32 how;              /* enum n502_took, with N502_TOOK_EXITING */
 };
 
 struct n502_close_event {
@@ -132,7 +145,7 @@ struct n502_state_event {
 	__u16 retransmits; /* icsk_retransmits: timer-driven resends so far (in SYN_SENT:
 			    * SYNs), counted even when a resend failed to leave the host */
 	__u32 owner_tgid; /* recorded at connect/accept/listen time */
-	__u32 _pad2;
+	__u32 segs_out;   /* segments the socket has sent (0 at SYN_SENT -> CLOSE: no SYN left) */
 	struct n502_addr src;
 	struct n502_addr dst;
 	__u64 bytes_received; /* payload bytes received so far (tcp_sock) */
@@ -232,9 +245,16 @@ struct n502_proc {
 
 /* Value of the socks map (key: kernel socket address). */
 struct n502_sock {
-	__u32 owner_tgid;
+	__u32 owner_tgid; /* 0: not known yet (a TCP upstream end before its first read) */
 	__u16 role;
 	__u16 family;
+	__u64 peer_sk;    /* an upstream end: Nginx's end of the connection */
+	__u32 flags;      /* enum n502_sock_flag */
+	__u32 _pad;
+};
+
+enum n502_sock_flag {
+	N502_SOCKF_ANNOUNCED = 1, /* an upstream end: user space has its accept event */
 };
 
 /* Key of the tuples map: an Nginx TCP connection seen from Nginx's side.

@@ -140,6 +140,16 @@ class Scenario:
                   "ready.nginx_pid %r != nginx master %d" % (ready.get("nginx_pid"), self.nginx.master_pid))
             check(sorted(ready.get("workers") or []) == sorted(self.nginx.workers),
                   "ready.workers %r != nginx workers %r" % (ready.get("workers"), self.nginx.workers))
+            # TCP needs no syscall tracepoint (they slow every syscall on the
+            # host); the unix-socket hooks come with a unix: upstream in the
+            # configuration, which the tool reads.
+            names_unix = "unix:" in repr((upstream_target, list(directives), nginx_kw))
+            syscall_hooks = [p for p in ready.get("probes") or [] if p.startswith("tracepoint/syscalls/")]
+            if names_unix:
+                check(len(syscall_hooks) == 7, "unix upstream configured, but the syscall hooks attached are %r"
+                      % syscall_hooks)
+            else:
+                check(not syscall_hooks, "TCP upstreams only, but syscall hooks are attached: %r" % syscall_hooks)
 
     def get(self, path="/", want=502, source_port=None):
         r = harness.http_get(self.nginx.port, path, netns=self.nginx.netns, source_port=source_port)

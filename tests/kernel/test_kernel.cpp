@@ -50,11 +50,21 @@ struct Kernel {
             &error);
     }
 
-    // Drains events until pred holds for one of ours, or 5 s pass.
-    const Event *wait_for(const std::function<bool(const Event &)> &pred)
+    size_t from = 0; // events before this index belong to earlier cases
+
+    // From now on only newer events are looked at: a socket address of an
+    // earlier case may be reused by this one.
+    void mark()
     {
-        uint64_t deadline = boot_now_ns() + 5'000'000'000ULL;
-        size_t seen = 0;
+        loader.consume();
+        from = events.size();
+    }
+
+    // Drains events until pred holds for one of ours, or timeout_ms pass.
+    const Event *wait_for(const std::function<bool(const Event &)> &pred, uint64_t timeout_ms = 5000)
+    {
+        uint64_t deadline = boot_now_ns() + timeout_ms * 1'000'000ULL;
+        size_t seen = from;
         for (;;) {
             loader.consume();
             for (; seen < events.size(); seen++)
@@ -73,6 +83,7 @@ Kernel &kernel()
     static Kernel k;
     if (!k.ok)
         FAIL("loading the BPF programs failed: " << k.error);
+    k.mark();
     return k;
 }
 
@@ -129,7 +140,29 @@ void wait_ready(int fd)
 
 } // namespace
 
-TEST_CASE("TCP connect, listen and accept are attributed to their processes", "[kernel]")
+TEST_CASE("TCP: no syscall tracepoint is attached unless unix sockets are asked for", "[kernel]")
+{
+    Loader l;
+    LoaderOptions opt;
+    opt.ringbuf_bytes = 1u << 16;
+    std::string error;
+    REQUIRE(l.load(opt, &error));
+    REQUIRE(l.attach(&error));
+    size_t syscall_hooks = 0;
+    for (const auto &p : l.probes()) {
+        bool syscall = p.hook.rfind("tracepoint/syscalls/", 0) == 0;
+        syscall_hooks += syscall;
+        CHECK(p.attached == !syscall);
+    }
+    CHECK(syscall_hooks >= 7); // connect x2, accept x2, close, listen x2 (and write)
+    CHECK_FALSE(l.unix_sockets_enabled());
+    REQUIRE(l.enable_unix_sockets(&error));
+    CHECK(l.unix_sockets_enabled());
+    for (const auto &p : l.probes())
+        CHECK(p.attached == (p.program != "handle_sys_enter_write"));
+}
+
+TEST_CASE("TCP connect, listen and the upstream's first read are attributed to their processes", "[kernel]")
 {
     Kernel &k = kernel();
     uint16_t port = 0;
@@ -140,6 +173,7 @@ TEST_CASE("TCP connect, listen and accept are attributed to their processes", "[
             (void)!write(ready, &port, sizeof(port));
             int c = accept(l, nullptr, nullptr);
             char buf[16];
+            (void)!read(c, buf, sizeof(buf)); // the parent's bytes
             (void)!read(c, buf, sizeof(buf)); // until the parent closes
             close(c);
         },
@@ -147,27 +181,32 @@ TEST_CASE("TCP connect, listen and accept are attributed to their processes", "[
     REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
     uint32_t upid = static_cast<uint32_t>(up);
 
+    // listen() is CLOSE -> LISTEN, in the listener's context.
     const Event *l = k.wait_for([&](const Event &e) { return e.type == N502_EV_LISTEN && e.tgid == upid; });
     REQUIRE(l);
     CHECK(l->src.port == port);
     CHECK(l->backlog == 16);
 
+    // connect() is CLOSE -> SYN_SENT in our context: no connect event for
+    // TCP, the states carry the owner recorded there.
     int fd = tcp_connect(port, false);
-    const Event *c = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self(); });
-    REQUIRE(c);
-    CHECK(c->ret == 0);
-    CHECK(c->dst.str() == "127.0.0.1:" + std::to_string(port));
-    uint64_t sk = c->sk;
     const Event *est = k.wait_for([&](const Event &e) {
-        return e.type == N502_EV_STATE && e.sk == sk && e.newstate == 1 /* ESTABLISHED */;
+        return e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.newstate == 1 /* ESTABLISHED */;
     });
     REQUIRE(est);
-    CHECK(est->owner == self());
     CHECK(est->sock_role == N502_SOCK_NGINX);
-    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.tgid == upid; });
+    uint64_t sk = est->sk;
+    CHECK_FALSE(k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self(); }, 0));
+    // Until the upstream reads, nothing names it.
+    CHECK_FALSE(k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; }, 200));
+    REQUIRE(write(fd, "hello", 5) == 5);
+    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; });
     REQUIRE(acc);
-    CHECK(acc->peer_sk == sk);
+    CHECK(acc->tgid == upid);
+    CHECK(acc->took == N502_TOOK_READ);
+    CHECK_FALSE(acc->exiting);
     CHECK(acc->src.port == port);
+    CHECK(acc->fd == -1);
 
     close(fd);
     int status;
@@ -179,6 +218,51 @@ TEST_CASE("TCP connect, listen and accept are attributed to their processes", "[
                e.oldstate == 1 && e.newstate == 8 /* CLOSE_WAIT */;
     });
     CHECK(cl);
+    close(rd);
+}
+
+TEST_CASE("TCP: an upstream killed before reading is named by its dying close", "[kernel]")
+{
+    Kernel &k = kernel();
+    uint16_t port = 0;
+    int rd;
+    pid_t up = child(
+        [&](int ready) {
+            int l = tcp_listener(&port);
+            (void)!write(ready, &port, sizeof(port));
+            int c = accept(l, nullptr, nullptr);
+            (void)c;
+            (void)!write(ready, "a", 1);
+            pause();
+        },
+        &rd);
+    REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
+    uint32_t upid = static_cast<uint32_t>(up);
+    int fd = tcp_connect(port, false);
+    wait_ready(rd); // accepted
+    const Event *est = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.newstate == 1;
+    });
+    REQUIRE(est);
+    uint64_t sk = est->sk;
+    REQUIRE(write(fd, "unread", 6) == 6);
+    kill(up, SIGKILL);
+    int status;
+    waitpid(up, &status, 0);
+    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; });
+    REQUIRE(acc);
+    CHECK(acc->tgid == upid);
+    CHECK(acc->took == N502_TOOK_CLOSE);
+    CHECK(acc->exiting);
+    // Its exit came first (sched_process_exit runs before the files close).
+    const Event *x = k.wait_for([&](const Event &e) { return e.type == N502_EV_EXIT && e.tgid == upid; });
+    REQUIRE(x);
+    CHECK(x->ts <= acc->ts);
+    // Unread data: the close was an abort, a RST to Nginx.
+    const Event *r = k.wait_for([&](const Event &e) { return e.type == N502_EV_RESET && e.sk == sk; });
+    REQUIRE(r);
+    CHECK(r->dir == N502_RST_RECEIVED);
+    close(fd);
     close(rd);
 }
 
@@ -224,8 +308,9 @@ TEST_CASE("an abortive close (SO_LINGER 0) is a RST seen on both ends", "[kernel
     REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
     int fd = tcp_connect(port, false);
     uint32_t upid = static_cast<uint32_t>(up);
-    const Event *c = k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self() &&
-                                                             e.dst.port == port; });
+    const Event *c = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.oldstate == 2;
+    });
     REQUIRE(c);
     uint64_t sk = c->sk;
     const Event *r = k.wait_for([&](const Event &e) { return e.type == N502_EV_RESET && e.sk == sk; });
@@ -236,6 +321,12 @@ TEST_CASE("an abortive close (SO_LINGER 0) is a RST seen on both ends", "[kernel
         return e.type == N502_EV_RESET && e.owner == upid && e.dir == N502_RST_SENT;
     });
     CHECK(s);
+    // The owner closed it without reading: that close named it.
+    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; });
+    REQUIRE(acc);
+    CHECK(acc->tgid == upid);
+    CHECK(acc->took == N502_TOOK_CLOSE);
+    CHECK_FALSE(acc->exiting);
     kill(up, SIGKILL);
     int status;
     waitpid(up, &status, 0);
@@ -307,6 +398,8 @@ TEST_CASE("a real segfault is a self-generated SIGSEGV with a fault code", "[ker
 TEST_CASE("unix stream connect and accept are linked through the peer socket", "[kernel]")
 {
     Kernel &k = kernel();
+    std::string uerr;
+    REQUIRE(k.loader.enable_unix_sockets(&uerr));
     std::string path = "/tmp/n502-kernel-test-" + std::to_string(getpid()) + ".sock";
     unlink(path.c_str());
     int rd;
@@ -407,6 +500,7 @@ TEST_CASE("counters: events are counted and none were lost", "[kernel]")
     KernelCounters c = k.loader.counters();
     CHECK(c.emitted > 0);
     CHECK(c.lost == 0);
+    // The unix hooks were enabled and the log capture used by earlier cases.
     for (const auto &p : k.loader.probes())
         CHECK(p.attached);
 }

@@ -31,6 +31,7 @@ PIN_OFFSET(struct n502_connect_event, path, 88);
 PIN_SIZE(struct n502_accept_event, 128);
 PIN_OFFSET(struct n502_accept_event, cgroup_id, 112);
 PIN_OFFSET(struct n502_accept_event, ns_tgid, 120);
+PIN_OFFSET(struct n502_accept_event, how, 124);
 PIN_OFFSET(struct n502_accept_event, nginx_sk, 48);
 PIN_OFFSET(struct n502_accept_event, local, 64);
 PIN_OFFSET(struct n502_accept_event, peer, 88);
@@ -64,7 +65,8 @@ PIN_OFFSET(struct n502_log_event, len, 52);
 PIN_OFFSET(struct n502_log_event, dev, 60);
 PIN_OFFSET(struct n502_log_event, data, 64);
 PIN_SIZE(struct n502_file_key, 16);
-PIN_SIZE(struct n502_sock, 8);
+PIN_SIZE(struct n502_sock, 24);
+PIN_OFFSET(struct n502_sock, peer_sk, 8);
 PIN_SIZE(struct n502_proc, 8);
 
 TEST_CASE("event type numbers are stable", "[abi]")
@@ -81,5 +83,5 @@ TEST_CASE("event type numbers are stable", "[abi]")
     CHECK(N502_EV_LISTEN == 10);
     CHECK(N502_EV_RETRANS == 11);
     CHECK(N502_EV_LOG == 12);
-    CHECK(N502_ABI_VERSION == 3);
+    CHECK(N502_ABI_VERSION == 4);
 }

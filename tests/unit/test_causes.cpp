@@ -85,6 +85,7 @@ struct Seq {
         e.newstate = to;
         e.sk_err = err;
         e.bytes_received = rx;
+        e.segs_out = 1; // its SYN left
         e.dst = Addr::ipv4(0x7f000001, 8080);
         e.src = Addr::ipv4(0x7f000001, 40000);
         if (role == N502_SOCK_UPSTREAM)
@@ -336,8 +337,10 @@ TEST_CASE("local ports exhausted", "[causes]")
     // One connection holds the only port ...
     s.state(0xc000, N502_SOCK_NGINX, NGINX, 7, 2);
     s.state(0xc000, N502_SOCK_NGINX, NGINX, 2, 1);
-    // ... the next connect fails at once.
-    s.connect(Addr::ipv4(0x7f000001, 8080), -EADDRNOTAVAIL);
+    // ... the next connect fails at once: back to CLOSE before its SYN was
+    // sent (no connect event for TCP; the state change says it).
+    s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+    s.state(SK, N502_SOCK_NGINX, NGINX, 2, 7).segs_out = 0;
     Verdict v = explain(s, line("connect() failed (99: Cannot assign requested address) while connecting to upstream",
                                 "http://127.0.0.1:8080/"),
                         &h);
