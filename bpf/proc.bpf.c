@@ -8,15 +8,16 @@
  * not the thread group). mark_victim uses the classic record: its tp_btf
  * prototype changed in 6.8 (int pid -> task_struct *), while the record's
  * `pid` field exists on every kernel and is relocated by CO-RE.
+ *
+ * As in sock.bpf.c, the argument-based hooks have a tp_btf and a raw_tp
+ * entry point around one body (raw_tp for kernels without BTF).
  */
 #include "common.bpf.h"
 
 #define N502_SI_USER 0
 #define N502_SI_KERNEL 0x80
 
-SEC("tp_btf/signal_generate")
-int BPF_PROG(handle_signal__generate, int sig, struct kernel_siginfo *info,
-	     struct task_struct *task, int group, int result)
+static __always_inline int on_signal__generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
 {
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);
@@ -44,8 +45,19 @@ int BPF_PROG(handle_signal__generate, int sig, struct kernel_siginfo *info,
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(handle_sched__process_exit, struct task_struct *task)
+SEC("tp_btf/signal_generate")
+int BPF_PROG(handle_signal__generate, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+{
+	return on_signal__generate(sig, info, task, group, result);
+}
+
+SEC("raw_tp/signal_generate")
+int BPF_PROG(raw_signal__generate, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+{
+	return on_signal__generate(sig, info, task, group, result);
+}
+
+static __always_inline int on_sched__process_exit(struct task_struct *task)
 {
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);
@@ -66,8 +78,19 @@ int BPF_PROG(handle_sched__process_exit, struct task_struct *task)
 	return 0;
 }
 
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(handle_sched__process_fork, struct task_struct *parent, struct task_struct *child)
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_sched__process_exit, struct task_struct *task)
+{
+	return on_sched__process_exit(task);
+}
+
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(raw_sched__process_exit, struct task_struct *task)
+{
+	return on_sched__process_exit(task);
+}
+
+static __always_inline int on_sched__process_fork(struct task_struct *parent, struct task_struct *child)
 {
 	__u32 ptgid = BPF_CORE_READ(parent, tgid);
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
@@ -91,6 +114,18 @@ int BPF_PROG(handle_sched__process_fork, struct task_struct *parent, struct task
 	e->role = role;
 	submit(e);
 	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(handle_sched__process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	return on_sched__process_fork(parent, child);
+}
+
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(raw_sched__process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	return on_sched__process_fork(parent, child);
 }
 
 SEC("tracepoint/oom/mark_victim")

@@ -14,11 +14,16 @@
  *   other transitions, resets, retransmissions: the story of tracked sockets
  *
  * These hooks run in softirq as often as in process context, so events carry
- * the owner recorded in the socks map, not the current task. All use tp_btf:
- * the first argument (the socket) has kept its type on every kernel from 5.10
- * on, whereas the classic tracepoint records of tcp_send_reset changed (6.10
- * added the reset reason and dropped the port/family fields in favour of
- * sockaddr blobs).
+ * the owner recorded in the socks map, not the current task. All take the
+ * tracepoint's arguments, not its record: the first argument (the socket) has
+ * kept its type on every kernel from 5.10 on, whereas the classic tracepoint
+ * records of tcp_send_reset changed (6.10 added the reset reason and dropped
+ * the port/family fields in favour of sockaddr blobs).
+ *
+ * Each hook has two entry points with one body: tp_btf where the kernel has
+ * BTF, raw_tp where it has none (--btf FILE supplies the types for CO-RE).
+ * Every read goes through BPF_CORE_READ (bpf_probe_read_kernel), which both
+ * allow; user space loads one set.
  */
 #include "common.bpf.h"
 
@@ -199,9 +204,7 @@ static __always_inline void begin_tracking(const struct sock *sk, __u64 key, int
 	}
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int oldstate,
-	     const int newstate)
+static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
 {
 	__u64 key = (__u64)sk;
 	int adopted;
@@ -280,6 +283,18 @@ int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int 
 	return 0;
 }
 
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return on_sock__inet_sock_set_state(sk, oldstate, newstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(raw_sock__inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return on_sock__inet_sock_set_state(sk, oldstate, newstate);
+}
+
 static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 {
 	__u64 key = (__u64)sk;
@@ -314,28 +329,49 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 	submit(e);
 }
 
-SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(handle_tcp__receive_reset, struct sock *sk)
+static __always_inline int on_tcp__receive_reset(struct sock *sk)
 {
 	emit_reset(sk, N502_RST_RECEIVED);
 	return 0;
 }
 
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(handle_tcp__receive_reset, struct sock *sk)
+{
+	return on_tcp__receive_reset(sk);
+}
+
+SEC("raw_tp/tcp_receive_reset")
+int BPF_PROG(raw_tcp__receive_reset, struct sock *sk)
+{
+	return on_tcp__receive_reset(sk);
+}
+
 /* Since 6.10 the reset reason is a third argument and sk may be NULL for a
  * reset that answers a packet without a socket; only the first argument is
  * read here, which every kernel from 5.10 on passes the same way. */
-SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(handle_tcp__send_reset, const struct sock *sk)
+static __always_inline int on_tcp__send_reset(const struct sock *sk)
 {
 	emit_reset(sk, N502_RST_SENT);
 	return 0;
 }
 
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(handle_tcp__send_reset, const struct sock *sk)
+{
+	return on_tcp__send_reset(sk);
+}
+
+SEC("raw_tp/tcp_send_reset")
+int BPF_PROG(raw_tcp__send_reset, const struct sock *sk)
+{
+	return on_tcp__send_reset(sk);
+}
+
 /* A retransmission on a tracked socket. In SYN_SENT it is an unanswered SYN:
  * a firewall dropping it, or a listener whose accept queue is full. The
  * prototype gained an error argument in 6.x; only the first is read. */
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(handle_tcp__retransmit_skb, const struct sock *sk)
+static __always_inline int on_tcp__retransmit_skb(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
@@ -357,12 +393,23 @@ int BPF_PROG(handle_tcp__retransmit_skb, const struct sock *sk)
 	return 0;
 }
 
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(handle_tcp__retransmit_skb, const struct sock *sk)
+{
+	return on_tcp__retransmit_skb(sk);
+}
+
+SEC("raw_tp/tcp_retransmit_skb")
+int BPF_PROG(raw_tcp__retransmit_skb, const struct sock *sk)
+{
+	return on_tcp__retransmit_skb(sk);
+}
+
 /* The upstream's first read of a connection it took, in its own context:
  * this names the owner of a TCP upstream end. Also runs in softirq (receive
  * autotuning on arrival), which in_owner_context() tells apart. Runs for
  * every TCP receive on the host: one lookup for the rest. */
-SEC("tp_btf/tcp_rcv_space_adjust")
-int BPF_PROG(handle_tcp__rcv_space_adjust, struct sock *sk)
+static __always_inline int on_tcp__rcv_space_adjust(struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
@@ -371,6 +418,18 @@ int BPF_PROG(handle_tcp__rcv_space_adjust, struct sock *sk)
 		return 0;
 	announce_upstream(sk, s, N502_TOOK_READ);
 	return 0;
+}
+
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(handle_tcp__rcv_space_adjust, struct sock *sk)
+{
+	return on_tcp__rcv_space_adjust(sk);
+}
+
+SEC("raw_tp/tcp_rcv_space_adjust")
+int BPF_PROG(raw_tcp__rcv_space_adjust, struct sock *sk)
+{
+	return on_tcp__rcv_space_adjust(sk);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -124,6 +124,34 @@ static bool hook_available(const struct btf *vmlinux, const std::string &sec, st
         }
         return true;
     }
+    if (sec.rfind("raw_tp/", 0) == 0) {
+        // The BTF given with --btf describes the kernel's tracepoints too;
+        // failing that, tracefs lists them.
+        std::string name = sec.substr(7);
+        if (vmlinux) {
+            if (btf__find_by_name_kind(vmlinux, ("btf_trace_" + name).c_str(), BTF_KIND_TYPEDEF) >= 0)
+                return true;
+            *why = fmt::format("tracepoint {} does not exist on this kernel", name);
+            return false;
+        }
+        for (const char *f : {"/sys/kernel/tracing/available_events", "/sys/kernel/debug/tracing/available_events"})
+            if (FILE *fp = fopen(f, "r")) {
+                char line[256];
+                bool found = false;
+                while (!found && fgets(line, sizeof(line), fp)) {
+                    std::string l(line);
+                    while (!l.empty() && l.back() == '\n')
+                        l.pop_back();
+                    auto colon = l.find(':');
+                    found = colon != std::string::npos && l.substr(colon + 1) == name;
+                }
+                fclose(fp);
+                if (!found)
+                    *why = fmt::format("tracepoint {} does not exist on this kernel", name);
+                return found;
+            }
+        return true; // cannot tell: attaching will say
+    }
     if (sec.rfind("tracepoint/", 0) == 0) {
         std::string tp = sec.substr(11);
         for (const char *root : {"/sys/kernel/tracing/events/", "/sys/kernel/debug/tracing/events/"})
@@ -146,27 +174,52 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
     if (!ensure_tracefs(&tf))
         fmt::print(stderr, "n502trace: warning: {}\n", tf);
 
-    if (access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
-        *error = "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): n502trace needs a kernel built "
-                 "with CONFIG_DEBUG_INFO_BTF=y";
+    // Without the kernel's own BTF, the types for CO-RE come from --btf and
+    // the hooks attach as raw tracepoints (tp_btf needs the kernel's BTF).
+    raw_mode_ = !opt.btf_path.empty();
+    if (!raw_mode_ && access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
+        *error = "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): give n502trace this kernel's BTF "
+                 "with --btf FILE (e.g. from BTFHub, or made with `pahole --btf_encode_detached`), or use a kernel "
+                 "built with CONFIG_DEBUG_INFO_BTF=y";
         return false;
     }
-    skel_ = n502_bpf__open();
+    struct btf *types = nullptr;
+    if (raw_mode_) {
+        types = btf__parse(opt.btf_path.c_str(), nullptr);
+        if (!types || libbpf_get_error(types)) {
+            int err = errno;
+            *error = fmt::format("--btf {}: not a readable BTF file: {}", opt.btf_path, strerror(err));
+            return false;
+        }
+    } else {
+        types = btf__load_vmlinux_btf();
+        if (!types || libbpf_get_error(types))
+            types = nullptr;
+    }
+    LIBBPF_OPTS(bpf_object_open_opts, oo);
+    if (raw_mode_)
+        oo.btf_custom_path = opt.btf_path.c_str();
+    skel_ = n502_bpf__open_opts(&oo);
     if (!skel_) {
         int err = errno;
         *error = fmt::format("opening the BPF object failed: {}{}", strerror(err), advice(err));
+        if (types)
+            btf__free(types);
         return false;
     }
-    struct btf *vmlinux = btf__load_vmlinux_btf();
-    if (!vmlinux || libbpf_get_error(vmlinux))
-        vmlinux = nullptr;
     struct bpf_program *prog;
     bpf_object__for_each_program(prog, skel_->obj)
     {
+        std::string sec = bpf_program__section_name(prog);
+        // One flavour of each argument-based hook: the other is not loaded.
+        if (sec.rfind(raw_mode_ ? "tp_btf/" : "raw_tp/", 0) == 0) {
+            bpf_program__set_autoload(prog, false);
+            continue;
+        }
         ProbeStatus st;
         st.program = bpf_program__name(prog);
-        st.hook = bpf_program__section_name(prog);
-        st.available = hook_available(vmlinux, st.hook, &st.error);
+        st.hook = sec;
+        st.available = hook_available(types, st.hook, &st.error);
         if (st.program == "handle_sys_enter_write" && !opt.capture_logs) {
             st.available = false;
             st.skipped = true;
@@ -175,9 +228,10 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
         if (!st.available)
             bpf_program__set_autoload(prog, false);
         probes_.push_back(st);
+        progs_.push_back(prog);
     }
-    if (vmlinux)
-        btf__free(vmlinux);
+    if (types)
+        btf__free(types);
 
     uint32_t size = opt.ringbuf_bytes;
     uint32_t page = static_cast<uint32_t>(sysconf(_SC_PAGESIZE));
@@ -204,12 +258,10 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
 
 bool Loader::attach(std::string *error)
 {
-    struct bpf_program *prog;
-    size_t i = 0;
     size_t attached = 0;
-    bpf_object__for_each_program(prog, skel_->obj)
-    {
-        ProbeStatus &st = probes_[i++];
+    for (size_t i = 0; i < probes_.size(); i++) {
+        ProbeStatus &st = probes_[i];
+        struct bpf_program *prog = progs_[i];
         if (!st.available)
             continue;
         auto group = group_of(st.program);
@@ -264,12 +316,10 @@ bool Loader::select_cgroup(uint64_t id, std::string *error)
 
 bool Loader::attach_group(OnDemand group, std::string *error)
 {
-    struct bpf_program *prog;
-    size_t i = 0;
     std::string failed;
-    bpf_object__for_each_program(prog, skel_->obj)
-    {
-        ProbeStatus &st = probes_[i++];
+    for (size_t i = 0; i < probes_.size(); i++) {
+        ProbeStatus &st = probes_[i];
+        struct bpf_program *prog = progs_[i];
         if (group_of(st.program) != group || st.attached)
             continue;
         if (!st.available) {
@@ -395,8 +445,11 @@ std::vector<std::pair<std::string, std::string>> Loader::preflight()
 {
     std::vector<std::pair<std::string, std::string>> out;
     out.emplace_back("root", geteuid() == 0 ? "yes" : "no: run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE)");
-    out.emplace_back("kernel BTF", access("/sys/kernel/btf/vmlinux", R_OK) == 0 ? "yes (/sys/kernel/btf/vmlinux)"
-                                                                               : "MISSING: CO-RE needs a kernel with BTF");
+    bool kernel_btf = access("/sys/kernel/btf/vmlinux", R_OK) == 0;
+    out.emplace_back("kernel BTF", kernel_btf ? "yes (/sys/kernel/btf/vmlinux)"
+                                              : "MISSING: CO-RE needs the kernel's types: run with --btf FILE (this "
+                                                "kernel's BTF, e.g. from BTFHub) or use a kernel built with "
+                                                "CONFIG_DEBUG_INFO_BTF=y");
     std::string tf;
     bool tracefs = ensure_tracefs(&tf);
     out.emplace_back("tracefs", tracefs ? "yes" : "MISSING: " + tf);
@@ -423,6 +476,10 @@ std::vector<std::pair<std::string, std::string>> Loader::preflight()
         {
             std::string why;
             std::string sec = bpf_program__section_name(prog);
+            // The flavour a run would use: tp_btf with the kernel's BTF,
+            // raw_tp (with --btf) without it.
+            if (sec.rfind(kernel_btf ? "raw_tp/" : "tp_btf/", 0) == 0)
+                continue;
             out.emplace_back("hook " + sec, hook_available(vmlinux, sec, &why) ? "yes" : "MISSING: " + why);
         }
         n502_bpf__destroy(skel);

@@ -13,6 +13,7 @@
 struct n502_bpf;
 struct ring_buffer;
 struct bpf_link;
+struct bpf_program;
 
 namespace n502 {
 
@@ -38,6 +39,7 @@ struct LoaderOptions {
     bool filter_cgroups = false; // Nginx's hooks only fire in the cgroups given to select_cgroup()
     bool adopt_preexisting = false; // sockets of connections older than us are adopted (add_preexisting)
     bool unix_sockets = false;   // attach the unix-socket syscall hooks now (else on enable_unix_sockets())
+    std::string btf_path;        // --btf: the kernel's types from this file; hooks attach as raw_tp
 };
 
 // Programs attached only on demand, because each is a syscall tracepoint:
@@ -95,6 +97,8 @@ private:
     ring_buffer *rb_ = nullptr;
     std::vector<bpf_link *> links_;
     std::vector<ProbeStatus> probes_;
+    std::vector<bpf_program *> progs_; // the program of each probes_ entry
+    bool raw_mode_ = false;            // raw_tp flavour (no kernel BTF: --btf)
     Callback cb_;
     bool unix_enabled_ = false;
     bool unix_at_start_ = false;

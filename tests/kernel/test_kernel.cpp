@@ -162,6 +162,71 @@ TEST_CASE("TCP: no syscall tracepoint is attached unless unix sockets are asked 
         CHECK(p.attached == (p.program != "handle_sys_enter_write"));
 }
 
+TEST_CASE("--btf: the hooks attach as raw tracepoints, typed by the BTF file, and see the same events", "[kernel]")
+{
+    // The kernel's own BTF, copied to a file, stands in for a BTFHub file.
+    std::string copy = "/tmp/n502-kernel-test-" + std::to_string(getpid()) + ".btf";
+    {
+        FILE *in = fopen("/sys/kernel/btf/vmlinux", "rb");
+        REQUIRE(in);
+        FILE *out = fopen(copy.c_str(), "wb");
+        REQUIRE(out);
+        char buf[1 << 16];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+            REQUIRE(fwrite(buf, 1, n, out) == n);
+        fclose(in);
+        fclose(out);
+    }
+    Loader l;
+    LoaderOptions opt;
+    opt.ringbuf_bytes = 1u << 16;
+    opt.btf_path = copy;
+    std::string error;
+    REQUIRE(l.load(opt, &error));
+    REQUIRE(l.attach(&error));
+    unlink(copy.c_str());
+    size_t raw = 0;
+    for (const auto &p : l.probes()) {
+        CHECK(p.hook.rfind("tp_btf/", 0) != 0);
+        if (p.hook.rfind("raw_tp/", 0) == 0) {
+            raw++;
+            CHECK(p.attached);
+        }
+    }
+    CHECK(raw == 8);
+    REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
+    std::vector<Event> got;
+    REQUIRE(l.start_ring(
+        [&](const void *d, size_t n) {
+            if (auto e = decode(d, n))
+                got.push_back(*e);
+        },
+        &error));
+    uint16_t port = 0;
+    int lfd = tcp_listener(&port);
+    int fd = tcp_connect(port, false);
+    bool seen = false;
+    for (int i = 0; i < 100 && !seen; i++) {
+        l.consume();
+        for (const auto &e : got)
+            seen = seen || (e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.newstate == 1);
+        if (!seen) {
+            pollfd pf{l.ring_epoll_fd(), POLLIN, 0};
+            poll(&pf, 1, 50);
+        }
+    }
+    CHECK(seen);
+    close(fd);
+    close(lfd);
+
+    // A file that is not BTF: a clear error.
+    Loader bad;
+    opt.btf_path = "/etc/hostname";
+    CHECK_FALSE(bad.load(opt, &error));
+    CHECK(error.find("--btf /etc/hostname: not a readable BTF file") != std::string::npos);
+}
+
 TEST_CASE("TCP connect, listen and the upstream's first read are attributed to their processes", "[kernel]")
 {
     Kernel &k = kernel();
