@@ -27,6 +27,7 @@
 #include "container.hpp"
 #include "correlator.hpp"
 #include "decoder.hpp"
+#include "engine.hpp"
 #include "loader.hpp"
 #include "logfollow.hpp"
 #include "logline.hpp"
@@ -34,7 +35,7 @@
 #include "nginx.hpp"
 #include "nginxconf.hpp"
 #include "procscan.hpp"
-#include "ratelimit.hpp"
+#include "recording.hpp"
 #include "sinks.hpp"
 #include "state.hpp"
 #include "timebase.hpp"
@@ -44,17 +45,6 @@ namespace n502 {
 namespace {
 
 void error(const std::string &msg) { fmt::print(stderr, "n502trace: error: {}\n", msg); }
-
-struct Pending {
-    LogLine line;
-    uint64_t deadline;     // boot ns: explain with what is known by then
-    uint64_t next_try = 0; // a line waiting for evidence is retried at most every 20 ms
-    uint32_t logged_pid = 0; // the pid as Nginx logged it (its own pid namespace)
-};
-
-// Lines waiting for kernel evidence; beyond this many (a storm the tool is
-// behind on) the oldest are explained at once with what is known.
-constexpr size_t kMaxPending = 20000;
 
 class Fd {
 public:
@@ -291,6 +281,43 @@ int run(const Options &opt)
     const RuntimeDirs dirs = RuntimeDirs::from_env();
     const std::string uroot = unified_root();
 
+    // --record: every input of the engine below, as it takes it.
+    std::unique_ptr<Recorder> rec;
+    if (!opt.record.empty()) {
+        rec = Recorder::open(opt.record, opt.record_max, &err);
+        if (!rec) {
+            error(err);
+            return EXIT_USAGE;
+        }
+    }
+    // What turns inputs into verdicts; with --record its host look-ups and
+    // /proc facts are recorded too.
+    RealHost real_host;
+    LiveFacts live_facts(uroot, dirs);
+    std::unique_ptr<RecordingHost> rec_host;
+    std::unique_ptr<RecordingFacts> rec_facts;
+    if (rec) {
+        rec_host = std::make_unique<RecordingHost>(real_host, *rec);
+        rec_facts = std::make_unique<RecordingFacts>(live_facts, *rec);
+    }
+    EngineConfig ecfg;
+    ecfg.window_ns = static_cast<uint64_t>(opt.window_s * 1e9);
+    ecfg.window_s = opt.window_s;
+    ecfg.max_verdicts_per_sec = opt.max_verdicts_per_sec;
+    ecfg.grace_ms = opt.grace_ms;
+    ecfg.redact = opt.redact;
+    ecfg.no_access_log = opt.no_access_log;
+    ecfg.dump_events = opt.dump_events;
+    ecfg.tb_offset_ns = tb.offset_ns();
+    ecfg.boot_ns = boot_now_ns();
+    ecfg.real_ns = real_now_ns();
+    Engine engine(ecfg, *sink, rec_host ? static_cast<Host *>(rec_host.get()) : &real_host,
+                  rec_facts ? static_cast<FactsSource &>(*rec_facts) : live_facts, rec.get());
+    if (rec) {
+        rec->put(Rec::SnapshotBegin, std::string());
+        engine.write_config();
+    }
+
     // --container and --cgroup: the cgroups to watch (v2 paths). On a host
     // without a v2 hierarchy the membership is read from /proc instead.
     struct Selected {
@@ -321,7 +348,7 @@ int run(const Options &opt)
                                       ref, rc->info.id.substr(0, 12), path, v1));
                     return EXIT_RUNTIME;
                 }
-                sink->warning({"cgroup_v1_only",
+                engine.warning({"cgroup_v1_only",
                                fmt::format("container {} is not in a cgroup v2 of its own ({}): its processes are "
                                            "found through its v1 cgroup {}, and the kernel filters on the Nginx "
                                            "processes instead of cgroup ids",
@@ -361,7 +388,7 @@ int run(const Options &opt)
                                        : pids_in_cgroups(uroot, cgroup_tree(uroot, sel.path));
     };
     if (!selection.empty() && uroot.empty())
-        sink->warning({"cgroup_v1_only",
+        engine.warning({"cgroup_v1_only",
                        "this host has no cgroup v2 hierarchy: the selected containers' processes are found from "
                        "/proc/PID/cgroup, and the kernel side filters on the Nginx processes themselves instead of "
                        "cgroup ids (verdicts are the same; an Nginx that starts later is found within a second)",
@@ -461,7 +488,7 @@ int run(const Options &opt)
         return EXIT_USAGE;
     }
     for (const Selected *sel : empty_selections)
-        sink->warning({"no_nginx_in_selection",
+        engine.warning({"no_nginx_in_selection",
                        fmt::format("no Nginx master runs in {} (cgroup {}) yet: it is followed when one starts",
                                    sel->what, sel->path),
                        0});
@@ -474,13 +501,7 @@ int run(const Options &opt)
     signal(SIGPIPE, SIG_IGN);
     Fd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
-    StateLimits limits;
-    limits.window_ns = static_cast<uint64_t>(opt.window_s * 1e9);
-    State state(limits);
-    RealHost host;
-    Correlator correlator(state, tb, CorrelatorOptions{}, &host);
-    Summary summary;
-    uint64_t malformed = 0;
+    State &state = engine.state();
 
     // Connections Nginx holds to its upstreams since before we started (a
     // keep-alive pool): found now, adopted by the kernel side at their next
@@ -529,7 +550,7 @@ int run(const Options &opt)
         if (loader.select_cgroup(cg.id, &serr))
             filter_ids[cg.id] = cg.path;
         else if (select_failures++ == 0)
-            sink->warning({"map_full", serr + " (Nginx in further cgroups is not watched)", 0});
+            engine.warning({"map_full", serr + " (Nginx in further cgroups is not watched)", 0});
     };
     if (lo.filter_cgroups) {
         for (const auto &cg : walk_selection())
@@ -540,53 +561,21 @@ int run(const Options &opt)
                     select_cgroup(cg);
     }
 
-    // Facts about a process's whereabouts, read from /proc once while it lives.
-    std::unordered_map<std::string, std::optional<ContainerInfo>> container_cache;
-    auto read_facts = [&](Proc &p, bool again = false) {
-        if (p.facts_read && !again)
-            return;
-        p.facts_read = true;
-        std::string cg = memory_cgroup(p.pid);
-        if (!cg.empty() || !again) {
-            p.cgroup = cg;
-            p.memory_limit = memory_limit(cg);
-        }
-        if (auto n = ns_pid(p.pid))
-            p.ns_pid = n;
-        std::string v2 = cgroup_v2_path(p.pid);
-        if (v2.empty() && p.cgroup_id) // gone from /proc: the kernel said where it was
-            v2 = cgroup_path_by_id(uroot, p.cgroup_id);
-        if (!v2.empty())
-            p.cgroup2 = v2;
-        const std::string &key = !p.cgroup2.empty() && p.cgroup2 != "/" ? p.cgroup2 : p.cgroup;
-        if (key.empty())
-            return;
-        if (container_cache.size() > 4096)
-            container_cache.clear();
-        auto it = container_cache.find(key);
-        if (it == container_cache.end())
-            it = container_cache.emplace(key, container_from_cgroup(key, dirs)).first;
-        p.container = it->second;
-    };
-
     // Captured logs (stderr pipes): inode -> the instance that writes there.
-    std::map<std::pair<uint32_t, uint64_t>, Instance *> capture_of; // (dev, ino)
     auto start_instance = [&](Instance &in) {
         std::vector<uint32_t> pids = in.info.workers;
         pids.push_back(in.info.master);
         for (uint32_t pid : pids) {
             if (!loader.track_process(pid, N502_PROC_NGINX, &err))
-                sink->warning({"map_full", err, 0});
+                engine.warning({"map_full", err, 0});
             auto pi = read_proc(pid);
-            state.add_process(pid, N502_PROC_NGINX, pi ? pi->comm : "nginx", pid == in.info.master ? 0 : in.info.master);
-            if (Proc *p = state.proc(pid))
-                read_facts(*p);
+            engine.add_process(pid, N502_PROC_NGINX, pi ? pi->comm : "nginx", pid == in.info.master ? 0 : in.info.master);
         }
         for (const auto &c : in.info.captures) {
             std::string cerr;
             if (!loader.capture_file(c.dev, c.ino, &cerr))
-                sink->warning({"log_capture", cerr, 0});
-            capture_of[{c.dev, c.ino}] = &in;
+                engine.warning({"log_capture", cerr, 0});
+            engine.add_capture(c.dev, c.ino, in.info.captures.front().desc);
         }
     };
     for (auto &in : instances)
@@ -605,18 +594,15 @@ int run(const Options &opt)
         std::string perr;
         n502_sock nv{c.nginx_pid, N502_SOCK_NGINX, c.local.family};
         if (!loader.add_preexisting(tuple_of(c.local, c.remote), nv, &perr))
-            sink->warning({"map_full", perr, 0});
+            engine.warning({"map_full", perr, 0});
         if (c.up_pid) {
             n502_sock uv{c.up_pid, N502_SOCK_UPSTREAM, c.up_local.family};
             if (!loader.add_preexisting(tuple_of(c.up_local, c.up_remote), uv, &perr))
-                sink->warning({"map_full", perr, 0});
+                engine.warning({"map_full", perr, 0});
             if (!loader.track_process(c.up_pid, N502_PROC_UPSTREAM, &perr))
-                sink->warning({"map_full", perr, 0});
+                engine.warning({"map_full", perr, 0});
         }
-        state.add_preexisting(c.nginx_pid, c.local, c.remote, c.up_pid, c.up_comm, c.up_local, c.up_remote);
-        if (c.up_pid)
-            if (Proc *p = state.proc(c.up_pid))
-                read_facts(*p);
+        engine.add_preexisting(c.nginx_pid, c.local, c.remote, c.up_pid, c.up_comm, c.up_local, c.up_remote);
     }
 
     // Listeners that predate us: who holds them, so that their death is seen
@@ -642,8 +628,8 @@ int run(const Options &opt)
                 continue;
             for (uint32_t holder : l.holders)
                 if (!loader.track_process(holder, N502_PROC_LISTENER, &err))
-                    sink->warning({"map_full", err, 0});
-            state.add_listener(l.addr, l.pid, l.comm);
+                    engine.warning({"map_full", err, 0});
+            engine.add_listener(l.addr, l.pid, l.comm);
         }
     };
     scan_listeners(every_netns);
@@ -653,7 +639,7 @@ int run(const Options &opt)
     // before the first request.
     auto report_down = [&](Instance &in) {
         for (const auto &msg : in.down)
-            sink->warning({"upstream_down", msg, 0});
+            engine.warning({"upstream_down", msg, 0});
         in.down.clear();
     };
     // Unix-socket upstreams need the syscall hooks (they have no state
@@ -664,7 +650,7 @@ int run(const Options &opt)
             return;
         std::string uerr;
         if (!loader.enable_unix_sockets(&uerr))
-            sink->warning({"unix_sockets", uerr, 0});
+            engine.warning({"unix_sockets", uerr, 0});
         else if (opt.verbose)
             fmt::print(stderr, "n502trace: following unix-socket upstreams: {}\n", why);
     };
@@ -677,7 +663,7 @@ int run(const Options &opt)
             if (u.has_variables || u.address.rfind("unix:", 0) == 0)
                 need_unix(fmt::format("{} at {}:{}", u.address, u.file, u.line));
         if (conf.files.empty()) {
-            sink->warning({"nginx_config",
+            engine.warning({"nginx_config",
                            fmt::format("could not read Nginx's configuration {}{}: {}", paths.conf,
                                        in.info.root.empty() ? "" : " (inside " + in.info.root + ")",
                                        conf.problems.empty() ? "no file" : conf.problems.front()),
@@ -686,7 +672,7 @@ int run(const Options &opt)
         }
         in.config = conf.main_file;
         for (const auto &pr : conf.problems)
-            sink->warning({"nginx_config", pr, 0});
+            engine.warning({"nginx_config", pr, 0});
         uint32_t netns = static_cast<uint32_t>(netns_of(in.info.master));
         in.upstreams.clear();
         in.down.clear();
@@ -746,84 +732,6 @@ int run(const Options &opt)
         }
     }
 
-    std::deque<Pending> pending;
-    struct PendingAccess {
-        AccessLine line;
-        uint64_t deadline;
-    };
-    std::deque<PendingAccess> pending_access;
-    uint64_t grace_ns = static_cast<uint64_t>(opt.grace_ms) * 1'000'000ULL;
-
-    // A log line, from a file or captured: an upstream error waits for its
-    // evidence, a 502/504 access line for its error line.
-    auto take_line = [&](Instance &in, const std::string &text, uint32_t writer) {
-        if (auto line = parse_upstream_error(text)) {
-            summary.log_lines++;
-            uint32_t logged = line->pid;
-            // Nginx logs pids of its own namespace; the kernel speaks host pids.
-            // A pid that cannot be mapped is not guessed at (0: no connection
-            // of that worker is known; the verdict says so).
-            line->pid = writer ? writer : in.host_pid(logged);
-            pending.push_back({std::move(*line), boot_now_ns() + grace_ns, 0, logged});
-            return true;
-        }
-        if (!opt.no_access_log)
-            if (auto a = parse_access_error(text))
-                // Wait for the error-log line of the same request, and its verdict.
-                pending_access.push_back({std::move(*a), boot_now_ns() + grace_ns + 100'000'000ULL});
-        return false;
-    };
-    // Captured writes may split or join lines: complete lines only, per
-    // file and writer; a line that grows past 64 KiB is dropped whole.
-    struct Partial {
-        std::string text;
-        bool overflow = false;
-    };
-    std::map<std::tuple<uint32_t, uint64_t, uint32_t>, Partial> capture_partial; // (dev, ino, writer)
-    uint64_t capture_cut = 0;
-    auto take_capture = [&](const Event &ev) {
-        auto it = capture_of.find({ev.dev, ev.ino});
-        if (it == capture_of.end())
-            return;
-        if (ev.cut && capture_cut++ == 0)
-            sink->warning({"log_capture_cut",
-                           fmt::format("Nginx wrote {} bytes at once to {}; only the first {} were captured", ev.cut +
-                                       ev.data.size(), it->second->info.captures.empty() ? "its log" : it->second->info.captures[0].desc,
-                                       ev.data.size()),
-                           1});
-        auto key = std::make_tuple(ev.dev, ev.ino, ev.tgid);
-        auto pit = capture_partial.find(key);
-        Partial scratch;
-        Partial &part = pit == capture_partial.end() ? scratch : pit->second;
-        size_t start = 0;
-        for (size_t i = 0; i < ev.data.size(); i++) {
-            if (ev.data[i] != '\n')
-                continue;
-            if (!part.overflow) {
-                part.text.append(ev.data, start, i - start);
-                take_line(*it->second, part.text, ev.tgid);
-            }
-            part.text.clear();
-            part.overflow = false;
-            start = i + 1;
-        }
-        if (start < ev.data.size()) {
-            if (part.text.size() + (ev.data.size() - start) > 64 * 1024) {
-                part.text.clear();
-                part.overflow = true;
-            } else if (!part.overflow) {
-                part.text.append(ev.data, start, std::string::npos);
-            }
-        }
-        bool unfinished = !part.text.empty() || part.overflow;
-        if (pit == capture_partial.end() && unfinished) {
-            if (capture_partial.size() < 4096)
-                capture_partial.emplace(key, std::move(scratch));
-        } else if (pit != capture_partial.end() && !unfinished) {
-            capture_partial.erase(pit);
-        }
-    };
-
     bool ring_ok = loader.start_ring(
         [&](const void *data, size_t len) {
             if (raw) {
@@ -831,37 +739,7 @@ int run(const Options &opt)
                 fwrite(&n, sizeof(n), 1, raw.get());
                 fwrite(data, 1, len, raw.get());
             }
-            std::string why;
-            auto ev = decode(data, len, &why);
-            if (!ev) {
-                if (malformed++ == 0)
-                    sink->warning({"event_malformed", "malformed kernel event: " + why, 1});
-                return;
-            }
-            if (opt.dump_events)
-                fmt::print(stderr, "event {} ts={} tgid={} comm={} sk={:#x} peer={:#x} ret={} src={} dst={} {}->{} err={} role={} owner={} dir={} target={} sig={} code={} exit={:#x}\n",
-                           event_type_name(ev->type), ev->ts, ev->tgid, ev->comm, ev->sk, ev->peer_sk, ev->ret,
-                           ev->src.str(), ev->dst.str(), ev->oldstate, ev->newstate, ev->sk_err, ev->sock_role,
-                           ev->owner, ev->dir, ev->target, ev->sig, ev->code, ev->exit_code);
-            if (ev->type == N502_EV_LOG) {
-                take_capture(*ev);
-                return;
-            }
-            state.apply(*ev);
-            if (ev->type == N502_EV_OOM) {
-                // Read now: the victim may have moved cgroups since we first saw it.
-                if (Proc *p = state.proc(ev->target))
-                    read_facts(*p, true);
-            }
-            if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN) {
-                if (Proc *p = state.proc(ev->tgid)) {
-                    if (ev->ns_tgid)
-                        p->ns_pid = ev->ns_tgid;
-                    if (ev->cgroup_id)
-                        p->cgroup_id = ev->cgroup_id;
-                    read_facts(*p);
-                }
-            }
+            engine.kernel(data, len);
         },
         &err);
     if (!ring_ok) {
@@ -907,16 +785,42 @@ int run(const Options &opt)
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t_start).count());
     for (const auto &p : loader.probes())
         if (!p.attached && !p.skipped)
-            sink->warning({"probe_missing",
+            engine.warning({"probe_missing",
                            fmt::format("{} is not attached ({}): verdicts that need it are degraded", p.hook, p.error),
                            0});
     {
         std::string cerr;
         ready.capabilities = drop_capabilities(&cerr);
         if (!cerr.empty())
-            sink->warning({"capabilities", "could not drop capabilities after attaching: " + cerr, 0});
+            engine.warning({"capabilities", "could not drop capabilities after attaching: " + cerr, 0});
     }
-    sink->ready(ready);
+    if (rec) {
+        rec->put(Rec::SnapshotEnd, std::string());
+        // A new segment (--record-max) replays on its own: it starts with what
+        // a fresh start would find (Nginx's processes, the listeners, older
+        // connections) and the facts already read about processes.
+        rec->on_segment = [&]() {
+            rec->put(Rec::SnapshotBegin, std::string());
+            engine.write_config();
+            rec_facts->write_known();
+            engine.write_snapshot_state();
+            std::vector<uint32_t> net_pids = one_pid_per_netns();
+            for (const auto &l : scan_tcp_listeners("/proc", net_pids))
+                if (l.pid)
+                    rec->put(Rec::AddListener, enc_listener(l.addr, l.pid, l.comm));
+            std::vector<uint32_t> owners;
+            for (const auto &in : instances)
+                if (!in->gone) {
+                    owners.insert(owners.end(), in->info.workers.begin(), in->info.workers.end());
+                    owners.push_back(in->info.master);
+                }
+            for (const auto &c : scan_connections(owners, net_pids))
+                rec->put(Rec::AddPreexisting, enc_preexisting(c.nginx_pid, c.local, c.remote, c.up_pid, c.up_comm,
+                                                              c.up_local, c.up_remote));
+            rec->put(Rec::SnapshotEnd, std::string());
+        };
+    }
+    engine.ready(ready);
     for (auto &in : instances)
         report_down(*in);
 
@@ -928,80 +832,12 @@ int run(const Options &opt)
     ev.data.fd = sfd.get();
     epoll_ctl(ep.get(), EPOLL_CTL_ADD, sfd.get(), &ev);
 
-    uint64_t last_lost = 0;
-    uint64_t next_stats = boot_now_ns() + 1'000'000'000ULL;
     uint64_t next_rebase = boot_now_ns() + 60'000'000'000ULL;
     uint64_t stop_at = opt.duration_s > 0 ? boot_now_ns() + static_cast<uint64_t>(opt.duration_s * 1e9) : 0;
     bool stop = false;
     int exit_code = EXIT_OK;
     unsigned trim_tick = 0;
 
-    RateLimiter limiter(opt.max_verdicts_per_sec);
-    uint64_t last_loss_ns = 0; // boot ns when kernel event losses were last seen
-    auto check_losses = [&]() {
-        KernelCounters kc = loader.counters();
-        if (kc.lost > last_lost) {
-            sink->warning({"events_lost",
-                           fmt::format("{} kernel events lost (ring buffer full); verdicts in this period may be "
-                                       "incomplete",
-                                       kc.lost - last_lost),
-                           kc.lost - last_lost});
-            last_lost = kc.lost;
-            last_loss_ns = boot_now_ns();
-        }
-    };
-    // Where Nginx and the upstream live: pids in their namespaces, cgroups, containers.
-    auto place = [&](uint32_t pid, std::optional<uint32_t> &nsp, std::string &cgroup,
-                     std::optional<ContainerInfo> &container) {
-        Proc *p = state.proc(pid);
-        if (!p)
-            return;
-        read_facts(*p);
-        if (!nsp)
-            nsp = p->ns_pid;
-        cgroup = p->cgroup2.empty() ? p->cgroup : p->cgroup2;
-        container = p->container;
-    };
-    auto emit = [&](const Verdict &given, uint32_t logged_pid) {
-        Verdict v = given;
-        if (logged_pid)
-            v.nginx_ns_pid = logged_pid;
-        if (v.nginx_pid == 0 && logged_pid)
-            v.notes.push_back(fmt::format("Nginx logged pid {}, which is no process of its pid namespace now: "
-                                          "its connections could not be looked up",
-                                          logged_pid));
-        place(v.nginx_pid, v.nginx_ns_pid, v.nginx_cgroup, v.nginx_container);
-        if (v.upstream_pid)
-            place(*v.upstream_pid, v.upstream_ns_pid, v.upstream_cgroup, v.upstream_container);
-        // Evidence may be missing when events were lost around this failure.
-        if (last_loss_ns && boot_now_ns() - last_loss_ns < 10'000'000'000ULL) {
-            v.notes.push_back("kernel events were lost in the 10 s before this verdict: evidence may be missing");
-            v.confidence = v.confidence == "high" ? "medium" : "low";
-        }
-        if (opt.redact) {
-            // Query strings and client addresses stay out of the output.
-            auto q = v.request.find('?');
-            if (q != std::string::npos) {
-                auto sp = v.request.find(' ', q);
-                v.request = v.request.substr(0, q) + "?<redacted>" + (sp == std::string::npos ? "" : v.request.substr(sp));
-            }
-            if (!v.client.empty())
-                v.client = "<redacted>";
-        }
-        if (limiter.admit(v.cause + "\n" + v.upstream, real_now_ns()))
-            sink->verdict(v);
-        else
-            summary.suppressed++;
-        summary.verdicts++;
-        summary.by_cause[v.cause]++;
-        summary.by_upstream[v.upstream]++;
-    };
-    auto report_suppressed = [&]() {
-        for (const auto &[key, count] : limiter.take_suppressed(real_now_ns())) {
-            auto nl = key.find('\n');
-            sink->suppressed(key.substr(0, nl), key.substr(nl + 1), count, 1.0);
-        }
-    };
     auto read_logs = [&]() {
         bool any = false;
         for (auto &in : instances) {
@@ -1010,50 +846,19 @@ int run(const Options &opt)
                     for (auto &fe : f->poll()) {
                         if (fe.kind != FollowEvent::Line) {
                             if (list == &in->errors)
-                                sink->warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
+                                engine.warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
                                                                     : fe.kind == FollowEvent::Truncated ? "truncated"
                                                                                                         : "vanished"),
                                                fe.text, 0});
                             continue;
                         }
-                        any = take_line(*in, fe.text, 0) || any;
+                        Instance *inp = in.get();
+                        any = engine.log_line(fe.text, [inp](uint32_t logged) { return inp->host_pid(logged); }) ||
+                              any;
                     }
         }
         return any;
     };
-    auto resolve_access = [&](bool final_all) {
-        uint64_t now = boot_now_ns();
-        while (!pending_access.empty() && (final_all || now >= pending_access.front().deadline)) {
-            const AccessLine &a = pending_access.front().line;
-            if (!correlator.covered(a)) {
-                summary.access_only++;
-                emit(correlator.explain_access(a), 0);
-            }
-            pending_access.pop_front();
-        }
-    };
-    auto resolve = [&](bool final_all) {
-        uint64_t now = boot_now_ns();
-        std::deque<Pending> waiting;
-        size_t over = pending.size() > kMaxPending ? pending.size() - kMaxPending : 0;
-        for (auto &p : pending) {
-            bool final = final_all || now >= p.deadline || over > 0;
-            if (over > 0)
-                over--;
-            if (!final && now < p.next_try) {
-                waiting.push_back(std::move(p));
-                continue;
-            }
-            if (auto v = correlator.explain(p.line, final)) {
-                emit(*v, p.logged_pid);
-            } else {
-                p.next_try = now + 20'000'000ULL;
-                waiting.push_back(std::move(p));
-            }
-        }
-        pending.swap(waiting);
-    };
-
     // A new Nginx master to follow (restart with --follow, or one that
     // started in a selected container).
     std::unordered_map<uint32_t, bool> adopt_failed; // masters whose logs could not be found: said once
@@ -1069,7 +874,7 @@ int run(const Options &opt)
             if (adopt_failed.size() > 4096)
                 adopt_failed.clear();
             adopt_failed[master] = true;
-            sink->warning({"nginx_logs", derr, 0});
+            engine.warning({"nginx_logs", derr, 0});
             return false;
         }
         start_instance(*in);
@@ -1082,7 +887,7 @@ int run(const Options &opt)
         InstanceInfo ii = instance_info(*in);
         std::vector<std::string> logs = ii.error_logs;
         logs.insert(logs.end(), ii.captured_logs.begin(), ii.captured_logs.end());
-        sink->warning({code,
+        engine.warning({code,
                        fmt::format("{}: following Nginx master {}{} (workers {}; logs {})", why, in->info.master,
                                    in->container ? " in " + describe(*in->container) : "",
                                    fmt::format("{}", fmt::join(in->info.workers, " ")),
@@ -1108,7 +913,7 @@ int run(const Options &opt)
                     successor = pid;
             }
             if (successor) {
-                sink->warning({"nginx_new_master",
+                engine.warning({"nginx_new_master",
                                fmt::format("the Nginx master {} has exited; following its successor {} (binary "
                                            "upgrade)",
                                            in.info.master, successor),
@@ -1125,18 +930,15 @@ int run(const Options &opt)
                 for (auto &f : *list)
                     for (auto &fe : f->poll())
                         if (fe.kind == FollowEvent::Line)
-                            take_line(in, fe.text, 0);
+                            engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
                 list->clear();
             }
             for (const auto &c : in.info.captures) {
                 loader.uncapture_file(c.dev, c.ino);
-                capture_of.erase({c.dev, c.ino});
+                engine.remove_capture(c.dev, c.ino);
             }
-            for (auto it = capture_partial.begin(); it != capture_partial.end();)
-                it = capture_of.count({std::get<0>(it->first), std::get<1>(it->first)}) ? std::next(it)
-                                                                                       : capture_partial.erase(it);
             bool waits = opt.follow || in.selected;
-            sink->warning({"nginx_gone",
+            engine.warning({"nginx_gone",
                            fmt::format("the Nginx master {} has exited{}", in.info.master,
                                        in.selected ? "; waiting for Nginx to start again in the selection"
                                        : opt.follow ? "; waiting for a new one (--follow)"
@@ -1186,6 +988,10 @@ int run(const Options &opt)
         }
     };
 
+    auto take_counters = [&]() {
+        KernelCounters kc = loader.counters();
+        engine.counters({kc.lost, kc.map_full});
+    };
     while (!stop) {
         epoll_event evs[4];
         // The kernel side wakes us only for bursts: poll every 10 ms.
@@ -1201,66 +1007,53 @@ int run(const Options &opt)
                     stop = true;
             }
         }
+        if (rec)
+            rec->maybe_rotate(); // between inputs: a new segment starts with a snapshot
+        uint64_t now = boot_now_ns();
+        engine.tick(now, real_now_ns());
         if (loader.consume() < 0)
-            sink->warning({"ring_error", "reading the ring buffer failed", 0});
+            engine.warning({"ring_error", "reading the ring buffer failed", 0});
         if (read_logs()) {
             // The kernel events behind a line were produced before Nginx wrote
             // it: drain them before correlating.
             loader.consume();
         }
-        if (!pending.empty())
-            check_losses(); // before verdicts: a loss in their window lowers their confidence
-        resolve(false);
-        resolve_access(false);
-
-        uint64_t now = boot_now_ns();
-        if (now >= next_stats) {
-            next_stats = now + 1'000'000'000ULL;
-            report_suppressed();
+        take_counters();
+        if (engine.step()) { // once a second
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown
-            check_losses();
             check_instances();
-            state.expire(now);
         }
         if (now >= next_rebase) {
             next_rebase = now + 60'000'000'000ULL;
             tb = Timebase::measure(); // follow wall-clock steps (NTP)
-            correlator.set_timebase(tb);
+            engine.set_timebase(tb);
+        }
+        if (rec) {
+            rec->flush();
+            engine.check_recorder();
         }
         if (stop_at && now >= stop_at)
             stop = true;
     }
 
     // Drain: kernel events and log lines already written still count.
+    engine.tick(boot_now_ns(), real_now_ns());
     loader.consume();
     read_logs();
     loader.consume();
-    resolve(true);
-    resolve_access(true);
-    report_suppressed();
-
-    KernelCounters kc = loader.counters();
-    summary.events = state.stats().events;
-    summary.events_lost = kc.lost;
-    summary.events_malformed = malformed;
-    summary.map_full = kc.map_full;
-    summary.duration_s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    const StateStats &ss = state.stats();
-    summary.window_s = opt.window_s;
-    summary.expired = ss.conns_expired + ss.procs_expired + ss.listeners_expired;
-    summary.dropped = ss.conns_dropped + ss.procs_dropped;
-    summary.conns_held = state.conns_held();
-    summary.procs_held = state.procs_held();
+    take_counters();
+    uint64_t rss_kib = 0;
     if (FILE *f = fopen("/proc/self/status", "r")) {
         char line[256];
         while (fgets(line, sizeof(line), f))
-            if (sscanf(line, "VmRSS: %" SCNu64, &summary.rss_kib) == 1)
+            if (sscanf(line, "VmRSS: %" SCNu64, &rss_kib) == 1)
                 break;
         fclose(f);
     }
-    sink->summary(summary);
+    engine.finish(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(), rss_kib);
+    if (rec)
+        engine.check_recorder();
     return exit_code;
 }
 

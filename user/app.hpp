@@ -22,6 +22,8 @@ struct Options {
     bool verbose = false;
     bool dump_events = false; // print every kernel event to stderr (debugging)
     std::string raw_record;   // write every raw ring-buffer record to this file (benchmarks, debugging)
+    std::string record;       // --record: every input of the verdicts, for `n502trace replay`
+    uint64_t record_max = 0;  // --record-max: bound on the recording's segments together (0: one file, unbounded)
     uint32_t max_verdicts_per_sec = 20; // per cause and upstream; 0: no limit
     uint32_t grace_ms = 300; // how long a log line waits for its kernel evidence
     double window_s = 300;   // kernel evidence kept this long (--window)

@@ -123,7 +123,7 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
 Verdict Correlator::decide(const LogLine &line, Conn *conn)
 {
     Verdict v;
-    v.ts_real_ns = real_now_ns();
+    v.ts_real_ns = opt_.now_real ? opt_.now_real() : real_now_ns();
     v.status = line.status;
     v.nginx_pid = line.pid;
     v.nginx_conn = line.conn;

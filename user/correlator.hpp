@@ -17,6 +17,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -33,6 +34,9 @@ namespace n502 {
 
 struct CorrelatorOptions {
     int64_t max_skew_ns = 5'000'000'000LL;
+    // The wall clock verdicts are stamped with (null: real_now_ns()); the
+    // engine's, so that a replay stamps them as the live run did.
+    std::function<int64_t()> now_real;
 };
 
 class Correlator {

@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include "app.hpp"
+#include "engine.hpp"
+#include "recording.hpp"
 #include "report.hpp"
 #include "rules.hpp"
 
@@ -73,11 +75,29 @@ int main(int argc, char **argv)
     app.add_option("--raw-record", opt.raw_record,
                    "Write every raw kernel event to FILE (u32 length + record; for scripts/bench-pipeline)");
 
+    std::string record_max;
+    app.add_option("--record", opt.record,
+                   "Record everything the verdicts are made from (start-up snapshot, kernel events, log lines, "
+                   "process facts, host look-ups) to FILE, for `n502trace replay FILE` on any machine");
+    app.add_option("--record-max", record_max,
+                   "Bound the recording to SIZE bytes (suffixes k, M, G: 64M): it is split into four segments "
+                   "(FILE newest, then FILE.1, FILE.2, FILE.3) and the oldest is deleted when a new one starts; each "
+                   "segment starts with a snapshot and replays on its own (default: one file, unbounded)");
+
+    std::string replay_in;
+    bool replay_json = false;
+    CLI::App *replay = app.add_subcommand(
+        "replay", "Replay a recording made with --record: the same verdicts, offline, without root or BPF "
+                  "(n502trace replay FILE [--json]); older segments FILE.1, FILE.2, ... are replayed first");
+    replay->add_option("file", replay_in, "Recording written by n502trace --record")->required();
+    replay->add_flag("--json", replay_json, "Print JSON Lines instead of text");
+
     std::string report_in, report_out;
     CLI::App *report = app.add_subcommand(
-        "report", "Write a self-contained HTML postmortem page from a --json output (n502trace report FILE [-o "
-                  "OUT.html]) and print a short summary");
-    report->add_option("file", report_in, "JSON Lines written by n502trace --json")->required();
+        "report", "Write a self-contained HTML postmortem page from a --json output or a --record recording "
+                  "(n502trace report FILE [-o OUT.html]) and print a short summary");
+    report->add_option("file", report_in, "JSON Lines written by n502trace --json, or a recording (--record)")
+        ->required();
     report->add_option("-o,--output", report_out, "HTML file to write (default: FILE.html)");
 
     try {
@@ -90,10 +110,25 @@ int main(int argc, char **argv)
         fmt::print("n502trace {}\n", N502_VERSION);
         return 0;
     }
+    if (*replay)
+        return n502::run_replay(replay_in, replay_json);
     if (*report)
         return n502::run_report(report_in, report_out);
     if (check)
         return n502::run_check();
+    if (!record_max.empty()) {
+        auto n = n502::parse_size(record_max);
+        if (!n || *n < 64 * 1024) {
+            fmt::print(stderr, "n502trace: error: --record-max {}: give a size of at least 64k (e.g. 64M, 1G)\n",
+                       record_max);
+            return n502::EXIT_USAGE;
+        }
+        if (opt.record.empty()) {
+            fmt::print(stderr, "n502trace: error: --record-max bounds a recording: give --record FILE too\n");
+            return n502::EXIT_USAGE;
+        }
+        opt.record_max = *n;
+    }
     if (opt.nginx_pid == 0 && opt.containers.empty() && opt.cgroups.empty()) {
         fmt::print(stderr, "n502trace: error: say which Nginx: --nginx-pid PID (the master or any worker; `pgrep -a "
                            "nginx` lists them), --container NAME or --cgroup PATH. See --help.\n");

@@ -1,5 +1,10 @@
 #include "report.hpp"
 
+#include <sstream>
+
+#include "engine.hpp"
+#include "recording.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -355,7 +360,24 @@ int run_report(const std::string &input, const std::string &output)
         return EXIT_USAGE;
     }
     std::string err;
-    auto rep = build_report(in, input, &err);
+    std::optional<Report> rep;
+    if (looks_like_recording(input)) {
+        // A recording: its replay's --json output is the report's input.
+        std::vector<std::string> warnings;
+        std::string lines;
+        try {
+            lines = replay_to_json(input, &warnings);
+        } catch (const RecordingError &e) {
+            fmt::print(stderr, "n502trace: error: {}\n", e.what());
+            return EXIT_USAGE;
+        }
+        for (const auto &w : warnings)
+            fmt::print(stderr, "n502trace: warning: {}\n", w);
+        std::istringstream replayed(lines);
+        rep = build_report(replayed, input, &err);
+    } else {
+        rep = build_report(in, input, &err);
+    }
     if (!rep) {
         fmt::print(stderr, "n502trace: error: {}\n", err);
         return EXIT_USAGE;

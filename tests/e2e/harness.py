@@ -693,12 +693,20 @@ class Tool:
         self.errpath = h.path("n502trace.stderr")
         self.stopped = False
         self.returncode = None
+        # Every run is recorded; stop() replays the recording and checks that
+        # the replay gives the live verdicts (n502trace replay FILE --json).
+        Tool.runs += 1
+        self.record_path = h.path("n502trace-%d.rec" % Tool.runs)
+        self.replayed = None
+
+    runs = 0
 
     def start(self, ready_timeout=20):
         argv = [self.binary]
         if self.master_pid is not None:
             argv += ["--nginx-pid", str(self.master_pid)]
         argv += self.args
+        argv += ["--record", self.record_path]
         if self.json_mode:
             argv.append("--json")
         # Debugging aid: N502_EXTRA_ARGS="--dump-events" puts every kernel event in the stderr file.
@@ -773,6 +781,48 @@ class Tool:
             problems.append("n502trace printed non-JSON lines on stdout: %r" % self.out.bad[:5])
         if problems:
             raise Failure("; ".join(problems))
+        self.check_replay()
+
+    # Fields of a summary that describe the run itself, not what it concluded:
+    # when it was printed, how long the live run lasted and how much memory it
+    # used. A replay reports the recorded duration and RSS, but its record's
+    # own "ts" is the time of the replay.
+    SUMMARY_RUN_FIELDS = ("ts",)
+
+    def check_replay(self):
+        """Replay the recording offline and compare: every verdict record
+        whole (the replay serves the recorded clock, so even "ts" is equal),
+        and the summary's counts."""
+        t0 = time.monotonic()
+        p = subprocess.run([self.binary, "replay", self.record_path] + (["--json"] if self.json_mode else []),
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        took = time.monotonic() - t0
+        if p.returncode != 0:
+            raise Failure("n502trace replay %s exited with %d: %s" % (self.record_path, p.returncode,
+                                                                       p.stderr.decode(errors="replace")[-2000:]))
+        if not self.json_mode:
+            return
+        replayed = [json.loads(l) for l in p.stdout.decode().splitlines() if l.strip()]
+        self.replayed = replayed
+        live_v = self.records("verdict")
+        rep_v = [r for r in replayed if r.get("type") == "verdict"]
+        if live_v != rep_v:
+            diff = ""
+            for i, (a, b) in enumerate(zip(live_v, rep_v)):
+                if a != b:
+                    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                    diff = "first difference in verdict %d, fields %s: live %r, replayed %r" % (
+                        i, keys, {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys})
+                    break
+            raise Failure("the replay of %s gave %d verdicts, the live run %d; %s" % (
+                self.record_path, len(rep_v), len(live_v), diff or "one list is a prefix of the other"))
+        live_s = [{k: v for k, v in r.items() if k not in self.SUMMARY_RUN_FIELDS} for r in self.records("summary")]
+        rep_s = [{k: v for k, v in r.items() if k not in self.SUMMARY_RUN_FIELDS}
+                 for r in replayed if r.get("type") == "summary"]
+        if live_s != rep_s:
+            raise Failure("the replay's summary differs from the live one: live %r, replayed %r" % (live_s, rep_s))
+        if took > 5:
+            raise Failure("replaying %s took %.1f s" % (self.record_path, took))
 
 
 # ---------------------------------------------------------------- memory cgroup (v1)

@@ -1,0 +1,339 @@
+// Recordings: the file format (round trip, a file cut off, a corrupt record,
+// a newer format, not a recording, segments under a bound) and the engine's
+// replay giving the live verdicts.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.hpp"
+#include "recording.hpp"
+
+using namespace n502;
+
+namespace {
+
+std::string tmp_path(const std::string &name)
+{
+    static std::string dir = [] {
+        char t[] = "/tmp/n502-rec-test-XXXXXX";
+        return std::string(mkdtemp(t));
+    }();
+    std::string p = dir + "/" + name;
+    for (int i = 0; i < 8; i++)
+        unlink(i ? (p + "." + std::to_string(i)).c_str() : p.c_str());
+    return p;
+}
+
+std::string slurp(const std::string &p)
+{
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+void spit(const std::string &p, const std::string &s)
+{
+    std::ofstream f(p, std::ios::binary | std::ios::trunc);
+    f << s;
+}
+
+bool exists(const std::string &p)
+{
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+class FakeFacts : public FactsSource {
+public:
+    ProcFacts proc(uint32_t pid, uint64_t) override
+    {
+        ProcFacts f;
+        f.memory_cgroup = "/test/" + std::to_string(pid);
+        f.ns_pid = pid % 100;
+        return f;
+    }
+    std::optional<ContainerInfo> container(const std::string &path) override
+    {
+        return ContainerInfo{"docker", "id" + path, "web"};
+    }
+};
+
+class FakeHost : public Host {
+public:
+    std::optional<ListenerQueue> listener(const Addr &, uint32_t) override { return std::nullopt; }
+    FileFacts file(const std::string &) override { return {}; }
+    std::optional<Creds> creds(uint32_t) override { return std::nullopt; }
+    std::string activity(uint32_t) override { return "S (sleeping)"; }
+    std::string port_range(uint32_t) override { return "32768-60999"; }
+    int tcp_abort_on_overflow(uint32_t) override { return 0; }
+};
+
+std::string refused_line(uint32_t pid, int conn, int port)
+{
+    return "2026/11/23 03:03:47 [error] " + std::to_string(pid) + "#" + std::to_string(pid) + ": *" +
+           std::to_string(conn) +
+           " connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: "
+           "localhost, request: \"GET /" +
+           std::to_string(conn) + " HTTP/1.1\", upstream: \"http://127.0.0.1:" + std::to_string(port) +
+           "/\", host: \"localhost\"";
+}
+
+// A live run of the engine, recorded: Nginx processes, a listener, lines
+// that become verdicts; returns the verdict lines it printed.
+std::vector<std::string> live_run(const std::string &path, uint64_t max_bytes, int lines, std::string *out_json)
+{
+    std::string err;
+    auto rec = Recorder::open(path, max_bytes, &err);
+    REQUIRE(rec);
+    char *buf = nullptr;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    {
+        FakeFacts ff;
+        FakeHost fh;
+        RecordingFacts rf(ff, *rec);
+        RecordingHost rh(fh, *rec);
+        JsonSink sink(mem, Timebase(1'700'000'000'000'000'000LL));
+        EngineConfig cfg;
+        cfg.tb_offset_ns = 1'700'000'000'000'000'000LL;
+        cfg.boot_ns = 5'000'000'000ULL;
+        cfg.real_ns = cfg.boot_ns + cfg.tb_offset_ns;
+        cfg.max_verdicts_per_sec = 0;
+        Engine eng(cfg, sink, &rh, rf, rec.get());
+        rec->on_segment = [&]() {
+            rec->put(Rec::SnapshotBegin, std::string());
+            eng.write_config();
+            rf.write_known();
+            eng.write_snapshot_state();
+            rec->put(Rec::SnapshotEnd, std::string());
+        };
+        rec->put(Rec::SnapshotBegin, std::string());
+        eng.write_config();
+        eng.add_process(100, N502_PROC_NGINX, "nginx", 0);
+        eng.add_process(101, N502_PROC_NGINX, "nginx", 100);
+        eng.add_listener(Addr::ipv4(0x7f000001, 9000), 300, "python3");
+        rec->put(Rec::SnapshotEnd, std::string());
+        eng.ready(ReadyInfo{});
+        uint64_t now = cfg.boot_ns;
+        for (int i = 0; i < lines; i++) {
+            rec->maybe_rotate();
+            now += 50'000'000ULL;
+            eng.tick(now, static_cast<int64_t>(now) + cfg.tb_offset_ns + 7);
+            eng.log_line(refused_line(101, i + 1, 9000 + i % 3), [](uint32_t p) { return p; });
+            eng.counters({0, 0});
+            eng.step();
+            rec->flush();
+        }
+        eng.tick(now + 1'000'000'000ULL, static_cast<int64_t>(now) + cfg.tb_offset_ns + 1'000'000'007LL);
+        eng.finish(1.5, 1234);
+    }
+    rec.reset();
+    fclose(mem);
+    std::string json(buf, len);
+    free(buf);
+    if (out_json)
+        *out_json = json;
+    std::vector<std::string> verdicts;
+    std::istringstream in(json);
+    for (std::string l; std::getline(in, l);)
+        if (l.find("\"type\": \"verdict\"") != std::string::npos || l.find("\"type\":\"verdict\"") != std::string::npos)
+            verdicts.push_back(l);
+    return verdicts;
+}
+
+// A verdict without its "ts" (when it was made): a line still waiting for
+// evidence where a recording ends is explained at its end, not when the live
+// run explained it.
+std::string strip_ts(std::string line)
+{
+    auto ts = line.find("\"ts\":\"");
+    if (ts != std::string::npos)
+        line.erase(ts, line.find('"', ts + 6) + 2 - ts);
+    return line;
+}
+
+std::vector<std::string> verdict_lines(const std::string &json)
+{
+    std::vector<std::string> v;
+    std::istringstream in(json);
+    for (std::string l; std::getline(in, l);)
+        if (l.find("\"type\": \"verdict\"") != std::string::npos || l.find("\"type\":\"verdict\"") != std::string::npos)
+            v.push_back(l);
+    return v;
+}
+
+} // namespace
+
+TEST_CASE("records round-trip through the file with their types and payloads", "[recording]")
+{
+    std::string p = tmp_path("roundtrip.rec");
+    {
+        std::string err;
+        auto r = Recorder::open(p, 0, &err);
+        REQUIRE(r);
+        r->put(Rec::Tick, Enc().u64(42).i64(-7));
+        r->put(Rec::LogLine, Enc().u32(5).str("a line\nwith a newline"));
+        r->put(Rec::Kernel, std::string(3000, '\xab'));
+    }
+    RecordingReader rd(p);
+    auto a = rd.next();
+    REQUIRE(a);
+    CHECK(a->type == static_cast<uint16_t>(Rec::Tick));
+    Dec d(a->payload, a->type);
+    CHECK(d.u64() == 42);
+    CHECK(d.i64() == -7);
+    CHECK_THROWS_AS(d.u8(), RecordingError); // reading past the payload is refused
+    auto b = rd.next();
+    REQUIRE(b);
+    Dec db(b->payload, b->type);
+    CHECK(db.u32() == 5);
+    CHECK(db.str() == "a line\nwith a newline");
+    auto c = rd.next();
+    REQUIRE(c);
+    CHECK(c->payload == std::string(3000, '\xab'));
+    CHECK(!rd.next());
+    CHECK(rd.warnings.empty());
+}
+
+TEST_CASE("the replay of a recorded engine run gives the live verdicts and summary", "[recording]")
+{
+    std::string p = tmp_path("engine.rec");
+    std::string live_json;
+    auto live = live_run(p, 0, 6, &live_json);
+    REQUIRE(live.size() == 6);
+    std::vector<std::string> warnings;
+    std::string replayed = replay_to_json(p, &warnings);
+    CHECK(warnings.empty());
+    CHECK(verdict_lines(replayed) == live);
+    // The recorded wall clock stamps the verdicts (not the replay's).
+    CHECK(live[0].find("2023-11-14T") != std::string::npos);
+    auto summary = [](const std::string &j) {
+        auto at = j.find("\"type\":\"summary\"");
+        REQUIRE(at != std::string::npos);
+        auto line = j.substr(j.rfind('\n', at) + 1);
+        line = line.substr(0, line.find('\n'));
+        // Only "ts" (when the line was printed) may differ.
+        return strip_ts(line);
+    };
+    CHECK(summary(replayed) == summary(live_json));
+}
+
+TEST_CASE("a recording cut off inside a record replays up to its last whole record, with a warning",
+          "[recording]")
+{
+    std::string p = tmp_path("cut.rec");
+    auto live = live_run(p, 0, 6, nullptr);
+    std::string bytes = slurp(p);
+    // Cut in the middle of the records: find the 4th log line's record and cut inside it.
+    auto at = bytes.find("*4 connect()");
+    REQUIRE(at != std::string::npos);
+    spit(p, bytes.substr(0, at));
+    std::vector<std::string> warnings;
+    std::string replayed = replay_to_json(p, &warnings);
+    auto got = verdict_lines(replayed);
+    REQUIRE(got.size() == 3); // lines 1-3 were whole; pending ones are explained at the end
+    for (size_t i = 0; i < got.size(); i++)
+        CHECK(strip_ts(got[i]) == strip_ts(live[i]));
+    CHECK(got[0] != live[0]); // explained at the end of what was recorded, not 300 ms after the line
+    REQUIRE(warnings.size() >= 2);
+    CHECK(warnings[0].find("cut off inside a record") != std::string::npos);
+    CHECK(warnings[1].find("no end record") != std::string::npos);
+}
+
+TEST_CASE("a record whose checksum fails is refused as corrupt", "[recording]")
+{
+    std::string p = tmp_path("corrupt.rec");
+    live_run(p, 0, 3, nullptr);
+    std::string bytes = slurp(p);
+    auto at = bytes.find("*2 connect()");
+    REQUIRE(at != std::string::npos);
+    bytes[at + 1] = '9';
+    spit(p, bytes);
+    std::vector<std::string> warnings;
+    CHECK_THROWS_WITH(replay_to_json(p, &warnings), Catch::Contains("corrupt") && Catch::Contains("checksum"));
+}
+
+TEST_CASE("a recording of a newer format version is refused by name", "[recording]")
+{
+    std::string p = tmp_path("future.rec");
+    live_run(p, 0, 1, nullptr);
+    std::string bytes = slurp(p);
+    uint32_t v = kRecVersion + 1;
+    std::memcpy(&bytes[8], &v, 4);
+    spit(p, bytes);
+    std::vector<std::string> warnings;
+    CHECK_THROWS_WITH(replay_to_json(p, &warnings),
+                      Catch::Contains("format version " + std::to_string(v)) && Catch::Contains("newer n502trace"));
+}
+
+TEST_CASE("a file that is not a recording is refused", "[recording]")
+{
+    std::string p = tmp_path("not.rec");
+    spit(p, "{\"type\": \"ready\"}\n");
+    std::vector<std::string> warnings;
+    CHECK_THROWS_WITH(replay_to_json(p, &warnings), Catch::Contains("is not an n502trace recording"));
+    spit(p, "");
+    CHECK_THROWS_WITH(replay_to_json(p, &warnings), Catch::Contains("is not an n502trace recording"));
+    CHECK_THROWS_WITH(replay_to_json(tmp_path("missing.rec"), &warnings), Catch::Contains("cannot read"));
+    CHECK(!looks_like_recording(p));
+}
+
+TEST_CASE("--record-max: segments rotate, the oldest is dropped, each segment replays on its own", "[recording]")
+{
+    std::string p = tmp_path("bounded.rec");
+    const uint64_t max = 64 * 1024;
+    auto live = live_run(p, max, 600, nullptr);
+    REQUIRE(live.size() == 600);
+    CHECK(exists(p));
+    CHECK(exists(p + ".1"));
+    CHECK(exists(p + ".3"));
+    CHECK(!exists(p + ".4"));
+    uint64_t total = 0;
+    for (const auto &f : {p, p + ".1", p + ".2", p + ".3"}) {
+        struct stat st;
+        REQUIRE(stat(f.c_str(), &st) == 0);
+        total += static_cast<uint64_t>(st.st_size);
+    }
+    CHECK(total <= max + 8192); // a segment ends after the record that passed its share
+
+    // All kept segments, oldest first: says what was dropped; the verdicts
+    // are the live ones' last part (every line is its own verdict here).
+    std::vector<std::string> warnings;
+    std::string replayed = replay_to_json(p, &warnings);
+    REQUIRE(!warnings.empty());
+    CHECK(warnings[0].find("were dropped") != std::string::npos);
+    auto got = verdict_lines(replayed);
+    REQUIRE(!got.empty());
+    REQUIRE(got.size() < live.size());
+    for (size_t i = 0; i < got.size(); i++)
+        CHECK(got[i] == live[live.size() - got.size() + i]);
+
+    // The oldest kept segment alone (copied away from its siblings).
+    std::string alone = tmp_path("alone.rec");
+    spit(alone, slurp(p + ".3"));
+    warnings.clear();
+    auto seg = verdict_lines(replay_to_json(alone, &warnings));
+    REQUIRE(seg.size() > 20);
+    // Equal, but for the lines still waiting where the segment ends (the
+    // grace period is 300 ms, six of the 50 ms ticks): those are explained at
+    // its end.
+    for (size_t i = 0; i < seg.size(); i++)
+        CHECK((i + 10 < seg.size() ? seg[i] : strip_ts(seg[i])) == (i + 10 < seg.size() ? got[i] : strip_ts(got[i])));
+}
+
+TEST_CASE("sizes for --record-max", "[recording]")
+{
+    CHECK(parse_size("64M") == 64ULL << 20);
+    CHECK(parse_size("1G") == 1ULL << 30);
+    CHECK(parse_size("512k") == 512ULL << 10);
+    CHECK(parse_size("4096") == 4096);
+    CHECK(parse_size("64MiB") == 64ULL << 20);
+    CHECK(!parse_size("M"));
+    CHECK(!parse_size("-1"));
+    CHECK(!parse_size("12x"));
+}

@@ -1,0 +1,424 @@
+#include "recording.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace n502 {
+
+const char *rec_name(uint16_t t)
+{
+    switch (static_cast<Rec>(t)) {
+    case Rec::Config: return "config";
+    case Rec::SnapshotBegin: return "snapshot_begin";
+    case Rec::SnapshotEnd: return "snapshot_end";
+    case Rec::AddProcess: return "add_process";
+    case Rec::AddListener: return "add_listener";
+    case Rec::AddPreexisting: return "add_preexisting";
+    case Rec::AddCapture: return "add_capture";
+    case Rec::RemoveCapture: return "remove_capture";
+    case Rec::Tick: return "tick";
+    case Rec::Timebase: return "timebase";
+    case Rec::Kernel: return "kernel";
+    case Rec::LogLine: return "log_line";
+    case Rec::Counters: return "counters";
+    case Rec::Step: return "step";
+    case Rec::Ready: return "ready";
+    case Rec::Warning: return "warning";
+    case Rec::Finish: return "finish";
+    case Rec::AnsFacts: return "answer:facts";
+    case Rec::AnsContainer: return "answer:container";
+    case Rec::AnsListener: return "answer:listener";
+    case Rec::AnsFile: return "answer:file";
+    case Rec::AnsCreds: return "answer:creds";
+    case Rec::AnsActivity: return "answer:activity";
+    case Rec::AnsPortRange: return "answer:port_range";
+    case Rec::AnsAbortOnOverflow: return "answer:tcp_abort_on_overflow";
+    }
+    return "unknown";
+}
+
+// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), table built on first use.
+uint32_t crc32(const void *data, size_t len, uint32_t crc)
+{
+    static const auto table = [] {
+        std::array<uint32_t, 256> t{};
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            t[i] = c;
+        }
+        return t;
+    }();
+    crc = ~crc;
+    const auto *p = static_cast<const uint8_t *>(data);
+    for (size_t i = 0; i < len; i++)
+        crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+Enc &Enc::addr(const Addr &a)
+{
+    u16(a.family).u16(a.port).u32(a.netns).raw(a.ip.data(), 16);
+    return str(a.path);
+}
+
+Enc &Enc::container(const std::optional<ContainerInfo> &c)
+{
+    u8(c ? 1 : 0);
+    if (c)
+        str(c->runtime).str(c->id).str(c->name);
+    return *this;
+}
+
+void Dec::need(size_t n)
+{
+    if (s_.size() - pos_ < n)
+        throw RecordingError(fmt::format("a {} record is shorter than its contents", rec_name(type_)));
+}
+
+std::string Dec::str()
+{
+    uint32_t n = u32();
+    need(n);
+    std::string out = s_.substr(pos_, n);
+    pos_ += n;
+    return out;
+}
+
+Addr Dec::addr()
+{
+    Addr a;
+    a.family = u16();
+    a.port = u16();
+    a.netns = u32();
+    need(16);
+    std::memcpy(a.ip.data(), s_.data() + pos_, 16);
+    pos_ += 16;
+    a.path = str();
+    return a;
+}
+
+std::optional<ContainerInfo> Dec::container()
+{
+    if (!u8())
+        return std::nullopt;
+    ContainerInfo c;
+    c.runtime = str();
+    c.id = str();
+    c.name = str();
+    return c;
+}
+
+std::optional<uint64_t> parse_size(const std::string &s)
+{
+    if (s.empty() || !isdigit(static_cast<unsigned char>(s[0])))
+        return std::nullopt;
+    size_t pos = 0;
+    unsigned long long v = 0;
+    try {
+        v = std::stoull(s, &pos);
+    } catch (...) {
+        return std::nullopt;
+    }
+    std::string suf = s.substr(pos);
+    if (!suf.empty() && (suf.back() == 'B' || suf.back() == 'b') && suf.size() <= 3)
+        suf.pop_back();
+    if (suf.size() == 2 && (suf[1] == 'i' || suf[1] == 'I'))
+        suf.pop_back();
+    uint64_t mul = 1;
+    if (suf.empty())
+        mul = 1;
+    else if (suf == "k" || suf == "K")
+        mul = 1ULL << 10;
+    else if (suf == "m" || suf == "M")
+        mul = 1ULL << 20;
+    else if (suf == "g" || suf == "G")
+        mul = 1ULL << 30;
+    else
+        return std::nullopt;
+    if (v > UINT64_MAX / mul)
+        return std::nullopt;
+    return v * mul;
+}
+
+// ------------------------------------------------------------------ writer
+
+std::unique_ptr<Recorder> Recorder::open(const std::string &path, uint64_t max_bytes, std::string *err)
+{
+    std::unique_ptr<Recorder> r(new Recorder());
+    r->path_ = path;
+    r->max_ = max_bytes;
+    if (max_bytes) {
+        // Four segments share the bound: the oldest goes when a fifth starts.
+        r->keep_ = 4;
+        r->seg_max_ = std::max<uint64_t>(max_bytes / r->keep_, 4096);
+    }
+    // Older segments of an earlier run would be taken for this run's.
+    for (unsigned i = 1; i < 64; i++)
+        if (unlink(fmt::format("{}.{}", path, i).c_str()) != 0 && errno == ENOENT && i > 4)
+            break;
+    if (!r->start_segment(err))
+        return nullptr;
+    return r;
+}
+
+Recorder::~Recorder()
+{
+    flush();
+    if (fd_ >= 0)
+        close(fd_);
+}
+
+bool Recorder::start_segment(std::string *err)
+{
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd_ < 0) {
+        *err = fmt::format("cannot write {}: {}", path_, strerror(errno));
+        return false;
+    }
+    Enc h;
+    h.raw(kRecMagic, 8).u32(kRecVersion).u32(0).u64(seq_);
+    buf_ = h.buf;
+    written_ = buf_.size();
+    return true;
+}
+
+void Recorder::put(Rec type, const std::string &payload)
+{
+    if (fd_ < 0)
+        return;
+    Enc e;
+    e.u32(static_cast<uint32_t>(payload.size())).u16(static_cast<uint16_t>(type));
+    e.buf += payload;
+    e.u32(crc32(e.buf.data() + 4, e.buf.size() - 4));
+    buf_ += e.buf;
+    written_ += e.buf.size();
+    if (buf_.size() >= 64 * 1024)
+        flush();
+}
+
+void Recorder::flush()
+{
+    size_t done = 0;
+    while (fd_ >= 0 && done < buf_.size()) {
+        ssize_t n = write(fd_, buf_.data() + done, buf_.size() - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            failure = fmt::format("writing {} failed ({}): the recording stops here", path_,
+                                  n < 0 ? strerror(errno) : "nothing written");
+            close(fd_);
+            fd_ = -1;
+            break;
+        }
+        done += static_cast<size_t>(n);
+    }
+    buf_.clear();
+}
+
+bool Recorder::maybe_rotate()
+{
+    if (fd_ < 0 || !seg_max_ || written_ < seg_max_)
+        return false;
+    flush();
+    if (fd_ < 0)
+        return false;
+    close(fd_);
+    fd_ = -1;
+    unlink(fmt::format("{}.{}", path_, keep_ - 1).c_str()); // the oldest
+    for (unsigned i = keep_ - 1; i > 1; i--)
+        rename(fmt::format("{}.{}", path_, i - 1).c_str(), fmt::format("{}.{}", path_, i).c_str());
+    rename(path_.c_str(), (path_ + ".1").c_str());
+    seq_++;
+    std::string err;
+    if (!start_segment(&err)) {
+        failure = err + ": the recording stops here";
+        return false;
+    }
+    if (on_segment)
+        on_segment();
+    return true;
+}
+
+// ------------------------------------------------------------------ reader
+
+uint64_t read_recording_header(FILE *f, const std::string &name)
+{
+    unsigned char h[kRecHeaderSize];
+    size_t n = fread(h, 1, sizeof(h), f);
+    if (n < 8 || std::memcmp(h, kRecMagic, 8) != 0)
+        throw RecordingError(fmt::format("{} is not an n502trace recording (written by --record FILE)", name));
+    if (n < sizeof(h))
+        throw RecordingError(fmt::format("{} is an n502trace recording cut off inside its header: nothing to replay",
+                                         name));
+    uint32_t version;
+    uint64_t seq;
+    std::memcpy(&version, h + 8, 4);
+    std::memcpy(&seq, h + 16, 8);
+    if (version > kRecVersion)
+        throw RecordingError(fmt::format("{} is a recording of format version {}, written by a newer n502trace; "
+                                         "this one ({}) reads format versions up to {}",
+                                         name, version, N502_VERSION, kRecVersion));
+    if (version == 0)
+        throw RecordingError(fmt::format("{} has an invalid recording format version 0", name));
+    return seq;
+}
+
+bool looks_like_recording(const std::string &path)
+{
+    FILE *f = fopen(path.c_str(), "rb");
+    if (!f)
+        return false;
+    char m[8];
+    bool yes = fread(m, 1, 8, f) == 8 && std::memcmp(m, kRecMagic, 8) == 0;
+    fclose(f);
+    return yes;
+}
+
+RecordingReader::RecordingReader(const std::string &path)
+{
+    FILE *f = fopen(path.c_str(), "rb");
+    if (!f)
+        throw RecordingError(fmt::format("cannot read {}: {}", path, strerror(errno)));
+    uint64_t seq;
+    try {
+        seq = read_recording_header(f, path);
+    } catch (...) {
+        fclose(f);
+        throw;
+    }
+    fclose(f);
+    // Older segments of the same run: path.1 is segment seq-1, and so on.
+    std::vector<std::string> older;
+    for (unsigned i = 1; i <= seq && i < 64; i++) {
+        std::string p = fmt::format("{}.{}", path, i);
+        FILE *g = fopen(p.c_str(), "rb");
+        if (!g)
+            break;
+        uint64_t s = UINT64_MAX;
+        try {
+            s = read_recording_header(g, p);
+        } catch (const RecordingError &) {
+        }
+        fclose(g);
+        if (s != seq - i)
+            break;
+        older.push_back(p);
+    }
+    files_.assign(older.rbegin(), older.rend());
+    files_.push_back(path);
+    first_seq_ = seq - older.size();
+    if (first_seq_ > 0)
+        warnings.push_back(fmt::format("the recording starts at segment {}: the {} segment{} before it {} dropped "
+                                       "(--record-max); what happened before that segment's snapshot is not in it",
+                                       first_seq_, first_seq_, first_seq_ == 1 ? "" : "s",
+                                       first_seq_ == 1 ? "was" : "were"));
+    if (!open_file(0))
+        throw RecordingError(fmt::format("cannot read {}", files_[0]));
+}
+
+RecordingReader::~RecordingReader()
+{
+    if (f_)
+        fclose(f_);
+}
+
+bool RecordingReader::open_file(size_t i)
+{
+    if (f_)
+        fclose(f_);
+    f_ = nullptr;
+    cur_ = i;
+    if (i >= files_.size())
+        return false;
+    name_ = files_[i];
+    f_ = fopen(name_.c_str(), "rb");
+    if (!f_)
+        return false;
+    seq_ = read_recording_header(f_, name_);
+    off_ = kRecHeaderSize;
+    skipping_ = false;
+    return true;
+}
+
+std::optional<RawRecord> RecordingReader::read_one()
+{
+    while (f_) {
+        unsigned char h[6];
+        size_t n = fread(h, 1, sizeof(h), f_);
+        auto cut = [&]() {
+            warnings.push_back(fmt::format("{} is cut off inside a record at byte {} (the recording was interrupted "
+                                           "or is still being written): replayed up to its last whole record",
+                                           name_, off_));
+        };
+        if (n == 0) {
+            open_file(cur_ + 1);
+            continue;
+        }
+        if (n < sizeof(h)) {
+            cut();
+            open_file(cur_ + 1);
+            continue;
+        }
+        uint32_t len;
+        uint16_t type;
+        std::memcpy(&len, h, 4);
+        std::memcpy(&type, h + 4, 2);
+        if (len > kRecMaxPayload)
+            throw RecordingError(fmt::format("{} is corrupt: the record at byte {} claims {} bytes", name_, off_, len));
+        RawRecord r;
+        r.type = type;
+        r.offset = off_;
+        r.payload.resize(len);
+        uint32_t want = 0;
+        if (fread(r.payload.data(), 1, len, f_) != len || fread(&want, 1, 4, f_) != 4) {
+            cut();
+            open_file(cur_ + 1);
+            continue;
+        }
+        uint32_t got = crc32(h + 4, 2);
+        got = crc32(r.payload.data(), r.payload.size(), got);
+        if (got != want)
+            throw RecordingError(fmt::format("{} is corrupt: the {} record at byte {} fails its checksum", name_,
+                                             rec_name(type), off_));
+        off_ += sizeof(h) + len + 4;
+        // A later segment's snapshot repeats what the engine already knows.
+        if (cur_ > 0 && type == static_cast<uint16_t>(Rec::SnapshotBegin)) {
+            skipping_ = true;
+            continue;
+        }
+        if (skipping_) {
+            if (type == static_cast<uint16_t>(Rec::SnapshotEnd))
+                skipping_ = false;
+            continue;
+        }
+        return r;
+    }
+    return std::nullopt;
+}
+
+std::optional<RawRecord> RecordingReader::next()
+{
+    if (peeked_) {
+        auto r = std::move(peeked_);
+        peeked_.reset();
+        return r;
+    }
+    return read_one();
+}
+
+uint16_t RecordingReader::peek_type()
+{
+    if (!peeked_)
+        peeked_ = read_one();
+    return peeked_ ? peeked_->type : 0;
+}
+
+} // namespace n502
