@@ -186,6 +186,89 @@ def main():
             check(recs[-1]["type"] == "summary", "last record is not summary: %r" % recs[-1:])
             check(took < 10, "--duration 1 took %.1fs" % took)
 
+        @case("record and replay: offline as nobody, report on a recording, bad recordings refused")
+        def _():
+            import shutil
+            import tempfile
+            rec = h.path("cli.rec")
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json", "--record", rec],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                for _i in range(2):
+                    check(harness.http_get(nginx.port).status == 502, "no 502")
+                    read_lines_until(p, lambda l: '"type":"verdict"' in l, 10)
+            finally:
+                p.send_signal(signal.SIGINT)
+                out, _err = p.communicate(timeout=10)
+            live = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+            # read_lines_until consumed the lines it read: take the verdicts from the replay below and
+            # count them against the summary the live run printed.
+            summary = [x for x in live if x["type"] == "summary"]
+            check(summary and summary[0]["verdicts"] == 2, "live summary %r" % summary)
+            # Offline, without root or BPF: user nobody, every capability gone, a copy elsewhere.
+            d = tempfile.mkdtemp(prefix="n502-replay-")
+            try:
+                os.chmod(d, 0o755)
+                copy = os.path.join(d, "copy.rec")
+                shutil.copy(rec, copy)
+                os.chmod(copy, 0o644)
+                r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                    "--inh-caps=-all", "--bounding-set=-all", BIN, "replay", copy, "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+                check(r.returncode == 0, "replay as nobody: exit %d: %s" % (r.returncode, r.stderr.decode()))
+                recs = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+                verdicts = [x for x in recs if x["type"] == "verdict"]
+                check(len(verdicts) == 2 and all(v["cause"] == "upstream_not_listening" for v in verdicts),
+                      "replayed verdicts %r" % verdicts)
+                check(recs[0]["type"] == "ready", "replay does not start with the recorded ready: %r" % recs[:1])
+                # The human output too.
+                r = run(["replay", copy])
+                check(r.returncode == 0 and b"cause: upstream_not_listening" in r.stdout,
+                      "text replay: exit %d, %r" % (r.returncode, r.stdout[:300]))
+
+                # report reads a recording like a --json output.
+                html = os.path.join(d, "out.html")
+                r = run(["report", copy, "-o", html])
+                check(r.returncode == 0, "report on a recording: exit %d: %s" % (r.returncode, r.stderr.decode()))
+                with open(html) as f:
+                    page = f.read()
+                check("upstream_not_listening" in page, "the report lacks the cause")
+                check("upstream_not_listening" in r.stdout.decode(), "report summary: %r" % r.stdout)
+
+                data = open(rec, "rb").read()
+                # Cut off mid-record (the last 7 bytes gone): the whole records replay, with a warning.
+                cut = os.path.join(d, "cut.rec")
+                with open(cut, "wb") as f:
+                    f.write(data[:-7])
+                r = run(["replay", cut, "--json"])
+                err = r.stderr.decode()
+                check(r.returncode == 0, "cut recording: exit %d: %s" % (r.returncode, err))
+                check("cut off inside a record" in err, "cut recording: no warning: %r" % err)
+                recs = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+                check(len([x for x in recs if x["type"] == "verdict"]) == 2, "cut recording lost verdicts: %r" % recs)
+                # A newer format version.
+                future = os.path.join(d, "future.rec")
+                with open(future, "wb") as f:
+                    f.write(data[:8] + (99).to_bytes(4, "little") + data[12:])
+                expect_usage_error(["replay", future], "format version 99, written by a newer n502trace")
+                expect_usage_error(["report", future], "format version 99, written by a newer n502trace")
+                # A corrupt record.
+                bad = os.path.join(d, "bad.rec")
+                at = data.index(b"connect() failed")
+                with open(bad, "wb") as f:
+                    f.write(data[:at] + b"X" + data[at + 1:])
+                r = run(["replay", bad, "--json"])
+                check(r.returncode == 2 and b"fails its checksum" in r.stderr,
+                      "corrupt: exit %d, %r" % (r.returncode, r.stderr))
+                # Not a recording, and no file at all.
+                expect_usage_error(["replay", nginx.conf], "is not an n502trace recording")
+                expect_usage_error(["replay", os.path.join(d, "missing.rec")], "cannot read")
+                expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--record", copy, "--record-max", "12x"],
+                                   "--record-max 12x")
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+
         @case("--error-log and --access-log override discovery; --no-access-log skips access logs")
         def _():
             elog = nginx.error_log
