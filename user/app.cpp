@@ -162,11 +162,11 @@ bool have_bpf_privileges()
 
 } // namespace
 
-int run_check()
+int run_check(const std::string &btf_path)
 {
     bool ok = true;
     fmt::print("n502trace {} preflight (nothing is attached):\n", N502_VERSION);
-    auto facts = Loader::preflight();
+    auto facts = Loader::preflight(btf_path);
     // Containers: the cgroup v2 hierarchy (kernel-side selection) and
     // openat2 (logs read inside a container's root without leaving it).
     std::string uroot = unified_root();
@@ -270,6 +270,13 @@ int run(const Options &opt)
     else
         sink = std::make_unique<TextSink>(stdout, tb);
 
+    if (!opt.btf_path.empty()) {
+        std::string why;
+        if (!Loader::check_btf_file(opt.btf_path, &why)) {
+            error(why);
+            return EXIT_USAGE;
+        }
+    }
     // Without privileges every later step fails in a less helpful way: say so first.
     if (!have_bpf_privileges()) {
         error("n502trace needs root (or the capabilities CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, CAP_SYS_PTRACE "
@@ -525,6 +532,7 @@ int run(const Options &opt)
     lo.ringbuf_bytes = opt.ringbuf_kb * 1024u;
     lo.verbose = opt.verbose;
     lo.unix_sockets = opt.unix_sockets;
+    lo.btf_path = opt.btf_path;
     lo.filter_cgroups = !selection.empty() && !uroot.empty();
     for (const auto &sel : selection)
         lo.filter_cgroups = lo.filter_cgroups && !sel.v1;

@@ -28,6 +28,7 @@ struct Options {
     uint32_t grace_ms = 300; // how long a log line waits for its kernel evidence
     double window_s = 300;   // kernel evidence kept this long (--window)
     bool unix_sockets = false; // follow unix-socket upstreams even when no configuration names one
+    std::string btf_path;      // --btf: the kernel's types from this file (kernels without BTF)
 };
 
 enum ExitCode {
@@ -37,6 +38,6 @@ enum ExitCode {
 };
 
 int run(const Options &opt);
-int run_check();
+int run_check(const std::string &btf_path = "");
 
 } // namespace n502

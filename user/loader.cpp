@@ -441,15 +441,45 @@ KernelCounters Loader::counters() const
     return out;
 }
 
-std::vector<std::pair<std::string, std::string>> Loader::preflight()
+bool Loader::check_btf_file(const std::string &path, std::string *why)
+{
+    if (access(path.c_str(), R_OK) != 0) {
+        *why = fmt::format("--btf {}: {}", path, strerror(errno));
+        return false;
+    }
+    struct btf *b = btf__parse(path.c_str(), nullptr);
+    if (!b || libbpf_get_error(b)) {
+        *why = fmt::format("--btf {}: not a readable BTF file (a kernel's BTF, raw or in an ELF .BTF section)", path);
+        return false;
+    }
+    bool kernel = btf__find_by_name_kind(b, "task_struct", BTF_KIND_STRUCT) >= 0;
+    btf__free(b);
+    if (!kernel) {
+        *why = fmt::format("--btf {}: BTF without the kernel's types (no struct task_struct): not a kernel's BTF",
+                           path);
+        return false;
+    }
+    return true;
+}
+
+std::vector<std::pair<std::string, std::string>> Loader::preflight(const std::string &btf_path)
 {
     std::vector<std::pair<std::string, std::string>> out;
     out.emplace_back("root", geteuid() == 0 ? "yes" : "no: run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE)");
     bool kernel_btf = access("/sys/kernel/btf/vmlinux", R_OK) == 0;
-    out.emplace_back("kernel BTF", kernel_btf ? "yes (/sys/kernel/btf/vmlinux)"
-                                              : "MISSING: CO-RE needs the kernel's types: run with --btf FILE (this "
-                                                "kernel's BTF, e.g. from BTFHub) or use a kernel built with "
-                                                "CONFIG_DEBUG_INFO_BTF=y");
+    bool raw = !btf_path.empty(); // a run with --btf uses the raw_tp flavour
+    if (raw) {
+        std::string why;
+        out.emplace_back("BTF from --btf", check_btf_file(btf_path, &why) ? "yes (" + btf_path + "; raw tracepoints)"
+                                                                           : "MISSING: " + why);
+        out.emplace_back("kernel BTF", kernel_btf ? "yes (/sys/kernel/btf/vmlinux; --btf is used instead)"
+                                                  : "no (not needed with --btf)");
+    } else {
+        out.emplace_back("kernel BTF", kernel_btf ? "yes (/sys/kernel/btf/vmlinux)"
+                                                  : "MISSING: CO-RE needs the kernel's types: run with --btf FILE "
+                                                    "(this kernel's BTF, e.g. from BTFHub) or use a kernel built "
+                                                    "with CONFIG_DEBUG_INFO_BTF=y");
+    }
     std::string tf;
     bool tracefs = ensure_tracefs(&tf);
     out.emplace_back("tracefs", tracefs ? "yes" : "MISSING: " + tf);
@@ -466,7 +496,7 @@ std::vector<std::pair<std::string, std::string>> Loader::preflight()
     out.emplace_back("ring buffer", libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr) == 1
                                         ? "yes"
                                         : "MISSING: BPF ring buffers need Linux 5.8 or later");
-    struct btf *vmlinux = btf__load_vmlinux_btf();
+    struct btf *vmlinux = raw ? btf__parse(btf_path.c_str(), nullptr) : btf__load_vmlinux_btf();
     if (vmlinux && libbpf_get_error(vmlinux))
         vmlinux = nullptr;
     n502_bpf *skel = n502_bpf__open();
@@ -478,7 +508,7 @@ std::vector<std::pair<std::string, std::string>> Loader::preflight()
             std::string sec = bpf_program__section_name(prog);
             // The flavour a run would use: tp_btf with the kernel's BTF,
             // raw_tp (with --btf) without it.
-            if (sec.rfind(kernel_btf ? "raw_tp/" : "tp_btf/", 0) == 0)
+            if (sec.rfind(kernel_btf && !raw ? "raw_tp/" : "tp_btf/", 0) == 0)
                 continue;
             out.emplace_back("hook " + sec, hook_available(vmlinux, sec, &why) ? "yes" : "MISSING: " + why);
         }

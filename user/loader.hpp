@@ -85,8 +85,10 @@ public:
     int consume();
     KernelCounters counters() const;
 
-    // Preflight facts for --check.
-    static std::vector<std::pair<std::string, std::string>> preflight();
+    // Preflight facts for --check; btf_path: the file a run would get with --btf.
+    static std::vector<std::pair<std::string, std::string>> preflight(const std::string &btf_path = "");
+    // Whether path is a BTF file libbpf can read (for --btf); *why if not.
+    static bool check_btf_file(const std::string &path, std::string *why);
 
 private:
     static int on_record(void *ctx, void *data, size_t len);

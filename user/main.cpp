@@ -63,6 +63,10 @@ int main(int argc, char **argv)
                  "(it is read at start: a unix: upstream in it, or a configuration that cannot be read, turns "
                  "this on). The unix hooks are syscall tracepoints, which cost every syscall on the host a "
                  "little; TCP upstreams need none");
+    app.add_option("--btf", opt.btf_path,
+                   "The running kernel's BTF, for kernels built without it (no /sys/kernel/btf/vmlinux): a file "
+                   "from BTFHub or made with `pahole --btf_encode_detached`. The hooks then attach as raw "
+                   "tracepoints, typed by this file. Also with --check");
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")
         ->check(CLI::Range(4u, 1u << 20));
     app.add_option("--max-verdicts-per-sec", opt.max_verdicts_per_sec,
@@ -115,7 +119,7 @@ int main(int argc, char **argv)
     if (*report)
         return n502::run_report(report_in, report_out);
     if (check)
-        return n502::run_check();
+        return n502::run_check(opt.btf_path);
     if (!record_max.empty()) {
         auto n = n502::parse_size(record_max);
         if (!n || *n < 64 * 1024) {

@@ -11,8 +11,10 @@ import re
 import os
 import select
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.dont_write_bytecode = True
@@ -390,7 +392,51 @@ def main():
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
             err = r.stderr.decode(errors="replace")
             check(r.returncode == 1, "exit %d, want 1 (stderr %s)" % (r.returncode, err))
-            check("no BTF" in err and "CONFIG_DEBUG_INFO_BTF" in err, "stderr does not name BTF: %r" % err)
+            check("no BTF" in err and "CONFIG_DEBUG_INFO_BTF" in err and "--btf FILE" in err,
+                  "stderr does not name BTF and --btf: %r" % err)
+
+        @case("no BTF, with --btf FILE: raw tracepoints typed by the file, and a real verdict")
+        def _():
+            d = tempfile.mkdtemp(prefix="n502-cli-btf-")
+            try:
+                # This kernel's BTF, copied before hiding it, stands in for a
+                # BTFHub file: the tool sees a kernel without BTF.
+                btf = os.path.join(d, "vmlinux.btf")
+                shutil.copyfile("/sys/kernel/btf/vmlinux", btf)
+                hide = "mount -t tmpfs none /sys/kernel/btf && exec \"$@\""
+                r = subprocess.run(["unshare", "-m", "sh", "-c", hide, "sh", BIN, "--check", "--btf", btf],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+                out = r.stdout.decode(errors="replace")
+                check(r.returncode == 0, "--check --btf without kernel BTF: exit %d: %s" % (r.returncode, out))
+                check(re.search(r"BTF from --btf\s+yes", out), "--check does not accept the file: %s" % out)
+                check(re.search(r"hook raw_tp/inet_sock_set_state\s+yes", out), "no raw_tp hooks in: %s" % out)
+                p = subprocess.Popen(["unshare", "-m", "sh", "-c", hide, "sh", BIN, "--nginx-pid",
+                                      str(nginx.master_pid), "--json", "--btf", btf],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                try:
+                    lines = read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                    ready = json.loads(lines[-1])
+                    probes = ready["probes"]
+                    check("raw_tp/inet_sock_set_state" in probes and "raw_tp/signal_generate" in probes and
+                          not any(x.startswith("tp_btf/") for x in probes), "probes %r" % probes)
+                    check(ready["probes_failed"] == [], "probes_failed %r" % ready["probes_failed"])
+                    r = harness.http_get(nginx.port)
+                    check(r.status == 502, "status %r" % r.status)
+                    lines = read_lines_until(p, lambda l: '"type":"verdict"' in l, 10)
+                    v = json.loads(lines[-1])
+                    check(v["cause"] == "upstream_not_listening", "verdict %s" % lines[-1])
+                    check(any(e["event"] == "state" and e.get("error") == 111 for e in v["evidence"]),
+                          "no refused connect in the evidence: %r" % v["evidence"])
+                finally:
+                    p.send_signal(signal.SIGINT)
+                    p.communicate(timeout=10)
+                # A file that is not a kernel's BTF, or none at all: exit 2, naming it.
+                expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--btf", "/etc/hostname"],
+                                   "--btf /etc/hostname: not a readable BTF file")
+                expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--btf", os.path.join(d, "missing")],
+                                   "No such file or directory")
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
 
         @case("missing tracepoints: the rest attaches, each missing hook is named")
         def _():
