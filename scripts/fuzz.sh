@@ -12,7 +12,7 @@ CXX=${CXX_FUZZ:-clang++}
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -DFMT_HEADER_ONLY -DN502_VERSION='"fuzz"' -Iinclude -Iuser)
 core=(user/logline.cpp user/accesslog.cpp)
-state=(user/decoder.cpp user/state.cpp user/correlator.cpp user/rules.cpp user/host.cpp user/nginx.cpp user/procscan.cpp
+state=(user/decoder.cpp user/state.cpp user/correlator.cpp user/rules.cpp user/host.cpp user/nginx.cpp user/procscan.cpp user/sockdiag.cpp
        user/container.cpp user/logfollow.cpp user/nginxconf.cpp
        user/timebase.cpp user/logline.cpp user/accesslog.cpp)
 echo "fuzz.sh: building"

@@ -25,38 +25,11 @@
 
 #include "nginx.hpp"
 #include "procscan.hpp"
+#include "sockdiag.hpp"
 
 namespace n502 {
 
 namespace {
-
-// Runs fn in a thread that has joined the network namespace of pid (when it
-// differs from ours); network-namespaced files and sockets then see that one.
-void in_netns(uint32_t pid, const std::function<void()> &fn)
-{
-    if (pid == 0) {
-        fn();
-        return;
-    }
-    struct stat mine{}, theirs{};
-    std::string path = fmt::format("/proc/{}/ns/net", pid);
-    if (stat("/proc/self/ns/net", &mine) != 0 || stat(path.c_str(), &theirs) != 0 || mine.st_ino == theirs.st_ino) {
-        fn();
-        return;
-    }
-    std::thread t([&] {
-        int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            // The thread must not share its filesystem context for setns to
-            // be allowed: unshare it first.
-            unshare(CLONE_FS);
-            setns(fd, CLONE_NEWNET);
-            close(fd);
-        }
-        fn();
-    });
-    t.join();
-}
 
 std::string read_first_line(const std::string &path)
 {
@@ -64,44 +37,6 @@ std::string read_first_line(const std::string &path)
     std::string line;
     std::getline(f, line);
     return line;
-}
-
-// One NETLINK_SOCK_DIAG dump; calls on_msg for every message.
-bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsghdr *)> &on_msg)
-{
-    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (fd < 0)
-        return false;
-    sockaddr_nl sa{};
-    sa.nl_family = AF_NETLINK;
-    if (sendto(fd, req, len, 0, reinterpret_cast<sockaddr *>(&sa), sizeof(sa)) < 0) {
-        close(fd);
-        return false;
-    }
-    alignas(nlmsghdr) char buf[32768];
-    bool done = false, ok = true;
-    while (!done) {
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n <= 0) {
-            ok = false;
-            break;
-        }
-        for (auto *h = reinterpret_cast<nlmsghdr *>(buf); NLMSG_OK(h, static_cast<unsigned>(n));
-             h = NLMSG_NEXT(h, n)) {
-            if (h->nlmsg_type == NLMSG_DONE) {
-                done = true;
-                break;
-            }
-            if (h->nlmsg_type == NLMSG_ERROR) {
-                done = true;
-                ok = false;
-                break;
-            }
-            on_msg(h);
-        }
-    }
-    close(fd);
-    return ok;
 }
 
 // The process holding a listening socket, by its inode.

@@ -15,101 +15,26 @@
 
 #include "container.hpp"
 #include "nginx.hpp"
+#include "sockdiag.hpp"
 
 namespace n502 {
 
-// "0100007F:1F90" -> 127.0.0.1:8080 (each 32-bit word in host byte order).
-static bool parse_hex_endpoint(const std::string &hex, bool v6, Addr *out)
-{
-    auto colon = hex.find(':');
-    size_t hexlen = v6 ? 32 : 8;
-    if (colon != hexlen || hex.size() < colon + 2)
-        return false;
-    char *end = nullptr;
-    unsigned long port = strtoul(hex.c_str() + colon + 1, &end, 16);
-    if (*end || port > 65535)
-        return false;
-    Addr a;
-    a.family = v6 ? AF_INET6 : AF_INET;
-    a.port = static_cast<uint16_t>(port);
-    for (size_t w = 0; w < hexlen / 8; w++) {
-        std::string word = hex.substr(w * 8, 8);
-        uint32_t v = static_cast<uint32_t>(strtoul(word.c_str(), &end, 16));
-        if (*end)
-            return false;
-        std::memcpy(a.ip.data() + w * 4, &v, 4);
-    }
-    *out = a;
-    return true;
-}
-
-bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode,
-                             Addr *remote)
-{
-    std::istringstream in(line);
-    std::string sl, loc, rem, st, queues, timer, retr, uid, timeout;
-    if (!(in >> sl >> loc >> rem >> st >> queues >> timer >> retr >> uid >> timeout >> *inode))
-        return false;
-    if (sl.empty() || sl.back() != ':')
-        return false;
-    char *end = nullptr;
-    *state = static_cast<int>(strtol(st.c_str(), &end, 16));
-    if (*end)
-        return false;
-    Addr a, r;
-    if (!parse_hex_endpoint(loc, v6, &a) || !parse_hex_endpoint(rem, v6, &r))
-        return false;
-    if (remote)
-        *remote = r;
-    *local = a;
-    return true;
-}
-
-// The listeners of one network namespace, seen through /proc/NET_PID/net
-// (net_pid 0: ours); appended to out, indexed by socket inode.
+// The listeners of one network namespace (net_pid's; 0: ours), from
+// sock_diag: TCP over IPv4 and IPv6, and unix stream sockets bound to a path.
+// Appended to out, indexed by socket inode.
 static void listeners_of_netns(const std::string &root, uint32_t net_pid, std::vector<ExistingListener> &out,
                                std::unordered_map<uint64_t, size_t> &by_inode)
 {
-    std::string net = net_pid ? fmt::format("{}/{}/net", root, net_pid) : root + "/net";
     uint32_t netns = static_cast<uint32_t>(net_pid ? netns_of(net_pid, root) : netns_of(static_cast<uint32_t>(getpid()), root));
-    for (bool v6 : {false, true}) {
-        std::ifstream f(net + (v6 ? "/tcp6" : "/tcp"));
-        std::string line;
-        while (std::getline(f, line)) {
-            Addr a;
-            int st = 0;
-            uint64_t ino = 0;
-            if (!parse_proc_net_tcp_line(line, v6, &a, &st, &ino) || st != 10 /* LISTEN */ || ino == 0)
-                continue;
-            a.netns = netns;
-            if (by_inode.count(ino))
-                continue;
-            by_inode[ino] = out.size();
-            out.push_back({a, ino, 0, "", {}});
-        }
-    }
-    // Unix stream listeners: "Num RefCount Protocol Flags Type St Inode Path";
-    // Flags has __SO_ACCEPTCON (0x10000) for a listening socket.
-    {
-        std::ifstream f(net + "/unix");
-        std::string line;
-        std::getline(f, line); // header
-        while (std::getline(f, line)) {
-            std::istringstream in(line);
-            std::string num, refcnt, proto, flags, type, st, path;
-            uint64_t ino = 0;
-            if (!(in >> num >> refcnt >> proto >> flags >> type >> st >> ino >> path))
-                continue; // unnamed sockets have no path
-            unsigned long fl = strtoul(flags.c_str(), nullptr, 16);
-            if (!(fl & 0x10000) || type != "0001" || path.empty() || path[0] != '/')
-                continue;
-            if (by_inode.count(ino))
-                continue;
-            by_inode[ino] = out.size();
-            Addr ua = Addr::unix_path(path);
-            ua.netns = netns;
-            out.push_back({ua, ino, 0, "", {}});
-        }
+    std::vector<DiagSock> socks = diag_tcp(net_pid, 1u << 10 /* LISTEN */, netns);
+    for (const DiagSock &u : diag_unix(net_pid, 1u << 10, netns))
+        if (!u.local.path.empty())
+            socks.push_back(u);
+    for (const DiagSock &d : socks) {
+        if (!d.inode || by_inode.count(d.inode))
+            continue;
+        by_inode[d.inode] = out.size();
+        out.push_back({d.local, d.inode, 0, "", {}});
     }
 }
 
@@ -248,19 +173,12 @@ std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, 
     std::vector<uint16_t> listen_ports; // the owners' own listeners: their client side
     for (uint32_t np : net_pids) {
         uint32_t netns = static_cast<uint32_t>(netns_of(np, root));
-        for (bool v6 : {false, true}) {
-            std::ifstream f(fmt::format("{}/{}/net/{}", root, np, v6 ? "tcp6" : "tcp"));
-            std::string line;
-            while (std::getline(f, line)) {
-                Sock s{};
-                if (!parse_proc_net_tcp_line(line, v6, &s.local, &s.state, &s.ino, &s.remote) || !s.ino)
-                    continue;
-                s.local.netns = netns;
-                s.remote.netns = netns;
-                if (s.state == 10 && mine.count(s.ino))
-                    listen_ports.push_back(s.local.port);
-                all.push_back(s);
-            }
+        for (const DiagSock &d : diag_tcp(np, ~0u, netns)) {
+            if (!d.inode)
+                continue;
+            if (d.state == 10 && mine.count(d.inode))
+                listen_ports.push_back(d.local.port);
+            all.push_back({d.local, d.remote, d.state, d.inode});
         }
     }
     auto same_ip = [](const Addr &a, const Addr &b) { return a.family == b.family && a.ip == b.ip && a.port == b.port; };

@@ -19,11 +19,11 @@ struct ExistingListener {
     std::vector<uint32_t> holders; // every process holding it (pre-fork servers share it)
 };
 
-// Reads /proc/net/tcp, /proc/net/tcp6 and /proc/net/unix (stream listeners
-// with a path; the caller's network namespace) and maps socket inodes to
-// processes through /proc/*/fd.
-// net_pids: the network namespaces of these processes (/proc/PID/net/...;
-// empty: ours), each listener with Addr::netns set to its namespace.
+// Lists TCP listeners (IPv4, IPv6) and unix stream listeners bound to a path
+// through sock_diag, and maps their socket inodes to processes through
+// /proc/*/fd. net_pids: the network namespaces of these processes (entered
+// with setns; empty: ours), each listener with Addr::netns set to its
+// namespace.
 std::vector<ExistingListener> scan_tcp_listeners(const std::string &proc_root = "/proc",
                                                  const std::vector<uint32_t> &net_pids = {});
 
@@ -42,10 +42,6 @@ bool socket_fds_of(uint32_t pid, const std::function<bool(uint64_t inode)> &fn, 
 // pid of a process holding the socket inode, 0 when none.
 uint32_t pid_for_socket_inode(uint64_t inode, const std::string &proc_root = "/proc");
 
-// Parses one /proc/net/tcp{,6} line; returns false for the header or junk.
-bool parse_proc_net_tcp_line(const std::string &line, bool v6, Addr *local, int *state, uint64_t *inode,
-                             Addr *remote = nullptr);
-
 // A TCP connection of one of `owners` (Nginx) to an upstream that existed
 // before n502trace started (a keep-alive pool), and the process holding the
 // other end when it is on this host.
@@ -58,8 +54,9 @@ struct ExistingConn {
     uint32_t up_pid = 0;
     std::string up_comm;
 };
-// Looks in the network namespaces of net_pids (/proc/PID/net/tcp{,6});
-// connections to the owners' own listening ports (clients) are left out.
+// Looks in the network namespaces of net_pids (sock_diag, entered with
+// setns); connections to the owners' own listening ports (clients) are left
+// out.
 std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &net_pids,
                                            const std::string &proc_root = "/proc");
 
