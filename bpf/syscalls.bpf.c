@@ -179,7 +179,23 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!sock)
 		return 0;
 	key = (__u64)BPF_CORE_READ(sock, sk);
+	__u64 ino = BPF_CORE_READ(sock, file, f_inode, i_ino);
+	int adopted = 0;
 	s = bpf_map_lookup_elem(&socks, &key);
+	if (!s && adopt_preexisting) {
+		/* A unix connection older than us (a keep-alive pool), known to
+		 * user space by its inode: its close is its first sight. */
+		struct n502_tuple t = { .family = N502_AF_UNIX };
+		struct n502_sock *pre;
+
+		__builtin_memcpy(t.saddr, &ino, sizeof(ino));
+		pre = bpf_map_lookup_elem(&preexisting, &t);
+		if (pre && !bpf_map_update_elem(&socks, &key, pre, BPF_ANY)) {
+			bpf_map_delete_elem(&preexisting, &t);
+			s = bpf_map_lookup_elem(&socks, &key);
+			adopted = 1;
+		}
+	}
 	/* TCP sockets tell their story through state changes (a close is a FIN
 	 * or an abort, attributed to its owner): close() matters for unix
 	 * sockets only, which have no states. */
@@ -193,7 +209,8 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 		e->sock_role = s->role;
 		e->family = s->family;
 		e->owner_tgid = s->owner_tgid;
-		e->_pad = 0;
+		e->adopted = adopted;
+		e->inode = ino;
 		submit(e);
 	}
 	bpf_map_delete_elem(&socks, &key);

@@ -588,8 +588,13 @@ int run(const Options &opt)
     };
     for (auto &in : instances)
         start_instance(*in);
-    auto tuple_of = [](const Addr &local, const Addr &remote) {
+    auto tuple_of = [](const Addr &local, const Addr &remote, uint64_t inode) {
         n502_tuple t{};
+        if (local.family == AF_UNIX) { // by inode (see n502_tuple)
+            t.family = AF_UNIX;
+            std::memcpy(t.saddr, &inode, sizeof(inode));
+            return t;
+        }
         std::memcpy(t.saddr, local.ip.data(), 16);
         std::memcpy(t.daddr, remote.ip.data(), 16);
         t.sport = local.port;
@@ -600,17 +605,18 @@ int run(const Options &opt)
     };
     for (const auto &c : existing) {
         std::string perr;
-        n502_sock nv{c.nginx_pid, N502_SOCK_NGINX, c.local.family};
-        if (!loader.add_preexisting(tuple_of(c.local, c.remote), nv, &perr))
+        n502_sock nv{c.nginx_pid, N502_SOCK_NGINX, c.local.family, 0, 0, 0};
+        if (!loader.add_preexisting(tuple_of(c.local, c.remote, c.inode), nv, &perr))
             engine.warning({"map_full", perr, 0});
         if (c.up_pid) {
-            n502_sock uv{c.up_pid, N502_SOCK_UPSTREAM, c.up_local.family};
-            if (!loader.add_preexisting(tuple_of(c.up_local, c.up_remote), uv, &perr))
+            n502_sock uv{c.up_pid, N502_SOCK_UPSTREAM, c.up_local.family, 0, N502_SOCKF_ANNOUNCED, 0};
+            if (!loader.add_preexisting(tuple_of(c.up_local, c.up_remote, c.up_inode), uv, &perr))
                 engine.warning({"map_full", perr, 0});
             if (!loader.track_process(c.up_pid, N502_PROC_UPSTREAM, &perr))
                 engine.warning({"map_full", perr, 0});
         }
-        engine.add_preexisting(c.nginx_pid, c.local, c.remote, c.up_pid, c.up_comm, c.up_local, c.up_remote);
+        engine.add_preexisting(c.nginx_pid, c.local, c.remote, c.up_pid, c.up_comm, c.up_local, c.up_remote, c.inode,
+                               c.up_inode);
     }
 
     // Listeners that predate us: who holds them, so that their death is seen
@@ -824,7 +830,7 @@ int run(const Options &opt)
                 }
             for (const auto &c : scan_connections(owners, net_pids))
                 rec->put(Rec::AddPreexisting, enc_preexisting(c.nginx_pid, c.local, c.remote, c.up_pid, c.up_comm,
-                                                              c.up_local, c.up_remote));
+                                                              c.up_local, c.up_remote, c.inode, c.up_inode));
             rec->put(Rec::SnapshotEnd, std::string());
         };
     }

@@ -155,6 +155,8 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.sock_role = r.sock_role;
         e.src.family = r.family;
         e.owner = r.owner_tgid;
+        e.ino = r.inode;
+        e.adopted = r.adopted != 0;
         return e;
     }
     case N502_EV_STATE: {

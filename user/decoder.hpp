@@ -59,7 +59,8 @@ struct Event {
     uint64_t bytes_acked = 0;    // STATE
     uint32_t retransmits = 0;    // STATE: the socket's timer-driven resends so far
     uint32_t segs_out = 0;       // STATE: segments the socket has sent
-    uint64_t ino = 0;            // LOG: inode of the file written
+    uint64_t ino = 0;            // LOG: inode of the file written; CLOSE: the socket's inode
+    bool adopted = false;        // CLOSE: a unix connection older than us, first seen now
     uint32_t dev = 0;            // LOG: its device (kernel encoding)
     std::string data;            // LOG: the bytes written (at most N502_LOG_MAX)
     uint32_t cut = 0;            // LOG: bytes of the write not captured

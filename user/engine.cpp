@@ -339,16 +339,28 @@ void Engine::add_listener(const Addr &a, uint32_t pid, const std::string &comm)
 }
 
 Enc enc_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
-                    const std::string &up_comm, const Addr &up_local, const Addr &up_remote)
+                    const std::string &up_comm, const Addr &up_local, const Addr &up_remote, uint64_t inode,
+                    uint64_t up_inode)
 {
-    return std::move(Enc().u32(nginx_pid).addr(local).addr(remote).u32(up_pid).str(up_comm).addr(up_local).addr(up_remote));
+    return std::move(Enc()
+                         .u32(nginx_pid)
+                         .addr(local)
+                         .addr(remote)
+                         .u32(up_pid)
+                         .str(up_comm)
+                         .addr(up_local)
+                         .addr(up_remote)
+                         .u64(inode)
+                         .u64(up_inode));
 }
 
 void Engine::add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
-                             const std::string &up_comm, const Addr &up_local, const Addr &up_remote)
+                             const std::string &up_comm, const Addr &up_local, const Addr &up_remote, uint64_t inode,
+                             uint64_t up_inode)
 {
-    rec(Rec::AddPreexisting, enc_preexisting(nginx_pid, local, remote, up_pid, up_comm, up_local, up_remote));
-    state_.add_preexisting(nginx_pid, local, remote, up_pid, up_comm, up_local, up_remote);
+    rec(Rec::AddPreexisting,
+        enc_preexisting(nginx_pid, local, remote, up_pid, up_comm, up_local, up_remote, inode, up_inode));
+    state_.add_preexisting(nginx_pid, local, remote, up_pid, up_comm, up_local, up_remote, inode, up_inode);
     if (up_pid)
         if (Proc *p = state_.proc(up_pid))
             read_facts(*p);
@@ -744,7 +756,8 @@ void Engine::replay(const RawRecord &r)
         uint32_t up = d.u32();
         std::string comm = d.str();
         Addr ul = d.addr(), ur = d.addr();
-        add_preexisting(np, l, rm, up, comm, ul, ur);
+        uint64_t ino = d.u64();
+        add_preexisting(np, l, rm, up, comm, ul, ur, ino, d.u64());
         break;
     }
     case Rec::AddCapture: {

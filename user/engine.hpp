@@ -115,8 +115,10 @@ public:
     void set_timebase(Timebase tb);
     void add_process(uint32_t pid, uint32_t role, const std::string &comm, uint32_t parent);
     void add_listener(const Addr &a, uint32_t pid, const std::string &comm);
+    // inode, up_inode: the sockets' inodes (how unix sockets are adopted).
     void add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
-                         const std::string &up_comm, const Addr &up_local, const Addr &up_remote);
+                         const std::string &up_comm, const Addr &up_local, const Addr &up_remote, uint64_t inode = 0,
+                         uint64_t up_inode = 0);
     // A log Nginx writes to a pipe/socket: its lines come captured in kernel
     // events (dev, ino); desc names it in warnings.
     void add_capture(uint32_t dev, uint64_t ino, const std::string &desc);
@@ -216,7 +218,8 @@ private:
 // Start-up records, for a new segment's snapshot written by the caller.
 Enc enc_listener(const Addr &a, uint32_t pid, const std::string &comm);
 Enc enc_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
-                    const std::string &up_comm, const Addr &up_local, const Addr &up_remote);
+                    const std::string &up_comm, const Addr &up_local, const Addr &up_remote, uint64_t inode,
+                    uint64_t up_inode);
 
 // Encoding of what sinks print (ready, warnings), shared by record and replay.
 void encode_ready(Enc &e, const ReadyInfo &r);

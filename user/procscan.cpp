@@ -195,6 +195,7 @@ std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, 
         c.local = s.local;
         c.remote = s.remote;
         c.state = s.state;
+        c.inode = s.ino;
         // The other end: the socket whose local end is our remote one (the
         // same namespace for loopback, any namespace otherwise).
         for (const Sock &o : all) {
@@ -210,6 +211,34 @@ std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, 
         if (c.up_inode)
             want[c.up_inode] = out.size();
         out.push_back(c);
+    }
+    // Unix stream connections: Nginx's end is unnamed (it connected); the
+    // other end carries the listener's path, and sock_diag names the peer.
+    for (uint32_t np : net_pids) {
+        uint32_t netns = static_cast<uint32_t>(netns_of(np, root));
+        std::vector<DiagSock> us = diag_unix(np, 1u << 1 /* connected */, netns);
+        std::unordered_map<uint64_t, const DiagSock *> by_ino;
+        for (const DiagSock &u : us)
+            by_ino[u.inode] = &u;
+        for (const DiagSock &u : us) {
+            auto it = mine.find(u.inode);
+            if (it == mine.end() || !u.local.path.empty() || !u.peer_inode)
+                continue; // not Nginx's, or its client side (named: accepted on its listener)
+            auto peer = by_ino.find(u.peer_inode);
+            if (peer == by_ino.end() || peer->second->local.path.empty())
+                continue;
+            ExistingConn c;
+            c.nginx_pid = it->second;
+            c.local = u.local;
+            c.remote = peer->second->local;
+            c.state = 1;
+            c.inode = u.inode;
+            c.up_local = peer->second->local;
+            c.up_remote = u.local;
+            c.up_inode = u.peer_inode;
+            want[c.up_inode] = out.size();
+            out.push_back(c);
+        }
     }
     if (!want.empty())
         for_each_socket_fd(

@@ -47,16 +47,17 @@ uint32_t pid_for_socket_inode(uint64_t inode, const std::string &proc_root = "/p
 // other end when it is on this host.
 struct ExistingConn {
     uint32_t nginx_pid = 0;
-    Addr local, remote; // Nginx's view
-    int state = 0;      // TCP state (1 ESTABLISHED, 8 CLOSE_WAIT)
+    Addr local, remote; // Nginx's view (unix: local unnamed, remote the upstream's path)
+    int state = 0;      // TCP state (1 ESTABLISHED, 8 CLOSE_WAIT; unix: 1)
+    uint64_t inode = 0; // Nginx's socket
     Addr up_local, up_remote;
     uint64_t up_inode = 0;
     uint32_t up_pid = 0;
     std::string up_comm;
 };
 // Looks in the network namespaces of net_pids (sock_diag, entered with
-// setns); connections to the owners' own listening ports (clients) are left
-// out.
+// setns), TCP and unix stream sockets; connections to the owners' own
+// listening ports or paths (clients) are left out.
 std::vector<ExistingConn> scan_connections(const std::vector<uint32_t> &owners, const std::vector<uint32_t> &net_pids,
                                            const std::string &proc_root = "/proc");
 

@@ -120,8 +120,15 @@ static std::string tuple_key(const Addr &local, const Addr &remote)
     return fmt::format("{}>{}#{}", local.str(), remote.str(), remote.loopback() ? remote.netns : 0);
 }
 
+// The key an adopted socket is found by: 4-tuple for TCP, inode for unix.
+static std::string pre_key(const Addr &local, const Addr &remote, uint64_t inode)
+{
+    return local.family == AF_UNIX ? fmt::format("unix inode {}", inode) : tuple_key(local, remote);
+}
+
 void State::add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
-                            std::string up_comm, const Addr &up_local, const Addr &up_remote)
+                            std::string up_comm, const Addr &up_local, const Addr &up_remote, uint64_t inode,
+                            uint64_t up_inode)
 {
     // A placeholder key until the kernel names the socket (no real socket
     // address has the top bit clear... on x86-64 they all have it set).
@@ -137,10 +144,10 @@ void State::add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &r
         c.up_comm = up_comm;
         c.t_accept = 0;
         rec(c, EvKind::Accept, 0, up_pid, -1); // -1: open before we started
-        pre_up_[tuple_key(up_local, up_remote)] = fake;
+        pre_up_[pre_key(up_local, up_remote, up_inode)] = fake;
         proc_or_new(up_pid, 0).comm = up_comm;
     }
-    pre_nginx_[tuple_key(local, remote)] = fake;
+    pre_nginx_[pre_key(local, remote, inode)] = fake;
 }
 
 void State::adopt(const Event &e)
@@ -148,9 +155,10 @@ void State::adopt(const Event &e)
     // Only a socket we do not know yet can be an adopted one.
     bool nginx_side = e.sock_role == N502_SOCK_NGINX && !pre_nginx_.empty() && !live_conn(e.sk);
     bool up_side = e.sock_role == N502_SOCK_UPSTREAM && !pre_up_.empty() && !conn_by_up_sk(e.sk);
-    if ((!nginx_side && !up_side) || !e.src.known() || !e.dst.known())
+    bool by_inode = e.type == N502_EV_CLOSE && e.adopted && e.ino; // unix: at its close()
+    if ((!nginx_side && !up_side) || (!by_inode && (!e.src.known() || !e.dst.known())))
         return;
-    std::string key = tuple_key(e.src, e.dst);
+    std::string key = by_inode ? fmt::format("unix inode {}", e.ino) : tuple_key(e.src, e.dst);
     if (nginx_side) {
         auto it = pre_nginx_.find(key);
         if (it == pre_nginx_.end())
@@ -701,6 +709,7 @@ void State::apply(const Event &e)
         break;
     }
     case N502_EV_CLOSE: {
+        adopt(e);
         if (e.sock_role == N502_SOCK_NGINX) {
             Conn *c = live_conn(e.sk);
             if (!c)

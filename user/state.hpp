@@ -164,8 +164,11 @@ public:
     // A connection that was open before we started (a keep-alive pool): it
     // is a live connection from now on, bound to its sockets when the kernel
     // adopts them (their first state change or reset).
+    // inode, up_inode: the sockets' inodes; unix sockets are adopted by them
+    // (at their close()), TCP ones by 4-tuple (at a state change or reset).
     void add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
-                         std::string up_comm, const Addr &up_local, const Addr &up_remote);
+                         std::string up_comm, const Addr &up_local, const Addr &up_remote, uint64_t inode = 0,
+                         uint64_t up_inode = 0);
 
     Proc *proc(uint32_t pid);
     const Proc *proc(uint32_t pid) const;

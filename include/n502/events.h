@@ -21,7 +21,7 @@
 
 #define N502_COMM_LEN 16
 #define N502_UNIX_PATH_LEN 108
-#define N502_ABI_VERSION 4
+#define N502_ABI_VERSION 5
 /* Largest log write captured from the kernel (N502_EV_LOG); longer ones are cut. */
 #define N502_LOG_MAX 4096
 
@@ -132,7 +132,8 @@ struct n502_close_event {
 	__u16 sock_role; /* enum n502_sock_role */
 	__u16 family;
 	__u32 owner_tgid;
-	__u32 _pad;
+	__u32 adopted;   /* 1: first sight of a connection older than us (found by inode) */
+	__u64 inode;     /* the socket's inode number */
 };
 
 struct n502_state_event {
@@ -260,7 +261,9 @@ enum n502_sock_flag {
 /* Key of the tuples map: an Nginx TCP connection seen from Nginx's side.
  * netns is set for loopback destinations only: 127.0.0.1:9000 in two
  * network namespaces are two upstreams, while a connection through a veth
- * pair has its two ends in different namespaces. */
+ * pair has its two ends in different namespaces. In the preexisting map a
+ * unix socket is keyed by family AF_UNIX and its inode number in saddr's
+ * first 8 bytes, the rest zero. */
 struct n502_tuple {
 	__u8 saddr[16];
 	__u8 daddr[16];

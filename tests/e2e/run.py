@@ -791,6 +791,43 @@ def sc_preexisting_keepalive(s):
     ])
 
 
+def sc_preexisting_keepalive_unix(s):
+    """The same over a unix socket: a keep-alive connection to a unix:
+    upstream opened before n502trace started (found through sock_diag, with
+    its peer's inode), then the upstream killed while a request waits on it.
+    Unix sockets have no state changes: Nginx's close() after the failure is
+    the first sight of the old socket, adopted by its inode."""
+    sock = s.h.path("up.sock")
+    ka = "    upstream ka {\n        server unix:%s;\n        keepalive 4;\n    }\n" % sock
+    use_tool = s.use_tool
+    s.use_tool = False  # start it once the pool exists
+    try:
+        s.setup("http://ka", ["proxy_http_version 1.1;", 'proxy_set_header Connection "";',
+                              "proxy_next_upstream off;"], http_extra=ka, workers=1)
+    finally:
+        s.use_tool = use_tool
+    up = s.h.start_upstream("ka_once", unix=sock)
+    s.get("/one", want=200)
+    up.wait_request(1)
+    if s.use_tool:
+        s.tool = s.h.start_tool(s.binary)
+        check(s.tool.ready.get("preexisting_connections") == 1,
+              "ready.preexisting_connections %r, want 1" % s.tool.ready.get("preexisting_connections"))
+    req = harness.BackgroundRequest(s.nginx.port, "/two")
+    req.start()
+    up.wait_request(2)  # on the pooled connection: ka_once answers only a connection's first request
+    killer = harness.spawn_kill(signal.SIGKILL, up.pid)
+    s.note("/bin/kill -KILL %d ran as pid %d" % (up.pid, killer))
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    s.expect_death(up, -signal.SIGKILL)
+    s.expect_nginx_message(MSG_PREMATURE)
+    s.expect_verdict(r, "upstream_killed", "unix:" + sock, "prematurely closed", upstream_pid=up.pid, evidence=[
+        [{"event": "accept", "pid": up.pid, "ts": None}],
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+
+
 PHP_SLEEP = """<?php
 file_put_contents(%r, getmypid() . "\\n");
 sleep(30);
@@ -1047,6 +1084,7 @@ SCENARIOS = {
     "binary_upgrade": sc_binary_upgrade,
     "restart_follow": sc_restart_follow,
     "preexisting_keepalive": sc_preexisting_keepalive,
+    "preexisting_keepalive_unix": sc_preexisting_keepalive_unix,
     "window_expired": sc_window_expired,
 }
 

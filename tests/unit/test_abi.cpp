@@ -36,7 +36,8 @@ PIN_OFFSET(struct n502_accept_event, nginx_sk, 48);
 PIN_OFFSET(struct n502_accept_event, local, 64);
 PIN_OFFSET(struct n502_accept_event, peer, 88);
 
-PIN_SIZE(struct n502_close_event, 64);
+PIN_SIZE(struct n502_close_event, 72);
+PIN_OFFSET(struct n502_close_event, inode, 64);
 PIN_SIZE(struct n502_state_event, 136);
 PIN_OFFSET(struct n502_state_event, bytes_received, 120);
 PIN_SIZE(struct n502_retrans_event, 112);
@@ -83,5 +84,5 @@ TEST_CASE("event type numbers are stable", "[abi]")
     CHECK(N502_EV_LISTEN == 10);
     CHECK(N502_EV_RETRANS == 11);
     CHECK(N502_EV_LOG == 12);
-    CHECK(N502_ABI_VERSION == 4);
+    CHECK(N502_ABI_VERSION == 5);
 }
