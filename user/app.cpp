@@ -753,6 +753,9 @@ int run(const Options &opt)
                 fwrite(&n, sizeof(n), 1, raw.get());
                 fwrite(data, 1, len, raw.get());
             }
+            // A drain can be megabytes: the bound is checked between records.
+            if (rec && rec->on_segment)
+                rec->maybe_rotate();
             engine.kernel(data, len);
         },
         &err);

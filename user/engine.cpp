@@ -1,5 +1,7 @@
 #include "engine.hpp"
 
+#include <cstdlib>
+#include <ctime>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -262,6 +264,7 @@ Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &fac
       limiter_(cfg.max_verdicts_per_sec), next_stats_(cfg.boot_ns + 1'000'000'000ULL),
       grace_ns_(static_cast<uint64_t>(cfg.grace_ms) * 1'000'000ULL)
 {
+    sink_.clock = [this] { return now_real_; };
 }
 
 void Engine::write_config()
@@ -272,6 +275,13 @@ void Engine::write_config()
     e.u64(cfg_.window_ns).u64(bits_of(cfg_.window_s)).u32(cfg_.max_verdicts_per_sec).u32(cfg_.grace_ms);
     e.u8(cfg_.redact).u8(cfg_.no_access_log).i64(cfg_.tb_offset_ns).u64(now_boot_).i64(now_real_);
     e.i64(correlator_.timebase().offset_ns()).u64(next_stats_).str(N502_VERSION);
+    // Nginx stamps its lines in local time: replay must read them in the
+    // recording host's zone, not its own (the offset now; a DST change
+    // during a recording is not followed).
+    time_t t = static_cast<time_t>(now_real_ / 1'000'000'000);
+    struct tm lt{};
+    localtime_r(&t, &lt);
+    e.i64(lt.tm_gmtoff);
     rec_->put(Rec::Config, e);
     rec_time_valid_ = false; // a chained replay skips this record: the next input writes the clock again
 }
@@ -281,6 +291,10 @@ void Engine::check_recorder()
     if (rec_ && !rec_->failure.empty() && !recorder_failed_) {
         recorder_failed_ = true;
         sink_.warning({"record_failed", rec_->failure, 0});
+    }
+    if (rec_ && !rec_->notice.empty()) {
+        sink_.warning({"record", rec_->notice, 0});
+        rec_->notice.clear();
     }
 }
 
@@ -971,6 +985,16 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             cfg.real_ns = d.i64();
             int64_t corr_offset = d.i64();
             uint64_t next_stats = d.u64();
+            d.str(); // the recording tool's version
+            int64_t gmtoff = d.i64();
+            if (gmtoff < -86400 || gmtoff > 86400)
+                throw RecordingError(fmt::format("{}: corrupt configuration record (UTC offset {})", path, gmtoff));
+            // The recording host's zone, as a fixed offset (POSIX TZ counts
+            // west of UTC as positive).
+            int64_t a = gmtoff < 0 ? -gmtoff : gmtoff;
+            std::string tz = fmt::format("<REC>{}{:02}:{:02}:{:02}", gmtoff > 0 ? '-' : '+', a / 3600, a / 60 % 60, a % 60);
+            setenv("TZ", tz.c_str(), 1);
+            tzset();
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);
@@ -1032,6 +1056,10 @@ int run_replay(const std::string &path, bool json)
     } catch (const RecordingError &e) {
         fflush(stdout);
         fmt::print(stderr, "n502trace: error: {}\n", e.what());
+        return EXIT_USAGE;
+    } catch (const std::exception &e) { // e.g. out of memory on a hostile file
+        fflush(stdout);
+        fmt::print(stderr, "n502trace: error: {}: cannot be replayed: {}\n", path, e.what());
         return EXIT_USAGE;
     }
     fflush(stdout);

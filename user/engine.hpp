@@ -107,6 +107,9 @@ class Engine {
 public:
     // rec: where inputs are recorded (null: not recording).
     Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &facts, Recorder *rec);
+    ~Engine() { sink_.clock = real_now_ns; } // the sink may outlive us
+    Engine(const Engine &) = delete;
+    Engine &operator=(const Engine &) = delete;
 
     // ---- inputs (each recorded when recording)
     // The clock: boot ns and wall-clock ns. Written to the recording only

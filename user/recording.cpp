@@ -1,6 +1,7 @@
 #include "recording.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -160,10 +161,18 @@ std::unique_ptr<Recorder> Recorder::open(const std::string &path, uint64_t max_b
         r->keep_ = 4;
         r->seg_max_ = std::max<uint64_t>(max_bytes / r->keep_, 4096);
     }
-    // Older segments of an earlier run would be taken for this run's.
-    for (unsigned i = 1; i < 64; i++)
-        if (unlink(fmt::format("{}.{}", path, i).c_str()) != 0 && errno == ENOENT && i > 4)
-            break;
+    // Older segments of an earlier run would be taken for this run's; only
+    // recordings are removed (FILE.1 may be someone's rotated log).
+    for (unsigned i = 1; i < 64; i++) {
+        std::string old = fmt::format("{}.{}", path, i);
+        if (access(old.c_str(), F_OK) != 0) {
+            if (i > 4)
+                break;
+            continue;
+        }
+        if (looks_like_recording(old))
+            unlink(old.c_str());
+    }
     if (!r->start_segment(err))
         return nullptr;
     return r;
@@ -225,17 +234,34 @@ void Recorder::flush()
 
 bool Recorder::maybe_rotate()
 {
-    if (fd_ < 0 || !seg_max_ || written_ < seg_max_)
+    // A segment holds at least twice its opening snapshot: a snapshot larger
+    // than the share of --record-max would otherwise make every call rotate.
+    uint64_t limit = std::max<uint64_t>(seg_max_, 2 * snapshot_);
+    if (fd_ < 0 || !seg_max_ || written_ < limit)
         return false;
     flush();
     if (fd_ < 0)
         return false;
+    // Renamed while still open: if the current segment cannot be moved
+    // aside, it stays as it is and the recording stops (never truncated).
+    auto moved = [&](const std::string &from, const std::string &to) {
+        if (rename(from.c_str(), to.c_str()) == 0 || errno == ENOENT)
+            return true;
+        failure = fmt::format("cannot rotate the recording ({} -> {}: {}): it stops here, complete up to now", from,
+                              to, strerror(errno));
+        return false;
+    };
+    if (unlink(fmt::format("{}.{}", path_, keep_ - 1).c_str()) != 0 && errno != ENOENT) // the oldest
+        failure = fmt::format("cannot remove {}.{}: {}: the recording stops here, complete up to now", path_,
+                              keep_ - 1, strerror(errno));
+    for (unsigned i = keep_ - 1; failure.empty() && i > 1; i--)
+        moved(fmt::format("{}.{}", path_, i - 1), fmt::format("{}.{}", path_, i));
+    if (failure.empty())
+        moved(path_, path_ + ".1");
     close(fd_);
     fd_ = -1;
-    unlink(fmt::format("{}.{}", path_, keep_ - 1).c_str()); // the oldest
-    for (unsigned i = keep_ - 1; i > 1; i--)
-        rename(fmt::format("{}.{}", path_, i - 1).c_str(), fmt::format("{}.{}", path_, i).c_str());
-    rename(path_.c_str(), (path_ + ".1").c_str());
+    if (!failure.empty())
+        return false;
     seq_++;
     std::string err;
     if (!start_segment(&err)) {
@@ -244,6 +270,13 @@ bool Recorder::maybe_rotate()
     }
     if (on_segment)
         on_segment();
+    snapshot_ = written_;
+    if (2 * snapshot_ > seg_max_ && !warned_small_) {
+        warned_small_ = true;
+        notice = fmt::format("--record-max {} is small for this host: a segment's opening snapshot alone is {} "
+                             "bytes, so segments are {} bytes and the files may total more than asked",
+                             max_, snapshot_, 2 * snapshot_);
+    }
     return true;
 }
 
@@ -341,11 +374,21 @@ bool RecordingReader::open_file(size_t i)
     name_ = files_[i];
     f_ = fopen(name_.c_str(), "rb");
     if (!f_)
-        return false;
+        throw RecordingError(fmt::format("cannot read {} (segment {} of the recording): {}", name_, i + 1,
+                                         strerror(errno)));
     seq_ = read_recording_header(f_, name_);
     off_ = kRecHeaderSize;
     skipping_ = false;
     return true;
+}
+
+void RecordingReader::cut_or_corrupt(const std::function<void()> &cut)
+{
+    if (cur_ + 1 < files_.size())
+        throw RecordingError(fmt::format("{} is corrupt: a record at byte {} runs past the end of the file, and "
+                                         "newer segments follow it (only the newest can be cut off)",
+                                         name_, off_));
+    cut();
 }
 
 std::optional<RawRecord> RecordingReader::read_one()
@@ -363,7 +406,7 @@ std::optional<RawRecord> RecordingReader::read_one()
             continue;
         }
         if (n < sizeof(h)) {
-            cut();
+            cut_or_corrupt(cut);
             open_file(cur_ + 1);
             continue;
         }
@@ -379,7 +422,7 @@ std::optional<RawRecord> RecordingReader::read_one()
         r.payload.resize(len);
         uint32_t want = 0;
         if (fread(r.payload.data(), 1, len, f_) != len || fread(&want, 1, 4, f_) != 4) {
-            cut();
+            cut_or_corrupt(cut);
             open_file(cur_ + 1);
             continue;
         }

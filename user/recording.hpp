@@ -138,8 +138,10 @@ public:
     // write the new segment's snapshot. Returns true when it rotated.
     bool maybe_rotate();
     std::function<void()> on_segment;
-    // Set once when a write failed (the recording stopped there).
+    // Set once when a write or a rotation failed (the recording stopped there).
     std::string failure;
+    // Set once for something worth a warning that does not stop it.
+    std::string notice;
     uint64_t segment() const { return seq_; }
     uint64_t segment_limit() const { return seg_max_; }
 
@@ -151,8 +153,10 @@ private:
     int fd_ = -1;
     uint64_t seq_ = 0;
     uint64_t written_ = 0; // bytes in the current segment (file + buffer)
+    uint64_t snapshot_ = 0; // bytes of the current segment's opening snapshot
     unsigned keep_ = 1;    // segments kept, FILE included
     std::string buf_;
+    bool warned_small_ = false;
 };
 
 // The reader: records of one file, or of a base file and its older segments
@@ -186,6 +190,9 @@ public:
 private:
     std::optional<RawRecord> read_one();
     bool open_file(size_t i);
+    // A record cut off: the end of a file still being written (a warning),
+    // or, in an older segment that newer ones followed, corruption (throws).
+    void cut_or_corrupt(const std::function<void()> &cut);
     std::vector<std::string> files_;
     size_t cur_ = 0;
     FILE *f_ = nullptr;

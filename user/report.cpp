@@ -370,6 +370,9 @@ int run_report(const std::string &input, const std::string &output)
         } catch (const RecordingError &e) {
             fmt::print(stderr, "n502trace: error: {}\n", e.what());
             return EXIT_USAGE;
+        } catch (const std::exception &e) {
+            fmt::print(stderr, "n502trace: error: {}: cannot be replayed: {}\n", input, e.what());
+            return EXIT_USAGE;
         }
         for (const auto &w : warnings)
             fmt::print(stderr, "n502trace: warning: {}\n", w);

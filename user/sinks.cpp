@@ -176,7 +176,7 @@ void JsonSink::ready(const ReadyInfo &r)
     emit(fmt::format("{{\"type\":\"ready\",\"ts\":{},\"version\":{},\"nginx_pid\":{},\"workers\":{},"
                      "\"error_logs\":{},\"access_logs\":{},\"instances\":{},\"cgroups\":{},\"preexisting_connections\":{},\"probes\":{},"
                      "\"probes_failed\":{},\"attach_ms\":{},\"capabilities\":{}}}",
-                     jstr(rfc3339_utc(real_now_ns())), jstr(N502_VERSION), r.nginx_pid, jarr_u32(r.workers),
+                     jstr(rfc3339_utc(clock())), jstr(N502_VERSION), r.nginx_pid, jarr_u32(r.workers),
                      jarr_str(r.error_logs), jarr_str(r.access_logs), inst, cgs, r.preexisting, jarr_str(r.probes),
                      jarr_str(r.probes_failed), r.attach_ms, jarr_str(r.capabilities)));
 }
@@ -186,7 +186,7 @@ void JsonSink::verdict(const Verdict &v) { emit(verdict_json(v, tb_)); }
 void JsonSink::warning(const Warning &w)
 {
     emit(fmt::format("{{\"type\":\"warning\",\"ts\":{},\"code\":{},\"message\":{},\"count\":{}}}",
-                     jstr(rfc3339_utc(real_now_ns())), jstr(w.code), jstr(w.message), w.count));
+                     jstr(rfc3339_utc(clock())), jstr(w.code), jstr(w.message), w.count));
 }
 
 static std::string jmap(const std::map<std::string, uint64_t> &m)
@@ -204,7 +204,7 @@ void JsonSink::suppressed(const std::string &cause, const std::string &upstream,
 {
     emit(fmt::format("{{\"type\":\"suppressed\",\"ts\":{},\"cause\":{},\"upstream\":{},\"count\":{},"
                      "\"window_s\":{:.1f}}}",
-                     jstr(rfc3339_utc(real_now_ns())), jstr(cause), jstr(upstream), count, window_s));
+                     jstr(rfc3339_utc(clock())), jstr(cause), jstr(upstream), count, window_s));
 }
 
 void JsonSink::summary(const Summary &s)
@@ -213,7 +213,7 @@ void JsonSink::summary(const Summary &s)
                      "\"by_upstream\":{},\"log_lines\":{},\"access_only\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
                      "\"map_full\":{},\"window_s\":{:.0f},\"expired\":{},\"dropped\":{},\"conns_held\":{},\"procs_held\":{},"
                      "\"rss_kib\":{}}}",
-                     jstr(rfc3339_utc(real_now_ns())), s.duration_s, s.verdicts, s.suppressed, jmap(s.by_cause),
+                     jstr(rfc3339_utc(clock())), s.duration_s, s.verdicts, s.suppressed, jmap(s.by_cause),
                      jmap(s.by_upstream), s.log_lines, s.access_only, s.events, s.events_lost, s.events_malformed, s.map_full,
                      s.window_s, s.expired, s.dropped, s.conns_held, s.procs_held, s.rss_kib));
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -73,6 +74,9 @@ struct Warning {
 class Sink {
 public:
     virtual ~Sink() = default;
+    // Wall-clock ns stamped on ready, warning, suppressed and summary records:
+    // the engine's clock, so that a replay stamps them as the live run did.
+    std::function<int64_t()> clock = real_now_ns;
     virtual void ready(const ReadyInfo &) = 0;
     virtual void verdict(const Verdict &) = 0;
     virtual void warning(const Warning &) = 0;

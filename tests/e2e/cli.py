@@ -224,6 +224,13 @@ def main():
                 check(len(verdicts) == 2 and all(v["cause"] == "upstream_not_listening" for v in verdicts),
                       "replayed verdicts %r" % verdicts)
                 check(recs[0]["type"] == "ready", "replay does not start with the recorded ready: %r" % recs[:1])
+                # On a machine in another time zone: Nginx's local-time stamps are read in the
+                # recording host's zone, so the verdicts are the same.
+                r = subprocess.run([BIN, "replay", copy, "--json"], env=dict(os.environ, TZ="<JST>-09:00"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+                elsewhere = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+                check(r.returncode == 0 and [x for x in elsewhere if x["type"] == "verdict"] == verdicts,
+                      "replay in another time zone differs: %r" % elsewhere)
                 # The human output too.
                 r = run(["replay", copy])
                 check(r.returncode == 0 and b"cause: upstream_not_listening" in r.stdout,
