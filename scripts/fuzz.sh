@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
 out=${FUZZ_DIR:-build-fuzz}
-mkdir -p "$out/corpus-logline" "$out/corpus-decoder"
+mkdir -p "$out/corpus-logline" "$out/corpus-decoder" "$out/corpus-recording"
 CXX=${CXX_FUZZ:-clang++}
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -DFMT_HEADER_ONLY -DN502_VERSION='"fuzz"' -Iinclude -Iuser)
@@ -18,13 +18,19 @@ state=(user/decoder.cpp user/state.cpp user/correlator.cpp user/rules.cpp user/h
 echo "fuzz.sh: building"
 $CXX "${flags[@]}" tests/fuzz/fuzz_logline.cpp "${core[@]}" -o "$out/fuzz_logline"
 $CXX "${flags[@]}" tests/fuzz/fuzz_decoder.cpp "${state[@]}" -o "$out/fuzz_decoder"
+$CXX "${flags[@]}" tests/fuzz/fuzz_recording.cpp "${state[@]}" user/engine.cpp user/recording.cpp user/sinks.cpp \
+  user/ratelimit.cpp -o "$out/fuzz_recording"
 # Seed the line fuzzer with every real line we have.
 i=0
 while IFS= read -r line; do
   case "$line" in "#"*|"") continue ;; esac
   printf '%s' "$line" > "$out/corpus-logline/seed-$i"; i=$((i + 1))
 done < tests/fixtures/error_log_lines.txt
-for t in logline decoder; do
+# Seed the recording fuzzer with a header: magic, format version 1, segment 0.
+printf 'N502REC\n\001\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0' > "$out/corpus-recording/seed-header"
+# ... and, in the target's record mode (odd first byte), one empty Config record.
+printf '\001\0\0\001\0' > "$out/corpus-recording/seed-records"
+for t in logline decoder recording; do
   echo "fuzz.sh: fuzz_$t for ${secs}s"
   rc=0
   "$out/fuzz_$t" -max_total_time="$secs" -max_len=4096 -print_final_stats=1 -artifact_prefix="$out/" \

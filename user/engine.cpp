@@ -740,17 +740,36 @@ void Engine::do_finish(double duration_s, uint64_t rss_kib)
     sink_.summary(summary_);
 }
 
+// Clock values a real host produces: nanoseconds within about 146 years of
+// boot and of the epoch. A corrupt recording's extremes would overflow the
+// arithmetic on them.
+static constexpr int64_t kClockMax = int64_t(1) << 62;
+
+static uint64_t sane_boot(uint64_t v)
+{
+    if (v > static_cast<uint64_t>(kClockMax))
+        throw RecordingError(fmt::format("a clock value ({} ns since boot) no host records: the recording is corrupt", v));
+    return v;
+}
+
+static int64_t sane_real(int64_t v)
+{
+    if (v < -kClockMax || v > kClockMax)
+        throw RecordingError(fmt::format("a clock value ({} ns) no host records: the recording is corrupt", v));
+    return v;
+}
+
 void Engine::replay(const RawRecord &r)
 {
     Dec d(r.payload, r.type);
     switch (static_cast<Rec>(r.type)) {
     case Rec::Tick: {
-        uint64_t b = d.u64();
-        tick(b, d.i64());
+        uint64_t b = sane_boot(d.u64());
+        tick(b, sane_real(d.i64()));
         break;
     }
     case Rec::Timebase:
-        correlator_.set_timebase(Timebase(d.i64()));
+        correlator_.set_timebase(Timebase(sane_real(d.i64())));
         break;
     case Rec::AddProcess: {
         uint32_t pid = d.u32(), role = d.u32();
@@ -976,15 +995,17 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             EngineConfig cfg;
             cfg.window_ns = d.u64();
             cfg.window_s = double_of(d.u64());
+            if (cfg.window_ns > 86400'000'000'000ULL || !(cfg.window_s >= 0 && cfg.window_s <= 86400))
+                throw RecordingError(fmt::format("{}: corrupt configuration record (window {})", path, cfg.window_s));
             cfg.max_verdicts_per_sec = d.u32();
             cfg.grace_ms = d.u32();
             cfg.redact = d.u8();
             cfg.no_access_log = d.u8();
-            cfg.tb_offset_ns = d.i64();
-            cfg.boot_ns = d.u64();
-            cfg.real_ns = d.i64();
-            int64_t corr_offset = d.i64();
-            uint64_t next_stats = d.u64();
+            cfg.tb_offset_ns = sane_real(d.i64());
+            cfg.boot_ns = sane_boot(d.u64());
+            cfg.real_ns = sane_real(d.i64());
+            int64_t corr_offset = sane_real(d.i64());
+            uint64_t next_stats = sane_boot(d.u64());
             d.str(); // the recording tool's version
             int64_t gmtoff = d.i64();
             if (gmtoff < -86400 || gmtoff > 86400)
