@@ -403,6 +403,9 @@ void Engine::write_snapshot_state()
     for (uint32_t pid : state_.nginx_pids())
         if (const Proc *p = state_.proc(pid); p && !p->exit)
             rec_->put(Rec::AddProcess, enc_process(pid, p->role, p->comm, p->parent));
+    // The kernel's loss counters so far (otherwise recorded only on change):
+    // a segment replayed alone reports the same losses.
+    rec_->put(Rec::Counters, Enc().u64(loss_.lost).u64(loss_.map_full));
 }
 
 // Facts about a process's whereabouts, read once while it lives.
@@ -718,6 +721,8 @@ void Engine::finish(double duration_s, uint64_t rss_kib)
     if (rec_)
         rec_->flush();
     do_finish(duration_s, rss_kib);
+    if (rec_)
+        rec_->flush(); // the host lookups the last verdicts made
 }
 
 void Engine::do_finish(double duration_s, uint64_t rss_kib)

@@ -150,13 +150,15 @@ std::vector<LogCapture> find_log_captures(const NginxInfo &n, const std::string 
     for (int fd : fds) {
         std::string link = fmt::format("{}/{}/fd/{}", root, n.master, fd);
         char buf[PATH_MAX];
-        ssize_t len = readlink(link.c_str(), buf, sizeof(buf) - 1);
-        if (len <= 0)
-            continue;
-        std::string target(buf, static_cast<size_t>(len));
-        struct stat st{};
+        struct stat st{}, again{};
         if (stat(link.c_str(), &st) != 0)
             continue;
+        ssize_t len = readlink(link.c_str(), buf, sizeof(buf) - 1);
+        // The name and the file must be of the same moment: a descriptor
+        // replaced in between (dup2) is looked at again next time.
+        if (len <= 0 || stat(link.c_str(), &again) != 0 || again.st_ino != st.st_ino || again.st_dev != st.st_dev)
+            continue;
+        std::string target(buf, static_cast<size_t>(len));
         bool stream = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ||
                       (S_ISCHR(st.st_mode) && target.rfind("/dev/pts/", 0) == 0);
         if (!stream)

@@ -196,6 +196,11 @@ bool Recorder::start_segment(std::string *err)
     h.raw(kRecMagic, 8).u32(kRecVersion).u32(0).u64(seq_);
     buf_ = h.buf;
     written_ = buf_.size();
+    flush(); // a copy taken from now on is a recording, if an empty one
+    if (fd_ < 0) {
+        *err = failure;
+        return false;
+    }
     return true;
 }
 
@@ -286,6 +291,10 @@ uint64_t read_recording_header(FILE *f, const std::string &name)
 {
     unsigned char h[kRecHeaderSize];
     size_t n = fread(h, 1, sizeof(h), f);
+    if (n == 0)
+        throw RecordingError(fmt::format("{} is empty: not an n502trace recording, or one whose run had not "
+                                         "started writing yet",
+                                         name));
     if (n < 8 || std::memcmp(h, kRecMagic, 8) != 0)
         throw RecordingError(fmt::format("{} is not an n502trace recording (written by --record FILE)", name));
     if (n < sizeof(h))

@@ -278,7 +278,7 @@ TEST_CASE("a file that is not a recording is refused", "[recording]")
     std::vector<std::string> warnings;
     CHECK_THROWS_WITH(replay_to_json(p, &warnings), Catch::Contains("is not an n502trace recording"));
     spit(p, "");
-    CHECK_THROWS_WITH(replay_to_json(p, &warnings), Catch::Contains("is not an n502trace recording"));
+    CHECK_THROWS_WITH(replay_to_json(p, &warnings), Catch::Contains("is empty"));
     CHECK_THROWS_WITH(replay_to_json(tmp_path("missing.rec"), &warnings), Catch::Contains("cannot read"));
     CHECK(!looks_like_recording(p));
 }
