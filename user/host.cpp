@@ -10,17 +10,10 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <functional>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/rtnetlink.h>
-#include <linux/sock_diag.h>
-#include <linux/unix_diag.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <sstream>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <thread>
 #include <unistd.h>
 
 #include "nginx.hpp"
@@ -49,37 +42,23 @@ void name_holder(ListenerQueue &q, uint64_t inode)
 
 std::optional<ListenerQueue> tcp_listener(const Addr &a)
 {
-    struct {
-        nlmsghdr nlh;
-        inet_diag_req_v2 r;
-    } req{};
-    req.nlh.nlmsg_len = sizeof(req);
-    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.r.sdiag_family = static_cast<uint8_t>(a.family);
-    req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_states = 1u << 10; // TCP_LISTEN
     std::optional<ListenerQueue> best;
     uint64_t inode = 0;
-    diag_dump(&req, sizeof(req), [&](const nlmsghdr *h) {
-        auto *m = static_cast<const inet_diag_msg *>(NLMSG_DATA(h));
-        if (ntohs(m->id.idiag_sport) != a.port)
-            return;
+    size_t n = a.family == AF_INET ? 4 : 16;
+    for (const DiagSock &d : diag_tcp(0, 1u << 10 /* LISTEN */, 0, a.family)) {
+        if (d.local.port != a.port)
+            continue;
         bool wildcard = true;
-        for (size_t i = 0; i < (a.family == AF_INET ? 4u : 16u); i++)
-            if (reinterpret_cast<const uint8_t *>(m->id.idiag_src)[i] != 0)
-                wildcard = false;
-        bool exact = std::memcmp(m->id.idiag_src, a.ip.data(), a.family == AF_INET ? 4 : 16) == 0;
-        if (!exact && !wildcard)
-            return;
-        if (best && !exact)
-            return;
-        ListenerQueue q;
-        q.queue_len = m->idiag_rqueue;
-        q.backlog = m->idiag_wqueue;
-        inode = m->idiag_inode;
-        best = q;
-    });
+        for (size_t i = 0; i < n; i++)
+            wildcard = wildcard && d.local.ip[i] == 0;
+        bool exact = std::memcmp(d.local.ip.data(), a.ip.data(), n) == 0;
+        if ((!exact && !wildcard) || (best && !exact))
+            continue;
+        best = ListenerQueue{};
+        best->queue_len = d.rqueue;
+        best->backlog = d.wqueue;
+        inode = d.inode;
+    }
     if (best && inode)
         name_holder(*best, inode);
     return best;
@@ -87,39 +66,16 @@ std::optional<ListenerQueue> tcp_listener(const Addr &a)
 
 std::optional<ListenerQueue> unix_listener(const std::string &path)
 {
-    struct {
-        nlmsghdr nlh;
-        unix_diag_req r;
-    } req{};
-    req.nlh.nlmsg_len = sizeof(req);
-    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.r.sdiag_family = AF_UNIX;
-    req.r.udiag_states = 1u << 10; // TCP_LISTEN
-    req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_RQLEN;
     std::optional<ListenerQueue> found;
     uint64_t inode = 0;
-    diag_dump(&req, sizeof(req), [&](const nlmsghdr *h) {
-        auto *m = static_cast<const unix_diag_msg *>(NLMSG_DATA(h));
-        int len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof(*m)));
-        std::string name;
-        ListenerQueue q;
-        for (auto *at = reinterpret_cast<const rtattr *>(m + 1); RTA_OK(at, len); at = RTA_NEXT(at, len)) {
-            if (at->rta_type == UNIX_DIAG_NAME)
-                name.assign(static_cast<const char *>(RTA_DATA(at)), RTA_PAYLOAD(at));
-            else if (at->rta_type == UNIX_DIAG_RQLEN && RTA_PAYLOAD(at) >= sizeof(unix_diag_rqlen)) {
-                auto *rq = static_cast<const unix_diag_rqlen *>(RTA_DATA(at));
-                q.queue_len = rq->udiag_rqueue;
-                q.backlog = rq->udiag_wqueue;
-            }
-        }
-        while (!name.empty() && name.back() == '\0')
-            name.pop_back();
-        if (name == path) {
-            found = q;
-            inode = m->udiag_ino;
-        }
-    });
+    for (const DiagSock &d : diag_unix(0, 1u << 10 /* LISTEN */, 0)) {
+        if (d.name != path)
+            continue;
+        found = ListenerQueue{};
+        found->queue_len = d.rqueue;
+        found->backlog = d.wqueue;
+        inode = d.inode;
+    }
     if (found && inode)
         name_holder(*found, inode);
     return found;

@@ -80,11 +80,13 @@ bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsg
     return ok;
 }
 
-std::vector<DiagSock> diag_tcp(uint32_t net_pid, uint32_t states, uint32_t netns)
+std::vector<DiagSock> diag_tcp(uint32_t net_pid, uint32_t states, uint32_t netns, int only)
 {
     std::vector<DiagSock> out;
     in_netns(net_pid, [&] {
         for (int family : {AF_INET, AF_INET6}) {
+            if (only && family != only)
+                continue;
             struct {
                 nlmsghdr nlh;
                 inet_diag_req_v2 r;
@@ -154,6 +156,7 @@ std::vector<DiagSock> diag_unix(uint32_t net_pid, uint32_t states, uint32_t netn
             }
             while (!name.empty() && name.back() == '\0')
                 name.pop_back();
+            s.name = name;
             if (!name.empty() && name[0] == '/') {
                 s.local = Addr::unix_path(name);
                 s.local.netns = netns;

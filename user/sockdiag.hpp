@@ -20,6 +20,7 @@ struct DiagSock {
     uint32_t rqueue = 0;      // listeners: connections waiting; else bytes unread
     uint32_t wqueue = 0;      // listeners: the backlog
     uint64_t peer_inode = 0;  // unix: the other end's inode (0: none or not asked)
+    std::string name;         // unix: the bound name as the kernel gives it (abstract ones too)
 };
 
 // Runs fn in a thread that has joined the network namespace of pid (when it
@@ -30,9 +31,10 @@ void in_netns(uint32_t pid, const std::function<void()> &fn);
 // every message. False when the dump failed.
 bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsghdr *)> &on_msg);
 
-// TCP sockets (IPv4 and IPv6) whose state is in states (bit 1 << TCP_*), in
-// the network namespace of net_pid (0: ours); addresses carry netns.
-std::vector<DiagSock> diag_tcp(uint32_t net_pid, uint32_t states, uint32_t netns);
+// TCP sockets whose state is in states (bit 1 << TCP_*), in the network
+// namespace of net_pid (0: ours); addresses carry netns. family: AF_INET or
+// AF_INET6, 0 for both.
+std::vector<DiagSock> diag_tcp(uint32_t net_pid, uint32_t states, uint32_t netns, int family = 0);
 
 // Unix stream sockets whose state is in states, with their bound path and
 // peer inode, in the network namespace of net_pid.

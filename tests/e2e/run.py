@@ -753,12 +753,14 @@ def sc_keepalive_race(s):
     ])
 
 
-def sc_preexisting_keepalive(s):
-    """A keep-alive connection opened before n502trace started, then the
-    upstream killed while a request waits on it: the same verdict as for a
-    new connection (the kernel side adopts the old sockets)."""
-    port = harness.free_port()
-    ka = "    upstream ka {\n        server 127.0.0.1:%d;\n        keepalive 4;\n    }\n" % port
+def pooled_connection_killed(s, server, upstream_kw, address, pool_states=None):
+    """A keep-alive pool to `server` (an upstream{} server line's address)
+    filled by one request before n502trace starts, then the upstream killed
+    while a second request waits on the pooled connection: the verdict must
+    be the one a new connection gets. pool_states(): the states of Nginx's
+    connections to the upstream (TCP: checked to be the one pooled
+    connection, before and after)."""
+    ka = "    upstream ka {\n        server %s;\n        keepalive 4;\n    }\n" % server
     use_tool = s.use_tool
     s.use_tool = False  # start it once the pool exists
     try:
@@ -766,29 +768,39 @@ def sc_preexisting_keepalive(s):
                               "proxy_next_upstream off;"], http_extra=ka, workers=1)
     finally:
         s.use_tool = use_tool
-    up = s.h.start_upstream("ka_once", port=port)
+    up = s.h.start_upstream("ka_once", **upstream_kw)
     s.get("/one", want=200)
     up.wait_request(1)
-    nginx_side = ss_tcp_states(port, side="dport")
-    check(list(nginx_side.values()) == ["ESTAB"], "Nginx's pool %r, want one ESTAB connection" % nginx_side)
+    if pool_states:
+        check(pool_states() == ["ESTAB"], "Nginx's pool %r, want one ESTAB connection" % pool_states())
     if s.use_tool:
         s.tool = s.h.start_tool(s.binary)
         check(s.tool.ready.get("preexisting_connections") == 1,
               "ready.preexisting_connections %r, want 1" % s.tool.ready.get("preexisting_connections"))
     req = harness.BackgroundRequest(s.nginx.port, "/two")
     req.start()
-    up.wait_request(2)  # on the pooled connection: nothing new was accepted
-    check(list(ss_tcp_states(port, side="dport").values()) == ["ESTAB"], "Nginx opened a new connection")
+    up.wait_request(2)  # on the pooled connection: ka_once answers only a connection's first request
+    if pool_states:
+        check(pool_states() == ["ESTAB"], "Nginx opened a new connection")
     killer = harness.spawn_kill(signal.SIGKILL, up.pid)
     s.note("/bin/kill -KILL %d ran as pid %d" % (up.pid, killer))
     r = req.result()
     check(r.status == 502, "status %r, want 502" % r.status)
     s.expect_death(up, -signal.SIGKILL)
     s.expect_nginx_message(MSG_PREMATURE)
-    s.expect_verdict(r, "upstream_killed", up.address, "prematurely closed", upstream_pid=up.pid, evidence=[
+    s.expect_verdict(r, "upstream_killed", address(up), "prematurely closed", upstream_pid=up.pid, evidence=[
         [{"event": "accept", "pid": up.pid, "ts": None}],
         [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
     ])
+
+
+def sc_preexisting_keepalive(s):
+    """A keep-alive connection opened before n502trace started, then the
+    upstream killed while a request waits on it: the same verdict as for a
+    new connection (the kernel side adopts the old sockets)."""
+    port = harness.free_port()
+    pooled_connection_killed(s, "127.0.0.1:%d" % port, {"port": port}, lambda up: up.address,
+                             pool_states=lambda: list(ss_tcp_states(port, side="dport").values()))
 
 
 def sc_preexisting_keepalive_unix(s):
@@ -798,34 +810,7 @@ def sc_preexisting_keepalive_unix(s):
     Unix sockets have no state changes: Nginx's close() after the failure is
     the first sight of the old socket, adopted by its inode."""
     sock = s.h.path("up.sock")
-    ka = "    upstream ka {\n        server unix:%s;\n        keepalive 4;\n    }\n" % sock
-    use_tool = s.use_tool
-    s.use_tool = False  # start it once the pool exists
-    try:
-        s.setup("http://ka", ["proxy_http_version 1.1;", 'proxy_set_header Connection "";',
-                              "proxy_next_upstream off;"], http_extra=ka, workers=1)
-    finally:
-        s.use_tool = use_tool
-    up = s.h.start_upstream("ka_once", unix=sock)
-    s.get("/one", want=200)
-    up.wait_request(1)
-    if s.use_tool:
-        s.tool = s.h.start_tool(s.binary)
-        check(s.tool.ready.get("preexisting_connections") == 1,
-              "ready.preexisting_connections %r, want 1" % s.tool.ready.get("preexisting_connections"))
-    req = harness.BackgroundRequest(s.nginx.port, "/two")
-    req.start()
-    up.wait_request(2)  # on the pooled connection: ka_once answers only a connection's first request
-    killer = harness.spawn_kill(signal.SIGKILL, up.pid)
-    s.note("/bin/kill -KILL %d ran as pid %d" % (up.pid, killer))
-    r = req.result()
-    check(r.status == 502, "status %r, want 502" % r.status)
-    s.expect_death(up, -signal.SIGKILL)
-    s.expect_nginx_message(MSG_PREMATURE)
-    s.expect_verdict(r, "upstream_killed", "unix:" + sock, "prematurely closed", upstream_pid=up.pid, evidence=[
-        [{"event": "accept", "pid": up.pid, "ts": None}],
-        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
-    ])
+    pooled_connection_killed(s, "unix:" + sock, {"unix": sock}, lambda up: "unix:" + sock)
 
 
 PHP_SLEEP = """<?php
