@@ -34,6 +34,8 @@
 #define N502_TCP_SYN_SENT 2
 #define N502_TCP_SYN_RECV 3
 #define N502_TCP_FIN_WAIT1 4
+#define N502_TCP_FIN_WAIT2 5
+#define N502_TCP_TIME_WAIT 6
 #define N502_TCP_CLOSE 7
 #define N502_TCP_CLOSE_WAIT 8
 #define N502_TCP_LAST_ACK 9
@@ -220,18 +222,37 @@ static __always_inline struct socket *socket_from_fd(int fd)
 	return (struct socket *)BPF_CORE_READ(file, private_data);
 }
 
+/* Reads of struct sock fields. Where a hook's arguments are typed (tp_btf,
+ * N502_DIRECT) they are plain loads, which the verifier checks against the
+ * kernel's BTF and makes fault-safe: about a nanosecond each. Elsewhere (raw_tp
+ * with --btf, sockets found through a descriptor) they are
+ * bpf_probe_read_kernel calls, tens of nanoseconds each. Both are CO-RE
+ * relocated. Fields past struct sock (tcp_sock, inet_connection_sock) are
+ * always read with BPF_CORE_READ: the verifier knows sk only as a sock. */
+#ifndef N502_DIRECT
+#define N502_DIRECT 0
+#endif
+#if N502_DIRECT
+#define SK_READ(sk, field) ((sk)->field)
+#else
+#define SK_READ(sk, field) BPF_CORE_READ(sk, field)
+#endif
+
 /* Inode number of the socket's network namespace. */
 static __always_inline __u32 sock_netns(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	struct net *net = SK_READ(sk, __sk_common.skc_net.net);
+
+	return SK_READ(net, ns.inum);
 }
 
-/* Fill local (src) and remote (dst) endpoints of an inet socket. */
-static __always_inline void read_inet_addrs(const struct sock *sk, struct n502_addr *src,
-					    struct n502_addr *dst)
+/* Local (src) and remote (dst) endpoints of an inet socket, through
+ * bpf_probe_read_kernel: for a socket known only by its address. */
+static __always_inline void read_inet_addrs_probe(const struct sock *sk, struct n502_addr *src,
+						  struct n502_addr *dst)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	__u32 netns = sock_netns(sk);
+	__u32 netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 
 	src->family = family;
 	dst->family = family;
@@ -247,6 +268,36 @@ static __always_inline void read_inet_addrs(const struct sock *sk, struct n502_a
 		bpf_core_read(src->addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_core_read(dst->addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
+}
+
+/* The same for a hook's own socket argument (plain loads under N502_DIRECT). */
+static __always_inline void read_inet_addrs(const struct sock *sk, struct n502_addr *src, struct n502_addr *dst)
+{
+#if N502_DIRECT
+	__u16 family = sk->__sk_common.skc_family;
+	__u32 netns = sock_netns(sk);
+
+	src->family = family;
+	dst->family = family;
+	src->netns = netns;
+	dst->netns = netns;
+	src->port = sk->__sk_common.skc_num;
+	dst->port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (family == N502_AF_INET) {
+		__u32 a = sk->__sk_common.skc_rcv_saddr, b = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(src->addr, &a, 4);
+		__builtin_memcpy(dst->addr, &b, 4);
+	} else if (family == N502_AF_INET6) {
+		for (int i = 0; i < 4; i++) {
+			__u32 a = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[i];
+			__u32 b = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[i];
+			__builtin_memcpy(src->addr + 4 * i, &a, 4);
+			__builtin_memcpy(dst->addr + 4 * i, &b, 4);
+		}
+	}
+#else
+	read_inet_addrs_probe(sk, src, dst);
+#endif
 }
 
 static __always_inline void tuple_from_addrs(struct n502_tuple *t, const struct n502_addr *local,
@@ -274,19 +325,23 @@ static __always_inline void tuple_from_addrs(struct n502_tuple *t, const struct 
 	t->netns = loopback ? remote->netns : 0;
 }
 
-static __always_inline void track_proc(__u32 tgid, __u32 role)
+/* Adds role to the process; returns 1 when it did not have it yet. */
+static __always_inline int track_proc(__u32 tgid, __u32 role)
 {
 	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);
 	if (p) {
+		if ((p->role & role) == role)
+			return 0;
 		/* Not atomic (5.10 has no BPF atomic OR); roles are only ever
 		 * added, so a lost race loses at most one bit until the next
 		 * event sets it again. */
 		p->role |= role;
-		return;
+		return 1;
 	}
 	struct n502_proc np = { .role = role };
 	if (bpf_map_update_elem(&procs, &tgid, &np, BPF_NOEXIST))
 		count(N502_CNT_MAP_FULL);
+	return 1;
 }
 
 static __always_inline void track_sock(__u64 sk, __u32 tgid, __u16 role, __u16 family)

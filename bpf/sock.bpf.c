@@ -13,6 +13,13 @@
  *                         owner (accept() itself has no TCP tracepoint)
  *   other transitions, resets, retransmissions: the story of tracked sockets
  *
+ * A connection that looks normal emits nothing until Nginx closes it: its
+ * story (struct n502_story) is kept in the socks entry of Nginx's end, the
+ * upstream's end writing its part there too, and emitted whole as one
+ * N502_EV_CONN. The first abnormal thing (a socket error, a reset, a
+ * retransmission, a connection older than us) emits the story so far and
+ * from then on the connection is followed event by event (N502_SOCKF_LIVE).
+ *
  * These hooks run in softirq as often as in process context, so events carry
  * the owner recorded in the socks map, not the current task. All take the
  * tracepoint's arguments, not its record: the first argument (the socket) has
@@ -22,10 +29,19 @@
  *
  * Each hook has two entry points with one body: tp_btf where the kernel has
  * BTF, raw_tp where it has none (--btf FILE supplies the types for CO-RE).
- * Every read goes through BPF_CORE_READ (bpf_probe_read_kernel), which both
- * allow; user space loads one set.
+ * The body is compiled once per flavour: struct sock fields are plain loads
+ * in the tp_btf one and probe reads in the raw_tp one (SK_READ); user space
+ * loads one set.
  */
 #include "common.bpf.h"
+
+/* This file is compiled twice (CMakeLists.txt): N502_DIRECT=1 gives the
+ * tp_btf programs, N502_DIRECT=0 the raw_tp ones. */
+#if N502_DIRECT
+#define N502_HOOK(tp, btf_name, raw_name, ...) SEC("tp_btf/" #tp) int BPF_PROG(btf_name, __VA_ARGS__)
+#else
+#define N502_HOOK(tp, btf_name, raw_name, ...) SEC("raw_tp/" #tp) int BPF_PROG(raw_name, __VA_ARGS__)
+#endif
 
 /* The socks entry of sk; for a socket of a connection that predates us
  * (preexisting map), adopt it first. *adopted says which. */
@@ -50,7 +66,69 @@ static __always_inline struct n502_sock *lookup_or_adopt(const struct sock *sk, 
 	}
 	bpf_map_delete_elem(&preexisting, &t);
 	*adopted = 1;
-	return bpf_map_lookup_elem(&socks, &key);
+	s = bpf_map_lookup_elem(&socks, &key);
+	if (s)
+		s->flags |= N502_SOCKF_LIVE; /* its story began before us */
+	return s;
+}
+
+/* Nginx's TCP end whose story is still held in the kernel, or NULL. */
+static __always_inline struct n502_sock *held_story(__u64 nginx_sk)
+{
+	struct n502_sock *ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+
+	if (!ns || ns->role != N502_SOCK_NGINX || (ns->flags & N502_SOCKF_LIVE))
+		return 0;
+	return ns;
+}
+
+/* The story of Nginx's end sk (its address: nginx_sk) with the transition
+ * that ends it; typed: sk is the hook's own argument, else only its address
+ * is known (probe reads). oldstate = newstate = 0: emitted early. Events of
+ * the connection come one by one after it. */
+static __always_inline void emit_story(const struct sock *sk, struct n502_sock *s, int oldstate, int newstate,
+				       int typed)
+{
+	struct n502_conn_event *e;
+
+	s->flags |= N502_SOCKF_LIVE;
+	e = reserve(sizeof(*e), N502_EV_CONN);
+	if (!e)
+		return;
+	e->sk = (__u64)sk;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->_pad = 0;
+	e->owner_tgid = s->owner_tgid;
+	if (typed) {
+		e->sk_err = SK_READ(sk, sk_err);
+		read_inet_addrs(sk, &e->src, &e->dst);
+	} else {
+		e->sk_err = BPF_CORE_READ(sk, sk_err);
+		read_inet_addrs_probe(sk, &e->src, &e->dst);
+	}
+	if (s->story.sport)
+		e->src.port = s->story.sport; /* released at CLOSE */
+	e->retransmits = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
+	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
+	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	__builtin_memcpy(&e->story, &s->story, sizeof(e->story));
+	submit(e);
+}
+
+/* Something abnormal is about to be emitted for Nginx's end (or for the
+ * upstream's end of its connection): user space must see the story so far
+ * first. A story with nothing in it (still connecting) has nothing to say. */
+static __always_inline void flush_story(__u64 nginx_sk, struct n502_sock *ns)
+{
+	if (ns->flags & N502_SOCKF_LIVE)
+		return;
+	if (!ns->story.est_ns) {
+		ns->flags |= N502_SOCKF_LIVE;
+		return;
+	}
+	emit_story((const struct sock *)nginx_sk, ns, 0, 0, 0);
 }
 
 static __always_inline void emit_state(const struct sock *sk, struct n502_sock *s, int oldstate,
@@ -62,7 +140,7 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 	e->sk = (__u64)sk;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	e->sk_err = BPF_CORE_READ(sk, sk_err);
+	e->sk_err = SK_READ(sk, sk_err);
 	e->sock_role = s->role;
 	/* The retransmission tracepoint can miss a resend (kernels before 6.x
 	 * fire it only for resends that left the host); the socket's own count
@@ -93,7 +171,7 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
  * own context. */
 static __always_inline int in_owner_context(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, sk_lock.owned) != 0;
+	return SK_READ(sk, sk_lock.owned) != 0;
 }
 
 /* Tell user space about the upstream's end of an Nginx connection. With a
@@ -108,13 +186,32 @@ static __always_inline void announce_upstream(const struct sock *sk, struct n502
 	struct n502_sock *ns;
 	__u64 nginx_sk = s->peer_sk;
 
+	int first = 0;
+
 	if (how != N502_TOOK_UNKNOWN) {
 		s->owner_tgid = tgid;
-		track_proc(tgid, N502_PROC_UPSTREAM);
+		first = track_proc(tgid, N502_PROC_UPSTREAM);
 		/* A process killed while holding the connection closes it from
 		 * do_exit(), after its exit was reported. */
 		if (BPF_CORE_READ(task, flags) & N502_PF_EXITING)
 			how |= N502_TOOK_EXITING;
+	}
+	ns = held_story(nginx_sk);
+	/* Part of the story Nginx's end will tell (which links the two ends):
+	 * nothing to emit now. Except a process's first connection: user space
+	 * then learns of the process while it lives (its cgroups are read from
+	 * /proc; an OOM-killed one is gone by the time its story arrives). */
+	if (ns && how == N502_TOOK_UNKNOWN)
+		return;
+	if (ns) {
+		ns->story.up_ns = bpf_ktime_get_boot_ns();
+		ns->story.up_tgid = tgid;
+		ns->story.up_how = how | (first ? N502_TOOK_ANNOUNCED : 0);
+		bpf_get_current_comm(ns->story.up_comm, sizeof(ns->story.up_comm));
+		if (!first) {
+			s->flags |= N502_SOCKF_ANNOUNCED;
+			return;
+		}
 	}
 	s->flags |= N502_SOCKF_ANNOUNCED;
 	e = reserve(sizeof(*e), N502_EV_ACCEPT);
@@ -152,7 +249,7 @@ static __always_inline void on_listen(const struct sock *sk, __u64 key, __u16 fa
 	e->sk = key;
 	e->fd = -1;
 	/* Set before the state change, and already capped by somaxconn. */
-	e->backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	e->backlog = SK_READ(sk, sk_max_ack_backlog);
 	read_inet_addrs(sk, &e->local, &unused);
 	e->path[0] = 0;
 	e->cgroup_id = bpf_get_current_cgroup_id();
@@ -181,14 +278,17 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 	if (!ns || (ns->role & ~N502_SOCK_CLOSED) != N502_SOCK_NGINX)
 		return;
 	struct n502_sock v = { .role = N502_SOCK_UPSTREAM, .family = local.family, .peer_sk = nginx_sk };
-	if (bpf_map_update_elem(&socks, &key, &v, BPF_ANY))
+	if (bpf_map_update_elem(&socks, &key, &v, BPF_ANY)) {
 		count(N502_CNT_MAP_FULL);
+		return;
+	}
+	ns->story.up_sk = key; /* the story links the two ends */
 }
 
 /* The first transition of a socket we do not track yet. */
 static __always_inline void begin_tracking(const struct sock *sk, __u64 key, int oldstate, int newstate)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = SK_READ(sk, __sk_common.skc_family);
 
 	if (family != N502_AF_INET && family != N502_AF_INET6)
 		return;
@@ -204,12 +304,95 @@ static __always_inline void begin_tracking(const struct sock *sk, __u64 key, int
 	}
 }
 
+/* A tracked socket reached CLOSE. An abortive close (SO_LINGER 0, unread
+ * data: from ESTABLISHED or CLOSE_WAIT) sends its RST right after, and so
+ * does a reset with an error set (data arriving after shutdown): keep the
+ * entry, flagged, for that RST (the reset handler or the next life of this
+ * address removes it). An orderly end frees it now. */
+static __always_inline void closed(const struct sock *sk, struct n502_sock *s, __u64 key, int oldstate)
+{
+	if (s->role != N502_SOCK_LISTENER &&
+	    (oldstate == N502_TCP_ESTABLISHED || oldstate == N502_TCP_CLOSE_WAIT || SK_READ(sk, sk_err)))
+		s->role |= N502_SOCK_CLOSED;
+	else
+		bpf_map_delete_elem(&socks, &key);
+}
+
+/* Remember an Nginx connection's 4-tuple, or forget it: the upstream's end
+ * is matched to Nginx's through it when it is established. */
+static __always_inline void remember_tuple(const struct sock *sk, __u64 key, struct n502_sock *s, int remember)
+{
+	struct n502_addr src = {}, dst = {};
+	struct n502_tuple t = {};
+
+	read_inet_addrs(sk, &src, &dst);
+	/* At CLOSE the local port has already been released (0): use the one
+	 * read at ESTABLISHED. */
+	if (remember)
+		s->story.sport = src.port;
+	else
+		src.port = s->story.sport;
+	tuple_from_addrs(&t, &src, &dst);
+	if (!remember)
+		bpf_map_delete_elem(&tuples, &t);
+	else if (bpf_map_update_elem(&tuples, &t, &key, BPF_ANY))
+		count(N502_CNT_MAP_FULL);
+}
+
+/* A transition of Nginx's end while its story is held, without an error. */
+static __always_inline int held_transition(const struct sock *sk, __u64 key, struct n502_sock *s, int oldstate,
+					   int newstate)
+{
+	if (newstate == N502_TCP_ESTABLISHED) {
+		s->story.est_ns = bpf_ktime_get_boot_ns();
+		remember_tuple(sk, key, s, 1);
+	} else if (oldstate == N502_TCP_ESTABLISHED && newstate == N502_TCP_CLOSE_WAIT) {
+		s->story.fin_ns = bpf_ktime_get_boot_ns();
+		s->story.fin_bytes = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	} else if (oldstate == N502_TCP_ESTABLISHED && newstate == N502_TCP_FIN_WAIT1) {
+		/* Nginx closed first (a timeout, a client gone, a response read
+		 * whole): what the upstream does next comes one by one. */
+		emit_story(sk, s, oldstate, newstate, 1);
+	} else if (newstate == N502_TCP_CLOSE) {
+		/* The usual end: LAST_ACK -> CLOSE after the upstream's FIN. */
+		emit_story(sk, s, oldstate, newstate, 1);
+		if (oldstate != N502_TCP_SYN_SENT)
+			remember_tuple(sk, key, s, 0);
+		closed(sk, s, key, oldstate);
+	}
+	return 0;
+}
+
+/* A transition of the upstream's end while Nginx's end holds the story: it
+ * becomes part of it. Only its owner's own close (or exit) runs in its
+ * context and names it. */
+static __always_inline void held_upstream_transition(const struct sock *sk, struct n502_sock *s,
+						     struct n502_sock *ns, int oldstate, int newstate)
+{
+	if (!s->owner_tgid && in_owner_context(sk) &&
+	    ((oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
+	     (oldstate == N502_TCP_CLOSE_WAIT && (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE))))
+		announce_upstream(sk, s, N502_TOOK_CLOSE);
+	if (oldstate == N502_TCP_ESTABLISHED && !ns->story.up_oldstate) {
+		ns->story.up_oldstate = oldstate;
+		ns->story.up_newstate = newstate;
+		ns->story.up_leave_ns = bpf_ktime_get_boot_ns();
+	}
+}
+
 static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
 {
 	__u64 key = (__u64)sk;
 	int adopted;
-	struct n502_sock *s = lookup_or_adopt(sk, key, &adopted);
+	struct n502_sock *s;
 
+	/* Transitions no rule and no bookkeeping needs, checked before any map
+	 * lookup: a passive socket being created (its SYN_RECV -> ESTABLISHED
+	 * is what matters), and the orderly middle of a close. */
+	if ((oldstate == N502_TCP_CLOSE && newstate == N502_TCP_SYN_RECV) ||
+	    ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !SK_READ(sk, sk_err)))
+		return 0;
+	s = lookup_or_adopt(sk, key, &adopted);
 	if (s && (s->role & N502_SOCK_CLOSED)) {
 		/* A closed socket's memory now serves a new socket: forget it. */
 		bpf_map_delete_elem(&socks, &key);
@@ -219,6 +402,24 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 		begin_tracking(sk, key, oldstate, newstate);
 		return 0;
 	}
+	if (s->role == N502_SOCK_NGINX && !(s->flags & N502_SOCKF_LIVE)) {
+		if (SK_READ(sk, sk_err))
+			flush_story(key, s); /* then this transition, one by one */
+		else
+			return held_transition(sk, key, s, oldstate, newstate);
+	}
+	if (s->role == N502_SOCK_UPSTREAM) {
+		struct n502_sock *ns = held_story(s->peer_sk);
+
+		if (ns && !SK_READ(sk, sk_err)) {
+			held_upstream_transition(sk, s, ns, oldstate, newstate);
+			if (newstate == N502_TCP_CLOSE)
+				closed(sk, s, key, oldstate);
+			return 0;
+		}
+		if (ns)
+			flush_story(s->peer_sk, ns);
+	}
 	/* Only the transitions the rules use are emitted; the orderly tail of a
 	 * close (FIN_WAIT2, LAST_ACK, CLOSING, TIME_WAIT) explains nothing, and
 	 * SYN_SENT is implied by what follows it.
@@ -226,7 +427,7 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	 *     (Nginx closed first), CLOSE (the end: user space forgets it).
 	 *   The upstream's end: only leaving ESTABLISHED (its FIN or abort).
 	 *   Any transition with a socket error. */
-	int emit = BPF_CORE_READ(sk, sk_err) != 0 || adopted;
+	int emit = SK_READ(sk, sk_err) != 0 || adopted;
 	if (s->role == N502_SOCK_NGINX)
 		emit = emit || newstate == N502_TCP_ESTABLISHED || newstate == N502_TCP_CLOSE_WAIT ||
 		       newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE;
@@ -238,7 +439,7 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 		/* Transitions only the owner causes (its close(), shutdown() or
 		 * exit) run in its context: that names it. Anything else is
 		 * announced without an owner, so user space can place it. */
-		int err = BPF_CORE_READ(sk, sk_err);
+		int err = SK_READ(sk, sk_err);
 		int by_owner = !err && in_owner_context(sk) && ((oldstate == N502_TCP_ESTABLISHED &&
 					 (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
 					(oldstate == N502_TCP_CLOSE_WAIT &&
@@ -251,46 +452,19 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	if (emit)
 		emit_state(sk, s, oldstate, newstate, adopted);
 
-	if (s->role == N502_SOCK_NGINX && newstate == N502_TCP_ESTABLISHED) {
-		/* Ports and addresses are final now: remember the 4-tuple so the
-		 * accept() of the other end can be matched to this socket. */
-		struct n502_addr src = {}, dst = {};
-		struct n502_tuple t = {};
-
-		read_inet_addrs(sk, &src, &dst);
-		tuple_from_addrs(&t, &src, &dst);
-		if (bpf_map_update_elem(&tuples, &t, &key, BPF_ANY))
-			count(N502_CNT_MAP_FULL);
-	}
+	/* Ports and addresses are final at ESTABLISHED: the 4-tuple lets the
+	 * other end be matched to this socket. */
+	if (s->role == N502_SOCK_NGINX && newstate == N502_TCP_ESTABLISHED)
+		remember_tuple(sk, key, s, 1);
 	if (newstate == N502_TCP_CLOSE) {
-		if (s->role == N502_SOCK_NGINX) {
-			struct n502_addr src = {}, dst = {};
-			struct n502_tuple t = {};
-
-			read_inet_addrs(sk, &src, &dst);
-			tuple_from_addrs(&t, &src, &dst);
-			bpf_map_delete_elem(&tuples, &t);
-		}
-		/* An abortive close (SO_LINGER 0, unread data) moves to CLOSE
-		 * first and sends its RST right after: keep the entry, flagged,
-		 * for that RST. The reset handler or the next life of this
-		 * address removes it. */
-		if (s->role == N502_SOCK_LISTENER)
-			bpf_map_delete_elem(&socks, &key);
-		else
-			s->role |= N502_SOCK_CLOSED;
+		if (s->role == N502_SOCK_NGINX && oldstate != N502_TCP_SYN_SENT)
+			remember_tuple(sk, key, s, 0);
+		closed(sk, s, key, oldstate);
 	}
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_sock__inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
-{
-	return on_sock__inet_sock_set_state(sk, oldstate, newstate);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(raw_sock__inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
+N502_HOOK(inet_sock_set_state, handle_sock__inet_sock_set_state, raw_sock__inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
 	return on_sock__inet_sock_set_state(sk, oldstate, newstate);
 }
@@ -309,10 +483,18 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 	if (!s)
 		return;
 	if (s->role & N502_SOCK_CLOSED) {
-		int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		int state = SK_READ(sk, __sk_common.skc_state);
 		bpf_map_delete_elem(&socks, &key);
 		if (state != N502_TCP_CLOSE)
 			return; /* not the socket we tracked any more */
+	}
+	/* A reset is abnormal: the connection's story so far goes first. */
+	if (s->role == N502_SOCK_NGINX) {
+		flush_story(key, s);
+	} else if (s->role == N502_SOCK_UPSTREAM) {
+		struct n502_sock *ns = held_story(s->peer_sk);
+		if (ns)
+			flush_story(s->peer_sk, ns);
 	}
 	if (s->role == N502_SOCK_UPSTREAM && !s->owner_tgid && !(s->flags & N502_SOCKF_ANNOUNCED))
 		announce_upstream(sk, s, N502_TOOK_UNKNOWN);
@@ -321,7 +503,7 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 		return;
 	e->sk = key;
 	e->dir = dir;
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->state = SK_READ(sk, __sk_common.skc_state);
 	e->sock_role = s->role & ~N502_SOCK_CLOSED;
 	e->_pad = 0;
 	e->owner_tgid = s->owner_tgid;
@@ -335,14 +517,7 @@ static __always_inline int on_tcp__receive_reset(struct sock *sk)
 	return 0;
 }
 
-SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(handle_tcp__receive_reset, struct sock *sk)
-{
-	return on_tcp__receive_reset(sk);
-}
-
-SEC("raw_tp/tcp_receive_reset")
-int BPF_PROG(raw_tcp__receive_reset, struct sock *sk)
+N502_HOOK(tcp_receive_reset, handle_tcp__receive_reset, raw_tcp__receive_reset, struct sock *sk)
 {
 	return on_tcp__receive_reset(sk);
 }
@@ -356,14 +531,7 @@ static __always_inline int on_tcp__send_reset(const struct sock *sk)
 	return 0;
 }
 
-SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(handle_tcp__send_reset, const struct sock *sk)
-{
-	return on_tcp__send_reset(sk);
-}
-
-SEC("raw_tp/tcp_send_reset")
-int BPF_PROG(raw_tcp__send_reset, const struct sock *sk)
+N502_HOOK(tcp_send_reset, handle_tcp__send_reset, raw_tcp__send_reset, const struct sock *sk)
 {
 	return on_tcp__send_reset(sk);
 }
@@ -377,13 +545,15 @@ static __always_inline int on_tcp__retransmit_skb(const struct sock *sk)
 	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
 	struct n502_retrans_event *e;
 
-	if (!s || (s->role & N502_SOCK_CLOSED))
+	/* Nginx's end only: a SYN resent is what the rules use. */
+	if (!s || s->role != N502_SOCK_NGINX)
 		return 0;
+	flush_story(key, s);
 	e = reserve(sizeof(*e), N502_EV_RETRANS);
 	if (!e)
 		return 0;
 	e->sk = key;
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->state = SK_READ(sk, __sk_common.skc_state);
 	e->sock_role = s->role;
 	e->_pad = 0;
 	e->owner_tgid = s->owner_tgid;
@@ -393,14 +563,7 @@ static __always_inline int on_tcp__retransmit_skb(const struct sock *sk)
 	return 0;
 }
 
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(handle_tcp__retransmit_skb, const struct sock *sk)
-{
-	return on_tcp__retransmit_skb(sk);
-}
-
-SEC("raw_tp/tcp_retransmit_skb")
-int BPF_PROG(raw_tcp__retransmit_skb, const struct sock *sk)
+N502_HOOK(tcp_retransmit_skb, handle_tcp__retransmit_skb, raw_tcp__retransmit_skb, const struct sock *sk)
 {
 	return on_tcp__retransmit_skb(sk);
 }
@@ -412,22 +575,18 @@ int BPF_PROG(raw_tcp__retransmit_skb, const struct sock *sk)
 static __always_inline int on_tcp__rcv_space_adjust(struct sock *sk)
 {
 	__u64 key = (__u64)sk;
-	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+	struct n502_sock *s;
 
-	if (!s || s->role != N502_SOCK_UPSTREAM || s->owner_tgid || !in_owner_context(sk))
+	if (!in_owner_context(sk)) /* a plain load: before the lookup */
+		return 0;
+	s = bpf_map_lookup_elem(&socks, &key);
+	if (!s || s->role != N502_SOCK_UPSTREAM || s->owner_tgid)
 		return 0;
 	announce_upstream(sk, s, N502_TOOK_READ);
 	return 0;
 }
 
-SEC("tp_btf/tcp_rcv_space_adjust")
-int BPF_PROG(handle_tcp__rcv_space_adjust, struct sock *sk)
-{
-	return on_tcp__rcv_space_adjust(sk);
-}
-
-SEC("raw_tp/tcp_rcv_space_adjust")
-int BPF_PROG(raw_tcp__rcv_space_adjust, struct sock *sk)
+N502_HOOK(tcp_rcv_space_adjust, handle_tcp__rcv_space_adjust, raw_tcp__rcv_space_adjust, struct sock *sk)
 {
 	return on_tcp__rcv_space_adjust(sk);
 }

@@ -605,11 +605,12 @@ int run(const Options &opt)
     };
     for (const auto &c : existing) {
         std::string perr;
-        n502_sock nv{c.nginx_pid, N502_SOCK_NGINX, c.local.family, 0, 0, 0};
+        // Its story began before us: traced event by event from its adoption.
+        n502_sock nv{c.nginx_pid, N502_SOCK_NGINX, c.local.family, 0, N502_SOCKF_LIVE, 0, {}};
         if (!loader.add_preexisting(tuple_of(c.local, c.remote, c.inode), nv, &perr))
             engine.warning({"map_full", perr, 0});
         if (c.up_pid) {
-            n502_sock uv{c.up_pid, N502_SOCK_UPSTREAM, c.up_local.family, 0, N502_SOCKF_ANNOUNCED, 0};
+            n502_sock uv{c.up_pid, N502_SOCK_UPSTREAM, c.up_local.family, 0, N502_SOCKF_ANNOUNCED, 0, {}};
             if (!loader.add_preexisting(tuple_of(c.up_local, c.up_remote, c.up_inode), uv, &perr))
                 engine.warning({"map_full", perr, 0});
             if (!loader.track_process(c.up_pid, N502_PROC_UPSTREAM, &perr))

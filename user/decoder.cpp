@@ -1,5 +1,6 @@
 #include "decoder.hpp"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cstddef>
 #include <cstring>
@@ -178,6 +179,36 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.segs_out = r.segs_out;
         return e;
     }
+    case N502_EV_CONN: {
+        if (!fits<n502_conn_event>(len, h, why))
+            return std::nullopt;
+        n502_conn_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.sk = r.sk;
+        e.oldstate = r.oldstate;
+        e.newstate = r.newstate;
+        e.sk_err = r.sk_err;
+        e.sock_role = N502_SOCK_NGINX;
+        e.owner = r.owner_tgid;
+        e.src = Addr::from_raw(r.src);
+        e.dst = Addr::from_raw(r.dst);
+        e.bytes_received = r.bytes_received;
+        e.bytes_acked = r.bytes_acked;
+        e.retransmits = r.retransmits;
+        e.segs_out = r.segs_out;
+        e.story = r.story;
+        e.target_comm = cstr(r.story.up_comm, sizeof(r.story.up_comm));
+        auto state_ok = [](int s) { return s >= 0 && s <= 12; };
+        if (!state_ok(r.oldstate) || !state_ok(r.newstate) || !state_ok(r.story.up_oldstate) ||
+            !state_ok(r.story.up_newstate) || (r.story.up_how & 0xff) > N502_TOOK_UNKNOWN) {
+            if (why)
+                *why = fmt::format("connection record with out-of-range states ({} -> {}, upstream {} -> {}) or "
+                                   "'how' {}",
+                                   r.oldstate, r.newstate, int(r.story.up_oldstate), int(r.story.up_newstate), r.story.up_how);
+            return std::nullopt;
+        }
+        return e;
+    }
     case N502_EV_RETRANS: {
         if (!fits<n502_retrans_event>(len, h, why))
             return std::nullopt;
@@ -291,6 +322,79 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
     }
 }
 
+std::vector<Event> expand_story(const Event &e)
+{
+    const n502_story &st = e.story;
+    std::vector<Event> evs;
+    auto nginx_state = [&](uint64_t ts, int oldstate, int newstate) {
+        Event s;
+        s.type = N502_EV_STATE;
+        s.ts = ts;
+        s.tgid = e.owner;
+        s.sk = e.sk;
+        s.sock_role = N502_SOCK_NGINX;
+        s.owner = e.owner;
+        s.oldstate = oldstate;
+        s.newstate = newstate;
+        s.src = e.src;
+        s.dst = e.dst;
+        return s;
+    };
+    if (st.est_ns)
+        evs.push_back(nginx_state(st.est_ns, 2 /* SYN_SENT */, 1 /* ESTABLISHED */));
+    // Its owner's first connection was announced on its own (an accept
+    // event before this one): not again.
+    if (st.up_sk && !(st.up_tgid && (st.up_how & N502_TOOK_ANNOUNCED))) {
+        // The upstream's end: linked to Nginx's, with its process if known.
+        Event a;
+        a.type = N502_EV_ACCEPT;
+        a.sk = st.up_sk;
+        a.peer_sk = e.sk;
+        a.owner = e.owner;
+        a.src = e.dst; // the address it accepted on
+        a.dst = e.src; // Nginx's
+        a.took = st.up_tgid ? (st.up_how & 0xff) : N502_TOOK_UNKNOWN;
+        a.exiting = st.up_tgid && (st.up_how & N502_TOOK_EXITING);
+        a.ts = st.up_tgid ? st.up_ns : st.est_ns;
+        if (st.up_tgid) {
+            a.tgid = st.up_tgid;
+            a.tid = st.up_tgid;
+            a.comm = e.target_comm;
+        }
+        evs.push_back(a);
+    }
+    if (st.up_sk && st.up_oldstate) {
+        {
+            Event u;
+            u.type = N502_EV_STATE;
+            u.ts = st.up_leave_ns;
+            u.tgid = st.up_tgid;
+            u.sk = st.up_sk;
+            u.sock_role = N502_SOCK_UPSTREAM;
+            u.owner = st.up_tgid;
+            u.oldstate = st.up_oldstate;
+            u.newstate = st.up_newstate;
+            u.src = e.dst;
+            u.dst = e.src;
+            evs.push_back(u);
+        }
+    }
+    if (st.fin_ns) {
+        Event f = nginx_state(st.fin_ns, 1 /* ESTABLISHED */, 8 /* CLOSE_WAIT */);
+        f.bytes_received = st.fin_bytes;
+        evs.push_back(f);
+    }
+    if (e.newstate) { // the transition that emitted it, as it happened
+        Event t = e;
+        t.type = N502_EV_STATE;
+        t.story = {};
+        t.target_comm.clear();
+        evs.push_back(std::move(t));
+    }
+    std::stable_sort(evs.begin(), evs.end(), [](const Event &a, const Event &b) { return a.ts < b.ts; });
+    return evs;
+}
+
 const char *tcp_state_name(int s)
 {
     static const char *names[] = {"?",         "ESTABLISHED", "SYN_SENT", "SYN_RECV",   "FIN_WAIT1",
@@ -346,6 +450,7 @@ const char *event_type_name(n502_event_type t)
     case N502_EV_LISTEN: return "listen";
     case N502_EV_RETRANS: return "retrans";
     case N502_EV_LOG: return "log";
+    case N502_EV_CONN: return "conn";
     default: return "unknown";
     }
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "n502/events.h"
 
@@ -68,11 +69,18 @@ struct Event {
     uint32_t ns_tgid = 0;        // ACCEPT/LISTEN: its pid in its own pid namespace
     uint32_t took = 0;           // ACCEPT: enum n502_took without the flag (how the owner became known)
     bool exiting = false;        // ACCEPT: the owner was exiting (N502_TOOK_EXITING)
+    n502_story story{};          // CONN: the connection's story (up_comm also in target_comm, cleaned)
 };
 
 // Returns nullopt and sets *why for records that are too short, of an unknown
 // type, or whose size field disagrees with their type.
 std::optional<Event> decode(const void *data, size_t len, std::string *why = nullptr);
+
+// The events an N502_EV_CONN stands for, in the order they happened: Nginx's
+// end established, the upstream's end linked (with its process when known)
+// and leaving ESTABLISHED, the upstream's FIN, and the transition that
+// emitted the story (none when it was emitted early).
+std::vector<Event> expand_story(const Event &conn);
 
 const char *tcp_state_name(int state);
 const char *signal_name(int sig);

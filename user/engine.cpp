@@ -126,6 +126,17 @@ std::string RecordingHost::port_range(uint32_t pid)
     return s;
 }
 
+std::map<std::string, int> RecordingHost::sockets_to(const Addr &dst, uint32_t ns_pid)
+{
+    auto m = inner_.sockets_to(dst, ns_pid);
+    Enc e;
+    e.u32(static_cast<uint32_t>(m.size()));
+    for (const auto &[state, n] : m)
+        e.str(state).u32(static_cast<uint32_t>(n));
+    rec_.put(Rec::AnsSocketsTo, e);
+    return m;
+}
+
 int RecordingHost::tcp_abort_on_overflow(uint32_t pid)
 {
     int v = inner_.tcp_abort_on_overflow(pid);
@@ -467,15 +478,19 @@ void Engine::do_kernel(const void *data, size_t len)
         if (Proc *p = state_.proc(ev->target))
             read_facts(*p, true);
     }
-    if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN) {
-        if (Proc *p = state_.proc(ev->tgid)) {
-            if (ev->ns_tgid)
-                p->ns_pid = ev->ns_tgid;
-            if (ev->cgroup_id)
-                p->cgroup_id = ev->cgroup_id;
+    // Where a process that took or serves connections lives: its pid
+    // namespace and cgroup as the kernel saw them, then what /proc adds.
+    auto placed = [&](uint32_t pid, uint32_t ns_tgid, uint64_t cgroup_id) {
+        if (Proc *p = state_.proc(pid)) {
+            if (ns_tgid)
+                p->ns_pid = ns_tgid;
+            if (cgroup_id)
+                p->cgroup_id = cgroup_id;
             read_facts(*p);
         }
-    }
+    };
+    if (ev->type == N502_EV_ACCEPT || ev->type == N502_EV_LISTEN)
+        placed(ev->tgid, ev->ns_tgid, ev->cgroup_id);
 }
 
 bool Engine::log_line(const std::string &text, const std::function<uint32_t(uint32_t)> &map_pid)
@@ -939,6 +954,19 @@ public:
     }
     std::string activity(uint32_t) override { return take_str(Rec::AnsActivity); }
     std::string port_range(uint32_t) override { return take_str(Rec::AnsPortRange); }
+    std::map<std::string, int> sockets_to(const Addr &, uint32_t) override
+    {
+        std::map<std::string, int> m;
+        auto rec = take(Rec::AnsSocketsTo);
+        if (!rec)
+            return m;
+        Dec d(rec->payload, rec->type);
+        for (uint32_t i = 0, n = d.u32(); i < n && i < 64; i++) {
+            std::string state = d.str();
+            m[state] = static_cast<int>(d.u32());
+        }
+        return m;
+    }
     int tcp_abort_on_overflow(uint32_t) override
     {
         auto rec = take(Rec::AnsAbortOnOverflow);
@@ -972,7 +1000,7 @@ private:
     std::unordered_map<std::string, std::optional<ContainerInfo>> containers_;
 };
 
-bool is_answer(uint16_t t) { return t >= static_cast<uint16_t>(Rec::AnsFacts) && t <= static_cast<uint16_t>(Rec::AnsAbortOnOverflow); }
+bool is_answer(uint16_t t) { return t >= static_cast<uint16_t>(Rec::AnsFacts) && t <= static_cast<uint16_t>(Rec::AnsSocketsTo); }
 
 // Replays `path` into the sink made by make_sink (given the recorded
 // timebase). Throws RecordingError.

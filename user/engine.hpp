@@ -91,6 +91,7 @@ public:
     std::optional<Creds> creds(uint32_t pid) override;
     std::string activity(uint32_t pid) override;
     std::string port_range(uint32_t pid) override;
+    std::map<std::string, int> sockets_to(const Addr &dst, uint32_t ns_pid) override;
     int tcp_abort_on_overflow(uint32_t pid) override;
 
 private:

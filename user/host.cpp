@@ -253,4 +253,26 @@ bool may_connect(const Creds &c, const std::string &path, Host &host, std::strin
     return true;
 }
 
+std::map<std::string, int> RealHost::sockets_to(const Addr &dst, uint32_t ns_pid)
+{
+    if (dst.family != AF_INET && dst.family != AF_INET6)
+        return {};
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+    std::string key = fmt::format("{}|{}", dst.str(), ns_pid);
+    if (auto it = sockets_cache_.find(key); it != sockets_cache_.end() && now - it->second.at_ns < 200'000'000LL)
+        return it->second.value;
+    if (sockets_cache_.size() > 1024)
+        sockets_cache_.clear();
+    std::map<std::string, int> out;
+    size_t n = dst.family == AF_INET ? 4 : 16;
+    // Every state but LISTEN: TIME_WAIT sockets hold their ports too.
+    for (const DiagSock &d : diag_tcp(ns_pid, 0xffff & ~(1u << 10), 0, dst.family))
+        if (d.remote.port == dst.port && std::memcmp(d.remote.ip.data(), dst.ip.data(), n) == 0)
+            out[tcp_state_name(d.state)]++;
+    sockets_cache_[key] = {now, out};
+    return out;
+}
+
 } // namespace n502

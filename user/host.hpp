@@ -44,6 +44,10 @@ public:
     // "32768-60999" in the network namespace of pid.
     virtual std::string port_range(uint32_t pid) = 0;
     virtual int tcp_abort_on_overflow(uint32_t pid) = 0;
+    // TCP sockets in the network namespace of ns_pid whose remote end is dst,
+    // counted by state ("ESTABLISHED", "TIME_WAIT", ...): what holds the
+    // local ports toward dst.
+    virtual std::map<std::string, int> sockets_to(const Addr &dst, uint32_t ns_pid) = 0;
 };
 
 // The real host, through /proc, stat(2) and NETLINK_SOCK_DIAG. Listener
@@ -57,6 +61,7 @@ public:
     std::string activity(uint32_t pid) override;
     std::string port_range(uint32_t pid) override;
     int tcp_abort_on_overflow(uint32_t pid) override;
+    std::map<std::string, int> sockets_to(const Addr &dst, uint32_t ns_pid) override;
 
 private:
     struct Cached {
@@ -64,6 +69,11 @@ private:
         std::optional<ListenerQueue> value;
     };
     std::map<std::string, Cached> listener_cache_;
+    struct CachedCount {
+        int64_t at_ns = 0;
+        std::map<std::string, int> value;
+    };
+    std::map<std::string, CachedCount> sockets_cache_; // a storm of EADDRNOTAVAIL: one dump per 200 ms
 };
 
 // May `c` connect to the unix socket at path? (write on the socket, search on

@@ -40,6 +40,7 @@ const char *rec_name(uint16_t t)
     case Rec::AnsActivity: return "answer:activity";
     case Rec::AnsPortRange: return "answer:port_range";
     case Rec::AnsAbortOnOverflow: return "answer:tcp_abort_on_overflow";
+    case Rec::AnsSocketsTo: return "answer:sockets_to";
     }
     return "unknown";
 }

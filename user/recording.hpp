@@ -59,6 +59,7 @@ enum class Rec : uint16_t {
     AnsActivity = 45,
     AnsPortRange = 46,
     AnsAbortOnOverflow = 47,
+    AnsSocketsTo = 48,
 };
 
 const char *rec_name(uint16_t type);

@@ -452,7 +452,10 @@ bool rule_ports_exhausted(const RuleInput &in, Verdict &v)
     if (!connect_failed_with(in, EADDRNOTAVAIL))
         return false;
     base(v, in, "local_ports_exhausted", "high");
-    auto by_state = in.state.nginx_sockets_to(in.conn->dst.str());
+    // The host's view (sock_diag) counts what the event stream cannot: sockets
+    // in TIME_WAIT, and connections still open whose story the kernel holds.
+    auto by_state = in.host ? in.host->sockets_to(in.conn->dst, in.conn->nginx_pid)
+                            : in.state.nginx_sockets_to(in.conn->dst.str());
     int total = 0;
     std::string states;
     for (const auto &[st, n] : by_state) {
@@ -464,8 +467,8 @@ bool rule_ports_exhausted(const RuleInput &in, Verdict &v)
     std::string range = in.host ? in.host->port_range(in.conn->nginx_pid) : "";
     if (!range.empty())
         v.fact("port_range", range);
-    v.explanation = fmt::format("No local port was free for a connection to {} (EADDRNOTAVAIL): Nginx holds {} "
-                                "sockets toward it{}{}.",
+    v.explanation = fmt::format("No local port was free for a connection to {} (EADDRNOTAVAIL): Nginx's network "
+                                "namespace has {} sockets to it{}{}.",
                                 in.conn->dst.str(), total, states.empty() ? "" : " (" + states + ")",
                                 range.empty() ? "" : "; the local port range is " + range);
     return true;

@@ -516,6 +516,20 @@ std::vector<Evidence> Conn::evidence() const
 void State::apply(const Event &e)
 {
     stats_.events++;
+    if (e.type == N502_EV_CONN)
+        replay_story(e);
+    else
+        apply_event(e);
+}
+
+void State::replay_story(const Event &e)
+{
+    for (const Event &x : expand_story(e))
+        apply_event(x);
+}
+
+void State::apply_event(const Event &e)
+{
     switch (e.type) {
     case N502_EV_CONNECT: {
         Conn *c = live_conn(e.sk);
@@ -698,7 +712,9 @@ void State::apply(const Event &e)
         if (e.took != N502_TOOK_CLOSE)
             c->t_accept = e.ts;
         Proc &p = proc_or_new(e.tgid, e.ts);
-        if (p.exit && !e.exiting) { // pid reused by a new process
+        // A story replayed after the process's exit was seen is not a new
+        // process on a reused pid: its connection predates the exit.
+        if (p.exit && !e.exiting && e.ts > p.exit->ts) { // pid reused by a new process
             p = Proc{};
             p.pid = e.tgid;
             p.first_seen = e.ts;

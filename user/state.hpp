@@ -209,6 +209,11 @@ public:
     const StateStats &stats() const { return stats_; }
 
 private:
+    void apply_event(const Event &e);
+    // An Nginx TCP connection's story (N502_EV_CONN): applied as the events
+    // it stands for, in the order they happened.
+    void replay_story(const Event &e);
+
     Conn &conn_for(uint64_t sk, uint64_t ts, uint32_t owner);
     Conn *live_conn(uint64_t sk);
     Conn *conn_by_up_sk(uint64_t up_sk);

@@ -21,7 +21,7 @@
 
 #define N502_COMM_LEN 16
 #define N502_UNIX_PATH_LEN 108
-#define N502_ABI_VERSION 5
+#define N502_ABI_VERSION 6
 /* Largest log write captured from the kernel (N502_EV_LOG); longer ones are cut. */
 #define N502_LOG_MAX 4096
 
@@ -38,7 +38,8 @@ enum n502_event_type {
 	N502_EV_LISTEN = 10, /* a process started listening on a stream socket */
 	N502_EV_RETRANS = 11, /* a tracked TCP socket retransmitted (a SYN, in SYN_SENT) */
 	N502_EV_LOG = 12,     /* Nginx wrote to a log that is a pipe/socket/tty (stderr in a container) */
-	N502_EV_TYPE_MAX = 13,
+	N502_EV_CONN = 13,    /* an Nginx TCP connection's story, held in the kernel until now */
+	N502_EV_TYPE_MAX = 14,
 };
 
 /* Process roles: bits in the procs map value and in events. */
@@ -110,6 +111,7 @@ enum n502_took {
 	N502_TOOK_CLOSE = 2,   /* closed it without reading (TCP: its close, or its exit) */
 	N502_TOOK_UNKNOWN = 3, /* linked to Nginx's end, owner not known yet: hdr's task is not it */
 	N502_TOOK_EXITING = 0x100, /* flag: the owner was exiting (its death closed the socket) */
+	N502_TOOK_ANNOUNCED = 0x200, /* flag, in a story only: its accept event was emitted on its own */
 };
 
 struct n502_accept_event {
@@ -244,6 +246,31 @@ struct n502_proc {
 	__u32 _pad;
 };
 
+/* What happened to an Nginx TCP connection while nothing about it was
+ * abnormal. It is kept in the kernel, in the socks entry of Nginx's end, and
+ * reaches user space whole in one N502_EV_CONN when Nginx closes the
+ * connection, or earlier when something abnormal happens to it (an error, a
+ * reset, a retransmission: then everything after it comes event by event).
+ * A connection that ends normally costs one event instead of five. */
+struct n502_story {
+	__u64 est_ns;      /* SYN_SENT -> ESTABLISHED (0: not reached) */
+	__u64 fin_ns;      /* the upstream's FIN arrived (ESTABLISHED -> CLOSE_WAIT; 0: not) */
+	__u64 fin_bytes;   /* payload bytes Nginx had received by then */
+	__u64 up_sk;       /* the upstream's end (0: not seen, e.g. on another host) */
+	__u64 up_ns;       /* when the upstream's process became known (0: not known) */
+	__u64 up_leave_ns;
+	/* The process holding the upstream's end (0: not known). Its first
+	 * connection is announced on its own (N502_EV_ACCEPT, with its pid
+	 * namespace and cgroup): a story names only processes already known. */
+	__u32 up_tgid;
+	__u32 up_how;      /* enum n502_took, with N502_TOOK_EXITING */
+	__u8 up_oldstate;  /* the upstream's end leaving ESTABLISHED (0: it has not) */
+	__u8 up_newstate;
+	__u16 sport;       /* Nginx's local port, read at ESTABLISHED (CLOSE releases it) */
+	__u32 _pad;
+	char up_comm[N502_COMM_LEN];
+};
+
 /* Value of the socks map (key: kernel socket address). */
 struct n502_sock {
 	__u32 owner_tgid; /* 0: not known yet (a TCP upstream end before its first read) */
@@ -252,10 +279,34 @@ struct n502_sock {
 	__u64 peer_sk;    /* an upstream end: Nginx's end of the connection */
 	__u32 flags;      /* enum n502_sock_flag */
 	__u32 _pad;
+	struct n502_story story; /* Nginx's TCP end only */
 };
 
 enum n502_sock_flag {
 	N502_SOCKF_ANNOUNCED = 1, /* an upstream end: user space has its accept event */
+	N502_SOCKF_LIVE = 2,      /* Nginx's TCP end: its story was emitted; events follow one by one */
+};
+
+/* An Nginx TCP connection's story (struct n502_story), with the transition
+ * of Nginx's end that emitted it: its close() (ESTABLISHED -> FIN_WAIT1), its
+ * end (-> CLOSE); oldstate = newstate = 0 when something abnormal emitted it
+ * early (the events that follow say what). User space replays it as the
+ * events it stands for, at their own times. */
+struct n502_conn_event {
+	struct n502_hdr hdr;   /* the task that ran the hook */
+	__u64 sk;              /* Nginx's end */
+	__s32 oldstate;
+	__s32 newstate;
+	__s32 sk_err;
+	__u16 retransmits;     /* icsk_retransmits at the transition */
+	__u16 _pad;
+	__u32 owner_tgid;      /* the Nginx process (recorded at its connect) */
+	__u32 segs_out;
+	struct n502_addr src;  /* Nginx's address */
+	struct n502_addr dst;  /* the upstream's */
+	__u64 bytes_received;
+	__u64 bytes_acked;
+	struct n502_story story;
 };
 
 /* Key of the tuples map: an Nginx TCP connection seen from Nginx's side.

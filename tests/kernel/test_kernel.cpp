@@ -44,8 +44,14 @@ struct Kernel {
             return;
         ok = loader.start_ring(
             [this](const void *d, size_t n) {
-                if (auto e = decode(d, n))
-                    events.push_back(*e);
+                auto e = decode(d, n);
+                if (!e)
+                    return;
+                events.push_back(*e);
+                // A connection's story, then the events it stands for.
+                if (e->type == N502_EV_CONN)
+                    for (Event &x : expand_story(*e))
+                        events.push_back(std::move(x));
             },
             &error);
     }
@@ -206,18 +212,18 @@ TEST_CASE("--btf: the hooks attach as raw tracepoints, typed by the BTF file, an
     uint16_t port = 0;
     int lfd = tcp_listener(&port);
     int fd = tcp_connect(port, false);
+    close(fd); // its story comes when we close it
     bool seen = false;
     for (int i = 0; i < 100 && !seen; i++) {
         l.consume();
         for (const auto &e : got)
-            seen = seen || (e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.newstate == 1);
+            seen = seen || (e.type == N502_EV_CONN && e.owner == self() && e.dst.port == port && e.story.est_ns);
         if (!seen) {
             pollfd pf{l.ring_epoll_fd(), POLLIN, 0};
             poll(&pf, 1, 50);
         }
     }
     CHECK(seen);
-    close(fd);
     close(lfd);
 
     // A file that is not BTF: a clear error.
@@ -239,6 +245,7 @@ TEST_CASE("TCP connect, listen and the upstream's first read are attributed to t
             int c = accept(l, nullptr, nullptr);
             char buf[16];
             (void)!read(c, buf, sizeof(buf)); // the parent's bytes
+            (void)!write(ready, "r", 1);
             (void)!read(c, buf, sizeof(buf)); // until the parent closes
             close(c);
         },
@@ -252,37 +259,135 @@ TEST_CASE("TCP connect, listen and the upstream's first read are attributed to t
     CHECK(l->src.port == port);
     CHECK(l->backlog == 16);
 
-    // connect() is CLOSE -> SYN_SENT in our context: no connect event for
-    // TCP, the states carry the owner recorded there.
+    // connect() is CLOSE -> SYN_SENT in our context; the upstream reads.
     int fd = tcp_connect(port, false);
+    REQUIRE(write(fd, "hello", 5) == 5);
+    wait_ready(rd);
+    // A connection that looks normal emits nothing while it lasts: its story
+    // is kept in the kernel (no connect event for TCP either).
+    auto ours = [&](const Event &e) {
+        return (e.type == N502_EV_CONN || e.type == N502_EV_STATE || e.type == N502_EV_CONNECT) &&
+               e.owner == self() && e.dst.port == port;
+    };
+    CHECK_FALSE(k.wait_for(ours, 200));
+    uint64_t t_closed = boot_now_ns();
+    close(fd);
+    // Nginx's close() (ESTABLISHED -> FIN_WAIT1) emits the story whole.
+    const Event *cp = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_CONN && e.owner == self() && e.dst.port == port;
+    });
+    REQUIRE(cp);
+    const Event conn = *cp; // (later waits grow the vector)
+    CHECK(conn.oldstate == 1);
+    CHECK(conn.newstate == 4 /* FIN_WAIT1 */);
+    CHECK(conn.story.est_ns > 0);
+    CHECK(conn.story.est_ns < t_closed);
+    CHECK(conn.story.fin_ns == 0);
+    CHECK(conn.story.up_sk != 0);
+    CHECK(conn.story.up_oldstate == 0); // the upstream had not closed yet
+    uint64_t sk = conn.sk;
+    CHECK_FALSE(k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self(); }, 0));
+    // The first read named the upstream: replayed as its accept, at that time.
+    const Event *ap = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; });
+    REQUIRE(ap);
+    const Event acc = *ap;
+    CHECK(acc.tgid == upid);
+    CHECK(acc.took == N502_TOOK_READ);
+    CHECK_FALSE(acc.exiting);
+    CHECK(acc.src.port == port);
+    CHECK(acc.sk == conn.story.up_sk);
+    CHECK(acc.ts > conn.story.est_ns);
+    CHECK(acc.ts < t_closed);
     const Event *est = k.wait_for([&](const Event &e) {
-        return e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.newstate == 1 /* ESTABLISHED */;
+        return e.type == N502_EV_STATE && e.sk == sk && e.newstate == 1 /* ESTABLISHED */;
     });
     REQUIRE(est);
     CHECK(est->sock_role == N502_SOCK_NGINX);
-    uint64_t sk = est->sk;
-    CHECK_FALSE(k.wait_for([&](const Event &e) { return e.type == N502_EV_CONNECT && e.tgid == self(); }, 0));
-    // Until the upstream reads, nothing names it.
-    CHECK_FALSE(k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; }, 200));
-    REQUIRE(write(fd, "hello", 5) == 5);
-    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; });
-    REQUIRE(acc);
-    CHECK(acc->tgid == upid);
-    CHECK(acc->took == N502_TOOK_READ);
-    CHECK_FALSE(acc->exiting);
-    CHECK(acc->src.port == port);
-    CHECK(acc->fd == -1);
+    CHECK(est->ts == conn.story.est_ns);
 
-    close(fd);
     int status;
     waitpid(up, &status, 0);
-    // The upstream's end leaving ESTABLISHED (here: Nginx closed first, so
-    // CLOSE_WAIT) is seen, attributed to its owner although it ran in softirq.
+    // After Nginx closed first, the connection goes event by event: the
+    // upstream's end leaving ESTABLISHED (CLOSE_WAIT) is seen, attributed to
+    // its owner although it ran in softirq.
     const Event *cl = k.wait_for([&](const Event &e) {
         return e.type == N502_EV_STATE && e.owner == upid && e.sock_role == N502_SOCK_UPSTREAM &&
                e.oldstate == 1 && e.newstate == 8 /* CLOSE_WAIT */;
     });
     CHECK(cl);
+    close(rd);
+}
+
+TEST_CASE("TCP: a connection that ends normally is one event, its story", "[kernel]")
+{
+    Kernel &k = kernel();
+    uint16_t port = 0;
+    int rd;
+    pid_t up = child(
+        [&](int ready) {
+            int l = tcp_listener(&port);
+            (void)!write(ready, &port, sizeof(port));
+            for (int i = 0; i < 2; i++) {
+                int c = accept(l, nullptr, nullptr);
+                char buf[16];
+                (void)!read(c, buf, sizeof(buf));
+                (void)!write(c, "response", 8);
+                close(c); // the upstream closes first, as after an HTTP/1.0 response
+            }
+            pause();
+        },
+        &rd);
+    REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
+    uint32_t upid = static_cast<uint32_t>(up);
+    auto exchange = [&] {
+        int fd = tcp_connect(port, false);
+        REQUIRE(write(fd, "request", 7) == 7);
+        char buf[16];
+        REQUIRE(read(fd, buf, sizeof(buf)) == 8);
+        REQUIRE(read(fd, buf, sizeof(buf)) == 0); // its FIN
+        close(fd);
+        const Event *cp = k.wait_for([&](const Event &e) {
+            return e.type == N502_EV_CONN && e.owner == self() && e.dst.port == port;
+        });
+        REQUIRE(cp);
+        Event conn = *cp;
+        k.mark();
+        return conn;
+    };
+    // The process's first connection announces it at once (user space reads
+    // its cgroups while it lives) ...
+    Event first = exchange();
+    CHECK(first.story.up_tgid == upid);
+    CHECK((first.story.up_how & N502_TOOK_ANNOUNCED) != 0);
+    CHECK(first.story.up_sk != 0);
+    // ... later ones are told by the story alone.
+    Event conn = exchange();
+    CHECK(conn.oldstate == 9 /* LAST_ACK */);
+    CHECK(conn.newstate == 7 /* CLOSE */);
+    CHECK(conn.sk_err == 0);
+    CHECK(conn.src.port == conn.story.sport); // released at CLOSE: the one read at ESTABLISHED
+    CHECK(conn.src.port != 0);
+    CHECK(conn.bytes_received == 9); // the response and the FIN's sequence number
+    CHECK(conn.story.fin_ns > conn.story.est_ns);
+    CHECK(conn.story.fin_bytes == 9);
+    CHECK(conn.story.up_tgid == upid);
+    CHECK(conn.story.up_how == N502_TOOK_READ); // not announced on its own
+    CHECK(conn.story.up_oldstate == 1);
+    CHECK(conn.story.up_newstate == 4 /* FIN_WAIT1: its own close */);
+    CHECK(conn.story.up_leave_ns <= conn.story.fin_ns);
+    CHECK(conn.target_comm == "kernel_tests");
+    // Nothing else for this connection, from either end.
+    kill(up, SIGKILL);
+    int status;
+    waitpid(up, &status, 0);
+    REQUIRE(k.wait_for([&](const Event &e) { return e.type == N502_EV_EXIT && e.tgid == upid; }));
+    size_t n = 0;
+    for (size_t i = k.from; i < k.events.size(); i++) {
+        const Event &e = k.events[i];
+        if (e.type != N502_EV_EXIT && (e.sk == conn.sk || e.sk == conn.story.up_sk || e.peer_sk == conn.sk))
+            n++;
+    }
+    CHECK(n == 0);
     close(rd);
 }
 
@@ -305,24 +410,31 @@ TEST_CASE("TCP: an upstream killed before reading is named by its dying close", 
     uint32_t upid = static_cast<uint32_t>(up);
     int fd = tcp_connect(port, false);
     wait_ready(rd); // accepted
-    const Event *est = k.wait_for([&](const Event &e) {
-        return e.type == N502_EV_STATE && e.owner == self() && e.dst.port == port && e.newstate == 1;
-    });
-    REQUIRE(est);
-    uint64_t sk = est->sk;
     REQUIRE(write(fd, "unread", 6) == 6);
     kill(up, SIGKILL);
     int status;
     waitpid(up, &status, 0);
-    const Event *acc = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; });
-    REQUIRE(acc);
-    CHECK(acc->tgid == upid);
-    CHECK(acc->took == N502_TOOK_CLOSE);
-    CHECK(acc->exiting);
+    // The reset of its abortive close is abnormal: the story so far comes
+    // first (emitted early: no transition of Nginx's end with it).
+    const Event *cp = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_CONN && e.owner == self() && e.dst.port == port;
+    });
+    REQUIRE(cp);
+    const Event conn = *cp;
+    CHECK(conn.newstate == 0);
+    CHECK(conn.story.up_oldstate == 1);
+    CHECK(conn.story.up_newstate == 7 /* CLOSE: an abort */);
+    uint64_t sk = conn.sk;
+    const Event *ap = k.wait_for([&](const Event &e) { return e.type == N502_EV_ACCEPT && e.peer_sk == sk; });
+    REQUIRE(ap);
+    const Event acc = *ap;
+    CHECK(acc.tgid == upid);
+    CHECK(acc.took == N502_TOOK_CLOSE);
+    CHECK(acc.exiting);
     // Its exit came first (sched_process_exit runs before the files close).
     const Event *x = k.wait_for([&](const Event &e) { return e.type == N502_EV_EXIT && e.tgid == upid; });
     REQUIRE(x);
-    CHECK(x->ts <= acc->ts);
+    CHECK(x->ts <= acc.ts);
     // Unread data: the close was an abort, a RST to Nginx.
     const Event *r = k.wait_for([&](const Event &e) { return e.type == N502_EV_RESET && e.sk == sk; });
     REQUIRE(r);

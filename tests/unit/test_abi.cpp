@@ -66,8 +66,19 @@ PIN_OFFSET(struct n502_log_event, len, 52);
 PIN_OFFSET(struct n502_log_event, dev, 60);
 PIN_OFFSET(struct n502_log_event, data, 64);
 PIN_SIZE(struct n502_file_key, 16);
-PIN_SIZE(struct n502_sock, 24);
+PIN_SIZE(struct n502_story, 80);
+PIN_OFFSET(struct n502_story, up_leave_ns, 40);
+PIN_OFFSET(struct n502_story, up_tgid, 48);
+PIN_OFFSET(struct n502_story, sport, 58);
+PIN_OFFSET(struct n502_story, up_comm, 64);
+PIN_SIZE(struct n502_sock, 104);
 PIN_OFFSET(struct n502_sock, peer_sk, 8);
+PIN_OFFSET(struct n502_sock, story, 24);
+PIN_SIZE(struct n502_conn_event, 216);
+PIN_OFFSET(struct n502_conn_event, owner_tgid, 64);
+PIN_OFFSET(struct n502_conn_event, src, 72);
+PIN_OFFSET(struct n502_conn_event, bytes_received, 120);
+PIN_OFFSET(struct n502_conn_event, story, 136);
 PIN_SIZE(struct n502_proc, 8);
 
 TEST_CASE("event type numbers are stable", "[abi]")
@@ -84,5 +95,6 @@ TEST_CASE("event type numbers are stable", "[abi]")
     CHECK(N502_EV_LISTEN == 10);
     CHECK(N502_EV_RETRANS == 11);
     CHECK(N502_EV_LOG == 12);
-    CHECK(N502_ABI_VERSION == 5);
+    CHECK(N502_EV_CONN == 13);
+    CHECK(N502_ABI_VERSION == 6);
 }

@@ -40,6 +40,8 @@ public:
     std::string activity(uint32_t) override { return doing; }
     std::string port_range(uint32_t) override { return range; }
     int tcp_abort_on_overflow(uint32_t) override { return abort_on_overflow; }
+    std::map<std::string, int> sockets = {};
+    std::map<std::string, int> sockets_to(const Addr &, uint32_t) override { return sockets; }
 };
 
 FileFacts dir(uint32_t mode = 0755) { return FileFacts{mode, 0, 0, "root", "root", true}; }
@@ -333,6 +335,7 @@ TEST_CASE("local ports exhausted", "[causes]")
 {
     FakeHost h;
     h.range = "40000-40000";
+    h.sockets = {{"ESTABLISHED", 1}, {"TIME_WAIT", 2}};
     Seq s;
     // One connection holds the only port ...
     s.state(0xc000, N502_SOCK_NGINX, NGINX, 7, 2);
@@ -346,8 +349,10 @@ TEST_CASE("local ports exhausted", "[causes]")
                         &h);
     CHECK(v.cause == "local_ports_exhausted");
     CHECK(fact<std::string>(v, "port_range") == "40000-40000");
-    CHECK(fact<int64_t>(v, "nginx_sockets") == 1);
+    CHECK(fact<int64_t>(v, "nginx_sockets") == 3);
     CHECK(fact<int64_t>(v, "nginx_sockets_ESTABLISHED") == 1);
+    CHECK(fact<int64_t>(v, "nginx_sockets_TIME_WAIT") == 2);
+    CHECK(v.explanation.find("1 ESTABLISHED, 2 TIME_WAIT") != std::string::npos);
 }
 
 TEST_CASE("invalid response over a clean transport", "[causes]")

@@ -493,3 +493,44 @@ TEST_CASE("a reused pid is a new process", "[state]")
     CHECK(v.cause == "upstream_closed_early");
     CHECK(*v.upstream_pid == UPSTREAM);
 }
+
+TEST_CASE("a connection's story that arrives after the upstream's death still names it", "[correlator]")
+{
+    // The kernel held the connection's story until Nginx closed it: the
+    // signal and the exit were emitted live, before it.
+    Rec r;
+    uint64_t t_est = r.t + 100'000, t_read = r.t + 200'000;
+    r.t += 300'000;
+    r.signal(KILLER, "kill", UPSTREAM, 9);
+    r.exit(UPSTREAM, 9);
+    uint64_t t_leave = r.t + 100'000, t_fin = r.t + 150'000;
+    Event &c = r.add(N502_EV_CONN, NGINX, "nginx", 300);
+    c.sk = NGX_SK;
+    c.sock_role = N502_SOCK_NGINX;
+    c.owner = NGINX;
+    c.oldstate = 9; // LAST_ACK
+    c.newstate = 7; // CLOSE
+    c.src = lo(NGX_PORT);
+    c.dst = lo(PORT);
+    c.story.est_ns = t_est;
+    c.story.up_sk = UP_SK;
+    c.story.up_ns = t_read;
+    c.story.up_tgid = UPSTREAM;
+    c.story.up_how = N502_TOOK_READ;
+    c.target_comm = "python3";
+    c.story.up_oldstate = 1;
+    c.story.up_newstate = 4;
+    c.story.up_leave_ns = t_leave;
+    c.story.fin_ns = t_fin;
+    World w(r, PREMATURE);
+    Verdict v = w.verdict(false); // not the last try: the story made it a failure
+    CHECK(v.cause == "upstream_killed");
+    CHECK(v.confidence == "high");
+    REQUIRE(v.upstream_pid);
+    CHECK(*v.upstream_pid == UPSTREAM);
+    REQUIRE(find(v, "exit"));
+    REQUIRE(find(v, "accept"));
+    CHECK(find(v, "accept")->ts == t_read);
+    for (size_t i = 1; i < v.evidence.size(); i++)
+        CHECK(v.evidence[i - 1].ts <= v.evidence[i].ts);
+}

@@ -184,3 +184,109 @@ TEST_CASE("log events carry exactly the bytes written; anything else is rejected
     CHECK(es->dst.netns == 4026531840u);
     CHECK(es->dst.loopback());
 }
+
+// A story as the kernel emits it at Nginx's LAST_ACK -> CLOSE: established,
+// the upstream's first read, its close, the FIN at Nginx's end.
+static n502_conn_event story_record()
+{
+    auto c = raw<n502_conn_event>(N502_EV_CONN);
+    c.hdr.ts_ns = 5000;
+    c.sk = 0xa000;
+    c.oldstate = 9;  // LAST_ACK
+    c.newstate = 7;  // CLOSE
+    c.owner_tgid = 42;
+    c.src.family = AF_INET;
+    c.src.port = 40000;
+    c.dst.family = AF_INET;
+    c.dst.port = 9000;
+    c.bytes_received = 9;
+    c.story.est_ns = 1000;
+    c.story.up_sk = 0xb000;
+    c.story.up_ns = 2000;
+    c.story.up_tgid = 77;
+    c.story.up_how = N502_TOOK_READ;
+    std::memcpy(c.story.up_comm, "gunicorn\x01", 9);
+    c.story.up_oldstate = 1;
+    c.story.up_newstate = 4;
+    c.story.up_leave_ns = 3000;
+    c.story.fin_ns = 4000;
+    c.story.fin_bytes = 9;
+    c.story.sport = 40000;
+    return c;
+}
+
+TEST_CASE("a connection's story expands into the events it stands for, in time order", "[decoder]")
+{
+    auto c = story_record();
+    auto e = decode(&c, sizeof(c));
+    REQUIRE(e);
+    CHECK(e->type == N502_EV_CONN);
+    CHECK(e->target_comm == "gunicorn?"); // cleaned like any comm
+    auto evs = expand_story(*e);
+    REQUIRE(evs.size() == 5);
+    // Nginx's end established
+    CHECK(evs[0].type == N502_EV_STATE);
+    CHECK(evs[0].ts == 1000);
+    CHECK(evs[0].sk == 0xa000);
+    CHECK(evs[0].sock_role == N502_SOCK_NGINX);
+    CHECK(evs[0].newstate == 1);
+    CHECK(evs[0].owner == 42);
+    CHECK(evs[0].dst.port == 9000);
+    // the upstream's first read names it
+    CHECK(evs[1].type == N502_EV_ACCEPT);
+    CHECK(evs[1].ts == 2000);
+    CHECK(evs[1].sk == 0xb000);
+    CHECK(evs[1].peer_sk == 0xa000);
+    CHECK(evs[1].tgid == 77);
+    CHECK(evs[1].comm == "gunicorn?");
+    CHECK(evs[1].took == N502_TOOK_READ);
+    CHECK_FALSE(evs[1].exiting);
+    CHECK(evs[1].src.port == 9000); // where it accepted
+    CHECK(evs[1].dst.port == 40000);
+    // its own close
+    CHECK(evs[2].type == N502_EV_STATE);
+    CHECK(evs[2].sock_role == N502_SOCK_UPSTREAM);
+    CHECK(evs[2].ts == 3000);
+    CHECK(evs[2].owner == 77);
+    CHECK(evs[2].newstate == 4);
+    // the FIN at Nginx's end, with the bytes received by then
+    CHECK(evs[3].ts == 4000);
+    CHECK(evs[3].newstate == 8);
+    CHECK(evs[3].bytes_received == 9);
+    // the transition that emitted it
+    CHECK(evs[4].ts == 5000);
+    CHECK(evs[4].oldstate == 9);
+    CHECK(evs[4].newstate == 7);
+    CHECK(evs[4].tgid == 42);
+    CHECK(evs[4].bytes_received == 9);
+}
+
+TEST_CASE("a story emitted early, or of an upstream announced on its own, stands for less", "[decoder]")
+{
+    auto c = story_record();
+    c.oldstate = c.newstate = 0; // a reset came: the rest follows one by one
+    c.story.fin_ns = 0;
+    c.story.up_how = N502_TOOK_CLOSE | N502_TOOK_EXITING | N502_TOOK_ANNOUNCED;
+    auto e = decode(&c, sizeof(c));
+    REQUIRE(e);
+    auto evs = expand_story(*e);
+    // established and the upstream's close; its accept event came on its own
+    REQUIRE(evs.size() == 2);
+    CHECK(evs[0].newstate == 1);
+    CHECK(evs[1].sock_role == N502_SOCK_UPSTREAM);
+    CHECK(evs[1].owner == 77);
+    // No owner known: the upstream's end is only linked.
+    c.story.up_tgid = 0;
+    c.story.up_oldstate = 0;
+    evs = expand_story(*decode(&c, sizeof(c)));
+    REQUIRE(evs.size() == 2);
+    CHECK(evs[1].type == N502_EV_ACCEPT);
+    CHECK(evs[1].took == N502_TOOK_UNKNOWN);
+    CHECK(evs[1].tgid == 0);
+    CHECK(evs[1].ts == 1000);
+    // Out-of-range states are rejected, not replayed.
+    c.story.up_newstate = 200;
+    std::string why;
+    CHECK_FALSE(decode(&c, sizeof(c), &why));
+    CHECK(why.find("out-of-range") != std::string::npos);
+}
