@@ -521,7 +521,10 @@ class Bench:
 
     def run_n502trace(self, duration, tag):
         p, out_path, err_path, ready, wall_ms = self.start_tool(tag)
+        stats0 = bpf_prog_stats(p.pid) if self.args.bpf_stats else None
         r = self.measured_wrk(duration, tracer_pid=p.pid)
+        if stats0 is not None:
+            r["bpf"] = stats_delta(stats0, bpf_prog_stats(p.pid))
         rss = vmrss_kib(p.pid)
         rc, summary, warnings, verdicts = self.stop_tool(p, out_path, err_path)
         r.update(events=summary.get("events"), events_lost=summary.get("events_lost"),
@@ -648,6 +651,72 @@ class Bench:
                     tool_rc=rc, attach_ms=ready.get("attach_ms"), ready_wall_ms=wall_ms)
 
 
+# ---------------------------------------------------------------- BPF run time
+
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def prog_ids(pid):
+    """Ids of the BPF programs pid holds open (from its descriptors' fdinfo)."""
+    ids = set()
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:bpf-prog":
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return ids
+
+
+def bpf_prog_stats(pid):
+    """{program name: (runs, run time ns)} of the BPF programs pid holds
+    (bpftool prog show; counted only while kernel.bpf_stats_enabled is 1)."""
+    ids = prog_ids(pid)
+    if not ids:
+        raise BenchError("n502trace (pid %d) holds no BPF program" % pid)
+    r = subprocess.run(["bpftool", "--json", "prog", "show"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise BenchError("bpftool prog show failed: %s" % r.stderr.decode(errors="replace").strip())
+    out = {}
+    for prog in json.loads(r.stdout or b"[]"):
+        if prog.get("id") not in ids:
+            continue
+        name = prog.get("name", "?")
+        runs, ns = out.get(name, (0, 0))
+        out[name] = (runs + prog.get("run_cnt", 0), ns + prog.get("run_time_ns", 0))
+    return out
+
+
+def stats_delta(a, b):
+    return {k: (b[k][0] - a.get(k, (0, 0))[0], b[k][1] - a.get(k, (0, 0))[1]) for k in b}
+
+
+def bpf_table(runs):
+    """Per program: runs and run time per proxied request, summed over runs."""
+    total_req = sum(r["requests"] for r in runs if r.get("bpf"))
+    progs = {}
+    for r in runs:
+        for name, (n, ns) in (r.get("bpf") or {}).items():
+            a, b = progs.get(name, (0, 0))
+            progs[name] = (a + n, b + ns)
+    lines = ["| BPF program | runs per request | ns per run | ns per request |", "|---|---:|---:|---:|"]
+    tot_n = tot_ns = 0
+    for name, (n, ns) in sorted(progs.items(), key=lambda kv: -kv[1][1]):
+        if not n:
+            continue
+        tot_n += n
+        tot_ns += ns
+        lines.append("| %s | %.2f | %.0f | %.0f |" % (name, n / total_req, ns / n, ns / total_req))
+    lines.append("| total | %.2f | %s | %.0f |" % (tot_n / total_req, fmt(tot_ns / tot_n if tot_n else None, ".0f"),
+                                                   tot_ns / total_req))
+    return lines
+
+
 def short_note(mode, r):
     s = ""
     if mode == "n502trace":
@@ -682,6 +751,10 @@ def mode_notes(mode, runs):
             fmt(ev, ",.0f"), fmt(rate, ".1f"),
             ": reused connections make none" if rate is not None and rate < 0.1 else ""))
         notes.append("events lost total %d" % sum(r["events_lost"] or 0 for r in runs))
+        bpf = [r for r in runs if r.get("bpf")]
+        if bpf:
+            ns = sum(sum(v[1] for v in r["bpf"].values()) for r in bpf)
+            notes.append("BPF run time %.2f us per request" % (ns / 1000.0 / sum(r["requests"] for r in bpf)))
         notes.append("RSS max %.1f MiB" % (max(r["rss_kib"] or 0 for r in runs) / 1024.0))
         t = med([r.get("tracer_cpu") for r in runs])
         notes.append("tool CPU %s%%" % fmt(None if t is None else 100 * t, ".0f"))
@@ -737,6 +810,11 @@ def variant_table(variant, results, modes):
     for mode in modes:
         lines.append("| %s | " % mode + " | ".join(
             "%.0f (%.2f)" % (r["rps"], r["p99_ms"]) for r in results[mode]) + " |")
+    if any(r.get("bpf") for r in results.get("n502trace", [])):
+        lines.append("")
+        lines.append("BPF run time of n502trace's programs (kernel.bpf_stats_enabled, all n502trace runs):")
+        lines.append("")
+        lines += bpf_table(results["n502trace"])
     return lines, ratios
 
 
@@ -788,6 +866,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="5 rounds of 2 s (a smoke test)")
     ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--soak-only", action="store_true")
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="also measure each BPF program's run time (kernel.bpf_stats_enabled during the "
+                         "run; it adds its own cost, so use it to find where the cost is, not for ratios)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration = 5, 2
@@ -829,6 +910,23 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
+    bpf_stats_old = None
+    if args.bpf_stats:
+        if shutil.which("bpftool") is None:
+            sys.exit("bench.py: --bpf-stats needs bpftool (scripts/install-deps.sh)")
+        with open(BPF_STATS) as f:
+            bpf_stats_old = f.read().strip()
+        with open(BPF_STATS, "w") as f:
+            f.write("1")
+    try:
+        return run(args, variants, modes, nginx_version, has_debug, cpus, load_start)
+    finally:
+        if bpf_stats_old is not None:
+            with open(BPF_STATS, "w") as f:
+                f.write(bpf_stats_old)
+
+
+def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
     workdir = tempfile.mkdtemp(prefix="n502-bench-")
     os.chmod(workdir, 0o755)  # the workers (www-data) traverse it
     bench = Bench(args, workdir, cpus)
