@@ -72,14 +72,18 @@ static __always_inline struct n502_sock *lookup_or_adopt(const struct sock *sk, 
 	return s;
 }
 
+/* Is ns (a socks entry or NULL) Nginx's TCP end with its story still held? */
+static __always_inline int story_held(const struct n502_sock *ns)
+{
+	return ns && ns->role == N502_SOCK_NGINX && !(ns->flags & N502_SOCKF_LIVE);
+}
+
 /* Nginx's TCP end whose story is still held in the kernel, or NULL. */
 static __always_inline struct n502_sock *held_story(__u64 nginx_sk)
 {
 	struct n502_sock *ns = bpf_map_lookup_elem(&socks, &nginx_sk);
 
-	if (!ns || ns->role != N502_SOCK_NGINX || (ns->flags & N502_SOCKF_LIVE))
-		return 0;
-	return ns;
+	return story_held(ns) ? ns : 0;
 }
 
 /* The story of Nginx's end sk (its address: nginx_sk) with the transition
@@ -177,16 +181,18 @@ static __always_inline int in_owner_context(const struct sock *sk)
 /* Tell user space about the upstream's end of an Nginx connection. With a
  * known owner (how: READ or CLOSE) the current task is that owner: these
  * callers run in its context. UNKNOWN only links the socket to Nginx's end,
- * before one of its events that user space must be able to place. */
-static __always_inline void announce_upstream(const struct sock *sk, struct n502_sock *s, __u32 how)
+ * before one of its events that user space must be able to place. ns is
+ * Nginx's socks entry when the caller has it (NULL: looked up here); now is
+ * the caller's timestamp (0: taken here when needed). */
+static __always_inline void announce_upstream(const struct sock *sk, struct n502_sock *s, __u32 how,
+					      struct n502_sock *ns, __u64 now)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct n502_accept_event *e;
-	struct n502_sock *ns;
 	__u64 nginx_sk = s->peer_sk;
-
 	int first = 0;
+	int held;
 
 	if (how != N502_TOOK_UNKNOWN) {
 		s->owner_tgid = tgid;
@@ -196,15 +202,17 @@ static __always_inline void announce_upstream(const struct sock *sk, struct n502
 		if (BPF_CORE_READ(task, flags) & N502_PF_EXITING)
 			how |= N502_TOOK_EXITING;
 	}
-	ns = held_story(nginx_sk);
+	if (!ns)
+		ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+	held = story_held(ns);
 	/* Part of the story Nginx's end will tell (which links the two ends):
 	 * nothing to emit now. Except a process's first connection: user space
 	 * then learns of the process while it lives (its cgroups are read from
 	 * /proc; an OOM-killed one is gone by the time its story arrives). */
-	if (ns && how == N502_TOOK_UNKNOWN)
+	if (held && how == N502_TOOK_UNKNOWN)
 		return;
-	if (ns) {
-		ns->story.up_ns = bpf_ktime_get_boot_ns();
+	if (held) {
+		ns->story.up_ns = now ? now : bpf_ktime_get_boot_ns();
 		ns->story.up_tgid = tgid;
 		ns->story.up_how = how | (first ? N502_TOOK_ANNOUNCED : 0);
 		bpf_get_current_comm(ns->story.up_comm, sizeof(ns->story.up_comm));
@@ -220,7 +228,6 @@ static __always_inline void announce_upstream(const struct sock *sk, struct n502
 	e->sk = (__u64)sk;
 	e->nginx_sk = nginx_sk;
 	e->fd = -1;
-	ns = bpf_map_lookup_elem(&socks, &nginx_sk);
 	e->nginx_tgid = ns ? ns->owner_tgid : 0;
 	read_inet_addrs(sk, &e->local, &e->peer);
 	if (how == N502_TOOK_UNKNOWN) {
@@ -369,49 +376,65 @@ static __always_inline int held_transition(const struct sock *sk, __u64 key, str
 static __always_inline void held_upstream_transition(const struct sock *sk, struct n502_sock *s,
 						     struct n502_sock *ns, int oldstate, int newstate)
 {
+	__u64 now = bpf_ktime_get_boot_ns();
+
 	if (!s->owner_tgid && in_owner_context(sk) &&
 	    ((oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
 	     (oldstate == N502_TCP_CLOSE_WAIT && (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE))))
-		announce_upstream(sk, s, N502_TOOK_CLOSE);
+		announce_upstream(sk, s, N502_TOOK_CLOSE, ns, now);
 	if (oldstate == N502_TCP_ESTABLISHED && !ns->story.up_oldstate) {
 		ns->story.up_oldstate = oldstate;
 		ns->story.up_newstate = newstate;
-		ns->story.up_leave_ns = bpf_ktime_get_boot_ns();
+		ns->story.up_leave_ns = now;
 	}
 }
 
 static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
 {
 	__u64 key = (__u64)sk;
+	int err = SK_READ(sk, sk_err);
+	struct n502_sock *s, *ns = 0;
 	int adopted;
-	struct n502_sock *s;
 
 	/* Transitions no rule and no bookkeeping needs, checked before any map
 	 * lookup: a passive socket being created (its SYN_RECV -> ESTABLISHED
 	 * is what matters), and the orderly middle of a close. */
 	if ((oldstate == N502_TCP_CLOSE && newstate == N502_TCP_SYN_RECV) ||
-	    ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !SK_READ(sk, sk_err)))
+	    ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !err))
 		return 0;
+	/* A socket's first transition: whatever entry its address has is a
+	 * dead socket's (tracking one overwrites it, and a stale entry flagged
+	 * CLOSED is forgotten at its next use). No lookup. */
+	if ((oldstate == N502_TCP_CLOSE && (newstate == N502_TCP_SYN_SENT || newstate == N502_TCP_LISTEN)) ||
+	    (oldstate == N502_TCP_SYN_RECV && newstate == N502_TCP_ESTABLISHED)) {
+		begin_tracking(sk, key, oldstate, newstate);
+		return 0;
+	}
 	s = lookup_or_adopt(sk, key, &adopted);
 	if (s && (s->role & N502_SOCK_CLOSED)) {
 		/* A closed socket's memory now serves a new socket: forget it. */
 		bpf_map_delete_elem(&socks, &key);
-		s = 0;
-	}
-	if (!s) {
-		begin_tracking(sk, key, oldstate, newstate);
 		return 0;
 	}
+	if (!s)
+		return 0;
 	if (s->role == N502_SOCK_NGINX && !(s->flags & N502_SOCKF_LIVE)) {
-		if (SK_READ(sk, sk_err))
+		if (err)
 			flush_story(key, s); /* then this transition, one by one */
 		else
 			return held_transition(sk, key, s, oldstate, newstate);
 	}
 	if (s->role == N502_SOCK_UPSTREAM) {
-		struct n502_sock *ns = held_story(s->peer_sk);
-
-		if (ns && !SK_READ(sk, sk_err)) {
+		/* The upstream's end matters when it leaves ESTABLISHED or
+		 * CLOSE_WAIT (its close, its FIN, an abort), or on an error;
+		 * the rest of an orderly close is only its end. */
+		if (!err && !adopted && oldstate != N502_TCP_ESTABLISHED && oldstate != N502_TCP_CLOSE_WAIT) {
+			if (newstate == N502_TCP_CLOSE)
+				closed(sk, s, key, oldstate);
+			return 0;
+		}
+		ns = held_story(s->peer_sk);
+		if (ns && !err) {
 			held_upstream_transition(sk, s, ns, oldstate, newstate);
 			if (newstate == N502_TCP_CLOSE)
 				closed(sk, s, key, oldstate);
@@ -427,7 +450,7 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	 *     (Nginx closed first), CLOSE (the end: user space forgets it).
 	 *   The upstream's end: only leaving ESTABLISHED (its FIN or abort).
 	 *   Any transition with a socket error. */
-	int emit = SK_READ(sk, sk_err) != 0 || adopted;
+	int emit = err != 0 || adopted;
 	if (s->role == N502_SOCK_NGINX)
 		emit = emit || newstate == N502_TCP_ESTABLISHED || newstate == N502_TCP_CLOSE_WAIT ||
 		       newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE;
@@ -439,15 +462,14 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 		/* Transitions only the owner causes (its close(), shutdown() or
 		 * exit) run in its context: that names it. Anything else is
 		 * announced without an owner, so user space can place it. */
-		int err = SK_READ(sk, sk_err);
 		int by_owner = !err && in_owner_context(sk) && ((oldstate == N502_TCP_ESTABLISHED &&
 					 (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
 					(oldstate == N502_TCP_CLOSE_WAIT &&
 					 (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE)));
 		if (by_owner)
-			announce_upstream(sk, s, N502_TOOK_CLOSE);
+			announce_upstream(sk, s, N502_TOOK_CLOSE, ns, 0);
 		else if (emit && !(s->flags & N502_SOCKF_ANNOUNCED))
-			announce_upstream(sk, s, N502_TOOK_UNKNOWN);
+			announce_upstream(sk, s, N502_TOOK_UNKNOWN, ns, 0);
 	}
 	if (emit)
 		emit_state(sk, s, oldstate, newstate, adopted);
@@ -472,7 +494,7 @@ N502_HOOK(inet_sock_set_state, handle_sock__inet_sock_set_state, raw_sock__inet_
 static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 {
 	__u64 key = (__u64)sk;
-	struct n502_sock *s;
+	struct n502_sock *s, *ns = 0;
 	struct n502_reset_event *e;
 
 	int adopted;
@@ -492,12 +514,12 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 	if (s->role == N502_SOCK_NGINX) {
 		flush_story(key, s);
 	} else if (s->role == N502_SOCK_UPSTREAM) {
-		struct n502_sock *ns = held_story(s->peer_sk);
+		ns = held_story(s->peer_sk);
 		if (ns)
 			flush_story(s->peer_sk, ns);
 	}
 	if (s->role == N502_SOCK_UPSTREAM && !s->owner_tgid && !(s->flags & N502_SOCKF_ANNOUNCED))
-		announce_upstream(sk, s, N502_TOOK_UNKNOWN);
+		announce_upstream(sk, s, N502_TOOK_UNKNOWN, ns, 0);
 	e = reserve(sizeof(*e), N502_EV_RESET);
 	if (!e)
 		return;
@@ -579,10 +601,18 @@ static __always_inline int on_tcp__rcv_space_adjust(struct sock *sk)
 
 	if (!in_owner_context(sk)) /* a plain load: before the lookup */
 		return 0;
+	/* An upstream reads Nginx's request before it sends anything (HTTP,
+	 * FastCGI, uwsgi: the client speaks first), so a socket that has sent
+	 * payload is past its first read: every later read of every TCP
+	 * socket on the host stops here, on a field of the socket itself,
+	 * before any map is touched. A server that speaks first (an HTTP/2
+	 * server's SETTINGS) is named by its close or exit instead. */
+	if (BPF_CORE_READ((struct tcp_sock *)sk, bytes_sent))
+		return 0;
 	s = bpf_map_lookup_elem(&socks, &key);
 	if (!s || s->role != N502_SOCK_UPSTREAM || s->owner_tgid)
 		return 0;
-	announce_upstream(sk, s, N502_TOOK_READ);
+	announce_upstream(sk, s, N502_TOOK_READ, 0, 0);
 	return 0;
 }
 

@@ -16,6 +16,9 @@ is on the upstream side:
 Modes, interleaved in one run in the same order every round:
 
   none       no tracing
+  hooks      the floor of any tool on these tracepoints: empty BPF programs
+             attached where n502trace attaches for TCP upstreams
+             (build/tests/bench_hooks); n502trace's own cost is what it adds
   n502trace  `n502trace --nginx-pid MASTER --json` attached (ready before wrk
              starts; VmRSS read before SIGINT; events and events_lost from its
              summary record)
@@ -23,7 +26,10 @@ Modes, interleaved in one run in the same order every round:
              (checked with a request) before wrk starts
   debug      Nginx reloaded with `error_log FILE debug;` (and back after)
 
-Per variant: medians over the rounds and ratios to `none`, as Markdown tables,
+Per variant: medians over the rounds, the ratio of each mode's median to
+none's, and the median of the per-round ratios (each run against the `none`
+run of the same round, which cancels the machine's drift between rounds: the
+statistic the throughput target is checked on), as Markdown tables,
 then the machine and the targets (PASS/FAIL); printed and written to --out.
 --soak-minutes N then runs n502trace under new_conn load for N minutes,
 sampling its VmRSS every 30 s.
@@ -51,7 +57,7 @@ NGINX = "/usr/sbin/nginx"
 POLL = 0.002
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 32
-MODES = ("none", "n502trace", "tcpdump", "debug")
+MODES = ("none", "hooks", "n502trace", "tcpdump", "debug")
 VARIANTS = ("new_conn", "keepalive")
 RSS_LIMIT_MIB = 30.0
 THROUGHPUT_TARGET = 0.98
@@ -582,9 +588,28 @@ class Bench:
         os.unlink(self.nginx.debug_log)
         return r
 
+    # -- empty programs on the same tracepoints
+    def run_hooks(self, duration, tag):
+        out_path = os.path.join(self.dir, "hooks-%s.out" % tag)
+        with open(out_path, "w") as out:
+            p = spawn([self.args.hooks_bin], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: "ready" in tail(out_path, 5), 15, "bench_hooks' ready line", proc=p)
+        except BenchError as e:
+            stop_proc(p, signal.SIGINT)
+            raise BenchError("%s\n%s" % (e, tail(out_path)))
+        r = self.measured_wrk(duration, tracer_pid=p.pid)
+        rc = stop_proc(p, signal.SIGINT)
+        if rc != 0:
+            raise BenchError("bench_hooks exited %s:\n%s" % (rc, tail(out_path)))
+        os.unlink(out_path)
+        return r
+
     def run_mode(self, mode, duration, tag):
         if mode == "none":
             return self.measured_wrk(duration)
+        if mode == "hooks":
+            return self.run_hooks(duration, tag)
         if mode == "n502trace":
             return self.run_n502trace(duration, tag)
         if mode == "tcpdump":
@@ -733,6 +758,11 @@ def short_note(mode, r):
 
 # ---------------------------------------------------------------- report
 
+def paired_ratios(base, runs):
+    """Each run's req/s over the `none` run of the same round."""
+    return [r["rps"] / b["rps"] for b, r in zip(base, runs) if b["rps"]]
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -785,8 +815,8 @@ def variant_table(variant, results, modes):
     base = results.get("none")
     base_rps = med([r["rps"] for r in base]) if base else None
     base_p99 = med([r["p99_ms"] for r in base]) if base else None
-    lines = ["| mode | median req/s | ratio to none | median p99 ms | ratio to none | nginx worker CPU | nginx waiting for CPU | wrk CPU | notes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| mode | median req/s | ratio of medians | median of per-round ratios | median p99 ms | ratio to none | nginx worker CPU | nginx waiting for CPU | wrk CPU | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ratios = {}
     for mode in modes:
         runs = results[mode]
@@ -794,13 +824,23 @@ def variant_table(variant, results, modes):
         p99 = med([r["p99_ms"] for r in runs])
         rr = rps / base_rps if base_rps and rps is not None else None
         pr = p99 / base_p99 if base_p99 and p99 is not None else None
-        ratios[mode] = rr
-        lines.append("| %s | %s | %s | %s | %s | %s%% | %s%% | %s%% | %s |" % (
-            mode, fmt(rps, ",.0f"), fmt(rr, ".3f"), fmt(p99, ".3f"), fmt(pr, ".2f"),
+        paired = med(paired_ratios(base, runs)) if base else None
+        ratios[mode] = paired
+        lines.append("| %s | %s | %s | %s | %s | %s | %s%% | %s%% | %s%% | %s |" % (
+            mode, fmt(rps, ",.0f"), fmt(rr, ".3f"), fmt(paired, ".3f"), fmt(p99, ".3f"), fmt(pr, ".2f"),
             fmt(100 * med([r["nginx_cpu"] for r in runs]), ".0f"),
             fmt(100 * med([r["nginx_wait"] for r in runs]), ".0f"),
             fmt(100 * med([r["wrk_cpu"] for r in runs]), ".0f"),
             mode_notes(mode, runs) or "-"))
+    lines.append("")
+    lines.append("Per-round ratios to none (req/s): " + "; ".join(
+        "%s %s" % (m, ", ".join("%.3f" % x for x in paired_ratios(base, results[m])))
+        for m in modes if m != "none" and base))
+    if base and "hooks" in modes and "n502trace" in modes:
+        over = [t / h for t, h in zip([r["rps"] for r in results["n502trace"]],
+                                      [r["rps"] for r in results["hooks"]])]
+        lines.append("")
+        lines.append("n502trace against the floor (per-round ratio to hooks, median): %.3f" % med(over))
     lines.append("")
     lines.append("Per round, req/s (p99 ms):")
     lines.append("")
@@ -857,12 +897,14 @@ def machine_lines(nginx_version, has_debug, load_start):
 
 def main():
     ap = argparse.ArgumentParser(description="n502trace performance benchmark (see scripts/bench.sh)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--out", default="bench-results.md")
     ap.add_argument("--bin", default="build/n502trace")
+    ap.add_argument("--hooks-bin", default="build/tests/bench_hooks",
+                    help="the floor's loader (mode hooks; built with the tests)")
     ap.add_argument("--quick", action="store_true", help="5 rounds of 2 s (a smoke test)")
     ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--soak-only", action="store_true")
@@ -894,6 +936,12 @@ def main():
             sys.exit("bench.py: %s is missing (scripts/install-deps.sh)" % tool)
 
     nginx_version, has_debug = nginx_info()
+    args.hooks_bin = os.path.abspath(args.hooks_bin)
+    if "hooks" in modes and not os.access(args.hooks_bin, os.X_OK):
+        if args.modes != ",".join(MODES):
+            sys.exit("bench.py: %s is not built (cmake --build build --target bench_hooks)" % args.hooks_bin)
+        log("%s is not built: skipping the hooks mode" % args.hooks_bin)
+        modes.remove("hooks")
     if "debug" in modes and not has_debug:
         log("%s was not built --with-debug: skipping the debug mode" % NGINX)
         modes.remove("debug")
@@ -980,7 +1028,7 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
         out += lines
         if v == "new_conn" and "n502trace" in modes:
             rr = ratios.get("n502trace")
-            checks.append(("n502trace keeps >= %d%% of the untraced throughput (new_conn): %s" % (
+            checks.append(("n502trace keeps >= %d%% of the untraced throughput (new_conn, median of per-round ratios): %s" % (
                 THROUGHPUT_TARGET * 100, fmt(rr, ".3f")), rr is not None and rr >= THROUGHPUT_TARGET))
     tool_runs = [r for v in all_results for r in all_results[v].get("n502trace", [])]
     if tool_runs:

@@ -4,16 +4,17 @@
 #
 # A throwaway Nginx (temp prefix, loopback only) proxies to a second server
 # block of the same Nginx, loaded by wrk. Modes are interleaved round by round
-# (none, n502trace, tcpdump, debug, none, ...); medians and ratios to `none`
+# (none, hooks, n502trace, tcpdump, debug, none, ...); medians and ratios to `none`
 # are printed as Markdown tables and written to --out. Needs root.
 #
-#   sudo scripts/bench.sh                       # 5 rounds x 10 s per mode and variant (~8 min)
+#   sudo scripts/bench.sh                       # 7 rounds x 10 s per mode and variant (~15 min)
 #   sudo scripts/bench.sh --quick               # smoke test: 5 rounds x 2 s (~2 min)
 #   sudo scripts/bench.sh --soak-minutes 10     # then n502trace's RSS under 10 min of load
 #   sudo scripts/bench.sh --soak-minutes 10 --soak-only
 #
 # Options: --rounds N --duration S --variants new_conn,keepalive
-#          --modes none,n502trace,tcpdump,debug --out FILE --bin PATH
+#          --modes none,hooks,n502trace,tcpdump,debug --out FILE --bin PATH
+#          --bpf-stats (also each BPF program's run time per request)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
