@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <sys/socket.h>
 #include <fmt/format.h>
 
 namespace n502 {
@@ -120,6 +121,30 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
     return decide(line, conn);
 }
 
+void Correlator::find_holder(const LogLine &line, Conn &conn)
+{
+    // A TCP upstream is named by its own close or exit; one that still holds
+    // the connection (a timeout: it took the request and sent nothing) is
+    // named by whoever holds its socket now. Its end is in Nginx's network
+    // namespace (loopback) or in a listener's (a veth peer).
+    if (!host_ || !conn.t_established || conn.t_up_close || conn.t_up_fin || conn.t_up_abort ||
+        (conn.dst.family != AF_INET && conn.dst.family != AF_INET6) || conn.src.family != conn.dst.family)
+        return;
+    std::vector<uint32_t> net_pids{line.pid};
+    for (const Listener *l : state_.listeners_on(conn.dst))
+        if (l->pid && l->pid != line.pid && net_pids.size() < 3)
+            net_pids.push_back(l->pid);
+    for (uint32_t ns_pid : net_pids) {
+        auto h = host_->holder(conn.dst, conn.src, ns_pid);
+        if (!h || !h->pid)
+            continue;
+        state_.holder_found(conn, h->pid, h->comm);
+        if (Proc *p = state_.proc(h->pid); p && opt_.on_holder)
+            opt_.on_holder(*p);
+        return;
+    }
+}
+
 Verdict Correlator::decide(const LogLine &line, Conn *conn)
 {
     Verdict v;
@@ -138,6 +163,8 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
     const Proc *up = nullptr;
     if (conn) {
         state_.claim(conn);
+        if (!conn->up_pid)
+            find_holder(line, *conn);
         if (conn->up_pid)
             up = state_.proc(conn->up_pid);
     }

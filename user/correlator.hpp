@@ -37,6 +37,9 @@ struct CorrelatorOptions {
     // The wall clock verdicts are stamped with (null: real_now_ns()); the
     // engine's, so that a replay stamps them as the live run did.
     std::function<int64_t()> now_real;
+    // Called for an upstream process found through the host (Host::holder)
+    // before the rules run: the engine reads where it lives.
+    std::function<void(Proc &)> on_holder;
 };
 
 class Correlator {
@@ -64,6 +67,8 @@ public:
 private:
     Conn *find_conn(const LogLine &line);
     Verdict decide(const LogLine &line, Conn *conn);
+    // Names the process holding conn's upstream end when no event did.
+    void find_holder(const LogLine &line, Conn &conn);
     void group_attempts(const LogLine &line, Verdict &v);
 
     State &state_;

@@ -137,6 +137,17 @@ std::map<std::string, int> RecordingHost::sockets_to(const Addr &dst, uint32_t n
     return m;
 }
 
+std::optional<SocketHolder> RecordingHost::holder(const Addr &local, const Addr &remote, uint32_t ns_pid)
+{
+    auto h = inner_.holder(local, remote, ns_pid);
+    Enc e;
+    e.u8(h ? 1 : 0);
+    if (h)
+        e.u32(h->pid).str(h->comm);
+    rec_.put(Rec::AnsHolder, e);
+    return h;
+}
+
 int RecordingHost::tcp_abort_on_overflow(uint32_t pid)
 {
     int v = inner_.tcp_abort_on_overflow(pid);
@@ -270,7 +281,8 @@ static StateLimits limits_of(const EngineConfig &cfg)
 Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &facts, Recorder *rec)
     : cfg_(cfg), sink_(sink), facts_(facts), rec_(rec), now_boot_(cfg.boot_ns), now_real_(cfg.real_ns),
       state_(limits_of(cfg)),
-      correlator_(state_, Timebase(cfg.tb_offset_ns), CorrelatorOptions{5'000'000'000LL, [this] { return now_real_; }},
+      correlator_(state_, Timebase(cfg.tb_offset_ns),
+                  CorrelatorOptions{5'000'000'000LL, [this] { return now_real_; }, [this](Proc &p) { read_facts(p); }},
                   host),
       limiter_(cfg.max_verdicts_per_sec), next_stats_(cfg.boot_ns + 1'000'000'000ULL),
       grace_ns_(static_cast<uint64_t>(cfg.grace_ms) * 1'000'000ULL)
@@ -954,6 +966,19 @@ public:
     }
     std::string activity(uint32_t) override { return take_str(Rec::AnsActivity); }
     std::string port_range(uint32_t) override { return take_str(Rec::AnsPortRange); }
+    std::optional<SocketHolder> holder(const Addr &, const Addr &, uint32_t) override
+    {
+        auto rec = take(Rec::AnsHolder);
+        if (!rec)
+            return std::nullopt;
+        Dec d(rec->payload, rec->type);
+        if (!d.u8())
+            return std::nullopt;
+        SocketHolder h;
+        h.pid = d.u32();
+        h.comm = d.str();
+        return h;
+    }
     std::map<std::string, int> sockets_to(const Addr &, uint32_t) override
     {
         std::map<std::string, int> m;
@@ -1000,7 +1025,7 @@ private:
     std::unordered_map<std::string, std::optional<ContainerInfo>> containers_;
 };
 
-bool is_answer(uint16_t t) { return t >= static_cast<uint16_t>(Rec::AnsFacts) && t <= static_cast<uint16_t>(Rec::AnsSocketsTo); }
+bool is_answer(uint16_t t) { return t >= static_cast<uint16_t>(Rec::AnsFacts) && t <= static_cast<uint16_t>(Rec::AnsHolder); }
 
 // Replays `path` into the sink made by make_sink (given the recorded
 // timebase). Throws RecordingError.

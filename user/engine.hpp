@@ -93,6 +93,7 @@ public:
     std::string port_range(uint32_t pid) override;
     std::map<std::string, int> sockets_to(const Addr &dst, uint32_t ns_pid) override;
     int tcp_abort_on_overflow(uint32_t pid) override;
+    std::optional<SocketHolder> holder(const Addr &local, const Addr &remote, uint32_t ns_pid) override;
 
 private:
     Host &inner_;

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <functional>
 #include <netinet/in.h>
+#include <set>
 #include <sstream>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -273,6 +274,49 @@ std::map<std::string, int> RealHost::sockets_to(const Addr &dst, uint32_t ns_pid
             out[tcp_state_name(d.state)]++;
     sockets_cache_[key] = {now, out};
     return out;
+}
+
+std::optional<SocketHolder> RealHost::holder(const Addr &local, const Addr &remote, uint32_t ns_pid)
+{
+    if ((local.family != AF_INET && local.family != AF_INET6) || remote.family != local.family)
+        return std::nullopt;
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+    if (conns_cache_.size() > 64)
+        conns_cache_.clear();
+    CachedConns &cc = conns_cache_[ns_pid];
+    if (now - cc.at_ns >= 200'000'000LL) {
+        cc.inode_of.clear();
+        for (const DiagSock &d : diag_tcp(ns_pid, 0xffff & ~(1u << 10) /* all but LISTEN */, 0))
+            if (d.inode)
+                cc.inode_of[d.local.str() + ">" + d.remote.str()] = d.inode;
+        cc.at_ns = now;
+    }
+    auto it = cc.inode_of.find(local.str() + ">" + remote.str());
+    if (it == cc.inode_of.end())
+        return std::nullopt;
+    if (now - fds_at_ns_ >= 200'000'000LL) {
+        // Only this namespace's connections are kept (bounded by them).
+        std::set<uint64_t> wanted;
+        for (const auto &[pair, inode] : cc.inode_of)
+            wanted.insert(inode);
+        pid_of_inode_.clear();
+        for_each_socket_fd([&](uint32_t p, uint64_t inode) {
+            if (wanted.count(inode))
+                pid_of_inode_.emplace(inode, p);
+            return false;
+        });
+        fds_at_ns_ = now;
+    }
+    auto pid = pid_of_inode_.find(it->second);
+    if (pid == pid_of_inode_.end())
+        return std::nullopt;
+    SocketHolder h;
+    h.pid = pid->second;
+    if (auto p = read_proc(h.pid))
+        h.comm = p->comm;
+    return h;
 }
 
 } // namespace n502

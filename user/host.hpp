@@ -20,6 +20,12 @@ struct ListenerQueue {
     uint32_t backlog = 0;   // the listen() backlog (as the kernel clamps it)
 };
 
+// The process holding an open socket (found through its descriptors).
+struct SocketHolder {
+    uint32_t pid = 0;
+    std::string comm;
+};
+
 struct FileFacts {
     uint32_t mode = 0; // permission bits
     uint32_t uid = 0, gid = 0;
@@ -48,6 +54,10 @@ public:
     // counted by state ("ESTABLISHED", "TIME_WAIT", ...): what holds the
     // local ports toward dst.
     virtual std::map<std::string, int> sockets_to(const Addr &dst, uint32_t ns_pid) = 0;
+    // The process holding the TCP socket local <-> remote in the network
+    // namespace of ns_pid, now: the owner of an upstream's end that it has
+    // neither closed nor given up (a timeout), which no hook names.
+    virtual std::optional<SocketHolder> holder(const Addr &local, const Addr &remote, uint32_t ns_pid) = 0;
 };
 
 // The real host, through /proc, stat(2) and NETLINK_SOCK_DIAG. Listener
@@ -62,6 +72,7 @@ public:
     std::string port_range(uint32_t pid) override;
     int tcp_abort_on_overflow(uint32_t pid) override;
     std::map<std::string, int> sockets_to(const Addr &dst, uint32_t ns_pid) override;
+    std::optional<SocketHolder> holder(const Addr &local, const Addr &remote, uint32_t ns_pid) override;
 
 private:
     struct Cached {
@@ -74,6 +85,17 @@ private:
         std::map<std::string, int> value;
     };
     std::map<std::string, CachedCount> sockets_cache_; // a storm of EADDRNOTAVAIL: one dump per 200 ms
+    // For holder(): each namespace's TCP connections ("local>remote" ->
+    // inode) and every process's socket descriptors (inode -> pid), each
+    // rebuilt at most every 200 ms: a storm of timeouts costs one sock_diag
+    // dump and one /proc walk per 200 ms, not one per line.
+    struct CachedConns {
+        int64_t at_ns = 0;
+        std::map<std::string, uint64_t> inode_of;
+    };
+    std::map<uint32_t, CachedConns> conns_cache_;
+    int64_t fds_at_ns_ = 0;
+    std::map<uint64_t, uint32_t> pid_of_inode_;
 };
 
 // May `c` connect to the unix socket at path? (write on the socket, search on

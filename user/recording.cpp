@@ -41,6 +41,7 @@ const char *rec_name(uint16_t t)
     case Rec::AnsPortRange: return "answer:port_range";
     case Rec::AnsAbortOnOverflow: return "answer:tcp_abort_on_overflow";
     case Rec::AnsSocketsTo: return "answer:sockets_to";
+    case Rec::AnsHolder: return "answer:holder";
     }
     return "unknown";
 }

@@ -60,6 +60,7 @@ enum class Rec : uint16_t {
     AnsPortRange = 46,
     AnsAbortOnOverflow = 47,
     AnsSocketsTo = 48,
+    AnsHolder = 49,
 };
 
 const char *rec_name(uint16_t type);

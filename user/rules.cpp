@@ -628,7 +628,7 @@ bool rule_unknown(const RuleInput &in, Verdict &v)
         seen.push_back("Nginx received a RST");
     if (in.conn->t_fin_recv)
         seen.push_back("Nginx received a FIN");
-    if (!in.conn->t_accept && in.conn->t_established)
+    if (!in.conn->t_accept && !in.conn->up_pid && in.conn->t_established)
         seen.push_back("no process was seen accepting the connection");
     if (in.upstream)
         seen.push_back(fmt::format("the upstream was {}", who(in.upstream->pid, in.upstream->comm)));

@@ -493,9 +493,13 @@ std::vector<Evidence> Conn::evidence() const
                                               src.str(), d);
             else if (dst.family == AF_UNIX)
                 ev.detail = fmt::format("accepted Nginx's connection on {}", d);
-            else if (r.a == N502_TOOK_CLOSE)
-                ev.detail = fmt::format("closed Nginx's connection from {} on {} without reading from it (its owner)",
+            else if (r.a == kTookHeld)
+                ev.detail = fmt::format("holds Nginx's connection from {} on {} (found through its open descriptors "
+                                        "when the verdict was made)",
                                         src.str(), d);
+            else if (r.a == N502_TOOK_CLOSE)
+                ev.detail = fmt::format(
+                    "held Nginx's connection from {} on {} until its own close() or exit (its owner)", src.str(), d);
             else
                 ev.detail = fmt::format("took Nginx's connection from {} on {} (its first read)", src.str(), d);
             break;
@@ -511,6 +515,21 @@ std::vector<Evidence> Conn::evidence() const
         out.push_back(std::move(ev));
     }
     return out;
+}
+
+void State::holder_found(Conn &c, uint32_t pid, std::string comm)
+{
+    if (c.up_pid || !pid)
+        return;
+    c.up_pid = pid;
+    c.up_comm = comm;
+    c.took = static_cast<uint32_t>(kTookHeld);
+    Proc &p = proc_or_new(pid, c.t_last);
+    p.role |= N502_PROC_UPSTREAM;
+    if (p.comm.empty())
+        p.comm = std::move(comm);
+    // When it took the connection is not known: no timestamp.
+    rec(c, EvKind::Accept, 0, pid, kTookHeld);
 }
 
 void State::apply(const Event &e)

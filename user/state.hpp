@@ -54,6 +54,11 @@ struct Proc {
     std::optional<ContainerInfo> container;
 };
 
+// Conn::took (and an Accept record's a) for an owner that user space found
+// holding the upstream's end at the verdict (no hook named it): not a kernel
+// enum n502_took value.
+constexpr int kTookHeld = -2;
+
 // One Nginx -> upstream connection, from Nginx's socket.
 // One piece of kernel evidence on a connection, kept compact (rendered into
 // an Evidence with its sentence only when a verdict needs it).
@@ -197,6 +202,9 @@ public:
     }
     // A claimed connection explains one line only: it leaves the index.
     void claim(Conn *c);
+    // pid (comm) was found holding the upstream's end of c, which no event
+    // named (an owner that neither closed nor left it): c's upstream from now.
+    void holder_found(Conn &c, uint32_t pid, std::string comm);
     // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
     std::vector<const Listener *> listeners_on(const Addr &a) const;
     // A listener on a (as listeners_on matches it) was let go for age.

@@ -59,6 +59,8 @@ where shown, else [error]; DIR is the test's temp dir):
   invalid_response   upstream sent too big header while reading response header from upstream -> 502
   upstream_timeout   upstream timed out (110: Connection timed out) while reading response
                        header from upstream                                                 -> 504
+  upstream_timeout_speaks_first  the same, from a server that sent the start of its response
+                       before reading the request (named through its descriptors)         -> 504
   no_live_upstreams  request 1: connect() failed (111: Connection refused) while connecting to
                        upstream, twice (upstream "http://127.0.0.1:P1/one", then P2)      -> 502
                      request 2: no live upstreams while connecting to upstream
@@ -207,10 +209,11 @@ class Scenario:
         ev = v.get("evidence")
         check(isinstance(ev, list), "verdict evidence is not a list: %r" % (ev,))
         for alternatives in evidence:
-            if not any(any(all(e.get(k) == val for k, val in alt.items()) for e in ev if isinstance(e, dict))
+            if not any(any(all(fact_ok(e.get(k), val) for k, val in alt.items())
+                               for e in ev if isinstance(e, dict))
                        for alt in alternatives):
                 raise Failure("verdict evidence has no entry matching %s" % " or ".join(
-                    json.dumps(a, sort_keys=True) for a in alternatives))
+                    json.dumps(a, sort_keys=True, default=str) for a in alternatives))
         if facts:
             got = v.get("facts")
             check(isinstance(got, dict), "verdict facts is not an object: %r" % (got,))
@@ -695,6 +698,24 @@ def sc_upstream_timeout(s):
                      facts={"upstream_state": Pred('starts with "S"', lambda x: x.startswith("S"))})
 
 
+def sc_upstream_timeout_speaks_first(s):
+    """A server that sends before it reads (the start of its response) and
+    then hangs: no hook names it at its first read, so the verdict names the
+    process that holds the upstream's end, found through its descriptors."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port, ["proxy_read_timeout 1s;"])
+    up = s.h.start_upstream("banner_hang", port=port)
+    r = s.get(want=504)
+    up.wait_request(1)
+    s.expect_nginx_message(MSG_READ_TIMEOUT)
+    s.expect_verdict(r, "upstream_timeout", up.address, "Connection timed out", status=504, upstream_pid=up.pid,
+                     facts={"upstream_state": Pred('starts with "S"', lambda x: x.startswith("S"))}, evidence=[
+                         [{"event": "accept", "pid": up.pid, "ts": None,
+                           "detail": Pred("found through its descriptors",
+                                          lambda x: "found through its open descriptors" in x)}],
+                     ])
+
+
 def sc_no_live_upstreams(s):
     """Two peers, max_fails=1, nothing listening: request 1 fails on both
     (two verdicts: attempts 1 and 2 of one request); then both are down and
@@ -1056,6 +1077,7 @@ SCENARIOS = {
     "ports_exhausted": sc_ports_exhausted,
     "invalid_response": sc_invalid_response,
     "upstream_timeout": sc_upstream_timeout,
+    "upstream_timeout_speaks_first": sc_upstream_timeout_speaks_first,
     "no_live_upstreams": sc_no_live_upstreams,
     "keepalive_race": sc_keepalive_race,
     "fastcgi_php_fpm_killed": sc_fastcgi_php_fpm_killed,

@@ -10,6 +10,9 @@ the headers of a request (both flushed), then acts out MODE:
   close  close without sending anything (a FIN)
   reset  SO_LINGER {on, 0} then close (a RST)
   hang   never answer; keep the socket open
+  banner_hang  send the start of a response ("HTTP/1.1 200 OK\r\n") as soon as the
+         connection is accepted, before reading the request, then never finish it
+         (a server that speaks first: its first read comes after it has sent)
   segv   a real SIGSEGV raised by the kernel (a read of address 0)
   exit   os._exit(3) while still holding the connection
   oom    allocate and touch memory until killed (run it in a small memory cgroup)
@@ -43,8 +46,8 @@ import struct
 import sys
 import time
 
-MODES = ("ok", "close", "reset", "hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close", "ka_once",
-         "churn")
+MODES = ("ok", "close", "reset", "hang", "banner_hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close",
+         "ka_once", "churn")
 
 
 def say(word):
@@ -196,6 +199,8 @@ def serve(lsock, mode):
     held = []  # connections kept open by "hang"
     while True:
         conn, _ = lsock.accept()
+        if mode == "banner_hang":
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
         if not read_headers(conn):
             conn.close()
             continue
@@ -214,7 +219,7 @@ def serve(lsock, mode):
         elif mode == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
-        elif mode == "hang":
+        elif mode in ("hang", "banner_hang"):
             held.append(conn)
         elif mode == "bigheader":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Big: "

@@ -318,6 +318,55 @@ TEST_CASE("TCP connect, listen and the upstream's first read are attributed to t
     close(rd);
 }
 
+TEST_CASE("TCP: a server that sends before it reads is named by its close, not by its read", "[kernel]")
+{
+    // The receive hook lets go of any socket that has sent payload (every
+    // read after the first of a request/response server) before a lookup.
+    Kernel &k = kernel();
+    uint16_t port = 0;
+    int rd;
+    pid_t up = child(
+        [&](int ready) {
+            int l = tcp_listener(&port);
+            (void)!write(ready, &port, sizeof(port));
+            int c = accept(l, nullptr, nullptr);
+            (void)!write(c, "banner", 6); // speaks first
+            char buf[16];
+            (void)!read(c, buf, sizeof(buf)); // then reads the parent's bytes
+            (void)!write(ready, "r", 1);
+            (void)!read(c, buf, sizeof(buf)); // until the parent closes
+            close(c);
+        },
+        &rd);
+    REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
+    uint32_t upid = static_cast<uint32_t>(up);
+    int fd = tcp_connect(port, false);
+    REQUIRE(write(fd, "hello", 5) == 5);
+    char banner[16];
+    REQUIRE(read(fd, banner, sizeof(banner)) == 6); // (unread data would make our close a RST)
+    wait_ready(rd);
+    close(fd);
+    const Event *cp = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_CONN && e.owner == self() && e.dst.port == port;
+    });
+    REQUIRE(cp);
+    const Event conn = *cp;
+    CHECK(conn.story.up_sk != 0);
+    CHECK(conn.story.up_tgid == 0); // its read came after its write: not named there
+    int status;
+    waitpid(up, &status, 0);
+    const Event *ap = k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_ACCEPT && e.peer_sk == conn.sk && e.took == N502_TOOK_CLOSE;
+    });
+    REQUIRE(ap);
+    CHECK(ap->tgid == upid);
+    CHECK(ap->sk == conn.story.up_sk);
+    CHECK_FALSE(k.wait_for([&](const Event &e) {
+        return e.type == N502_EV_ACCEPT && e.peer_sk == conn.sk && e.took == N502_TOOK_READ;
+    }, 0));
+    close(rd);
+}
+
 TEST_CASE("TCP: a connection that ends normally is one event, its story", "[kernel]")
 {
     Kernel &k = kernel();

@@ -1,3 +1,4 @@
+#include <algorithm>
 // The causes that need host facts (socket modes, listener queues, port
 // ranges, process activity) and those that point back at earlier verdicts.
 // Event sequences follow what the kernel tests and e2e runs record; host
@@ -42,6 +43,13 @@ public:
     int tcp_abort_on_overflow(uint32_t) override { return abort_on_overflow; }
     std::map<std::string, int> sockets = {};
     std::map<std::string, int> sockets_to(const Addr &, uint32_t) override { return sockets; }
+    std::optional<SocketHolder> held_by;
+    std::vector<std::string> holder_asked; // "local>remote@ns_pid"
+    std::optional<SocketHolder> holder(const Addr &l, const Addr &r, uint32_t ns_pid) override
+    {
+        holder_asked.push_back(l.str() + ">" + r.str() + "@" + std::to_string(ns_pid));
+        return held_by;
+    }
 };
 
 FileFacts dir(uint32_t mode = 0755) { return FileFacts{mode, 0, 0, "root", "root", true}; }
@@ -381,6 +389,51 @@ TEST_CASE("read timeout with the upstream alive", "[causes]")
     CHECK(v.cause == "upstream_timeout");
     CHECK(v.status == 504);
     CHECK(fact<std::string>(v, "upstream_state").rfind("S ", 0) == 0);
+}
+
+TEST_CASE("read timeout: an upstream that holds the connection unnamed is found through the host", "[causes]")
+{
+    // TCP owners are named by their close or exit; this one took the request
+    // and does nothing: the kernel only linked its socket to Nginx's.
+    FakeHost h;
+    h.held_by = SocketHolder{UP, "slow-app"};
+    Seq s;
+    s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+    s.state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
+    Event &a = s.add(N502_EV_ACCEPT, 0);
+    a.sk = UPSK;
+    a.peer_sk = SK;
+    a.took = N502_TOOK_UNKNOWN;
+    auto timeout = line("upstream timed out (110: Connection timed out) while reading response header from upstream",
+                        "http://127.0.0.1:8080/");
+    Verdict v = explain(s, timeout, &h);
+    CHECK(v.cause == "upstream_timeout");
+    CHECK(v.confidence == "high");
+    REQUIRE(v.upstream_pid);
+    CHECK(*v.upstream_pid == UP);
+    // Asked for the upstream's end (its address first) in Nginx's namespace.
+    REQUIRE(h.holder_asked.size() == 1);
+    CHECK(h.holder_asked[0] == fmt::format("127.0.0.1:8080>127.0.0.1:40000@{}", NGINX));
+    auto held = std::find_if(v.evidence.begin(), v.evidence.end(), [](const Evidence &e) { return e.event == "accept"; });
+    REQUIRE(held != v.evidence.end());
+    CHECK(held->pid == UP);
+    CHECK(held->ts == 0); // when it took the connection is not known
+    CHECK(held->detail.find("found through its open descriptors") != std::string::npos);
+
+    // Nobody holds it (it was passed on, or the host cannot tell): as before.
+    FakeHost none;
+    Seq s2;
+    s2.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+    s2.state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
+    Event &a2 = s2.add(N502_EV_ACCEPT, 0);
+    a2.sk = UPSK;
+    a2.peer_sk = SK;
+    a2.took = N502_TOOK_UNKNOWN;
+    Verdict v2 = explain(s2, timeout, &none);
+    CHECK(v2.cause == "upstream_timeout");
+    CHECK(v2.confidence == "medium");
+    CHECK_FALSE(v2.upstream_pid);
+    CHECK(none.holder_asked.size() == 1);
 }
 
 TEST_CASE("keep-alive race: data after the upstream's orderly close", "[causes]")

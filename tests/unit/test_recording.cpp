@@ -72,6 +72,10 @@ public:
     std::string port_range(uint32_t) override { return "32768-60999"; }
     int tcp_abort_on_overflow(uint32_t) override { return 0; }
     std::map<std::string, int> sockets_to(const Addr &, uint32_t) override { return {{"ESTABLISHED", 1}}; }
+    std::optional<SocketHolder> holder(const Addr &, const Addr &, uint32_t) override
+    {
+        return SocketHolder{4242, "slow-app"};
+    }
 };
 
 std::string refused_line(uint32_t pid, int conn, int port)
