@@ -686,34 +686,32 @@ def sc_invalid_response(s):
     })
 
 
-def sc_upstream_timeout(s):
+def timeout_flow(s, mode, named_by):
+    """A request the upstream (MODE) takes and never answers: a 504 whose
+    verdict names that process, with the accept evidence matching named_by."""
     port = harness.free_port()
     s.setup("http://127.0.0.1:%d" % port, ["proxy_read_timeout 1s;"])
-    up = s.h.start_upstream("hang", port=port)
+    up = s.h.start_upstream(mode, port=port)
     r = s.get(want=504)
     up.wait_request(1)
     s.expect_nginx_message(MSG_READ_TIMEOUT)
     check(harness.proc_state(up.pid) == "S", "upstream state %r, want S" % harness.proc_state(up.pid))
     s.expect_verdict(r, "upstream_timeout", up.address, "Connection timed out", status=504, upstream_pid=up.pid,
-                     facts={"upstream_state": Pred('starts with "S"', lambda x: x.startswith("S"))})
+                     facts={"upstream_state": Pred('starts with "S"', lambda x: x.startswith("S"))}, evidence=[
+                         [dict({"event": "accept", "pid": up.pid}, **named_by)],
+                     ])
+
+
+def sc_upstream_timeout(s):
+    timeout_flow(s, "hang", {"detail": Pred("named by its first read", lambda x: "(its first read)" in x)})
 
 
 def sc_upstream_timeout_speaks_first(s):
     """A server that sends before it reads (the start of its response) and
     then hangs: no hook names it at its first read, so the verdict names the
     process that holds the upstream's end, found through its descriptors."""
-    port = harness.free_port()
-    s.setup("http://127.0.0.1:%d" % port, ["proxy_read_timeout 1s;"])
-    up = s.h.start_upstream("banner_hang", port=port)
-    r = s.get(want=504)
-    up.wait_request(1)
-    s.expect_nginx_message(MSG_READ_TIMEOUT)
-    s.expect_verdict(r, "upstream_timeout", up.address, "Connection timed out", status=504, upstream_pid=up.pid,
-                     facts={"upstream_state": Pred('starts with "S"', lambda x: x.startswith("S"))}, evidence=[
-                         [{"event": "accept", "pid": up.pid, "ts": None,
-                           "detail": Pred("found through its descriptors",
-                                          lambda x: "found through its open descriptors" in x)}],
-                     ])
+    timeout_flow(s, "banner_hang", {"ts": None, "detail": Pred(
+        "found through its descriptors", lambda x: "found through its open descriptors" in x)})
 
 
 def sc_no_live_upstreams(s):

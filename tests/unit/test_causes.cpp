@@ -395,15 +395,18 @@ TEST_CASE("read timeout: an upstream that holds the connection unnamed is found 
 {
     // TCP owners are named by their close or exit; this one took the request
     // and does nothing: the kernel only linked its socket to Nginx's.
+    auto unnamed = [](Seq &s) {
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        s.state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
+        Event &a = s.add(N502_EV_ACCEPT, 0);
+        a.sk = UPSK;
+        a.peer_sk = SK;
+        a.took = N502_TOOK_UNKNOWN;
+    };
     FakeHost h;
     h.held_by = SocketHolder{UP, "slow-app"};
     Seq s;
-    s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
-    s.state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
-    Event &a = s.add(N502_EV_ACCEPT, 0);
-    a.sk = UPSK;
-    a.peer_sk = SK;
-    a.took = N502_TOOK_UNKNOWN;
+    unnamed(s);
     auto timeout = line("upstream timed out (110: Connection timed out) while reading response header from upstream",
                         "http://127.0.0.1:8080/");
     Verdict v = explain(s, timeout, &h);
@@ -423,12 +426,7 @@ TEST_CASE("read timeout: an upstream that holds the connection unnamed is found 
     // Nobody holds it (it was passed on, or the host cannot tell): as before.
     FakeHost none;
     Seq s2;
-    s2.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
-    s2.state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
-    Event &a2 = s2.add(N502_EV_ACCEPT, 0);
-    a2.sk = UPSK;
-    a2.peer_sk = SK;
-    a2.took = N502_TOOK_UNKNOWN;
+    unnamed(s2);
     Verdict v2 = explain(s2, timeout, &none);
     CHECK(v2.cause == "upstream_timeout");
     CHECK(v2.confidence == "medium");
