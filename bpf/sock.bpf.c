@@ -392,15 +392,16 @@ static __always_inline void held_upstream_transition(const struct sock *sk, stru
 static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
 {
 	__u64 key = (__u64)sk;
-	int err = SK_READ(sk, sk_err);
 	struct n502_sock *s, *ns = 0;
-	int adopted;
+	int adopted, err;
 
 	/* Transitions no rule and no bookkeeping needs, checked before any map
 	 * lookup: a passive socket being created (its SYN_RECV -> ESTABLISHED
 	 * is what matters), and the orderly middle of a close. */
-	if ((oldstate == N502_TCP_CLOSE && newstate == N502_TCP_SYN_RECV) ||
-	    ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !err))
+	if (oldstate == N502_TCP_CLOSE && newstate == N502_TCP_SYN_RECV)
+		return 0;
+	err = SK_READ(sk, sk_err);
+	if ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !err)
 		return 0;
 	/* A socket's first transition: whatever entry its address has is a
 	 * dead socket's (tracking one overwrites it, and a stale entry flagged

@@ -127,18 +127,29 @@ void Correlator::find_holder(const LogLine &line, Conn &conn)
     // the connection (a timeout: it took the request and sent nothing) is
     // named by whoever holds its socket now. Its end is in Nginx's network
     // namespace (loopback) or in a listener's (a veth peer).
-    if (!host_ || !conn.t_established || conn.t_up_close || conn.t_up_fin || conn.t_up_abort ||
-        (conn.dst.family != AF_INET && conn.dst.family != AF_INET6) || conn.src.family != conn.dst.family)
+    // Only while the connection can still be whole: once Nginx received a
+    // FIN or RST the upstream's end may be gone and its 4-tuple reused.
+    if (!host_ || !conn.t_established || conn.t_up_close || conn.t_up_fin || conn.t_up_abort || conn.t_fin_recv ||
+        conn.t_rst_recv || (conn.dst.family != AF_INET && conn.dst.family != AF_INET6) ||
+        conn.src.family != conn.dst.family)
         return;
     std::vector<uint32_t> net_pids{line.pid};
-    for (const Listener *l : state_.listeners_on(conn.dst))
-        if (l->pid && l->pid != line.pid && net_pids.size() < 3)
-            net_pids.push_back(l->pid);
+    auto listeners = state_.listeners_on(conn.dst); // oldest first
+    for (auto it = listeners.rbegin(); it != listeners.rend() && net_pids.size() < 3; ++it) {
+        const Listener *l = *it;
+        const Proc *p = l->pid ? state_.proc(l->pid) : nullptr;
+        if (l->t_unlisten || (p && p->exit) ||
+            std::find(net_pids.begin(), net_pids.end(), l->pid) != net_pids.end() || !l->pid)
+            continue;
+        net_pids.push_back(l->pid);
+    }
     for (uint32_t ns_pid : net_pids) {
         auto h = host_->holder(conn.dst, conn.src, ns_pid);
         if (!h || !h->pid)
             continue;
-        state_.holder_found(conn, h->pid, h->comm);
+        // Stamped with the verdict's time: that is when it was seen holding it.
+        int64_t now_boot = (opt_.now_real ? opt_.now_real() : real_now_ns()) - tb_.offset_ns();
+        state_.holder_found(conn, h->pid, h->comm, now_boot > 0 ? static_cast<uint64_t>(now_boot) : conn.t_last);
         if (Proc *p = state_.proc(h->pid); p && opt_.on_holder)
             opt_.on_holder(*p);
         return;

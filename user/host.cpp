@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "container.hpp"
 #include "nginx.hpp"
 #include "procscan.hpp"
 #include "sockdiag.hpp"
@@ -276,40 +277,66 @@ std::map<std::string, int> RealHost::sockets_to(const Addr &dst, uint32_t ns_pid
     return out;
 }
 
+namespace {
+
+// One end of a connection as a key; an IPv4-mapped IPv6 address (a dual-stack
+// socket's view of an IPv4 peer) written as the IPv4 address it stands for.
+std::string end_key(const Addr &a)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (a.family != AF_INET6 || std::memcmp(a.ip.data(), mapped, sizeof(mapped)) != 0)
+        return a.str();
+    Addr v4 = a;
+    v4.family = AF_INET;
+    v4.ip = {};
+    std::memcpy(v4.ip.data(), a.ip.data() + 12, 4);
+    return v4.str();
+}
+
+} // namespace
+
 std::optional<SocketHolder> RealHost::holder(const Addr &local, const Addr &remote, uint32_t ns_pid)
 {
     if ((local.family != AF_INET && local.family != AF_INET6) || remote.family != local.family)
         return std::nullopt;
+    // The namespace to look in must be ns_pid's (a pid that is gone would
+    // leave us looking in our own), and a loopback end lives only in its own.
+    uint64_t ns = netns_of(ns_pid);
+    if (!ns || (local.loopback() && local.netns && local.netns != ns))
+        return std::nullopt;
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t now = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
-    if (conns_cache_.size() > 64)
-        conns_cache_.clear();
-    CachedConns &cc = conns_cache_[ns_pid];
-    if (now - cc.at_ns >= 200'000'000LL) {
-        cc.inode_of.clear();
+    const int64_t fresh = 200'000'000LL;
+    for (auto it = conns_cache_.begin(); it != conns_cache_.end();) // nothing outlives a storm
+        it = now - it->second.at_ns >= fresh ? conns_cache_.erase(it) : std::next(it);
+    auto [cc, added] = conns_cache_.try_emplace(ns);
+    if (added) {
         for (const DiagSock &d : diag_tcp(ns_pid, 0xffff & ~(1u << 10) /* all but LISTEN */, 0))
             if (d.inode)
-                cc.inode_of[d.local.str() + ">" + d.remote.str()] = d.inode;
-        cc.at_ns = now;
+                cc->second.inode_of[end_key(d.local) + ">" + end_key(d.remote)] = d.inode;
+        cc->second.at_ns = now;
     }
-    auto it = cc.inode_of.find(local.str() + ">" + remote.str());
-    if (it == cc.inode_of.end())
+    auto it = cc->second.inode_of.find(end_key(local) + ">" + end_key(remote));
+    if (it == cc->second.inode_of.end())
         return std::nullopt;
-    if (now - fds_at_ns_ >= 200'000'000LL) {
-        // Only this namespace's connections are kept (bounded by them).
-        std::set<uint64_t> wanted;
-        for (const auto &[pair, inode] : cc.inode_of)
-            wanted.insert(inode);
+    uint64_t inode = it->second;
+    // One walk of /proc/*/fd serves every namespace looked in since the last
+    // one; it keeps only the sockets of those namespaces' connections.
+    if (now - fds_at_ns_ >= fresh || !covered_.count(inode)) {
+        covered_.clear();
+        for (const auto &[n, c] : conns_cache_)
+            for (const auto &[pair, i] : c.inode_of)
+                covered_.insert(i);
         pid_of_inode_.clear();
-        for_each_socket_fd([&](uint32_t p, uint64_t inode) {
-            if (wanted.count(inode))
-                pid_of_inode_.emplace(inode, p);
+        for_each_socket_fd([&](uint32_t p, uint64_t i) {
+            if (covered_.count(i))
+                pid_of_inode_.emplace(i, p);
             return false;
         });
         fds_at_ns_ = now;
     }
-    auto pid = pid_of_inode_.find(it->second);
+    auto pid = pid_of_inode_.find(inode);
     if (pid == pid_of_inode_.end())
         return std::nullopt;
     SocketHolder h;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -85,16 +86,17 @@ private:
         std::map<std::string, int> value;
     };
     std::map<std::string, CachedCount> sockets_cache_; // a storm of EADDRNOTAVAIL: one dump per 200 ms
-    // For holder(): each namespace's TCP connections ("local>remote" ->
-    // inode) and every process's socket descriptors (inode -> pid), each
-    // rebuilt at most every 200 ms: a storm of timeouts costs one sock_diag
-    // dump and one /proc walk per 200 ms, not one per line.
+    // For holder(): each network namespace's TCP connections ("local>remote"
+    // -> inode, by namespace inode) and the processes holding them (inode ->
+    // pid), kept 200 ms: a storm of timeouts costs one sock_diag dump per
+    // namespace and one /proc walk per 200 ms, not one per line.
     struct CachedConns {
         int64_t at_ns = 0;
         std::map<std::string, uint64_t> inode_of;
     };
-    std::map<uint32_t, CachedConns> conns_cache_;
+    std::map<uint64_t, CachedConns> conns_cache_;
     int64_t fds_at_ns_ = 0;
+    std::set<uint64_t> covered_; // the inodes the last walk looked for
     std::map<uint64_t, uint32_t> pid_of_inode_;
 };
 

@@ -517,19 +517,23 @@ std::vector<Evidence> Conn::evidence() const
     return out;
 }
 
-void State::holder_found(Conn &c, uint32_t pid, std::string comm)
+void State::holder_found(Conn &c, uint32_t pid, std::string comm, uint64_t ts)
 {
     if (c.up_pid || !pid)
         return;
     c.up_pid = pid;
     c.up_comm = comm;
     c.took = static_cast<uint32_t>(kTookHeld);
-    Proc &p = proc_or_new(pid, c.t_last);
+    Proc &p = proc_or_new(pid, ts);
+    if (p.exit) { // it holds a socket now: an earlier process on a reused pid
+        p = Proc{};
+        p.pid = pid;
+        p.first_seen = ts;
+    }
     p.role |= N502_PROC_UPSTREAM;
-    if (p.comm.empty())
-        p.comm = std::move(comm);
-    // When it took the connection is not known: no timestamp.
-    rec(c, EvKind::Accept, 0, pid, kTookHeld);
+    p.comm = std::move(comm);
+    // Seen holding it when the verdict was made (when it took it is not known).
+    rec(c, EvKind::Accept, ts, pid, kTookHeld);
 }
 
 void State::apply(const Event &e)

@@ -202,9 +202,9 @@ public:
     }
     // A claimed connection explains one line only: it leaves the index.
     void claim(Conn *c);
-    // pid (comm) was found holding the upstream's end of c, which no event
-    // named (an owner that neither closed nor left it): c's upstream from now.
-    void holder_found(Conn &c, uint32_t pid, std::string comm);
+    // pid (comm) was found holding the upstream's end of c at ts, which no
+    // event named (an owner that neither closed nor left it): c's upstream.
+    void holder_found(Conn &c, uint32_t pid, std::string comm, uint64_t ts);
     // Listeners that ever listened on addr (newest last). Matches 0.0.0.0/:: wildcards too.
     std::vector<const Listener *> listeners_on(const Addr &a) const;
     // A listener on a (as listeners_on matches it) was let go for age.

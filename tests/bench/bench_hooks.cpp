@@ -6,18 +6,18 @@
 
 #include <csignal>
 #include <cstdio>
-#include <unistd.h>
 
 #include "bench_hooks.skel.h"
 
-static volatile std::sig_atomic_t stop_requested = 0;
-
-static void on_signal(int) { stop_requested = 1; }
-
 int main()
 {
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
+    // SIGINT and SIGTERM are waited for, not handled: none can slip in
+    // between a check and a pause.
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    sigprocmask(SIG_BLOCK, &stop, nullptr);
     bench_hooks_bpf *skel = bench_hooks_bpf__open_and_load();
     if (!skel) {
         std::fprintf(stderr, "bench_hooks: cannot load the empty programs (root? BTF?)\n");
@@ -30,8 +30,8 @@ int main()
     }
     std::printf("{\"type\":\"ready\"}\n");
     std::fflush(stdout);
-    while (!stop_requested)
-        pause();
+    int sig = 0;
+    sigwait(&stop, &sig);
     bench_hooks_bpf__destroy(skel);
     return 0;
 }

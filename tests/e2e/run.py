@@ -710,7 +710,7 @@ def sc_upstream_timeout_speaks_first(s):
     """A server that sends before it reads (the start of its response) and
     then hangs: no hook names it at its first read, so the verdict names the
     process that holds the upstream's end, found through its descriptors."""
-    timeout_flow(s, "banner_hang", {"ts": None, "detail": Pred(
+    timeout_flow(s, "banner_hang", {"detail": Pred(
         "found through its descriptors", lambda x: "found through its open descriptors" in x)})
 
 
