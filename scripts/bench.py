@@ -19,6 +19,8 @@ Modes, interleaved in one run in the same order every round:
   hooks      the floor of any tool on these tracepoints: empty BPF programs
              attached where n502trace attaches for TCP upstreams
              (build/tests/bench_hooks); n502trace's own cost is what it adds
+  baseline   another n502trace binary (--baseline-bin, e.g. an older build),
+             attached the same way: an A/B of two versions in one run
   n502trace  `n502trace --nginx-pid MASTER --json` attached (ready before wrk
              starts; VmRSS read before SIGINT; events and events_lost from its
              summary record)
@@ -57,7 +59,7 @@ NGINX = "/usr/sbin/nginx"
 POLL = 0.002
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 32
-MODES = ("none", "hooks", "n502trace", "tcpdump", "debug")
+MODES = ("none", "hooks", "n502trace", "baseline", "tcpdump", "debug")
 VARIANTS = ("new_conn", "keepalive")
 RSS_LIMIT_MIB = 30.0
 THROUGHPUT_TARGET = 0.98
@@ -493,12 +495,12 @@ class Bench:
         return r
 
     # -- n502trace
-    def start_tool(self, tag):
+    def start_tool(self, tag, binary=None):
         out_path = os.path.join(self.dir, "n502trace-%s.jsonl" % tag)
         err_path = os.path.join(self.dir, "n502trace-%s.stderr" % tag)
         out, err = open(out_path, "w"), open(err_path, "w")
         t0 = time.monotonic()
-        p = spawn([self.args.bin, "--nginx-pid", str(self.nginx.master), "--json"],
+        p = spawn([binary or self.args.bin, "--nginx-pid", str(self.nginx.master), "--json"],
                   stdout=out, stderr=err)
         out.close()
         err.close()
@@ -525,8 +527,8 @@ class Bench:
         verdicts = sum(1 for r in records if r.get("type") == "verdict")
         return rc, summary, warnings, verdicts
 
-    def run_n502trace(self, duration, tag):
-        p, out_path, err_path, ready, wall_ms = self.start_tool(tag)
+    def run_n502trace(self, duration, tag, binary=None):
+        p, out_path, err_path, ready, wall_ms = self.start_tool(tag, binary)
         stats0 = bpf_prog_stats(p.pid) if self.args.bpf_stats else None
         r = self.measured_wrk(duration, tracer_pid=p.pid)
         if stats0 is not None:
@@ -598,7 +600,10 @@ class Bench:
         except BenchError as e:
             stop_proc(p, signal.SIGINT)
             raise BenchError("%s\n%s" % (e, tail(out_path)))
+        stats0 = bpf_prog_stats(p.pid) if self.args.bpf_stats else None
         r = self.measured_wrk(duration, tracer_pid=p.pid)
+        if stats0 is not None:
+            r["bpf"] = stats_delta(stats0, bpf_prog_stats(p.pid))
         rc = stop_proc(p, signal.SIGINT)
         if rc != 0:
             raise BenchError("bench_hooks exited %s:\n%s" % (rc, tail(out_path)))
@@ -612,6 +617,8 @@ class Bench:
             return self.run_hooks(duration, tag)
         if mode == "n502trace":
             return self.run_n502trace(duration, tag)
+        if mode == "baseline":
+            return self.run_n502trace(duration, tag, self.args.baseline_bin)
         if mode == "tcpdump":
             return self.run_tcpdump(duration, tag)
         if mode == "debug":
@@ -750,7 +757,7 @@ def bpf_table(runs):
 
 def short_note(mode, r):
     s = ""
-    if mode == "n502trace":
+    if mode in ("n502trace", "baseline"):
         s = "  events %s lost %s RSS %.1f MiB attach %s ms ready %.0f ms" % (
             r["events"], r["events_lost"], (r["rss_kib"] or 0) / 1024.0, r["attach_ms"], r["ready_wall_ms"])
     elif mode == "tcpdump":
@@ -780,7 +787,7 @@ def fmt(x, spec):
 
 def mode_notes(mode, runs):
     notes = []
-    if mode == "n502trace":
+    if mode in ("n502trace", "baseline"):
         ev = med([r["events"] for r in runs])
         rate = med([r["events"] / r["requests"] for r in runs if r["events"] is not None and r["requests"]])
         notes.append("events/run %s (%s per request%s)" % (
@@ -856,11 +863,26 @@ def variant_table(variant, results, modes):
     for mode in modes:
         lines.append("| %s | " % mode + " | ".join(
             "%.0f (%.2f)" % (r["rps"], r["p99_ms"]) for r in results[mode]) + " |")
-    if any(r.get("bpf") for r in results.get("n502trace", [])):
+    if base and "baseline" in modes and "n502trace" in modes:
+        ab = [t / b for t, b in zip([r["rps"] for r in results["n502trace"]],
+                                    [r["rps"] for r in results["baseline"]]) if b]
         lines.append("")
-        lines.append("BPF run time of n502trace's programs (kernel.bpf_stats_enabled, all n502trace runs):")
-        lines.append("")
-        lines += bpf_table(results["n502trace"])
+        lines.append("n502trace against the baseline binary (per-round ratio of req/s, median): %s" % fmt(med(ab), ".3f"))
+
+        def bpf_per_req(r):
+            return sum(v[1] for v in r["bpf"].values()) / r["requests"] if r.get("bpf") and r["requests"] else None
+        bt = [t / b for t, b in zip([bpf_per_req(r) for r in results["n502trace"]],
+                                    [bpf_per_req(r) for r in results["baseline"]]) if t is not None and b]
+        if bt:
+            lines.append("")
+            lines.append("n502trace's BPF run time per request against the baseline's (per-round ratio, median): %s" %
+                         fmt(med(bt), ".3f"))
+    for mode in modes:
+        if any(r.get("bpf") for r in results.get(mode, [])):
+            lines.append("")
+            lines.append("BPF run time of the programs of %s (kernel.bpf_stats_enabled, all its runs):" % mode)
+            lines.append("")
+            lines += bpf_table(results[mode])
     return lines, ratios
 
 
@@ -909,6 +931,7 @@ def main():
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--out", default="bench-results.md")
     ap.add_argument("--bin", default="build/n502trace")
+    ap.add_argument("--baseline-bin", help="another n502trace binary for mode baseline (an A/B of two versions)")
     ap.add_argument("--hooks-bin", default="build/tests/bench_hooks",
                     help="the floor's loader (mode hooks; built with the tests)")
     ap.add_argument("--quick", action="store_true", help="5 rounds of 2 s (a smoke test)")
@@ -942,6 +965,16 @@ def main():
             sys.exit("bench.py: %s is missing (scripts/install-deps.sh)" % tool)
 
     nginx_version, has_debug = nginx_info()
+    if args.baseline_bin:
+        args.baseline_bin = os.path.abspath(args.baseline_bin)
+        if not os.access(args.baseline_bin, os.X_OK):
+            sys.exit("bench.py: --baseline-bin %s is not an executable" % args.baseline_bin)
+        if "baseline" not in modes:
+            modes.insert(modes.index("n502trace") if "n502trace" in modes else len(modes), "baseline")
+    elif "baseline" in modes:
+        if args.modes != ",".join(MODES):
+            sys.exit("bench.py: mode baseline needs --baseline-bin PATH")
+        modes.remove("baseline")
     args.hooks_bin = os.path.abspath(args.hooks_bin)
     if "hooks" in modes and not os.access(args.hooks_bin, os.X_OK):
         if args.modes != ",".join(MODES):

@@ -13,8 +13,9 @@
 #   sudo scripts/bench.sh --soak-minutes 10 --soak-only
 #
 # Options: --rounds N --duration S --variants new_conn,keepalive
-#          --modes none,hooks,n502trace,tcpdump,debug --out FILE --bin PATH
+#          --modes none,hooks,n502trace,baseline,tcpdump,debug --out FILE --bin PATH
 #          --bpf-stats (also each BPF program's run time per request)
+#          --baseline-bin PATH (mode baseline: another n502trace build, an A/B in one run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
