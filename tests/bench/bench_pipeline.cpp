@@ -9,6 +9,7 @@
 // With --log (the error log written while FILE was recorded), every replay
 // also feeds those lines to the correlator, with the clock shifted like the
 // events, so each line meets the connections it was written about.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -89,6 +90,7 @@ int main(int argc, char **argv)
     State state;
     Correlator correlator(state, Timebase(base_real - static_cast<int64_t>(first.ts_ns)));
     uint64_t events = 0, bad = 0, verdicts = 0, explained = 0;
+    std::chrono::steady_clock::duration in_lines{}; // the correlator's share of the run
     auto t0 = std::chrono::steady_clock::now();
     for (uint64_t round = 0; events < want; round++) {
         // Lines are spread evenly through the events, as they arrive live
@@ -98,6 +100,9 @@ int main(int argc, char **argv)
         int64_t shift_ns = static_cast<int64_t>(round * span);
         Timebase tb(base_real - static_cast<int64_t>(first.ts_ns));
         auto feed_lines = [&](size_t upto) {
+            if (next_line >= upto || next_line >= lines.size())
+                return;
+            auto l0 = std::chrono::steady_clock::now();
             for (; next_line < upto && next_line < lines.size(); next_line++) {
                 LogLine l = lines[next_line];
                 // Shift the line like the events; keep the sub-second part in the clock.
@@ -109,6 +114,7 @@ int main(int argc, char **argv)
                     explained += v->cause != "unknown";
                 }
             }
+            in_lines += std::chrono::steady_clock::now() - l0;
         };
         for (size_t i = 0; i < recs.size(); i++) {
             auto ev = decode(recs[i].data(), recs[i].size());
@@ -127,9 +133,14 @@ int main(int argc, char **argv)
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print("{} events ({} recorded, replayed) in {:.3f} s: {:.0f} events/s on one core ({} malformed)\n", events,
                recs.size(), secs, events / secs, bad);
-    if (!lines.empty())
+    if (!lines.empty()) {
+        double line_secs = std::chrono::duration<double>(in_lines).count();
         fmt::print("{} log lines correlated in the same run ({} with a kernel explanation): {:.0f} lines/s\n",
                    verdicts, explained, verdicts / secs);
+        fmt::print("of the {:.3f} s: decoder + state {:.3f} s ({:.0f} events/s), correlator {:.3f} s ({:.0f} lines/s)\n",
+                   secs, secs - line_secs, events / std::max(secs - line_secs, 1e-9), line_secs,
+                   verdicts / std::max(line_secs, 1e-9));
+    }
     fmt::print("state: {} connections, {} dropped (bounded)\n", state.stats().conns, state.stats().conns_dropped);
     return 0;
 }
