@@ -376,13 +376,15 @@ static __always_inline int held_transition(const struct sock *sk, __u64 key, str
 static __always_inline void held_upstream_transition(const struct sock *sk, struct n502_sock *s,
 						     struct n502_sock *ns, int oldstate, int newstate)
 {
-	__u64 now = bpf_ktime_get_boot_ns();
+	int leaves = oldstate == N502_TCP_ESTABLISHED && !ns->story.up_oldstate;
+	/* One timestamp for both, taken only when one of them needs it. */
+	__u64 now = leaves ? bpf_ktime_get_boot_ns() : 0;
 
 	if (!s->owner_tgid && in_owner_context(sk) &&
 	    ((oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
 	     (oldstate == N502_TCP_CLOSE_WAIT && (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE))))
 		announce_upstream(sk, s, N502_TOOK_CLOSE, ns, now);
-	if (oldstate == N502_TCP_ESTABLISHED && !ns->story.up_oldstate) {
+	if (leaves) {
 		ns->story.up_oldstate = oldstate;
 		ns->story.up_newstate = newstate;
 		ns->story.up_leave_ns = now;

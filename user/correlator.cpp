@@ -121,7 +121,7 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
     return decide(line, conn);
 }
 
-void Correlator::find_holder(const LogLine &line, Conn &conn)
+void Correlator::find_holder(const LogLine &line, Conn &conn, int64_t now_real_ns)
 {
     // A TCP upstream is named by its own close or exit; one that still holds
     // the connection (a timeout: it took the request and sent nothing) is
@@ -148,7 +148,7 @@ void Correlator::find_holder(const LogLine &line, Conn &conn)
         if (!h || !h->pid)
             continue;
         // Stamped with the verdict's time: that is when it was seen holding it.
-        int64_t now_boot = (opt_.now_real ? opt_.now_real() : real_now_ns()) - tb_.offset_ns();
+        int64_t now_boot = now_real_ns - tb_.offset_ns();
         state_.holder_found(conn, h->pid, h->comm, now_boot > 0 ? static_cast<uint64_t>(now_boot) : conn.t_last);
         if (Proc *p = state_.proc(h->pid); p && opt_.on_holder)
             opt_.on_holder(*p);
@@ -175,7 +175,7 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
     if (conn) {
         state_.claim(conn);
         if (!conn->up_pid)
-            find_holder(line, *conn);
+            find_holder(line, *conn, v.ts_real_ns);
         if (conn->up_pid)
             up = state_.proc(conn->up_pid);
     }

@@ -67,8 +67,9 @@ public:
 private:
     Conn *find_conn(const LogLine &line);
     Verdict decide(const LogLine &line, Conn *conn);
-    // Names the process holding conn's upstream end when no event did.
-    void find_holder(const LogLine &line, Conn &conn);
+    // Names the process holding conn's upstream end when no event did
+    // (the verdict's wall-clock time stamps that evidence).
+    void find_holder(const LogLine &line, Conn &conn, int64_t now_real_ns);
     void group_attempts(const LogLine &line, Verdict &v);
 
     State &state_;

@@ -34,6 +34,14 @@ std::string read_first_line(const std::string &path)
     return line;
 }
 
+// For the look-up caches.
+int64_t monotonic_ns()
+{
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+}
+
 // The process holding a listening socket, by its inode.
 void name_holder(ListenerQueue &q, uint64_t inode)
 {
@@ -105,9 +113,7 @@ std::string name_of_id(const char *file, uint32_t id)
 
 std::optional<ListenerQueue> RealHost::listener(const Addr &addr, uint32_t ns_pid)
 {
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+    int64_t now = monotonic_ns();
     std::string key = fmt::format("{}|{}", addr.str(), ns_pid);
     if (auto it = listener_cache_.find(key); it != listener_cache_.end() && now - it->second.at_ns < 200'000'000LL)
         return it->second.value;
@@ -259,9 +265,7 @@ std::map<std::string, int> RealHost::sockets_to(const Addr &dst, uint32_t ns_pid
 {
     if (dst.family != AF_INET && dst.family != AF_INET6)
         return {};
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+    int64_t now = monotonic_ns();
     std::string key = fmt::format("{}|{}", dst.str(), ns_pid);
     if (auto it = sockets_cache_.find(key); it != sockets_cache_.end() && now - it->second.at_ns < 200'000'000LL)
         return it->second.value;
@@ -304,10 +308,8 @@ std::optional<SocketHolder> RealHost::holder(const Addr &local, const Addr &remo
     uint64_t ns = netns_of(ns_pid);
     if (!ns || (local.loopback() && local.netns && local.netns != ns))
         return std::nullopt;
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
-    const int64_t fresh = 200'000'000LL;
+    int64_t now = monotonic_ns();
+    const int64_t fresh = 200'000'000LL; // as the other look-ups' caches
     for (auto it = conns_cache_.begin(); it != conns_cache_.end();) // nothing outlives a storm
         it = now - it->second.at_ns >= fresh ? conns_cache_.erase(it) : std::next(it);
     auto [cc, added] = conns_cache_.try_emplace(ns);

@@ -138,6 +138,27 @@ pid_t child(const std::function<void(int ready_fd)> &fn, int *ready_read)
     return pid;
 }
 
+// Forks an upstream that listens (its port is the first thing on the ready
+// pipe), accepts one connection, sends `first` if given, reads the parent's
+// bytes, says "r", then reads until the parent closes and closes.
+pid_t one_request_upstream(uint16_t *port, int *ready_read, const char *first)
+{
+    return child(
+        [=](int ready) {
+            int l = tcp_listener(port);
+            (void)!write(ready, port, sizeof(*port));
+            int c = accept(l, nullptr, nullptr);
+            if (first)
+                (void)!write(c, first, strlen(first));
+            char buf[16];
+            (void)!read(c, buf, sizeof(buf)); // the parent's bytes
+            (void)!write(ready, "r", 1);
+            (void)!read(c, buf, sizeof(buf)); // until the parent closes
+            close(c);
+        },
+        ready_read);
+}
+
 void wait_ready(int fd)
 {
     char c;
@@ -238,18 +259,7 @@ TEST_CASE("TCP connect, listen and the upstream's first read are attributed to t
     Kernel &k = kernel();
     uint16_t port = 0;
     int rd;
-    pid_t up = child(
-        [&](int ready) {
-            int l = tcp_listener(&port);
-            (void)!write(ready, &port, sizeof(port));
-            int c = accept(l, nullptr, nullptr);
-            char buf[16];
-            (void)!read(c, buf, sizeof(buf)); // the parent's bytes
-            (void)!write(ready, "r", 1);
-            (void)!read(c, buf, sizeof(buf)); // until the parent closes
-            close(c);
-        },
-        &rd);
+    pid_t up = one_request_upstream(&port, &rd, nullptr);
     REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
     uint32_t upid = static_cast<uint32_t>(up);
 
@@ -325,19 +335,7 @@ TEST_CASE("TCP: a server that sends before it reads is named by its close, not b
     Kernel &k = kernel();
     uint16_t port = 0;
     int rd;
-    pid_t up = child(
-        [&](int ready) {
-            int l = tcp_listener(&port);
-            (void)!write(ready, &port, sizeof(port));
-            int c = accept(l, nullptr, nullptr);
-            (void)!write(c, "banner", 6); // speaks first
-            char buf[16];
-            (void)!read(c, buf, sizeof(buf)); // then reads the parent's bytes
-            (void)!write(ready, "r", 1);
-            (void)!read(c, buf, sizeof(buf)); // until the parent closes
-            close(c);
-        },
-        &rd);
+    pid_t up = one_request_upstream(&port, &rd, "banner"); // speaks first
     REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
     uint32_t upid = static_cast<uint32_t>(up);
     int fd = tcp_connect(port, false);
