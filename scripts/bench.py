@@ -36,6 +36,12 @@ then the machine and the targets (PASS/FAIL); printed and written to --out.
 --soak-minutes N then runs n502trace under new_conn load for N minutes,
 sampling its VmRSS every 30 s.
 
+--op-costs replaces the modes: one kind of BPF work at a time (a map lookup,
+an insert and delete, a clock read, a ring-buffer event, ...) on the two TCP
+tracepoints n502trace runs most, under the new_conn load, timed by the kernel
+and set against an empty program in the same round: what each costs on this
+machine, the unit the cost of n502trace's own programs is made of.
+
 Exit status: 0 when every target that was measured passes, 3 when one fails,
 1 when the benchmark itself failed, 2 for bad usage.
 Standard library only (Debian's /usr/bin/python3).
@@ -60,6 +66,25 @@ POLL = 0.002
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 32
 MODES = ("none", "hooks", "n502trace", "baseline", "tcpdump", "debug")
+
+# --op-costs: the operations of tests/bench/ops.bpf.c (bench_hooks --op NAME),
+# "empty" first: every other one is measured against it.
+OPS = ("empty", "lookup_miss", "lookup_hit", "lookup_miss_x4", "update_delete", "pid_lookup", "counter",
+       "ktime", "comm", "probe_read", "ring_event")
+OP_TEXT = {
+    "empty": "nothing (the program's own cost, with the kernel's timing of it)",
+    "lookup_miss": "hash lookup that misses (socks-shaped LRU hash, key: the socket)",
+    "lookup_hit": "hash lookup that hits (the same map)",
+    "lookup_miss_x4": "four hash lookups that miss",
+    "update_delete": "LRU hash insert of the socket's entry, then its delete",
+    "pid_lookup": "hash lookup of the current process (procs-shaped)",
+    "counter": "per-CPU array counter += 1",
+    "ktime": "bpf_ktime_get_boot_ns()",
+    "comm": "bpf_get_current_comm()",
+    "probe_read": "one tcp_sock field through bpf_probe_read_kernel",
+    "ring_event": "a ring-buffer event the size of a story (struct n502_conn_event): reserved, filled, submitted",
+}
+OP_PROGRAMS = (("op_set_state", "inet_sock_set_state"), ("op_rcv_space_adjust", "tcp_rcv_space_adjust"))
 VARIANTS = ("new_conn", "keepalive")
 RSS_LIMIT_MIB = 30.0
 THROUGHPUT_TARGET = 0.98
@@ -591,10 +616,11 @@ class Bench:
         return r
 
     # -- empty programs on the same tracepoints
-    def run_hooks(self, duration, tag):
+    def run_hooks(self, duration, tag, op=None):
         out_path = os.path.join(self.dir, "hooks-%s.out" % tag)
+        argv = [self.args.hooks_bin] + (["--op", op] if op else [])
         with open(out_path, "w") as out:
-            p = spawn([self.args.hooks_bin], stdout=out, stderr=subprocess.STDOUT)
+            p = spawn(argv, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: '"type":"ready"' in tail(out_path, 5), 15, "bench_hooks' ready line", proc=p)
         except BenchError as e:
@@ -644,6 +670,29 @@ class Bench:
                     log("variant %s round %d/%d %-9s %9.0f req/s  p99 %7.3f ms  nginx cpu %3.0f%% (waiting %2.0f%%)  wrk cpu %3.0f%%%s" % (
                         variant, rnd, self.args.rounds, mode, r["rps"], r["p99_ms"],
                         100 * r["nginx_cpu"], 100 * r["nginx_wait"], 100 * r["wrk_cpu"], short_note(mode, r)))
+        finally:
+            self.nginx.stop()
+            self.nginx = None
+        return results
+
+    # -- what each kind of BPF work costs
+    def op_costs(self):
+        """Each operation of tests/bench/ops.bpf.c under the new_conn load,
+        round after round: {op: [{program: ns per run}, ...]}."""
+        self.nginx = Nginx(self.dir, "new_conn", self.nginx_cpu)
+        self.nginx.start()
+        warm = 1 if self.args.duration <= 2 else 3
+        self.wrk(warm).wait()
+        results = {op: [] for op in OPS}
+        try:
+            for rnd in range(1, self.args.rounds + 1):
+                for op in OPS:
+                    time.sleep(0.5)
+                    r = self.run_hooks(self.args.duration, "op-%s-%d" % (op, rnd), op)
+                    per_run = {name: ns / n for name, (n, ns) in r["bpf"].items() if n}
+                    results[op].append(per_run)
+                    log("op costs round %d/%d %-15s %s" % (rnd, self.args.rounds, op, "  ".join(
+                        "%s %.0f ns/run" % (name, v) for name, v in sorted(per_run.items()))))
         finally:
             self.nginx.stop()
             self.nginx = None
@@ -937,10 +986,18 @@ def main():
     ap.add_argument("--quick", action="store_true", help="5 rounds of 2 s (a smoke test)")
     ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--soak-only", action="store_true")
+    ap.add_argument("--op-costs", action="store_true",
+                    help="instead of the modes: what each kind of BPF work (a map lookup, an insert and delete, "
+                         "a clock read, a ring-buffer event...) costs on this machine under the new_conn load, "
+                         "against an empty program (bench_hooks --op; implies --bpf-stats)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="also measure each BPF program's run time (kernel.bpf_stats_enabled during the "
                          "run; it adds its own cost, so use it to find where the cost is, not for ratios)")
     args = ap.parse_args()
+    if args.op_costs:
+        if args.soak_only or args.soak_minutes > 0 or args.baseline_bin:
+            ap.error("--op-costs runs on its own (no soak, no baseline)")
+        args.bpf_stats = True
     if args.quick:
         args.rounds, args.duration = 5, 2
     variants = [v for v in args.variants.split(",") if v]
@@ -976,6 +1033,8 @@ def main():
             sys.exit("bench.py: mode baseline needs --baseline-bin PATH")
         modes.remove("baseline")
     args.hooks_bin = os.path.abspath(args.hooks_bin)
+    if args.op_costs and not os.access(args.hooks_bin, os.X_OK):
+        sys.exit("bench.py: %s is not built (cmake --build build --target bench_hooks)" % args.hooks_bin)
     if "hooks" in modes and not os.access(args.hooks_bin, os.X_OK):
         if args.modes != ",".join(MODES):
             sys.exit("bench.py: %s is not built (cmake --build build --target bench_hooks)" % args.hooks_bin)
@@ -1024,7 +1083,10 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
         log("%s; %s%s; workdir %s" % (nginx_version, "built --with-debug" if has_debug else "NOT built --with-debug",
                                       "" if cpus[0] is None else "; nginx worker on CPU 0, wrk on CPU 1",
                                       workdir))
-        if not args.soak_only:
+        if args.op_costs:
+            log("op costs: %d rounds x %ds per operation; operations %s" % (args.rounds, args.duration, ", ".join(OPS)))
+            op_results = bench.op_costs()
+        elif not args.soak_only:
             log("%d rounds x %ds per mode; variants %s; modes %s" % (
                 args.rounds, args.duration, ", ".join(variants), ", ".join(modes)))
             for v in variants:
@@ -1040,6 +1102,8 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
         cleanup(bench, workdir)
         return 1
     cleanup(bench, workdir)
+    if args.op_costs:
+        return op_report(args, op_results, nginx_version, has_debug, load_start, t_start)
 
     # ---- report
     out = ["# n502trace benchmark", ""]
@@ -1122,13 +1186,55 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
     out.append("")
     for text, ok in checks:
         out.append("- %s: %s" % ("PASS" if ok else "FAIL", text))
-    report = "\n".join(out) + "\n"
+    write_report(args.out, out)
+    return 0 if all(ok for _, ok in checks) else 3
+
+
+def write_report(path, lines):
+    """Print the report and write it to path."""
+    report = "\n".join(lines) + "\n"
     sys.stdout.write(report)
     sys.stdout.flush()
-    with open(args.out, "w") as f:
+    with open(path, "w") as f:
         f.write(report)
-    log("written to %s" % args.out)
-    return 0 if all(ok for _, ok in checks) else 3
+    log("written to %s" % path)
+
+
+def op_report(args, results, nginx_version, has_debug, load_start, t_start):
+    out = ["# n502trace benchmark: what BPF work costs on this machine", ""]
+    out.append("Each operation runs once per call of a BPF program on `inet_sock_set_state` and on "
+               "`tcp_rcv_space_adjust` (tests/bench/ops.bpf.c, `bench_hooks --op NAME`), the two tracepoints "
+               "n502trace's TCP programs run on most, while the new_conn load runs (Nginx, one worker on CPU 0, "
+               "a new upstream connection per request; wrk on CPU 1). The kernel times every run "
+               "(kernel.bpf_stats_enabled); an operation's cost is its ns per run less the `empty` program's "
+               "in the same round, median over %d rounds of %d s. The timing itself reads the clock twice per "
+               "run, which the `empty` row includes." % (args.rounds, args.duration))
+    out.append("")
+    head = "| operation |"
+    rule = "|---|"
+    for _, tp in OP_PROGRAMS:
+        head += " `%s` ns per run | cost |" % tp
+        rule += "---:|---:|"
+    out += [head, rule]
+    for op in OPS:
+        row = "| %s: %s |" % (op, OP_TEXT[op])
+        for prog, _ in OP_PROGRAMS:
+            per_run = [r.get(prog) for r in results[op]]
+            row += " %s |" % fmt(med([v for v in per_run if v is not None]), ".0f")
+            if op == "empty":
+                row += " - |"
+                continue
+            diffs = [a.get(prog) - e.get(prog) for a, e in zip(results[op], results["empty"])
+                     if a.get(prog) is not None and e.get(prog) is not None]
+            row += " %s |" % fmt(med(diffs), "+.0f")
+        out.append(row)
+    out.append("")
+    out.append("## machine")
+    out.append("")
+    out += machine_lines(nginx_version, has_debug, load_start)
+    out.append("- benchmark wall time %.0f s" % (time.monotonic() - t_start))
+    write_report(args.out, out)
+    return 0
 
 
 def cleanup(bench, workdir):

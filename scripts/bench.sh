@@ -11,6 +11,7 @@
 #   sudo scripts/bench.sh --quick               # smoke test: 5 rounds x 2 s (~2 min)
 #   sudo scripts/bench.sh --soak-minutes 10     # then n502trace's RSS under 10 min of load
 #   sudo scripts/bench.sh --soak-minutes 10 --soak-only
+#   sudo scripts/bench.sh --op-costs            # what each kind of BPF work costs here (~5 min)
 #
 # Options: --rounds N --duration S --variants new_conn,keepalive
 #          --modes none,hooks,n502trace,baseline,tcpdump,debug --out FILE --bin PATH

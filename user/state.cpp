@@ -365,8 +365,10 @@ void State::expire(uint64_t now)
 void State::rec(Conn &c, EvKind kind, uint64_t ts, uint32_t pid, int a, int b, int cc, uint64_t n)
 {
     c.t_last = std::max(c.t_last, ts);
-    if (c.timeline.size() >= 32)
-        return;
+    if (c.timeline.size() >= Conn::kTimelineMax) {
+        c.timeline.erase(c.timeline.begin() + Conn::kTimelineHead);
+        c.omitted++;
+    }
     EvRec r;
     r.ts = ts;
     r.n = n;
@@ -383,7 +385,18 @@ std::vector<Evidence> Conn::evidence() const
     std::vector<Evidence> out;
     out.reserve(timeline.size());
     std::string d = dst.str();
-    for (const EvRec &r : timeline) {
+    for (size_t i = 0; i < timeline.size(); i++) {
+        const EvRec &r = timeline[i];
+        if (omitted && i == kTimelineHead) {
+            // Stamped like the record after the gap: it sorts just before it.
+            Evidence gap;
+            gap.ts = r.ts;
+            gap.event = "omitted";
+            gap.detail = fmt::format("{} earlier record{} of this connection not kept (a connection keeps its first {} "
+                                     "and its latest {})",
+                                     omitted, omitted == 1 ? "" : "s", kTimelineHead, kTimelineMax - kTimelineHead);
+            out.push_back(std::move(gap));
+        }
         Evidence ev;
         ev.ts = r.ts;
         ev.pid = r.pid;

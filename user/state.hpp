@@ -106,7 +106,12 @@ struct Conn {
     std::optional<uint64_t> bytes_at_end;         // bytes Nginx had received when its side ended (FIN/RST/close)
     std::optional<uint64_t> t_nginx_fin; // Nginx closed first (ESTABLISHED -> FIN_WAIT1 on its side)
     int syn_retransmits = 0;
+    // Bounded: past kTimelineMax records the oldest after the first
+    // kTimelineHead are let go (counted in omitted), so the newest, which a
+    // verdict is about, always stay.
+    static constexpr size_t kTimelineMax = 32, kTimelineHead = 8;
     std::vector<EvRec> timeline;
+    uint32_t omitted = 0;
     bool claimed = false;
     bool finished = false;
 

@@ -14,7 +14,7 @@ namespace n502 {
 
 struct Evidence {
     uint64_t ts = 0;          // CLOCK_BOOTTIME ns (0: not from the kernel)
-    std::string event;        // connect, accept, close, state, rst_received, rst_sent, signal, exit, oom_kill, listen, unlisten, fork
+    std::string event;        // connect, accept, close, state, rst_received, rst_sent, signal, exit, oom_kill, listen, unlisten, fork, omitted (records of a long connection not kept)
     uint32_t pid = 0;         // the actor: who did it (socket owner for softirq events)
     std::string comm;
     std::string detail;       // one human sentence fragment

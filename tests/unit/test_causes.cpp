@@ -111,6 +111,18 @@ struct Seq {
         a.sk = UPSK;
         a.peer_sk = SK;
     }
+    // Established, and the upstream's end linked to Nginx's without an owner:
+    // TCP owners are named by their first read, close or exit, and this one
+    // did none of them.
+    void unnamed_upstream()
+    {
+        state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
+        Event &a = add(N502_EV_ACCEPT, 0);
+        a.sk = UPSK;
+        a.peer_sk = SK;
+        a.took = N502_TOOK_UNKNOWN;
+    }
     void retrans()
     {
         Event &e = add(N502_EV_RETRANS, 0);
@@ -395,18 +407,10 @@ TEST_CASE("read timeout: an upstream that holds the connection unnamed is found 
 {
     // TCP owners are named by their close or exit; this one took the request
     // and does nothing: the kernel only linked its socket to Nginx's.
-    auto unnamed = [](Seq &s) {
-        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
-        s.state(SK, N502_SOCK_NGINX, NGINX, 2, 1);
-        Event &a = s.add(N502_EV_ACCEPT, 0);
-        a.sk = UPSK;
-        a.peer_sk = SK;
-        a.took = N502_TOOK_UNKNOWN;
-    };
     FakeHost h;
     h.held_by = SocketHolder{UP, "slow-app"};
     Seq s;
-    unnamed(s);
+    s.unnamed_upstream();
     auto timeout = line("upstream timed out (110: Connection timed out) while reading response header from upstream",
                         "http://127.0.0.1:8080/");
     Verdict v = explain(s, timeout, &h);
@@ -426,12 +430,44 @@ TEST_CASE("read timeout: an upstream that holds the connection unnamed is found 
     // Nobody holds it (it was passed on, or the host cannot tell): as before.
     FakeHost none;
     Seq s2;
-    unnamed(s2);
+    s2.unnamed_upstream();
     Verdict v2 = explain(s2, timeout, &none);
     CHECK(v2.cause == "upstream_timeout");
     CHECK(v2.confidence == "medium");
     CHECK_FALSE(v2.upstream_pid);
     CHECK(none.holder_asked.size() == 1);
+}
+
+TEST_CASE("a long connection's timeline keeps its first and latest records, and says what it left out",
+          "[causes]")
+{
+    FakeHost h;
+    h.held_by = SocketHolder{UP, "slow-app"};
+    Seq s;
+    s.unnamed_upstream();
+    // More records than a connection keeps (resets Nginx sent are not a
+    // failure of the connection: the holder is still asked).
+    for (int i = 0; i < 40; i++)
+        s.reset(SK, N502_SOCK_NGINX, NGINX, N502_RST_SENT);
+    Verdict v = explain(s, line("upstream timed out (110: Connection timed out) while reading response header "
+                                "from upstream",
+                                "http://127.0.0.1:8080/"),
+                        &h);
+    CHECK(v.cause == "upstream_timeout");
+    REQUIRE(v.upstream_pid);
+    CHECK(*v.upstream_pid == UP);
+    // The holder, found last, is kept: the newest records are what a verdict is about.
+    CHECK(std::any_of(v.evidence.begin(), v.evidence.end(), [](const Evidence &e) {
+        return e.event == "accept" && e.detail.find("found through its open descriptors") != std::string::npos;
+    }));
+    // The first records stay (the connection's establishment) ...
+    CHECK(v.evidence.front().event == "state");
+    // ... and the gap is said, with its count: 1 established + 40 resets + 1 holder = 42, 32 kept.
+    auto gap = std::find_if(v.evidence.begin(), v.evidence.end(), [](const Evidence &e) { return e.event == "omitted"; });
+    REQUIRE(gap != v.evidence.end());
+    CHECK(gap->detail.rfind("10 earlier records of this connection not kept", 0) == 0);
+    CHECK(std::count_if(v.evidence.begin(), v.evidence.end(), [](const Evidence &e) { return e.event == "rst_sent"; }) ==
+          30);
 }
 
 TEST_CASE("keep-alive race: data after the upstream's orderly close", "[causes]")

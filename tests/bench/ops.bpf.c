@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * What each kind of BPF work costs on this machine (scripts/bench.sh
+ * --op-costs): one operation, chosen before load, on the two TCP tracepoints
+ * n502trace runs most often per request. Run under load with
+ * kernel.bpf_stats_enabled, the difference to the `empty` operation is the
+ * operation's cost in the same context the real programs run in (the same
+ * caches, the same TLB flushes on every kernel entry). The maps have the
+ * shapes of n502trace's own (bpf/common.bpf.h).
+ */
+#include "vmlinux/vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "n502/events.h"
+#include "ops.h"
+
+const volatile __u32 op = N502_OP_EMPTY;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct n502_sock);
+} op_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct n502_proc);
+} op_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} op_counter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} op_ring SEC(".maps");
+
+/* Written so that no operation's result can be optimised away. */
+__u64 sink = 0;
+
+static __always_inline void run_op(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	__u64 acc = 0;
+
+	switch (op) {
+	case N502_OP_LOOKUP_MISS:
+		acc = bpf_map_lookup_elem(&op_socks, &key) != 0;
+		break;
+	case N502_OP_LOOKUP_HIT: {
+		__u64 k = N502_OP_HIT_KEY;
+		struct n502_sock *s = bpf_map_lookup_elem(&op_socks, &k);
+		acc = s ? s->flags + 1 : 0;
+		break;
+	}
+	case N502_OP_LOOKUP_MISS_X4:
+		for (int i = 0; i < 4; i++) {
+			__u64 k = key + i;
+			acc += bpf_map_lookup_elem(&op_socks, &k) != 0;
+		}
+		break;
+	case N502_OP_UPDATE_DELETE: {
+		struct n502_sock v = { .role = 1 };
+		acc = bpf_map_update_elem(&op_socks, &key, &v, BPF_ANY);
+		bpf_map_delete_elem(&op_socks, &key);
+		break;
+	}
+	case N502_OP_PID_LOOKUP: {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		acc = bpf_map_lookup_elem(&op_procs, &tgid) != 0;
+		break;
+	}
+	case N502_OP_COUNTER: {
+		__u32 i = 0;
+		__u64 *v = bpf_map_lookup_elem(&op_counter, &i);
+		if (v)
+			*v += 1;
+		break;
+	}
+	case N502_OP_KTIME:
+		acc = bpf_ktime_get_boot_ns();
+		break;
+	case N502_OP_COMM: {
+		char comm[N502_COMM_LEN];
+		bpf_get_current_comm(comm, sizeof(comm));
+		acc = comm[0];
+		break;
+	}
+	case N502_OP_PROBE_READ:
+		acc = BPF_CORE_READ((struct tcp_sock *)sk, bytes_sent);
+		break;
+	case N502_OP_RING_EVENT: {
+		/* The size of n502trace's story event, filled and submitted
+		 * without a wakeup; the loader drains the ring every 10 ms. */
+		struct n502_conn_event *e = bpf_ringbuf_reserve(&op_ring, sizeof(*e), 0);
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			e->sk = key;
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		}
+		break;
+	}
+	}
+	if (acc == 1)
+		sink = acc;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(op_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	run_op(sk);
+	return 0;
+}
+
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(op_rcv_space_adjust, struct sock *sk)
+{
+	run_op(sk);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
