@@ -968,6 +968,9 @@ public:
     std::string port_range(uint32_t) override { return take_str(Rec::AnsPortRange); }
     std::optional<SocketHolder> holder(const Addr &, const Addr &, uint32_t) override
     {
+        // Format 1 may predate the look-up: no answer there means not asked.
+        if (r_.version() < 2 && r_.peek_type() != static_cast<uint16_t>(Rec::AnsHolder))
+            return std::nullopt;
         auto rec = take(Rec::AnsHolder);
         if (!rec)
             return std::nullopt;

@@ -289,7 +289,7 @@ bool Recorder::maybe_rotate()
 
 // ------------------------------------------------------------------ reader
 
-uint64_t read_recording_header(FILE *f, const std::string &name)
+uint64_t read_recording_header(FILE *f, const std::string &name, uint32_t *version_out)
 {
     unsigned char h[kRecHeaderSize];
     size_t n = fread(h, 1, sizeof(h), f);
@@ -312,6 +312,8 @@ uint64_t read_recording_header(FILE *f, const std::string &name)
                                          name, version, N502_VERSION, kRecVersion));
     if (version == 0)
         throw RecordingError(fmt::format("{} has an invalid recording format version 0", name));
+    if (version_out)
+        *version_out = version;
     return seq;
 }
 
@@ -387,7 +389,7 @@ bool RecordingReader::open_file(size_t i)
     if (!f_)
         throw RecordingError(fmt::format("cannot read {} (segment {} of the recording): {}", name_, i + 1,
                                          strerror(errno)));
-    seq_ = read_recording_header(f_, name_);
+    seq_ = read_recording_header(f_, name_, &version_);
     off_ = kRecHeaderSize;
     skipping_ = false;
     return true;

@@ -28,7 +28,10 @@
 namespace n502 {
 
 constexpr char kRecMagic[8] = {'N', '5', '0', '2', 'R', 'E', 'C', '\n'};
-constexpr uint32_t kRecVersion = 1;
+// Format versions: 1, the first; 2, every holder look-up's answer is there
+// (answer:holder). Version 1 files written before the look-up existed lack
+// them, and replay treats a missing one as "not asked".
+constexpr uint32_t kRecVersion = 2;
 constexpr size_t kRecHeaderSize = 24;
 constexpr uint32_t kRecMaxPayload = 16u << 20;
 
@@ -187,6 +190,8 @@ public:
     uint16_t peek_type();
     std::vector<std::string> warnings;
     uint64_t first_segment() const { return first_seq_; }
+    // The format version of the segment being read.
+    uint32_t version() const { return version_; }
     const std::vector<std::string> &files() const { return files_; }
 
 private:
@@ -201,13 +206,15 @@ private:
     std::string name_;
     uint64_t off_ = 0;
     uint64_t first_seq_ = 0, seq_ = 0;
+    uint32_t version_ = kRecVersion;
     bool skipping_ = false;
     std::optional<RawRecord> peeked_;
 };
 
 // Reads the header of `path`: throws RecordingError when it is not a
-// recording or is of a newer format; returns the segment number.
-uint64_t read_recording_header(FILE *f, const std::string &name);
+// recording or is of a newer format; returns the segment number (and the
+// format version in *version).
+uint64_t read_recording_header(FILE *f, const std::string &name, uint32_t *version = nullptr);
 // True when the file starts with the recording magic.
 bool looks_like_recording(const std::string &path);
 

@@ -3,6 +3,10 @@
 // replay giving the live verdicts.
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <sys/socket.h>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -88,9 +92,14 @@ std::string refused_line(uint32_t pid, int conn, int port)
            "/\", host: \"localhost\"";
 }
 
+// What a live run feeds the engine after its start (now: its boot clock;
+// offset: real minus boot). nullptr: `lines` refused connects.
+using Scenario = std::function<void(Engine &eng, uint64_t &now, int64_t offset)>;
+
 // A live run of the engine, recorded: Nginx processes, a listener, lines
 // that become verdicts; returns the verdict lines it printed.
-std::vector<std::string> live_run(const std::string &path, uint64_t max_bytes, int lines, std::string *out_json)
+std::vector<std::string> live_run(const std::string &path, uint64_t max_bytes, int lines, std::string *out_json,
+                                  const Scenario &scenario = nullptr)
 {
     std::string err;
     auto rec = Recorder::open(path, max_bytes, &err);
@@ -125,7 +134,9 @@ std::vector<std::string> live_run(const std::string &path, uint64_t max_bytes, i
         rec->put(Rec::SnapshotEnd, std::string());
         eng.ready(ReadyInfo{});
         uint64_t now = cfg.boot_ns;
-        for (int i = 0; i < lines; i++) {
+        if (scenario)
+            scenario(eng, now, cfg.tb_offset_ns);
+        for (int i = 0; i < (scenario ? 0 : lines); i++) {
             rec->maybe_rotate();
             now += 50'000'000ULL;
             eng.tick(now, static_cast<int64_t>(now) + cfg.tb_offset_ns + 7);
@@ -150,6 +161,89 @@ std::vector<std::string> live_run(const std::string &path, uint64_t max_bytes, i
         if (l.find("\"type\": \"verdict\"") != std::string::npos || l.find("\"type\":\"verdict\"") != std::string::npos)
             verdicts.push_back(l);
     return verdicts;
+}
+
+template <typename T> T kernel_event(uint16_t type, uint64_t ts, uint32_t tgid, const char *comm)
+{
+    T e{};
+    e.hdr.type = type;
+    e.hdr.size = sizeof(T);
+    e.hdr.ts_ns = ts;
+    e.hdr.tgid = e.hdr.tid = tgid;
+    std::snprintf(e.hdr.comm, sizeof(e.hdr.comm), "%s", comm);
+    return e;
+}
+
+n502_addr loopback(uint16_t port)
+{
+    n502_addr a{};
+    a.family = AF_INET;
+    a.port = port;
+    a.addr[0] = 127;
+    a.addr[3] = 1;
+    return a;
+}
+
+// Nginx worker 101 connects to 127.0.0.1:9000; the upstream's end is linked
+// to it but its owner is never named (a server that speaks first, then
+// hangs); a second later Nginx times out (proxy_read_timeout 1s): the verdict asks the host who holds
+// the upstream's end (FakeHost: 4242).
+void timeout_scenario(Engine &eng, uint64_t &now, int64_t offset)
+{
+    now += 50'000'000ULL;
+    for (int to : {2, 1}) { // CLOSE -> SYN_SENT -> ESTABLISHED
+        auto st = kernel_event<n502_state_event>(N502_EV_STATE, now, 101, "nginx");
+        st.sk = 0x1000;
+        st.oldstate = to == 2 ? 7 : 2;
+        st.newstate = to;
+        st.sock_role = N502_SOCK_NGINX;
+        st.owner_tgid = 101;
+        st.src = loopback(40000);
+        st.dst = loopback(9000);
+        eng.kernel(&st, sizeof(st));
+    }
+    auto ac = kernel_event<n502_accept_event>(N502_EV_ACCEPT, now + 1000, 0, "swapper/0");
+    ac.sk = 0x2000;
+    ac.nginx_sk = 0x1000;
+    ac.fd = -1;
+    ac.nginx_tgid = 101;
+    ac.local = loopback(9000);
+    ac.peer = loopback(40000);
+    ac.how = N502_TOOK_UNKNOWN;
+    eng.kernel(&ac, sizeof(ac));
+    now += 1'000'000'000ULL;
+    int64_t real = static_cast<int64_t>(now) + offset;
+    eng.tick(now, real);
+    time_t sec = static_cast<time_t>(real / 1'000'000'000LL);
+    struct tm tm;
+    localtime_r(&sec, &tm);
+    char stamp[32];
+    std::strftime(stamp, sizeof(stamp), "%Y/%m/%d %H:%M:%S", &tm);
+    eng.log_line(std::string(stamp) +
+                     " [error] 101#101: *1 upstream timed out (110: Connection timed out) while reading response "
+                     "header from upstream, client: 127.0.0.1, server: localhost, request: \"GET / HTTP/1.1\", "
+                     "upstream: \"http://127.0.0.1:9000/\", host: \"localhost\"",
+                 [](uint32_t p) { return p; });
+    eng.step();
+}
+
+// The recording without its records of one type (each record carries its
+// own checksum), and with the given format version.
+std::string without_records(const std::string &bytes, Rec type, uint32_t version)
+{
+    std::string out = bytes.substr(0, kRecHeaderSize);
+    std::memcpy(&out[8], &version, 4);
+    for (size_t off = kRecHeaderSize; off + 6 <= bytes.size();) {
+        uint32_t len;
+        uint16_t t;
+        std::memcpy(&len, &bytes[off], 4);
+        std::memcpy(&t, &bytes[off + 4], 2);
+        size_t whole = 4 + 2 + len + 4;
+        if (t != static_cast<uint16_t>(type))
+            out += bytes.substr(off, whole);
+        off += whole;
+    }
+    return out;
 }
 
 // A verdict without its "ts" (when it was made): a line still waiting for
@@ -274,6 +368,37 @@ TEST_CASE("a recording of a newer format version is refused by name", "[recordin
     std::vector<std::string> warnings;
     CHECK_THROWS_WITH(replay_to_json(p, &warnings),
                       Catch::Contains("format version " + std::to_string(v)) && Catch::Contains("newer n502trace"));
+}
+
+TEST_CASE("holder answers: replayed; missing from a format 1 recording means not asked, from format 2 a warning",
+          "[recording]")
+{
+    std::string p = tmp_path("holder.rec");
+    auto live = live_run(p, 0, 0, nullptr, timeout_scenario);
+    REQUIRE(live.size() == 1);
+    CHECK(live[0].find("\"cause\":\"upstream_timeout\"") != std::string::npos);
+    CHECK(live[0].find("\"upstream_pid\":4242") != std::string::npos);
+    std::vector<std::string> warnings;
+    CHECK(verdict_lines(replay_to_json(p, &warnings)) == live);
+    CHECK(warnings.empty());
+
+    std::string bytes = slurp(p);
+    // Written before the look-up existed: the replay does not expect it.
+    spit(p, without_records(bytes, Rec::AnsHolder, 1));
+    warnings.clear();
+    auto old = verdict_lines(replay_to_json(p, &warnings));
+    CHECK(warnings.empty());
+    REQUIRE(old.size() == 1);
+    CHECK(old[0].find("\"cause\":\"upstream_timeout\"") != std::string::npos);
+    CHECK(old[0].find("4242") == std::string::npos);
+
+    // A current recording without the answer is missing part of its history.
+    spit(p, without_records(bytes, Rec::AnsHolder, kRecVersion));
+    warnings.clear();
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 1);
+    // (the holder's, and those the verdict then took another way for)
+    CHECK(warnings[0].find("look-ups the replay made are not in the recording") != std::string::npos);
 }
 
 TEST_CASE("a file that is not a recording is refused", "[recording]")
