@@ -6,22 +6,43 @@
 # pipeline until at least 1 million events have passed, correlating the error
 # log recorded with it. Target: >= 1,000,000 events/s. Needs root.
 #
-#   sudo scripts/bench-pipeline.sh [--bin build/n502trace] [--events 2000000]
+#   sudo scripts/bench-pipeline.sh [--bin build/n502trace] [--replay build/tests/bench_pipeline]
+#                                  [--events 2000000] [--keep DIR | --from DIR]
+#
+# --keep DIR saves the recorded stream and its error log (DIR/events.raw,
+# DIR/error.log); --from DIR replays a saved pair instead of recording one,
+# so that two builds (--replay) can be compared on the same stream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=build/n502trace
 REPLAY=build/tests/bench_pipeline
 EVENTS=2000000
+KEEP=""
+FROM=""
+usage="usage: scripts/bench-pipeline.sh [--bin PATH] [--replay PATH] [--events N] [--keep DIR | --from DIR]"
 while [ $# -gt 0 ]; do
   case "$1" in
+    --bin|--replay|--events|--keep|--from)
+      [ $# -ge 2 ] || { echo "bench-pipeline.sh: $1 needs a value" >&2; echo "$usage" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --bin) BIN=$2; shift 2 ;;
+    --replay) REPLAY=$2; shift 2 ;;
     --events) EVENTS=$2; shift 2 ;;
-    *) echo "usage: scripts/bench-pipeline.sh [--bin PATH] [--events N]" >&2; exit 2 ;;
+    --keep) KEEP=$2; shift 2 ;;
+    --from) FROM=$2; shift 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
 done
-for f in "$BIN" "$REPLAY"; do
-  [ -x "$f" ] || { echo "bench-pipeline.sh: $f is not built (cmake --build build)" >&2; exit 2; }
-done
+[ -x "$REPLAY" ] || { echo "bench-pipeline.sh: $REPLAY is not built (cmake --build build)" >&2; exit 2; }
+if [ -n "$FROM" ]; then
+  for f in "$FROM/events.raw" "$FROM/error.log"; do
+    [ -s "$f" ] || { echo "bench-pipeline.sh: $f is missing or empty (save one with --keep $FROM)" >&2; exit 2; }
+  done
+  taskset -c 0 "$REPLAY" "$FROM/events.raw" --events "$EVENTS" --log "$FROM/error.log"
+  exit
+fi
+[ -x "$BIN" ] || { echo "bench-pipeline.sh: $BIN is not built (cmake --build build)" >&2; exit 2; }
 command -v wrk >/dev/null || scripts/install-deps.sh
 
 dir=$(mktemp -d /tmp/n502-pipeline-XXXXXX)
@@ -58,4 +79,8 @@ wrk -t1 -c8 -d3s "http://127.0.0.1:$front/" | grep -E "Requests/sec|Non-2xx" || 
 kill -INT "$tool"; wait "$tool" || true; tool=""
 tail -1 "$dir/out.json"
 echo "recorded $(stat -c %s "$dir/events.raw") bytes of events, $(grep -c 'Connection refused' "$dir/error.log") error lines"
+if [ -n "$KEEP" ]; then
+  mkdir -p "$KEEP" && cp "$dir/events.raw" "$dir/error.log" "$KEEP/"
+  echo "saved to $KEEP (replay it: scripts/bench-pipeline.sh --from $KEEP)"
+fi
 taskset -c 0 "$REPLAY" "$dir/events.raw" --events "$EVENTS" --log "$dir/error.log"

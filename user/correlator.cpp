@@ -77,16 +77,15 @@ Conn *Correlator::find_conn(const LogLine &line)
 
 void Correlator::group_attempts(const LogLine &line, Verdict &v)
 {
-    std::string id = fmt::format("{}#{}", line.pid, line.conn);
-    Attempts &a = attempts_[id];
+    Attempts &a = attempts_[AttemptsKey{line.pid, line.conn}];
     // A retry goes to another server of the group; the same server again
     // means a new request on the same client connection (keep-alive).
     bool new_peer = std::find(a.peers.begin(), a.peers.end(), line.upstream_peer) == a.peers.end();
     bool same = a.count > 0 && line.conn != 0 && a.request == line.request && new_peer &&
-                line.kind != LogKind::NoLiveUpstreams && v.ts_real_ns - a.last_real_ns < 5'000'000'000LL;
+                line.kind != LogKind::NoLiveUpstreams && v.ts_real_ns - a.last_real_ns < kRetryWindowNs;
     if (!same) {
         a.request = line.request;
-        a.key = fmt::format("{}@{}", id, line.wall_sec);
+        a.key = fmt::format("{}#{}@{}", line.pid, line.conn, line.wall_sec);
         a.count = 0;
         a.peers.clear();
     }
@@ -95,10 +94,27 @@ void Correlator::group_attempts(const LogLine &line, Verdict &v)
     a.last_real_ns = v.ts_real_ns;
     v.attempt = a.count;
     v.request_key = a.key;
-    if (attempts_.size() > 4096) { // bounded: drop the stale ones
+    if (attempts_.size() > attempts_sweep_at_)
+        sweep_attempts(v.ts_real_ns);
+}
+
+void Correlator::sweep_attempts(int64_t now_real_ns)
+{
+    for (auto it = attempts_.begin(); it != attempts_.end();)
+        it = now_real_ns - it->second.last_real_ns > kRetryWindowNs ? attempts_.erase(it) : std::next(it);
+    if (attempts_.size() > opt_.attempts_max) {
+        // All recent: keep the newer half.
+        std::vector<int64_t> ts;
+        ts.reserve(attempts_.size());
+        for (const auto &[k, a] : attempts_)
+            ts.push_back(a.last_real_ns);
+        auto mid = ts.begin() + static_cast<std::ptrdiff_t>(ts.size() / 2);
+        std::nth_element(ts.begin(), mid, ts.end());
+        int64_t cut = *mid;
         for (auto it = attempts_.begin(); it != attempts_.end();)
-            it = v.ts_real_ns - it->second.last_real_ns > 5'000'000'000LL ? attempts_.erase(it) : std::next(it);
+            it = it->second.last_real_ns < cut ? attempts_.erase(it) : std::next(it);
     }
+    attempts_sweep_at_ = std::max(std::min(kAttemptsSweep, opt_.attempts_max), attempts_.size() * 2);
 }
 
 std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
@@ -188,8 +204,11 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
                         line.wall_sec});
     while (!history_.empty() && (history_.size() > 256 || v.ts_real_ns - history_.front().ts_real_ns > 60'000'000'000LL))
         history_.pop_front();
-    std::stable_sort(v.evidence.begin(), v.evidence.end(),
-                     [](const Evidence &a, const Evidence &b) { return a.ts < b.ts; });
+    // Mostly in order already (a connection's timeline is): stable_sort
+    // allocates a buffer even then.
+    auto by_time = [](const Evidence &a, const Evidence &b) { return a.ts < b.ts; };
+    if (!std::is_sorted(v.evidence.begin(), v.evidence.end(), by_time))
+        std::stable_sort(v.evidence.begin(), v.evidence.end(), by_time);
     return v;
 }
 

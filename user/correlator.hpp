@@ -15,12 +15,14 @@
 // same worker and client connection (*N) and request within 5 s are one
 // request: their verdicts share `request_key` and count `attempt` from 1.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "accesslog.hpp"
@@ -40,12 +42,17 @@ struct CorrelatorOptions {
     // Called for an upstream process found through the host (Host::holder)
     // before the rules run: the engine reads where it lives.
     std::function<void(Proc &)> on_holder;
+    // Retries are grouped per worker and client connection; a sweep of the
+    // stale ones leaves at most this many (the map holds at most twice it):
+    // more requests failing within 5 s over as many client connections, and
+    // the older half is let go (a retry of one of those counts from 1 again).
+    size_t attempts_max = 65536;
 };
 
 class Correlator {
 public:
     Correlator(State &state, Timebase tb, CorrelatorOptions opt = {}, Host *host = nullptr)
-        : state_(state), tb_(tb), opt_(opt), host_(host)
+        : state_(state), tb_(tb), opt_(opt), host_(host), attempts_sweep_at_(std::min(kAttemptsSweep, opt_.attempts_max))
     {
     }
 
@@ -71,6 +78,8 @@ private:
     // (the verdict's wall-clock time stamps that evidence).
     void find_holder(const LogLine &line, Conn &conn, int64_t now_real_ns);
     void group_attempts(const LogLine &line, Verdict &v);
+    void sweep_attempts(int64_t now_real_ns);
+    static constexpr int64_t kRetryWindowNs = 5'000'000'000LL; // retries of one request: within 5 s
 
     State &state_;
     Timebase tb_;
@@ -84,7 +93,22 @@ private:
         int count = 0;
         int64_t last_real_ns = 0;
     };
-    std::map<std::string, Attempts> attempts_; // by worker#conn
+    struct AttemptsKey {
+        uint32_t pid;
+        uint64_t conn;
+        bool operator==(const AttemptsKey &o) const { return pid == o.pid && conn == o.conn; }
+    };
+    struct AttemptsHash {
+        size_t operator()(const AttemptsKey &k) const { return std::hash<uint64_t>()(k.conn * 0x9e3779b97f4a7c15ULL ^ k.pid); }
+    };
+    std::unordered_map<AttemptsKey, Attempts, AttemptsHash> attempts_; // by worker and client connection
+    // Stale entries are swept when the map outgrows this (amortised: it
+    // doubles past what a sweep leaves).
+    static constexpr size_t kAttemptsSweep = 4096;
+    size_t attempts_sweep_at_;
+
+public:
+    size_t attempts_held() const { return attempts_.size(); }
 };
 
 } // namespace n502

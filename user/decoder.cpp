@@ -9,21 +9,54 @@
 
 namespace n502 {
 
+// Decimal digits of v at *p, advancing it.
+static void put_uint(char *&p, unsigned v)
+{
+    char tmp[10];
+    int n = 0;
+    do {
+        tmp[n++] = static_cast<char>('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+}
+
+// Formatted by hand: the state keys its indexes by this string, so it is
+// made for every connection (inet_ntop + fmt cost ten times as much).
 std::string Addr::str() const
 {
     if (family == AF_INET) {
-        char buf[INET_ADDRSTRLEN] = {};
-        inet_ntop(AF_INET, ip.data(), buf, sizeof(buf));
-        return fmt::format("{}:{}", buf, port);
+        char buf[sizeof("255.255.255.255:65535")];
+        char *p = buf;
+        for (int i = 0; i < 4; i++) {
+            put_uint(p, ip[i]);
+            *p++ = i < 3 ? '.' : ':';
+        }
+        put_uint(p, port);
+        return std::string(buf, p);
     }
     if (family == AF_INET6) {
-        char buf[INET6_ADDRSTRLEN] = {};
-        inet_ntop(AF_INET6, ip.data(), buf, sizeof(buf));
-        return fmt::format("[{}]:{}", buf, port);
+        char buf[INET6_ADDRSTRLEN + sizeof("[]:65535")] = "[";
+        inet_ntop(AF_INET6, ip.data(), buf + 1, INET6_ADDRSTRLEN);
+        char *p = buf + std::strlen(buf);
+        *p++ = ']';
+        *p++ = ':';
+        put_uint(p, port);
+        return std::string(buf, p);
     }
     if (family == AF_UNIX)
         return "unix:" + path;
     return "";
+}
+
+bool Addr::same_place(const Addr &o) const
+{
+    if (family != o.family)
+        return false;
+    if (family == AF_UNIX)
+        return path == o.path;
+    return port == o.port && ip == o.ip;
 }
 
 Addr Addr::from_raw(const n502_addr &a)
@@ -322,12 +355,20 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
     }
 }
 
-std::vector<Event> expand_story(const Event &e)
+size_t expand_story(const Event &e, std::vector<Event> &evs, size_t order[kStoryEventsMax])
 {
     const n502_story &st = e.story;
-    std::vector<Event> evs;
-    auto nginx_state = [&](uint64_t ts, int oldstate, int newstate) {
-        Event s;
+    size_t n = 0;
+    // Slots are reused from call to call: each is reset before it is filled.
+    auto next = [&]() -> Event & {
+        if (evs.size() <= n)
+            evs.resize(n + 1);
+        Event &x = evs[n++];
+        x = Event{};
+        return x;
+    };
+    auto nginx_state = [&](uint64_t ts, int oldstate, int newstate) -> Event & {
+        Event &s = next();
         s.type = N502_EV_STATE;
         s.ts = ts;
         s.tgid = e.owner;
@@ -341,19 +382,19 @@ std::vector<Event> expand_story(const Event &e)
         return s;
     };
     if (st.est_ns)
-        evs.push_back(nginx_state(st.est_ns, 2 /* SYN_SENT */, 1 /* ESTABLISHED */));
+        nginx_state(st.est_ns, 2 /* SYN_SENT */, 1 /* ESTABLISHED */);
     // Its owner's first connection was announced on its own (an accept
     // event before this one): not again.
     if (st.up_sk && !(st.up_tgid && (st.up_how & N502_TOOK_ANNOUNCED))) {
         // The upstream's end: linked to Nginx's, with its process if known.
-        Event a;
+        Event &a = next();
         a.type = N502_EV_ACCEPT;
         a.sk = st.up_sk;
         a.peer_sk = e.sk;
         a.owner = e.owner;
         a.src = e.dst; // the address it accepted on
         a.dst = e.src; // Nginx's
-        a.took = st.up_tgid ? (st.up_how & 0xff) : N502_TOOK_UNKNOWN;
+        a.took = st.up_tgid ? (st.up_how & 0xff) : static_cast<uint32_t>(N502_TOOK_UNKNOWN);
         a.exiting = st.up_tgid && (st.up_how & N502_TOOK_EXITING);
         a.ts = st.up_tgid ? st.up_ns : st.est_ns;
         if (st.up_tgid) {
@@ -361,38 +402,50 @@ std::vector<Event> expand_story(const Event &e)
             a.tid = st.up_tgid;
             a.comm = e.target_comm;
         }
-        evs.push_back(a);
     }
     if (st.up_sk && st.up_oldstate) {
-        {
-            Event u;
-            u.type = N502_EV_STATE;
-            u.ts = st.up_leave_ns;
-            u.tgid = st.up_tgid;
-            u.sk = st.up_sk;
-            u.sock_role = N502_SOCK_UPSTREAM;
-            u.owner = st.up_tgid;
-            u.oldstate = st.up_oldstate;
-            u.newstate = st.up_newstate;
-            u.src = e.dst;
-            u.dst = e.src;
-            evs.push_back(u);
-        }
+        Event &u = next();
+        u.type = N502_EV_STATE;
+        u.ts = st.up_leave_ns;
+        u.tgid = st.up_tgid;
+        u.sk = st.up_sk;
+        u.sock_role = N502_SOCK_UPSTREAM;
+        u.owner = st.up_tgid;
+        u.oldstate = st.up_oldstate;
+        u.newstate = st.up_newstate;
+        u.src = e.dst;
+        u.dst = e.src;
     }
-    if (st.fin_ns) {
-        Event f = nginx_state(st.fin_ns, 1 /* ESTABLISHED */, 8 /* CLOSE_WAIT */);
-        f.bytes_received = st.fin_bytes;
-        evs.push_back(f);
-    }
+    if (st.fin_ns)
+        nginx_state(st.fin_ns, 1 /* ESTABLISHED */, 8 /* CLOSE_WAIT */).bytes_received = st.fin_bytes;
     if (e.newstate) { // the transition that emitted it, as it happened
-        Event t = e;
+        Event &t = next();
+        t = e;
         t.type = N502_EV_STATE;
         t.story = {};
         t.target_comm.clear();
-        evs.push_back(std::move(t));
     }
-    std::stable_sort(evs.begin(), evs.end(), [](const Event &a, const Event &b) { return a.ts < b.ts; });
-    return evs;
+    // Time order, ties in the order above: an insertion sort of indexes
+    // (at most kStoryEventsMax), the events themselves stay put.
+    for (size_t i = 0; i < n; i++) {
+        size_t j = i;
+        for (; j > 0 && evs[order[j - 1]].ts > evs[i].ts; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
+    return n;
+}
+
+std::vector<Event> expand_story(const Event &conn)
+{
+    std::vector<Event> slots;
+    size_t order[kStoryEventsMax];
+    size_t n = expand_story(conn, slots, order);
+    std::vector<Event> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; i++)
+        out.push_back(std::move(slots[order[i]]));
+    return out;
 }
 
 const char *tcp_state_name(int s)

@@ -22,6 +22,8 @@ struct Addr {
 
     // "127.0.0.1:8080", "[::1]:8080", "unix:/run/app.sock"; "" when unknown.
     std::string str() const;
+    // Would str() be the same? (netns aside), without making the strings.
+    bool same_place(const Addr &o) const;
     bool known() const { return family != 0; }
     // 127.0.0.0/8, ::1, ::ffff:127.x: an address that means something only inside its network namespace.
     bool loopback() const;
@@ -81,6 +83,11 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why = nul
 // and leaving ESTABLISHED, the upstream's FIN, and the transition that
 // emitted the story (none when it was emitted early).
 std::vector<Event> expand_story(const Event &conn);
+// The same without allocating on the hot path: fills slots (reused from call
+// to call, grown as needed) and order, the indexes of the slots in time
+// order; returns how many.
+constexpr size_t kStoryEventsMax = 5;
+size_t expand_story(const Event &conn, std::vector<Event> &slots, size_t order[kStoryEventsMax]);
 
 const char *tcp_state_name(int state);
 const char *signal_name(int sig);

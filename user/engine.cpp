@@ -621,6 +621,14 @@ void Engine::place(uint32_t pid, std::optional<uint32_t> &nsp, std::string &cgro
 
 void Engine::emit(const Verdict &given, uint32_t logged_pid)
 {
+    summary_.verdicts++;
+    summary_.by_cause[given.cause]++;
+    summary_.by_upstream[given.upstream]++;
+    // A storm's repeats are counted, not printed: nothing more to do for them.
+    if (!limiter_.admit(given.cause + "\n" + given.upstream, now_real_)) {
+        summary_.suppressed++;
+        return;
+    }
     Verdict v = given;
     if (logged_pid)
         v.nginx_ns_pid = logged_pid;
@@ -646,13 +654,7 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid)
         if (!v.client.empty())
             v.client = "<redacted>";
     }
-    if (limiter_.admit(v.cause + "\n" + v.upstream, now_real_))
-        sink_.verdict(v);
-    else
-        summary_.suppressed++;
-    summary_.verdicts++;
-    summary_.by_cause[v.cause]++;
-    summary_.by_upstream[v.upstream]++;
+    sink_.verdict(v);
 }
 
 void Engine::report_suppressed()

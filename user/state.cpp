@@ -198,7 +198,18 @@ Conn &State::conn_for(uint64_t sk, uint64_t ts, uint32_t owner)
 {
     if (Conn *c = live_conn(sk))
         return *c;
-    auto c = std::make_unique<Conn>();
+    std::unique_ptr<Conn> c;
+    if (spare_.empty()) {
+        c = std::make_unique<Conn>();
+        c->timeline.reserve(kTimelineStart);
+    } else {
+        c = std::move(spare_.back());
+        spare_.pop_back();
+        std::vector<EvRec> timeline = std::move(c->timeline);
+        timeline.clear();
+        *c = Conn{};
+        c->timeline = std::move(timeline);
+    }
     c->id = next_id_++;
     c->sk = sk;
     c->nginx_pid = owner;
@@ -220,6 +231,10 @@ Conn *State::conn_by_up_sk(uint64_t up_sk)
 
 void State::set_dst(Conn &c, const Addr &dst)
 {
+    if (!c.dst_key.empty() && dst.same_place(c.dst)) {
+        c.dst = dst;
+        return;
+    }
     std::string key = dst.str();
     if (key == c.dst_key) {
         c.dst = dst;
@@ -306,6 +321,10 @@ void State::drop_oldest_finished()
     }
     if (!c->claimed && !c->dst_key.empty())
         unindex(c, true);
+    // Kept for the next connection (with its timeline's memory) rather than
+    // freed: under load a connection ends for every one that begins.
+    if (spare_.size() < kSpareConns)
+        spare_.push_back(std::move(finished_.front()));
     finished_.pop_front();
 }
 
@@ -560,8 +579,10 @@ void State::apply(const Event &e)
 
 void State::replay_story(const Event &e)
 {
-    for (const Event &x : expand_story(e))
-        apply_event(x);
+    size_t order[kStoryEventsMax];
+    size_t n = expand_story(e, story_slots_, order);
+    for (size_t i = 0; i < n; i++)
+        apply_event(story_slots_[order[i]]);
 }
 
 void State::apply_event(const Event &e)
@@ -861,13 +882,14 @@ std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const std::string &upstr
 std::vector<const Listener *> State::listeners_on(const Addr &a) const
 {
     std::vector<const Listener *> out;
-    std::vector<std::string> keys{a.str()};
+    std::string keys[3] = {a.str()};
+    size_t nkeys = 1;
     if (a.family == AF_INET || a.family == AF_INET6) {
-        keys.push_back(fmt::format("0.0.0.0:{}", a.port));
-        keys.push_back(fmt::format("[::]:{}", a.port));
+        keys[nkeys++] = "0.0.0.0:" + std::to_string(a.port);
+        keys[nkeys++] = "[::]:" + std::to_string(a.port);
     }
-    for (const auto &k : keys) {
-        auto it = listeners_.find(k);
+    for (size_t k = 0; k < nkeys; k++) {
+        auto it = listeners_.find(keys[k]);
         if (it == listeners_.end())
             continue;
         for (const auto &l : it->second)
@@ -889,7 +911,7 @@ bool State::listener_aged_out(const Addr &a) const
         bool same_port = g.port == a.port && g.family == a.family;
         bool wildcard = std::all_of(g.ip.begin(), g.ip.end(), [](uint8_t b) { return b == 0; });
         bool here = !a.loopback() || !a.netns || !g.netns || g.netns == a.netns;
-        if ((g.str() == a.str() || (same_port && wildcard)) && here)
+        if ((g.same_place(a) || (same_port && wildcard)) && here)
             return true;
     }
     return false;

@@ -246,6 +246,9 @@ private:
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Conn>> live_;   // Nginx sk -> connection
     std::deque<std::unique_ptr<Conn>> finished_;                 // oldest first
+    std::vector<std::unique_ptr<Conn>> spare_;                   // forgotten ones, reused by conn_for()
+    static constexpr size_t kSpareConns = 64;
+    static constexpr size_t kTimelineStart = 8; // room a new connection's timeline starts with
     std::unordered_map<uint64_t, Conn *> by_up_sk_;              // upstream's sk -> connection
     std::unordered_map<std::string, std::vector<Conn *>> live_by_dst_; // upstream address -> live connections
     std::unordered_map<std::string, std::deque<Conn *>> fin_by_dst_;   // ... -> finished ones, in finish order
@@ -254,6 +257,7 @@ private:
     std::map<std::string, std::vector<Listener>> listeners_;     // addr string -> history
     std::unordered_map<uint64_t, std::string> listener_sk_;      // listener sk -> addr key
     std::deque<Addr> aged_out_;                                  // addresses whose listeners aged out (bounded)
+    std::vector<Event> story_slots_; // replay_story()'s scratch, reused from story to story
     std::unordered_map<std::string, uint64_t> pre_nginx_;        // "local>remote#ns" -> placeholder sk
     std::unordered_map<std::string, uint64_t> pre_up_;           // the upstream's view -> Nginx's sk (placeholder until adopted)
 };

@@ -533,6 +533,41 @@ TEST_CASE("no live upstreams names the failures that marked the peers down; retr
     CHECK(earlier == 2);
 }
 
+TEST_CASE("retry grouping stays bounded when thousands of client connections fail at once", "[causes]")
+{
+    Seq s;
+    CorrelatorOptions opt;
+    opt.attempts_max = 64;
+    int64_t now = 1'000'000'000'000LL;
+    opt.now_real = [&] { return now; };
+    Correlator c(s.st, Timebase(), opt);
+    size_t most = 0;
+    for (int conn = 1; conn <= 1000; conn++) {
+        now += 1'000'000; // 1000 requests in 1 s: none is stale
+        auto l = line("connect() failed (111: Connection refused) while connecting to upstream",
+                      "http://127.0.0.1:8081/", NGINX, conn);
+        auto v = c.explain(l, true);
+        REQUIRE(v);
+        CHECK(v->attempt == 1);
+        most = std::max(most, c.attempts_held());
+    }
+    CHECK(most <= 2 * opt.attempts_max);
+    CHECK(c.attempts_held() >= opt.attempts_max / 2);
+    // The newest request's retry (another server of the group) is still one request.
+    auto retry = line("connect() failed (111: Connection refused) while connecting to upstream",
+                      "http://127.0.0.1:8082/", NGINX, 1000);
+    auto v = c.explain(retry, true);
+    REQUIRE(v);
+    CHECK(v->attempt == 2);
+    // Once they are stale, a sweep lets them all go.
+    now += 6'000'000'000LL;
+    for (int conn = 2000; conn < 2000 + 2 * static_cast<int>(opt.attempts_max); conn++)
+        c.explain(line("connect() failed (111: Connection refused) while connecting to upstream",
+                       "http://127.0.0.1:8081/", NGINX, conn),
+                  true);
+    CHECK(c.attempts_held() <= 2 * opt.attempts_max);
+}
+
 TEST_CASE("access-log 502s: covered by an error-log verdict, or explained from the closest failed connection",
           "[causes][accesslog]")
 {

@@ -69,6 +69,34 @@ TEST_CASE("decodes unix and IPv6 addresses", "[decoder]")
     CHECK(std::string(tcp_state_name(e2->newstate)) == "CLOSE");
 }
 
+TEST_CASE("addresses print as Nginx writes them, and compare without printing", "[decoder]")
+{
+    CHECK(Addr::ipv4(0, 0).str() == "0.0.0.0:0");
+    CHECK(Addr::ipv4(0xffffffffu, 65535).str() == "255.255.255.255:65535");
+    CHECK(Addr::ipv4(0x0a000102u, 80).str() == "10.0.1.2:80");
+    CHECK(Addr::ipv4(0x7f000001u, 9000).str() == "127.0.0.1:9000");
+    Addr v6;
+    v6.family = AF_INET6;
+    v6.port = 443;
+    v6.ip = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10};
+    CHECK(v6.str() == "[2001:db8::10]:443");
+    v6.ip.fill(0);
+    CHECK(v6.str() == "[::]:443");
+    CHECK(Addr::unix_path("/run/app.sock").str() == "unix:/run/app.sock");
+    CHECK(Addr().str().empty());
+
+    Addr a = Addr::ipv4(0x7f000001u, 9000), b = a;
+    b.netns = 4026531840u; // the namespace is not part of the place
+    CHECK(a.same_place(b));
+    b.port = 9001;
+    CHECK_FALSE(a.same_place(b));
+    b = Addr::ipv4(0x7f000002u, 9000);
+    CHECK_FALSE(a.same_place(b));
+    CHECK_FALSE(a.same_place(v6));
+    CHECK(Addr::unix_path("/a").same_place(Addr::unix_path("/a")));
+    CHECK_FALSE(Addr::unix_path("/a").same_place(Addr::unix_path("/b")));
+}
+
 TEST_CASE("a unix path without a terminating NUL stays in bounds", "[decoder]")
 {
     auto r = raw<n502_connect_event>(N502_EV_CONNECT);
