@@ -13,9 +13,9 @@
 # DIR/error.log); --from DIR replays a saved pair instead of recording one,
 # so that two builds (--replay) can be compared on the same stream.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=build/n502trace
-REPLAY=build/tests/bench_pipeline
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/build/n502trace
+REPLAY=$ROOT/build/tests/bench_pipeline
 EVENTS=2000000
 KEEP=""
 FROM=""
@@ -34,6 +34,18 @@ while [ $# -gt 0 ]; do
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
+# Paths given are the caller's: made absolute before moving to the tree.
+for v in BIN REPLAY KEEP FROM; do
+  [ -n "${!v}" ] && printf -v "$v" '%s' "$(realpath -m -- "${!v}")"
+done
+cd "$ROOT"
+if [ -n "$KEEP" ] && [ -n "$FROM" ]; then
+  echo "bench-pipeline.sh: --keep records a new stream, --from replays a saved one: give one of them" >&2
+  exit 2
+fi
+if [ -n "$KEEP" ]; then
+  mkdir -p -- "$KEEP" && [ -w "$KEEP" ] || { echo "bench-pipeline.sh: cannot write to $KEEP" >&2; exit 2; }
+fi
 [ -x "$REPLAY" ] || { echo "bench-pipeline.sh: $REPLAY is not built (cmake --build build)" >&2; exit 2; }
 if [ -n "$FROM" ]; then
   for f in "$FROM/events.raw" "$FROM/error.log"; do
@@ -80,7 +92,7 @@ kill -INT "$tool"; wait "$tool" || true; tool=""
 tail -1 "$dir/out.json"
 echo "recorded $(stat -c %s "$dir/events.raw") bytes of events, $(grep -c 'Connection refused' "$dir/error.log") error lines"
 if [ -n "$KEEP" ]; then
-  mkdir -p "$KEEP" && cp "$dir/events.raw" "$dir/error.log" "$KEEP/"
+  cp "$dir/events.raw" "$dir/error.log" "$KEEP/"
   echo "saved to $KEEP (replay it: scripts/bench-pipeline.sh --from $KEEP)"
 fi
 taskset -c 0 "$REPLAY" "$dir/events.raw" --events "$EVENTS" --log "$dir/error.log"

@@ -70,7 +70,7 @@ MODES = ("none", "hooks", "n502trace", "baseline", "tcpdump", "debug")
 # --op-costs: the operations of tests/bench/ops.bpf.c (bench_hooks --op NAME),
 # "empty" first: every other one is measured against it.
 OPS = ("empty", "lookup_miss", "lookup_hit", "lookup_miss_x4", "update_delete", "pid_lookup", "counter",
-       "ktime", "comm", "probe_read", "ring_event")
+       "ktime", "comm", "probe_read", "ring_event", "sk_storage_miss", "sk_storage_create_delete")
 OP_TEXT = {
     "empty": "nothing (the program's own cost, with the kernel's timing of it)",
     "lookup_miss": "hash lookup that misses (socks-shaped LRU hash, key: the socket)",
@@ -83,6 +83,8 @@ OP_TEXT = {
     "comm": "bpf_get_current_comm()",
     "probe_read": "one tcp_sock field through bpf_probe_read_kernel",
     "ring_event": "a ring-buffer event the size of a story (struct n502_conn_event): reserved, filled, submitted",
+    "sk_storage_miss": "socket-local storage lookup of a socket that has none (bpf_sk_storage_get)",
+    "sk_storage_create_delete": "socket-local storage created for the socket, then deleted",
 }
 OP_PROGRAMS = (("op_set_state", "inet_sock_set_state"), ("op_rcv_space_adjust", "tcp_rcv_space_adjust"))
 VARIANTS = ("new_conn", "keepalive")
@@ -633,6 +635,13 @@ class Bench:
         rc = stop_proc(p, signal.SIGINT)
         if rc != 0:
             raise BenchError("bench_hooks exited %s:\n%s" % (rc, tail(out_path)))
+        if op:
+            done = [json.loads(l) for l in tail(out_path, 5).splitlines() if '"type":"done"' in l]
+            if not done:
+                raise BenchError("bench_hooks --op %s printed no done line:\n%s" % (op, tail(out_path)))
+            if done[-1]["failed"]:
+                raise BenchError("operation %s failed in %d runs: its time would be a failure's, not its own"
+                                 % (op, done[-1]["failed"]))
         os.unlink(out_path)
         return r
 
@@ -683,10 +692,10 @@ class Bench:
         self.nginx.start()
         warm = 1 if self.args.duration <= 2 else 3
         self.wrk(warm).wait()
-        results = {op: [] for op in OPS}
+        results = {op: [] for op in self.args.ops}
         try:
             for rnd in range(1, self.args.rounds + 1):
-                for op in OPS:
+                for op in self.args.ops:
                     time.sleep(0.5)
                     r = self.run_hooks(self.args.duration, "op-%s-%d" % (op, rnd), op)
                     per_run = {name: ns / n for name, (n, ns) in r["bpf"].items() if n}
@@ -990,6 +999,9 @@ def main():
                     help="instead of the modes: what each kind of BPF work (a map lookup, an insert and delete, "
                          "a clock read, a ring-buffer event...) costs on this machine under the new_conn load, "
                          "against an empty program (bench_hooks --op; implies --bpf-stats)")
+    ap.add_argument("--ops", default=",".join(OPS),
+                    help="with --op-costs: the operations to measure, comma-separated (empty, the reference, is "
+                         "always measured); have: " + ", ".join(OPS))
     ap.add_argument("--bpf-stats", action="store_true",
                     help="also measure each BPF program's run time (kernel.bpf_stats_enabled during the "
                          "run; it adds its own cost, so use it to find where the cost is, not for ratios)")
@@ -998,6 +1010,11 @@ def main():
         if args.soak_only or args.soak_minutes > 0 or args.baseline_bin:
             ap.error("--op-costs runs on its own (no soak, no baseline)")
         args.bpf_stats = True
+    ops = [o for o in args.ops.split(",") if o]
+    for o in ops:
+        if o not in OPS:
+            ap.error("unknown operation %r (have %s)" % (o, ", ".join(OPS)))
+    args.ops = ["empty"] + [o for o in OPS if o in ops and o != "empty"]
     if args.quick:
         args.rounds, args.duration = 5, 2
     variants = [v for v in args.variants.split(",") if v]
@@ -1084,7 +1101,7 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
                                       "" if cpus[0] is None else "; nginx worker on CPU 0, wrk on CPU 1",
                                       workdir))
         if args.op_costs:
-            log("op costs: %d rounds x %ds per operation; operations %s" % (args.rounds, args.duration, ", ".join(OPS)))
+            log("op costs: %d rounds x %ds per operation; operations %s" % (args.rounds, args.duration, ", ".join(args.ops)))
             op_results = bench.op_costs()
         elif not args.soak_only:
             log("%d rounds x %ds per mode; variants %s; modes %s" % (
@@ -1216,7 +1233,7 @@ def op_report(args, results, nginx_version, has_debug, load_start, t_start):
         head += " `%s` ns per run | cost |" % tp
         rule += "---:|---:|"
     out += [head, rule]
-    for op in OPS:
+    for op in args.ops:
         row = "| %s: %s |" % (op, OP_TEXT[op])
         for prog, _ in OP_PROGRAMS:
             per_run = [r.get(prog) for r in results[op]]

@@ -113,6 +113,10 @@ void Correlator::sweep_attempts(int64_t now_real_ns)
         int64_t cut = *mid;
         for (auto it = attempts_.begin(); it != attempts_.end();)
             it = it->second.last_real_ns < cut ? attempts_.erase(it) : std::next(it);
+        // Verdicts of one pass of the event loop share a time: the cut may
+        // be where most of them are.
+        for (auto it = attempts_.begin(); it != attempts_.end() && attempts_.size() > opt_.attempts_max;)
+            it = it->second.last_real_ns == cut ? attempts_.erase(it) : std::next(it);
     }
     attempts_sweep_at_ = std::max(std::min(kAttemptsSweep, opt_.attempts_max), attempts_.size() * 2);
 }

@@ -56,7 +56,11 @@ bool Addr::same_place(const Addr &o) const
         return false;
     if (family == AF_UNIX)
         return path == o.path;
-    return port == o.port && ip == o.ip;
+    if (family == AF_INET)
+        return port == o.port && std::memcmp(ip.data(), o.ip.data(), 4) == 0;
+    if (family == AF_INET6)
+        return port == o.port && ip == o.ip;
+    return true; // unknown: both print as ""
 }
 
 Addr Addr::from_raw(const n502_addr &a)
@@ -65,7 +69,12 @@ Addr Addr::from_raw(const n502_addr &a)
     r.family = a.family;
     r.port = a.port;
     r.netns = a.netns;
-    std::memcpy(r.ip.data(), a.addr, 16);
+    // Only the bytes of the family: the kernel fills 4 of the 16 for IPv4
+    // and leaves the rest as the ring buffer had them.
+    if (a.family == AF_INET)
+        std::memcpy(r.ip.data(), a.addr, 4);
+    else if (a.family == AF_INET6)
+        std::memcpy(r.ip.data(), a.addr, 16);
     return r;
 }
 

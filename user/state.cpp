@@ -182,8 +182,7 @@ void State::adopt(const Event &e)
     if (it == pre_up_.end())
         return;
     if (Conn *c = live_conn(it->second)) {
-        c->up_sk = e.sk;
-        by_up_sk_[e.sk] = c;
+        link_up_sk(c, e.sk);
     }
     pre_up_.erase(it);
 }
@@ -221,6 +220,19 @@ Conn &State::conn_for(uint64_t sk, uint64_t ts, uint32_t owner)
     live_[sk] = std::move(c);
     stats_.conns++;
     return ref;
+}
+
+void State::link_up_sk(Conn *c, uint64_t up_sk)
+{
+    // A connection re-linked (its Nginx socket reused after a lost close)
+    // lets go of its old upstream end: no event of that one may land here.
+    if (c->up_sk && c->up_sk != up_sk) {
+        auto it = by_up_sk_.find(c->up_sk);
+        if (it != by_up_sk_.end() && it->second == c)
+            by_up_sk_.erase(it);
+    }
+    c->up_sk = up_sk;
+    by_up_sk_[up_sk] = c;
 }
 
 Conn *State::conn_by_up_sk(uint64_t up_sk)
@@ -755,8 +767,7 @@ void State::apply_event(const Event &e)
             c = &conn_for(e.peer_sk, e.ts, e.owner);
         if (!c)
             break;
-        c->up_sk = e.sk;
-        by_up_sk_[e.sk] = c;
+        link_up_sk(c, e.sk);
         if (!c->src.known() && e.dst.known())
             c->src = e.dst;
         if (e.took == N502_TOOK_UNKNOWN || !e.tgid)

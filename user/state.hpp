@@ -234,6 +234,7 @@ private:
     Proc &proc_or_new(uint32_t pid, uint64_t ts);
     void rec(Conn &c, EvKind kind, uint64_t ts, uint32_t pid, int a = 0, int b = 0, int cc = 0, uint64_t n = 0);
     void set_dst(Conn &c, const Addr &dst);
+    void link_up_sk(Conn *c, uint64_t up_sk); // c's upstream end, indexed
     void remember_listener(Listener l);
     void unlisten(const Event &e); // a listening socket closed
     void unindex(Conn *c, bool oldest = false); // oldest: search from the front

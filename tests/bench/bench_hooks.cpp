@@ -24,6 +24,7 @@ namespace {
 const char *const kOpNames[N502_OP_COUNT] = {
     "empty",         "lookup_miss", "lookup_hit", "lookup_miss_x4", "update_delete", "pid_lookup",
     "counter",       "ktime",       "comm",       "probe_read",     "ring_event",
+    "sk_storage_miss", "sk_storage_create_delete",
 };
 
 int drain(void *, void *, size_t) { return 0; }
@@ -65,6 +66,11 @@ int run_op(unsigned op, const sigset_t &stop)
             break;
         ring_buffer__consume(rb);
     }
+    // How many runs the operation failed in (the bench refuses to report
+    // the cost of an operation that did not happen).
+    std::printf("{\"type\":\"done\",\"op\":\"%s\",\"failed\":%llu}\n", kOpNames[op],
+                static_cast<unsigned long long>(skel->bss->failed));
+    std::fflush(stdout);
     rc = 0;
 out:
     ring_buffer__free(rb);

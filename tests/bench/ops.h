@@ -16,6 +16,8 @@ enum n502_op {
 	N502_OP_COMM,           /* bpf_get_current_comm() */
 	N502_OP_PROBE_READ,     /* one tcp_sock field through bpf_probe_read_kernel */
 	N502_OP_RING_EVENT,     /* a story-sized ring-buffer event, reserved, filled, submitted */
+	N502_OP_SK_STORAGE_MISS, /* socket-local storage of the socket: it has none */
+	N502_OP_SK_STORAGE_CREATE_DELETE, /* the socket's local storage created, then deleted */
 	N502_OP_COUNT
 };
 

@@ -95,6 +95,25 @@ TEST_CASE("addresses print as Nginx writes them, and compare without printing", 
     CHECK_FALSE(a.same_place(v6));
     CHECK(Addr::unix_path("/a").same_place(Addr::unix_path("/a")));
     CHECK_FALSE(Addr::unix_path("/a").same_place(Addr::unix_path("/b")));
+    Addr unknown1, unknown2;
+    unknown2.port = 7;
+    CHECK(unknown1.same_place(unknown2)); // both print as ""
+
+    // The kernel writes 4 of the 16 address bytes for IPv4; the rest are
+    // whatever the ring buffer held. Two records of one address are one place.
+    n502_addr r1{}, r2{};
+    r1.family = r2.family = AF_INET;
+    r1.port = r2.port = 9000;
+    const uint8_t lo[4] = {127, 0, 0, 1};
+    std::memcpy(r1.addr, lo, 4);
+    std::memcpy(r2.addr, lo, 4);
+    std::memset(r1.addr + 4, 0xaa, 12);
+    std::memset(r2.addr + 4, 0x55, 12);
+    Addr x = Addr::from_raw(r1), y = Addr::from_raw(r2);
+    CHECK(x.str() == "127.0.0.1:9000");
+    CHECK(x.same_place(y));
+    CHECK(x.ip == y.ip);
+    CHECK(x.ip == Addr::ipv4(0x7f000001u, 9000).ip);
 }
 
 TEST_CASE("a unix path without a terminating NUL stays in bounds", "[decoder]")
