@@ -1042,6 +1042,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
     std::unique_ptr<Engine> engine;
     Sink *sink = nullptr;
     bool finished = false;
+    std::string made_by; // the version of n502trace that recorded it
     size_t said = 0;
     auto say_warnings = [&]() {
         for (; said < r.warnings.size(); said++) {
@@ -1069,7 +1070,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             cfg.real_ns = sane_real(d.i64());
             int64_t corr_offset = sane_real(d.i64());
             uint64_t next_stats = sane_boot(d.u64());
-            d.str(); // the recording tool's version
+            made_by = d.str(); // the recording tool's version
             int64_t gmtoff = d.i64();
             if (gmtoff < -86400 || gmtoff > 86400)
                 throw RecordingError(fmt::format("{}: corrupt configuration record (UTC offset {})", path, gmtoff));
@@ -1107,10 +1108,23 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
         say_warnings();
         engine->replay(RawRecord{static_cast<uint16_t>(Rec::Finish), Enc().u64(bits_of(0.0)).u64(0).buf, 0});
     }
-    if (src.missing)
-        r.warnings.push_back(fmt::format("{} look-ups the replay made are not in the recording (a segment replayed "
-                                         "on its own starts without part of the history): answered as unknown",
-                                         src.missing));
+    if (src.missing) {
+        // Why the replay asked what the recorded run did not.
+        std::string why;
+        if (r.first_segment() > 0)
+            why = "the recording starts after earlier segments were dropped, without the history they held";
+        else if (made_by != N502_VERSION)
+            why = fmt::format("it was recorded by n502trace {}, this is {}, which looks up what that one did not",
+                              made_by.empty() ? "(unknown)" : made_by, N502_VERSION);
+        else if (!finished)
+            why = "the recording was cut off before their answers were written";
+        else
+            why = "not expected of a whole recording made by this version: please report it with the file";
+        r.warnings.push_back(fmt::format("{} look-up{} the replay made {} not in the recording ({}): answered as "
+                                         "unknown",
+                                         src.missing, src.missing == 1 ? "" : "s", src.missing == 1 ? "is" : "are",
+                                         why));
+    }
     say_warnings();
 }
 

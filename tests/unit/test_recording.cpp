@@ -246,6 +246,32 @@ std::string without_records(const std::string &bytes, Rec type, uint32_t version
     return out;
 }
 
+// The recording as if another version of n502trace (of the same length
+// of name) had made it: the configuration record's version rewritten and
+// its checksum made again.
+std::string recorded_by(const std::string &bytes, const std::string &version)
+{
+    REQUIRE(version.size() == std::string(N502_VERSION).size());
+    std::string out = bytes;
+    for (size_t off = kRecHeaderSize; off + 6 <= out.size();) {
+        uint32_t len;
+        uint16_t t;
+        std::memcpy(&len, &out[off], 4);
+        std::memcpy(&t, &out[off + 4], 2);
+        if (t == static_cast<uint16_t>(Rec::Config)) {
+            auto at = out.find(N502_VERSION, off + 6);
+            REQUIRE(at < off + 6 + len);
+            out.replace(at, version.size(), version);
+            uint32_t crc = crc32(&out[off + 4], 2 + len);
+            std::memcpy(&out[off + 6 + len], &crc, 4);
+            return out;
+        }
+        off += 4 + 2 + len + 4;
+    }
+    FAIL("no configuration record");
+    return out;
+}
+
 // A verdict without its "ts" (when it was made): a line still waiting for
 // evidence where a recording ends is explained at its end, not when the live
 // run explained it.
@@ -392,13 +418,22 @@ TEST_CASE("holder answers: replayed; missing from a format 1 recording means not
     CHECK(old[0].find("\"cause\":\"upstream_timeout\"") != std::string::npos);
     CHECK(old[0].find("4242") == std::string::npos);
 
-    // A current recording without the answer is missing part of its history.
-    spit(p, without_records(bytes, Rec::AnsHolder, kRecVersion));
+    // A whole current recording without the answer is damaged.
+    std::string stripped = without_records(bytes, Rec::AnsHolder, kRecVersion);
+    spit(p, stripped);
     warnings.clear();
     replay_to_json(p, &warnings);
     REQUIRE(warnings.size() == 1);
     // (the holder's, and those the verdict then took another way for)
     CHECK(warnings[0].find("look-ups the replay made are not in the recording") != std::string::npos);
+    CHECK(warnings[0].find("please report it") != std::string::npos);
+
+    // Made by another version: that one may not have asked.
+    spit(p, recorded_by(stripped, "9.9.9"));
+    warnings.clear();
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 1);
+    CHECK(warnings[0].find("recorded by n502trace 9.9.9, this is " N502_VERSION) != std::string::npos);
 }
 
 TEST_CASE("a file that is not a recording is refused", "[recording]")
