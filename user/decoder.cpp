@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <cstddef>
 #include <cstring>
+#include <new>
 #include <fmt/format.h>
 #include <sys/socket.h>
 
@@ -129,16 +130,12 @@ template <typename T> static bool fits(size_t len, const n502_hdr &h, std::strin
     return true;
 }
 
-std::optional<Event> decode(const void *data, size_t len, std::string *why)
+// Fills e (default-constructed) from a record at least a header long;
+// false, with *why, when it is not one.
+static bool fill(const void *data, size_t len, Event &e, std::string *why)
 {
-    if (len < sizeof(n502_hdr)) {
-        if (why)
-            *why = fmt::format("record of {} bytes is shorter than the event header", len);
-        return std::nullopt;
-    }
     n502_hdr h;
     std::memcpy(&h, data, sizeof(h));
-    Event e;
     e.type = static_cast<n502_event_type>(h.type);
     e.ts = h.ts_ns;
     e.tgid = h.tgid;
@@ -149,7 +146,7 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
     switch (h.type) {
     case N502_EV_CONNECT: {
         if (!fits<n502_connect_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_connect_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -159,11 +156,11 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.dst = Addr::from_raw(r.dst);
         if (e.dst.family == AF_UNIX)
             e.dst.path = cstr(r.path, sizeof(r.path));
-        return e;
+        return true;
     }
     case N502_EV_ACCEPT: {
         if (!fits<n502_accept_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_accept_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -179,18 +176,18 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         if (e.took > N502_TOOK_UNKNOWN) {
             if (why)
                 *why = fmt::format("accept record with an unknown 'how' {}", r.how);
-            return std::nullopt;
+            return false;
         }
         if (e.took == N502_TOOK_UNKNOWN) { // the task that ran the hook is not the owner
             e.tgid = 0;
             e.tid = 0;
             e.comm.clear();
         }
-        return e;
+        return true;
     }
     case N502_EV_CLOSE: {
         if (!fits<n502_close_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_close_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -200,11 +197,11 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.owner = r.owner_tgid;
         e.ino = r.inode;
         e.adopted = r.adopted != 0;
-        return e;
+        return true;
     }
     case N502_EV_STATE: {
         if (!fits<n502_state_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_state_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -219,11 +216,11 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.bytes_acked = r.bytes_acked;
         e.retransmits = r.retransmits;
         e.segs_out = r.segs_out;
-        return e;
+        return true;
     }
     case N502_EV_CONN: {
         if (!fits<n502_conn_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_conn_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -247,13 +244,13 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
                 *why = fmt::format("connection record with out-of-range states ({} -> {}, upstream {} -> {}) or "
                                    "'how' {}",
                                    r.oldstate, r.newstate, int(r.story.up_oldstate), int(r.story.up_newstate), r.story.up_how);
-            return std::nullopt;
+            return false;
         }
-        return e;
+        return true;
     }
     case N502_EV_RETRANS: {
         if (!fits<n502_retrans_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_retrans_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -262,11 +259,11 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);
-        return e;
+        return true;
     }
     case N502_EV_RESET: {
         if (!fits<n502_reset_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_reset_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -276,11 +273,11 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);
-        return e;
+        return true;
     }
     case N502_EV_SIGNAL: {
         if (!fits<n502_signal_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_signal_event r;
         std::memcpy(&r, data, sizeof(r));
         e.target = r.target_tgid;
@@ -290,34 +287,34 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
         e.result = r.result;
         e.role = r.target_role;
         e.target_comm = cstr(r.target_comm, sizeof(r.target_comm));
-        return e;
+        return true;
     }
     case N502_EV_EXIT: {
         if (!fits<n502_exit_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_exit_event r;
         std::memcpy(&r, data, sizeof(r));
         e.exit_code = r.exit_code;
         e.role = r.role;
-        return e;
+        return true;
     }
     case N502_EV_FORK: {
         if (!fits<n502_fork_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_fork_event r;
         std::memcpy(&r, data, sizeof(r));
         e.target = r.child_tgid;
         e.role = r.role;
-        return e;
+        return true;
     }
     case N502_EV_OOM: {
         if (!fits<n502_oom_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_oom_event r;
         std::memcpy(&r, data, sizeof(r));
         e.target = r.victim_pid;
         e.role = r.victim_role;
-        return e;
+        return true;
     }
     case N502_EV_LOG: {
         // Variable size: the header, then len bytes of what Nginx wrote.
@@ -327,24 +324,24 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
             if (why)
                 *why = fmt::format("log event has size {} (record {} bytes), expected {}..{}", h.size, len, head,
                                    sizeof(r));
-            return std::nullopt;
+            return false;
         }
         std::memcpy(&r, data, h.size);
         if (r.len != h.size - head) {
             if (why)
                 *why = fmt::format("log event says {} bytes of data but carries {}", r.len, h.size - head);
-            return std::nullopt;
+            return false;
         }
         e.fd = r.fd;
         e.ino = r.ino;
         e.dev = r.dev;
         e.data.assign(r.data, r.len);
         e.cut = r.cut;
-        return e;
+        return true;
     }
     case N502_EV_LISTEN: {
         if (!fits<n502_listen_event>(len, h, why))
-            return std::nullopt;
+            return false;
         n502_listen_event r;
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
@@ -355,13 +352,30 @@ std::optional<Event> decode(const void *data, size_t len, std::string *why)
             e.src.path = cstr(r.path, sizeof(r.path));
         e.cgroup_id = r.cgroup_id;
         e.ns_tgid = r.ns_tgid;
-        return e;
+        return true;
     }
     default:
         if (why)
             *why = fmt::format("unknown event type {}", h.type);
-        return std::nullopt;
+        return false;
     }
+}
+
+std::optional<Event> decode(const void *data, size_t len, std::string *why)
+{
+    // Built in place and returned as the one object (every return is out):
+    // an Event is large, and moving it into the optional cost as much as
+    // decoding it.
+    std::optional<Event> out;
+    if (len < sizeof(n502_hdr)) {
+        if (why)
+            *why = fmt::format("record of {} bytes is shorter than the event header", len);
+        return out;
+    }
+    out.emplace();
+    if (!fill(data, len, *out, why))
+        out.reset();
+    return out;
 }
 
 size_t expand_story(const Event &e, std::vector<Event> &evs, size_t order[kStoryEventsMax])
@@ -373,7 +387,8 @@ size_t expand_story(const Event &e, std::vector<Event> &evs, size_t order[kStory
         if (evs.size() <= n)
             evs.resize(n + 1);
         Event &x = evs[n++];
-        x = Event{};
+        x.~Event(); // cheaper than assigning a fresh one
+        new (&x) Event();
         return x;
     };
     auto nginx_state = [&](uint64_t ts, int oldstate, int newstate) -> Event & {
