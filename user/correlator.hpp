@@ -46,7 +46,7 @@ struct CorrelatorOptions {
     // stale ones leaves at most this many (the map holds at most twice it):
     // more requests failing within 5 s over as many client connections, and
     // the older half is let go (a retry of one of those counts from 1 again).
-    size_t attempts_max = 65536;
+    size_t attempts_max = 8192;
 };
 
 class Correlator {

@@ -6,7 +6,12 @@ limit), the printed output stays bounded, no kernel event is lost, the last
 verdicts arrive within about a second of the storm's end, and its memory
 stays bounded. Must run as root.
 
-    storm.py --bin build/n502trace [--seconds 3]
+With --close every request comes on a new client connection (wrk sends
+"Connection: close"), as when thousands of clients each get their 502:
+every line then names another Nginx connection (*N), and grouping retries
+per connection must not slow the tool down as their number grows.
+
+    storm.py --bin build/n502trace [--seconds 3] [--close]
 """
 import argparse
 import os
@@ -32,16 +37,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--close", action="store_true", help="a new client connection for every request")
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
-    h = harness.Harness("storm")
+    name = "storm_close" if args.close else "storm"
+    h = harness.Harness(name)
     ok = False
     try:
         port = harness.free_port()
         nginx = h.start_nginx([("/", "http://127.0.0.1:%d" % port)])
         tool = h.start_tool(binary)
         t0 = time.monotonic()
-        r = subprocess.run(["wrk", "-t1", "-c8", "-d%ds" % args.seconds, "http://127.0.0.1:%d/" % nginx.port],
+        close = ["-H", "Connection: close"] if args.close else []
+        r = subprocess.run(["wrk", "-t1", "-c8", "-d%ds" % args.seconds] + close + ["http://127.0.0.1:%d/" % nginx.port],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=args.seconds + 30)
         t_end = time.monotonic()
         out = r.stdout.decode(errors="replace")
@@ -50,6 +58,11 @@ def main():
         rate = lines / max(0.001, t_end - t0)
         harness.log("wrk: %d error lines in %.1fs (%.0f 502/s)" % (lines, t_end - t0, rate))
         check(lines >= 1000, "only %d 502s: not a storm" % lines)
+        if args.close:
+            conns = set(l.split("*", 1)[1].split(" ", 1)[0] for l in nginx.read_error_log().splitlines()
+                        if "Connection refused" in l and "*" in l)
+            harness.log("%d distinct client connections" % len(conns))
+            check(len(conns) > 4096, "only %d client connections: not many clients" % len(conns))
 
         def accounted():
             recs = tool.records()
@@ -84,10 +97,10 @@ def main():
         harness.log("summary: %d events, %d lost" % (summary.get("events"), summary.get("events_lost")))
         ok = True
     except harness.Failure as e:
-        print("FAIL storm: %s" % e)
+        print("FAIL %s: %s" % (name, e))
     finally:
         h.close()
-    print("%s storm" % ("PASS" if ok else "FAIL"))
+    print("%s %s" % ("PASS" if ok else "FAIL", name))
     print("%d passed, %d failed" % (1 if ok else 0, 0 if ok else 1))
     return 0 if ok else 1
 
