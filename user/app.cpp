@@ -695,28 +695,15 @@ int run(const Options &opt)
             InstanceInfo::Upstream out{u.address, u.group, fmt::format("{}:{}", u.file, u.line), std::nullopt};
             std::optional<Addr> addr;
             if (!u.has_variables) {
-                if (u.address.rfind("unix:", 0) == 0) {
-                    addr = Addr::unix_path(u.address.substr(5));
-                } else {
-                    // Only addresses that mean this host: loopback (and "localhost").
-                    auto colon = u.address.rfind(':');
-                    std::string host = colon == std::string::npos ? u.address : u.address.substr(0, colon);
-                    unsigned long port = colon == std::string::npos ? 0 : strtoul(u.address.c_str() + colon + 1, nullptr, 10);
-                    if (host == "localhost")
-                        host = "127.0.0.1";
-                    if (!host.empty() && host.front() == '[' && host.back() == ']')
-                        host = host.substr(1, host.size() - 2);
-                    Addr a;
-                    if (port > 0 && port < 65536) {
-                        a.port = static_cast<uint16_t>(port);
-                        if (inet_pton(AF_INET, host.c_str(), a.ip.data()) == 1)
-                            a.family = AF_INET;
-                        else if (inet_pton(AF_INET6, host.c_str(), a.ip.data()) == 1)
-                            a.family = AF_INET6;
-                    }
-                    a.netns = netns;
-                    if (a.family && a.loopback())
-                        addr = a;
+                // Only addresses that mean this host: unix sockets, loopback (and "localhost").
+                std::string text = u.address;
+                if (text.rfind("localhost:", 0) == 0)
+                    text = "127.0.0.1" + text.substr(9);
+                addr = Addr::parse(text);
+                if (addr && addr->family != AF_UNIX) {
+                    addr->netns = netns;
+                    if (!addr->loopback())
+                        addr.reset();
                 }
             }
             if (addr) {

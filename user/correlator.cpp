@@ -16,6 +16,9 @@ Conn *Correlator::find_conn(const LogLine &line)
 {
     if (line.upstream_peer.empty())
         return nullptr;
+    std::optional<Addr> peer = Addr::parse(line.upstream_peer);
+    if (!peer)
+        return nullptr; // not an address (a name Nginx could not resolve): no connection went there
     int64_t oldest_real = line.wall_sec * 1'000'000'000LL - opt_.max_skew_ns;
     int64_t oldest_boot = oldest_real - tb_.offset_ns();
     bool connecting = line.phase.find("connecting") != std::string::npos;
@@ -31,7 +34,7 @@ Conn *Correlator::find_conn(const LogLine &line)
     auto later = [&](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
     // Finished connections come in the order they finished: once one is a
     // primary candidate, no later finished one can be earlier.
-    state_.visit_conns(line.pid, line.upstream_peer, oldest_boot > 0 ? oldest_boot : 0, [&](Conn *c) {
+    state_.visit_conns(line.pid, *peer, oldest_boot > 0 ? oldest_boot : 0, [&](Conn *c) {
         if (c->claimed)
             return false;
         if (is_connect_line(line)) {

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <new>
 #include <fmt/format.h>
 #include <sys/socket.h>
@@ -97,6 +98,57 @@ Addr Addr::unix_path(std::string p)
     r.family = AF_UNIX;
     r.path = std::move(p);
     return r;
+}
+
+std::optional<Addr> Addr::parse(std::string_view s)
+{
+    if (s.rfind("unix:", 0) == 0) {
+        if (s.size() == 5)
+            return std::nullopt;
+        return unix_path(std::string(s.substr(5)));
+    }
+    size_t colon = s.rfind(':');
+    if (colon == std::string_view::npos || colon + 1 == s.size() || s.size() - colon - 1 > 5)
+        return std::nullopt;
+    unsigned port = 0;
+    for (char ch : s.substr(colon + 1)) {
+        if (ch < '0' || ch > '9')
+            return std::nullopt;
+        port = port * 10 + static_cast<unsigned>(ch - '0');
+    }
+    if (port == 0 || port > 65535)
+        return std::nullopt;
+    std::string_view host = s.substr(0, colon);
+    bool bracketed = host.size() >= 2 && host.front() == '[' && host.back() == ']';
+    if (bracketed)
+        host = host.substr(1, host.size() - 2);
+    char buf[INET6_ADDRSTRLEN];
+    if (host.empty() || host.size() >= sizeof(buf))
+        return std::nullopt;
+    std::memcpy(buf, host.data(), host.size());
+    buf[host.size()] = 0;
+    Addr r;
+    r.port = static_cast<uint16_t>(port);
+    if (!bracketed && inet_pton(AF_INET, buf, r.ip.data()) == 1)
+        r.family = AF_INET;
+    else if (bracketed && inet_pton(AF_INET6, buf, r.ip.data()) == 1)
+        r.family = AF_INET6;
+    else
+        return std::nullopt;
+    return r;
+}
+
+size_t AddrPlaceHash::operator()(const Addr &a) const
+{
+    if (a.family == AF_UNIX)
+        return std::hash<std::string>()(a.path) ^ AF_UNIX;
+    if (a.family != AF_INET && a.family != AF_INET6)
+        return a.family; // same_place: every address of an unknown family is one place
+    size_t n = a.family == AF_INET ? 4 : 16;
+    uint64_t h = (uint64_t{a.family} << 16 | a.port) * 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ a.ip[i]) * 0x100000001b3ULL;
+    return static_cast<size_t>(h ^ (h >> 29));
 }
 
 Addr Addr::ipv4(uint32_t host_order, uint16_t port)

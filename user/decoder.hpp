@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "n502/events.h"
@@ -30,6 +31,18 @@ struct Addr {
     static Addr from_raw(const n502_addr &a);
     static Addr unix_path(std::string p);
     static Addr ipv4(uint32_t host_order, uint16_t port);
+    // The inverse of str(): "127.0.0.1:8080", "[::1]:8080" (port required),
+    // "unix:/run/app.sock"; nullopt for anything else (a host name).
+    static std::optional<Addr> parse(std::string_view s);
+};
+
+// Addresses as keys of the state's indexes: equal when they are the same
+// place (same_place: netns aside), hashed by the bytes str() would print.
+struct AddrPlaceHash {
+    size_t operator()(const Addr &a) const;
+};
+struct AddrPlaceEq {
+    bool operator()(const Addr &a, const Addr &b) const { return a.same_place(b); }
 };
 
 // One kernel event, flattened. Only the fields of its type are meaningful.

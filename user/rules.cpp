@@ -455,7 +455,7 @@ bool rule_ports_exhausted(const RuleInput &in, Verdict &v)
     // The host's view (sock_diag) counts what the event stream cannot: sockets
     // in TIME_WAIT, and connections still open whose story the kernel holds.
     auto by_state = in.host ? in.host->sockets_to(in.conn->dst, in.conn->nginx_pid)
-                            : in.state.nginx_sockets_to(in.conn->dst.str());
+                            : in.state.nginx_sockets_to(in.conn->dst);
     int total = 0;
     std::string states;
     for (const auto &[st, n] : by_state) {

@@ -77,10 +77,9 @@ void State::add_listener(const Addr &a, uint32_t pid, std::string comm, uint64_t
 
 void State::remember_listener(Listener l)
 {
-    std::string key = l.addr.str();
     if (l.sk)
-        listener_sk_[l.sk] = key;
-    auto &v = listeners_[key];
+        listener_sk_[l.sk] = l.addr;
+    auto &v = listeners_[l.addr];
     uint32_t ns = l.addr.netns;
     v.push_back(std::move(l));
     // The history is kept per network namespace: 127.0.0.1:9000 in other
@@ -243,31 +242,27 @@ Conn *State::conn_by_up_sk(uint64_t up_sk)
 
 void State::set_dst(Conn &c, const Addr &dst)
 {
-    if (!c.dst_key.empty() && dst.same_place(c.dst)) {
-        c.dst = dst;
+    if (dst.same_place(c.dst)) {
+        c.dst = dst; // the same place (a netns learnt, say): the same key
         return;
     }
-    std::string key = dst.str();
-    if (key == c.dst_key) {
-        c.dst = dst;
-        return;
-    }
-    if (!c.dst_key.empty())
+    if (c.indexed)
         unindex(&c);
     c.dst = dst;
-    c.dst_key = std::move(key);
-    if (c.claimed)
+    if (c.claimed || !dst.known())
         return;
+    c.indexed = true;
     if (c.finished)
-        fin_by_dst_[c.dst_key].push_back(&c);
+        fin_by_dst_[c.dst].push_back(&c);
     else
-        live_by_dst_[c.dst_key].push_back(&c);
+        live_by_dst_[c.dst].push_back(&c);
 }
 
 void State::unindex(Conn *c, bool oldest)
 {
+    c->indexed = false;
     if (c->finished) {
-        auto it = fin_by_dst_.find(c->dst_key);
+        auto it = fin_by_dst_.find(c->dst);
         if (it == fin_by_dst_.end())
             return;
         auto &dq = it->second;
@@ -281,10 +276,10 @@ void State::unindex(Conn *c, bool oldest)
             if (rpos != dq.rend())
                 dq.erase(std::next(rpos).base());
         }
-        if (dq.empty())
+        if (dq.empty() && fin_by_dst_.size() > kEmptyKeysKept)
             fin_by_dst_.erase(it);
     } else {
-        auto it = live_by_dst_.find(c->dst_key);
+        auto it = live_by_dst_.find(c->dst);
         if (it == live_by_dst_.end())
             return;
         auto &v = it->second;
@@ -293,7 +288,7 @@ void State::unindex(Conn *c, bool oldest)
             *pos = v.back();
             v.pop_back();
         }
-        if (v.empty())
+        if (v.empty() && live_by_dst_.size() > kEmptyKeysKept)
             live_by_dst_.erase(it);
     }
 }
@@ -302,7 +297,7 @@ void State::claim(Conn *c)
 {
     if (c->claimed)
         return;
-    if (!c->dst_key.empty())
+    if (c->indexed)
         unindex(c);
     c->claimed = true;
 }
@@ -313,11 +308,14 @@ void State::finish(uint64_t sk)
     if (it == live_.end())
         return;
     Conn *c = it->second.get();
-    if (!c->dst_key.empty() && !c->claimed)
+    bool indexed = c->indexed;
+    if (indexed)
         unindex(c);
     c->finished = true;
-    if (!c->dst_key.empty() && !c->claimed)
-        fin_by_dst_[c->dst_key].push_back(c);
+    if (indexed) {
+        fin_by_dst_[c->dst].push_back(c);
+        c->indexed = true;
+    }
     finished_.push_back(std::move(it->second));
     live_.erase(it);
     trim();
@@ -331,7 +329,7 @@ void State::drop_oldest_finished()
         if (it != by_up_sk_.end() && it->second == c)
             by_up_sk_.erase(it);
     }
-    if (!c->claimed && !c->dst_key.empty())
+    if (c->indexed)
         unindex(c, true);
     // Kept for the next connection (with its timeline's memory) rather than
     // freed: under load a connection ends for every one that begins.
@@ -750,7 +748,7 @@ void State::apply_event(const Event &e)
         Conn *c = e.tcp_state == TCP_SYN_SENT_ ? &conn_for(e.sk, e.ts, e.owner) : live_conn(e.sk);
         if (!c)
             break;
-        if (e.dst.known() && e.dst.port && c->dst_key.empty())
+        if (e.dst.known() && e.dst.port && !c->dst.known())
             set_dst(*c, e.dst);
         if (e.tcp_state == TCP_SYN_SENT_) {
             c->syn_retransmits++;
@@ -876,7 +874,7 @@ void State::apply_event(const Event &e)
     }
 }
 
-std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const std::string &upstream, uint64_t oldest,
+std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const Addr &upstream, uint64_t oldest,
                                     size_t max_finished)
 {
     std::vector<Conn *> out;
@@ -893,11 +891,14 @@ std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const std::string &upstr
 std::vector<const Listener *> State::listeners_on(const Addr &a) const
 {
     std::vector<const Listener *> out;
-    std::string keys[3] = {a.str()};
+    Addr keys[3] = {a};
     size_t nkeys = 1;
     if (a.family == AF_INET || a.family == AF_INET6) {
-        keys[nkeys++] = "0.0.0.0:" + std::to_string(a.port);
-        keys[nkeys++] = "[::]:" + std::to_string(a.port);
+        keys[nkeys++] = Addr::ipv4(0, a.port); // 0.0.0.0:port
+        Addr any6;
+        any6.family = AF_INET6;
+        any6.port = a.port;
+        keys[nkeys++] = any6; // [::]:port
     }
     for (size_t k = 0; k < nkeys; k++) {
         auto it = listeners_.find(keys[k]);
@@ -928,11 +929,11 @@ bool State::listener_aged_out(const Addr &a) const
     return false;
 }
 
-std::map<std::string, int> State::nginx_sockets_to(const std::string &upstream) const
+std::map<std::string, int> State::nginx_sockets_to(const Addr &upstream) const
 {
     std::map<std::string, int> out;
     for (const auto &[sk, c] : live_)
-        if (c->tcp_state && c->dst_key == upstream)
+        if (c->tcp_state && c->dst.same_place(upstream))
             out[tcp_state_name(c->tcp_state)]++;
     return out;
 }

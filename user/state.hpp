@@ -89,7 +89,7 @@ struct Conn {
     uint32_t nginx_pid = 0;
     std::string nginx_comm;
     Addr dst, src;
-    std::string dst_key; // dst.str(), kept in step with dst (index key)
+    bool indexed = false; // in live_by_dst_/fin_by_dst_ under dst (a known address, not claimed)
     uint64_t t_first = 0, t_last = 0;
     bool have_connect = false;
     int connect_ret = 0;
@@ -186,11 +186,11 @@ public:
     // activity is not older than `oldest` (boot ns): every live one, then the
     // finished ones in the order they finished, oldest first (at most
     // `max_finished`). Finished ones older than `oldest` leave the index.
-    std::vector<Conn *> conns_to(uint32_t nginx_pid, const std::string &upstream, uint64_t oldest = 0,
+    std::vector<Conn *> conns_to(uint32_t nginx_pid, const Addr &upstream, uint64_t oldest = 0,
                                  size_t max_finished = 4096);
     // The same, visited in place; `fn(Conn *)` returns true to stop.
     template <typename F>
-    void visit_conns(uint32_t nginx_pid, const std::string &upstream, uint64_t oldest, F &&fn)
+    void visit_conns(uint32_t nginx_pid, const Addr &upstream, uint64_t oldest, F &&fn)
     {
         if (auto it = live_by_dst_.find(upstream); it != live_by_dst_.end())
             for (Conn *c : it->second)
@@ -198,8 +198,10 @@ public:
                     return;
         if (auto it = fin_by_dst_.find(upstream); it != fin_by_dst_.end()) {
             auto &dq = it->second;
-            while (!dq.empty() && dq.front()->t_last < oldest)
+            while (!dq.empty() && dq.front()->t_last < oldest) {
+                dq.front()->indexed = false;
                 dq.pop_front(); // out of every future line's window
+            }
             for (Conn *c : dq)
                 if (c->nginx_pid == nginx_pid && fn(c))
                     return;
@@ -218,7 +220,7 @@ public:
     // Every connection still remembered, live and finished.
     std::vector<Conn *> recent_conns();
     // Nginx's live sockets toward an upstream, by TCP state name.
-    std::map<std::string, int> nginx_sockets_to(const std::string &upstream) const;
+    std::map<std::string, int> nginx_sockets_to(const Addr &upstream) const;
     const StateStats &stats() const { return stats_; }
 
 private:
@@ -251,12 +253,18 @@ private:
     static constexpr size_t kSpareConns = 64;
     static constexpr size_t kTimelineStart = 8; // room a new connection's timeline starts with
     std::unordered_map<uint64_t, Conn *> by_up_sk_;              // upstream's sk -> connection
-    std::unordered_map<std::string, std::vector<Conn *>> live_by_dst_; // upstream address -> live connections
-    std::unordered_map<std::string, std::deque<Conn *>> fin_by_dst_;   // ... -> finished ones, in finish order
+    // Keyed by address, not by its text: no string is made per connection.
+    template <typename V> using ByAddr = std::unordered_map<Addr, V, AddrPlaceHash, AddrPlaceEq>;
+    ByAddr<std::vector<Conn *>> live_by_dst_; // upstream address -> live connections
+    ByAddr<std::deque<Conn *>> fin_by_dst_;   // ... -> finished ones, in finish order
+    // An upstream's entry outlives its last connection while there are few
+    // upstreams: one connection at a time to an upstream would otherwise
+    // make and free its entry (and a deque's blocks) every time.
+    static constexpr size_t kEmptyKeysKept = 256;
     std::unordered_map<uint32_t, Proc> procs_;
     std::deque<uint32_t> dead_order_;
-    std::map<std::string, std::vector<Listener>> listeners_;     // addr string -> history
-    std::unordered_map<uint64_t, std::string> listener_sk_;      // listener sk -> addr key
+    ByAddr<std::vector<Listener>> listeners_;                    // address -> history
+    std::unordered_map<uint64_t, Addr> listener_sk_;             // listener sk -> its address
     std::deque<Addr> aged_out_;                                  // addresses whose listeners aged out (bounded)
     std::vector<Event> story_slots_; // replay_story()'s scratch, reused from story to story
     std::unordered_map<std::string, uint64_t> pre_nginx_;        // "local>remote#ns" -> placeholder sk

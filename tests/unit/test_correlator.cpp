@@ -438,7 +438,7 @@ TEST_CASE("state stays bounded", "[state]")
         x.tgid = 20000 + i;
         s.apply(x);
     }
-    CHECK(s.conns_to(NGINX, lo(PORT).str()).size() == 16);
+    CHECK(s.conns_to(NGINX, lo(PORT)).size() == 16);
     CHECK(s.stats().conns_dropped == 1000 - 16);
     CHECK(s.stats().procs_dropped == 1000 - 8);
 }

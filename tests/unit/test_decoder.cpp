@@ -116,6 +116,39 @@ TEST_CASE("addresses print as Nginx writes them, and compare without printing", 
     CHECK(x.ip == Addr::ipv4(0x7f000001u, 9000).ip);
 }
 
+TEST_CASE("addresses read back from what they print; index keys agree with same_place", "[decoder]")
+{
+    for (const char *text : {"127.0.0.1:9000", "0.0.0.0:1", "255.255.255.255:65535", "[::1]:8080", "[::]:443",
+                             "[2001:db8::10]:443", "[::ffff:127.0.0.1]:80", "unix:/run/php/php-fpm.sock"}) {
+        auto a = Addr::parse(text);
+        REQUIRE(a);
+        CHECK(a->str() == text);
+    }
+    // What Nginx can log that is not an address: nothing to look up by.
+    for (const char *text : {"", "backend", "backend:80", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0",
+                             "127.0.0.1:65536", "127.0.0.1:123456", "127.0.0.1:80x", "::1:8080", "[::1]",
+                             "[127.0.0.1]:80", "[::1:8080", "256.0.0.1:80", "unix:"}) {
+        INFO(text);
+        CHECK_FALSE(Addr::parse(text));
+    }
+    CHECK(Addr::parse("127.0.0.1:9000")->same_place(Addr::ipv4(0x7f000001u, 9000)));
+
+    AddrPlaceHash h;
+    n502_addr r{};
+    r.family = AF_INET;
+    r.port = 9000;
+    const uint8_t lo[4] = {127, 0, 0, 1};
+    std::memcpy(r.addr, lo, 4);
+    Addr x = Addr::from_raw(r), y = Addr::ipv4(0x7f000001u, 9000);
+    y.netns = 4026531840u;
+    CHECK(h(x) == h(y)); // one place, one key
+    CHECK(h(x) != h(Addr::ipv4(0x7f000001u, 9001)));
+    Addr u1, u2;
+    u2.port = 7;
+    CHECK(h(u1) == h(u2));
+    CHECK(h(Addr::unix_path("/a")) == h(Addr::unix_path("/a")));
+}
+
 TEST_CASE("a unix path without a terminating NUL stays in bounds", "[decoder]")
 {
     auto r = raw<n502_connect_event>(N502_EV_CONNECT);
