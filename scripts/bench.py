@@ -50,6 +50,7 @@ Standard library only (Debian's /usr/bin/python3).
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import shutil
@@ -839,6 +840,33 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
+def median_interval(xs, level=0.95):
+    """A distribution-free interval for the median of xs: the order
+    statistics (k-th smallest, k-th largest) that bracket the true median
+    with probability >= level (a binomial argument: each round lands above or
+    below it at even odds). Returns (low, high, coverage), or None when too
+    few rounds give that level (6 are needed for 95%)."""
+    xs = sorted(x for x in xs if x is not None)
+    n = len(xs)
+    best = None
+    for k in range(1, n // 2 + 1):
+        # P(fewer than k of n below the median) on each side
+        tail = sum(math.comb(n, i) for i in range(k)) / 2.0 ** n
+        coverage = 1 - 2 * tail
+        if coverage < level:
+            break
+        best = (xs[k - 1], xs[n - k], coverage)
+    return best
+
+
+def fmt_interval(xs):
+    ci = median_interval(xs)
+    if not ci:
+        return "too few rounds for a 95% interval"
+    return "95%% interval of the median %.3f-%.3f (order statistics, coverage %.1f%%)" % (
+        ci[0], ci[1], 100 * ci[2])
+
+
 def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
@@ -904,6 +932,10 @@ def variant_table(variant, results, modes):
             fmt(100 * med([r["wrk_cpu"] for r in runs]), ".0f"),
             mode_notes(mode, runs) or "-"))
     lines.append("")
+    if base and "n502trace" in modes:
+        lines.append("n502trace, median of per-round ratios %s: %s" % (
+            fmt(ratios.get("n502trace"), ".3f"), fmt_interval(paired_ratios(base, results["n502trace"]))))
+        lines.append("")
     lines.append("Per-round ratios to none (req/s): " + "; ".join(
         "%s %s" % (m, ", ".join("%.3f" % x for x in paired_ratios(base, results[m])))
         for m in modes if m != "none" and base))
@@ -911,7 +943,8 @@ def variant_table(variant, results, modes):
         over = [t / h for t, h in zip([r["rps"] for r in results["n502trace"]],
                                       [r["rps"] for r in results["hooks"]]) if h]
         lines.append("")
-        lines.append("n502trace against the floor (per-round ratio to hooks, median): %s" % fmt(med(over), ".3f"))
+        lines.append("n502trace against the floor (per-round ratio to hooks, median): %s; %s" % (
+            fmt(med(over), ".3f"), fmt_interval(over)))
     lines.append("")
     lines.append("Per round, req/s (p99 ms):")
     lines.append("")
@@ -1152,8 +1185,10 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
                        "the throughput target is not checked on this run.)")
         elif v == "new_conn" and "n502trace" in modes:
             rr = ratios.get("n502trace")
-            checks.append(("n502trace keeps >= %d%% of the untraced throughput (new_conn, median of per-round ratios): %s" % (
-                THROUGHPUT_TARGET * 100, fmt(rr, ".3f")), rr is not None and rr >= THROUGHPUT_TARGET))
+            base = all_results[v].get("none")
+            spread = fmt_interval(paired_ratios(base, all_results[v]["n502trace"])) if base else ""
+            checks.append(("n502trace keeps >= %d%% of the untraced throughput (new_conn, median of per-round ratios): %s (%s)" % (
+                THROUGHPUT_TARGET * 100, fmt(rr, ".3f"), spread), rr is not None and rr >= THROUGHPUT_TARGET))
     tool_runs = [r for v in all_results for r in all_results[v].get("n502trace", [])]
     if tool_runs:
         nc = all_results.get("new_conn", {}).get("n502trace", [])
