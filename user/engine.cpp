@@ -1045,6 +1045,9 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
     bool finished = false;
     std::string made_by;  // the version of n502trace that recorded it
     uint32_t lookups = 0; // its kRecLookups (0: written before there was one)
+    // Look-ups missing before the last input was replayed: their answers
+    // should precede it, so a file cut off after it does not explain them.
+    uint64_t missing_before_last = 0;
     size_t said = 0;
     auto say_warnings = [&]() {
         for (; said < r.warnings.size(); said++) {
@@ -1102,6 +1105,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
                                              path, rec_name(rec->type)));
         if (rec->type == static_cast<uint16_t>(Rec::Finish))
             finished = true;
+        missing_before_last = src.missing;
         engine->replay(*rec);
     }
     if (!engine)
@@ -1123,8 +1127,12 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
                               made_by.empty() ? "(unknown)" : made_by,
                               lookups ? fmt::format("look-ups {}", lookups) : std::string("an earlier build"),
                               N502_VERSION, kRecLookups);
-        else if (!finished)
+        else if (!finished && missing_before_last == 0)
             why = "the recording was cut off before their answers were written";
+        else if (!finished)
+            why = fmt::format("{} of them before the recording's last input, which its end being cut off does not "
+                              "explain: damage, please report it with the file",
+                              missing_before_last);
         else
             why = "not expected of a whole recording made by this version: please report it with the file";
         r.warnings.push_back(fmt::format("{} look-up{} the replay made {} not in the recording ({}): answered as "

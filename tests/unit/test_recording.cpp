@@ -291,6 +291,21 @@ std::string recorded_by(const std::string &bytes, const std::string &version, ui
     });
 }
 
+// Where the first record of `type` starts (npos: none).
+size_t record_offset(const std::string &bytes, Rec type)
+{
+    for (size_t off = kRecHeaderSize; off + 6 <= bytes.size();) {
+        uint32_t len;
+        uint16_t t;
+        std::memcpy(&len, &bytes[off], 4);
+        std::memcpy(&t, &bytes[off + 4], 2);
+        if (t == static_cast<uint16_t>(type))
+            return off;
+        off += 4 + 2 + len + 4;
+    }
+    return std::string::npos;
+}
+
 // A verdict without its "ts" (when it was made): a line still waiting for
 // evidence where a recording ends is explained at its end, not when the live
 // run explained it.
@@ -474,6 +489,41 @@ TEST_CASE("holder answers: replayed; missing from a format 1 recording means not
     replay_to_json(p, &warnings);
     REQUIRE(warnings.size() == 1);
     CHECK(warnings[0].find("please report it") != std::string::npos);
+}
+
+TEST_CASE("look-ups missing from a recording without its end: cut off at the end, or damage before it",
+          "[recording]")
+{
+    std::string p = tmp_path("holder-cut.rec");
+    auto live = live_run(p, 0, 0, nullptr, timeout_scenario);
+    REQUIRE(live.size() == 1);
+    std::string bytes = slurp(p);
+    size_t holder = record_offset(bytes, Rec::AnsHolder);
+    REQUIRE(holder != std::string::npos);
+
+    // Cut off between the input and its answer (at a record's edge): the
+    // answers that were never written are blamed on the cut.
+    spit(p, bytes.substr(0, holder));
+    std::vector<std::string> warnings;
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 2);
+    CHECK(warnings[0].find("no end record") != std::string::npos);
+    CHECK(warnings[1].find("not in the recording (the recording was cut off before their answers were written)") !=
+          std::string::npos);
+
+    // The answer gone from the middle of a recording that also lost its
+    // end: inputs follow the one that asked, so the cut does not explain it.
+    std::string damaged = without_records(without_records(bytes, Rec::AnsHolder, kRecVersion), Rec::Finish,
+                                          kRecVersion);
+    REQUIRE(record_offset(damaged, Rec::Tick) != std::string::npos);
+    spit(p, damaged);
+    warnings.clear();
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 2);
+    CHECK(warnings[0].find("no end record") != std::string::npos);
+    CHECK(warnings[1].find("before the recording's last input") != std::string::npos);
+    CHECK(warnings[1].find("cut off before") == std::string::npos);
+    CHECK(warnings[1].find("please report it") != std::string::npos);
 }
 
 TEST_CASE("a file that is not a recording is refused", "[recording]")
