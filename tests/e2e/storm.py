@@ -2,9 +2,9 @@
 """A 502 storm: Nginx in front of a port where nothing listens, loaded by wrk
 for a few seconds (thousands of 502s per second). n502trace must keep up:
 every upstream error line gets a verdict (printed or counted by the rate
-limit), the printed output stays bounded, no kernel event is lost, the last
-verdicts arrive within about a second of the storm's end, and its memory
-stays bounded. Must run as root.
+limit), the printed output stays bounded, no kernel event is lost, every
+line is accounted for within 2.5 s of the storm's end, and its memory stays
+bounded. Must run as root.
 
 With --close every request comes on a new client connection (wrk sends
 "Connection: close"), as when thousands of clients each get their 502:
