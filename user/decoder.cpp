@@ -6,6 +6,7 @@
 #include <cstring>
 #include <functional>
 #include <new>
+#include <type_traits>
 #include <fmt/format.h>
 #include <sys/socket.h>
 
@@ -435,6 +436,8 @@ size_t expand_story(const Event &e, std::vector<Event> &evs, size_t order[kStory
     const n502_story &st = e.story;
     size_t n = 0;
     // Slots are reused from call to call: each is reset before it is filled.
+    // A throw between destroy and construct would leave a dead slot for the vector to destroy again.
+    static_assert(std::is_nothrow_default_constructible_v<Event> && std::is_nothrow_destructible_v<Event>);
     auto next = [&]() -> Event & {
         if (evs.size() <= n)
             evs.resize(n + 1);

@@ -305,6 +305,7 @@ void Engine::write_config()
     struct tm lt{};
     localtime_r(&t, &lt);
     e.i64(lt.tm_gmtoff);
+    e.u32(kRecLookups);
     rec_->put(Rec::Config, e);
     rec_time_valid_ = false; // a chained replay skips this record: the next input writes the clock again
 }
@@ -1042,7 +1043,11 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
     std::unique_ptr<Engine> engine;
     Sink *sink = nullptr;
     bool finished = false;
-    std::string made_by; // the version of n502trace that recorded it
+    std::string made_by;  // the version of n502trace that recorded it
+    uint32_t lookups = 0; // its kRecLookups (0: written before there was one)
+    // Look-ups missing before the last input was replayed: their answers
+    // should precede it, so a file cut off after it does not explain them.
+    uint64_t missing_before_last = 0;
     size_t said = 0;
     auto say_warnings = [&]() {
         for (; said < r.warnings.size(); said++) {
@@ -1080,6 +1085,8 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             std::string tz = fmt::format("<REC>{}{:02}:{:02}:{:02}", gmtoff > 0 ? '-' : '+', a / 3600, a / 60 % 60, a % 60);
             setenv("TZ", tz.c_str(), 1);
             tzset();
+            if (!d.at_end())
+                lookups = d.u32();
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);
@@ -1098,6 +1105,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
                                              path, rec_name(rec->type)));
         if (rec->type == static_cast<uint16_t>(Rec::Finish))
             finished = true;
+        missing_before_last = src.missing;
         engine->replay(*rec);
     }
     if (!engine)
@@ -1113,11 +1121,18 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
         std::string why;
         if (r.first_segment() > 0)
             why = "the recording starts after earlier segments were dropped, without the history they held";
-        else if (made_by != N502_VERSION)
-            why = fmt::format("it was recorded by n502trace {}, this is {}, which looks up what that one did not",
-                              made_by.empty() ? "(unknown)" : made_by, N502_VERSION);
-        else if (!finished)
+        else if (lookups != kRecLookups)
+            why = fmt::format("it was recorded by n502trace {} ({}), this is {} (look-ups {}), which looks up what "
+                              "that one did not",
+                              made_by.empty() ? "(unknown)" : made_by,
+                              lookups ? fmt::format("look-ups {}", lookups) : std::string("an earlier build"),
+                              N502_VERSION, kRecLookups);
+        else if (!finished && missing_before_last == 0)
             why = "the recording was cut off before their answers were written";
+        else if (!finished)
+            why = fmt::format("{} of them before the recording's last input, which its end being cut off does not "
+                              "explain: damage, please report it with the file",
+                              missing_before_last);
         else
             why = "not expected of a whole recording made by this version: please report it with the file";
         r.warnings.push_back(fmt::format("{} look-up{} the replay made {} not in the recording ({}): answered as "

@@ -47,6 +47,8 @@ struct ProcFacts {
     std::string cgroup2; // with the kernel's cgroup id as a fallback for a process gone from /proc
 };
 
+// Recorded like Host's look-ups: a new one, or one asked where it was not
+// before, bumps kRecLookups in recording.hpp.
 class FactsSource {
 public:
     virtual ~FactsSource() = default;

@@ -39,6 +39,8 @@ struct Creds {
     std::vector<uint32_t> groups;
 };
 
+// Every answer is recorded (RecordingHost): a look-up added here, or asked
+// where it was not before, bumps kRecLookups in recording.hpp.
 class Host {
 public:
     virtual ~Host() = default;

@@ -66,6 +66,15 @@ enum class Rec : uint16_t {
     AnsHolder = 49,
 };
 
+// Which look-ups a run makes, and when: written in the Config record so a
+// replay can tell a recording made by a build that asked less (answers it
+// never wrote) from a damaged one. Bump it whenever a look-up is added (a
+// new Ans* type, a new Host or FactsSource method) or an existing one is
+// asked in a case it was not before; the version string alone cannot say
+// (builds between releases share it). 0: not written (builds before this
+// number existed).
+constexpr uint32_t kRecLookups = 1;
+
 const char *rec_name(uint16_t type);
 uint32_t crc32(const void *data, size_t len, uint32_t crc = 0);
 
@@ -108,6 +117,8 @@ public:
     std::string str();
     Addr addr();
     std::optional<ContainerInfo> container();
+    // True when the payload is read to its end (a field added later is absent).
+    bool at_end() const { return pos_ == s_.size(); }
 
 private:
     template <typename T> T get()

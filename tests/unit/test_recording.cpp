@@ -246,30 +246,64 @@ std::string without_records(const std::string &bytes, Rec type, uint32_t version
     return out;
 }
 
-// The recording as if another version of n502trace (of the same length
-// of name) had made it: the configuration record's version rewritten and
-// its checksum made again.
-std::string recorded_by(const std::string &bytes, const std::string &version)
+// The recording with its configuration record's payload edited by `edit`
+// (and its length and checksum made again).
+std::string with_config(const std::string &bytes, const std::function<void(std::string &)> &edit)
 {
-    REQUIRE(version.size() == std::string(N502_VERSION).size());
-    std::string out = bytes;
-    for (size_t off = kRecHeaderSize; off + 6 <= out.size();) {
+    for (size_t off = kRecHeaderSize; off + 6 <= bytes.size();) {
         uint32_t len;
         uint16_t t;
-        std::memcpy(&len, &out[off], 4);
-        std::memcpy(&t, &out[off + 4], 2);
+        std::memcpy(&len, &bytes[off], 4);
+        std::memcpy(&t, &bytes[off + 4], 2);
         if (t == static_cast<uint16_t>(Rec::Config)) {
-            auto at = out.find(N502_VERSION, off + 6);
-            REQUIRE(at < off + 6 + len);
-            out.replace(at, version.size(), version);
-            uint32_t crc = crc32(&out[off + 4], 2 + len);
-            std::memcpy(&out[off + 6 + len], &crc, 4);
-            return out;
+            std::string payload = bytes.substr(off + 6, len);
+            edit(payload);
+            uint32_t n = static_cast<uint32_t>(payload.size());
+            std::string rec(4 + 2 + n + 4, '\0');
+            std::memcpy(&rec[0], &n, 4);
+            std::memcpy(&rec[4], &t, 2);
+            std::memcpy(&rec[6], payload.data(), n);
+            uint32_t crc = crc32(&rec[4], 2 + n);
+            std::memcpy(&rec[6 + n], &crc, 4);
+            return bytes.substr(0, off) + rec + bytes.substr(off + 4 + 2 + len + 4);
         }
         off += 4 + 2 + len + 4;
     }
     FAIL("no configuration record");
-    return out;
+    return bytes;
+}
+
+// The recording as if another build of n502trace had made it: the version
+// it names (the same length as this one's) and the look-ups it made (its
+// kRecLookups, the last field; 0: a build that did not write one).
+std::string recorded_by(const std::string &bytes, const std::string &version, uint32_t lookups)
+{
+    REQUIRE(version.size() == std::string(N502_VERSION).size());
+    return with_config(bytes, [&](std::string &payload) {
+        auto at = payload.find(N502_VERSION);
+        REQUIRE(at != std::string::npos);
+        payload.replace(at, version.size(), version);
+        REQUIRE(payload.size() >= 4);
+        if (lookups)
+            std::memcpy(&payload[payload.size() - 4], &lookups, 4);
+        else
+            payload.resize(payload.size() - 4);
+    });
+}
+
+// Where the first record of `type` starts (npos: none).
+size_t record_offset(const std::string &bytes, Rec type)
+{
+    for (size_t off = kRecHeaderSize; off + 6 <= bytes.size();) {
+        uint32_t len;
+        uint16_t t;
+        std::memcpy(&len, &bytes[off], 4);
+        std::memcpy(&t, &bytes[off + 4], 2);
+        if (t == static_cast<uint16_t>(type))
+            return off;
+        off += 4 + 2 + len + 4;
+    }
+    return std::string::npos;
 }
 
 // A verdict without its "ts" (when it was made): a line still waiting for
@@ -428,12 +462,68 @@ TEST_CASE("holder answers: replayed; missing from a format 1 recording means not
     CHECK(warnings[0].find("look-ups the replay made are not in the recording") != std::string::npos);
     CHECK(warnings[0].find("please report it") != std::string::npos);
 
-    // Made by another version: that one may not have asked.
-    spit(p, recorded_by(stripped, "9.9.9"));
+    // Made by a build that made other look-ups: that one may not have asked.
+    spit(p, recorded_by(stripped, "9.9.9", kRecLookups + 1));
     warnings.clear();
     replay_to_json(p, &warnings);
     REQUIRE(warnings.size() == 1);
-    CHECK(warnings[0].find("recorded by n502trace 9.9.9, this is " N502_VERSION) != std::string::npos);
+    CHECK(warnings[0].find("recorded by n502trace 9.9.9 (look-ups " + std::to_string(kRecLookups + 1) +
+                           "), this is " N502_VERSION " (look-ups " + std::to_string(kRecLookups) + ")") !=
+          std::string::npos);
+
+    // By a build that did not say (older than the field), even with this
+    // version's name: it replays, and is not taken for damage.
+    spit(p, recorded_by(stripped, N502_VERSION, 0));
+    warnings.clear();
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 1);
+    CHECK(warnings[0].find("recorded by n502trace " N502_VERSION " (an earlier build)") != std::string::npos);
+    spit(p, recorded_by(bytes, N502_VERSION, 0)); // whole, it replays as this build's own
+    warnings.clear();
+    CHECK(verdict_lines(replay_to_json(p, &warnings)) == live);
+    CHECK(warnings.empty());
+
+    // Another version's name with the same look-ups explains nothing.
+    spit(p, recorded_by(stripped, "9.9.9", kRecLookups));
+    warnings.clear();
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 1);
+    CHECK(warnings[0].find("please report it") != std::string::npos);
+}
+
+TEST_CASE("look-ups missing from a recording without its end: cut off at the end, or damage before it",
+          "[recording]")
+{
+    std::string p = tmp_path("holder-cut.rec");
+    auto live = live_run(p, 0, 0, nullptr, timeout_scenario);
+    REQUIRE(live.size() == 1);
+    std::string bytes = slurp(p);
+    size_t holder = record_offset(bytes, Rec::AnsHolder);
+    REQUIRE(holder != std::string::npos);
+
+    // Cut off between the input and its answer (at a record's edge): the
+    // answers that were never written are blamed on the cut.
+    spit(p, bytes.substr(0, holder));
+    std::vector<std::string> warnings;
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 2);
+    CHECK(warnings[0].find("no end record") != std::string::npos);
+    CHECK(warnings[1].find("not in the recording (the recording was cut off before their answers were written)") !=
+          std::string::npos);
+
+    // The answer gone from the middle of a recording that also lost its
+    // end: inputs follow the one that asked, so the cut does not explain it.
+    std::string damaged = without_records(without_records(bytes, Rec::AnsHolder, kRecVersion), Rec::Finish,
+                                          kRecVersion);
+    REQUIRE(record_offset(damaged, Rec::Tick) != std::string::npos);
+    spit(p, damaged);
+    warnings.clear();
+    replay_to_json(p, &warnings);
+    REQUIRE(warnings.size() == 2);
+    CHECK(warnings[0].find("no end record") != std::string::npos);
+    CHECK(warnings[1].find("before the recording's last input") != std::string::npos);
+    CHECK(warnings[1].find("cut off before") == std::string::npos);
+    CHECK(warnings[1].find("please report it") != std::string::npos);
 }
 
 TEST_CASE("a file that is not a recording is refused", "[recording]")
