@@ -37,7 +37,7 @@ struct Addr {
 };
 
 // Addresses as keys of the state's indexes: equal when they are the same
-// place (same_place: netns aside), hashed by the bytes str() would print.
+// place (same_place: netns aside), hashed by what same_place compares.
 struct AddrPlaceHash {
     size_t operator()(const Addr &a) const;
 };

@@ -249,7 +249,8 @@ void State::set_dst(Conn &c, const Addr &dst)
     if (c.indexed)
         unindex(&c);
     c.dst = dst;
-    if (c.claimed || !dst.known())
+    // Only what an upstream can be (and a log line can name).
+    if (c.claimed || (dst.family != AF_INET && dst.family != AF_INET6 && dst.family != AF_UNIX))
         return;
     c.indexed = true;
     if (c.finished)

@@ -202,6 +202,13 @@ public:
                 dq.front()->indexed = false;
                 dq.pop_front(); // out of every future line's window
             }
+            if (dq.empty()) {
+                // Nothing else would erase it (its connections are no
+                // longer indexed): the same bound as unindex() keeps.
+                if (fin_by_dst_.size() > kEmptyKeysKept)
+                    fin_by_dst_.erase(it);
+                return;
+            }
             for (Conn *c : dq)
                 if (c->nginx_pid == nginx_pid && fn(c))
                     return;
@@ -222,6 +229,8 @@ public:
     // Nginx's live sockets toward an upstream, by TCP state name.
     std::map<std::string, int> nginx_sockets_to(const Addr &upstream) const;
     const StateStats &stats() const { return stats_; }
+    // Upstream addresses in the connection indexes (live + finished): bounded.
+    size_t index_keys() const { return live_by_dst_.size() + fin_by_dst_.size(); }
 
 private:
     void apply_event(const Event &e);

@@ -443,6 +443,48 @@ TEST_CASE("state stays bounded", "[state]")
     CHECK(s.stats().procs_dropped == 1000 - 8);
 }
 
+TEST_CASE("upstream addresses leave the indexes when their connections do", "[state]")
+{
+    // Upstreams that come and go (pods, rotating resolver answers): each
+    // address's finished connection falls out of a later line's window.
+    StateLimits lim;
+    lim.max_finished_conns = 100000;
+    State s(lim);
+    uint64_t t = 1;
+    for (uint32_t i = 0; i < 3000; i++) {
+        Event e;
+        e.type = N502_EV_STATE;
+        e.ts = t;
+        e.sk = 0x1000 + i;
+        e.sock_role = N502_SOCK_NGINX;
+        e.owner = NGINX;
+        e.oldstate = 2;
+        e.newstate = 7;
+        e.sk_err = ECONNREFUSED;
+        e.dst = Addr::ipv4(0x0a000000u + i, 8080);
+        s.apply(e);
+        t += 1000;
+        // A later line about the same address: its one connection is too old.
+        CHECK(s.conns_to(NGINX, e.dst, t).empty());
+    }
+    CHECK(s.index_keys() <= 2 * 257);
+    // An address of no family an upstream can have is not indexed at all.
+    Event odd;
+    odd.type = N502_EV_STATE;
+    odd.ts = t;
+    odd.sk = 0x9999;
+    odd.sock_role = N502_SOCK_NGINX;
+    odd.owner = NGINX;
+    odd.oldstate = 2;
+    odd.newstate = 7;
+    odd.sk_err = ECONNREFUSED;
+    odd.dst.family = 42;
+    odd.dst.port = 1;
+    size_t before = s.index_keys();
+    s.apply(odd);
+    CHECK(s.index_keys() == before);
+}
+
 TEST_CASE("time matching across second boundaries", "[correlator][time]")
 {
     // Nginx stamps a line with its cached time (whole seconds, refreshed once
