@@ -252,12 +252,14 @@ TEST_CASE("a log that is a pipe is captured, not followed", "[container]")
     struct stat st{};
     REQUIRE(fstat(p[1], &st) == 0);
     std::vector<LogCapture> caps;
-    for (int i = 0; i < 200 && caps.empty(); i++) { // until the child has dup2'd
+    // Until the child has dup2'd both: between the two, fd 1 is the pipe and
+    // fd 2 still the runner's (two captures, or one that is not ours).
+    auto settled = [&]() { return caps.size() == 1 && caps[0].ino == static_cast<uint64_t>(st.st_ino); };
+    for (int i = 0; i < 400; i++) {
         caps = find_log_captures(n);
-        if (caps.size() == 1 && caps[0].ino != static_cast<uint64_t>(st.st_ino))
-            caps.clear();
-        if (caps.empty())
-            usleep(5000);
+        if (settled())
+            break;
+        usleep(5000);
     }
     kill(child, SIGKILL);
     waitpid(child, nullptr, 0);
