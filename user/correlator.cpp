@@ -88,7 +88,7 @@ void Correlator::group_attempts(const LogLine &line, Verdict &v)
                 line.kind != LogKind::NoLiveUpstreams && v.ts_real_ns - a.last_real_ns < kRetryWindowNs;
     if (!same) {
         a.request = line.request;
-        a.key = fmt::format("{}#{}@{}", line.pid, line.conn, line.wall_sec);
+        a.first_sec = line.wall_sec;
         a.count = 0;
         a.peers.clear();
     }
@@ -96,7 +96,8 @@ void Correlator::group_attempts(const LogLine &line, Verdict &v)
     a.count++;
     a.last_real_ns = v.ts_real_ns;
     v.attempt = a.count;
-    v.request_key = a.key;
+    if (v.rendered)
+        v.request_key = fmt::format("{}#{}@{}", line.pid, line.conn, a.first_sec);
     if (attempts_.size() > attempts_sweep_at_)
         sweep_attempts(v.ts_real_ns);
 }
@@ -187,12 +188,6 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
     v.nginx_pid = line.pid;
     v.nginx_conn = line.conn;
     v.upstream = line.upstream_peer;
-    v.request = line.request;
-    v.client = line.client;
-    v.server = line.server;
-    v.host = line.host;
-    v.nginx_message = line.message;
-    v.log_only_cause = log_only_cause(line);
 
     const Proc *up = nullptr;
     if (conn) {
@@ -202,13 +197,21 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         if (conn->up_pid)
             up = state_.proc(conn->up_pid);
     }
-    RuleInput in{line, conn, up, state_, tb_, host_, &history_};
+    RuleInput in{line, conn, up, state_, tb_, host_, &history_, opt_.admit ? &opt_.admit : nullptr};
     for (const Rule &r : rules())
         if (r.apply(in, v))
             break;
+    if (v.rendered) {
+        v.request = line.request;
+        v.client = line.client;
+        v.server = line.server;
+        v.host = line.host;
+        v.nginx_message = line.message;
+        v.log_only_cause = log_only_cause(line);
+    }
     group_attempts(line, v);
-    history_.push_back({v.ts_real_ns, v.nginx_pid, v.upstream, v.cause, v.explanation, line.client, line.request,
-                        line.wall_sec});
+    history_.push_back({v.ts_real_ns, v.nginx_pid, v.upstream, v.cause,
+                        v.rendered ? v.explanation : std::string(kNotShown), line.client, line.request, line.wall_sec});
     while (!history_.empty() && (history_.size() > 256 || v.ts_real_ns - history_.front().ts_real_ns > 60'000'000'000LL))
         history_.pop_front();
     // Mostly in order already (a connection's timeline is): stable_sort
@@ -270,6 +273,8 @@ Verdict Correlator::explain_access(const AccessLine &a)
     }
     Verdict v = decide(line, best);
     v.status = a.status;
+    if (!v.rendered)
+        return v; // without a connection, rule `unknown` decided it too
     if (v.confidence == "high")
         v.confidence = "medium";
     if (best) {

@@ -47,6 +47,11 @@ struct CorrelatorOptions {
     // more requests failing within 5 s over as many client connections, and
     // the older half is let go (a retry of one of those counts from 1 again).
     size_t attempts_max = 8192;
+    // Will a verdict of this cause for this upstream be shown? Asked once per
+    // verdict, as soon as its cause is known (the engine's output rate limit):
+    // a verdict that will not be shown is not explained (Verdict::rendered).
+    // Null: every verdict is.
+    std::function<bool(const std::string &cause, const std::string &upstream)> admit;
 };
 
 class Correlator {
@@ -86,9 +91,11 @@ private:
     CorrelatorOptions opt_;
     Host *host_;
     std::deque<PastVerdict> history_; // recent verdicts, for causes that point back
+    // The explanation a suppressed verdict leaves in the history.
+    static constexpr const char *kNotShown = "(a repeat the output rate limit did not print)";
     struct Attempts {
         std::string request;
-        std::string key;
+        int64_t first_sec = 0; // of the request's first line: with the key's pid and conn, its request_key
         std::vector<std::string> peers;
         int count = 0;
         int64_t last_real_ns = 0;

@@ -282,7 +282,17 @@ Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &fac
     : cfg_(cfg), sink_(sink), facts_(facts), rec_(rec), now_boot_(cfg.boot_ns), now_real_(cfg.real_ns),
       state_(limits_of(cfg)),
       correlator_(state_, Timebase(cfg.tb_offset_ns),
-                  CorrelatorOptions{5'000'000'000LL, [this] { return now_real_; }, [this](Proc &p) { read_facts(p); }},
+                  [this] {
+                      CorrelatorOptions o;
+                      o.now_real = [this] { return now_real_; };
+                      o.on_holder = [this](Proc &p) { read_facts(p); };
+                      // The rate limit is asked as soon as a verdict's cause is known:
+                      // a storm's repeats are counted, not worked out.
+                      o.admit = [this](const std::string &cause, const std::string &upstream) {
+                          return limiter_.admit(cause + "\n" + upstream, now_real_);
+                      };
+                      return o;
+                  }(),
                   host),
       limiter_(cfg.max_verdicts_per_sec), next_stats_(cfg.boot_ns + 1'000'000'000ULL),
       grace_ns_(static_cast<uint64_t>(cfg.grace_ms) * 1'000'000ULL)
@@ -625,8 +635,9 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid)
     summary_.verdicts++;
     summary_.by_cause[given.cause]++;
     summary_.by_upstream[given.upstream]++;
-    // A storm's repeats are counted, not printed: nothing more to do for them.
-    if (!limiter_.admit(given.cause + "\n" + given.upstream, now_real_)) {
+    // A storm's repeats are counted, not printed: the correlator asked the
+    // rate limit and did not explain them; nothing more to do for them.
+    if (!given.rendered) {
         summary_.suppressed++;
         return;
     }

@@ -122,16 +122,25 @@ bool alive_at_failure(const RuleInput &in)
     return fail && in.upstream->exit->ts > fail;
 }
 
-void base(Verdict &v, const RuleInput &in, const char *cause, const char *confidence)
+// The rule holds: its cause. Returns whether to go on and explain it
+// (evidence, explanation, facts, look-ups): a verdict the output rate limit
+// will suppress (in.admit says so) is counted by its cause and upstream only,
+// so a storm of 502s costs the rules' predicates, not their sentences. A rule
+// calls this once it holds, and holds whatever this returns.
+[[nodiscard]] bool base(Verdict &v, const RuleInput &in, const char *cause, const char *confidence)
 {
     v.cause = cause;
     v.confidence = confidence;
+    v.rendered = !in.admit || (*in.admit)(v.cause, v.upstream);
+    if (!v.rendered)
+        return false;
     if (in.conn)
         v.evidence = in.conn->evidence();
     if (in.upstream) {
         v.upstream_pid = in.upstream->pid;
         v.upstream_comm = in.upstream->comm;
     }
+    return true;
 }
 
 bool rule_not_listening(const RuleInput &in, Verdict &v)
@@ -145,7 +154,8 @@ bool rule_not_listening(const RuleInput &in, Verdict &v)
         if (!lp || !lp->exit)
             return false; // someone still listens there: not this cause
     }
-    base(v, in, "upstream_not_listening", "high");
+    if (!base(v, in, "upstream_not_listening", "high"))
+        return true;
     v.upstream_pid.reset();
     v.upstream_comm.clear();
     std::string dst = in.conn->dst.str();
@@ -221,7 +231,8 @@ bool rule_oom_killed(const RuleInput &in, Verdict &v)
     if (!died_holding(in) || !in.upstream->oom_ts)
         return false;
     const Proc &p = *in.upstream;
-    base(v, in, "upstream_oom_killed", "high");
+    if (!base(v, in, "upstream_oom_killed", "high"))
+        return true;
     v.evidence.push_back(oom_evidence(p));
     for (const auto &s : p.signals)
         if (s.ts >= *p.oom_ts && s.ts <= p.exit->ts)
@@ -254,7 +265,8 @@ bool rule_killed(const RuleInput &in, Verdict &v)
         return false; // its own fault: crashed
     if (!s && is_crash_signal(p.exit->signal()))
         return false;
-    base(v, in, "upstream_killed", s ? "high" : "medium");
+    if (!base(v, in, "upstream_killed", s ? "high" : "medium"))
+        return true;
     if (s)
         v.evidence.push_back(signal_evidence(p, *s));
     v.evidence.push_back(exit_evidence(p));
@@ -275,7 +287,8 @@ bool rule_crashed(const RuleInput &in, Verdict &v)
         return false;
     const Proc &p = *in.upstream;
     const SignalRec *s = killing_signal(p);
-    base(v, in, "upstream_crashed", s ? "high" : "medium");
+    if (!base(v, in, "upstream_crashed", s ? "high" : "medium"))
+        return true;
     if (s)
         v.evidence.push_back(signal_evidence(p, *s));
     v.evidence.push_back(exit_evidence(p));
@@ -290,7 +303,8 @@ bool rule_exited(const RuleInput &in, Verdict &v)
     if (!died_holding(in) || in.upstream->exit->signaled())
         return false;
     const Proc &p = *in.upstream;
-    base(v, in, "upstream_exited", "high");
+    if (!base(v, in, "upstream_exited", "high"))
+        return true;
     v.evidence.push_back(exit_evidence(p));
     v.explanation = fmt::format("Upstream {} exited with code {} at {} while it held Nginx's connection.",
                                 who(p.pid, p.comm), p.exit->code(), at(in, p.exit->ts));
@@ -302,7 +316,8 @@ bool rule_reset(const RuleInput &in, Verdict &v)
     if (!in.conn || !in.conn->t_rst_recv || !in.conn->t_established || !alive_at_failure(in))
         return false;
     const Proc &p = *in.upstream;
-    base(v, in, "upstream_reset", "high");
+    if (!base(v, in, "upstream_reset", "high"))
+        return true;
     v.explanation = fmt::format("Upstream {} is alive and its socket reset the connection (RST) at {} before a "
                                 "complete response header.",
                                 who(p.pid, p.comm), at(in, *in.conn->t_rst_recv));
@@ -319,7 +334,8 @@ bool rule_closed_early(const RuleInput &in, Verdict &v)
     if (!t || in.conn->t_rst_recv)
         return false;
     const Proc &p = *in.upstream;
-    base(v, in, "upstream_closed_early", "high");
+    if (!base(v, in, "upstream_closed_early", "high"))
+        return true;
     v.explanation = fmt::format("Upstream {} is alive and closed the connection (FIN) at {} before a complete "
                                 "response header.",
                                 who(p.pid, p.comm), at(in, *t));
@@ -335,7 +351,8 @@ bool rule_socket_missing(const RuleInput &in, Verdict &v)
 {
     if (!connect_failed_with(in, ENOENT) || in.conn->dst.family != AF_UNIX)
         return false;
-    base(v, in, "upstream_socket_missing", "high");
+    if (!base(v, in, "upstream_socket_missing", "high"))
+        return true;
     std::string path = in.conn->dst.path;
     auto ls = in.state.listeners_on(in.conn->dst);
     std::string last;
@@ -366,7 +383,8 @@ bool rule_permission_denied(const RuleInput &in, Verdict &v)
 {
     if (!connect_failed_with(in, EACCES))
         return false;
-    base(v, in, "upstream_permission_denied", "high");
+    if (!base(v, in, "upstream_permission_denied", "high"))
+        return true;
     std::string path = in.conn->dst.path;
     if (in.conn->dst.family != AF_UNIX || !in.host) {
         v.explanation = fmt::format("Connecting to {} was denied (EACCES).", in.conn->dst.str());
@@ -424,7 +442,8 @@ bool rule_backlog_full(const RuleInput &in, Verdict &v)
         q = in.host->listener(in.conn->dst, in.conn->nginx_pid);
     if (syn_unanswered && (!q || q->queue_len <= q->backlog))
         return false; // nothing listens, or its queue has room: not this cause
-    base(v, in, "upstream_backlog_full", q ? "high" : "medium");
+    if (!base(v, in, "upstream_backlog_full", q ? "high" : "medium"))
+        return true;
     if (q) {
         listener_facts(v, *q);
         v.upstream_pid = q->pid ? std::optional<uint32_t>(q->pid) : std::nullopt;
@@ -451,7 +470,8 @@ bool rule_ports_exhausted(const RuleInput &in, Verdict &v)
 {
     if (!connect_failed_with(in, EADDRNOTAVAIL))
         return false;
-    base(v, in, "local_ports_exhausted", "high");
+    if (!base(v, in, "local_ports_exhausted", "high"))
+        return true;
     // The host's view (sock_diag) counts what the event stream cannot: sockets
     // in TIME_WAIT, and connections still open whose story the kernel holds.
     auto by_state = in.host ? in.host->sockets_to(in.conn->dst, in.conn->nginx_pid)
@@ -483,7 +503,8 @@ bool rule_firewall_reset(const RuleInput &in, Verdict &v)
         return false;
     if (q->queue_len > q->backlog && in.host->tcp_abort_on_overflow(in.conn->nginx_pid) == 1)
         return false; // the kernel itself resets on overflow with this setting
-    base(v, in, "firewall_reset", "high");
+    if (!base(v, in, "firewall_reset", "high"))
+        return true;
     listener_facts(v, *q);
     v.explanation = fmt::format("Nginx's connect to {} was reset although {} listens there and its queue has room: a "
                                 "firewall rule (e.g. nftables/iptables REJECT with tcp-reset) answered the SYN.",
@@ -495,7 +516,8 @@ bool rule_connect_timeout(const RuleInput &in, Verdict &v)
 {
     if (!in.conn || in.line.kind != LogKind::Timeout || in.conn->t_established || in.conn->dst.family == AF_UNIX)
         return false;
-    base(v, in, "connect_timeout", in.conn->syn_retransmits ? "high" : "medium");
+    if (!base(v, in, "connect_timeout", in.conn->syn_retransmits ? "high" : "medium"))
+        return true;
     v.fact("syn_retransmits", static_cast<int64_t>(in.conn->syn_retransmits));
     v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({}) until Nginx gave up: packets are dropped on "
                                 "the way (a firewall DROP rule, a down route or host).",
@@ -518,7 +540,8 @@ bool rule_keepalive_race(const RuleInput &in, Verdict &v)
     if (!closed || in.conn->t_up_abort || *in.conn->t_up_rst_sent <= *closed)
         return false;
     const Proc &p = *in.upstream;
-    base(v, in, "keepalive_race", "high");
+    if (!base(v, in, "keepalive_race", "high"))
+        return true;
     v.explanation = fmt::format("Nginx reused an idle keep-alive connection that upstream {} had already closed at "
                                 "{}; its request arrived after the close and the upstream's kernel answered with a RST "
                                 "at {}.",
@@ -535,7 +558,8 @@ bool rule_invalid_response(const RuleInput &in, Verdict &v)
                           nginx_end;
     if (upstream_broke)
         return false;
-    base(v, in, "upstream_invalid_response", "high");
+    if (!base(v, in, "upstream_invalid_response", "high"))
+        return true;
     v.fact("bytes_received", static_cast<int64_t>(in.conn->bytes_received));
     // Nginx closed first: its FIN, or its close() before any FIN/RST from the upstream.
     uint64_t upstream_end = std::min(in.conn->t_rst_recv.value_or(UINT64_MAX), in.conn->t_fin_recv.value_or(UINT64_MAX));
@@ -554,8 +578,9 @@ bool rule_upstream_timeout(const RuleInput &in, Verdict &v)
         return false;
     if (in.upstream && in.upstream->exit)
         return false;
-    base(v, in, "upstream_timeout", in.upstream ? "high" : "medium");
     v.status = 504;
+    if (!base(v, in, "upstream_timeout", in.upstream ? "high" : "medium"))
+        return true;
     std::string doing;
     if (in.upstream && in.host)
         doing = in.host->activity(in.upstream->pid);
@@ -577,7 +602,8 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
 {
     if (in.line.kind != LogKind::NoLiveUpstreams)
         return false;
-    base(v, in, "no_live_upstreams", "high");
+    if (!base(v, in, "no_live_upstreams", "high"))
+        return true;
     std::vector<std::string> parts;
     if (in.history) {
         for (const auto &h : *in.history) {
@@ -615,7 +641,8 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
 
 bool rule_unknown(const RuleInput &in, Verdict &v)
 {
-    base(v, in, "unknown", "low");
+    if (!base(v, in, "unknown", "low"))
+        return true;
     if (!in.conn) {
         v.explanation = "No kernel evidence matched this error: no connection from this Nginx worker to that upstream "
                         "was seen failing.";

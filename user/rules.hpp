@@ -2,9 +2,12 @@
 // failed on and the processes around it, which, when it holds, fills the
 // verdict's cause, explanation and evidence. Rules run in order; the first
 // that holds wins; `unknown` is the last and always holds. Adding a cause means
-// adding one entry to the table in rules.cpp.
+// adding one entry to the table in rules.cpp. A rule that holds names its
+// cause first (base() in rules.cpp) and explains it only when the verdict
+// will be shown (RuleInput::admit).
 #pragma once
 #include <deque>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,6 +38,11 @@ struct RuleInput {
     const Timebase &tb;
     Host *host = nullptr;  // null: no host lookups (replays, tests)
     const std::deque<PastVerdict> *history = nullptr;
+    // Asked once per verdict, by the rule that holds, with its cause and the
+    // line's upstream: will the verdict be shown? (The engine's output rate
+    // limit.) No: the rule stops at its cause (Verdict::rendered is false).
+    // Null: every verdict is shown.
+    const std::function<bool(const std::string &cause, const std::string &upstream)> *admit = nullptr;
 };
 
 struct Rule {

@@ -55,6 +55,10 @@ struct Verdict {
     std::optional<uint32_t> upstream_ns_pid; // the upstream's pid in its innermost pid namespace
     std::string nginx_cgroup, upstream_cgroup; // cgroup v2 paths ("" unknown)
     std::optional<ContainerInfo> nginx_container, upstream_container;
+    // false: a repeat the output rate limit suppresses. Only what counts it
+    // is filled (status, nginx_pid, upstream, cause, attempt); the rest of
+    // the verdict was not worked out.
+    bool rendered = true;
 
     void fact(std::string k, FactValue v) { facts.emplace_back(std::move(k), std::move(v)); }
 };

@@ -4,11 +4,14 @@
 // reports events per second. Each replay shifts timestamps and socket
 // addresses so that replays do not alias each other.
 //
-//   bench_pipeline FILE [--events N] [--log ERROR_LOG]
+//   bench_pipeline FILE [--events N] [--log ERROR_LOG] [--per-sec N]
 //
 // With --log (the error log written while FILE was recorded), every replay
 // also feeds those lines to the correlator, with the clock shifted like the
-// events, so each line meets the connections it was written about.
+// events, so each line meets the connections it was written about. Verdicts
+// pass the output rate limit as in the tool (--per-sec, the tool's
+// --max-verdicts-per-sec: 20 by default; 0 explains every verdict in full),
+// on the recording's clock: a storm's repeats are counted, not explained.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,6 +24,7 @@
 #include "decoder.hpp"
 #include "logline.hpp"
 #include "n502/events.h"
+#include "ratelimit.hpp"
 #include "state.hpp"
 
 using namespace n502;
@@ -28,16 +32,19 @@ using namespace n502;
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fmt::print(stderr, "usage: bench_pipeline FILE [--events N]\n");
+        fmt::print(stderr, "usage: bench_pipeline FILE [--events N] [--log ERROR_LOG] [--per-sec N]\n");
         return 2;
     }
     uint64_t want = 1'000'000;
+    uint32_t per_sec = 20;
     std::string log_path;
     for (int i = 2; i + 1 < argc; i++) {
         if (std::string(argv[i]) == "--events")
             want = std::stoull(argv[i + 1]);
         if (std::string(argv[i]) == "--log")
             log_path = argv[i + 1];
+        if (std::string(argv[i]) == "--per-sec")
+            per_sec = static_cast<uint32_t>(std::stoul(argv[i + 1]));
     }
     std::vector<LogLine> lines;
     if (!log_path.empty()) {
@@ -88,8 +95,18 @@ int main(int argc, char **argv)
     std::memcpy(&first, recs.front().data(), sizeof(first));
     int64_t base_real = lines.empty() ? 0 : lines.front().wall_sec * 1'000'000'000LL;
     State state;
-    Correlator correlator(state, Timebase(base_real - static_cast<int64_t>(first.ts_ns)));
-    uint64_t events = 0, bad = 0, verdicts = 0, explained = 0;
+    RateLimiter limiter(per_sec);
+    uint64_t last_ts = first.ts_ns; // of the latest event applied: the replay's clock
+    Correlator *corr = nullptr;
+    auto now_real = [&] { return corr->timebase().to_real_ns(last_ts); };
+    CorrelatorOptions opt;
+    opt.now_real = now_real;
+    opt.admit = [&](const std::string &cause, const std::string &upstream) {
+        return limiter.admit(cause + "\n" + upstream, now_real());
+    };
+    Correlator correlator(state, Timebase(base_real - static_cast<int64_t>(first.ts_ns)), opt);
+    corr = &correlator;
+    uint64_t events = 0, bad = 0, verdicts = 0, explained = 0, shown = 0;
     std::chrono::steady_clock::duration in_lines{}; // the correlator's share of the run
     auto t0 = std::chrono::steady_clock::now();
     for (uint64_t round = 0; events < want; round++) {
@@ -112,6 +129,7 @@ int main(int argc, char **argv)
                 if (auto v = correlator.explain(l, true)) {
                     verdicts++;
                     explained += v->cause != "unknown";
+                    shown += v->rendered;
                 }
             }
             in_lines += std::chrono::steady_clock::now() - l0;
@@ -123,6 +141,7 @@ int main(int argc, char **argv)
                 continue;
             }
             ev->ts += round * span;
+            last_ts = ev->ts;
             state.apply(*ev);
             events++;
             if (!lines.empty())
@@ -137,6 +156,9 @@ int main(int argc, char **argv)
         double line_secs = std::chrono::duration<double>(in_lines).count();
         fmt::print("{} log lines correlated in the same run ({} with a kernel explanation): {:.0f} lines/s\n",
                    verdicts, explained, verdicts / secs);
+        fmt::print("{} verdicts explained in full, {} counted as repeats ({})\n", shown, verdicts - shown,
+                   per_sec ? fmt::format("at most {} a second per cause and upstream", per_sec)
+                           : std::string("no rate limit"));
         fmt::print("of the {:.3f} s: decoder + state {:.3f} s ({:.0f} events/s), correlator {:.3f} s ({:.0f} lines/s)\n",
                    secs, secs - line_secs, events / std::max(secs - line_secs, 1e-9), line_secs,
                    verdicts / std::max(line_secs, 1e-9));

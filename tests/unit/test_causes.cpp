@@ -533,6 +533,77 @@ TEST_CASE("no live upstreams names the failures that marked the peers down; retr
     CHECK(earlier == 2);
 }
 
+TEST_CASE("a verdict the rate limit will not show is decided and counted, not explained", "[causes][ratelimit]")
+{
+    Seq s;
+    FakeHost h;
+    s.flush();
+    auto refuse = [&](uint64_t sk, uint16_t port) {
+        Event a;
+        a.type = N502_EV_STATE;
+        a.ts = (s.t += 1000);
+        a.sk = sk;
+        a.sock_role = N502_SOCK_NGINX;
+        a.owner = NGINX;
+        a.oldstate = 2;
+        a.newstate = 7;
+        a.sk_err = ECONNREFUSED;
+        a.dst = Addr::ipv4(0x7f000001, port);
+        s.st.apply(a);
+    };
+    refuse(0xd000, 8081);
+    refuse(0xe000, 8082);
+    auto l1 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8081/");
+    auto l2 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8082/");
+    auto l3 = line("no live upstreams while connecting to upstream", "http://pool/", NGINX, 9);
+    std::vector<std::string> asked;
+    CorrelatorOptions opt;
+    // Shows the first verdict and the no-live-upstreams one, not the second.
+    opt.admit = [&](const std::string &cause, const std::string &upstream) {
+        asked.push_back(cause + " " + upstream);
+        return asked.size() != 2;
+    };
+    Correlator c(s.st, Timebase(l1.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), opt, &h);
+    auto v1 = c.explain(l1, true);
+    auto v2 = c.explain(l2, true);
+    auto v3 = c.explain(l3, true);
+    REQUIRE(v1);
+    REQUIRE(v2);
+    REQUIRE(v3);
+    // Asked once per verdict, with the cause the rules decided.
+    REQUIRE(asked.size() == 3);
+    CHECK(asked[0] == "upstream_not_listening 127.0.0.1:8081");
+    CHECK(asked[1] == "upstream_not_listening 127.0.0.1:8082");
+    CHECK(asked[2] == "no_live_upstreams pool");
+    CHECK(v1->rendered);
+    CHECK_FALSE(v1->explanation.empty());
+    CHECK_FALSE(v1->evidence.empty());
+    CHECK(v1->request == l1.request);
+    CHECK_FALSE(v1->request_key.empty());
+    // The suppressed one: what counts it, and nothing worked out.
+    CHECK_FALSE(v2->rendered);
+    CHECK(v2->cause == "upstream_not_listening");
+    CHECK(v2->upstream == "127.0.0.1:8082");
+    CHECK(v2->nginx_pid == NGINX);
+    CHECK(v2->explanation.empty());
+    CHECK(v2->evidence.empty());
+    CHECK(v2->request.empty());
+    CHECK(v2->request_key.empty());
+    // Retries are still grouped through it.
+    CHECK(v2->attempt == 2);
+    // A later verdict that points back still sees it, and says it was not printed.
+    CHECK(v3->rendered);
+    int earlier = 0, unprinted = 0;
+    for (const auto &e : v3->evidence) {
+        if (e.event != "earlier_failure")
+            continue;
+        earlier++;
+        unprinted += e.detail.find("did not print") != std::string::npos;
+    }
+    CHECK(earlier == 2);
+    CHECK(unprinted == 1);
+}
+
 TEST_CASE("retry grouping stays bounded when thousands of client connections fail at once", "[causes]")
 {
     Seq s;
