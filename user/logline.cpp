@@ -2,6 +2,8 @@
 
 #include <array>
 #include <ctime>
+#include <cstdlib>
+#include <string>
 
 namespace n502 {
 namespace {
@@ -47,6 +49,41 @@ bool parse_uint(sv s, size_t& pos, uint64_t max, uint64_t& out, size_t max_len =
 }
 
 bool has_space(sv s) { return s.find(' ') != sv::npos; }
+
+// A local time (the error log's stamp) in seconds since the epoch. mktime()
+// checks the zone file on every call (with TZ unset, a stat() of
+// /etc/localtime: a system call per line in a storm of 502s), so the start of
+// the minute is converted once and remembered with the TZ it was converted
+// under; offsets change only on minute boundaries. A new zone file is seen
+// from the next minute of the log on.
+int64_t local_epoch(int Y, int M, int D, int h, int m, int s) {
+  struct Minute {
+    int Y = -1, M = 0, D = 0, h = 0, m = 0;
+    std::string tz;
+    int64_t at = 0;
+  };
+  thread_local Minute last;
+  const char* tz_env = std::getenv("TZ");
+  sv tz = tz_env ? sv(tz_env) : sv("\n(unset)");
+  if (Y != last.Y || M != last.M || D != last.D || h != last.h || m != last.m || tz != last.tz) {
+    std::tm tm{};
+    tm.tm_year = Y - 1900;
+    tm.tm_mon = M - 1;
+    tm.tm_mday = D;
+    tm.tm_hour = h;
+    tm.tm_min = m;
+    tm.tm_isdst = -1;
+    time_t t = std::mktime(&tm);
+    if (t == static_cast<time_t>(-1)) {  // not representable: not remembered
+      tm = std::tm{};
+      tm.tm_year = Y - 1900, tm.tm_mon = M - 1, tm.tm_mday = D, tm.tm_hour = h, tm.tm_min = m, tm.tm_sec = s;
+      tm.tm_isdst = -1;
+      return static_cast<int64_t>(std::mktime(&tm));
+    }
+    last = Minute{Y, M, D, h, m, std::string(tz), static_cast<int64_t>(t)};
+  }
+  return last.at + s;
+}
 
 bool accepted_level(sv level) {
   return level == "error" || level == "crit" || level == "alert" || level == "emerg";
@@ -284,15 +321,7 @@ std::optional<LogLine> parse_impl(sv line) {
   if (!upstream_related) return std::nullopt;
 
   LogLine out;
-  std::tm tm{};
-  tm.tm_year = Y - 1900;
-  tm.tm_mon = M - 1;
-  tm.tm_mday = D;
-  tm.tm_hour = h;
-  tm.tm_min = m;
-  tm.tm_sec = s;
-  tm.tm_isdst = -1;
-  out.wall_sec = static_cast<int64_t>(std::mktime(&tm));
+  out.wall_sec = local_epoch(Y, M, D, h, m, s);
   out.level = std::string(level);
   out.pid = static_cast<uint32_t>(pid);
   out.tid = static_cast<uint32_t>(tid);

@@ -8,7 +8,8 @@
 //
 // With --log (the error log written while FILE was recorded), every replay
 // also feeds those lines to the correlator, with the clock shifted like the
-// events, so each line meets the connections it was written about. Verdicts
+// events, so each line meets the connections it was written about (each line
+// is parsed again every time, in the correlator's share of the time). Verdicts
 // pass the output rate limit as in the tool (--per-sec, the tool's
 // --max-verdicts-per-sec: 20 by default; 0 explains every verdict in full),
 // on the recording's clock: a storm's repeats are counted, not explained.
@@ -47,6 +48,7 @@ int main(int argc, char **argv)
             per_sec = static_cast<uint32_t>(std::stoul(argv[i + 1]));
     }
     std::vector<LogLine> lines;
+    std::vector<std::string> texts; // each line as Nginx wrote it: parsed again in every replay, as live
     if (!log_path.empty()) {
         FILE *lf = fopen(log_path.c_str(), "r");
         if (!lf) {
@@ -58,8 +60,10 @@ int main(int argc, char **argv)
             std::string l(buf);
             while (!l.empty() && (l.back() == '\n' || l.back() == '\r'))
                 l.pop_back();
-            if (auto parsed = parse_upstream_error(l))
+            if (auto parsed = parse_upstream_error(l)) {
                 lines.push_back(*parsed);
+                texts.push_back(l);
+            }
         }
         fclose(lf);
     }
@@ -121,7 +125,11 @@ int main(int argc, char **argv)
                 return;
             auto l0 = std::chrono::steady_clock::now();
             for (; next_line < upto && next_line < lines.size(); next_line++) {
-                LogLine l = lines[next_line];
+                // Parsed here, in the timed part: the tool parses every line it follows.
+                auto parsed = parse_upstream_error(texts[next_line]);
+                if (!parsed)
+                    continue;
+                LogLine &l = *parsed;
                 // Shift the line like the events; keep the sub-second part in the clock.
                 l.wall_sec += shift_ns / 1'000'000'000LL;
                 correlator.set_timebase(Timebase(tb.offset_ns() + (shift_ns / 1'000'000'000LL) * 1'000'000'000LL -

@@ -1,4 +1,6 @@
 // Unit tests for the Nginx error-log line parser (user/logline.{hpp,cpp}).
+#include <fmt/format.h>
+#include <array>
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -204,6 +206,42 @@ TEST_CASE("logline: timestamp is read as local time", "[logline]") {
   CHECK(utc->wall_sec == 1795402029);  // 2026-11-23T02:47:09Z
   // Asia/Kolkata may be missing from a minimal tzdata; then mktime treats it as UTC.
   CHECK((ist->wall_sec == utc->wall_sec - 19800 || ist->wall_sec == utc->wall_sec));
+}
+
+TEST_CASE("logline: local time agrees with mktime second by second, across a DST change", "[logline]") {
+  // The parser converts each minute once; every second must still come out
+  // as mktime() would have it, including the minutes around a DST change.
+  const char* old = std::getenv("TZ");
+  std::string saved = old ? old : "";
+  auto at = [](const std::string& stamp) {
+    auto r = parse_upstream_error(stamp + kRefused.substr(19));
+    REQUIRE(r);
+    return r->wall_sec;
+  };
+  auto mk = [](int Y, int M, int D, int h, int m, int s) {
+    std::tm tm{};
+    tm.tm_year = Y - 1900, tm.tm_mon = M - 1, tm.tm_mday = D, tm.tm_hour = h, tm.tm_min = m, tm.tm_sec = s;
+    tm.tm_isdst = -1;
+    return static_cast<int64_t>(std::mktime(&tm));
+  };
+  for (const char* zone : {"UTC", "Europe/Berlin", "America/New_York"}) {
+    setenv("TZ", zone, 1);
+    tzset();
+    INFO(zone);
+    // Spring forward in both zones' 2026 (Berlin 29 March 02:00, New York 8 March 02:00).
+    for (auto [Y, M, D, h] : {std::array<int, 4>{2026, 3, 29, 1}, std::array<int, 4>{2026, 3, 8, 1},
+                              std::array<int, 4>{2026, 11, 23, 2}}) {
+      for (int m : {58, 59})
+        for (int s : {0, 1, 30, 59})
+          CHECK(at(fmt::format("{:04}/{:02}/{:02} {:02}:{:02}:{:02}", Y, M, D, h, m, s)) == mk(Y, M, D, h, m, s));
+      CHECK(at(fmt::format("{:04}/{:02}/{:02} {:02}:00:00", Y, M, D, h + 2)) == mk(Y, M, D, h + 2, 0, 0));
+    }
+  }
+  if (old)
+    setenv("TZ", saved.c_str(), 1);
+  else
+    unsetenv("TZ");
+  tzset();
 }
 
 TEST_CASE("logline: message text and quoted data from real lines", "[logline][fixture]") {
