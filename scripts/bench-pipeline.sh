@@ -7,7 +7,12 @@
 # log recorded with it. Target: >= 1,000,000 events/s. Needs root.
 #
 #   sudo scripts/bench-pipeline.sh [--bin build/n502trace] [--replay build/tests/bench_pipeline]
-#                                  [--events 2000000] [--keep DIR | --from DIR]
+#                                  [--events 2000000] [--per-sec 20] [--keep DIR | --from DIR]
+#
+# Verdicts pass the output rate limit as in the tool (--per-sec is its
+# --max-verdicts-per-sec, 20 by default): a storm's repeats are decided and
+# counted, not explained. --per-sec 0 explains every verdict in full (the
+# measure of builds before the correlator asked the limit).
 #
 # --keep DIR saves the recorded stream and its error log (DIR/events.raw,
 # DIR/error.log); --from DIR replays a saved pair instead of recording one,
@@ -17,18 +22,20 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/build/n502trace
 REPLAY=$ROOT/build/tests/bench_pipeline
 EVENTS=2000000
+PER_SEC=20
 KEEP=""
 FROM=""
-usage="usage: scripts/bench-pipeline.sh [--bin PATH] [--replay PATH] [--events N] [--keep DIR | --from DIR]"
+usage="usage: scripts/bench-pipeline.sh [--bin PATH] [--replay PATH] [--events N] [--per-sec N] [--keep DIR | --from DIR]"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --bin|--replay|--events|--keep|--from)
+    --bin|--replay|--events|--per-sec|--keep|--from)
       [ $# -ge 2 ] || { echo "bench-pipeline.sh: $1 needs a value" >&2; echo "$usage" >&2; exit 2; } ;;
   esac
   case "$1" in
     --bin) BIN=$2; shift 2 ;;
     --replay) REPLAY=$2; shift 2 ;;
     --events) EVENTS=$2; shift 2 ;;
+    --per-sec) PER_SEC=$2; shift 2 ;;
     --keep) KEEP=$2; shift 2 ;;
     --from) FROM=$2; shift 2 ;;
     *) echo "$usage" >&2; exit 2 ;;
@@ -39,6 +46,8 @@ for v in BIN REPLAY KEEP FROM; do
   [ -n "${!v}" ] && printf -v "$v" '%s' "$(realpath -m -- "${!v}")"
 done
 cd "$ROOT"
+[[ $EVENTS =~ ^[0-9]+$ ]] || { echo "bench-pipeline.sh: --events must be a whole number, not '$EVENTS'" >&2; exit 2; }
+[[ $PER_SEC =~ ^[0-9]+$ ]] || { echo "bench-pipeline.sh: --per-sec must be a whole number, not '$PER_SEC'" >&2; exit 2; }
 if [ -n "$KEEP" ] && [ -n "$FROM" ]; then
   echo "bench-pipeline.sh: --keep records a new stream, --from replays a saved one: give one of them" >&2
   exit 2
@@ -51,7 +60,7 @@ if [ -n "$FROM" ]; then
   for f in "$FROM/events.raw" "$FROM/error.log"; do
     [ -s "$f" ] || { echo "bench-pipeline.sh: $f is missing or empty (save one with --keep $FROM)" >&2; exit 2; }
   done
-  taskset -c 0 "$REPLAY" "$FROM/events.raw" --events "$EVENTS" --log "$FROM/error.log"
+  taskset -c 0 "$REPLAY" "$FROM/events.raw" --events "$EVENTS" --log "$FROM/error.log" --per-sec "$PER_SEC"
   exit
 fi
 [ -x "$BIN" ] || { echo "bench-pipeline.sh: $BIN is not built (cmake --build build)" >&2; exit 2; }
@@ -95,4 +104,4 @@ if [ -n "$KEEP" ]; then
   cp "$dir/events.raw" "$dir/error.log" "$KEEP/"
   echo "saved to $KEEP (replay it: scripts/bench-pipeline.sh --from $KEEP)"
 fi
-taskset -c 0 "$REPLAY" "$dir/events.raw" --events "$EVENTS" --log "$dir/error.log"
+taskset -c 0 "$REPLAY" "$dir/events.raw" --events "$EVENTS" --log "$dir/error.log" --per-sec "$PER_SEC"

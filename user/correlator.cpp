@@ -1,5 +1,7 @@
 #include "correlator.hpp"
 
+#include <cassert>
+
 #include <algorithm>
 #include <cerrno>
 #include <sys/socket.h>
@@ -273,8 +275,11 @@ Verdict Correlator::explain_access(const AccessLine &a)
     }
     Verdict v = decide(line, best);
     v.status = a.status;
+    // Without a connection only rule `unknown` holds: the cause the rate
+    // limit was asked about is the one shown.
+    assert(best || v.cause == "unknown");
     if (!v.rendered)
-        return v; // without a connection, rule `unknown` decided it too
+        return v;
     if (v.confidence == "high")
         v.confidence = "medium";
     if (best) {

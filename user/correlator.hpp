@@ -49,8 +49,9 @@ struct CorrelatorOptions {
     size_t attempts_max = 8192;
     // Will a verdict of this cause for this upstream be shown? Asked once per
     // verdict, as soon as its cause is known (the engine's output rate limit):
-    // a verdict that will not be shown is not explained (Verdict::rendered).
-    // Null: every verdict is.
+    // a verdict that will not be shown is not explained (Verdict::rendered),
+    // though what decides its cause is still looked up. Null: every verdict
+    // is.
     std::function<bool(const std::string &cause, const std::string &upstream)> admit;
 };
 

@@ -282,15 +282,16 @@ Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &fac
     : cfg_(cfg), sink_(sink), facts_(facts), rec_(rec), now_boot_(cfg.boot_ns), now_real_(cfg.real_ns),
       state_(limits_of(cfg)),
       correlator_(state_, Timebase(cfg.tb_offset_ns),
-                  [this] {
+                  [this, &cfg] {
                       CorrelatorOptions o;
                       o.now_real = [this] { return now_real_; };
                       o.on_holder = [this](Proc &p) { read_facts(p); };
                       // The rate limit is asked as soon as a verdict's cause is known:
                       // a storm's repeats are counted, not worked out.
-                      o.admit = [this](const std::string &cause, const std::string &upstream) {
-                          return limiter_.admit(cause + "\n" + upstream, now_real_);
-                      };
+                      if (cfg.lazy_render)
+                          o.admit = [this](const std::string &cause, const std::string &upstream) {
+                              return limiter_.admit(cause + "\n" + upstream, now_real_);
+                          };
                       return o;
                   }(),
                   host),
@@ -636,8 +637,9 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid)
     summary_.by_cause[given.cause]++;
     summary_.by_upstream[given.upstream]++;
     // A storm's repeats are counted, not printed: the correlator asked the
-    // rate limit and did not explain them; nothing more to do for them.
-    if (!given.rendered) {
+    // rate limit and did not explain them (or, replaying an older recording,
+    // explained them and the limit is asked here); nothing more to do.
+    if (!given.rendered || (!cfg_.lazy_render && !limiter_.admit(given.cause + "\n" + given.upstream, now_real_))) {
         summary_.suppressed++;
         return;
     }
@@ -1098,6 +1100,10 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             tzset();
             if (!d.at_end())
                 lookups = d.u32();
+            // Recorded before the correlator skipped a suppressed verdict's
+            // look-ups: replay it as it ran, or its answers go to the wrong
+            // questions.
+            cfg.lazy_render = lookups >= 2;
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);

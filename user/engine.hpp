@@ -34,6 +34,11 @@ struct EngineConfig {
     bool redact = false;
     bool no_access_log = false;
     bool dump_events = false; // not recorded: a live debugging aid
+    // The correlator asks the output rate limit as soon as a verdict's cause
+    // is known and does not explain (nor look up the host for) what it will
+    // not show. Off only to replay a recording made before that (look-ups
+    // below 2): its answers were recorded for every verdict, in order.
+    bool lazy_render = true;
     int64_t tb_offset_ns = 0;  // boot -> wall clock at the start
     uint64_t boot_ns = 0;      // the clock at the start
     int64_t real_ns = 0;

@@ -72,8 +72,9 @@ enum class Rec : uint16_t {
 // new Ans* type, a new Host or FactsSource method) or an existing one is
 // asked in a case it was not before; the version string alone cannot say
 // (builds between releases share it). 0: not written (builds before this
-// number existed).
-constexpr uint32_t kRecLookups = 1;
+// number existed). 2: a verdict the output rate limit suppresses makes
+// none of the look-ups that only explaining it needs.
+constexpr uint32_t kRecLookups = 2;
 
 const char *rec_name(uint16_t type);
 uint32_t crc32(const void *data, size_t len, uint32_t crc = 0);

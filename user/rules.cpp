@@ -123,10 +123,13 @@ bool alive_at_failure(const RuleInput &in)
 }
 
 // The rule holds: its cause. Returns whether to go on and explain it
-// (evidence, explanation, facts, look-ups): a verdict the output rate limit
-// will suppress (in.admit says so) is counted by its cause and upstream only,
-// so a storm of 502s costs the rules' predicates, not their sentences. A rule
-// calls this once it holds, and holds whatever this returns.
+// (evidence, explanation, facts, and the host look-ups only those need): a
+// verdict the output rate limit will suppress (in.admit says so) is counted
+// by its cause and upstream only, so a storm of 502s costs the rules'
+// predicates, not their sentences. What decides the cause is still looked up
+// for it: who holds the upstream's socket, the listener's queue,
+// tcp_abort_on_overflow. A rule calls this once it holds, and holds whatever
+// this returns.
 [[nodiscard]] bool base(Verdict &v, const RuleInput &in, const char *cause, const char *confidence)
 {
     v.cause = cause;

@@ -99,7 +99,8 @@ using Scenario = std::function<void(Engine &eng, uint64_t &now, int64_t offset)>
 // A live run of the engine, recorded: Nginx processes, a listener, lines
 // that become verdicts; returns the verdict lines it printed.
 std::vector<std::string> live_run(const std::string &path, uint64_t max_bytes, int lines, std::string *out_json,
-                                  const Scenario &scenario = nullptr)
+                                  const Scenario &scenario = nullptr,
+                                  const std::function<void(EngineConfig &)> &configure = nullptr)
 {
     std::string err;
     auto rec = Recorder::open(path, max_bytes, &err);
@@ -118,6 +119,8 @@ std::vector<std::string> live_run(const std::string &path, uint64_t max_bytes, i
         cfg.boot_ns = 5'000'000'000ULL;
         cfg.real_ns = cfg.boot_ns + cfg.tb_offset_ns;
         cfg.max_verdicts_per_sec = 0;
+        if (configure)
+            configure(cfg);
         Engine eng(cfg, sink, &rh, rf, rec.get());
         rec->on_segment = [&]() {
             rec->put(Rec::SnapshotBegin, std::string());
@@ -184,34 +187,37 @@ n502_addr loopback(uint16_t port)
     return a;
 }
 
-// Nginx worker 101 connects to 127.0.0.1:9000; the upstream's end is linked
-// to it but its owner is never named (a server that speaks first, then
-// hangs); a second later Nginx times out (proxy_read_timeout 1s): the verdict asks the host who holds
-// the upstream's end (FakeHost: 4242).
-void timeout_scenario(Engine &eng, uint64_t &now, int64_t offset)
+// Nginx worker 101 connects to 127.0.0.1:port (socket 0x1000 + i, local
+// port 40000 + i); the upstream's end is linked to it but its owner is never
+// named (a server that speaks first, then hangs).
+void hanging_connect(Engine &eng, uint64_t now, int i, uint16_t port = 9000)
 {
-    now += 50'000'000ULL;
     for (int to : {2, 1}) { // CLOSE -> SYN_SENT -> ESTABLISHED
         auto st = kernel_event<n502_state_event>(N502_EV_STATE, now, 101, "nginx");
-        st.sk = 0x1000;
+        st.sk = 0x1000 + i;
         st.oldstate = to == 2 ? 7 : 2;
         st.newstate = to;
         st.sock_role = N502_SOCK_NGINX;
         st.owner_tgid = 101;
-        st.src = loopback(40000);
-        st.dst = loopback(9000);
+        st.src = loopback(static_cast<uint16_t>(40000 + i));
+        st.dst = loopback(port);
         eng.kernel(&st, sizeof(st));
     }
     auto ac = kernel_event<n502_accept_event>(N502_EV_ACCEPT, now + 1000, 0, "swapper/0");
-    ac.sk = 0x2000;
-    ac.nginx_sk = 0x1000;
+    ac.sk = 0x2000 + i;
+    ac.nginx_sk = 0x1000 + i;
     ac.fd = -1;
     ac.nginx_tgid = 101;
-    ac.local = loopback(9000);
-    ac.peer = loopback(40000);
+    ac.local = loopback(port);
+    ac.peer = loopback(static_cast<uint16_t>(40000 + i));
     ac.how = N502_TOOK_UNKNOWN;
     eng.kernel(&ac, sizeof(ac));
-    now += 1'000'000'000ULL;
+}
+
+// Nginx's line for request *conn timing out on 127.0.0.1:port, at `now`;
+// with `step`, the engine then explains what it can.
+void timeout_line(Engine &eng, uint64_t now, int64_t offset, int conn, bool step = true, int port = 9000)
+{
     int64_t real = static_cast<int64_t>(now) + offset;
     eng.tick(now, real);
     time_t sec = static_cast<time_t>(real / 1'000'000'000LL);
@@ -219,12 +225,40 @@ void timeout_scenario(Engine &eng, uint64_t &now, int64_t offset)
     localtime_r(&sec, &tm);
     char stamp[32];
     std::strftime(stamp, sizeof(stamp), "%Y/%m/%d %H:%M:%S", &tm);
-    eng.log_line(std::string(stamp) +
-                     " [error] 101#101: *1 upstream timed out (110: Connection timed out) while reading response "
+    eng.log_line(std::string(stamp) + " [error] 101#101: *" + std::to_string(conn) +
+                     " upstream timed out (110: Connection timed out) while reading response "
                      "header from upstream, client: 127.0.0.1, server: localhost, request: \"GET / HTTP/1.1\", "
-                     "upstream: \"http://127.0.0.1:9000/\", host: \"localhost\"",
+                     "upstream: \"http://127.0.0.1:" + std::to_string(port) + "/\", host: \"localhost\"",
                  [](uint32_t p) { return p; });
-    eng.step();
+    if (step)
+        eng.step();
+}
+
+// One hanging connection; a second later Nginx times out (proxy_read_timeout
+// 1s): the verdict asks the host who holds the upstream's end (FakeHost: 4242).
+void timeout_scenario(Engine &eng, uint64_t &now, int64_t offset)
+{
+    now += 50'000'000ULL;
+    hanging_connect(eng, now, 0);
+    now += 1'000'000'000ULL;
+    timeout_line(eng, now, offset, 1);
+}
+
+// Four hanging connections time out under a limit of one verdict a second
+// per cause and upstream: the first line is shown; a second later, in one
+// step, two more to the same upstream are repeats the output does not show,
+// and the fourth, to another upstream, is shown.
+void timeouts_scenario(Engine &eng, uint64_t &now, int64_t offset)
+{
+    now += 50'000'000ULL;
+    for (int i = 0; i < 4; i++)
+        hanging_connect(eng, now, i, i < 3 ? 9000 : 9001);
+    now += 1'000'000'000ULL;
+    timeout_line(eng, now, offset, 1);
+    now += 100'000'000ULL;
+    timeout_line(eng, now, offset, 2, false);
+    timeout_line(eng, now, offset, 3, false);
+    timeout_line(eng, now, offset, 4, true, 9001);
 }
 
 // The recording without its records of one type (each record carries its
@@ -489,6 +523,45 @@ TEST_CASE("holder answers: replayed; missing from a format 1 recording means not
     replay_to_json(p, &warnings);
     REQUIRE(warnings.size() == 1);
     CHECK(warnings[0].find("please report it") != std::string::npos);
+}
+
+TEST_CASE("a recording from before suppressed verdicts skipped their look-ups replays as it ran", "[recording]")
+{
+    // An earlier build (look-ups 1) explained every verdict and then asked
+    // the rate limit, so the recording holds the look-ups of verdicts it did
+    // not show. Made here by running the engine that way.
+    std::string p = tmp_path("eager.rec");
+    std::string live_json;
+    auto live = live_run(p, 0, 0, &live_json, timeouts_scenario, [](EngineConfig &c) {
+        c.max_verdicts_per_sec = 1;
+        c.lazy_render = false;
+    });
+    REQUIRE(live.size() == 2);
+    CHECK(live_json.find("\"suppressed\":2,") != std::string::npos);
+    for (const auto &v : live)
+        CHECK(v.find("\"upstream_pid\":4242") != std::string::npos);
+    std::string eager = recorded_by(slurp(p), N502_VERSION, 1);
+    spit(p, eager);
+    std::vector<std::string> warnings;
+    CHECK(verdict_lines(replay_to_json(p, &warnings)) == live);
+    CHECK(warnings.empty());
+
+    // Read as this build's (look-ups 2), the suppressed verdicts' answers
+    // are left unasked and the next verdict's questions meet them.
+    spit(p, recorded_by(eager, N502_VERSION, 2));
+    warnings.clear();
+    auto wrong = verdict_lines(replay_to_json(p, &warnings));
+    CHECK(wrong != live);
+    CHECK(!warnings.empty());
+
+    // This build records a suppressed verdict without those look-ups, and
+    // replays its own recording as it ran.
+    live = live_run(p, 0, 0, nullptr, timeouts_scenario, [](EngineConfig &c) { c.max_verdicts_per_sec = 1; });
+    REQUIRE(live.size() == 2);
+    warnings.clear();
+    CHECK(verdict_lines(replay_to_json(p, &warnings)) == live);
+    CHECK(warnings.empty());
+    CHECK(slurp(p).size() < eager.size());
 }
 
 TEST_CASE("look-ups missing from a recording without its end: cut off at the end, or damage before it",
