@@ -91,9 +91,7 @@ private:
     Timebase tb_;
     CorrelatorOptions opt_;
     Host *host_;
-    std::deque<PastVerdict> history_; // recent verdicts, for causes that point back
-    // The explanation a suppressed verdict leaves in the history.
-    static constexpr const char *kNotShown = "(a repeat the output rate limit did not print)";
+    std::deque<PastVerdict> history_; // recent verdicts, for causes that point back (kNotShown: suppressed)
     struct Attempts {
         std::string request;
         int64_t first_sec = 0; // of the request's first line: with the key's pid and conn, its request_key

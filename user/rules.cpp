@@ -607,29 +607,58 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
         return false;
     if (!base(v, in, "no_live_upstreams", "high"))
         return true;
-    std::vector<std::string> parts;
+    // The worker's earlier failures, one entry per upstream and cause (a
+    // storm leaves hundreds of the same): how many, the newest, and the
+    // newest explanation that was written out.
+    struct Group {
+        const PastVerdict *newest = nullptr;
+        const PastVerdict *explained = nullptr;
+        uint64_t count = 0;
+    };
+    std::vector<Group> groups; // in the order first seen
     if (in.history) {
         for (const auto &h : *in.history) {
             if (h.nginx_pid != in.line.pid || h.cause == "no_live_upstreams")
                 continue;
-            Evidence e;
-            e.event = "earlier_failure";
-            e.pid = h.nginx_pid;
-            e.comm = "nginx";
-            e.cause = h.cause;
-            e.upstream = h.upstream;
-            e.detail = fmt::format("{}: {}", h.upstream, h.explanation);
-            v.evidence.push_back(e);
-            parts.push_back(fmt::format("{} ({})", h.upstream, h.cause));
+            auto g = std::find_if(groups.begin(), groups.end(), [&](const Group &x) {
+                return x.newest->upstream == h.upstream && x.newest->cause == h.cause;
+            });
+            if (g == groups.end())
+                g = groups.insert(groups.end(), Group{});
+            g->newest = &h;
+            if (h.explanation != kNotShown)
+                g->explained = &h;
+            g->count++;
         }
     }
+    constexpr size_t kListed = 8; // in the sentence; the evidence has them all
+    std::vector<std::string> parts;
+    for (const auto &g : groups) {
+        const PastVerdict &h = *g.newest;
+        Evidence e;
+        e.ts = h.ts_real_ns > in.tb.offset_ns() ? static_cast<uint64_t>(h.ts_real_ns - in.tb.offset_ns()) : 0;
+        e.event = "earlier_failure";
+        e.pid = h.nginx_pid;
+        e.comm = "nginx";
+        e.cause = h.cause;
+        e.upstream = h.upstream;
+        e.count = g.count;
+        e.detail = fmt::format("{}: {}{}", h.upstream, (g.explained ? g.explained : g.newest)->explanation,
+                               g.count > 1 ? fmt::format(" ({} failures; the time is the last one's)", g.count) : "");
+        v.evidence.push_back(e);
+        if (parts.size() < kListed)
+            parts.push_back(g.count > 1 ? fmt::format("{} ({}, {} times)", h.upstream, h.cause, g.count)
+                                        : fmt::format("{} ({})", h.upstream, h.cause));
+    }
+    if (groups.size() > kListed)
+        parts.push_back(fmt::format("and {} more (see the evidence)", groups.size() - kListed));
     std::string list;
     for (size_t i = 0; i < parts.size(); i++) {
         if (i)
             list += ", ";
         list += parts[i];
     }
-    if (parts.empty()) {
+    if (groups.empty()) {
         v.confidence = "medium";
         v.explanation = fmt::format("Nginx had marked every server of upstream group {} as failed; the failures that "
                                     "marked them happened before n502trace saw them.",

@@ -19,6 +19,10 @@
 
 namespace n502 {
 
+// The explanation kept for a verdict the output rate limit did not print
+// (it was never worked out).
+inline constexpr const char *kNotShown = "(a repeat the output rate limit did not print)";
+
 // An earlier verdict, kept for causes that point back (no_live_upstreams).
 struct PastVerdict {
     int64_t ts_real_ns = 0;

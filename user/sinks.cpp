@@ -111,6 +111,8 @@ std::string verdict_json(const Verdict &v, const Timebase &tb)
             ev += fmt::format(",\"from\":{},\"to\":{}", jstr(e.from), jstr(e.to));
         if (!e.cause.empty())
             ev += fmt::format(",\"cause\":{},\"upstream\":{}", jstr(e.cause), jstr(e.upstream));
+        if (e.count)
+            ev += fmt::format(",\"count\":{}", *e.count);
         ev += "}";
     }
     ev += "]";

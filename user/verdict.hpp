@@ -26,6 +26,7 @@ struct Evidence {
     std::optional<int> error;
     std::string from, to;     // state changes
     std::string cause, upstream; // earlier_failure
+    std::optional<uint64_t> count; // earlier_failure: how many of that cause on that upstream (ts: the last)
 };
 
 // A fact looked up for a verdict (socket mode, queue length, ...).

@@ -7,11 +7,13 @@
 #include <cerrno>
 #include <fmt/format.h>
 #include <map>
+#include <set>
 #include <sys/socket.h>
 
 #include "correlator.hpp"
 #include "host.hpp"
 #include "logline.hpp"
+#include "sinks.hpp"
 #include "state.hpp"
 
 using namespace n502;
@@ -602,6 +604,70 @@ TEST_CASE("a verdict the rate limit will not show is decided and counted, not ex
     }
     CHECK(earlier == 2);
     CHECK(unprinted == 1);
+}
+
+TEST_CASE("no live upstreams after a storm: one entry per upstream and cause, counted, and a short sentence",
+          "[causes][ratelimit]")
+{
+    Seq s;
+    FakeHost h;
+    s.flush();
+    auto refuse = [&](uint64_t sk, uint16_t port) {
+        Event a;
+        a.type = N502_EV_STATE;
+        a.ts = (s.t += 1000);
+        a.sk = sk;
+        a.sock_role = N502_SOCK_NGINX;
+        a.owner = NGINX;
+        a.oldstate = 2;
+        a.newstate = 7;
+        a.sk_err = ECONNREFUSED;
+        a.dst = Addr::ipv4(0x7f000001, port);
+        s.st.apply(a);
+    };
+    // 200 refused connects to 127.0.0.1:9000, then one to each of 9001-9011;
+    // the rate limit shows the first of each upstream only.
+    std::vector<LogLine> lines;
+    int conn = 100;
+    for (int i = 0; i < 211; i++) {
+        uint16_t port = static_cast<uint16_t>(i < 200 ? 9000 : 9000 + i - 199);
+        refuse(0x10000 + static_cast<uint64_t>(i) * 0x100, port);
+        lines.push_back(line("connect() failed (111: Connection refused) while connecting to upstream",
+                             fmt::format("http://127.0.0.1:{}/", port), NGINX, conn++));
+    }
+    std::set<std::string> shown;
+    CorrelatorOptions opt;
+    opt.admit = [&](const std::string &cause, const std::string &upstream) {
+        return shown.insert(cause + " " + upstream).second;
+    };
+    Correlator c(s.st, Timebase(lines[0].wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), opt, &h);
+    for (const auto &l : lines)
+        REQUIRE(c.explain(l, true));
+    auto v = c.explain(line("no live upstreams while connecting to upstream", "http://pool/", NGINX, conn), true);
+    REQUIRE(v);
+    CHECK(v->cause == "no_live_upstreams");
+    std::map<std::string, uint64_t> counted;
+    for (const auto &e : v->evidence) {
+        if (e.event != "earlier_failure")
+            continue;
+        CHECK(e.cause == "upstream_not_listening");
+        REQUIRE(e.count);
+        counted[e.upstream] += *e.count;
+        CHECK(e.ts != 0);
+        // The explanation that was written out, not the repeats' placeholder.
+        CHECK(e.detail.find("did not print") == std::string::npos);
+        if (e.upstream == "127.0.0.1:9000")
+            CHECK(e.detail.find("(200 failures") != std::string::npos);
+    }
+    CHECK(counted.size() == 12);
+    CHECK(counted["127.0.0.1:9000"] == 200);
+    CHECK(counted["127.0.0.1:9011"] == 1);
+    // The sentence names eight and says how many more.
+    CHECK(v->explanation.find("127.0.0.1:9000 (upstream_not_listening, 200 times)") != std::string::npos);
+    CHECK(v->explanation.find("and 4 more (see the evidence)") != std::string::npos);
+    CHECK(v->explanation.find("127.0.0.1:9011") == std::string::npos);
+    CHECK(v->explanation.size() < 600);
+    CHECK(verdict_json(*v, Timebase()).find("\"count\":200") != std::string::npos);
 }
 
 TEST_CASE("retry grouping stays bounded when thousands of client connections fail at once", "[causes]")
