@@ -19,6 +19,11 @@ Modes, interleaved in one run in the same order every round:
   hooks      the floor of any tool on these tracepoints: empty BPF programs
              attached where n502trace attaches for TCP upstreams
              (build/tests/bench_hooks); n502trace's own cost is what it adds
+  minimal    (only when named in --modes) the least any tracking of Nginx's
+             sockets on these tracepoints would do: one map entry per Nginx
+             socket, a lookup per state change, nothing for the upstream's
+             end, no receive hook (bench_hooks --op minimal): what a redesign
+             could reach at best
   baseline   another n502trace binary (--baseline-bin, e.g. an older build),
              attached the same way: an A/B of two versions in one run
   n502trace  `n502trace --nginx-pid MASTER --json` attached (ready before wrk
@@ -67,6 +72,8 @@ POLL = 0.002
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 32
 MODES = ("none", "hooks", "n502trace", "baseline", "tcpdump", "debug")
+# Modes that run only when named in --modes.
+EXTRA_MODES = ("minimal",)
 
 # --op-costs: the operations of tests/bench/ops.bpf.c (bench_hooks --op NAME),
 # "empty" first: every other one is measured against it.
@@ -651,6 +658,8 @@ class Bench:
             return self.measured_wrk(duration)
         if mode == "hooks":
             return self.run_hooks(duration, tag)
+        if mode == "minimal":
+            return self.run_hooks(duration, tag, op="minimal")
         if mode == "n502trace":
             return self.run_n502trace(duration, tag)
         if mode == "baseline":
@@ -1056,8 +1065,8 @@ def main():
         if v not in VARIANTS:
             ap.error("unknown variant %r (have %s)" % (v, ", ".join(VARIANTS)))
     for m in modes:
-        if m not in MODES:
-            ap.error("unknown mode %r (have %s)" % (m, ", ".join(MODES)))
+        if m not in MODES + EXTRA_MODES:
+            ap.error("unknown mode %r (have %s)" % (m, ", ".join(MODES + EXTRA_MODES)))
     if args.rounds < 1 or args.duration < 1:
         ap.error("--rounds and --duration must be >= 1")
     if args.soak_only and args.soak_minutes <= 0:
@@ -1084,6 +1093,8 @@ def main():
         modes.remove("baseline")
     args.hooks_bin = os.path.abspath(args.hooks_bin)
     if args.op_costs and not os.access(args.hooks_bin, os.X_OK):
+        sys.exit("bench.py: %s is not built (cmake --build build --target bench_hooks)" % args.hooks_bin)
+    if "minimal" in modes and not os.access(args.hooks_bin, os.X_OK):
         sys.exit("bench.py: %s is not built (cmake --build build --target bench_hooks)" % args.hooks_bin)
     if "hooks" in modes and not os.access(args.hooks_bin, os.X_OK):
         if args.modes != ",".join(MODES):

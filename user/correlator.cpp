@@ -199,7 +199,9 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         if (conn->up_pid)
             up = state_.proc(conn->up_pid);
     }
-    RuleInput in{line, conn, up, state_, tb_, host_, &history_, opt_.admit ? &opt_.admit : nullptr};
+    auto worker = tallies_.find(line.pid);
+    RuleInput in{line, conn,   up, state_, tb_, host_, worker == tallies_.end() ? nullptr : &worker->second,
+                 opt_.admit ? &opt_.admit : nullptr};
     for (const Rule &r : rules())
         if (r.apply(in, v))
             break;
@@ -212,10 +214,8 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         v.log_only_cause = log_only_cause(line);
     }
     group_attempts(line, v);
-    history_.push_back({v.ts_real_ns, v.nginx_pid, v.upstream, v.cause,
-                        v.rendered ? v.explanation : std::string(kNotShown), line.client, line.request, line.wall_sec});
-    while (!history_.empty() && (history_.size() > 256 || v.ts_real_ns - history_.front().ts_real_ns > 60'000'000'000LL))
-        history_.pop_front();
+    tally(v, conn);
+    remember_request(line);
     // Mostly in order already (a connection's timeline is): stable_sort
     // allocates a buffer even then.
     auto by_time = [](const Evidence &a, const Evidence &b) { return a.ts < b.ts; };
@@ -228,13 +228,75 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
 
 namespace n502 {
 
+namespace {
+
+uint64_t request_hash(const std::string &client, const std::string &request)
+{
+    uint64_t a = std::hash<std::string>{}(client), b = std::hash<std::string>{}(request);
+    return a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+}
+
+} // namespace
+
+void Correlator::tally(const Verdict &v, const Conn *conn)
+{
+    if (v.cause == "no_live_upstreams")
+        return;
+    constexpr int64_t kMinute = 60'000'000'000LL;
+    if (tallies_.size() > 64 && !tallies_.count(v.nginx_pid)) // workers gone (reloads)
+        for (auto it = tallies_.begin(); it != tallies_.end();) {
+            bool live = false;
+            for (const FailureTally &t : it->second)
+                live = live || v.ts_real_ns - t.last_real_ns <= kMinute;
+            it = live ? std::next(it) : tallies_.erase(it);
+        }
+    auto &list = tallies_[v.nginx_pid];
+    auto t = std::find_if(list.begin(), list.end(),
+                          [&](const FailureTally &x) { return x.upstream == v.upstream && x.cause == v.cause; });
+    if (t == list.end()) {
+        if (list.size() < kTalliesPerWorker) {
+            t = list.insert(list.end(), FailureTally{});
+        } else { // the one idle longest makes room
+            t = std::min_element(list.begin(), list.end(), [](const FailureTally &a, const FailureTally &b) {
+                return a.last_real_ns < b.last_real_ns;
+            });
+            *t = FailureTally{};
+        }
+        t->upstream = v.upstream;
+        t->cause = v.cause;
+    }
+    if (t->count == 0 || v.ts_real_ns - t->last_real_ns > kMinute) {
+        t->count = 0;
+        t->first_real_ns = v.ts_real_ns;
+        t->explanation.clear();
+    }
+    t->count++;
+    t->last_real_ns = v.ts_real_ns;
+    t->last_boot_ns = conn ? conn->failure_ts() : 0;
+    if (v.rendered)
+        t->explanation = v.explanation;
+}
+
+void Correlator::remember_request(const LogLine &line)
+{
+    uint64_t h = request_hash(line.client, line.request);
+    auto [it, added] = recent_requests_.try_emplace(h, line.wall_sec);
+    if (!added && it->second < line.wall_sec)
+        it->second = line.wall_sec;
+    recent_order_.emplace_back(h, line.wall_sec);
+    while (!recent_order_.empty() &&
+           (recent_order_.size() > kRecentMax || recent_order_.front().second < line.wall_sec - 10)) {
+        auto [old, sec] = recent_order_.front();
+        recent_order_.pop_front();
+        if (auto o = recent_requests_.find(old); o != recent_requests_.end() && o->second == sec)
+            recent_requests_.erase(o);
+    }
+}
+
 bool Correlator::covered(const AccessLine &a) const
 {
-    for (auto it = history_.rbegin(); it != history_.rend(); ++it)
-        if (it->client == a.client && it->request == a.request && it->log_sec >= a.wall_sec - 3 &&
-            it->log_sec <= a.wall_sec + 3)
-            return true;
-    return false;
+    auto it = recent_requests_.find(request_hash(a.client, a.request));
+    return it != recent_requests_.end() && it->second >= a.wall_sec - 3 && it->second <= a.wall_sec + 3;
 }
 
 Verdict Correlator::explain_access(const AccessLine &a)

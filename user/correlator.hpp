@@ -91,7 +91,18 @@ private:
     Timebase tb_;
     CorrelatorOptions opt_;
     Host *host_;
-    std::deque<PastVerdict> history_; // recent verdicts, for causes that point back (kNotShown: suppressed)
+    // Failures per worker (FailureTally): at most kTalliesPerWorker each;
+    // workers without one in the last minute are let go.
+    std::unordered_map<uint32_t, std::vector<FailureTally>> tallies_;
+    static constexpr size_t kTalliesPerWorker = 64;
+    void tally(const Verdict &v, const Conn *conn);
+    // Requests that got a verdict, for covered(): a hash of the client and
+    // request line -> the newest error-log second it was seen at, for 10 s
+    // of log time and at most kRecentMax of them (the oldest go first).
+    std::unordered_map<uint64_t, int64_t> recent_requests_;
+    std::deque<std::pair<uint64_t, int64_t>> recent_order_;
+    static constexpr size_t kRecentMax = 1 << 17;
+    void remember_request(const LogLine &line);
     struct Attempts {
         std::string request;
         int64_t first_sec = 0; // of the request's first line: with the key's pid and conn, its request_key

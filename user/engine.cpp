@@ -1138,7 +1138,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
         std::string why;
         if (r.first_segment() > 0)
             why = "the recording starts after earlier segments were dropped, without the history they held";
-        else if (lookups != kRecLookups)
+        else if (lookups != kRecLookups && lookups != 1) // 1 is replayed as it ran (lazy_render off)
             why = fmt::format("it was recorded by n502trace {} ({}), this is {} (look-ups {}), which looks up what "
                               "that one did not",
                               made_by.empty() ? "(unknown)" : made_by,

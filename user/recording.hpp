@@ -73,7 +73,9 @@ enum class Rec : uint16_t {
 // asked in a case it was not before; the version string alone cannot say
 // (builds between releases share it). 0: not written (builds before this
 // number existed). 2: a verdict the output rate limit suppresses makes
-// none of the look-ups that only explaining it needs.
+// none of the look-ups that only explaining it needs (a recording saying 1
+// is replayed the old way; the two development builds before this number
+// was raised, 9c821bf and 936cbfb, skipped those look-ups but wrote 1).
 constexpr uint32_t kRecLookups = 2;
 
 const char *rec_name(uint16_t type);

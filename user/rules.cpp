@@ -607,48 +607,37 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
         return false;
     if (!base(v, in, "no_live_upstreams", "high"))
         return true;
-    // The worker's earlier failures, one entry per upstream and cause (a
-    // storm leaves hundreds of the same): how many, the newest, and the
-    // newest explanation that was written out.
-    struct Group {
-        const PastVerdict *newest = nullptr;
-        const PastVerdict *explained = nullptr;
-        uint64_t count = 0;
-    };
-    std::vector<Group> groups; // in the order first seen
-    if (in.history) {
-        for (const auto &h : *in.history) {
-            if (h.nginx_pid != in.line.pid || h.cause == "no_live_upstreams")
-                continue;
-            auto g = std::find_if(groups.begin(), groups.end(), [&](const Group &x) {
-                return x.newest->upstream == h.upstream && x.newest->cause == h.cause;
-            });
-            if (g == groups.end())
-                g = groups.insert(groups.end(), Group{});
-            g->newest = &h;
-            if (h.explanation != kNotShown)
-                g->explained = &h;
-            g->count++;
-        }
-    }
     constexpr size_t kListed = 8; // in the sentence; the evidence has them all
+    // The worker's failures of the last minute, one entry per upstream and
+    // cause, in the order they began.
+    std::vector<const FailureTally *> groups;
+    if (in.tallies)
+        for (const FailureTally &t : *in.tallies)
+            if (t.cause != "no_live_upstreams" && v.ts_real_ns - t.last_real_ns <= 60'000'000'000LL)
+                groups.push_back(&t);
+    std::stable_sort(groups.begin(), groups.end(),
+                     [](const FailureTally *a, const FailureTally *b) { return a->first_real_ns < b->first_real_ns; });
     std::vector<std::string> parts;
-    for (const auto &g : groups) {
-        const PastVerdict &h = *g.newest;
+    for (const FailureTally *t : groups) {
         Evidence e;
-        e.ts = h.ts_real_ns > in.tb.offset_ns() ? static_cast<uint64_t>(h.ts_real_ns - in.tb.offset_ns()) : 0;
+        int64_t boot = t->last_real_ns - in.tb.offset_ns();
+        e.ts = t->last_boot_ns ? t->last_boot_ns : boot > 0 ? static_cast<uint64_t>(boot) : 0;
         e.event = "earlier_failure";
-        e.pid = h.nginx_pid;
+        e.pid = in.line.pid;
         e.comm = "nginx";
-        e.cause = h.cause;
-        e.upstream = h.upstream;
-        e.count = g.count;
-        e.detail = fmt::format("{}: {}{}", h.upstream, (g.explained ? g.explained : g.newest)->explanation,
-                               g.count > 1 ? fmt::format(" ({} failures; the time is the last one's)", g.count) : "");
+        e.cause = t->cause;
+        e.upstream = t->upstream;
+        e.count = t->count;
+        e.detail = fmt::format("{}: {}{}", t->upstream,
+                               t->explanation.empty() ? "(the output rate limit printed none of these)"
+                                                      : t->explanation,
+                               t->count > 1 ? fmt::format(" ({} failures since {}; the time is the last one's)",
+                                                          t->count, clock_local(t->first_real_ns))
+                                            : "");
         v.evidence.push_back(e);
         if (parts.size() < kListed)
-            parts.push_back(g.count > 1 ? fmt::format("{} ({}, {} times)", h.upstream, h.cause, g.count)
-                                        : fmt::format("{} ({})", h.upstream, h.cause));
+            parts.push_back(t->count > 1 ? fmt::format("{} ({}, {} times)", t->upstream, t->cause, t->count)
+                                         : fmt::format("{} ({})", t->upstream, t->cause));
     }
     if (groups.size() > kListed)
         parts.push_back(fmt::format("and {} more (see the evidence)", groups.size() - kListed));

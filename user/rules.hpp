@@ -19,19 +19,16 @@
 
 namespace n502 {
 
-// The explanation kept for a verdict the output rate limit did not print
-// (it was never worked out).
-inline constexpr const char *kNotShown = "(a repeat the output rate limit did not print)";
-
-// An earlier verdict, kept for causes that point back (no_live_upstreams).
-struct PastVerdict {
-    int64_t ts_real_ns = 0;
-    uint32_t nginx_pid = 0;
+// One worker's failures on one upstream with one cause, for causes that
+// point back (no_live_upstreams): counted however many there are (a storm's
+// thousands), and started again after a minute without one.
+struct FailureTally {
     std::string upstream;
     std::string cause;
-    std::string explanation;
-    std::string client, request; // to recognise the request in the access log
-    int64_t log_sec = 0;
+    uint64_t count = 0;
+    int64_t first_real_ns = 0, last_real_ns = 0; // when the verdicts were made
+    uint64_t last_boot_ns = 0;                    // the last failure's kernel time (0: none seen)
+    std::string explanation;                      // the last one written out (empty: the rate limit printed none)
 };
 
 struct RuleInput {
@@ -41,7 +38,7 @@ struct RuleInput {
     const State &state;
     const Timebase &tb;
     Host *host = nullptr;  // null: no host lookups (replays, tests)
-    const std::deque<PastVerdict> *history = nullptr;
+    const std::vector<FailureTally> *tallies = nullptr; // the line's worker's
     // Asked once per verdict, by the rule that holds, with its cause and the
     // line's upstream: will the verdict be shown? (The engine's output rate
     // limit.) No: the rule stops at its cause (Verdict::rendered is false).

@@ -24,7 +24,7 @@ namespace {
 const char *const kOpNames[N502_OP_COUNT] = {
     "empty",         "lookup_miss", "lookup_hit", "lookup_miss_x4", "update_delete", "pid_lookup",
     "counter",       "ktime",       "comm",       "probe_read",     "ring_event",
-    "sk_storage_miss", "sk_storage_create_delete",
+    "sk_storage_miss", "sk_storage_create_delete", "minimal",
 };
 
 int drain(void *, void *, size_t) { return 0; }
@@ -37,6 +37,9 @@ int run_op(unsigned op, const sigset_t &stop)
         return 1;
     }
     skel->rodata->op = op;
+    // The least tracking (mode `minimal`) has no receive hook at all.
+    if (op == N502_OP_MINIMAL)
+        bpf_program__set_autoload(skel->progs.op_rcv_space_adjust, false);
     ring_buffer *rb = nullptr;
     int rc = 1;
     if (bench_ops_bpf__load(skel) != 0) {

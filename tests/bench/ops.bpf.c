@@ -143,10 +143,60 @@ static __always_inline void run_op(struct sock *sk)
 		sink = acc;
 }
 
+/* N502_OP_MINIMAL (scripts/bench.sh, mode `minimal`): the least a tool that
+ * follows Nginx's upstream sockets from these tracepoints must do, to bound
+ * what any design could cost. One entry per Nginx socket, made at connect
+ * (the only time its owner is the current task) and removed at CLOSE; every
+ * other transition of every socket looks itself up once (after the filters
+ * n502trace has too); an event only for a transition with a socket error.
+ * Nothing about the upstream's end, no story, no clock, no receive hook
+ * (bench_hooks does not attach op_rcv_space_adjust for it). The process
+ * lookup is the one that would pick Nginx's connects; on the bench host
+ * every connect is Nginx's, so all are kept. */
+static __always_inline void minimal_tracking(const struct sock *sk, int oldstate, int newstate)
+{
+	__u64 key = (__u64)sk;
+	struct n502_sock *s;
+	int err;
+
+	if (oldstate == 7 /* CLOSE */ && newstate == 2 /* SYN_SENT */) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		struct n502_sock v = { .role = 1, .owner_tgid = tgid };
+
+		if (bpf_map_lookup_elem(&op_procs, &tgid))
+			sink++;
+		if (bpf_map_update_elem(&op_socks, &key, &v, BPF_ANY))
+			failed++;
+		return;
+	}
+	if (oldstate == 7 && newstate == 3 /* SYN_RECV */)
+		return;
+	err = sk->sk_err;
+	if ((newstate == 5 /* FIN_WAIT2 */ || newstate == 6 /* TIME_WAIT */) && !err)
+		return;
+	s = bpf_map_lookup_elem(&op_socks, &key);
+	if (!s)
+		return;
+	if (err) {
+		struct n502_state_event *e = bpf_ringbuf_reserve(&op_ring, sizeof(*e), 0);
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			e->sk = key;
+			e->owner_tgid = s->owner_tgid;
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		}
+	}
+	if (newstate == 7)
+		bpf_map_delete_elem(&op_socks, &key);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(op_set_state, const struct sock *sk, int oldstate, int newstate)
 {
-	run_op((struct sock *)sk);
+	if (op == N502_OP_MINIMAL)
+		minimal_tracking(sk, oldstate, newstate);
+	else
+		run_op((struct sock *)sk);
 	return 0;
 }
 

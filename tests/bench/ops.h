@@ -18,6 +18,7 @@ enum n502_op {
 	N502_OP_RING_EVENT,     /* a story-sized ring-buffer event, reserved, filled, submitted */
 	N502_OP_SK_STORAGE_MISS, /* socket-local storage of the socket: it has none */
 	N502_OP_SK_STORAGE_CREATE_DELETE, /* the socket's local storage created, then deleted */
+	N502_OP_MINIMAL, /* not an operation: the least any tracking of Nginx's sockets does (see ops.bpf.c) */
 	N502_OP_COUNT
 };
 

@@ -600,7 +600,7 @@ TEST_CASE("a verdict the rate limit will not show is decided and counted, not ex
         if (e.event != "earlier_failure")
             continue;
         earlier++;
-        unprinted += e.detail.find("did not print") != std::string::npos;
+        unprinted += e.detail.find("printed none") != std::string::npos;
     }
     CHECK(earlier == 2);
     CHECK(unprinted == 1);
@@ -612,35 +612,48 @@ TEST_CASE("no live upstreams after a storm: one entry per upstream and cause, co
     Seq s;
     FakeHost h;
     s.flush();
-    auto refuse = [&](uint64_t sk, uint16_t port) {
+    uint64_t last_9000 = 0;
+    auto refuse = [&](uint64_t sk, uint16_t port, int owner) {
         Event a;
         a.type = N502_EV_STATE;
         a.ts = (s.t += 1000);
         a.sk = sk;
         a.sock_role = N502_SOCK_NGINX;
-        a.owner = NGINX;
+        a.owner = owner;
         a.oldstate = 2;
         a.newstate = 7;
         a.sk_err = ECONNREFUSED;
         a.dst = Addr::ipv4(0x7f000001, port);
         s.st.apply(a);
+        if (port == 9000 && owner == NGINX)
+            last_9000 = a.ts;
     };
-    // 200 refused connects to 127.0.0.1:9000, then one to each of 9001-9011;
-    // the rate limit shows the first of each upstream only.
+    // 600 refused connects to 127.0.0.1:9000 (more than any fixed history
+    // of verdicts would hold), then one to each of 9001-9011; another worker
+    // fails on 9000 too, which is not this worker's; the rate limit shows the
+    // first of each worker's upstream only.
     std::vector<LogLine> lines;
     int conn = 100;
-    for (int i = 0; i < 211; i++) {
-        uint16_t port = static_cast<uint16_t>(i < 200 ? 9000 : 9000 + i - 199);
-        refuse(0x10000 + static_cast<uint64_t>(i) * 0x100, port);
+    for (int i = 0; i < 611; i++) {
+        uint16_t port = static_cast<uint16_t>(i < 600 ? 9000 : 9000 + i - 599);
+        refuse(0x100000 + static_cast<uint64_t>(i) * 0x100, port, NGINX);
         lines.push_back(line("connect() failed (111: Connection refused) while connecting to upstream",
                              fmt::format("http://127.0.0.1:{}/", port), NGINX, conn++));
+        if (i % 100 == 0) {
+            refuse(0x900000 + static_cast<uint64_t>(i) * 0x100, 9000, NGINX + 1);
+            lines.push_back(line("connect() failed (111: Connection refused) while connecting to upstream",
+                                 "http://127.0.0.1:9000/", NGINX + 1, conn++));
+        }
     }
     std::set<std::string> shown;
     CorrelatorOptions opt;
     opt.admit = [&](const std::string &cause, const std::string &upstream) {
-        return shown.insert(cause + " " + upstream).second;
+        return cause == "no_live_upstreams" || shown.insert(cause + " " + upstream).second;
     };
-    Correlator c(s.st, Timebase(lines[0].wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), opt, &h);
+    Timebase tb(lines[0].wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0));
+    int64_t now = tb.to_real_ns(T0);
+    opt.now_real = [&] { return now += 1'000'000; }; // a verdict a millisecond
+    Correlator c(s.st, tb, opt, &h);
     for (const auto &l : lines)
         REQUIRE(c.explain(l, true));
     auto v = c.explain(line("no live upstreams while connecting to upstream", "http://pool/", NGINX, conn), true);
@@ -651,23 +664,69 @@ TEST_CASE("no live upstreams after a storm: one entry per upstream and cause, co
         if (e.event != "earlier_failure")
             continue;
         CHECK(e.cause == "upstream_not_listening");
+        CHECK(e.pid == static_cast<uint32_t>(NGINX));
         REQUIRE(e.count);
         counted[e.upstream] += *e.count;
-        CHECK(e.ts != 0);
-        // The explanation that was written out, not the repeats' placeholder.
-        CHECK(e.detail.find("did not print") == std::string::npos);
-        if (e.upstream == "127.0.0.1:9000")
-            CHECK(e.detail.find("(200 failures") != std::string::npos);
+        // The explanation that was written out, not a placeholder.
+        CHECK(e.detail.find("printed none") == std::string::npos);
+        if (e.upstream == "127.0.0.1:9000") {
+            CHECK(e.detail.find("(600 failures since ") != std::string::npos);
+            CHECK(e.ts == last_9000); // the last failure's kernel time
+        }
     }
     CHECK(counted.size() == 12);
-    CHECK(counted["127.0.0.1:9000"] == 200);
+    CHECK(counted["127.0.0.1:9000"] == 600);
     CHECK(counted["127.0.0.1:9011"] == 1);
     // The sentence names eight and says how many more.
-    CHECK(v->explanation.find("127.0.0.1:9000 (upstream_not_listening, 200 times)") != std::string::npos);
+    CHECK(v->explanation.find("127.0.0.1:9000 (upstream_not_listening, 600 times)") != std::string::npos);
     CHECK(v->explanation.find("and 4 more (see the evidence)") != std::string::npos);
     CHECK(v->explanation.find("127.0.0.1:9011") == std::string::npos);
     CHECK(v->explanation.size() < 600);
-    CHECK(verdict_json(*v, Timebase()).find("\"count\":200") != std::string::npos);
+    CHECK(verdict_json(*v, Timebase()).find("\"count\":600") != std::string::npos);
+    // A minute later they are no longer what marked the servers down.
+    now += 61'000'000'000LL;
+    auto later = c.explain(line("no live upstreams while connecting to upstream", "http://pool/", NGINX, conn + 1), true);
+    REQUIRE(later);
+    CHECK(later->confidence == "medium");
+    CHECK(later->evidence.empty());
+}
+
+TEST_CASE("access-log 502s during a storm of distinct requests are covered by their error-log verdicts",
+          "[causes][accesslog]")
+{
+    // 5,000 failures of distinct requests from distinct clients within one
+    // second: each one's access line finds its verdict however many came
+    // after it.
+    Seq s;
+    s.flush();
+    Correlator c(s.st, Timebase());
+    std::vector<AccessLine> access;
+    for (int i = 0; i < 5000; i++) {
+        std::string raw = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *{} connect() failed (111: Connection refused) "
+                                      "while connecting to upstream, client: 10.0.{}.{}, server: localhost, "
+                                      "request: \"GET /item/{} HTTP/1.1\", upstream: \"http://127.0.0.1:9000/item/{}\", "
+                                      "host: \"localhost\"",
+                                      NGINX, NGINX, i + 1, i / 250, i % 250, i, i);
+        auto l = parse_upstream_error(raw);
+        REQUIRE(l);
+        REQUIRE(c.explain(*l, true));
+        AccessLine a;
+        a.wall_sec = l->wall_sec;
+        a.client = l->client;
+        a.request = l->request;
+        a.status = 502;
+        access.push_back(a);
+    }
+    size_t covered = 0;
+    for (const auto &a : access)
+        covered += c.covered(a);
+    CHECK(covered == access.size());
+    AccessLine other = access[0];
+    other.request = "GET /item/none HTTP/1.1";
+    CHECK_FALSE(c.covered(other));
+    other = access[0];
+    other.wall_sec += 20; // the same request much later: another one
+    CHECK_FALSE(c.covered(other));
 }
 
 TEST_CASE("retry grouping stays bounded when thousands of client connections fail at once", "[causes]")
