@@ -55,7 +55,14 @@ def main():
         tool = h.start_tool(binary)
         t0 = time.monotonic()
         close = ["-H", "Connection: close"] if args.close else []
-        r = subprocess.run(["wrk", "-t1", "-c8", "-d%ds" % args.seconds] + close + ["http://127.0.0.1:%d/" % nginx.port],
+        # Every request distinct (/r1, /r2, ...), as a storm of real clients'
+        # requests is: each access-log 502 must find its own error-log
+        # verdict, however many came after it.
+        script = os.path.join(h.dir, "distinct.lua")
+        with open(script, "w") as f:
+            f.write("local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, \"/r\" .. n)\nend\n")
+        r = subprocess.run(["wrk", "-t1", "-c8", "-d%ds" % args.seconds, "-s", script] + close +
+                           ["http://127.0.0.1:%d/" % nginx.port],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=args.seconds + 30)
         t_end = time.monotonic()
         out = r.stdout.decode(errors="replace")
@@ -100,6 +107,8 @@ def main():
         harness.log("summary by cause: %r" % summary.get("by_cause"))
         bad = [x for x in tool.records("verdict") if x.get("cause") != "upstream_not_listening"]
         check(not bad, "%d verdicts with another cause, e.g. %r" % (len(bad), bad[:1]))
+        check(summary.get("access_only") == 0, "%r access-log 502s were not matched to their error-log verdicts" %
+              summary.get("access_only"))
         check(summary.get("verdicts") == lines, "summary counts %r verdicts, want %d" % (summary.get("verdicts"), lines))
         check(summary.get("suppressed") == suppressed, "summary suppressed %r != %d" % (summary.get("suppressed"), suppressed))
         check(summary.get("events_lost") == 0, "%r kernel events lost" % summary.get("events_lost"))
