@@ -279,16 +279,30 @@ void Correlator::tally(const Verdict &v, const Conn *conn)
 
 void Correlator::remember_request(const LogLine &line)
 {
+    if (line.level == "access")
+        return; // an access-only verdict covers nothing: the next 502 of that request is another
     uint64_t h = request_hash(line.client, line.request);
-    auto [it, added] = recent_requests_.try_emplace(h, line.wall_sec);
-    if (!added && it->second < line.wall_sec)
-        it->second = line.wall_sec;
-    recent_order_.emplace_back(h, line.wall_sec);
+    int64_t sec = line.wall_sec;
+    SeenRequest &r = recent_requests_[h];
+    if (r.seq == 0 || sec > r.newest + 16) {
+        r.before = 0;
+        r.newest = sec;
+    } else if (sec > r.newest) {
+        auto d = static_cast<unsigned>(sec - r.newest);
+        r.before = static_cast<uint16_t>((static_cast<uint32_t>(r.before) << d) | (1u << (d - 1)));
+        r.newest = sec;
+    } else if (sec < r.newest && r.newest - sec <= 16) {
+        r.before |= static_cast<uint16_t>(1u << (r.newest - sec - 1));
+    }
+    r.seq = ++recent_seq_;
+    recent_order_.push_back({h, sec, r.seq});
+    // Lines older than the window, or beyond the bound, go; a key goes with
+    // the last line that named it.
     while (!recent_order_.empty() &&
-           (recent_order_.size() > kRecentMax || recent_order_.front().second < line.wall_sec - 10)) {
-        auto [old, sec] = recent_order_.front();
+           (recent_order_.size() > kRecentMax || recent_order_.front().sec < sec - kRecentSec)) {
+        SeenLine old = recent_order_.front();
         recent_order_.pop_front();
-        if (auto o = recent_requests_.find(old); o != recent_requests_.end() && o->second == sec)
+        if (auto o = recent_requests_.find(old.hash); o != recent_requests_.end() && o->second.seq == old.seq)
             recent_requests_.erase(o);
     }
 }
@@ -296,7 +310,15 @@ void Correlator::remember_request(const LogLine &line)
 bool Correlator::covered(const AccessLine &a) const
 {
     auto it = recent_requests_.find(request_hash(a.client, a.request));
-    return it != recent_requests_.end() && it->second >= a.wall_sec - 3 && it->second <= a.wall_sec + 3;
+    if (it == recent_requests_.end())
+        return false;
+    auto near = [&](int64_t sec) { return sec >= a.wall_sec - 3 && sec <= a.wall_sec + 3; };
+    if (near(it->second.newest))
+        return true;
+    for (int i = 0; i < 16; i++)
+        if (((it->second.before >> i) & 1) && near(it->second.newest - 1 - i))
+            return true;
+    return false;
 }
 
 Verdict Correlator::explain_access(const AccessLine &a)

@@ -96,12 +96,27 @@ private:
     std::unordered_map<uint32_t, std::vector<FailureTally>> tallies_;
     static constexpr size_t kTalliesPerWorker = 64;
     void tally(const Verdict &v, const Conn *conn);
-    // Requests that got a verdict, for covered(): a hash of the client and
-    // request line -> the newest error-log second it was seen at, for 10 s
-    // of log time and at most kRecentMax of them (the oldest go first).
-    std::unordered_map<uint64_t, int64_t> recent_requests_;
-    std::deque<std::pair<uint64_t, int64_t>> recent_order_;
+    // Requests that got an error-log verdict, for covered(): a hash of the
+    // client and request line (a collision could only take an access line
+    // for covered) -> the newest error-log second it was seen at and the 16
+    // before it (bit i: newest - 1 - i), for 2 minutes of log time and at
+    // most kRecentMax lines (the oldest go first; seq tells whether a popped
+    // line is still the newest of its key).
+    struct SeenRequest {
+        int64_t newest = 0;
+        uint16_t before = 0;
+        uint64_t seq = 0;
+    };
+    std::unordered_map<uint64_t, SeenRequest> recent_requests_;
+    struct SeenLine {
+        uint64_t hash;
+        int64_t sec;
+        uint64_t seq;
+    };
+    std::deque<SeenLine> recent_order_;
+    uint64_t recent_seq_ = 0;
     static constexpr size_t kRecentMax = 1 << 17;
+    static constexpr int64_t kRecentSec = 120;
     void remember_request(const LogLine &line);
     struct Attempts {
         std::string request;

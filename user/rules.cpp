@@ -636,7 +636,8 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
                                             : "");
         v.evidence.push_back(e);
         if (parts.size() < kListed)
-            parts.push_back(t->count > 1 ? fmt::format("{} ({}, {} times)", t->upstream, t->cause, t->count)
+            parts.push_back(t->count > 1 ? fmt::format("{} ({}, {} times since {})", t->upstream, t->cause, t->count,
+                                                       clock_local(t->first_real_ns))
                                          : fmt::format("{} ({})", t->upstream, t->cause));
     }
     if (groups.size() > kListed)

@@ -678,7 +678,7 @@ TEST_CASE("no live upstreams after a storm: one entry per upstream and cause, co
     CHECK(counted["127.0.0.1:9000"] == 600);
     CHECK(counted["127.0.0.1:9011"] == 1);
     // The sentence names eight and says how many more.
-    CHECK(v->explanation.find("127.0.0.1:9000 (upstream_not_listening, 600 times)") != std::string::npos);
+    CHECK(v->explanation.find("127.0.0.1:9000 (upstream_not_listening, 600 times since ") != std::string::npos);
     CHECK(v->explanation.find("and 4 more (see the evidence)") != std::string::npos);
     CHECK(v->explanation.find("127.0.0.1:9011") == std::string::npos);
     CHECK(v->explanation.size() < 600);
@@ -727,6 +727,61 @@ TEST_CASE("access-log 502s during a storm of distinct requests are covered by th
     other = access[0];
     other.wall_sec += 20; // the same request much later: another one
     CHECK_FALSE(c.covered(other));
+}
+
+TEST_CASE("access-log 502s: the same request seen again later still covers the earlier one; the window and the bound",
+          "[causes][accesslog]")
+{
+    Seq s;
+    s.flush();
+    auto error_at = [](int64_t sec_offset, int i) {
+        std::string raw = fmt::format("2026/11/23 03:00:{:02} [error] {}#{}: *{} connect() failed (111: Connection "
+                                      "refused) while connecting to upstream, client: 10.0.0.1, server: localhost, "
+                                      "request: \"GET /health/{} HTTP/1.1\", upstream: \"http://127.0.0.1:9000/\", "
+                                      "host: \"localhost\"",
+                                      sec_offset, NGINX, NGINX, i + 1, i);
+        auto l = parse_upstream_error(raw);
+        REQUIRE(l);
+        return *l;
+    };
+    auto access_of = [](const LogLine &l) {
+        AccessLine a;
+        a.wall_sec = l.wall_sec;
+        a.client = l.client;
+        a.request = l.request;
+        a.status = 502;
+        return a;
+    };
+    SECTION("a health check failing at S and again at S+5: the access line of S is covered")
+    {
+        Correlator c(s.st, Timebase());
+        auto first = error_at(0, 0), again = error_at(5, 0);
+        REQUIRE(c.explain(first, true));
+        REQUIRE(c.explain(again, true));
+        CHECK(c.covered(access_of(first)));
+        CHECK(c.covered(access_of(again)));
+        AccessLine between = access_of(first);
+        between.wall_sec += 9; // 4 s after the second: neither
+        CHECK_FALSE(c.covered(between));
+    }
+    SECTION("a line older than the window is forgotten")
+    {
+        Correlator c(s.st, Timebase());
+        auto first = error_at(0, 0);
+        REQUIRE(c.explain(first, true));
+        LogLine later = error_at(0, 1);
+        later.wall_sec += 121; // two minutes on
+        REQUIRE(c.explain(later, true));
+        CHECK_FALSE(c.covered(access_of(first)));
+        CHECK(c.covered(access_of(later)));
+    }
+    SECTION("an access-only verdict covers nothing")
+    {
+        Correlator c(s.st, Timebase());
+        AccessLine a = access_of(error_at(0, 0));
+        c.explain_access(a);
+        CHECK_FALSE(c.covered(a));
+    }
 }
 
 TEST_CASE("retry grouping stays bounded when thousands of client connections fail at once", "[causes]")
