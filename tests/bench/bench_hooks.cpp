@@ -5,7 +5,9 @@
 //
 // `bench_hooks --op NAME` attaches one operation of tests/bench/ops.bpf.c
 // instead (scripts/bench.sh --op-costs): what that kind of BPF work costs,
-// measured against `--op empty` under the same load.
+// measured against `--op empty` under the same load. `--op minimal` is not an
+// operation but the least tracking of Nginx's sockets any design would do
+// (scripts/bench.sh mode `minimal`), on inet_sock_set_state only.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
