@@ -544,9 +544,11 @@ bool Engine::do_line(const std::string &text, uint32_t mapped)
         return true;
     }
     if (!cfg_.no_access_log)
-        if (auto a = parse_access_error(text))
+        if (auto a = parse_access_error(text)) {
             // Wait for the error-log line of the same request, and its verdict.
+            summary_.access_lines++;
             pending_access_.push_back({std::move(*a), now_boot_ + grace_ns_ + 100'000'000ULL});
+        }
     return false;
 }
 

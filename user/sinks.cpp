@@ -212,11 +212,11 @@ void JsonSink::suppressed(const std::string &cause, const std::string &upstream,
 void JsonSink::summary(const Summary &s)
 {
     emit(fmt::format("{{\"type\":\"summary\",\"ts\":{},\"duration_s\":{:.3f},\"verdicts\":{},\"suppressed\":{},\"by_cause\":{},"
-                     "\"by_upstream\":{},\"log_lines\":{},\"access_only\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
+                     "\"by_upstream\":{},\"log_lines\":{},\"access_lines\":{},\"access_only\":{},\"events\":{},\"events_lost\":{},\"events_malformed\":{},"
                      "\"map_full\":{},\"window_s\":{:.0f},\"expired\":{},\"dropped\":{},\"conns_held\":{},\"procs_held\":{},"
                      "\"rss_kib\":{}}}",
                      jstr(rfc3339_utc(clock())), s.duration_s, s.verdicts, s.suppressed, jmap(s.by_cause),
-                     jmap(s.by_upstream), s.log_lines, s.access_only, s.events, s.events_lost, s.events_malformed, s.map_full,
+                     jmap(s.by_upstream), s.log_lines, s.access_lines, s.access_only, s.events, s.events_lost, s.events_malformed, s.map_full,
                      s.window_s, s.expired, s.dropped, s.conns_held, s.procs_held, s.rss_kib));
 }
 
@@ -317,6 +317,9 @@ void TextSink::summary(const Summary &s)
     fmt::print(out_, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines{}\n", s.duration_s,
                s.verdicts, s.log_lines,
                s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
+    if (s.access_lines)
+        fmt::print(out_, "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
+                   s.access_only);
     for (const auto &[k, v] : s.by_cause)
         fmt::print(out_, "    cause    {:<28} {}\n", k, v);
     for (const auto &[k, v] : s.by_upstream)

@@ -55,6 +55,7 @@ struct Summary {
     uint64_t events_malformed = 0;
     uint64_t map_full = 0;
     uint64_t log_lines = 0;
+    uint64_t access_lines = 0; // 502/504 access-log lines read
     uint64_t access_only = 0; // 502/504 access-log lines with no error-log line
     double duration_s = 0;
     // The look-back window: how long evidence is kept, what was let go (by

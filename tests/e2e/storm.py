@@ -107,6 +107,12 @@ def main():
         harness.log("summary by cause: %r" % summary.get("by_cause"))
         bad = [x for x in tool.records("verdict") if x.get("cause") != "upstream_not_listening"]
         check(not bad, "%d verdicts with another cause, e.g. %r" % (len(bad), bad[:1]))
+        with open(os.path.join(nginx.prefix, "access.log"), errors="replace") as f:
+            access_502 = sum(1 for l in f if '" 502 ' in l)
+        harness.log("access log: %d 502s; n502trace read %r" % (access_502, summary.get("access_lines")))
+        check(access_502 >= lines, "the access log has %d 502s for %d error lines" % (access_502, lines))
+        check(summary.get("access_lines") == access_502, "n502trace read %r access-log 502s, the log has %d" % (
+            summary.get("access_lines"), access_502))
         check(summary.get("access_only") == 0, "%r access-log 502s were not matched to their error-log verdicts" %
               summary.get("access_only"))
         check(summary.get("verdicts") == lines, "summary counts %r verdicts, want %d" % (summary.get("verdicts"), lines))
