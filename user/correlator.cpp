@@ -242,12 +242,11 @@ void Correlator::tally(const Verdict &v, const Conn *conn)
 {
     if (v.cause == "no_live_upstreams")
         return;
-    constexpr int64_t kMinute = 60'000'000'000LL;
     if (tallies_.size() > 64 && !tallies_.count(v.nginx_pid)) // workers gone (reloads)
         for (auto it = tallies_.begin(); it != tallies_.end();) {
             bool live = false;
             for (const FailureTally &t : it->second)
-                live = live || v.ts_real_ns - t.last_real_ns <= kMinute;
+                live = live || v.ts_real_ns - t.last_real_ns <= kTallyIdleNs;
             it = live ? std::next(it) : tallies_.erase(it);
         }
     auto &list = tallies_[v.nginx_pid];
@@ -265,7 +264,7 @@ void Correlator::tally(const Verdict &v, const Conn *conn)
         t->upstream = v.upstream;
         t->cause = v.cause;
     }
-    if (t->count == 0 || v.ts_real_ns - t->last_real_ns > kMinute) {
+    if (t->count == 0 || v.ts_real_ns - t->last_real_ns > kTallyIdleNs) {
         t->count = 0;
         t->first_real_ns = v.ts_real_ns;
         t->explanation.clear();

@@ -271,6 +271,13 @@ static double double_of(uint64_t u)
     return d;
 }
 
+// The output rate limit's key for a cause and upstream (report_suppressed()
+// splits it at the newline).
+static std::string limit_key(const std::string &cause, const std::string &upstream)
+{
+    return cause + "\n" + upstream;
+}
+
 static StateLimits limits_of(const EngineConfig &cfg)
 {
     StateLimits l;
@@ -290,7 +297,7 @@ Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &fac
                       // a storm's repeats are counted, not worked out.
                       if (cfg.lazy_render)
                           o.admit = [this](const std::string &cause, const std::string &upstream) {
-                              return limiter_.admit(cause + "\n" + upstream, now_real_);
+                              return limiter_.admit(limit_key(cause, upstream), now_real_);
                           };
                       return o;
                   }(),
@@ -641,7 +648,7 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid)
     // A storm's repeats are counted, not printed: the correlator asked the
     // rate limit and did not explain them (or, replaying an older recording,
     // explained them and the limit is asked here); nothing more to do.
-    if (!given.rendered || (!cfg_.lazy_render && !limiter_.admit(given.cause + "\n" + given.upstream, now_real_))) {
+    if (!given.rendered || (!cfg_.lazy_render && !limiter_.admit(limit_key(given.cause, given.upstream), now_real_))) {
         summary_.suppressed++;
         return;
     }

@@ -609,11 +609,12 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
         return true;
     constexpr size_t kListed = 8; // in the sentence; the evidence has them all
     // The worker's failures of the last minute, one entry per upstream and
-    // cause, in the order they began.
+    // cause, in the order they began (the correlator tallies no
+    // no_live_upstreams verdicts).
     std::vector<const FailureTally *> groups;
     if (in.tallies)
         for (const FailureTally &t : *in.tallies)
-            if (t.cause != "no_live_upstreams" && v.ts_real_ns - t.last_real_ns <= 60'000'000'000LL)
+            if (v.ts_real_ns - t.last_real_ns <= kTallyIdleNs)
                 groups.push_back(&t);
     std::stable_sort(groups.begin(), groups.end(),
                      [](const FailureTally *a, const FailureTally *b) { return a->first_real_ns < b->first_real_ns; });
@@ -628,16 +629,17 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
         e.cause = t->cause;
         e.upstream = t->upstream;
         e.count = t->count;
+        std::string since = t->count > 1 ? clock_local(t->first_real_ns) : "";
         e.detail = fmt::format("{}: {}{}", t->upstream,
                                t->explanation.empty() ? "(the output rate limit printed none of these)"
                                                       : t->explanation,
                                t->count > 1 ? fmt::format(" ({} failures since {}; the time is the last one's)",
-                                                          t->count, clock_local(t->first_real_ns))
+                                                          t->count, since)
                                             : "");
         v.evidence.push_back(e);
         if (parts.size() < kListed)
             parts.push_back(t->count > 1 ? fmt::format("{} ({}, {} times since {})", t->upstream, t->cause, t->count,
-                                                       clock_local(t->first_real_ns))
+                                                       since)
                                          : fmt::format("{} ({})", t->upstream, t->cause));
     }
     if (groups.size() > kListed)

@@ -22,6 +22,7 @@ namespace n502 {
 // One worker's failures on one upstream with one cause, for causes that
 // point back (no_live_upstreams): counted however many there are (a storm's
 // thousands), and started again after a minute without one.
+constexpr int64_t kTallyIdleNs = 60'000'000'000LL;
 struct FailureTally {
     std::string upstream;
     std::string cause;

@@ -742,7 +742,7 @@ def sc_no_live_upstreams(s):
     check(vs[1].get("request_key") == key, "request_key %r != %r for two attempts of one request" % (
         vs[1].get("request_key"), key))
     v3 = s.expect_verdict(r2, "no_live_upstreams", None, "no live upstreams", match=request_path_is("/two"), evidence=[
-        [{"event": "earlier_failure", "cause": "upstream_not_listening", "upstream": a}] for a in peers])
+        [{"event": "earlier_failure", "cause": "upstream_not_listening", "upstream": a, "count": 1}] for a in peers])
     check(v3.get("request_key") != key, "request 2 has request 1's request_key %r" % key)
 
 

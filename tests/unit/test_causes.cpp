@@ -141,6 +141,23 @@ struct Seq {
         e.owner = owner;
         e.dir = dir;
     }
+    // A connect of Nginx's socket sk refused by 127.0.0.1:port, applied at
+    // once (after flush()), 1 us after the last; returns its time.
+    uint64_t refuse(uint64_t sk, uint16_t port, uint32_t owner = NGINX)
+    {
+        Event a;
+        a.type = N502_EV_STATE;
+        a.ts = (t += 1000);
+        a.sk = sk;
+        a.sock_role = N502_SOCK_NGINX;
+        a.owner = owner;
+        a.oldstate = 2;
+        a.newstate = 7;
+        a.sk_err = ECONNREFUSED;
+        a.dst = Addr::ipv4(0x7f000001, port);
+        st.apply(a);
+        return a.ts;
+    }
     std::vector<Event> ev;
 };
 
@@ -495,21 +512,8 @@ TEST_CASE("no live upstreams names the failures that marked the peers down; retr
     FakeHost h;
     s.flush();
     Timebase tb;
-    auto refuse = [&](uint64_t sk, uint16_t port) {
-        Event a;
-        a.type = N502_EV_STATE;
-        a.ts = (s.t += 1000);
-        a.sk = sk;
-        a.sock_role = N502_SOCK_NGINX;
-        a.owner = NGINX;
-        a.oldstate = 2;
-        a.newstate = 7;
-        a.sk_err = ECONNREFUSED;
-        a.dst = Addr::ipv4(0x7f000001, port);
-        s.st.apply(a);
-    };
-    refuse(0xd000, 8081);
-    refuse(0xe000, 8082);
+    s.refuse(0xd000, 8081);
+    s.refuse(0xe000, 8082);
     auto l1 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8081/");
     auto l2 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8082/");
     auto l3 = line("no live upstreams while connecting to upstream", "http://pool/", NGINX, 9);
@@ -540,21 +544,8 @@ TEST_CASE("a verdict the rate limit will not show is decided and counted, not ex
     Seq s;
     FakeHost h;
     s.flush();
-    auto refuse = [&](uint64_t sk, uint16_t port) {
-        Event a;
-        a.type = N502_EV_STATE;
-        a.ts = (s.t += 1000);
-        a.sk = sk;
-        a.sock_role = N502_SOCK_NGINX;
-        a.owner = NGINX;
-        a.oldstate = 2;
-        a.newstate = 7;
-        a.sk_err = ECONNREFUSED;
-        a.dst = Addr::ipv4(0x7f000001, port);
-        s.st.apply(a);
-    };
-    refuse(0xd000, 8081);
-    refuse(0xe000, 8082);
+    s.refuse(0xd000, 8081);
+    s.refuse(0xe000, 8082);
     auto l1 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8081/");
     auto l2 = line("connect() failed (111: Connection refused) while connecting to upstream", "http://127.0.0.1:8082/");
     auto l3 = line("no live upstreams while connecting to upstream", "http://pool/", NGINX, 9);
@@ -613,21 +604,6 @@ TEST_CASE("no live upstreams after a storm: one entry per upstream and cause, co
     FakeHost h;
     s.flush();
     uint64_t last_9000 = 0;
-    auto refuse = [&](uint64_t sk, uint16_t port, int owner) {
-        Event a;
-        a.type = N502_EV_STATE;
-        a.ts = (s.t += 1000);
-        a.sk = sk;
-        a.sock_role = N502_SOCK_NGINX;
-        a.owner = owner;
-        a.oldstate = 2;
-        a.newstate = 7;
-        a.sk_err = ECONNREFUSED;
-        a.dst = Addr::ipv4(0x7f000001, port);
-        s.st.apply(a);
-        if (port == 9000 && owner == NGINX)
-            last_9000 = a.ts;
-    };
     // 600 refused connects to 127.0.0.1:9000 (more than any fixed history
     // of verdicts would hold), then one to each of 9001-9011; another worker
     // fails on 9000 too, which is not this worker's; the rate limit shows the
@@ -636,11 +612,13 @@ TEST_CASE("no live upstreams after a storm: one entry per upstream and cause, co
     int conn = 100;
     for (int i = 0; i < 611; i++) {
         uint16_t port = static_cast<uint16_t>(i < 600 ? 9000 : 9000 + i - 599);
-        refuse(0x100000 + static_cast<uint64_t>(i) * 0x100, port, NGINX);
+        uint64_t ts = s.refuse(0x100000 + static_cast<uint64_t>(i) * 0x100, port);
+        if (port == 9000)
+            last_9000 = ts;
         lines.push_back(line("connect() failed (111: Connection refused) while connecting to upstream",
                              fmt::format("http://127.0.0.1:{}/", port), NGINX, conn++));
         if (i % 100 == 0) {
-            refuse(0x900000 + static_cast<uint64_t>(i) * 0x100, 9000, NGINX + 1);
+            s.refuse(0x900000 + static_cast<uint64_t>(i) * 0x100, 9000, NGINX + 1);
             lines.push_back(line("connect() failed (111: Connection refused) while connecting to upstream",
                                  "http://127.0.0.1:9000/", NGINX + 1, conn++));
         }
