@@ -29,17 +29,6 @@
 #define N502_S_IFSOCK 0140000
 #define N502_SIGCHLD 17
 
-/* TCP states (include/net/tcp_states.h): stable kernel ABI. */
-#define N502_TCP_ESTABLISHED 1
-#define N502_TCP_SYN_SENT 2
-#define N502_TCP_SYN_RECV 3
-#define N502_TCP_FIN_WAIT1 4
-#define N502_TCP_FIN_WAIT2 5
-#define N502_TCP_TIME_WAIT 6
-#define N502_TCP_CLOSE 7
-#define N502_TCP_CLOSE_WAIT 8
-#define N502_TCP_LAST_ACK 9
-#define N502_TCP_LISTEN 10
 #define N502_PF_EXITING 0x00000004 /* task_struct.flags: the task is exiting */
 
 /* Tracked processes: Nginx (filled by user space at start, then through

@@ -54,6 +54,34 @@ static bool parse_time_local(std::string_view t, int64_t &out)
     return true;
 }
 
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+std::string unescape_access(std::string_view s)
+{
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size(); i++) {
+        int hi, lo;
+        if (s[i] == '\\' && i + 3 < s.size() && s[i + 1] == 'x' && (hi = hex_value(s[i + 2])) >= 0 &&
+            (lo = hex_value(s[i + 3])) >= 0) {
+            out.push_back(static_cast<char>(hi * 16 + lo));
+            i += 3;
+        } else {
+            out.push_back(s[i]);
+        }
+    }
+    return out;
+}
+
 std::optional<AccessLine> parse_access_error(std::string_view line)
 {
     AccessLine a;
@@ -74,7 +102,7 @@ std::optional<AccessLine> parse_access_error(std::string_view line)
     size_t rq_end = line.find("\" ", rq);
     if (rq_end == std::string_view::npos)
         return std::nullopt;
-    a.request = std::string(line.substr(rq, rq_end - rq));
+    a.request = unescape_access(line.substr(rq, rq_end - rq));
     int status;
     if (!digits(line, rq_end + 2, 3, status))
         return std::nullopt;

@@ -15,9 +15,14 @@ namespace n502 {
 struct AccessLine {
     int64_t wall_sec = 0; // from [$time_local], with its UTC offset applied
     std::string client;
-    std::string request;
+    std::string request; // as Nginx received it: the log's \xHH escapes undone
     int status = 0;
 };
+
+// Undoes the escaping of Nginx's access log (escape=default, the default):
+// it writes '"', '\\', control characters and bytes from 0x7f as \xHH, which
+// its error log does not escape. The escaped '\\' (\x5C) keeps this exact.
+std::string unescape_access(std::string_view s);
 
 // Returns the line when it parses and its status is 502 or 504.
 std::optional<AccessLine> parse_access_error(std::string_view line);

@@ -16,11 +16,18 @@ static bool is_connect_line(const LogLine &l)
 
 Conn *Correlator::find_conn(const LogLine &line)
 {
-    if (line.upstream_peer.empty())
+    std::vector<Addr> peers;
+    if (!line.upstream_peer.empty()) {
+        std::optional<Addr> peer = Addr::parse(line.upstream_peer);
+        if (!peer)
+            return nullptr; // not an address (a name Nginx could not resolve): no connection went there
+        peers.push_back(*peer);
+    } else if (line.request_cut) {
+        // Nginx cut the line before its upstream field: any upstream will do.
+        peers = state_.destinations();
+    } else {
         return nullptr;
-    std::optional<Addr> peer = Addr::parse(line.upstream_peer);
-    if (!peer)
-        return nullptr; // not an address (a name Nginx could not resolve): no connection went there
+    }
     int64_t oldest_real = line.wall_sec * 1'000'000'000LL - opt_.max_skew_ns;
     int64_t oldest_boot = oldest_real - tb_.offset_ns();
     bool connecting = line.phase.find("connecting") != std::string::npos;
@@ -36,7 +43,7 @@ Conn *Correlator::find_conn(const LogLine &line)
     auto later = [&](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
     // Finished connections come in the order they finished: once one is a
     // primary candidate, no later finished one can be earlier.
-    state_.visit_conns(line.pid, *peer, oldest_boot > 0 ? oldest_boot : 0, [&](Conn *c) {
+    auto visit = [&](Conn *c) {
         if (c->claimed)
             return false;
         if (is_connect_line(line)) {
@@ -72,7 +79,9 @@ Conn *Correlator::find_conn(const LogLine &line)
                 newest = c;
         }
         return false;
-    });
+    };
+    for (const Addr &peer : peers)
+        state_.visit_conns(line.pid, peer, oldest_boot > 0 ? oldest_boot : 0, visit);
     if (primary)
         return primary;
     if (fallback)
@@ -144,7 +153,24 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
             return std::nullopt;
     }
 
-    return decide(line, conn);
+    if (!line.request_cut)
+        return decide(line, conn);
+    // The line lost its upstream field: the connection matched to it names
+    // the upstream, so the rules see the line as Nginx meant to write it.
+    LogLine whole = line;
+    if (whole.upstream_peer.empty() && conn && conn->dst.known())
+        whole.upstream_peer = conn->dst.str();
+    Verdict v = decide(whole, conn);
+    if (v.rendered)
+        v.notes.push_back(fmt::format(
+            "Nginx cut its error-log line at 2047 bytes, inside the request line: the request shown is its "
+            "beginning{}",
+            line.upstream_peer.empty() ? whole.upstream_peer.empty()
+                                             ? ", and the line's upstream field is missing"
+                                             : ", and the upstream is the one of the failed connection matched to it "
+                                               "(the line's own upstream field was cut off)"
+                                       : ""));
+    return v;
 }
 
 void Correlator::find_holder(const LogLine &line, Conn &conn, int64_t now_real_ns)
@@ -230,9 +256,9 @@ namespace n502 {
 
 namespace {
 
-uint64_t request_hash(const std::string &client, const std::string &request)
+uint64_t request_hash(std::string_view client, std::string_view request)
 {
-    uint64_t a = std::hash<std::string>{}(client), b = std::hash<std::string>{}(request);
+    uint64_t a = std::hash<std::string_view>{}(client), b = std::hash<std::string_view>{}(request);
     return a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
 }
 
@@ -295,6 +321,19 @@ void Correlator::remember_request(const LogLine &line)
     }
     r.seq = ++recent_seq_;
     recent_order_.push_back({h, sec, r.seq});
+    if (line.request_cut) {
+        auto c = std::find_if(cut_lengths_.begin(), cut_lengths_.end(),
+                              [&](const CutLength &x) { return x.len == line.request.size(); });
+        if (c != cut_lengths_.end()) {
+            c->sec = std::max(c->sec, sec);
+        } else if (cut_lengths_.size() < kCutLengths) {
+            cut_lengths_.push_back({line.request.size(), sec});
+        } else { // the one seen longest ago makes room
+            *std::min_element(cut_lengths_.begin(), cut_lengths_.end(),
+                              [](const CutLength &x, const CutLength &y) { return x.sec < y.sec; }) =
+                CutLength{line.request.size(), sec};
+        }
+    }
     // Lines older than the window, or beyond the bound, go; a key goes with
     // the last line that named it.
     while (!recent_order_.empty() &&
@@ -306,16 +345,29 @@ void Correlator::remember_request(const LogLine &line)
     }
 }
 
-bool Correlator::covered(const AccessLine &a) const
+bool Correlator::seen_near(uint64_t hash, int64_t sec) const
 {
-    auto it = recent_requests_.find(request_hash(a.client, a.request));
+    auto it = recent_requests_.find(hash);
     if (it == recent_requests_.end())
         return false;
-    auto near = [&](int64_t sec) { return sec >= a.wall_sec - 3 && sec <= a.wall_sec + 3; };
+    auto near = [&](int64_t s) { return s >= sec - 3 && s <= sec + 3; };
     if (near(it->second.newest))
         return true;
     for (int i = 0; i < 16; i++)
         if (((it->second.before >> i) & 1) && near(it->second.newest - 1 - i))
+            return true;
+    return false;
+}
+
+bool Correlator::covered(const AccessLine &a) const
+{
+    if (seen_near(request_hash(a.client, a.request), a.wall_sec))
+        return true;
+    // The error-log line may have kept only the request's beginning.
+    std::string_view request = a.request;
+    for (const CutLength &c : cut_lengths_)
+        if (c.len <= request.size() && c.sec >= a.wall_sec - kRecentSec &&
+            seen_near(request_hash(a.client, request.substr(0, c.len)), a.wall_sec))
             return true;
     return false;
 }

@@ -118,6 +118,17 @@ private:
     static constexpr size_t kRecentMax = 1 << 17;
     static constexpr int64_t kRecentSec = 120;
     void remember_request(const LogLine &line);
+    bool seen_near(uint64_t hash, int64_t sec) const;
+    // Error-log lines cut inside a long request line keep only its beginning:
+    // they are remembered under that prefix, and the prefix lengths seen
+    // (at most kCutLengths, each with the newest second it was seen at) are
+    // what covered() tries on an access line that matches no whole request.
+    struct CutLength {
+        size_t len;
+        int64_t sec;
+    };
+    std::vector<CutLength> cut_lengths_;
+    static constexpr size_t kCutLengths = 32;
     struct Attempts {
         std::string request;
         int64_t first_sec = 0; // of the request's first line: with the key's pid and conn, its request_key

@@ -11,6 +11,7 @@ namespace {
 using sv = std::string_view;
 
 constexpr sv kClientKey = ", client: ";
+constexpr size_t kNginxMaxLine = 2047;  // NGX_MAX_ERROR_STR (2048) less the newline
 // Maximum number of ", client: " candidates examined per line (bounds work on hostile input).
 constexpr int kMaxCandidates = 32;
 
@@ -102,6 +103,8 @@ struct Context {
   bool has_upstream = false;
   bool has_referrer = false;
   bool complete = false;  // the whole remainder was consumed by well-formed fields
+  bool request_trunc = false;  // the line ends inside the request value (no closing quote)
+  bool request_last = false;   // the request value ends the line
 };
 
 // Quoted keys in the order nginx emits them (ngx_http_log_error_handler).
@@ -164,7 +167,11 @@ bool parse_context(sv s, Context& ctx, bool strict) {
       sv value = trunc ? body : body.substr(0, end);
       if (strict && (trunc || ((key == "upstream" || key == "host") && has_space(value)))) return false;
       switch (i) {
-        case 0: ctx.request = value; break;
+        case 0:
+          ctx.request = value;
+          ctx.request_trunc = trunc;
+          ctx.request_last = trunc || end + 1 == body.size();
+          break;
         case 1: ctx.subrequest = value; break;
         case 2: ctx.upstream = value; ctx.has_upstream = true; break;
         case 3: ctx.host = value; break;
@@ -340,6 +347,9 @@ std::optional<LogLine> parse_impl(sv line) {
     out.referrer = std::string(ctx.referrer);
   }
   out.truncated = !found_ctx || !ctx.complete;
+  // Nginx cuts a line at 2047 bytes, inside the request when it is long: the value then has no
+  // closing quote, or, cut just after a quote inside it, looks whole but ends a full-length line.
+  out.request_cut = found_ctx && (ctx.request_trunc || (ctx.request_last && line.size() >= kNginxMaxLine));
   if (found_ctx && ctx.has_upstream) {
     size_t sch = ctx.upstream.find("://");
     if (sch != sv::npos) out.scheme = std::string(ctx.upstream.substr(0, sch));

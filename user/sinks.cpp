@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <iterator>
+
 namespace n502 {
 
 std::string json_escape(const std::string &s)
@@ -49,6 +51,41 @@ std::string json_escape(const std::string &s)
 }
 
 static std::string jstr(const std::string &s) { return json_escape(s); }
+
+std::string visible_text(std::string_view s)
+{
+    std::string out;
+    out.reserve(s.size());
+    auto hex = [&](unsigned char c) { out += fmt::format("\\x{:02X}", c); };
+    for (size_t i = 0; i < s.size();) {
+        unsigned char c = s[i];
+        if (c == '\n' || (c >= 0x20 && c < 0x7f)) {
+            out += static_cast<char>(c);
+            i++;
+            continue;
+        }
+        size_t n = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = n > 0 && i + n <= s.size();
+        for (size_t k = 1; ok && k < n; k++)
+            ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 2;
+        // U+0080..U+009F are control characters too (0x9B is a terminal's CSI).
+        if (ok && !(c == 0xC2 && static_cast<unsigned char>(s[i + 1]) < 0xA0)) {
+            out.append(s, i, n);
+            i += n;
+        } else {
+            hex(c);
+            i++;
+        }
+    }
+    return out;
+}
+
+void write_visible(FILE *f, std::string_view s)
+{
+    std::string v = visible_text(s);
+    fwrite(v.data(), 1, v.size(), f);
+    fflush(f);
+}
 
 template <typename T> static std::string jopt(const std::optional<T> &v)
 {
@@ -253,6 +290,8 @@ void TextSink::ready(const ReadyInfo &r)
 
 void TextSink::verdict(const Verdict &v)
 {
+    std::string text;
+    auto out = std::back_inserter(text);
     std::string up = v.upstream_pid ? fmt::format("pid {} ({})", *v.upstream_pid, v.upstream_comm) : "-";
     // "pid 4242 (7 in its namespace) in docker container web (3f2a...)"
     auto where = [](uint32_t pid, const std::optional<uint32_t> &nsp, const std::optional<ContainerInfo> &c) {
@@ -261,19 +300,19 @@ void TextSink::verdict(const Verdict &v)
             s += ", " + describe(*c);
         return s;
     };
-    fmt::print(out_, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", v.status, clock_local(v.ts_real_ns),
-               v.request.empty() ? "-" : v.request, v.client.empty() ? "-" : v.client, v.upstream, v.cause,
-               v.confidence);
-    fmt::print(out_, "    {}\n", v.explanation);
-    fmt::print(out_, "    nginx (worker {}{}, *{}): {}\n", v.nginx_pid, where(v.nginx_pid, v.nginx_ns_pid, v.nginx_container),
-               v.nginx_conn, v.nginx_message);
+    fmt::format_to(out, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", v.status, clock_local(v.ts_real_ns),
+                   v.request.empty() ? "-" : v.request, v.client.empty() ? "-" : v.client, v.upstream, v.cause,
+                   v.confidence);
+    fmt::format_to(out, "    {}\n", v.explanation);
+    fmt::format_to(out, "    nginx (worker {}{}, *{}): {}\n", v.nginx_pid, where(v.nginx_pid, v.nginx_ns_pid, v.nginx_container),
+                   v.nginx_conn, v.nginx_message);
     if (v.upstream_pid && (v.upstream_container || (v.upstream_ns_pid && *v.upstream_ns_pid != *v.upstream_pid)))
-        fmt::print(out_, "    upstream process: pid {} ({}){}\n", *v.upstream_pid, v.upstream_comm,
-                   where(*v.upstream_pid, v.upstream_ns_pid, v.upstream_container));
+        fmt::format_to(out, "    upstream process: pid {} ({}){}\n", *v.upstream_pid, v.upstream_comm,
+                       where(*v.upstream_pid, v.upstream_ns_pid, v.upstream_container));
     if (v.log_only_cause != v.cause)
-        fmt::print(out_, "    the log alone would suggest: {}\n", v.log_only_cause);
+        fmt::format_to(out, "    the log alone would suggest: {}\n", v.log_only_cause);
     if (v.attempt > 1)
-        fmt::print(out_, "    attempt {} of request {}\n", v.attempt, v.request_key);
+        fmt::format_to(out, "    attempt {} of request {}\n", v.attempt, v.request_key);
     if (!v.facts.empty()) {
         std::string f;
         for (const auto &[k, val] : v.facts) {
@@ -286,50 +325,51 @@ void TextSink::verdict(const Verdict &v)
             else
                 f += std::get<bool>(val) ? "yes" : "no";
         }
-        fmt::print(out_, "    facts: {}\n", f);
+        fmt::format_to(out, "    facts: {}\n", f);
     }
     for (const auto &n : v.notes)
-        fmt::print(out_, "    note: {}\n", n);
+        fmt::format_to(out, "    note: {}\n", n);
     for (const auto &e : v.evidence) {
         std::string ts = e.ts ? clock_local(tb_.to_real_ns(e.ts)) : std::string("(before start)  ");
         std::string actor = e.comm.empty() ? fmt::format("pid {}", e.pid) : fmt::format("pid {} ({})", e.pid, e.comm);
-        fmt::print(out_, "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, e.detail);
+        fmt::format_to(out, "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, e.detail);
     }
-    fputc('\n', out_);
-    fflush(out_);
+    text.push_back('\n');
+    write_visible(out_, text);
 }
 
 void TextSink::warning(const Warning &w)
 {
-    fmt::print(out_, "n502trace: warning: {}\n", w.message);
-    fflush(out_);
+    write_visible(out_, fmt::format("n502trace: warning: {}\n", w.message));
 }
 
 void TextSink::suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s)
 {
-    fmt::print(out_, "n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted in the summary)\n",
-               count, cause, upstream, window_s);
-    fflush(out_);
+    write_visible(out_, fmt::format("n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted "
+                                    "in the summary)\n",
+                                    count, cause, upstream, window_s));
 }
 
 void TextSink::summary(const Summary &s)
 {
-    fmt::print(out_, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines{}\n", s.duration_s,
-               s.verdicts, s.log_lines,
-               s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
+    std::string text;
+    auto out = std::back_inserter(text);
+    fmt::format_to(out, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines{}\n", s.duration_s,
+                   s.verdicts, s.log_lines,
+                   s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
     if (s.access_lines)
-        fmt::print(out_, "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
-                   s.access_only);
+        fmt::format_to(out, "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
+                       s.access_only);
     for (const auto &[k, v] : s.by_cause)
-        fmt::print(out_, "    cause    {:<28} {}\n", k, v);
+        fmt::format_to(out, "    cause    {:<28} {}\n", k, v);
     for (const auto &[k, v] : s.by_upstream)
-        fmt::print(out_, "    upstream {:<28} {}\n", k, v);
-    fmt::print(out_, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
-               s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
-    fmt::print(out_, "    evidence window {:.0f} s: {} connections and {} processes held, {} records aged out, {} "
-                     "dropped over the bounds; {} KiB resident\n",
-               s.window_s, s.conns_held, s.procs_held, s.expired, s.dropped, s.rss_kib);
-    fflush(out_);
+        fmt::format_to(out, "    upstream {:<28} {}\n", k, v);
+    fmt::format_to(out, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
+                   s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
+    fmt::format_to(out, "    evidence window {:.0f} s: {} connections and {} processes held, {} records aged out, {} "
+                         "dropped over the bounds; {} KiB resident\n",
+                   s.window_s, s.conns_held, s.procs_held, s.expired, s.dropped, s.rss_kib);
+    write_visible(out_, text);
 }
 
 } // namespace n502

@@ -8,13 +8,6 @@
 
 namespace n502 {
 
-static constexpr int TCP_ESTABLISHED_ = 1;
-static constexpr int TCP_SYN_SENT_ = 2;
-static constexpr int TCP_FIN_WAIT1_ = 4;
-static constexpr int TCP_CLOSE_ = 7;
-static constexpr int TCP_CLOSE_WAIT_ = 8;
-static constexpr int TCP_LISTEN_ = 10;
-
 static std::string errno_text(int err) { return fmt::format("{} ({})", strerror(err), err); }
 
 uint64_t Conn::failure_ts() const
@@ -136,7 +129,7 @@ void State::add_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &r
     set_dst(c, remote);
     c.src = local;
     c.t_established = 0;
-    c.tcp_state = TCP_ESTABLISHED_;
+    c.tcp_state = N502_TCP_ESTABLISHED;
     rec(c, EvKind::Established, 0, nginx_pid);
     if (up_pid) {
         c.up_pid = up_pid;
@@ -640,7 +633,7 @@ void State::apply_event(const Event &e)
     case N502_EV_STATE: {
         adopt(e);
         if (e.sock_role == N502_SOCK_LISTENER) {
-            if (e.newstate == TCP_CLOSE_)
+            if (e.newstate == N502_TCP_CLOSE)
                 unlisten(e);
             break;
         }
@@ -652,48 +645,48 @@ void State::apply_event(const Event &e)
                 c.src = e.src;
             c.tcp_state = e.newstate;
             c.bytes_received = e.bytes_received;
-            if (!c.bytes_at_end && (e.newstate == TCP_CLOSE_WAIT_ || e.newstate == TCP_CLOSE_ ||
-                                    (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_)))
+            if (!c.bytes_at_end && (e.newstate == N502_TCP_CLOSE_WAIT || e.newstate == N502_TCP_CLOSE ||
+                                    (e.oldstate == N502_TCP_ESTABLISHED && e.newstate == N502_TCP_FIN_WAIT1)))
                 c.bytes_at_end = e.bytes_received;
             c.bytes_acked = e.bytes_acked;
-            if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_)
+            if (e.oldstate == N502_TCP_ESTABLISHED && e.newstate == N502_TCP_FIN_WAIT1)
                 c.t_nginx_fin = e.ts;
-            if (e.newstate == TCP_ESTABLISHED_) {
+            if (e.newstate == N502_TCP_ESTABLISHED) {
                 c.t_established = e.ts;
                 rec(c, EvKind::Established, e.ts, e.owner);
-            } else if (e.newstate == TCP_CLOSE_WAIT_) {
+            } else if (e.newstate == N502_TCP_CLOSE_WAIT) {
                 c.t_fin_recv = e.ts;
                 rec(c, EvKind::FinReceived, e.ts, e.owner, e.oldstate);
-            } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_ && !e.sk_err && !e.segs_out) {
+            } else if (e.oldstate == N502_TCP_SYN_SENT && e.newstate == N502_TCP_CLOSE && !e.sk_err && !e.segs_out) {
                 // Back to CLOSE inside connect() before its SYN was sent: what
                 // fails there is choosing the local port (tcp_v4/v6_connect ->
                 // inet_hash_connect), which is EADDRNOTAVAIL.
                 c.error = EADDRNOTAVAIL;
                 rec(c, EvKind::ConnectError, e.ts, e.owner, EADDRNOTAVAIL);
-            } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_ && e.sk_err) {
+            } else if (e.oldstate == N502_TCP_SYN_SENT && e.newstate == N502_TCP_CLOSE && e.sk_err) {
                 c.error = e.sk_err;
                 if (e.sk_err == ECONNREFUSED)
                     c.t_refused = e.ts;
                 rec(c, EvKind::ConnectError, e.ts, e.owner, e.sk_err);
-            } else if (e.newstate == TCP_SYN_SENT_) {
+            } else if (e.newstate == N502_TCP_SYN_SENT) {
                 // the connect event says it
-            } else if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_) {
+            } else if (e.oldstate == N502_TCP_ESTABLISHED && e.newstate == N502_TCP_FIN_WAIT1) {
                 rec(c, EvKind::NginxClosedFirst, e.ts, e.owner, 0, 0, 0, e.bytes_received);
-            } else if (e.oldstate == TCP_SYN_SENT_ && e.newstate == TCP_CLOSE_) {
+            } else if (e.oldstate == N502_TCP_SYN_SENT && e.newstate == N502_TCP_CLOSE) {
                 // The socket's own count of resends: the retransmission
                 // tracepoint can miss one that never left the host.
                 c.syn_retransmits = std::max(c.syn_retransmits, static_cast<int>(e.retransmits));
                 rec(c, EvKind::GaveUp, e.ts, e.owner, c.syn_retransmits);
-            } else if (e.sk_err || e.oldstate == TCP_ESTABLISHED_) {
+            } else if (e.sk_err || e.oldstate == N502_TCP_ESTABLISHED) {
                 rec(c, EvKind::NginxState, e.ts, e.owner, e.oldstate, e.newstate, e.sk_err);
             }
             c.t_last = std::max(c.t_last, e.ts);
             // Nginx aborting the connection itself (close() with unread data):
             // ESTABLISHED -> CLOSE in its own context, no RST received.
-            if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_CLOSE_ && e.tgid == e.owner && !c.t_rst_recv &&
+            if (e.oldstate == N502_TCP_ESTABLISHED && e.newstate == N502_TCP_CLOSE && e.tgid == e.owner && !c.t_rst_recv &&
                 !c.t_nginx_close)
                 c.t_nginx_close = e.ts;
-            if (e.newstate == TCP_CLOSE_) {
+            if (e.newstate == N502_TCP_CLOSE) {
                 c.t_closed = e.ts;
                 if (!c.error && e.sk_err)
                     c.error = e.sk_err;
@@ -703,13 +696,13 @@ void State::apply_event(const Event &e)
             Conn *c = conn_by_up_sk(e.sk);
             if (!c)
                 break;
-            if (e.oldstate == TCP_ESTABLISHED_ && e.newstate == TCP_FIN_WAIT1_) {
+            if (e.oldstate == N502_TCP_ESTABLISHED && e.newstate == N502_TCP_FIN_WAIT1) {
                 c->t_up_fin = e.ts;
                 rec(*c, EvKind::UpFin, e.ts, e.owner);
-            } else if (e.newstate == TCP_CLOSE_ && e.oldstate == TCP_ESTABLISHED_) {
+            } else if (e.newstate == N502_TCP_CLOSE && e.oldstate == N502_TCP_ESTABLISHED) {
                 c->t_up_abort = e.ts;
                 rec(*c, EvKind::UpAbort, e.ts, e.owner);
-            } else if (e.oldstate == TCP_ESTABLISHED_) {
+            } else if (e.oldstate == N502_TCP_ESTABLISHED) {
                 rec(*c, EvKind::UpState, e.ts, e.owner, e.oldstate, e.newstate);
             }
             // The mapping stays after CLOSE: an abortive close sends its RST
@@ -746,12 +739,12 @@ void State::apply_event(const Event &e)
         if (e.sock_role != N502_SOCK_NGINX)
             break;
         // A connect still in SYN_SENT has emitted nothing else yet.
-        Conn *c = e.tcp_state == TCP_SYN_SENT_ ? &conn_for(e.sk, e.ts, e.owner) : live_conn(e.sk);
+        Conn *c = e.tcp_state == N502_TCP_SYN_SENT ? &conn_for(e.sk, e.ts, e.owner) : live_conn(e.sk);
         if (!c)
             break;
         if (e.dst.known() && e.dst.port && !c->dst.known())
             set_dst(*c, e.dst);
-        if (e.tcp_state == TCP_SYN_SENT_) {
+        if (e.tcp_state == N502_TCP_SYN_SENT) {
             c->syn_retransmits++;
             if (c->syn_retransmits <= 3)
                 rec(*c, EvKind::SynRetransmit, e.ts, e.owner, c->syn_retransmits);
@@ -886,6 +879,20 @@ std::vector<Conn *> State::conns_to(uint32_t nginx_pid, const Addr &upstream, ui
         out.push_back(c);
         return false;
     });
+    return out;
+}
+
+std::vector<Addr> State::destinations() const
+{
+    std::vector<Addr> out;
+    for (const auto &[a, v] : live_by_dst_)
+        if (!v.empty())
+            out.push_back(a);
+    for (const auto &[a, d] : fin_by_dst_) {
+        auto live = live_by_dst_.find(a);
+        if (!d.empty() && (live == live_by_dst_.end() || live->second.empty()))
+            out.push_back(a);
+    }
     return out;
 }
 

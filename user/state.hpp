@@ -214,6 +214,8 @@ public:
                     return;
         }
     }
+    // Every upstream address some connection in the index went to.
+    std::vector<Addr> destinations() const;
     // A claimed connection explains one line only: it leaves the index.
     void claim(Conn *c);
     // pid (comm) was found holding the upstream's end of c at ts, which no

@@ -59,6 +59,23 @@ enum n502_sock_role {
 	N502_SOCK_CLOSED = 0x8000,
 };
 
+/* TCP states (include/net/tcp_states.h), as the state tracepoint passes
+ * them: stable kernel ABI. */
+enum n502_tcp_state {
+	N502_TCP_ESTABLISHED = 1,
+	N502_TCP_SYN_SENT = 2,
+	N502_TCP_SYN_RECV = 3,
+	N502_TCP_FIN_WAIT1 = 4,
+	N502_TCP_FIN_WAIT2 = 5,
+	N502_TCP_TIME_WAIT = 6,
+	N502_TCP_CLOSE = 7,
+	N502_TCP_CLOSE_WAIT = 8,
+	N502_TCP_LAST_ACK = 9,
+	N502_TCP_LISTEN = 10,
+	N502_TCP_CLOSING = 11,
+	N502_TCP_NEW_SYN_RECV = 12,
+};
+
 enum n502_reset_dir {
 	N502_RST_RECEIVED = 0,
 	N502_RST_SENT = 1,

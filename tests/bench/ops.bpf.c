@@ -159,9 +159,9 @@ static __always_inline void minimal_tracking(const struct sock *sk, int oldstate
 	struct n502_sock *s;
 	int err;
 
-	if (oldstate == 7 /* CLOSE */ && newstate == 2 /* SYN_SENT */) {
+	if (oldstate == N502_TCP_CLOSE && newstate == N502_TCP_SYN_SENT) {
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-		struct n502_sock v = { .role = 1, .owner_tgid = tgid };
+		struct n502_sock v = { .role = N502_SOCK_NGINX, .owner_tgid = tgid };
 
 		if (bpf_map_lookup_elem(&op_procs, &tgid))
 			sink++;
@@ -169,10 +169,10 @@ static __always_inline void minimal_tracking(const struct sock *sk, int oldstate
 			failed++;
 		return;
 	}
-	if (oldstate == 7 && newstate == 3 /* SYN_RECV */)
+	if (oldstate == N502_TCP_CLOSE && newstate == N502_TCP_SYN_RECV)
 		return;
 	err = sk->sk_err;
-	if ((newstate == 5 /* FIN_WAIT2 */ || newstate == 6 /* TIME_WAIT */) && !err)
+	if ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !err)
 		return;
 	s = bpf_map_lookup_elem(&op_socks, &key);
 	if (!s)
@@ -186,7 +186,7 @@ static __always_inline void minimal_tracking(const struct sock *sk, int oldstate
 			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 		}
 	}
-	if (newstate == 7)
+	if (newstate == N502_TCP_CLOSE)
 		bpf_map_delete_elem(&op_socks, &key);
 }
 

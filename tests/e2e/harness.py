@@ -196,8 +196,9 @@ def http_get(port, path="/", timeout=25, host="127.0.0.1", netns=None, source_po
         return in_netns(netns, http_get, port, path, timeout, host, None, source_port)
     src = (host, source_port) if source_port else None
     with socket.create_connection((host, port), timeout=timeout, source_address=src) as s:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: n502-e2e\r\n"
-                   "Connection: close\r\n\r\n" % path).encode())
+        target = path if isinstance(path, bytes) else path.encode()  # bytes: sent as they are
+        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nUser-Agent: n502-e2e\r\n"
+                  b"Connection: close\r\n\r\n")
         raw = b""
         while True:
             chunk = s.recv(65536)
@@ -556,6 +557,13 @@ class Nginx:
     def read_error_log(self):
         try:
             with open(self.error_log, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def read_access_log(self):
+        try:
+            with open(os.path.join(self.prefix, "access.log"), errors="replace") as f:
                 return f.read()
         except FileNotFoundError:
             return ""

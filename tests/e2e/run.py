@@ -122,6 +122,8 @@ class Scenario:
         # after_teardown: how many verdicts (of those count_filter accepts) the test caused
         self.want_verdicts = 1
         self.count_filter = None
+        # after_teardown: {field: value} the tool's summary record must have
+        self.want_summary = {}
         self.results = []  # one row per asserted verdict, for scripts/accuracy.sh
 
     def note(self, msg):
@@ -234,6 +236,10 @@ class Scenario:
         verdicts = [v for v in self.tool.records("verdict") if self.count_filter is None or self.count_filter(v)]
         check(len(verdicts) == self.want_verdicts, "want exactly %d verdict(s)%s, got %d" % (
             self.want_verdicts, " (of those counted)" if self.count_filter else "", len(verdicts)))
+        if self.want_summary:
+            summary = self.tool.records("summary")[-1]
+            for k, want in self.want_summary.items():
+                check(fact_ok(summary.get(k), want), "summary %s = %r, want %r" % (k, summary.get(k), want))
 
 
 class Pred:
@@ -949,6 +955,37 @@ def sc_access_only(s):
         check(s.verdict.get("notes"), "no note saying the verdict comes from the access log")
 
 
+def sc_long_request(s):
+    """A request line too long for the error log (Nginx cuts its lines at 2047
+    bytes, here inside the request) and one with bytes the access log escapes
+    (a quote, a backslash, UTF-8) but the error log writes as they came: the
+    access log's 502s are matched to their error-log verdicts all the same,
+    not explained a second time as 502s without an error-log line."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    odd = b'/caf\xc3\xa9/"q"\\z'
+    long_path = odd + b"/" + b"x" * 2500 + b"?end=1"
+    for nth, path in enumerate((long_path, odd), 1):
+        r = s.get(path)
+        line = s.expect_nginx_message(MSG_REFUSED, nth=nth)
+        if nth == 1:
+            check(len(line) < 2100 and 'upstream: "' not in line,
+                  "Nginx did not cut its error line inside the request (%d bytes)" % len(line))
+        if nth == 1:  # the verdict has what the error line kept of the request
+            match = lambda v: (v.get("request") or "").startswith("GET " + long_path[:200].decode())
+        else:
+            match = lambda v: v.get("request") == "GET " + odd.decode() + " HTTP/1.1"
+        v = s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused", match=match)
+        if v is not None:
+            cut_note = any("cut its error-log line" in n for n in v.get("notes") or [])
+            check(cut_note == (nth == 1), "verdict %d: note on the cut line %s" % (nth, "missing" if nth == 1 else "wrong"))
+    access = s.nginx.read_access_log()
+    check(access.count('" 502 ') == 2 and "\\x22q\\x22" in access,
+          "the access log does not show the two 502s with the quote escaped: %r" % access[-400:])
+    s.want_verdicts = 2
+    s.want_summary = {"access_lines": 2, "access_only": 0}
+
+
 def sc_rotate_rename(s):
     """Log rotation by rename + USR1 (what logrotate does for Nginx): the tool
     drains the old file, follows the new one, and explains the next 502."""
@@ -1083,6 +1120,7 @@ SCENARIOS = {
     "grpc_killed": sc_grpc_killed,
     "ipv6_killed": sc_ipv6_killed,
     "access_only": sc_access_only,
+    "long_request": sc_long_request,
     "rotate_rename": sc_rotate_rename,
     "rotate_copytruncate": sc_rotate_copytruncate,
     "log_deleted": sc_log_deleted,

@@ -30,3 +30,15 @@ TEST_CASE("other statuses and junk are not access errors", "[accesslog]")
     CHECK_FALSE(parse_access_error("\x01\x02\xff garbage [ ] \" 502"));
     CHECK_FALSE(parse_access_error("2026/11/23 03:00:00 [error] 1#1: *1 connect() failed"));
 }
+
+TEST_CASE("the access log's \\xHH escapes are undone: the request as Nginx received it", "[accesslog]")
+{
+    CHECK(unescape_access(R"(GET /caf\xC3\xA9/\x22q\x22 HTTP/1.1)") == "GET /caf\xc3\xa9/\"q\" HTTP/1.1");
+    CHECK(unescape_access(R"(\x5Cx22)") == "\\x22"); // an escaped backslash stays one
+    CHECK(unescape_access(R"(\x7f\x1B)") == "\x7f\x1b");
+    CHECK(unescape_access(R"(a\x4 \xZZ \x)") == R"(a\x4 \xZZ \x)"); // not escapes: as they are
+    CHECK(unescape_access("") == "");
+    auto a = parse_access_error(R"(127.0.0.1 - - [23/Nov/2026:03:19:41 +0000] "GET /\x22a\x22 HTTP/1.1" 502 157)");
+    REQUIRE(a);
+    CHECK(a->request == "GET /\"a\" HTTP/1.1");
+}

@@ -10,6 +10,7 @@
 #include <set>
 #include <sys/socket.h>
 
+#include "accesslog.hpp"
 #include "correlator.hpp"
 #include "host.hpp"
 #include "logline.hpp"
@@ -759,6 +760,92 @@ TEST_CASE("access-log 502s: the same request seen again later still covers the e
         AccessLine a = access_of(error_at(0, 0));
         c.explain_access(a);
         CHECK_FALSE(c.covered(a));
+    }
+}
+
+TEST_CASE("access-log 502s: a request line the error log cut short, or the access log escaped, is still covered",
+          "[causes][accesslog]")
+{
+    Seq s;
+    s.flush();
+    // Nginx writes at most 2047 bytes of an error line: a long request line
+    // loses its end (and the fields after it).
+    auto cut_error = [](const std::string &request) {
+        std::string raw = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *7 connect() failed (111: Connection "
+                                      "refused) while connecting to upstream, client: 10.0.0.1, server: localhost, "
+                                      "request: \"{}\", upstream: \"http://127.0.0.1:9000/\", host: \"localhost\"",
+                                      NGINX, NGINX, request);
+        raw.resize(std::min<size_t>(raw.size(), 2047));
+        auto l = parse_upstream_error(raw);
+        REQUIRE(l);
+        return *l;
+    };
+    auto access = [](const std::string &line) {
+        auto a = parse_access_error(line);
+        REQUIRE(a);
+        return *a;
+    };
+    std::string long_path = "/search?q=" + std::string(3000, 'x');
+    SECTION("a request line longer than the error line")
+    {
+        Correlator c(s.st, Timebase());
+        LogLine l = cut_error("GET " + long_path + " HTTP/1.1");
+        CHECK(l.request_cut);
+        CHECK(l.request.size() < 2000);
+        auto v = c.explain(l, true);
+        REQUIRE(v);
+        CHECK(std::any_of(v->notes.begin(), v->notes.end(),
+                          [](const std::string &n) { return n.find("cut its error-log line") != std::string::npos; }));
+        CHECK(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:01 +0000] \"GET " + long_path +
+                               " HTTP/1.1\" 502 157 \"-\" \"curl\"")));
+        // Another request, or the same one from another client, is not.
+        CHECK_FALSE(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:01 +0000] \"GET /search?q=y" +
+                                     std::string(3000, 'x') + " HTTP/1.1\" 502 157 \"-\" \"curl\"")));
+        CHECK_FALSE(c.covered(access("10.0.0.2 - - [23/Nov/2026:03:00:01 +0000] \"GET " + long_path +
+                                     " HTTP/1.1\" 502 157 \"-\" \"curl\"")));
+        // Nor a short request that is only the beginning of the cut one.
+        CHECK_FALSE(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:01 +0000] \"GET /search?q=xx HTTP/1.1\" 502 1")));
+    }
+    SECTION("the cut line is matched to the worker's failed connection, which names the upstream")
+    {
+        FakeHost h;
+        s.refuse(0xd000, 8081);
+        LogLine l = cut_error("GET " + long_path + " HTTP/1.1");
+        CHECK(l.upstream_peer.empty());
+        Correlator c(s.st, Timebase(l.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{}, &h);
+        auto v = c.explain(l, true);
+        REQUIRE(v);
+        CHECK(v->cause == "upstream_not_listening");
+        CHECK(v->upstream == "127.0.0.1:8081");
+        CHECK(std::any_of(v->notes.begin(), v->notes.end(), [](const std::string &n) {
+            return n.find("the one of the failed connection matched to it") != std::string::npos;
+        }));
+    }
+    SECTION("cut just after a quote inside the request: it looks whole, but fills the line")
+    {
+        Correlator c(s.st, Timebase());
+        LogLine probe = cut_error("GET " + long_path + " HTTP/1.1");
+        size_t keep = probe.request.size(); // the request bytes a full-length line holds
+        std::string request = "GET /" + std::string(keep - 6, 'q') + "\"" + std::string(100, 'r') + " HTTP/1.1";
+        LogLine l = cut_error(request);
+        CHECK(l.request == request.substr(0, keep - 1)); // the quote taken for the closing one
+        CHECK(l.request_cut);
+        REQUIRE(c.explain(l, true));
+        std::string escaped = "GET /" + std::string(keep - 6, 'q') + "\\x22" + std::string(100, 'r') + " HTTP/1.1";
+        CHECK(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:00 +0000] \"" + escaped + "\" 502 1")));
+    }
+    SECTION("bytes the access log escapes and the error log writes as they came")
+    {
+        Correlator c(s.st, Timebase());
+        LogLine l = cut_error("GET /caf\xc3\xa9/\"x\"\\y HTTP/1.1");
+        CHECK_FALSE(l.request_cut);
+        auto v = c.explain(l, true);
+        REQUIRE(v);
+        CHECK(v->notes.empty());
+        CHECK(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:00 +0000] "
+                               "\"GET /caf\\xC3\\xA9/\\x22x\\x22\\x5Cy HTTP/1.1\" 502 1")));
+        CHECK_FALSE(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:00 +0000] "
+                                     "\"GET /caf\\xC3\\xA9/\\x22x\\x22\\x5Cz HTTP/1.1\" 502 1")));
     }
 }
 

@@ -1,6 +1,7 @@
 // Sinks: JSON Lines stay valid whatever the log line contained.
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "sinks.hpp"
@@ -16,18 +17,25 @@ TEST_CASE("json_escape escapes quotes, control bytes and invalid UTF-8", "[sinks
     CHECK(json_escape("cut\xe2\x82") == "\"cut\\ufffd\\ufffd\"");
 }
 
-TEST_CASE("a verdict renders as one JSON object with the contract's fields", "[sinks]")
+// A verdict of the upstream_killed kind, with the given request and upstream process name.
+static Verdict sample_verdict(const std::string &request, const std::string &comm)
 {
     Verdict v;
     v.ts_real_ns = 1'700'000'000'000'000'000LL;
     v.nginx_pid = 10;
     v.upstream = "127.0.0.1:8080";
-    v.request = "GET /\"quoted\" HTTP/1.1";
+    v.request = request;
     v.cause = "upstream_killed";
     v.confidence = "high";
     v.explanation = "e";
     v.upstream_pid = 42;
-    v.upstream_comm = "python3";
+    v.upstream_comm = comm;
+    return v;
+}
+
+TEST_CASE("a verdict renders as one JSON object with the contract's fields", "[sinks]")
+{
+    Verdict v = sample_verdict("GET /\"quoted\" HTTP/1.1", "python3");
     Evidence e;
     e.ts = 5;
     e.event = "signal";
@@ -51,4 +59,29 @@ TEST_CASE("a verdict renders as one JSON object with the contract's fields", "[s
         CHECK(j.find(k) != std::string::npos);
     v.upstream_pid.reset();
     CHECK(verdict_json(v, Timebase(0)).find("\"upstream_pid\":null,\"upstream_comm\":null") != std::string::npos);
+}
+
+TEST_CASE("text output shows control characters and stray bytes as \\xHH, UTF-8 as it is", "[sinks]")
+{
+    CHECK(visible_text("GET /\x1b]0;owned\x07 HTTP/1.1\n") == "GET /\\x1B]0;owned\\x07 HTTP/1.1\n");
+    CHECK(visible_text("caf\xc3\xa9 \xe2\x82\xac") == "caf\xc3\xa9 \xe2\x82\xac");
+    CHECK(visible_text("c1 \xc2\x9b[2J del \x7f") == "c1 \\xC2\\x9B[2J del \\x7F");
+    CHECK(visible_text("lone \x9b and cut \xe2\x82") == "lone \\x9B and cut \\xE2\\x82");
+    CHECK(visible_text("tab\there") == "tab\\x09here");
+
+    // A whole verdict, as the text sink writes it.
+    Verdict v = sample_verdict("GET /\x1b[2J HTTP/1.1", "evil\x1b[31m");
+    char *buf = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    REQUIRE(f);
+    {
+        TextSink sink(f, Timebase(0));
+        sink.verdict(v);
+    }
+    fclose(f);
+    std::string text(buf, len);
+    free(buf);
+    CHECK(text.find('\x1b') == std::string::npos);
+    CHECK(text.find("GET /\\x1B[2J HTTP/1.1") != std::string::npos);
 }
