@@ -22,8 +22,9 @@ Conn *Correlator::find_conn(const LogLine &line)
         if (!peer)
             return nullptr; // not an address (a name Nginx could not resolve): no connection went there
         peers.push_back(*peer);
-    } else if (line.request_cut) {
-        // Nginx cut the line before its upstream field: any upstream will do.
+    } else if (line.upstream_cut) {
+        // Nginx cut the line before its upstream field: any upstream, but
+        // only a connection that failed (below) can stand in for the field.
         peers = state_.destinations();
     } else {
         return nullptr;
@@ -84,6 +85,8 @@ Conn *Correlator::find_conn(const LogLine &line)
         state_.visit_conns(line.pid, peer, oldest_boot > 0 ? oldest_boot : 0, visit);
     if (primary)
         return primary;
+    if (line.upstream_peer.empty())
+        return nullptr; // a live or healthy connection could be any upstream's
     if (fallback)
         return fallback;
     return newest;
@@ -153,23 +156,22 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
             return std::nullopt;
     }
 
-    if (!line.request_cut)
+    if (!line.request_cut && !line.upstream_cut)
         return decide(line, conn);
     // The line lost its upstream field: the connection matched to it names
     // the upstream, so the rules see the line as Nginx meant to write it.
     LogLine whole = line;
-    if (whole.upstream_peer.empty() && conn && conn->dst.known())
+    if (line.upstream_cut && conn && conn->dst.known())
         whole.upstream_peer = conn->dst.str();
     Verdict v = decide(whole, conn);
     if (v.rendered)
         v.notes.push_back(fmt::format(
-            "Nginx cut its error-log line at 2047 bytes, inside the request line: the request shown is its "
-            "beginning{}",
-            line.upstream_peer.empty() ? whole.upstream_peer.empty()
-                                             ? ", and the line's upstream field is missing"
-                                             : ", and the upstream is the one of the failed connection matched to it "
-                                               "(the line's own upstream field was cut off)"
-                                       : ""));
+            "Nginx cut its error-log line at 2047 bytes{}{}",
+            line.request_cut ? ", inside the request line: the request shown is its beginning" : "",
+            !line.upstream_cut             ? ""
+            : whole.upstream_peer.empty() ? "; its upstream field was cut off, and no failed connection stood in for it"
+                                          : "; its upstream field was cut off: the upstream is the one of the failed "
+                                            "connection matched to it"));
     return v;
 }
 
@@ -321,19 +323,8 @@ void Correlator::remember_request(const LogLine &line)
     }
     r.seq = ++recent_seq_;
     recent_order_.push_back({h, sec, r.seq});
-    if (line.request_cut) {
-        auto c = std::find_if(cut_lengths_.begin(), cut_lengths_.end(),
-                              [&](const CutLength &x) { return x.len == line.request.size(); });
-        if (c != cut_lengths_.end()) {
-            c->sec = std::max(c->sec, sec);
-        } else if (cut_lengths_.size() < kCutLengths) {
-            cut_lengths_.push_back({line.request.size(), sec});
-        } else { // the one seen longest ago makes room
-            *std::min_element(cut_lengths_.begin(), cut_lengths_.end(),
-                              [](const CutLength &x, const CutLength &y) { return x.sec < y.sec; }) =
-                CutLength{line.request.size(), sec};
-        }
-    }
+    if (line.request_cut)
+        remember_cut(line.client, line.request.size(), sec);
     // Lines older than the window, or beyond the bound, go; a key goes with
     // the last line that named it.
     while (!recent_order_.empty() &&
@@ -343,6 +334,29 @@ void Correlator::remember_request(const LogLine &line)
         if (auto o = recent_requests_.find(old.hash); o != recent_requests_.end() && o->second.seq == old.seq)
             recent_requests_.erase(o);
     }
+}
+
+void Correlator::remember_cut(std::string_view client, size_t len, int64_t sec)
+{
+    CutLengths &c = cut_lengths_[std::hash<std::string_view>{}(client)];
+    auto end = c.at.begin() + c.n;
+    auto it = std::find_if(c.at.begin(), end, [&](const CutLength &x) { return x.len == len; });
+    if (it != end)
+        it->sec = std::max(it->sec, sec);
+    else if (c.n < c.at.size())
+        c.at[c.n++] = {len, sec};
+    else // the one seen longest ago makes room
+        *std::min_element(c.at.begin(), end, [](const CutLength &x, const CutLength &y) { return x.sec < y.sec; }) =
+            CutLength{len, sec};
+    c.newest = std::max(c.newest, sec);
+    if (cut_lengths_.size() <= cut_sweep_at_)
+        return;
+    // Only lengths seen within 3 s of an access line can cover it: clients
+    // with none that recent go; if all are that recent, all but this second.
+    for (int64_t keep_from : {sec - 3, sec})
+        for (auto i = cut_lengths_.begin(); i != cut_lengths_.end() && cut_lengths_.size() > kCutClients;)
+            i = i->second.newest < keep_from ? cut_lengths_.erase(i) : std::next(i);
+    cut_sweep_at_ = std::max(kCutClients, cut_lengths_.size() * 2);
 }
 
 bool Correlator::seen_near(uint64_t hash, int64_t sec) const
@@ -364,11 +378,16 @@ bool Correlator::covered(const AccessLine &a) const
     if (seen_near(request_hash(a.client, a.request), a.wall_sec))
         return true;
     // The error-log line may have kept only the request's beginning.
+    auto it = cut_lengths_.find(std::hash<std::string_view>{}(a.client));
+    if (it == cut_lengths_.end())
+        return false;
     std::string_view request = a.request;
-    for (const CutLength &c : cut_lengths_)
-        if (c.len <= request.size() && c.sec >= a.wall_sec - kRecentSec &&
+    for (size_t i = 0; i < it->second.n; i++) {
+        const CutLength &c = it->second.at[i];
+        if (c.len <= request.size() && c.sec >= a.wall_sec - 3 &&
             seen_near(request_hash(a.client, request.substr(0, c.len)), a.wall_sec))
             return true;
+    }
     return false;
 }
 

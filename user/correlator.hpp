@@ -16,12 +16,14 @@
 // request: their verdicts share `request_key` and count `attempt` from 1.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -120,15 +122,24 @@ private:
     void remember_request(const LogLine &line);
     bool seen_near(uint64_t hash, int64_t sec) const;
     // Error-log lines cut inside a long request line keep only its beginning:
-    // they are remembered under that prefix, and the prefix lengths seen
-    // (at most kCutLengths, each with the newest second it was seen at) are
-    // what covered() tries on an access line that matches no whole request.
+    // they are remembered under that prefix, and the prefix lengths seen per
+    // client (a hash of it; the last 8, each with the newest second it was
+    // seen at) are what covered() tries on an access line that matches no
+    // whole request. Clients without one in the last 3 s go once there are
+    // more than kCutClients.
     struct CutLength {
-        size_t len;
-        int64_t sec;
+        size_t len = 0;
+        int64_t sec = 0;
     };
-    std::vector<CutLength> cut_lengths_;
-    static constexpr size_t kCutLengths = 32;
+    struct CutLengths {
+        std::array<CutLength, 8> at{};
+        size_t n = 0;
+        int64_t newest = 0;
+    };
+    std::unordered_map<uint64_t, CutLengths> cut_lengths_;
+    static constexpr size_t kCutClients = 8192;
+    size_t cut_sweep_at_ = kCutClients;
+    void remember_cut(std::string_view client, size_t len, int64_t sec);
     struct Attempts {
         std::string request;
         int64_t first_sec = 0; // of the request's first line: with the key's pid and conn, its request_key

@@ -105,6 +105,7 @@ struct Context {
   bool complete = false;  // the whole remainder was consumed by well-formed fields
   bool request_trunc = false;  // the line ends inside the request value (no closing quote)
   bool request_last = false;   // the request value ends the line
+  bool upstream_lost = false;  // the line ends before the upstream value was whole
 };
 
 // Quoted keys in the order nginx emits them (ngx_http_log_error_handler).
@@ -122,6 +123,38 @@ size_t find_quoted_end(sv rest, size_t key_index) {
     for (size_t j = key_index + 1; j < kQuotedKeys.size(); ++j) {
       sv key = kQuotedKeys[j];
       if (starts_with(k, key) && starts_with(k.substr(key.size()), ": \"")) return p;
+    }
+  }
+  return sv::npos;
+}
+
+// Is s a proper, non-empty prefix of "<key>: \"" for a key from index `from` on? Returns that
+// index, or npos: the line was cut inside the name of that field.
+size_t cut_key(sv s, size_t from) {
+  for (size_t j = from; !s.empty() && j < kQuotedKeys.size(); ++j) {
+    std::string full = std::string(kQuotedKeys[j]) + ": \"";
+    if (s.size() < full.size() && sv(full).substr(0, s.size()) == s) return j;
+  }
+  return sv::npos;
+}
+
+// A value the line ends in without its closing quote may instead have been cut just after it,
+// inside the ", <later key>: \"" that follows: the end of body is then ", " or a prefix of it, or
+// ", " and a prefix of a later key. Returns where the value ends, and the cut key's index in
+// *next (npos when the cut was in the ", " itself), or npos when the value itself was cut.
+size_t cut_after_quote(sv body, size_t key_index, size_t* next) {
+  constexpr sv sep = ", ";
+  for (size_t p = body.find('"'); p != sv::npos; p = body.find('"', p + 1)) {
+    sv after = body.substr(p + 1);
+    if (after.empty()) continue;  // a quote that ends the line: find_quoted_end took it
+    if (after.size() <= sep.size() && sep.substr(0, after.size()) == after) {
+      *next = sv::npos;
+      return p;
+    }
+    if (!starts_with(after, sep)) continue;
+    if (size_t j = cut_key(after.substr(sep.size()), key_index + 1); j != sv::npos) {
+      *next = j;
+      return p;
     }
   }
   return sv::npos;
@@ -164,6 +197,14 @@ bool parse_context(sv s, Context& ctx, bool strict) {
       sv body = rest.substr(key.size() + 3);
       size_t end = find_quoted_end(body, i);
       bool trunc = end == sv::npos;
+      // Lenient only: the value may be whole, the line cut in what follows it.
+      size_t cut_next = sv::npos;
+      bool cut_after = false;
+      if (trunc && !strict) {
+        end = cut_after_quote(body, i, &cut_next);
+        cut_after = end != sv::npos;
+        trunc = !cut_after;
+      }
       sv value = trunc ? body : body.substr(0, end);
       if (strict && (trunc || ((key == "upstream" || key == "host") && has_space(value)))) return false;
       switch (i) {
@@ -173,11 +214,22 @@ bool parse_context(sv s, Context& ctx, bool strict) {
           ctx.request_last = trunc || end + 1 == body.size();
           break;
         case 1: ctx.subrequest = value; break;
-        case 2: ctx.upstream = value; ctx.has_upstream = true; break;
+        case 2:
+          // A cut upstream ("http://127.0.0.1:90" of ...:9000) would name the wrong peer.
+          ctx.upstream = trunc ? sv() : value;
+          ctx.has_upstream = true;
+          break;
         case 3: ctx.host = value; break;
         default: ctx.referrer = value; ctx.has_referrer = true; break;
       }
-      if (trunc) return true;  // lenient: line cut inside this value
+      if (trunc) {  // lenient: line cut inside this value
+        ctx.upstream_lost = i <= 2;
+        return true;
+      }
+      if (cut_after) {  // lenient: line cut after this value, before or inside the next key
+        ctx.upstream_lost = i < 2 && (cut_next == sv::npos || cut_next <= 2);
+        return true;
+      }
       rest = body.substr(end + 1);
       if (rest.empty()) {
         ctx.complete = true;
@@ -189,7 +241,13 @@ bool parse_context(sv s, Context& ctx, bool strict) {
       matched = true;
       break;
     }
-    if (!matched) return !strict;  // unknown or out-of-order field, or truncated key
+    if (!matched) {  // unknown or out-of-order field, or truncated key
+      if (!strict && !ctx.has_upstream) {
+        size_t j = cut_key(rest, next_key);
+        ctx.upstream_lost = j != sv::npos && j <= 2;
+      }
+      return !strict;
+    }
   }
   ctx.complete = true;
   return true;
@@ -350,6 +408,7 @@ std::optional<LogLine> parse_impl(sv line) {
   // Nginx cuts a line at 2047 bytes, inside the request when it is long: the value then has no
   // closing quote, or, cut just after a quote inside it, looks whole but ends a full-length line.
   out.request_cut = found_ctx && (ctx.request_trunc || (ctx.request_last && line.size() >= kNginxMaxLine));
+  out.upstream_cut = found_ctx && (ctx.upstream_lost || out.request_cut);
   if (found_ctx && ctx.has_upstream) {
     size_t sch = ctx.upstream.find("://");
     if (sch != sv::npos) out.scheme = std::string(ctx.upstream.substr(0, sch));

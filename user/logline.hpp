@@ -46,6 +46,9 @@ struct LogLine {
   bool truncated = false;    // context fields were cut off (nginx truncates at 2047 bytes) or unparseable
   // The line ends inside the request field (a long request line): `request` is only its beginning.
   bool request_cut = false;
+  // The line ends before its upstream field was whole (inside or just after the request, or inside
+  // the upstream value): `upstream` and `upstream_peer` are empty.
+  bool upstream_cut = false;
   // True when the failure happened after the response header had already been passed to the client
   // (phase "reading upstream", or "upstream sent no valid HTTP/1.0 header", which nginx passes through
   // as an HTTP/0.9 200 response): the client did NOT see 502/504 but a truncated/garbled 200.

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <iterator>
 
 namespace n502 {
 
@@ -52,40 +51,57 @@ std::string json_escape(const std::string &s)
 
 static std::string jstr(const std::string &s) { return json_escape(s); }
 
+// Length of the well-formed UTF-8 sequence at s[i] (strict: no overlong
+// forms, no surrogates, nothing past U+10FFFF), or 0.
+static size_t utf8_len(std::string_view s, size_t i)
+{
+    auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+    unsigned char c = b(0);
+    size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (n == 0 || i + n > s.size())
+        return 0;
+    unsigned char lo = 0x80, hi = 0xBF; // the second byte's range
+    if (c == 0xE0)
+        lo = 0xA0;
+    else if (c == 0xED)
+        hi = 0x9F;
+    else if (c == 0xF0)
+        lo = 0x90;
+    else if (c == 0xF4)
+        hi = 0x8F;
+    if (b(1) < lo || b(1) > hi)
+        return 0;
+    for (size_t k = 2; k < n; k++)
+        if ((b(k) & 0xC0) != 0x80)
+            return 0;
+    return n;
+}
+
 std::string visible_text(std::string_view s)
 {
     std::string out;
     out.reserve(s.size());
-    auto hex = [&](unsigned char c) { out += fmt::format("\\x{:02X}", c); };
     for (size_t i = 0; i < s.size();) {
         unsigned char c = s[i];
-        if (c == '\n' || (c >= 0x20 && c < 0x7f)) {
+        if (c >= 0x20 && c < 0x7f) {
             out += static_cast<char>(c);
             i++;
             continue;
         }
-        size_t n = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        bool ok = n > 0 && i + n <= s.size();
-        for (size_t k = 1; ok && k < n; k++)
-            ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 2;
-        // U+0080..U+009F are control characters too (0x9B is a terminal's CSI).
-        if (ok && !(c == 0xC2 && static_cast<unsigned char>(s[i + 1]) < 0xA0)) {
+        size_t n = c >= 0x80 ? utf8_len(s, i) : 0;
+        // U+0080..U+009F (C2 80..9F) are control characters too: 0x9B is CSI.
+        if (n && !(c == 0xC2 && static_cast<unsigned char>(s[i + 1]) < 0xA0)) {
             out.append(s, i, n);
             i += n;
         } else {
-            hex(c);
+            out += fmt::format("\\x{:02X}", c);
             i++;
         }
     }
     return out;
 }
 
-void write_visible(FILE *f, std::string_view s)
-{
-    std::string v = visible_text(s);
-    fwrite(v.data(), 1, v.size(), f);
-    fflush(f);
-}
+static std::string vis(const std::string &s) { return visible_text(s); }
 
 template <typename T> static std::string jopt(const std::optional<T> &v)
 {
@@ -269,7 +285,7 @@ void TextSink::ready(const ReadyInfo &r)
     }
     if (r.instances.size() <= 1 && (r.instances.empty() || (!r.instances[0].container && r.instances[0].captured_logs.empty())))
         fmt::print(out_, "n502trace: ready: watching nginx master {} (workers {}), following {}; {} probes attached in {} ms\n",
-                   r.nginx_pid, workers, fmt::format("{}", fmt::join(r.error_logs, ", ")), r.probes.size(), r.attach_ms);
+                   r.nginx_pid, workers, vis(fmt::format("{}", fmt::join(r.error_logs, ", "))), r.probes.size(), r.attach_ms);
     else {
         fmt::print(out_, "n502trace: ready: watching {} nginx instance{}; {} probes attached in {} ms\n",
                    r.instances.size(), r.instances.size() == 1 ? "" : "s", r.probes.size(), r.attach_ms);
@@ -279,97 +295,93 @@ void TextSink::ready(const ReadyInfo &r)
                 logs.push_back(c + " captured from the kernel");
             fmt::print(out_, "    master {}{}{}: workers {}, following {}\n", n.master,
                        n.master_ns_pid && *n.master_ns_pid != n.master ? fmt::format(" (pid {} inside)", *n.master_ns_pid) : "",
-                       n.container ? " in " + describe(*n.container) : (n.cgroup.empty() ? "" : " in cgroup " + n.cgroup),
-                       fmt::format("{}", fmt::join(n.workers, " ")), fmt::format("{}", fmt::join(logs, ", ")));
+                       vis(n.container ? " in " + describe(*n.container) : (n.cgroup.empty() ? "" : " in cgroup " + n.cgroup)),
+                       fmt::format("{}", fmt::join(n.workers, " ")), vis(fmt::format("{}", fmt::join(logs, ", "))));
         }
     }
     for (const auto &f : r.probes_failed)
-        fmt::print(out_, "n502trace: warning: probe not attached: {}\n", f);
+        fmt::print(out_, "n502trace: warning: probe not attached: {}\n", vis(f));
     fflush(out_);
 }
 
 void TextSink::verdict(const Verdict &v)
 {
-    std::string text;
-    auto out = std::back_inserter(text);
-    std::string up = v.upstream_pid ? fmt::format("pid {} ({})", *v.upstream_pid, v.upstream_comm) : "-";
     // "pid 4242 (7 in its namespace) in docker container web (3f2a...)"
     auto where = [](uint32_t pid, const std::optional<uint32_t> &nsp, const std::optional<ContainerInfo> &c) {
         std::string s = nsp && *nsp != pid ? fmt::format(", pid {} inside", *nsp) : "";
         if (c)
-            s += ", " + describe(*c);
+            s += ", " + vis(describe(*c));
         return s;
     };
-    fmt::format_to(out, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", v.status, clock_local(v.ts_real_ns),
-                   v.request.empty() ? "-" : v.request, v.client.empty() ? "-" : v.client, v.upstream, v.cause,
-                   v.confidence);
-    fmt::format_to(out, "    {}\n", v.explanation);
-    fmt::format_to(out, "    nginx (worker {}{}, *{}): {}\n", v.nginx_pid, where(v.nginx_pid, v.nginx_ns_pid, v.nginx_container),
-                   v.nginx_conn, v.nginx_message);
+    fmt::print(out_, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", v.status, clock_local(v.ts_real_ns),
+               v.request.empty() ? "-" : vis(v.request), v.client.empty() ? "-" : vis(v.client), vis(v.upstream), v.cause,
+               v.confidence);
+    fmt::print(out_, "    {}\n", vis(v.explanation));
+    fmt::print(out_, "    nginx (worker {}{}, *{}): {}\n", v.nginx_pid, where(v.nginx_pid, v.nginx_ns_pid, v.nginx_container),
+               v.nginx_conn, vis(v.nginx_message));
     if (v.upstream_pid && (v.upstream_container || (v.upstream_ns_pid && *v.upstream_ns_pid != *v.upstream_pid)))
-        fmt::format_to(out, "    upstream process: pid {} ({}){}\n", *v.upstream_pid, v.upstream_comm,
-                       where(*v.upstream_pid, v.upstream_ns_pid, v.upstream_container));
+        fmt::print(out_, "    upstream process: pid {} ({}){}\n", *v.upstream_pid, vis(v.upstream_comm),
+                   where(*v.upstream_pid, v.upstream_ns_pid, v.upstream_container));
     if (v.log_only_cause != v.cause)
-        fmt::format_to(out, "    the log alone would suggest: {}\n", v.log_only_cause);
+        fmt::print(out_, "    the log alone would suggest: {}\n", v.log_only_cause);
     if (v.attempt > 1)
-        fmt::format_to(out, "    attempt {} of request {}\n", v.attempt, v.request_key);
+        fmt::print(out_, "    attempt {} of request {}\n", v.attempt, v.request_key);
     if (!v.facts.empty()) {
         std::string f;
         for (const auto &[k, val] : v.facts) {
             f += f.empty() ? "" : ", ";
             f += k + "=";
             if (const auto *str = std::get_if<std::string>(&val))
-                f += *str;
+                f += vis(*str);
             else if (const auto *num = std::get_if<int64_t>(&val))
                 f += std::to_string(*num);
             else
                 f += std::get<bool>(val) ? "yes" : "no";
         }
-        fmt::format_to(out, "    facts: {}\n", f);
+        fmt::print(out_, "    facts: {}\n", f);
     }
     for (const auto &n : v.notes)
-        fmt::format_to(out, "    note: {}\n", n);
+        fmt::print(out_, "    note: {}\n", vis(n));
     for (const auto &e : v.evidence) {
         std::string ts = e.ts ? clock_local(tb_.to_real_ns(e.ts)) : std::string("(before start)  ");
-        std::string actor = e.comm.empty() ? fmt::format("pid {}", e.pid) : fmt::format("pid {} ({})", e.pid, e.comm);
-        fmt::format_to(out, "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, e.detail);
+        std::string actor = e.comm.empty() ? fmt::format("pid {}", e.pid) : fmt::format("pid {} ({})", e.pid, vis(e.comm));
+        fmt::print(out_, "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, vis(e.detail));
     }
-    text.push_back('\n');
-    write_visible(out_, text);
+    fputc('\n', out_);
+    fflush(out_);
 }
 
 void TextSink::warning(const Warning &w)
 {
-    write_visible(out_, fmt::format("n502trace: warning: {}\n", w.message));
+    fmt::print(out_, "n502trace: warning: {}\n", vis(w.message));
+    fflush(out_);
 }
 
 void TextSink::suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s)
 {
-    write_visible(out_, fmt::format("n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted "
-                                    "in the summary)\n",
-                                    count, cause, upstream, window_s));
+    fmt::print(out_, "n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted in the summary)\n",
+               count, cause, vis(upstream), window_s);
+    fflush(out_);
 }
 
 void TextSink::summary(const Summary &s)
 {
-    std::string text;
-    auto out = std::back_inserter(text);
-    fmt::format_to(out, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines{}\n", s.duration_s,
-                   s.verdicts, s.log_lines,
-                   s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
+    fmt::print(out_, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines{}\n", s.duration_s,
+               s.verdicts, s.log_lines,
+               s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
     if (s.access_lines)
-        fmt::format_to(out, "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
-                       s.access_only);
+        fmt::print(out_, "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
+                   s.access_only);
     for (const auto &[k, v] : s.by_cause)
-        fmt::format_to(out, "    cause    {:<28} {}\n", k, v);
+        fmt::print(out_, "    cause    {:<28} {}\n", k, v);
     for (const auto &[k, v] : s.by_upstream)
-        fmt::format_to(out, "    upstream {:<28} {}\n", k, v);
-    fmt::format_to(out, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
-                   s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
-    fmt::format_to(out, "    evidence window {:.0f} s: {} connections and {} processes held, {} records aged out, {} "
-                         "dropped over the bounds; {} KiB resident\n",
-                   s.window_s, s.conns_held, s.procs_held, s.expired, s.dropped, s.rss_kib);
-    write_visible(out_, text);
+        fmt::print(out_, "    upstream {:<28} {}\n", vis(k), v);
+    fmt::print(out_, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
+               s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
+    fmt::print(out_, "    evidence window {:.0f} s: {} connections and {} processes held, {} records aged out, {} "
+                     "dropped over the bounds; {} KiB resident\n",
+               s.window_s, s.conns_held, s.procs_held, s.expired, s.dropped, s.rss_kib);
+    fflush(out_);
 }
 
 } // namespace n502

@@ -119,11 +119,11 @@ private:
 };
 
 std::string json_escape(const std::string &s);
-// Text for a terminal: control characters (C0 but the newline, DEL, C1) and
-// bytes that are not UTF-8 become \xHH, so that a request line, a process
-// name or a log message cannot move the cursor or retitle the terminal.
+// Text for a terminal: control characters (C0 including the newline, DEL,
+// C1) and bytes that are not well-formed UTF-8 become \xHH, so that a request
+// line, a process name or a log message can neither move the cursor nor
+// forge a line of output. The text sink passes every such field through it.
 std::string visible_text(std::string_view s);
-void write_visible(FILE *f, std::string_view s);
 std::string verdict_json(const Verdict &v, const Timebase &tb);
 
 } // namespace n502

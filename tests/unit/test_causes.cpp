@@ -821,6 +821,88 @@ TEST_CASE("access-log 502s: a request line the error log cut short, or the acces
             return n.find("the one of the failed connection matched to it") != std::string::npos;
         }));
     }
+    SECTION("cut lines of many clients, each kept to another length: every access line is covered")
+    {
+        Correlator c(s.st, Timebase());
+        std::vector<AccessLine> lines;
+        for (int i = 0; i < 100; i++) {
+            // The server name's length moves where each line is cut.
+            std::string raw = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *{} connect() failed (111: Connection "
+                                          "refused) while connecting to upstream, client: 10.1.{}.{}, server: s{}, "
+                                          "request: \"GET {}/{} HTTP/1.1\", upstream: \"http://127.0.0.1:9000/\"",
+                                          NGINX, NGINX, i + 1, i / 10, i % 10, std::string(i, 'x'), long_path, i);
+            raw.resize(2047);
+            auto l = parse_upstream_error(raw);
+            REQUIRE(l);
+            REQUIRE(l->request_cut);
+            REQUIRE(c.explain(*l, true));
+            lines.push_back(access(fmt::format("{} - - [23/Nov/2026:03:00:01 +0000] \"GET {}/{} HTTP/1.1\" 502 1",
+                                               l->client, long_path, i)));
+        }
+        size_t n = 0;
+        for (const auto &a : lines)
+            n += c.covered(a);
+        CHECK(n == lines.size());
+    }
+    SECTION("a cut line never takes a healthy connection for its upstream")
+    {
+        FakeHost h;
+        s.established(); // a live connection to 127.0.0.1:8080, nothing wrong with it
+        s.flush();
+        for (const char *msg : {"upstream timed out (110: Connection timed out) while reading response header from "
+                                "upstream",
+                                "upstream prematurely closed connection while reading response header from upstream"}) {
+            std::string raw = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *7 {}, client: 10.0.0.1, server: "
+                                          "localhost, request: \"GET {} HTTP/1.1\", upstream: \"http://127.0.0.1:8080/\"",
+                                          NGINX, NGINX, msg, long_path);
+            raw.resize(2047);
+            auto l = parse_upstream_error(raw);
+            REQUIRE(l);
+            CHECK(l->upstream_cut);
+            Correlator c(s.st, Timebase(l->wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{},
+                         &h);
+            auto v = c.explain(*l, true);
+            REQUIRE(v);
+            CHECK(v->upstream.empty());
+            CHECK_FALSE(v->upstream_pid);
+            CHECK(std::any_of(v->notes.begin(), v->notes.end(), [](const std::string &n) {
+                return n.find("no failed connection stood in for it") != std::string::npos;
+            }));
+        }
+    }
+    SECTION("cut just after the request, or inside the upstream: the request is whole, the upstream unknown")
+    {
+        FakeHost h;
+        std::string head = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *7 connect() failed (111: Connection "
+                                       "refused) while connecting to upstream, client: 10.0.0.1, server: localhost, "
+                                       "request: \"",
+                                       NGINX, NGINX);
+        std::string tail = " HTTP/1.1\", upstream: \"http://127.0.0.1:8081/\", host: \"localhost\"";
+        // Where the cut falls: n bytes kept from the request's closing quote on: '"' (which could as well
+        // be a quote inside a longer request: taken for a cut request), '",', '", ', '", ups',
+        // '", upstream: "', '", upstream: "http://127.0.0'.
+        for (size_t n : {1, 2, 3, 6, 14, 28}) {
+            s.refuse(0xd000 + n, 8081); // each line's own failure
+            std::string request = "GET /" + std::string(2047 - head.size() - 5 - 9 - n, 'p') + " HTTP/1.1";
+            std::string raw = head + request.substr(0, request.size() - 9) + tail;
+            raw.resize(2047);
+            auto l = parse_upstream_error(raw);
+            REQUIRE(l);
+            INFO("cut " << n << " bytes after the request: " << raw.substr(raw.size() - 40));
+            CHECK(l->request == request);
+            CHECK(l->request_cut == (n == 1));
+            CHECK(l->upstream_cut);
+            CHECK(l->upstream_peer.empty()); // never "127.0.0", an address it is not
+            Correlator c(s.st, Timebase(l->wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{},
+                         &h);
+            auto v = c.explain(*l, true);
+            REQUIRE(v);
+            CHECK(v->upstream == "127.0.0.1:8081");
+            CHECK(v->cause == "upstream_not_listening");
+            CHECK(v->request == request);
+            CHECK(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:00 +0000] \"" + request + "\" 502 1")));
+        }
+    }
     SECTION("cut just after a quote inside the request: it looks whole, but fills the line")
     {
         Correlator c(s.st, Timebase());

@@ -63,14 +63,20 @@ TEST_CASE("a verdict renders as one JSON object with the contract's fields", "[s
 
 TEST_CASE("text output shows control characters and stray bytes as \\xHH, UTF-8 as it is", "[sinks]")
 {
-    CHECK(visible_text("GET /\x1b]0;owned\x07 HTTP/1.1\n") == "GET /\\x1B]0;owned\\x07 HTTP/1.1\n");
-    CHECK(visible_text("caf\xc3\xa9 \xe2\x82\xac") == "caf\xc3\xa9 \xe2\x82\xac");
+    CHECK(visible_text("GET /\x1b]0;owned\x07 HTTP/1.1") == "GET /\\x1B]0;owned\\x07 HTTP/1.1");
+    CHECK(visible_text("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80") == "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
     CHECK(visible_text("c1 \xc2\x9b[2J del \x7f") == "c1 \\xC2\\x9B[2J del \\x7F");
     CHECK(visible_text("lone \x9b and cut \xe2\x82") == "lone \\x9B and cut \\xE2\\x82");
-    CHECK(visible_text("tab\there") == "tab\\x09here");
+    CHECK(visible_text("tab\there\nforged line") == "tab\\x09here\\x0Aforged line");
+    // Overlong forms (here U+009B, CSI, in three bytes), surrogates, past U+10FFFF: not UTF-8.
+    CHECK(visible_text("\xe0\x82\x9b") == "\\xE0\\x82\\x9B");
+    CHECK(visible_text("\xc0\xaf") == "\\xC0\\xAF");
+    CHECK(visible_text("\xed\xa0\x80") == "\\xED\\xA0\\x80");
+    CHECK(visible_text("\xf4\x90\x80\x80") == "\\xF4\\x90\\x80\\x80");
 
     // A whole verdict, as the text sink writes it.
     Verdict v = sample_verdict("GET /\x1b[2J HTTP/1.1", "evil\x1b[31m");
+    v.notes.push_back("a note\nforged line");
     char *buf = nullptr;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -84,4 +90,5 @@ TEST_CASE("text output shows control characters and stray bytes as \\xHH, UTF-8 
     free(buf);
     CHECK(text.find('\x1b') == std::string::npos);
     CHECK(text.find("GET /\\x1B[2J HTTP/1.1") != std::string::npos);
+    CHECK(text.find("\nforged") == std::string::npos);
 }
