@@ -16,7 +16,8 @@ state=(user/decoder.cpp user/state.cpp user/correlator.cpp user/rules.cpp user/h
        user/container.cpp user/logfollow.cpp user/nginxconf.cpp
        user/timebase.cpp user/logline.cpp user/accesslog.cpp)
 echo "fuzz.sh: building"
-$CXX "${flags[@]}" tests/fuzz/fuzz_logline.cpp "${core[@]}" -o "$out/fuzz_logline"
+$CXX "${flags[@]}" tests/fuzz/fuzz_logline.cpp "${core[@]}" user/sinks.cpp user/decoder.cpp user/timebase.cpp user/container.cpp \
+  -o "$out/fuzz_logline"
 $CXX "${flags[@]}" tests/fuzz/fuzz_decoder.cpp "${state[@]}" -o "$out/fuzz_decoder"
 $CXX "${flags[@]}" tests/fuzz/fuzz_recording.cpp "${state[@]}" user/engine.cpp user/recording.cpp user/sinks.cpp \
   user/ratelimit.cpp -o "$out/fuzz_recording"

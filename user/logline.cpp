@@ -408,7 +408,6 @@ std::optional<LogLine> parse_impl(sv line) {
   // Nginx cuts a line at 2047 bytes, inside the request when it is long: the value then has no
   // closing quote, or, cut just after a quote inside it, looks whole but ends a full-length line.
   out.request_cut = found_ctx && (ctx.request_trunc || (ctx.request_last && line.size() >= kNginxMaxLine));
-  out.upstream_cut = found_ctx && (ctx.upstream_lost || out.request_cut);
   if (found_ctx && ctx.has_upstream) {
     size_t sch = ctx.upstream.find("://");
     if (sch != sv::npos) out.scheme = std::string(ctx.upstream.substr(0, sch));
@@ -418,6 +417,8 @@ std::optional<LogLine> parse_impl(sv line) {
     out.upstream_peer = std::string(unix_peer);
   else if (found_ctx && ctx.has_upstream)
     out.upstream_peer = normalise_upstream_peer(ctx.upstream);
+  // (A unix upstream's path is in the message too: then nothing is missing.)
+  out.upstream_cut = found_ctx && (ctx.upstream_lost || out.request_cut) && out.upstream_peer.empty();
   out.kind = classify(message, out.err_no);
   out.status = out.kind == LogKind::Timeout ? 504 : 502;
   out.mid_response = phase == "reading upstream" || starts_with(message, "upstream sent no valid HTTP/1.0 header");

@@ -47,7 +47,7 @@ struct LogLine {
   // The line ends inside the request field (a long request line): `request` is only its beginning.
   bool request_cut = false;
   // The line ends before its upstream field was whole (inside or just after the request, or inside
-  // the upstream value): `upstream` and `upstream_peer` are empty.
+  // the upstream value) and the message does not name it either: `upstream_peer` is empty.
   bool upstream_cut = false;
   // True when the failure happened after the response header had already been passed to the client
   // (phase "reading upstream", or "upstream sent no valid HTTP/1.0 header", which nginx passes through

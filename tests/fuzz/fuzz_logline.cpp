@@ -1,12 +1,14 @@
-// libFuzzer target: the error-log and access-log parsers take any bytes
-// (partial, huge, binary, hostile lines) without crashing or reading out of
-// bounds, and what they return is consistent.
+// libFuzzer target: the error-log and access-log parsers, and the text
+// sink's escaping, take any bytes (partial, huge, binary, hostile lines)
+// without crashing or reading out of bounds, and what they return is
+// consistent.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
 #include "accesslog.hpp"
 #include "logline.hpp"
+#include "sinks.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -15,10 +17,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (l->status != 502 && l->status != 504)
             __builtin_trap();
         (void)n502::to_string(l->kind);
+        // A line cut before its upstream names no upstream (not a wrong one).
+        if (l->upstream_cut && !l->upstream_peer.empty())
+            __builtin_trap();
     }
     if (auto a = n502::parse_access_error(line)) {
         if (a->status != 502 && a->status != 504)
             __builtin_trap();
     }
+    // What the terminal gets: no control byte at all.
+    for (unsigned char c : n502::visible_text(line))
+        if (c < 0x20 || c == 0x7f)
+            __builtin_trap();
     return 0;
 }
