@@ -1112,7 +1112,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             // Recorded before the correlator skipped a suppressed verdict's
             // look-ups: replay it as it ran, or its answers go to the wrong
             // questions.
-            cfg.lazy_render = lookups >= 2;
+            cfg.lazy_render = lazy_render_for(lookups);
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);
@@ -1147,7 +1147,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
         std::string why;
         if (r.first_segment() > 0)
             why = "the recording starts after earlier segments were dropped, without the history they held";
-        else if (lookups != kRecLookups && lookups != 1) // 1 is replayed as it ran (lazy_render off)
+        else if (!replays_as_recorded(lookups))
             why = fmt::format("it was recorded by n502trace {} ({}), this is {} (look-ups {}), which looks up what "
                               "that one did not",
                               made_by.empty() ? "(unknown)" : made_by,

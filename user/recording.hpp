@@ -77,6 +77,11 @@ enum class Rec : uint16_t {
 // is replayed the old way; the two development builds before this number
 // was raised, 9c821bf and 936cbfb, skipped those look-ups but wrote 1).
 constexpr uint32_t kRecLookups = 2;
+// Does a replay of a recording saying `lookups` ask what its run asked? This
+// build's number, and 1, which is replayed the old way (lazy rendering off).
+constexpr bool replays_as_recorded(uint32_t lookups) { return lookups == kRecLookups || lookups == 1; }
+// Whether a replay renders lazily, as the run that wrote `lookups` did.
+constexpr bool lazy_render_for(uint32_t lookups) { return lookups >= 2; }
 
 const char *rec_name(uint16_t type);
 uint32_t crc32(const void *data, size_t len, uint32_t crc = 0);
