@@ -167,7 +167,7 @@ std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
     if (v.rendered)
         v.notes.push_back(fmt::format(
             "Nginx cut its error-log line at 2047 bytes{}{}",
-            line.request_cut ? ", inside the request line: the request shown is its beginning" : "",
+            line.request_cut ? ", in or just after the request line: the request shown may be only its beginning" : "",
             !line.upstream_cut             ? ""
             : whole.upstream_peer.empty() ? "; its upstream field was cut off, and no failed connection stood in for it"
                                           : "; its upstream field was cut off: the upstream is the one of the failed "
@@ -349,14 +349,23 @@ void Correlator::remember_cut(std::string_view client, size_t len, int64_t sec)
         *std::min_element(c.at.begin(), end, [](const CutLength &x, const CutLength &y) { return x.sec < y.sec; }) =
             CutLength{len, sec};
     c.newest = std::max(c.newest, sec);
-    if (cut_lengths_.size() <= cut_sweep_at_)
+    if (cut_lengths_.size() <= kCutClients)
         return;
-    // Only lengths seen within 3 s of an access line can cover it: clients
-    // with none that recent go; if all are that recent, all but this second.
-    for (int64_t keep_from : {sec - 3, sec})
-        for (auto i = cut_lengths_.begin(); i != cut_lengths_.end() && cut_lengths_.size() > kCutClients;)
-            i = i->second.newest < keep_from ? cut_lengths_.erase(i) : std::next(i);
-    cut_sweep_at_ = std::max(kCutClients, cut_lengths_.size() * 2);
+    // Over the bound: the clients seen most recently keep their lengths (half
+    // the bound, so that this runs once per kCutClients / 2 new clients).
+    std::vector<int64_t> newest;
+    newest.reserve(cut_lengths_.size());
+    for (const auto &[k, v] : cut_lengths_)
+        newest.push_back(v.newest);
+    auto mid = newest.end() - static_cast<std::ptrdiff_t>(kCutClients / 2);
+    std::nth_element(newest.begin(), mid, newest.end());
+    int64_t keep_from = *mid;
+    uint64_t self = std::hash<std::string_view>{}(client);
+    for (auto i = cut_lengths_.begin(); i != cut_lengths_.end();)
+        i = i->second.newest < keep_from && i->first != self ? cut_lengths_.erase(i) : std::next(i);
+    // Ties at keep_from: any of them may go.
+    for (auto i = cut_lengths_.begin(); i != cut_lengths_.end() && cut_lengths_.size() > kCutClients / 2;)
+        i = i->second.newest == keep_from && i->first != self ? cut_lengths_.erase(i) : std::next(i);
 }
 
 bool Correlator::seen_near(uint64_t hash, int64_t sec) const
@@ -364,7 +373,7 @@ bool Correlator::seen_near(uint64_t hash, int64_t sec) const
     auto it = recent_requests_.find(hash);
     if (it == recent_requests_.end())
         return false;
-    auto near = [&](int64_t s) { return s >= sec - 3 && s <= sec + 3; };
+    auto near = [&](int64_t s) { return s >= sec - kCoverSec && s <= sec + kCoverSec; };
     if (near(it->second.newest))
         return true;
     for (int i = 0; i < 16; i++)
@@ -384,7 +393,7 @@ bool Correlator::covered(const AccessLine &a) const
     std::string_view request = a.request;
     for (size_t i = 0; i < it->second.n; i++) {
         const CutLength &c = it->second.at[i];
-        if (c.len <= request.size() && c.sec >= a.wall_sec - 3 &&
+        if (c.len <= request.size() && c.sec >= a.wall_sec - kCoverSec &&
             seen_near(request_hash(a.client, request.substr(0, c.len)), a.wall_sec))
             return true;
     }

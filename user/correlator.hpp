@@ -120,13 +120,14 @@ private:
     static constexpr size_t kRecentMax = 1 << 17;
     static constexpr int64_t kRecentSec = 120;
     void remember_request(const LogLine &line);
+    // Whether an error-log line of the request was seen within kCoverSec of sec.
     bool seen_near(uint64_t hash, int64_t sec) const;
+    static constexpr int64_t kCoverSec = 3;
     // Error-log lines cut inside a long request line keep only its beginning:
     // they are remembered under that prefix, and the prefix lengths seen per
     // client (a hash of it; the last 8, each with the newest second it was
     // seen at) are what covered() tries on an access line that matches no
-    // whole request. Clients without one in the last 3 s go once there are
-    // more than kCutClients.
+    // whole request. Beyond kCutClients clients, those seen least recently go.
     struct CutLength {
         size_t len = 0;
         int64_t sec = 0;
@@ -138,7 +139,6 @@ private:
     };
     std::unordered_map<uint64_t, CutLengths> cut_lengths_;
     static constexpr size_t kCutClients = 8192;
-    size_t cut_sweep_at_ = kCutClients;
     void remember_cut(std::string_view client, size_t len, int64_t sec);
     struct Attempts {
         std::string request;

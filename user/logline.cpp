@@ -160,6 +160,15 @@ size_t cut_after_quote(sv body, size_t key_index, size_t* next) {
   return sv::npos;
 }
 
+// An upstream value the line was cut in ("http://127.0.0.1:9000/pa"): is its address whole? It is
+// once its URI has begun ("unix:/run/app.sock:/" for a unix socket).
+bool upstream_address_whole(sv v) {
+  size_t sch = v.find("://");
+  sv rest = sch == sv::npos ? v : v.substr(sch + 3);
+  if (starts_with(rest, "unix:")) return rest.find(":/", 5) != sv::npos;
+  return rest.find_first_of("/?") != sv::npos;
+}
+
 // Parses the context that follows ", client: " (s starts at the client address).
 // In strict mode returns true only if every byte is accounted for by well-formed fields.
 // In lenient mode returns true if at least the client address is plausible, and fills what it can.
@@ -211,19 +220,20 @@ bool parse_context(sv s, Context& ctx, bool strict) {
         case 0:
           ctx.request = value;
           ctx.request_trunc = trunc;
-          ctx.request_last = trunc || end + 1 == body.size();
+          ctx.request_last = trunc || cut_after || end + 1 == body.size();
           break;
         case 1: ctx.subrequest = value; break;
         case 2:
-          // A cut upstream ("http://127.0.0.1:90" of ...:9000) would name the wrong peer.
-          ctx.upstream = trunc ? sv() : value;
+          // Cut inside its address ("http://127.0.0.1:90" of ...:9000) it would name a wrong peer;
+          // cut inside its URI, the address is whole.
+          ctx.upstream = trunc && !upstream_address_whole(value) ? sv() : value;
           ctx.has_upstream = true;
           break;
         case 3: ctx.host = value; break;
         default: ctx.referrer = value; ctx.has_referrer = true; break;
       }
       if (trunc) {  // lenient: line cut inside this value
-        ctx.upstream_lost = i <= 2;
+        ctx.upstream_lost = i < 2 || (i == 2 && ctx.upstream.empty());
         return true;
       }
       if (cut_after) {  // lenient: line cut after this value, before or inside the next key
@@ -406,7 +416,8 @@ std::optional<LogLine> parse_impl(sv line) {
   }
   out.truncated = !found_ctx || !ctx.complete;
   // Nginx cuts a line at 2047 bytes, inside the request when it is long: the value then has no
-  // closing quote, or, cut just after a quote inside it, looks whole but ends a full-length line.
+  // closing quote; or, cut at or just after a quote inside it (or its own), it looks whole but ends a
+  // full-length line, and is taken for a beginning (which a whole request is too).
   out.request_cut = found_ctx && (ctx.request_trunc || (ctx.request_last && line.size() >= kNginxMaxLine));
   if (found_ctx && ctx.has_upstream) {
     size_t sch = ctx.upstream.find("://");
@@ -417,8 +428,10 @@ std::optional<LogLine> parse_impl(sv line) {
     out.upstream_peer = std::string(unix_peer);
   else if (found_ctx && ctx.has_upstream)
     out.upstream_peer = normalise_upstream_peer(ctx.upstream);
-  // (A unix upstream's path is in the message too: then nothing is missing.)
-  out.upstream_cut = found_ctx && (ctx.upstream_lost || out.request_cut) && out.upstream_peer.empty();
+  // (A unix upstream's path is in the message too: then nothing is missing.) A full-length line
+  // without an upstream field may have been cut before it.
+  out.upstream_cut = out.upstream_peer.empty() &&
+                     (ctx.upstream_lost || out.request_cut || (!ctx.has_upstream && line.size() >= kNginxMaxLine));
   out.kind = classify(message, out.err_no);
   out.status = out.kind == LogKind::Timeout ? 504 : 502;
   out.mid_response = phase == "reading upstream" || starts_with(message, "upstream sent no valid HTTP/1.0 header");

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-
 namespace n502 {
 
 std::string json_escape(const std::string &s)

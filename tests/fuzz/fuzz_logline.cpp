@@ -4,6 +4,7 @@
 // consistent.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "accesslog.hpp"
@@ -25,9 +26,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (a->status != 502 && a->status != 504)
             __builtin_trap();
     }
-    // What the terminal gets: no control byte at all.
-    for (unsigned char c : n502::visible_text(line))
-        if (c < 0x20 || c == 0x7f)
+    // What the terminal gets: no control character at all (C0, DEL, C1 as UTF-8).
+    std::string shown = n502::visible_text(line);
+    for (size_t i = 0; i < shown.size(); i++) {
+        unsigned char c = shown[i];
+        if (c < 0x20 || c == 0x7f ||
+            (c == 0xC2 && i + 1 < shown.size() && static_cast<unsigned char>(shown[i + 1]) < 0xA0))
             __builtin_trap();
+    }
     return 0;
 }

@@ -890,7 +890,8 @@ TEST_CASE("access-log 502s: a request line the error log cut short, or the acces
             REQUIRE(l);
             INFO("cut " << n << " bytes after the request: " << raw.substr(raw.size() - 40));
             CHECK(l->request == request);
-            CHECK(l->request_cut == (n == 1));
+            // Before the whole ', upstream: "' the request may have been longer: tried as a beginning too.
+            CHECK(l->request_cut == (n < 14));
             CHECK(l->upstream_cut);
             CHECK(l->upstream_peer.empty()); // never "127.0.0", an address it is not
             Correlator c(s.st, Timebase(l->wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{},
@@ -901,6 +902,38 @@ TEST_CASE("access-log 502s: a request line the error log cut short, or the acces
             CHECK(v->cause == "upstream_not_listening");
             CHECK(v->request == request);
             CHECK(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:00 +0000] \"" + request + "\" 502 1")));
+        }
+    }
+    SECTION("cut inside the upstream's URI: the address is whole and names the upstream")
+    {
+        std::string request = "GET /" + std::string(1000, 'u') + " HTTP/1.1";
+        std::string raw = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *7 connect() failed (111: Connection "
+                                      "refused) while connecting to upstream, client: 10.0.0.1, server: localhost, "
+                                      "request: \"{}\", upstream: \"http://127.0.0.1:8081/{}\", host: \"localhost\"",
+                                      NGINX, NGINX, request, std::string(1000, 'u'));
+        raw.resize(2047);
+        auto l = parse_upstream_error(raw);
+        REQUIRE(l);
+        CHECK(l->upstream_peer == "127.0.0.1:8081");
+        CHECK_FALSE(l->upstream_cut);
+        CHECK_FALSE(l->request_cut);
+        CHECK(l->request == request);
+    }
+    SECTION("cut before the request field (a long message): the upstream is unknown, not absent")
+    {
+        // Cut before the client, inside the server name, after it.
+        for (size_t n : {1930, 1900, 1885}) {
+            std::string raw = fmt::format("2026/11/23 03:00:00 [error] {}#{}: *7 upstream sent invalid header: "
+                                          "\"{}\" while reading response header from upstream, client: 10.0.0.1, "
+                                          "server: example.com, request: \"GET / HTTP/1.1\", upstream: "
+                                          "\"http://127.0.0.1:8081/\"",
+                                          NGINX, NGINX, std::string(n, 'h'));
+            raw.resize(2047);
+            INFO(raw.substr(raw.size() - 40));
+            auto l = parse_upstream_error(raw);
+            REQUIRE(l);
+            CHECK(l->upstream_peer.empty());
+            CHECK(l->upstream_cut);
         }
     }
     SECTION("cut just after a quote inside the request: it looks whole, but fills the line")
