@@ -392,6 +392,42 @@ def main():
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+        @case("human output: a process name or request line with control characters reaches the terminal as text")
+        def _():
+            # An upstream that names itself with an OSC title sequence and a
+            # colour, killed while it holds a request: its name is in the
+            # verdict's evidence lines.
+            up = h.start_upstream("hang", port=port, args=["--comm", "up\x1b]0;pwn\x07\x1b[31m"])
+            check(harness.proc_comm(up.pid).startswith("up\x1b]0;pwn"), "comm %r" % harness.proc_comm(up.pid))
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                seen = read_lines_until(p, lambda l: l.startswith("n502trace: ready"), 20)
+                req = harness.BackgroundRequest(nginx.port)
+                req.start()
+                up.wait_request(1)
+                harness.spawn_kill(signal.SIGKILL, up.pid)
+                check(req.result().status == 502, "status %r" % req.result().status)
+                up.wait_exit(10)
+                # A request line with a lone 0x9B byte (CSI on an 8-bit terminal): Nginx takes it.
+                check(harness.http_get(nginx.port, b"/csi\x9b2J").status == 502, "the 0x9B request did not get a 502")
+                seen += read_lines_until(p, lambda l: "/csi" in l, 10)
+                p.send_signal(signal.SIGTERM)
+                out, _ = p.communicate(timeout=10)
+                check(p.returncode == 0, "exit %d after SIGTERM" % p.returncode)
+                # (Bytes that are not UTF-8 decode to U+FFFD.)
+                text = "\n".join(seen) + "\n" + out.decode("utf-8", "replace")
+                check("cause: upstream_killed" in text, "no upstream_killed verdict in %r" % text[-3000:])
+                check(not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\ufffd]", text),
+                      "a control or stray byte reached the terminal: %r" % text[-3000:])
+                check("GET /csi\\x9B2J HTTP/1.1" in text, "the request line is not shown escaped: %r" % text[-2000:])
+                check(re.search(r"pid %d \(up(\\x1B|\?)\]0;pwn" % up.pid, text),
+                      "the name is not shown, escaped: %r" % text[-2000:])
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
         @case("no BTF: a run against a real Nginx refuses, naming BTF")
         def _():
             hide = "mount -t tmpfs none /sys/kernel/btf && exec \"$@\""

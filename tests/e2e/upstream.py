@@ -241,7 +241,12 @@ def main():
     ap.add_argument("--mode", required=True, choices=MODES)
     ap.add_argument("--sock-mode", default="0666", help="chmod of the unix socket file (octal)")
     ap.add_argument("--backlog", type=int, default=None, help="listen() backlog")
+    ap.add_argument("--comm", help="the process's name (prctl PR_SET_NAME), up to 15 bytes, as given")
     args = ap.parse_args()
+    if args.comm is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(15, ctypes.c_char_p(args.comm.encode("utf-8", "surrogateescape")), 0, 0, 0) != 0:
+            sys.exit("prctl(PR_SET_NAME): errno %d" % ctypes.get_errno())
 
     if args.listen:
         host, _, port = args.listen.rpartition(":")
