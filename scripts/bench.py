@@ -23,7 +23,11 @@ Modes, interleaved in one run in the same order every round:
              sockets on these tracepoints would do: one map entry per Nginx
              socket, a lookup per state change, nothing for the upstream's
              end, no receive hook (bench_hooks --op minimal): what a redesign
-             could reach at best
+             keeping a record per Nginx socket could reach at best
+  ownerless  (only when named in --modes) an anomaly-only kernel side with no
+             state per socket: a port bitmap read from the socket, an event
+             only for a socket error or an exiting holder, no receive hook
+             (bench_hooks --op ownerless)
   baseline   another n502trace binary (--baseline-bin, e.g. an older build),
              attached the same way: an A/B of two versions in one run
   n502trace  `n502trace --nginx-pid MASTER --json` attached (ready before wrk
@@ -73,7 +77,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 32
 MODES = ("none", "hooks", "n502trace", "baseline", "tcpdump", "debug")
 # Modes that run only when named in --modes.
-EXTRA_MODES = ("minimal",)
+EXTRA_MODES = ("minimal", "ownerless")
 
 # --op-costs: the operations of tests/bench/ops.bpf.c (bench_hooks --op NAME),
 # "empty" first: every other one is measured against it.
@@ -658,8 +662,8 @@ class Bench:
             return self.measured_wrk(duration)
         if mode == "hooks":
             return self.run_hooks(duration, tag)
-        if mode == "minimal":
-            return self.run_hooks(duration, tag, op="minimal")
+        if mode in EXTRA_MODES:
+            return self.run_hooks(duration, tag, op=mode)
         if mode == "n502trace":
             return self.run_n502trace(duration, tag)
         if mode == "baseline":
@@ -1094,7 +1098,7 @@ def main():
     args.hooks_bin = os.path.abspath(args.hooks_bin)
     if args.op_costs and not os.access(args.hooks_bin, os.X_OK):
         sys.exit("bench.py: %s is not built (cmake --build build --target bench_hooks)" % args.hooks_bin)
-    if "minimal" in modes and not os.access(args.hooks_bin, os.X_OK):
+    if any(m in modes for m in EXTRA_MODES) and not os.access(args.hooks_bin, os.X_OK):
         sys.exit("bench.py: %s is not built (cmake --build build --target bench_hooks)" % args.hooks_bin)
     if "hooks" in modes and not os.access(args.hooks_bin, os.X_OK):
         if args.modes != ",".join(MODES):

@@ -14,7 +14,7 @@
 #   sudo scripts/bench.sh --op-costs            # what each kind of BPF work costs here (~5 min)
 #
 # Options: --rounds N --duration S --variants new_conn,keepalive
-#          --modes none,hooks,n502trace,baseline,tcpdump,debug[,minimal] --out FILE --bin PATH
+#          --modes none,hooks,n502trace,baseline,tcpdump,debug[,minimal,ownerless] --out FILE --bin PATH
 #          --bpf-stats (also each BPF program's run time per request)
 #          --baseline-bin PATH (mode baseline: another n502trace build, an A/B in one run)
 set -euo pipefail

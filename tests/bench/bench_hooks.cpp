@@ -7,7 +7,9 @@
 // instead (scripts/bench.sh --op-costs): what that kind of BPF work costs,
 // measured against `--op empty` under the same load. `--op minimal` is not an
 // operation but the least tracking of Nginx's sockets any design would do
-// (scripts/bench.sh mode `minimal`), on inet_sock_set_state only.
+// (scripts/bench.sh mode `minimal`), on inet_sock_set_state only; `--op
+// ownerless` an anomaly-only kernel side with no state per socket (mode
+// `ownerless`), likewise.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -26,7 +28,7 @@ namespace {
 const char *const kOpNames[N502_OP_COUNT] = {
     "empty",         "lookup_miss", "lookup_hit", "lookup_miss_x4", "update_delete", "pid_lookup",
     "counter",       "ktime",       "comm",       "probe_read",     "ring_event",
-    "sk_storage_miss", "sk_storage_create_delete", "minimal",
+    "sk_storage_miss", "sk_storage_create_delete", "minimal", "ownerless",
 };
 
 int drain(void *, void *, size_t) { return 0; }
@@ -39,9 +41,13 @@ int run_op(unsigned op, const sigset_t &stop)
         return 1;
     }
     skel->rodata->op = op;
-    // The least tracking (mode `minimal`) has no receive hook at all.
-    if (op == N502_OP_MINIMAL)
+    // The least tracking (mode `minimal`) and the anomaly-only kernel side
+    // (mode `ownerless`) have no receive hook at all.
+    if (op == N502_OP_MINIMAL || op == N502_OP_OWNERLESS)
         bpf_program__set_autoload(skel->progs.op_rcv_space_adjust, false);
+    // Every port is an upstream's: on the bench host every socket is one.
+    for (auto &bits : skel->bss->port_bits)
+        bits = ~0ULL;
     ring_buffer *rb = nullptr;
     int rc = 1;
     if (bench_ops_bpf__load(skel) != 0) {

@@ -10,6 +10,7 @@
  */
 #include "vmlinux/vmlinux.h"
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
@@ -190,11 +191,55 @@ static __always_inline void minimal_tracking(const struct sock *sk, int oldstate
 		bpf_map_delete_elem(&op_socks, &key);
 }
 
+/* N502_OP_OWNERLESS (scripts/bench.sh, mode `ownerless`): what an
+ * anomaly-only kernel side would do per state change, with no state per
+ * socket at all. A socket is one of Nginx's upstream connections (either end)
+ * when its remote or local port is in a bitmap of the upstream ports the
+ * configuration names, read from the socket itself; here user space sets every
+ * bit, so every socket passes, as on the bench host. An event only for a
+ * transition with a socket error, or for a socket leaving ESTABLISHED in a
+ * task that is exiting (an upstream killed while holding it). Everything else
+ * (who owns it, when it was established, the upstream's end) is not known. */
+__u64 port_bits[1024];
+
+static __always_inline int port_watched(__u16 port)
+{
+	return (port_bits[(port >> 6) & 1023] >> (port & 63)) & 1;
+}
+
+static __always_inline void ownerless_tracking(const struct sock *sk, int oldstate, int newstate)
+{
+	__u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
+	__u16 lport = sk->__sk_common.skc_num;
+	int err, exiting = 0;
+
+	if (!port_watched(rport) && !port_watched(lport))
+		return;
+	err = sk->sk_err;
+	if (!err && oldstate == N502_TCP_ESTABLISHED) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		exiting = (t->flags & 0x00000004 /* PF_EXITING */) != 0;
+	}
+	if (!err && !exiting)
+		return;
+	struct n502_state_event *e = bpf_ringbuf_reserve(&op_ring, sizeof(*e), 0);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		e->sk = (__u64)sk;
+		e->oldstate = oldstate;
+		e->newstate = newstate;
+		e->sk_err = err;
+		bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	}
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(op_set_state, const struct sock *sk, int oldstate, int newstate)
 {
 	if (op == N502_OP_MINIMAL)
 		minimal_tracking(sk, oldstate, newstate);
+	else if (op == N502_OP_OWNERLESS)
+		ownerless_tracking(sk, oldstate, newstate);
 	else
 		run_op((struct sock *)sk);
 	return 0;

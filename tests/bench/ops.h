@@ -19,6 +19,7 @@ enum n502_op {
 	N502_OP_SK_STORAGE_MISS, /* socket-local storage of the socket: it has none */
 	N502_OP_SK_STORAGE_CREATE_DELETE, /* the socket's local storage created, then deleted */
 	N502_OP_MINIMAL, /* not an operation: the least any tracking of Nginx's sockets does (see ops.bpf.c) */
+	N502_OP_OWNERLESS, /* not an operation: an anomaly-only kernel side, no per-socket state (see ops.bpf.c) */
 	N502_OP_COUNT
 };
 
