@@ -338,7 +338,8 @@ void Correlator::remember_request(const LogLine &line)
 
 void Correlator::remember_cut(std::string_view client, size_t len, int64_t sec)
 {
-    CutLengths &c = cut_lengths_[std::hash<std::string_view>{}(client)];
+    uint64_t self = std::hash<std::string_view>{}(client);
+    CutLengths &c = cut_lengths_[self];
     auto end = c.at.begin() + c.n;
     auto it = std::find_if(c.at.begin(), end, [&](const CutLength &x) { return x.len == len; });
     if (it != end)
@@ -360,7 +361,6 @@ void Correlator::remember_cut(std::string_view client, size_t len, int64_t sec)
     auto mid = newest.end() - static_cast<std::ptrdiff_t>(kCutClients / 2);
     std::nth_element(newest.begin(), mid, newest.end());
     int64_t keep_from = *mid;
-    uint64_t self = std::hash<std::string_view>{}(client);
     for (auto i = cut_lengths_.begin(); i != cut_lengths_.end();)
         i = i->second.newest < keep_from && i->first != self ? cut_lengths_.erase(i) : std::next(i);
     // Ties at keep_from: any of them may go.

@@ -7,49 +7,6 @@
 
 namespace n502 {
 
-std::string json_escape(const std::string &s)
-{
-    std::string out;
-    out.reserve(s.size() + 2);
-    out += '"';
-    for (unsigned char c : s) {
-        switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        default:
-            if (c < 0x20 || c == 0x7f)
-                out += fmt::format("\\u{:04x}", c);
-            else
-                out += static_cast<char>(c);
-        }
-    }
-    out += '"';
-    // Invalid UTF-8 from a log line must not make the line unparsable:
-    // replace bytes that do not form valid sequences.
-    std::string clean;
-    clean.reserve(out.size());
-    for (size_t i = 0; i < out.size();) {
-        unsigned char c = out[i];
-        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        bool ok = n > 0 && i + n <= out.size();
-        for (size_t k = 1; ok && k < n; k++)
-            ok = (static_cast<unsigned char>(out[i + k]) >> 6) == 2;
-        if (ok) {
-            clean.append(out, i, n);
-            i += n;
-        } else {
-            clean += "\\ufffd";
-            i += 1;
-        }
-    }
-    return clean;
-}
-
-static std::string jstr(const std::string &s) { return json_escape(s); }
-
 // Length of the well-formed UTF-8 sequence at s[i] (strict: no overlong
 // forms, no surrogates, nothing past U+10FFFF), or 0.
 static size_t utf8_len(std::string_view s, size_t i)
@@ -75,6 +32,45 @@ static size_t utf8_len(std::string_view s, size_t i)
             return 0;
     return n;
 }
+
+std::string json_escape(const std::string &s)
+{
+    std::string out;
+    out.reserve(s.size() + 2);
+    out += '"';
+    for (unsigned char c : s) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20 || c == 0x7f)
+                out += fmt::format("\\u{:04x}", c);
+            else
+                out += static_cast<char>(c);
+        }
+    }
+    out += '"';
+    // Invalid UTF-8 from a log line must not make the line unparsable:
+    // replace bytes that do not form well-formed sequences.
+    std::string clean;
+    clean.reserve(out.size());
+    for (size_t i = 0; i < out.size();) {
+        size_t n = static_cast<unsigned char>(out[i]) < 0x80 ? 1 : utf8_len(out, i);
+        if (n) {
+            clean.append(out, i, n);
+            i += n;
+        } else {
+            clean += "\\ufffd";
+            i += 1;
+        }
+    }
+    return clean;
+}
+
+static std::string jstr(const std::string &s) { return json_escape(s); }
 
 std::string visible_text(std::string_view s)
 {

@@ -15,6 +15,9 @@ TEST_CASE("json_escape escapes quotes, control bytes and invalid UTF-8", "[sinks
     CHECK(json_escape("caf\xc3\xa9") == "\"caf\xc3\xa9\"");
     CHECK(json_escape("bad\xff") == "\"bad\\ufffd\"");
     CHECK(json_escape("cut\xe2\x82") == "\"cut\\ufffd\\ufffd\"");
+    // Overlong forms and surrogates are not UTF-8 either (a strict reader refuses the line).
+    CHECK(json_escape("\xc0\xaf") == "\"\\ufffd\\ufffd\"");
+    CHECK(json_escape("\xed\xa0\x80") == "\"\\ufffd\\ufffd\\ufffd\"");
 }
 
 // A verdict of the upstream_killed kind, with the given request and upstream process name.
