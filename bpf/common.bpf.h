@@ -110,6 +110,27 @@ struct {
 
 const volatile __u8 filter_cgroups __weak = 0;
 
+/* Adaptive tracking (--tracking adaptive). While track_full is 0 no socket
+ * gets a record: a state change costs a look at two ports of the socket and
+ * one bit of watched_ports, and only an anomaly on a socket with a watched
+ * port (a connect that did not complete, a socket error, a reset, a SYN
+ * resent, an exiting process's socket) is emitted, by the anomaly-only path,
+ * which sets track_full itself: the very next connection is followed whole.
+ * User space sets it back to 0 when Nginx has been calm for a while, and
+ * then bumps track_gen so that the records of that period (whose sockets'
+ * ends nobody watches any more) count as dead. Both are written at run time
+ * (.data), not before load. */
+volatile __u32 track_full __weak = 1;
+volatile __u32 track_gen __weak = 0;
+/* Bit p: port p is an upstream's (the ports Nginx's configuration names;
+ * every bit when it names one through a variable or cannot be read). */
+volatile __u64 watched_ports[1024] __weak;
+
+static __always_inline int port_watched(__u16 port)
+{
+	return (watched_ports[(port >> 6) & 1023] >> (port & 63)) & 1;
+}
+
 /* In a selected cgroup, or no selection by cgroup at all. */
 static __always_inline int cgroup_selected(void)
 {
@@ -315,6 +336,18 @@ static __always_inline void tuple_from_addrs(struct n502_tuple *t, const struct 
 }
 
 /* Adds role to the process; returns 1 when it did not have it yet. */
+/* The socks entry of key, unless it was made before the last switch to
+ * anomaly-only tracking (its socket may have died unseen since; listeners
+ * are followed in every mode). */
+static __always_inline struct n502_sock *sock_entry(__u64 key)
+{
+	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+
+	if (s && s->gen != track_gen && s->role != N502_SOCK_LISTENER)
+		return 0;
+	return s;
+}
+
 static __always_inline int track_proc(__u32 tgid, __u32 role)
 {
 	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);
@@ -335,7 +368,7 @@ static __always_inline int track_proc(__u32 tgid, __u32 role)
 
 static __always_inline void track_sock(__u64 sk, __u32 tgid, __u16 role, __u16 family)
 {
-	struct n502_sock s = { .owner_tgid = tgid, .role = role, .family = family };
+	struct n502_sock s = { .owner_tgid = tgid, .role = role, .family = family, .gen = track_gen };
 	if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY))
 		count(N502_CNT_MAP_FULL);
 }

@@ -47,7 +47,7 @@
  * (preexisting map), adopt it first. *adopted says which. */
 static __always_inline struct n502_sock *lookup_or_adopt(const struct sock *sk, __u64 key, int *adopted)
 {
-	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+	struct n502_sock *s = sock_entry(key);
 	struct n502_addr src = {}, dst = {};
 	struct n502_tuple t = {};
 	struct n502_sock *pre;
@@ -67,8 +67,10 @@ static __always_inline struct n502_sock *lookup_or_adopt(const struct sock *sk, 
 	bpf_map_delete_elem(&preexisting, &t);
 	*adopted = 1;
 	s = bpf_map_lookup_elem(&socks, &key);
-	if (s)
+	if (s) {
 		s->flags |= N502_SOCKF_LIVE; /* its story began before us */
+		s->gen = track_gen;
+	}
 	return s;
 }
 
@@ -81,7 +83,7 @@ static __always_inline int story_held(const struct n502_sock *ns)
 /* Nginx's TCP end whose story is still held in the kernel, or NULL. */
 static __always_inline struct n502_sock *held_story(__u64 nginx_sk)
 {
-	struct n502_sock *ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+	struct n502_sock *ns = sock_entry(nginx_sk);
 
 	return story_held(ns) ? ns : 0;
 }
@@ -203,7 +205,7 @@ static __always_inline void announce_upstream(const struct sock *sk, struct n502
 			how |= N502_TOOK_EXITING;
 	}
 	if (!ns)
-		ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+		ns = sock_entry(nginx_sk);
 	held = story_held(ns);
 	/* Part of the story Nginx's end will tell (which links the two ends):
 	 * nothing to emit now. Except a process's first connection: user space
@@ -239,6 +241,158 @@ static __always_inline void announce_upstream(const struct sock *sk, struct n502
 	}
 	e->how = how;
 	submit(e);
+}
+
+/* ---- The anomaly-only path: sockets the kernel side holds no record of
+ * (all of them while track_full is 0, see common.bpf.h). It keeps nothing
+ * and looks at nothing but the socket itself unless the socket has a
+ * watched port and something went wrong. */
+
+/* The socket's local port. A socket going to CLOSE has given its port back
+ * (inet_num 0) by the time the state tracepoint runs; its source port (in
+ * the headers it sends) stays. */
+static __always_inline __u16 local_port(const struct sock *sk)
+{
+	__u16 port = SK_READ(sk, __sk_common.skc_num);
+
+	return port ? port : bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
+/* A socket with no record failed: from now on follow connections whole. */
+static __always_inline void anomaly_seen(void)
+{
+	if (!track_full)
+		track_full = 1;
+}
+
+/* The current task is exiting: do_exit() closing its files. */
+static __always_inline int current_exiting(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return (BPF_CORE_READ(task, flags) & N502_PF_EXITING) != 0;
+}
+
+/* A socket toward an upstream port failed: a connect that did not complete
+ * (refused, timed out, given up by Nginx, no local port) or an error on an
+ * established connection (a reset). Its owner is the current task only when
+ * that task holds the socket (on loopback, a connect's refusal is processed
+ * in the connecting task); in softirq it is not known (0) and user space
+ * matches the event to a log line by upstream and time. */
+static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err)
+{
+	struct n502_state_event *e;
+	__u32 owner = 0;
+
+	if (in_owner_context(sk)) {
+		struct n502_proc *p = current_proc();
+		if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
+			return; /* another process's own socket */
+		owner = bpf_get_current_pid_tgid() >> 32;
+	}
+	anomaly_seen();
+	e = reserve(sizeof(*e), N502_EV_STATE);
+	if (!e)
+		return;
+	e->sk = (__u64)sk;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->sk_err = err;
+	e->sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
+	e->retransmits = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
+	e->owner_tgid = owner;
+	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
+	read_inet_addrs(sk, &e->src, &e->dst);
+	e->src.port = local_port(sk);
+	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	submit(e);
+	count(N502_CNT_UNTRACKED);
+}
+
+/* An upstream process ending a connection on an upstream port in a way no
+ * answered request ends: dying with it open (do_exit() closes it in the
+ * dying task's context), aborting it (a RST instead of a FIN), or closing it
+ * without having sent one byte. Its close runs in its own context, so the
+ * current task is the holder: its accept (how: that close) names it, then
+ * the transition; Nginx's end is not known (nginx_sk 0, matched by tuple). */
+static __always_inline void untracked_holder_close(const struct sock *sk, int oldstate, int newstate, int exiting)
+{
+	struct n502_accept_event *a;
+	struct n502_state_event *e;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	anomaly_seen();
+	a = reserve(sizeof(*a), N502_EV_ACCEPT);
+	if (!a)
+		return;
+	a->sk = (__u64)sk;
+	a->nginx_sk = 0;
+	a->fd = -1;
+	a->nginx_tgid = 0;
+	read_inet_addrs(sk, &a->local, &a->peer);
+	a->local.port = local_port(sk);
+	a->cgroup_id = bpf_get_current_cgroup_id();
+	a->ns_tgid = current_ns_tgid();
+	a->how = N502_TOOK_CLOSE | (exiting ? N502_TOOK_EXITING : 0);
+	submit(a);
+	e = reserve(sizeof(*e), N502_EV_STATE);
+	if (!e)
+		return;
+	e->sk = (__u64)sk;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->sk_err = 0;
+	e->sock_role = N502_SOCK_UPSTREAM | N502_SOCK_UNTRACKED;
+	e->retransmits = 0;
+	e->owner_tgid = tgid;
+	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
+	read_inet_addrs(sk, &e->src, &e->dst);
+	e->src.port = local_port(sk);
+	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	submit(e);
+	count(N502_CNT_UNTRACKED);
+}
+
+/* A state change of a socket with no record. Cheapest tests first: most
+ * transitions are neither a failure nor a close. */
+static __always_inline void untracked_state(const struct sock *sk, int oldstate, int newstate, int err)
+{
+	int failed = err || (oldstate == N502_TCP_SYN_SENT && newstate == N502_TCP_CLOSE);
+	int closing = (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
+		      (oldstate == N502_TCP_CLOSE_WAIT && (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE));
+	/* An established connection ending, by the upstream's FIN or by
+	 * Nginx closing first: a failure when not one byte of a reply came
+	 * (HTTP, FastCGI, uwsgi and gRPC upstreams answer every request): an
+	 * upstream closing on a request, or Nginx giving up on one (a timeout,
+	 * a client gone). Nginx's own close after the upstream's FIN (from
+	 * CLOSE_WAIT) runs in the worker: it names the owner. */
+	int ended = (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_CLOSE_WAIT || newstate == N502_TCP_FIN_WAIT1)) ||
+		    (oldstate == N502_TCP_CLOSE_WAIT && (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE));
+	int exiting;
+	__u16 family;
+
+	if (!failed && !closing && !ended)
+		return;
+	family = SK_READ(sk, __sk_common.skc_family);
+	if (family != N502_AF_INET && family != N502_AF_INET6)
+		return;
+	if ((failed || ended) && port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport)))) {
+		/* A FIN received counts one byte (it takes a sequence number). */
+		__u64 fin = oldstate == N502_TCP_CLOSE_WAIT || newstate == N502_TCP_CLOSE_WAIT;
+		if (failed || BPF_CORE_READ((struct tcp_sock *)sk, bytes_received) <= fin)
+			untracked_connection_failed(sk, oldstate, newstate, err);
+		return;
+	}
+	if (!closing || !port_watched(local_port(sk)) || !in_owner_context(sk))
+		return;
+	/* The upstream's end, closed by its holder: dying, aborting (straight
+	 * to CLOSE: a RST), or a FIN before any byte of an answer. */
+	exiting = current_exiting();
+	if (exiting || newstate == N502_TCP_CLOSE ||
+	    (!err && newstate == N502_TCP_FIN_WAIT1 && !BPF_CORE_READ((struct tcp_sock *)sk, bytes_sent)))
+		untracked_holder_close(sk, oldstate, newstate, exiting);
 }
 
 /* listen() on TCP, in the listening task. */
@@ -281,10 +435,12 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 	if (!found)
 		return;
 	nginx_sk = *found;
-	ns = bpf_map_lookup_elem(&socks, &nginx_sk);
+	ns = sock_entry(nginx_sk);
 	if (!ns || (ns->role & ~N502_SOCK_CLOSED) != N502_SOCK_NGINX)
 		return;
-	struct n502_sock v = { .role = N502_SOCK_UPSTREAM, .family = local.family, .peer_sk = nginx_sk };
+	struct n502_sock v = {
+		.role = N502_SOCK_UPSTREAM, .family = local.family, .peer_sk = nginx_sk, .gen = track_gen
+	};
 	if (bpf_map_update_elem(&socks, &key, &v, BPF_ANY)) {
 		count(N502_CNT_MAP_FULL);
 		return;
@@ -405,6 +561,18 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	err = SK_READ(sk, sk_err);
 	if ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !err)
 		return 0;
+	if (!track_full) {
+		/* Anomalies only; listeners are followed in every mode (rare,
+		 * and what a refused connect is told by). */
+		if (oldstate == N502_TCP_CLOSE && newstate == N502_TCP_LISTEN) {
+			begin_tracking(sk, key, oldstate, newstate);
+			return 0;
+		}
+		if (oldstate != N502_TCP_LISTEN) {
+			untracked_state(sk, oldstate, newstate, err);
+			return 0;
+		}
+	}
 	/* A socket's first transition: whatever entry its address has is a
 	 * dead socket's (tracking one overwrites it, and a stale entry flagged
 	 * CLOSED is forgotten at its next use). No lookup. */
@@ -417,10 +585,14 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	if (s && (s->role & N502_SOCK_CLOSED)) {
 		/* A closed socket's memory now serves a new socket: forget it. */
 		bpf_map_delete_elem(&socks, &key);
+		s = 0;
+	}
+	if (!s) {
+		/* Not followed: a connection older than the last switch to
+		 * full tracking, or not Nginx's. Its failures still count. */
+		untracked_state(sk, oldstate, newstate, err);
 		return 0;
 	}
-	if (!s)
-		return 0;
 	if (s->role == N502_SOCK_NGINX && !(s->flags & N502_SOCKF_LIVE)) {
 		if (err)
 			flush_story(key, s); /* then this transition, one by one */
@@ -494,6 +666,40 @@ N502_HOOK(inet_sock_set_state, handle_sock__inet_sock_set_state, raw_sock__inet_
 	return on_sock__inet_sock_set_state(sk, oldstate, newstate);
 }
 
+/* A socket with no record toward an upstream port received a RST: in
+ * SYN_SENT a refusal, else the upstream (or something on the way) reset the
+ * connection; the state it was in tells whether the upstream had closed
+ * first (CLOSE_WAIT: a keep-alive connection reused too late). */
+static __always_inline void untracked_reset_received(const struct sock *sk)
+{
+	struct n502_reset_event *e;
+	__u16 family = SK_READ(sk, __sk_common.skc_family);
+	__u32 owner = 0;
+
+	if ((family != N502_AF_INET && family != N502_AF_INET6) ||
+	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))))
+		return;
+	if (in_owner_context(sk)) {
+		struct n502_proc *p = current_proc();
+		if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
+			return;
+		owner = bpf_get_current_pid_tgid() >> 32;
+	}
+	anomaly_seen();
+	e = reserve(sizeof(*e), N502_EV_RESET);
+	if (!e)
+		return;
+	e->sk = (__u64)sk;
+	e->dir = N502_RST_RECEIVED;
+	e->state = SK_READ(sk, __sk_common.skc_state);
+	e->sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
+	e->_pad = 0;
+	e->owner_tgid = owner;
+	read_inet_addrs(sk, &e->src, &e->dst);
+	submit(e);
+	count(N502_CNT_UNTRACKED);
+}
+
 static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 {
 	__u64 key = (__u64)sk;
@@ -505,8 +711,11 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 	if (!sk)
 		return; /* a reset for a packet that matched no socket */
 	s = lookup_or_adopt(sk, key, &adopted);
-	if (!s)
+	if (!s) {
+		if (dir == N502_RST_RECEIVED)
+			untracked_reset_received(sk);
 		return;
+	}
 	if (s->role & N502_SOCK_CLOSED) {
 		int state = SK_READ(sk, __sk_common.skc_state);
 		bpf_map_delete_elem(&socks, &key);
@@ -564,14 +773,42 @@ N502_HOOK(tcp_send_reset, handle_tcp__send_reset, raw_tcp__send_reset, const str
 /* A retransmission on a tracked socket. In SYN_SENT it is an unanswered SYN:
  * a firewall dropping it, or a listener whose accept queue is full. The
  * prototype gained an error argument in 6.x; only the first is read. */
+/* A SYN resent toward an upstream port by a socket with no record: a
+ * retransmission timer fires in softirq, so its owner is not known. */
+static __always_inline void untracked_syn_resent(const struct sock *sk)
+{
+	struct n502_retrans_event *e;
+
+	if (SK_READ(sk, __sk_common.skc_state) != N502_TCP_SYN_SENT ||
+	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))))
+		return;
+	anomaly_seen();
+	e = reserve(sizeof(*e), N502_EV_RETRANS);
+	if (!e)
+		return;
+	e->sk = (__u64)sk;
+	e->state = N502_TCP_SYN_SENT;
+	e->sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
+	e->_pad = 0;
+	e->owner_tgid = 0;
+	e->_pad2 = 0;
+	read_inet_addrs(sk, &e->src, &e->dst);
+	submit(e);
+	count(N502_CNT_UNTRACKED);
+}
+
 static __always_inline int on_tcp__retransmit_skb(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
-	struct n502_sock *s = bpf_map_lookup_elem(&socks, &key);
+	struct n502_sock *s = sock_entry(key);
 	struct n502_retrans_event *e;
 
 	/* Nginx's end only: a SYN resent is what the rules use. */
-	if (!s || s->role != N502_SOCK_NGINX)
+	if (!s) {
+		untracked_syn_resent(sk);
+		return 0;
+	}
+	if (s->role != N502_SOCK_NGINX)
 		return 0;
 	flush_story(key, s);
 	e = reserve(sizeof(*e), N502_EV_RETRANS);
@@ -602,7 +839,7 @@ static __always_inline int on_tcp__rcv_space_adjust(struct sock *sk)
 	__u64 key = (__u64)sk;
 	struct n502_sock *s;
 
-	if (!in_owner_context(sk)) /* a plain load: before the lookup */
+	if (!track_full || !in_owner_context(sk)) /* plain loads: before the lookup */
 		return 0;
 	/* An upstream reads Nginx's request before it sends anything (HTTP,
 	 * FastCGI, uwsgi: the client speaks first), so a socket that has sent
@@ -612,7 +849,7 @@ static __always_inline int on_tcp__rcv_space_adjust(struct sock *sk)
 	 * server's SETTINGS) is named by its close or exit instead. */
 	if (BPF_CORE_READ((struct tcp_sock *)sk, bytes_sent))
 		return 0;
-	s = bpf_map_lookup_elem(&socks, &key);
+	s = sock_entry(key);
 	if (!s || s->role != N502_SOCK_UPSTREAM || s->owner_tgid)
 		return 0;
 	announce_upstream(sk, s, N502_TOOK_READ, 0, 0);

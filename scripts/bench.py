@@ -28,6 +28,8 @@ Modes, interleaved in one run in the same order every round:
              state per socket: a port bitmap read from the socket, an event
              only for a socket error or an exiting holder, no receive hook
              (bench_hooks --op ownerless)
+  adaptive   (only when named in --modes) n502trace --tracking adaptive: while
+             Nginx is healthy (as here) only failures are watched
   baseline   another n502trace binary (--baseline-bin, e.g. an older build),
              attached the same way: an A/B of two versions in one run
   n502trace  `n502trace --nginx-pid MASTER --json` attached (ready before wrk
@@ -78,6 +80,8 @@ CONNECTIONS = 32
 MODES = ("none", "hooks", "n502trace", "baseline", "tcpdump", "debug")
 # Modes that run only when named in --modes.
 EXTRA_MODES = ("minimal", "ownerless")
+# n502trace with extra arguments, only when named in --modes.
+TOOL_MODES = {"adaptive": ["--tracking", "adaptive"]}
 
 # --op-costs: the operations of tests/bench/ops.bpf.c (bench_hooks --op NAME),
 # "empty" first: every other one is measured against it.
@@ -534,12 +538,12 @@ class Bench:
         return r
 
     # -- n502trace
-    def start_tool(self, tag, binary=None):
+    def start_tool(self, tag, binary=None, extra=()):
         out_path = os.path.join(self.dir, "n502trace-%s.jsonl" % tag)
         err_path = os.path.join(self.dir, "n502trace-%s.stderr" % tag)
         out, err = open(out_path, "w"), open(err_path, "w")
         t0 = time.monotonic()
-        p = spawn([binary or self.args.bin, "--nginx-pid", str(self.nginx.master), "--json"],
+        p = spawn([binary or self.args.bin, "--nginx-pid", str(self.nginx.master), "--json"] + list(extra),
                   stdout=out, stderr=err)
         out.close()
         err.close()
@@ -566,8 +570,8 @@ class Bench:
         verdicts = sum(1 for r in records if r.get("type") == "verdict")
         return rc, summary, warnings, verdicts
 
-    def run_n502trace(self, duration, tag, binary=None):
-        p, out_path, err_path, ready, wall_ms = self.start_tool(tag, binary)
+    def run_n502trace(self, duration, tag, binary=None, extra=()):
+        p, out_path, err_path, ready, wall_ms = self.start_tool(tag, binary, extra)
         stats0 = bpf_prog_stats(p.pid) if self.args.bpf_stats else None
         r = self.measured_wrk(duration, tracer_pid=p.pid)
         if stats0 is not None:
@@ -664,6 +668,8 @@ class Bench:
             return self.run_hooks(duration, tag)
         if mode in EXTRA_MODES:
             return self.run_hooks(duration, tag, op=mode)
+        if mode in TOOL_MODES:
+            return self.run_n502trace(duration, tag, extra=TOOL_MODES[mode])
         if mode == "n502trace":
             return self.run_n502trace(duration, tag)
         if mode == "baseline":
@@ -829,7 +835,7 @@ def bpf_table(runs):
 
 def short_note(mode, r):
     s = ""
-    if mode in ("n502trace", "baseline"):
+    if mode in ("n502trace", "baseline", "adaptive"):
         s = "  events %s lost %s RSS %.1f MiB attach %s ms ready %.0f ms" % (
             r["events"], r["events_lost"], (r["rss_kib"] or 0) / 1024.0, r["attach_ms"], r["ready_wall_ms"])
     elif mode == "tcpdump":
@@ -886,7 +892,7 @@ def fmt(x, spec):
 
 def mode_notes(mode, runs):
     notes = []
-    if mode in ("n502trace", "baseline"):
+    if mode in ("n502trace", "baseline", "adaptive"):
         ev = med([r["events"] for r in runs])
         rate = med([r["events"] / r["requests"] for r in runs if r["events"] is not None and r["requests"]])
         notes.append("events/run %s (%s per request%s)" % (
@@ -1069,8 +1075,8 @@ def main():
         if v not in VARIANTS:
             ap.error("unknown variant %r (have %s)" % (v, ", ".join(VARIANTS)))
     for m in modes:
-        if m not in MODES + EXTRA_MODES:
-            ap.error("unknown mode %r (have %s)" % (m, ", ".join(MODES + EXTRA_MODES)))
+        if m not in MODES + EXTRA_MODES + tuple(TOOL_MODES):
+            ap.error("unknown mode %r (have %s)" % (m, ", ".join(MODES + EXTRA_MODES + tuple(TOOL_MODES))))
     if args.rounds < 1 or args.duration < 1:
         ap.error("--rounds and --duration must be >= 1")
     if args.soak_only and args.soak_minutes <= 0:

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <map>
+#include <set>
 #include <tuple>
 #include <memory>
 #include <unordered_map>
@@ -533,6 +534,7 @@ int run(const Options &opt)
     lo.verbose = opt.verbose;
     lo.unix_sockets = opt.unix_sockets;
     lo.btf_path = opt.btf_path;
+    lo.adaptive = opt.tracking == "adaptive";
     lo.filter_cgroups = !selection.empty() && !uroot.empty();
     for (const auto &sel : selection)
         lo.filter_cgroups = lo.filter_cgroups && !sel.v1;
@@ -669,9 +671,25 @@ int run(const Options &opt)
         else if (opt.verbose)
             fmt::print(stderr, "n502trace: following unix-socket upstreams: {}\n", why);
     };
+    // The ports the kernel's anomaly-only path watches: every upstream's of
+    // every configuration followed (all ports when one cannot be known).
+    std::set<uint16_t> watched_ports;
+    bool watch_all_ports = false;
+    auto watch_ports = [&](const NginxConf &conf) {
+        watch_all_ports = watch_all_ports || conf.files.empty();
+        for (const auto &u : conf.upstreams) {
+            auto port = upstream_tcp_port(u);
+            if (!port)
+                watch_all_ports = true;
+            else if (*port)
+                watched_ports.insert(*port);
+        }
+        loader.watch_ports(std::vector<uint16_t>(watched_ports.begin(), watched_ports.end()), watch_all_ports);
+    };
     auto check_config = [&](Instance &in, bool report) {
         NginxPaths paths = nginx_paths(in.info.master);
         NginxConf conf = parse_nginx_conf(in.info.root, paths.conf);
+        watch_ports(conf);
         if (conf.files.empty())
             need_unix("Nginx's configuration could not be read");
         for (const auto &u : conf.upstreams)
@@ -828,6 +846,21 @@ int run(const Options &opt)
     engine.ready(ready);
     for (auto &in : instances)
         report_down(*in);
+    const bool adaptive = lo.adaptive;
+    auto ports_text = [&]() {
+        if (watch_all_ports)
+            return std::string("every port (a configuration names an upstream whose port cannot be known)");
+        if (watched_ports.empty())
+            return std::string("none yet (no TCP upstream in the configuration)");
+        return fmt::format("{}", fmt::join(watched_ports, ", "));
+    };
+    if (adaptive)
+        engine.warning({"tracking_lean",
+                       fmt::format("--tracking adaptive: watching only failures on sockets toward upstream ports "
+                                   "({}); every connection is followed whole from the first failure or upstream "
+                                   "error line on",
+                                   ports_text()),
+                       0});
 
     Fd ep(epoll_create1(EPOLL_CLOEXEC));
     epoll_event ev{};
@@ -993,9 +1026,48 @@ int run(const Options &opt)
         }
     };
 
+    uint64_t untracked_seen = 0;
     auto take_counters = [&]() {
         KernelCounters kc = loader.counters();
         engine.counters({kc.lost, kc.map_full});
+        bool more = kc.untracked > untracked_seen;
+        untracked_seen = kc.untracked;
+        return more;
+    };
+    // --tracking adaptive: full from the first failure the kernel saw (it
+    // switched itself) or upstream error line, lean again after calm_ns of
+    // neither.
+    bool full_now = !adaptive;
+    uint64_t last_trouble = 0;
+    const uint64_t calm_ns = static_cast<uint64_t>(opt.calm_s * 1e9);
+    auto track = [&](uint64_t now, bool error_line, bool kernel_failure) {
+        if (!adaptive)
+            return;
+        if (error_line || kernel_failure)
+            last_trouble = now;
+        if (!full_now && (error_line || loader.tracking_full())) {
+            std::string terr;
+            if (!loader.set_tracking_full(true, &terr))
+                engine.warning({"tracking", terr, 0});
+            full_now = true;
+            last_trouble = now;
+            engine.warning({"tracking_full",
+                           fmt::format("following every upstream connection whole from now on: {}; failures only "
+                                       "again after {:g} s without one (--calm-after)",
+                                       error_line ? "Nginx logged an upstream error"
+                                                  : "the kernel saw a failure on a socket toward an upstream port",
+                                       opt.calm_s),
+                           0});
+        } else if (full_now && now - last_trouble > calm_ns) {
+            std::string terr;
+            loader.set_tracking_full(false, &terr);
+            full_now = false;
+            engine.warning({"tracking_lean",
+                           fmt::format("no upstream error or failure for {:g} s: watching only failures on sockets "
+                                       "toward upstream ports ({}) again",
+                                       opt.calm_s, ports_text()),
+                           0});
+        }
     };
     while (!stop) {
         epoll_event evs[4];
@@ -1018,12 +1090,14 @@ int run(const Options &opt)
         engine.tick(now, real_now_ns());
         if (loader.consume() < 0)
             engine.warning({"ring_error", "reading the ring buffer failed", 0});
-        if (read_logs()) {
+        bool error_line = read_logs();
+        if (error_line) {
             // The kernel events behind a line were produced before Nginx wrote
             // it: drain them before correlating.
             loader.consume();
         }
-        take_counters();
+        bool kernel_failure = take_counters();
+        track(now, error_line, kernel_failure);
         if (engine.step()) { // once a second
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown

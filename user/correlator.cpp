@@ -222,6 +222,12 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
     const Proc *up = nullptr;
     if (conn) {
         state_.claim(conn);
+        if (conn->untracked && !conn->nginx_pid) {
+            // Whose it was is what the line says: the worker's namespace
+            // and credentials are what the rules look up.
+            conn->nginx_pid = line.pid;
+            conn->nginx_comm = "nginx";
+        }
         if (!conn->up_pid)
             find_holder(line, *conn, v.ts_real_ns);
         if (conn->up_pid)
@@ -241,6 +247,16 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         v.nginx_message = line.message;
         v.log_only_cause = log_only_cause(line);
     }
+    if (conn && conn->untracked && v.rendered)
+        v.notes.push_back("n502trace saw this connection only from its failure on (anomaly-only tracking, "
+                          "--tracking adaptive, or a connection older than the switch to full tracking): what "
+                          "came before the failure was not recorded");
+    else if (line.lean && v.rendered && v.cause == "unknown")
+        v.notes.push_back("n502trace was watching only for failures the kernel can tell from a normal close "
+                          "(--tracking adaptive) when Nginx logged this, and saw none on this connection: an "
+                          "upstream that answered something before it failed (a timeout after a partial answer, "
+                          "an invalid response, a keep-alive connection closed under Nginx) is explained from its "
+                          "next occurrence on, now that every connection is followed whole");
     group_attempts(line, v);
     tally(v, conn);
     remember_request(line);

@@ -261,7 +261,8 @@ static bool fill(const void *data, size_t len, Event &e, std::string *why)
         e.oldstate = r.oldstate;
         e.newstate = r.newstate;
         e.sk_err = r.sk_err;
-        e.sock_role = r.sock_role;
+        e.sock_role = r.sock_role & ~N502_SOCK_UNTRACKED;
+        e.untracked = (r.sock_role & N502_SOCK_UNTRACKED) != 0;
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);
@@ -308,7 +309,8 @@ static bool fill(const void *data, size_t len, Event &e, std::string *why)
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
         e.tcp_state = r.state;
-        e.sock_role = r.sock_role;
+        e.sock_role = r.sock_role & ~N502_SOCK_UNTRACKED;
+        e.untracked = (r.sock_role & N502_SOCK_UNTRACKED) != 0;
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);
@@ -322,7 +324,8 @@ static bool fill(const void *data, size_t len, Event &e, std::string *why)
         e.sk = r.sk;
         e.dir = r.dir;
         e.tcp_state = r.state;
-        e.sock_role = r.sock_role;
+        e.sock_role = r.sock_role & ~N502_SOCK_UNTRACKED;
+        e.untracked = (r.sock_role & N502_SOCK_UNTRACKED) != 0;
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);

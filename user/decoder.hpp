@@ -60,8 +60,9 @@ struct Event {
     int ret = 0;           // CONNECT: connect() return
     Addr src, dst;         // STATE/RESET: local, remote; CONNECT: dst; ACCEPT: src=local, dst=nginx; LISTEN: src
     int oldstate = 0, newstate = 0, sk_err = 0;
-    uint16_t sock_role = 0;
+    uint16_t sock_role = 0; // enum n502_sock_role, without N502_SOCK_UNTRACKED (below)
     uint32_t owner = 0;    // socket owner recorded at connect/accept/listen
+    bool untracked = false; // STATE/RESET/RETRANS: from the anomaly-only path (N502_SOCK_UNTRACKED)
     uint32_t dir = 0;      // RESET
     int tcp_state = 0;     // RESET
     uint32_t target = 0;   // SIGNAL: target tgid; FORK: child; OOM: victim

@@ -539,6 +539,15 @@ bool Engine::log_line(const std::string &text, const std::function<uint32_t(uint
     return do_line(text, mapped);
 }
 
+// Adaptive tracking's switches are told by its warnings, live and replayed.
+void Engine::note_tracking(const std::string &code)
+{
+    if (code == "tracking_lean")
+        tracking_lean_ = true;
+    else if (code == "tracking_full")
+        tracking_lean_ = false;
+}
+
 // A log line: an upstream error waits for its evidence, a 502/504 access
 // line for its error line.
 bool Engine::do_line(const std::string &text, uint32_t mapped)
@@ -547,6 +556,7 @@ bool Engine::do_line(const std::string &text, uint32_t mapped)
         summary_.log_lines++;
         uint32_t logged = line->pid;
         line->pid = mapped;
+        line->lean = tracking_lean_;
         pending_.push_back({std::move(*line), now_boot_ + grace_ns_, 0, logged});
         return true;
     }
@@ -764,6 +774,7 @@ void Engine::ready(const ReadyInfo &r)
 void Engine::warning(const Warning &w)
 {
     rec(Rec::Warning, Enc().str(w.code).str(w.message).u64(w.count));
+    note_tracking(w.code);
     sink_.warning(w);
 }
 
@@ -885,6 +896,7 @@ void Engine::replay(const RawRecord &r)
         w.code = d.str();
         w.message = d.str();
         w.count = d.u64();
+        note_tracking(w.code);
         sink_.warning(w);
         break;
     }

@@ -188,6 +188,7 @@ private:
     void flush_time();
     void do_kernel(const void *data, size_t len);
     bool do_line(const std::string &text, uint32_t mapped);
+    void note_tracking(const std::string &code);
     void do_capture(const Event &ev);
     bool do_step();
     void do_finish(double duration_s, uint64_t rss_kib);
@@ -204,6 +205,7 @@ private:
     FactsSource &facts_;
     Recorder *rec_;
     uint64_t now_boot_ = 0;
+    bool tracking_lean_ = false; // --tracking adaptive, watching failures only (its warnings say when)
     int64_t now_real_ = 0;
     uint64_t rec_boot_ = 0; // the clock as last written to the recording
     int64_t rec_real_ = 0;

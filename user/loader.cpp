@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
@@ -101,13 +102,16 @@ static std::optional<OnDemand> group_of(const std::string &program)
         return OnDemand::LogCapture;
     if (program.rfind("handle_sys_", 0) == 0)
         return OnDemand::UnixSockets;
+    if (program == "handle_tcp__rcv_space_adjust" || program == "raw_tcp__rcv_space_adjust")
+        return OnDemand::FullTracking;
     return std::nullopt;
 }
 
 static const char *group_reason(OnDemand g)
 {
-    return g == OnDemand::LogCapture ? "attached when a log needs capturing"
-                                     : "attached when an Nginx configuration names a unix-socket upstream";
+    return g == OnDemand::LogCapture    ? "attached when a log needs capturing"
+           : g == OnDemand::UnixSockets ? "attached when an Nginx configuration names a unix-socket upstream"
+                                        : "attached while connections are followed whole (--tracking adaptive)";
 }
 
 static bool hook_available(const struct btf *vmlinux, const std::string &sec, std::string *why)
@@ -229,6 +233,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
             bpf_program__set_autoload(prog, false);
         probes_.push_back(st);
         progs_.push_back(prog);
+        prog_links_.push_back(nullptr);
     }
     if (types)
         btf__free(types);
@@ -245,7 +250,9 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
     skel_->rodata->wakeup_bytes = size / 8;
     skel_->rodata->filter_cgroups = opt.filter_cgroups ? 1 : 0;
     skel_->rodata->adopt_preexisting = opt.adopt_preexisting ? 1 : 0;
+    skel_->data->track_full = opt.adaptive ? 0 : 1;
     unix_at_start_ = opt.unix_sockets;
+    full_at_start_ = !opt.adaptive;
 
     int err = n502_bpf__load(skel_);
     if (err) {
@@ -265,7 +272,8 @@ bool Loader::attach(std::string *error)
         if (!st.available)
             continue;
         auto group = group_of(st.program);
-        if (group == OnDemand::LogCapture || (group == OnDemand::UnixSockets && !unix_at_start_)) {
+        if (group == OnDemand::LogCapture || (group == OnDemand::UnixSockets && !unix_at_start_) ||
+            (group == OnDemand::FullTracking && !full_at_start_)) {
             st.skipped = true;
             st.error = group_reason(*group);
             continue;
@@ -277,6 +285,7 @@ bool Loader::attach(std::string *error)
             continue;
         }
         links_.push_back(link);
+        prog_links_[i] = link;
         st.attached = true;
         attached++;
     }
@@ -334,6 +343,7 @@ bool Loader::attach_group(OnDemand group, std::string *error)
             continue;
         }
         links_.push_back(link);
+        prog_links_[i] = link;
         st.attached = true;
         st.skipped = false;
         st.error.clear();
@@ -343,6 +353,56 @@ bool Loader::attach_group(OnDemand group, std::string *error)
         return false;
     }
     return true;
+}
+
+void Loader::detach_group(OnDemand group)
+{
+    for (size_t i = 0; i < probes_.size(); i++) {
+        bpf_link *link = prog_links_[i];
+        if (group_of(probes_[i].program) != group || !link)
+            continue;
+        bpf_link__destroy(link);
+        links_.erase(std::remove(links_.begin(), links_.end(), link), links_.end());
+        prog_links_[i] = nullptr;
+        probes_[i].attached = false;
+        probes_[i].skipped = true;
+        probes_[i].error = group_reason(group);
+    }
+}
+
+bool Loader::tracking_full() const { return skel_ && skel_->data->track_full != 0; }
+
+bool Loader::set_tracking_full(bool full, std::string *error)
+{
+    if (!skel_)
+        return false;
+    if (full) {
+        // The hook first: a connection followed from now on is named at its
+        // upstream's first read.
+        std::string why;
+        bool ok = attach_group(OnDemand::FullTracking, &why);
+        skel_->data->track_full = 1;
+        if (!ok)
+            *error = "following connections whole without the receive hook (upstreams are named by their close "
+                     "or exit only): " + why;
+        return ok;
+    }
+    skel_->data->track_full = 0;
+    // Records made until now may outlive their sockets unseen.
+    skel_->bss->track_gen = skel_->bss->track_gen + 1;
+    detach_group(OnDemand::FullTracking);
+    return true;
+}
+
+void Loader::watch_ports(const std::vector<uint16_t> &ports, bool all)
+{
+    if (!skel_)
+        return;
+    auto &bits = skel_->bss->watched_ports;
+    for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++)
+        bits[i] = all ? ~0ULL : 0;
+    for (uint16_t p : ports)
+        bits[p >> 6] = bits[p >> 6] | (1ULL << (p & 63));
 }
 
 bool Loader::enable_unix_sockets(std::string *error)
@@ -437,6 +497,8 @@ KernelCounters Loader::counters() const
             out.lost = sum;
         else if (idx == N502_CNT_MAP_FULL)
             out.map_full = sum;
+        else if (idx == N502_CNT_UNTRACKED)
+            out.untracked = sum;
     }
     return out;
 }

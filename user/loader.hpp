@@ -30,6 +30,7 @@ struct KernelCounters {
     uint64_t emitted = 0;
     uint64_t lost = 0;
     uint64_t map_full = 0;
+    uint64_t untracked = 0; // anomaly-only events (N502_SOCK_UNTRACKED)
 };
 
 struct LoaderOptions {
@@ -39,13 +40,14 @@ struct LoaderOptions {
     bool filter_cgroups = false; // Nginx's hooks only fire in the cgroups given to select_cgroup()
     bool adopt_preexisting = false; // sockets of connections older than us are adopted (add_preexisting)
     bool unix_sockets = false;   // attach the unix-socket syscall hooks now (else on enable_unix_sockets())
+    bool adaptive = false;       // start with anomaly-only tracking (set_tracking_full; bpf/common.bpf.h)
     std::string btf_path;        // --btf: the kernel's types from this file; hooks attach as raw_tp
 };
 
 // Programs attached only on demand, because each is a syscall tracepoint:
 // once one is attached, every syscall of every task on the host takes the
 // slower path.
-enum class OnDemand { LogCapture, UnixSockets };
+enum class OnDemand { LogCapture, UnixSockets, FullTracking };
 
 class Loader {
 public:
@@ -77,6 +79,15 @@ public:
     // A socket of a connection that predates us, by its 4-tuple (its own
     // end first), to be adopted at its next state change or reset.
     bool add_preexisting(const n502_tuple &key, const n502_sock &value, std::string *error);
+    // Adaptive tracking. Whether connections are followed whole now: user
+    // space sets it, and the kernel side sets it itself at its first anomaly.
+    bool tracking_full() const;
+    // Full: the receive hook attached, then the flag set. Anomaly-only: the
+    // flag cleared, the records of the full period declared dead, the
+    // receive hook detached (it would cost every TCP read on the host).
+    bool set_tracking_full(bool full, std::string *error);
+    // The ports the anomaly-only path watches (an upstream's): these, or all.
+    void watch_ports(const std::vector<uint16_t> &ports, bool all);
     // Removes a cgroup id from the kernel-side selection.
     void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);
@@ -94,16 +105,19 @@ private:
     static int on_record(void *ctx, void *data, size_t len);
     // Attaches the on-demand group's programs that are not attached yet.
     bool attach_group(OnDemand group, std::string *error);
+    void detach_group(OnDemand group);
 
     n502_bpf *skel_ = nullptr;
     ring_buffer *rb_ = nullptr;
     std::vector<bpf_link *> links_;
     std::vector<ProbeStatus> probes_;
     std::vector<bpf_program *> progs_; // the program of each probes_ entry
+    std::vector<bpf_link *> prog_links_; // its link while attached (else null); also in links_
     bool raw_mode_ = false;            // raw_tp flavour (no kernel BTF: --btf)
     Callback cb_;
     bool unix_enabled_ = false;
     bool unix_at_start_ = false;
+    bool full_at_start_ = true;
 };
 
 // --check's reading of /sys/kernel/security/lockdown's contents.

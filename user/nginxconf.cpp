@@ -354,4 +354,23 @@ NginxPaths nginx_paths(uint32_t master, const std::string &proc_root)
     return out;
 }
 
+std::optional<uint16_t> upstream_tcp_port(const ConfUpstream &u)
+{
+    if (u.has_variables)
+        return std::nullopt;
+    const std::string &a = u.address;
+    if (a.rfind("unix:", 0) == 0)
+        return 0;
+    size_t colon = a[0] == '[' ? a.find("]:") : a.rfind(':');
+    if (colon == std::string::npos)
+        return std::nullopt;
+    std::string digits = a.substr(colon + (a[0] == '[' ? 2 : 1));
+    if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos)
+        return std::nullopt;
+    unsigned long port = std::stoul(digits);
+    if (port == 0 || port > 65535)
+        return std::nullopt;
+    return static_cast<uint16_t>(port);
+}
+
 } // namespace n502

@@ -19,6 +19,11 @@ struct ConfUpstream {
     bool has_variables = false; // "$..." in the target: resolved per request, cannot be checked
 };
 
+// The TCP port of an upstream address as ConfUpstream::address writes it:
+// 0 for a unix socket (no port), nullopt when it cannot be known from the
+// text (a variable, a name with no port and no scheme default).
+std::optional<uint16_t> upstream_tcp_port(const ConfUpstream &u);
+
 struct NginxConf {
     std::string main_file;               // as Nginx names it (inside its root)
     std::vector<std::string> files;      // every file read, includes too

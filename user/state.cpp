@@ -20,6 +20,11 @@ uint64_t Conn::failure_ts() const
     // the first sign Nginx can get.
     if (dst.family == AF_UNIX && t_up_close && (best == 0 || *t_up_close < best))
         best = *t_up_close;
+    // Seen only from the upstream's dying close: its FIN or RST is Nginx's
+    // first sign (the other end is on this host).
+    for (const auto &t : {t_up_fin, t_up_abort})
+        if (untracked && t && (best == 0 || *t < best))
+            best = *t;
     if (best == 0 && have_connect && error)
         best = t_first;
     return best;
@@ -231,6 +236,74 @@ Conn *State::conn_by_up_sk(uint64_t up_sk)
 {
     auto it = by_up_sk_.find(up_sk);
     return it == by_up_sk_.end() ? nullptr : it->second;
+}
+
+Conn *State::untracked_by_tuple(const Addr &src, const Addr &dst)
+{
+    if (!src.port || !dst.port)
+        return nullptr;
+    auto same = [&](const Conn *c) {
+        return c->untracked && !c->claimed && c->src.port == src.port && c->src.same_place(src) &&
+               c->dst.same_place(dst);
+    };
+    // Anomalies are rare: a short look back, and at the live ones while
+    // they are few (in full tracking there can be thousands).
+    size_t looked = 0;
+    for (auto it = finished_.rbegin(); it != finished_.rend() && looked < 64; ++it, ++looked)
+        if (same(it->get()))
+            return it->get();
+    if (live_.size() <= 1024)
+        for (auto &[sk, c] : live_)
+            if (same(c.get()))
+                return c.get();
+    return nullptr;
+}
+
+Conn &State::untracked_conn(const Event &e, bool established)
+{
+    Conn *c = live_conn(e.sk);
+    if (c && !c->untracked) {
+        finish(e.sk); // a followed connection's socket, dead unseen: this is a new one
+        c = nullptr;
+    }
+    // The same connection seen from the upstream's end (its holder closing it).
+    if (!c)
+        c = untracked_by_tuple(e.src, e.dst);
+    if (!c) {
+        c = &conn_for(e.sk, e.ts, e.owner);
+        c->untracked = true;
+        c->nginx_comm = e.owner ? e.comm : "";
+    } else if (!c->nginx_pid && e.owner) {
+        c->nginx_pid = e.owner;
+        c->nginx_comm = e.comm;
+    }
+    if (e.dst.known() && e.dst.port)
+        set_dst(*c, e.dst);
+    if (e.src.known() && e.src.port)
+        c->src = e.src;
+    if (established && !c->t_established)
+        c->t_established = e.ts;
+    return *c;
+}
+
+void State::untracked_holder(const Event &e)
+{
+    // Nginx's end may have been seen already (its FIN or reset).
+    if (Conn *c = untracked_by_tuple(e.dst, e.src)) {
+        link_up_sk(c, e.sk);
+        return;
+    }
+    // Keyed apart from any kernel socket address (those are aligned).
+    uint64_t key = e.sk | 1;
+    if (live_conn(key))
+        finish(key);
+    Conn &c = conn_for(key, e.ts, 0);
+    c.untracked = true;
+    c.src = e.dst;
+    set_dst(c, e.src);
+    c.t_established = e.ts;
+    link_up_sk(&c, e.sk);
+    finish(key); // Nginx's end is never seen: nothing else would end it
 }
 
 void State::set_dst(Conn &c, const Addr &dst)
@@ -638,7 +711,8 @@ void State::apply_event(const Event &e)
             break;
         }
         if (e.sock_role == N502_SOCK_NGINX) {
-            Conn &c = conn_for(e.sk, e.ts, e.owner);
+            Conn &c = e.untracked ? untracked_conn(e, e.oldstate != N502_TCP_SYN_SENT)
+                                  : conn_for(e.sk, e.ts, e.owner);
             if (e.dst.known() && e.dst.port)
                 set_dst(c, e.dst);
             if (e.src.known() && e.src.port)
@@ -713,7 +787,7 @@ void State::apply_event(const Event &e)
     case N502_EV_RESET: {
         adopt(e);
         if (e.sock_role == N502_SOCK_NGINX) {
-            Conn *c = live_conn(e.sk);
+            Conn *c = e.untracked ? &untracked_conn(e, e.tcp_state != N502_TCP_SYN_SENT) : live_conn(e.sk);
             if (!c)
                 break;
             if (e.dir == N502_RST_RECEIVED) {
@@ -739,7 +813,9 @@ void State::apply_event(const Event &e)
         if (e.sock_role != N502_SOCK_NGINX)
             break;
         // A connect still in SYN_SENT has emitted nothing else yet.
-        Conn *c = e.tcp_state == N502_TCP_SYN_SENT ? &conn_for(e.sk, e.ts, e.owner) : live_conn(e.sk);
+        Conn *c = e.untracked                        ? &untracked_conn(e, false)
+                  : e.tcp_state == N502_TCP_SYN_SENT ? &conn_for(e.sk, e.ts, e.owner)
+                                                     : live_conn(e.sk);
         if (!c)
             break;
         if (e.dst.known() && e.dst.port && !c->dst.known())
@@ -757,6 +833,13 @@ void State::apply_event(const Event &e)
         // seen before Nginx's connect() returns. Start the connection here.
         if (!c && e.owner && e.peer_sk)
             c = &conn_for(e.peer_sk, e.ts, e.owner);
+        // A holder seen by the anomaly-only path from its close (dying,
+        // aborting, closing unanswered): Nginx's end is known only as the
+        // peer's address.
+        if (!c && !e.peer_sk && e.took == N502_TOOK_CLOSE) {
+            untracked_holder(e);
+            c = conn_by_up_sk(e.sk);
+        }
         if (!c)
             break;
         link_up_sk(c, e.sk);

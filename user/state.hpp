@@ -114,6 +114,12 @@ struct Conn {
     uint32_t omitted = 0;
     bool claimed = false;
     bool finished = false;
+    // Seen only from its failure on (the kernel side's anomaly-only path:
+    // adaptive tracking, or a connection older than its last switch to full
+    // tracking): no story before it, nginx_pid 0 until a log line claims it
+    // when the event did not run in Nginx's context, t_established the first
+    // sight of an established connection.
+    bool untracked = false;
 
     // The timeline as evidence records with their sentences.
     std::vector<Evidence> evidence() const;
@@ -121,7 +127,7 @@ struct Conn {
     bool failed() const
     {
         return t_refused || t_rst_recv || t_fin_recv || t_closed || (have_connect && error) ||
-               (dst.family == 1 /* AF_UNIX */ && t_up_close);
+               (dst.family == 1 /* AF_UNIX */ && t_up_close) || (untracked && (t_up_fin || t_up_abort));
     }
     // When Nginx's side saw the failure (the earliest sign), or 0.
     uint64_t failure_ts() const;
@@ -189,12 +195,18 @@ public:
     std::vector<Conn *> conns_to(uint32_t nginx_pid, const Addr &upstream, uint64_t oldest = 0,
                                  size_t max_finished = 4096);
     // The same, visited in place; `fn(Conn *)` returns true to stop.
+    // Whether a line of worker nginx_pid may be about c: its own, or one
+    // whose owner the anomaly-only path could not tell (any worker's).
+    static bool owned_by(const Conn *c, uint32_t nginx_pid)
+    {
+        return c->nginx_pid == nginx_pid || (c->untracked && c->nginx_pid == 0);
+    }
     template <typename F>
     void visit_conns(uint32_t nginx_pid, const Addr &upstream, uint64_t oldest, F &&fn)
     {
         if (auto it = live_by_dst_.find(upstream); it != live_by_dst_.end())
             for (Conn *c : it->second)
-                if (c->nginx_pid == nginx_pid && c->t_last >= oldest && fn(c))
+                if (owned_by(c, nginx_pid) && c->t_last >= oldest && fn(c))
                     return;
         if (auto it = fin_by_dst_.find(upstream); it != fin_by_dst_.end()) {
             auto &dq = it->second;
@@ -210,7 +222,7 @@ public:
                 return;
             }
             for (Conn *c : dq)
-                if (c->nginx_pid == nginx_pid && fn(c))
+                if (owned_by(c, nginx_pid) && fn(c))
                     return;
         }
     }
@@ -243,6 +255,13 @@ private:
     Conn &conn_for(uint64_t sk, uint64_t ts, uint32_t owner);
     Conn *live_conn(uint64_t sk);
     Conn *conn_by_up_sk(uint64_t up_sk);
+    // The connection of an anomaly-only event on Nginx's end (a new one
+    // unless an earlier anomaly-only event of this socket began it).
+    Conn &untracked_conn(const Event &e, bool established);
+    // An exiting process's end of a connection whose Nginx end is unknown.
+    void untracked_holder(const Event &e);
+    // A recent unclaimed anomaly-only connection with this 4-tuple (Nginx's view).
+    Conn *untracked_by_tuple(const Addr &src, const Addr &dst);
     void finish(uint64_t sk);
     Proc &proc_or_new(uint32_t pid, uint64_t ts);
     void rec(Conn &c, EvKind kind, uint64_t ts, uint32_t pid, int a = 0, int b = 0, int cc = 0, uint64_t n = 0);

@@ -57,6 +57,11 @@ enum n502_sock_role {
 	/* Flag in the socks map only (never in events): the socket reached
 	 * TCP_CLOSE but may still send the RST of an abortive close. */
 	N502_SOCK_CLOSED = 0x8000,
+	/* Flag in events only: sent by the anomaly-only path (adaptive
+	 * tracking, or a socket the kernel side holds no record of). Nothing
+	 * about the socket came before it; an Nginx end's owner is known only
+	 * when the event ran in that owner's context (else 0). */
+	N502_SOCK_UNTRACKED = 0x4000,
 };
 
 /* TCP states (include/net/tcp_states.h), as the state tracepoint passes
@@ -86,7 +91,8 @@ enum n502_counter {
 	N502_CNT_EMITTED = 0,  /* events written to the ring buffer */
 	N502_CNT_LOST = 1,     /* events dropped: ring buffer full */
 	N502_CNT_MAP_FULL = 2, /* map updates that failed (entry not tracked) */
-	N502_CNT_MAX = 3,
+	N502_CNT_UNTRACKED = 3, /* events of the anomaly-only path (N502_SOCK_UNTRACKED) */
+	N502_CNT_MAX = 4,
 };
 
 /* An endpoint: family is AF_INET (2), AF_INET6 (10) or AF_UNIX (1). */
@@ -295,7 +301,7 @@ struct n502_sock {
 	__u16 family;
 	__u64 peer_sk;    /* an upstream end: Nginx's end of the connection */
 	__u32 flags;      /* enum n502_sock_flag */
-	__u32 _pad;
+	__u32 gen;        /* track_gen when made: an older one is a dead socket's (listeners excepted) */
 	struct n502_story story; /* Nginx's TCP end only */
 };
 

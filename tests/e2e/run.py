@@ -110,9 +110,31 @@ MSG_RESET = "recv() failed (104: Connection reset by peer) while reading respons
 VERDICT_DEADLINE = 1.0  # seconds from the 502 response to the verdict record (the README's promise)
 
 
+# --adaptive: every scenario with `n502trace --tracking adaptive`, which
+# starts watching failures only (its tracking_lean warning) and follows every
+# connection whole from the first failure on (tracking_full). Most failures
+# are explained from that first sight as fully as in full tracking; these
+# differ, and are checked for what adaptive tracking promises instead:
+ADAPTIVE = False
+# The cause as in full tracking, but the evidence of what came before the
+# failure is not there (the upstream's first read; an adopted connection).
+ADAPTIVE_NO_EVIDENCE = {"upstream_timeout", "preexisting_keepalive"}
+# Failures the kernel cannot tell from a normal close (the upstream answered
+# something first): the first verdict is `unknown`, with the cause Nginx's
+# message gives and a note saying why (adaptive_cycle shows the next one
+# explained).
+ADAPTIVE_FIRST_UNKNOWN = {
+    "invalid_response": "upstream_bug",
+    "upstream_timeout_speaks_first": "upstream_slow",
+    "keepalive_race": "upstream_reset",
+}
+LEAN_NOTE = "was watching only for failures the kernel can tell from a normal close"
+
+
 class Scenario:
     def __init__(self, h, binary, use_tool):
         self.h = h
+        self.name = None  # set by run_one
         self.binary = binary
         self.use_tool = use_tool
         self.tool = None
@@ -193,6 +215,10 @@ class Scenario:
             raise Failure("no %sverdict within %.0fs of the %d (%s)" % (
                 "matching " if match else "", VERDICT_DEADLINE, status, e))
         self.verdict = v
+        if ADAPTIVE and self.name != "adaptive_cycle" and self.adaptive_verdict(v, cause, evidence):
+            return v
+        if ADAPTIVE and self.name in ADAPTIVE_NO_EVIDENCE:
+            evidence = ()
         self.results.append({"expected": cause, "cause": v.get("cause"), "status": v.get("status"),
                              "nginx_message": v.get("nginx_message"), "log_only_cause": v.get("log_only_cause")})
         late = t - resp.t_done
@@ -228,6 +254,25 @@ class Scenario:
                   "verdict attempt %r, want %d" % (v.get("attempt"), attempt))
         self.note("verdict ok: cause %s, %.2fs after the %d" % (cause, late, status))
         return v
+
+    def adaptive_verdict(self, v, cause, evidence):
+        """--adaptive: lean at the start, full after the failure; True when
+        the verdict was checked here (a first failure that stays unknown)."""
+        self.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=1)
+        self.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_full", timeout=3)
+        log_cause = ADAPTIVE_FIRST_UNKNOWN.get(self.name)
+        if log_cause is None:
+            return False
+        self.results.append({"expected": "unknown", "cause": v.get("cause"), "status": v.get("status"),
+                             "nginx_message": v.get("nginx_message"), "log_only_cause": v.get("log_only_cause")})
+        check(v.get("cause") == "unknown", "first verdict in lean tracking: cause %r, want unknown" % v.get("cause"))
+        check(v.get("log_only_cause") == log_cause, "verdict log_only_cause %r, want %r" % (
+            v.get("log_only_cause"), log_cause))
+        notes = v.get("notes") or []
+        check(any(LEAN_NOTE in n or "only from its failure on" in n for n in notes),
+              "the unknown verdict does not say adaptive tracking was lean: notes %r" % (notes,))
+        self.note("verdict ok (adaptive, first failure): unknown, log cause %s (full tracking: %s)" % (log_cause, cause))
+        return True
 
     def after_teardown(self):
         """Checks that need the tool stopped (all its output read)."""
@@ -1090,6 +1135,66 @@ def sc_restart_follow(s):
     s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
 
 
+def sc_adaptive_cycle(s):
+    """--tracking adaptive --calm-after 1 through a whole cycle: lean at the
+    start; a failure the kernel cannot tell from a normal close (a response
+    header too big) is `unknown` with a note and switches to full tracking;
+    the same failure again is explained; after a calm second it is lean
+    again, and a killed upstream then is explained from its first sight (the
+    kernel side switches itself)."""
+    port = harness.free_port()
+    with_tool_args("--tracking adaptive --calm-after 1",
+                   lambda: s.setup("http://127.0.0.1:%d" % port))
+    if not s.use_tool:
+        return
+    s.want_verdicts = 3
+    def warnings(code):
+        return [w for _, w in s.tool.out.records if w.get("type") == "warning" and w.get("code") == code]
+    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    seen = set()
+    def new_verdict(r):
+        return r.get("request_key") not in seen
+
+    up = s.h.start_upstream("bigheader", port=port)
+    r = s.get()
+    s.expect_nginx_message(MSG_TOO_BIG)
+    v = s.expect_verdict(r, "unknown", up.address, "too big header", match=new_verdict)
+    seen.add(v.get("request_key"))
+    check(v.get("log_only_cause") == "upstream_bug",
+          "log_only_cause %r, want upstream_bug" % v.get("log_only_cause"))
+    check(any(LEAN_NOTE in n for n in v.get("notes") or []), "no note on lean tracking: %r" % v.get("notes"))
+    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_full", timeout=3)
+
+    r = s.get()
+    s.expect_nginx_message(MSG_TOO_BIG, nth=2)
+    v = s.expect_verdict(r, "upstream_invalid_response", up.address, "too big header", upstream_pid=up.pid,
+                         match=new_verdict, facts={"closed_by": "nginx"})
+    seen.add(v.get("request_key"))
+    check(not v.get("notes"), "a verdict in full tracking has notes %r" % v.get("notes"))
+    up.stop()
+
+    # Calm for --calm-after (1 s): lean again (its second tracking_lean).
+    s.tool.out.wait_for(lambda: len(warnings("tracking_lean")) >= 2 or None, 5, "a second tracking_lean warning",
+                        alive=s.tool.alive)
+    up = s.h.start_upstream("hang", port=port)
+    req = harness.BackgroundRequest(s.nginx.port)
+    req.start()
+    up.wait_request(1)
+    killer = harness.spawn_kill(signal.SIGKILL, up.pid)
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    s.expect_death(up, -signal.SIGKILL)
+    s.expect_nginx_message(MSG_PREMATURE)
+    v = s.expect_verdict(r, "upstream_killed", up.address, "prematurely closed", upstream_pid=up.pid,
+                         match=new_verdict, evidence=[
+                             [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+                         ])
+    check(any("only from its failure on" in n for n in v.get("notes") or []),
+          "a verdict from lean tracking lacks its note: %r" % v.get("notes"))
+    s.tool.out.wait_for(lambda: len(warnings("tracking_full")) >= 2 or None, 3, "a second tracking_full warning",
+                        alive=s.tool.alive)
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -1129,6 +1234,7 @@ SCENARIOS = {
     "preexisting_keepalive": sc_preexisting_keepalive,
     "preexisting_keepalive_unix": sc_preexisting_keepalive_unix,
     "window_expired": sc_window_expired,
+    "adaptive_cycle": sc_adaptive_cycle,
 }
 
 TIME_LIMIT = 30.0
@@ -1165,6 +1271,7 @@ def run_one(name, binary, use_tool, keep=False, results=None):
     fn = SCENARIOS[name]
     h = harness.Harness(name, keep=keep)
     s = Scenario(h, binary, use_tool)
+    s.name = name
     t0 = time.monotonic()
     errors = []
     try:
@@ -1212,6 +1319,8 @@ def main():
     ap.add_argument("--all", action="store_true", help="run every scenario")
     ap.add_argument("--no-tool", action="store_true", help="check only Nginx's side, without n502trace")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
+    ap.add_argument("--adaptive", action="store_true",
+                    help="run n502trace with --tracking adaptive and check what it promises (see ADAPTIVE)")
     ap.add_argument("--results", help="append one JSON line per asserted verdict to this file")
     ap.add_argument("scenario", nargs="*")
     args = ap.parse_args()
@@ -1220,6 +1329,8 @@ def main():
         print("\n".join(SCENARIOS))
         return 0
     names = list(SCENARIOS) if args.all else args.scenario
+    if args.all and args.adaptive:
+        names.remove("adaptive_cycle")  # sets its own --tracking
     if not names:
         ap.error("name a scenario, or --all, or --list")
     unknown = [n for n in names if n not in SCENARIOS]
@@ -1229,6 +1340,10 @@ def main():
         sys.stderr.write("run.py: must run as root\n")
         return 2
     use_tool = not args.no_tool
+    if args.adaptive:
+        global ADAPTIVE
+        ADAPTIVE = True
+        os.environ["N502_EXTRA_ARGS"] = (os.environ.get("N502_EXTRA_ARGS", "") + " --tracking adaptive").strip()
     binary = None
     if use_tool:
         if not args.bin:

@@ -73,6 +73,7 @@ PIN_OFFSET(struct n502_story, sport, 58);
 PIN_OFFSET(struct n502_story, up_comm, 64);
 PIN_SIZE(struct n502_sock, 104);
 PIN_OFFSET(struct n502_sock, peer_sk, 8);
+PIN_OFFSET(struct n502_sock, gen, 20);
 PIN_OFFSET(struct n502_sock, story, 24);
 PIN_SIZE(struct n502_conn_event, 216);
 PIN_OFFSET(struct n502_conn_event, owner_tgid, 64);
