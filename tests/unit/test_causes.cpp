@@ -1113,3 +1113,76 @@ TEST_CASE("unix: the acceptor seen before Nginx's connect() returns", "[causes]"
     CHECK(v.cause == "upstream_killed");
     CHECK(*v.upstream_pid == UP);
 }
+
+// --tracking adaptive: what the kernel's anomaly-only path emits (no connect,
+// no accept; Nginx's end without an owner when seen in softirq; the
+// upstream's end named by its own close), as the e2e `--adaptive` runs see it.
+namespace {
+
+void untracked_holder_close(Seq &s, int from, int to)
+{
+    Event &a = s.add(N502_EV_ACCEPT, UP);
+    a.sk = UPSK;
+    a.peer_sk = 0;
+    a.took = N502_TOOK_CLOSE;
+    a.src = Addr::ipv4(0x7f000001, 8080);  // the upstream's local address
+    a.dst = Addr::ipv4(0x7f000001, 40000); // Nginx's end
+    Event &e = s.state(UPSK, N502_SOCK_UPSTREAM, UP, from, to);
+    e.untracked = true;
+}
+
+bool has_note(const Verdict &v, const std::string &part)
+{
+    return std::any_of(v.notes.begin(), v.notes.end(), [&](const std::string &n) { return n.find(part) != n.npos; });
+}
+
+} // namespace
+
+TEST_CASE("anomaly-only: an upstream closing unanswered, matched to Nginx's end by 4-tuple", "[causes][adaptive]")
+{
+    Seq s;
+    untracked_holder_close(s, 1, 4); // ESTABLISHED -> FIN_WAIT1, nothing sent
+    Event &e = s.state(SK, N502_SOCK_NGINX, 0, 1, 8, 0, 1); // CLOSE_WAIT in softirq: owner unknown, the FIN's byte
+    e.untracked = true;
+    auto v = explain(s, line("upstream prematurely closed connection while reading response header from upstream",
+                             "http://127.0.0.1:8080/"),
+                     nullptr);
+    CHECK(v.cause == "upstream_closed_early");
+    CHECK(v.upstream_pid == UP);
+    CHECK(v.nginx_pid == NGINX);
+    CHECK(has_note(v, "only from its failure on"));
+}
+
+TEST_CASE("anomaly-only: an aborted connection is the upstream's reset", "[causes][adaptive]")
+{
+    Seq s;
+    untracked_holder_close(s, 1, 7); // ESTABLISHED -> CLOSE: an abortive close
+    Event &r = s.add(N502_EV_RESET, UP); // processed in the sender's context, not Nginx's
+    r.sk = SK;
+    r.sock_role = N502_SOCK_NGINX;
+    r.owner = 0;
+    r.dir = N502_RST_RECEIVED;
+    r.tcp_state = 1;
+    r.untracked = true;
+    r.src = Addr::ipv4(0x7f000001, 40000);
+    r.dst = Addr::ipv4(0x7f000001, 8080);
+    auto v = explain(s, line("recv() failed (104: Connection reset by peer) while reading response header from upstream",
+                             "http://127.0.0.1:8080/"),
+                     nullptr);
+    CHECK(v.cause == "upstream_reset");
+    CHECK(v.upstream_pid == UP);
+}
+
+TEST_CASE("anomaly-only: a line from a lean period with nothing seen says why it is unknown", "[causes][adaptive]")
+{
+    Seq s;
+    auto l = line("upstream sent too big header while reading response header from upstream", "http://127.0.0.1:8080/");
+    l.lean = true;
+    auto v = explain(s, l, nullptr);
+    CHECK(v.cause == "unknown");
+    CHECK(has_note(v, "--tracking adaptive"));
+    l.lean = false;
+    Seq s2;
+    auto v2 = explain(s2, l, nullptr);
+    CHECK_FALSE(has_note(v2, "--tracking adaptive"));
+}
