@@ -110,16 +110,20 @@ struct {
 
 const volatile __u8 filter_cgroups __weak = 0;
 
-/* Adaptive tracking (--tracking adaptive). While track_full is 0 no socket
- * gets a record: a state change costs a look at two ports of the socket and
- * one bit of watched_ports, and only an anomaly on a socket with a watched
- * port (a connect that did not complete, a socket error, a reset, a SYN
- * resent, an exiting process's socket) is emitted, by the anomaly-only path,
- * which sets track_full itself: the very next connection is followed whole.
- * User space sets it back to 0 when Nginx has been calm for a while, and
- * then bumps track_gen so that the records of that period (whose sockets'
- * ends nobody watches any more) count as dead. Both are written at run time
- * (.data), not before load. */
+/* Adaptive tracking (--tracking adaptive; set before load: without it the
+ * anomaly-only path never runs and sockets with no record are ignored as
+ * before). While track_full is 0 no socket gets a record: a state change
+ * costs a look at two ports of the socket and one bit of watched_ports, and
+ * only an anomaly on a socket with a watched port (a connect that did not
+ * complete, a socket error, a reset, a SYN resent, a connection ended
+ * unanswered, an upstream's end closed by its dying, aborting or unanswering
+ * holder) is emitted, by the anomaly-only path, which sets track_full
+ * itself: the very next connection is followed whole. User space sets it
+ * back to 0 when Nginx has been calm for a while, and then bumps track_gen
+ * so that the records of that period (whose sockets' ends nobody watches any
+ * more) count as dead. Both are written at run time (.data), not before
+ * load. */
+const volatile __u8 adaptive_tracking __weak = 0;
 volatile __u32 track_full __weak = 1;
 volatile __u32 track_gen __weak = 0;
 /* Bit p: port p is an upstream's (the ports Nginx's configuration names;
@@ -335,7 +339,6 @@ static __always_inline void tuple_from_addrs(struct n502_tuple *t, const struct 
 	t->netns = loopback ? remote->netns : 0;
 }
 
-/* Adds role to the process; returns 1 when it did not have it yet. */
 /* The socks entry of key, unless it was made before the last switch to
  * anomaly-only tracking (its socket may have died unseen since; listeners
  * are followed in every mode). */
@@ -348,6 +351,7 @@ static __always_inline struct n502_sock *sock_entry(__u64 key)
 	return s;
 }
 
+/* Adds role to the process; returns 1 when it did not have it yet. */
 static __always_inline int track_proc(__u32 tgid, __u32 role)
 {
 	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);

@@ -273,33 +273,21 @@ static __always_inline int current_exiting(void)
 	return (BPF_CORE_READ(task, flags) & N502_PF_EXITING) != 0;
 }
 
-/* A socket toward an upstream port failed: a connect that did not complete
- * (refused, timed out, given up by Nginx, no local port) or an error on an
- * established connection (a reset). Its owner is the current task only when
- * that task holds the socket (on loopback, a connect's refusal is processed
- * in the connecting task); in softirq it is not known (0) and user space
- * matches the event to a log line by upstream and time. */
-static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err)
+/* A state event of the anomaly-only path. role: N502_SOCK_NGINX or
+ * N502_SOCK_UPSTREAM; owner: the socket's owner when known, else 0. */
+static __always_inline void emit_untracked_state(const struct sock *sk, int oldstate, int newstate, int err,
+						 __u16 role, __u32 owner)
 {
-	struct n502_state_event *e;
-	__u32 owner = 0;
+	struct n502_state_event *e = reserve(sizeof(*e), N502_EV_STATE);
 
-	if (in_owner_context(sk)) {
-		struct n502_proc *p = current_proc();
-		if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
-			return; /* another process's own socket */
-		owner = bpf_get_current_pid_tgid() >> 32;
-	}
-	anomaly_seen();
-	e = reserve(sizeof(*e), N502_EV_STATE);
 	if (!e)
 		return;
 	e->sk = (__u64)sk;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
 	e->sk_err = err;
-	e->sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
-	e->retransmits = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
+	e->sock_role = role | N502_SOCK_UNTRACKED;
+	e->retransmits = role == N502_SOCK_NGINX ? BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits) : 0;
 	e->owner_tgid = owner;
 	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
 	read_inet_addrs(sk, &e->src, &e->dst);
@@ -308,6 +296,38 @@ static __always_inline void untracked_connection_failed(const struct sock *sk, i
 	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
 	submit(e);
 	count(N502_CNT_UNTRACKED);
+}
+
+/* The owner of Nginx's end sk as far as the current context tells: the
+ * current task when it holds the socket (on loopback, a connect's refusal is
+ * processed in the connecting task), 0 in softirq (user space matches the
+ * event to a log line by upstream and time). Returns 0 when the socket is
+ * another process's own: not an Nginx connection. */
+static __always_inline int nginx_end_owner(const struct sock *sk, __u32 *owner)
+{
+	struct n502_proc *p;
+
+	*owner = 0;
+	if (!in_owner_context(sk))
+		return 1;
+	p = current_proc();
+	if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
+		return 0;
+	*owner = bpf_get_current_pid_tgid() >> 32;
+	return 1;
+}
+
+/* A socket toward an upstream port failed: a connect that did not complete
+ * (refused, timed out, given up by Nginx, no local port), an error on an
+ * established connection (a reset), or a connection ended unanswered. */
+static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err)
+{
+	__u32 owner;
+
+	if (!nginx_end_owner(sk, &owner))
+		return;
+	anomaly_seen();
+	emit_untracked_state(sk, oldstate, newstate, err, N502_SOCK_NGINX, owner);
 }
 
 /* An upstream process ending a connection on an upstream port in a way no
@@ -319,8 +339,6 @@ static __always_inline void untracked_connection_failed(const struct sock *sk, i
 static __always_inline void untracked_holder_close(const struct sock *sk, int oldstate, int newstate, int exiting)
 {
 	struct n502_accept_event *a;
-	struct n502_state_event *e;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
 	anomaly_seen();
 	a = reserve(sizeof(*a), N502_EV_ACCEPT);
@@ -336,23 +354,7 @@ static __always_inline void untracked_holder_close(const struct sock *sk, int ol
 	a->ns_tgid = current_ns_tgid();
 	a->how = N502_TOOK_CLOSE | (exiting ? N502_TOOK_EXITING : 0);
 	submit(a);
-	e = reserve(sizeof(*e), N502_EV_STATE);
-	if (!e)
-		return;
-	e->sk = (__u64)sk;
-	e->oldstate = oldstate;
-	e->newstate = newstate;
-	e->sk_err = 0;
-	e->sock_role = N502_SOCK_UPSTREAM | N502_SOCK_UNTRACKED;
-	e->retransmits = 0;
-	e->owner_tgid = tgid;
-	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
-	read_inet_addrs(sk, &e->src, &e->dst);
-	e->src.port = local_port(sk);
-	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
-	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
-	submit(e);
-	count(N502_CNT_UNTRACKED);
+	emit_untracked_state(sk, oldstate, newstate, 0, N502_SOCK_UPSTREAM, bpf_get_current_pid_tgid() >> 32);
 }
 
 /* A state change of a socket with no record. Cheapest tests first: most
@@ -360,16 +362,20 @@ static __always_inline void untracked_holder_close(const struct sock *sk, int ol
 static __always_inline void untracked_state(const struct sock *sk, int oldstate, int newstate, int err)
 {
 	int failed = err || (oldstate == N502_TCP_SYN_SENT && newstate == N502_TCP_CLOSE);
-	int closing = (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE)) ||
-		      (oldstate == N502_TCP_CLOSE_WAIT && (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE));
+	/* The owner's close after the peer's FIN. */
+	int closed_after_fin = oldstate == N502_TCP_CLOSE_WAIT &&
+			       (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE);
+	/* The owner closing its end (its holder, on the upstream's side). */
+	int closing = closed_after_fin ||
+		      (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE));
 	/* An established connection ending, by the upstream's FIN or by
 	 * Nginx closing first: a failure when not one byte of a reply came
 	 * (HTTP, FastCGI, uwsgi and gRPC upstreams answer every request): an
 	 * upstream closing on a request, or Nginx giving up on one (a timeout,
-	 * a client gone). Nginx's own close after the upstream's FIN (from
-	 * CLOSE_WAIT) runs in the worker: it names the owner. */
-	int ended = (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_CLOSE_WAIT || newstate == N502_TCP_FIN_WAIT1)) ||
-		    (oldstate == N502_TCP_CLOSE_WAIT && (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE));
+	 * a client gone). Nginx's own close after the upstream's FIN runs in
+	 * the worker: it names the owner. */
+	int ended = closed_after_fin ||
+		    (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_CLOSE_WAIT || newstate == N502_TCP_FIN_WAIT1));
 	int exiting;
 	__u16 family;
 
@@ -590,7 +596,8 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	if (!s) {
 		/* Not followed: a connection older than the last switch to
 		 * full tracking, or not Nginx's. Its failures still count. */
-		untracked_state(sk, oldstate, newstate, err);
+		if (adaptive_tracking)
+			untracked_state(sk, oldstate, newstate, err);
 		return 0;
 	}
 	if (s->role == N502_SOCK_NGINX && !(s->flags & N502_SOCKF_LIVE)) {
@@ -674,17 +681,11 @@ static __always_inline void untracked_reset_received(const struct sock *sk)
 {
 	struct n502_reset_event *e;
 	__u16 family = SK_READ(sk, __sk_common.skc_family);
-	__u32 owner = 0;
+	__u32 owner;
 
 	if ((family != N502_AF_INET && family != N502_AF_INET6) ||
-	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))))
+	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))) || !nginx_end_owner(sk, &owner))
 		return;
-	if (in_owner_context(sk)) {
-		struct n502_proc *p = current_proc();
-		if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
-			return;
-		owner = bpf_get_current_pid_tgid() >> 32;
-	}
 	anomaly_seen();
 	e = reserve(sizeof(*e), N502_EV_RESET);
 	if (!e)
@@ -712,7 +713,7 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 		return; /* a reset for a packet that matched no socket */
 	s = lookup_or_adopt(sk, key, &adopted);
 	if (!s) {
-		if (dir == N502_RST_RECEIVED)
+		if (adaptive_tracking && dir == N502_RST_RECEIVED)
 			untracked_reset_received(sk);
 		return;
 	}
@@ -770,9 +771,6 @@ N502_HOOK(tcp_send_reset, handle_tcp__send_reset, raw_tcp__send_reset, const str
 	return on_tcp__send_reset(sk);
 }
 
-/* A retransmission on a tracked socket. In SYN_SENT it is an unanswered SYN:
- * a firewall dropping it, or a listener whose accept queue is full. The
- * prototype gained an error argument in 6.x; only the first is read. */
 /* A SYN resent toward an upstream port by a socket with no record: a
  * retransmission timer fires in softirq, so its owner is not known. */
 static __always_inline void untracked_syn_resent(const struct sock *sk)
@@ -797,6 +795,9 @@ static __always_inline void untracked_syn_resent(const struct sock *sk)
 	count(N502_CNT_UNTRACKED);
 }
 
+/* A retransmission on a tracked socket. In SYN_SENT it is an unanswered SYN:
+ * a firewall dropping it, or a listener whose accept queue is full. The
+ * prototype gained an error argument in 6.x; only the first is read. */
 static __always_inline int on_tcp__retransmit_skb(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
@@ -805,7 +806,8 @@ static __always_inline int on_tcp__retransmit_skb(const struct sock *sk)
 
 	/* Nginx's end only: a SYN resent is what the rules use. */
 	if (!s) {
-		untracked_syn_resent(sk);
+		if (adaptive_tracking)
+			untracked_syn_resent(sk);
 		return 0;
 	}
 	if (s->role != N502_SOCK_NGINX)

@@ -226,7 +226,8 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
             // Whose it was is what the line says: the worker's namespace
             // and credentials are what the rules look up.
             conn->nginx_pid = line.pid;
-            conn->nginx_comm = "nginx";
+            const Proc *w = state_.proc(line.pid);
+            conn->nginx_comm = w && !w->comm.empty() ? w->comm : "nginx";
         }
         if (!conn->up_pid)
             find_holder(line, *conn, v.ts_real_ns);

@@ -185,6 +185,13 @@ template <typename T> static bool fits(size_t len, const n502_hdr &h, std::strin
 
 // Fills e (default-constructed) from a record at least a header long;
 // false, with *why, when it is not one.
+// A socket role as events carry it: the anomaly-only path's flag apart.
+static void set_role(Event &e, uint16_t role)
+{
+    e.sock_role = role & ~N502_SOCK_UNTRACKED;
+    e.untracked = (role & N502_SOCK_UNTRACKED) != 0;
+}
+
 static bool fill(const void *data, size_t len, Event &e, std::string *why)
 {
     n502_hdr h;
@@ -261,8 +268,7 @@ static bool fill(const void *data, size_t len, Event &e, std::string *why)
         e.oldstate = r.oldstate;
         e.newstate = r.newstate;
         e.sk_err = r.sk_err;
-        e.sock_role = r.sock_role & ~N502_SOCK_UNTRACKED;
-        e.untracked = (r.sock_role & N502_SOCK_UNTRACKED) != 0;
+        set_role(e, r.sock_role);
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);
@@ -309,8 +315,7 @@ static bool fill(const void *data, size_t len, Event &e, std::string *why)
         std::memcpy(&r, data, sizeof(r));
         e.sk = r.sk;
         e.tcp_state = r.state;
-        e.sock_role = r.sock_role & ~N502_SOCK_UNTRACKED;
-        e.untracked = (r.sock_role & N502_SOCK_UNTRACKED) != 0;
+        set_role(e, r.sock_role);
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);
@@ -324,8 +329,7 @@ static bool fill(const void *data, size_t len, Event &e, std::string *why)
         e.sk = r.sk;
         e.dir = r.dir;
         e.tcp_state = r.state;
-        e.sock_role = r.sock_role & ~N502_SOCK_UNTRACKED;
-        e.untracked = (r.sock_role & N502_SOCK_UNTRACKED) != 0;
+        set_role(e, r.sock_role);
         e.owner = r.owner_tgid;
         e.src = Addr::from_raw(r.src);
         e.dst = Addr::from_raw(r.dst);

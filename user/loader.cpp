@@ -3,7 +3,6 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
-#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
@@ -90,7 +89,8 @@ Loader::~Loader()
     if (rb_)
         ring_buffer__free(rb_);
     for (auto *l : links_)
-        bpf_link__destroy(l);
+        if (l)
+            bpf_link__destroy(l);
     if (skel_)
         n502_bpf__destroy(skel_);
 }
@@ -233,7 +233,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
             bpf_program__set_autoload(prog, false);
         probes_.push_back(st);
         progs_.push_back(prog);
-        prog_links_.push_back(nullptr);
+        links_.push_back(nullptr);
     }
     if (types)
         btf__free(types);
@@ -250,6 +250,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
     skel_->rodata->wakeup_bytes = size / 8;
     skel_->rodata->filter_cgroups = opt.filter_cgroups ? 1 : 0;
     skel_->rodata->adopt_preexisting = opt.adopt_preexisting ? 1 : 0;
+    skel_->rodata->adaptive_tracking = opt.adaptive ? 1 : 0;
     skel_->data->track_full = opt.adaptive ? 0 : 1;
     unix_at_start_ = opt.unix_sockets;
     full_at_start_ = !opt.adaptive;
@@ -284,8 +285,7 @@ bool Loader::attach(std::string *error)
             st.error = fmt::format("attach failed: {}{}", strerror(err), advice(err));
             continue;
         }
-        links_.push_back(link);
-        prog_links_[i] = link;
+        links_[i] = link;
         st.attached = true;
         attached++;
     }
@@ -342,8 +342,7 @@ bool Loader::attach_group(OnDemand group, std::string *error)
             failed += fmt::format("{}{}: {}", failed.empty() ? "" : "; ", st.hook, st.error);
             continue;
         }
-        links_.push_back(link);
-        prog_links_[i] = link;
+        links_[i] = link;
         st.attached = true;
         st.skipped = false;
         st.error.clear();
@@ -358,12 +357,11 @@ bool Loader::attach_group(OnDemand group, std::string *error)
 void Loader::detach_group(OnDemand group)
 {
     for (size_t i = 0; i < probes_.size(); i++) {
-        bpf_link *link = prog_links_[i];
+        bpf_link *link = links_[i];
         if (group_of(probes_[i].program) != group || !link)
             continue;
         bpf_link__destroy(link);
-        links_.erase(std::remove(links_.begin(), links_.end(), link), links_.end());
-        prog_links_[i] = nullptr;
+        links_[i] = nullptr;
         probes_[i].attached = false;
         probes_[i].skipped = true;
         probes_[i].error = group_reason(group);

@@ -109,10 +109,9 @@ private:
 
     n502_bpf *skel_ = nullptr;
     ring_buffer *rb_ = nullptr;
-    std::vector<bpf_link *> links_;
     std::vector<ProbeStatus> probes_;
     std::vector<bpf_program *> progs_; // the program of each probes_ entry
-    std::vector<bpf_link *> prog_links_; // its link while attached (else null); also in links_
+    std::vector<bpf_link *> links_;    // its link while attached (else null)
     bool raw_mode_ = false;            // raw_tp flavour (no kernel BTF: --btf)
     Callback cb_;
     bool unix_enabled_ = false;

@@ -359,6 +359,8 @@ std::optional<uint16_t> upstream_tcp_port(const ConfUpstream &u)
     if (u.has_variables)
         return std::nullopt;
     const std::string &a = u.address;
+    if (a.empty())
+        return std::nullopt;
     if (a.rfind("unix:", 0) == 0)
         return 0;
     size_t colon = a[0] == '[' ? a.find("]:") : a.rfind(':');

@@ -144,3 +144,25 @@ TEST_CASE("include loops stop at the nesting limit", "[nginxconf]")
     CHECK(c.files.size() <= 17);
     CHECK_FALSE(c.problems.empty());
 }
+
+TEST_CASE("the TCP port adaptive tracking watches for an upstream", "[nginxconf][adaptive]")
+{
+    auto port = [](const std::string &address, bool vars = false) {
+        ConfUpstream u;
+        u.address = address;
+        u.has_variables = vars;
+        return upstream_tcp_port(u);
+    };
+    CHECK(port("127.0.0.1:9000") == std::optional<uint16_t>(9000));
+    CHECK(port("[::1]:8080") == std::optional<uint16_t>(8080));
+    CHECK(port("app.internal:80") == std::optional<uint16_t>(80));
+    CHECK(port("unix:/run/php.sock") == std::optional<uint16_t>(0)); // no port to watch
+    // Not knowable from the text: every port is watched.
+    CHECK_FALSE(port("127.0.0.1:9000", true));
+    CHECK_FALSE(port("backend"));
+    CHECK_FALSE(port(""));
+    CHECK_FALSE(port("[::1]"));
+    CHECK_FALSE(port("127.0.0.1:0"));
+    CHECK_FALSE(port("127.0.0.1:65536"));
+    CHECK_FALSE(port("127.0.0.1:80x"));
+}
