@@ -317,16 +317,32 @@ static __always_inline int nginx_end_owner(const struct sock *sk, __u32 *owner)
 	return 1;
 }
 
+/* Nginx's end had been closed by Nginx already (its FIN sent). A reset or an
+ * error from then on is the upstream answering a connection Nginx gave up
+ * on, which its error line explains (a timeout) or no error line follows (a
+ * client gone: 499): not a failure of the upstream. */
+static __always_inline int nginx_closed_first(int state)
+{
+	return state == N502_TCP_FIN_WAIT1 || state == N502_TCP_FIN_WAIT2 || state == N502_TCP_CLOSING ||
+	       state == N502_TCP_TIME_WAIT;
+}
+
 /* A socket toward an upstream port failed: a connect that did not complete
  * (refused, timed out, given up by Nginx, no local port), an error on an
- * established connection (a reset), or a connection ended unanswered. */
-static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err)
+ * established connection (a reset), or a connection ended unanswered.
+ * alarm: 0 when Nginx itself closed first, unanswered: reported (the
+ * evidence of a timeout), but clients that go away mid-request do that all
+ * day on a healthy host, so it does not switch to full tracking; Nginx's
+ * "upstream timed out" line does. */
+static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err,
+							int alarm)
 {
 	__u32 owner;
 
 	if (!nginx_end_owner(sk, &owner))
 		return;
-	anomaly_seen();
+	if (alarm)
+		anomaly_seen();
 	emit_untracked_state(sk, oldstate, newstate, err, N502_SOCK_NGINX, owner);
 }
 
@@ -365,9 +381,12 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 	/* The owner's close after the peer's FIN. */
 	int closed_after_fin = oldstate == N502_TCP_CLOSE_WAIT &&
 			       (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE);
-	/* The owner closing its end (its holder, on the upstream's side). */
-	int closing = closed_after_fin ||
-		      (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE));
+	/* The owner closing an open connection (its holder, on the upstream's
+	 * side). Not after the peer's FIN: Nginx never half-closes an upstream
+	 * connection, so by then Nginx has given up on it (a client gone, a
+	 * timeout) and how the upstream closes no longer matters. */
+	int closing = oldstate == N502_TCP_ESTABLISHED &&
+		      (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE);
 	/* An established connection ending, by the upstream's FIN or by
 	 * Nginx closing first: a failure when not one byte of a reply came
 	 * (HTTP, FastCGI, uwsgi and gRPC upstreams answer every request): an
@@ -387,8 +406,10 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 	if ((failed || ended) && port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport)))) {
 		/* A FIN received counts one byte (it takes a sequence number). */
 		__u64 fin = oldstate == N502_TCP_CLOSE_WAIT || newstate == N502_TCP_CLOSE_WAIT;
+		if (nginx_closed_first(oldstate))
+			return;
 		if (failed || BPF_CORE_READ((struct tcp_sock *)sk, bytes_received) <= fin)
-			untracked_connection_failed(sk, oldstate, newstate, err);
+			untracked_connection_failed(sk, oldstate, newstate, err, failed || newstate != N502_TCP_FIN_WAIT1);
 		return;
 	}
 	if (!closing || !port_watched(local_port(sk)) || !in_owner_context(sk))
@@ -684,7 +705,8 @@ static __always_inline void untracked_reset_received(const struct sock *sk)
 	__u32 owner;
 
 	if ((family != N502_AF_INET && family != N502_AF_INET6) ||
-	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))) || !nginx_end_owner(sk, &owner))
+	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))) ||
+	    nginx_closed_first(SK_READ(sk, __sk_common.skc_state)) || !nginx_end_owner(sk, &owner))
 		return;
 	anomaly_seen();
 	e = reserve(sizeof(*e), N502_EV_RESET);

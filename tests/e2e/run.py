@@ -1137,7 +1137,8 @@ def sc_restart_follow(s):
 
 def sc_adaptive_cycle(s):
     """--tracking adaptive --calm-after 1 through a whole cycle: lean at the
-    start; a failure the kernel cannot tell from a normal close (a response
+    start; a client gone mid-request (499) and its upstream stopping after
+    that keep it lean; a failure the kernel cannot tell from a normal close (a response
     header too big) is `unknown` with a note and switches to full tracking;
     the same failure again is explained; after a calm second it is lean
     again, and a killed upstream then is explained from its first sight (the
@@ -1154,6 +1155,24 @@ def sc_adaptive_cycle(s):
     seen = set()
     def new_verdict(r):
         return r.get("request_key") not in seen
+
+    # A client that gives up mid-request (Nginx closes the upstream
+    # connection unanswered: 499), then the upstream dying with its end of
+    # that connection still open: a healthy host sees both all day, so
+    # neither may switch to full tracking. Had either, the failure below would
+    # be explained rather than unknown.
+    up = s.h.start_upstream("hang", port=port)
+    req = harness.BackgroundRequest(s.nginx.port, path="/abort", timeout=0.5)
+    req.start()
+    up.wait_request(1)
+    req.join(10)
+    check(req.error is not None and not req.is_alive(), "the client did not give up: %r" % (req.response,))
+    harness.wait_until(lambda: any('"GET /abort ' in l and '" 499 ' in l
+                                   for l in s.nginx.read_access_log().splitlines()) or None,
+                       5, "Nginx's 499 for the client that gave up")
+    up.stop()
+    check(not warnings("tracking_full"), "a client gone and an upstream stopping afterwards switched to full "
+          "tracking: %r" % warnings("tracking_full"))
 
     up = s.h.start_upstream("bigheader", port=port)
     r = s.get()
