@@ -29,7 +29,7 @@ struct Options {
     double window_s = 300;   // kernel evidence kept this long (--window)
     bool unix_sockets = false; // follow unix-socket upstreams even when no configuration names one
     std::string btf_path;      // --btf: the kernel's types from this file (kernels without BTF)
-    std::string tracking = "full"; // --tracking: full, or adaptive (anomalies only while Nginx is calm)
+    std::string tracking = "adaptive"; // --tracking: adaptive (failures only while Nginx is calm), or full
     double calm_s = 300;           // --calm-after: adaptive tracking's calm period before going lean again
 };
 

@@ -250,14 +250,15 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
     }
     if (conn && conn->untracked && v.rendered)
         v.notes.push_back("n502trace saw this connection only from its failure on (anomaly-only tracking, "
-                          "--tracking adaptive, or a connection older than the switch to full tracking): what "
-                          "came before the failure was not recorded");
+                          "the default adaptive tracking, or a connection older than the switch to full tracking): "
+                          "what came before the failure was not recorded (--tracking full records it)");
     else if (line.lean && v.rendered && v.cause == "unknown")
         v.notes.push_back("n502trace was watching only for failures the kernel can tell from a normal close "
-                          "(--tracking adaptive) when Nginx logged this, and saw none on this connection: an "
+                          "(adaptive tracking, the default) when Nginx logged this, and saw none on this connection: an "
                           "upstream that answered something before it failed (a timeout after a partial answer, "
                           "an invalid response, a keep-alive connection closed under Nginx) is explained from its "
-                          "next occurrence on, now that every connection is followed whole");
+                          "next occurrence on, now that every connection is followed whole (--tracking full: from the "
+                          "first)");
     group_attempts(line, v);
     tally(v, conn);
     remember_request(line);

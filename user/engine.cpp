@@ -392,6 +392,10 @@ void Engine::add_listener(const Addr &a, uint32_t pid, const std::string &comm)
 {
     rec(Rec::AddListener, enc_listener(a, pid, comm));
     state_.add_listener(a, pid, comm);
+    // Read while it lives: with adaptive tracking the first event naming a
+    // listener may be its death (an OOM kill), too late for /proc.
+    if (Proc *p = state_.proc(pid); p && cfg_.listener_facts)
+        read_facts(*p);
 }
 
 Enc enc_preexisting(uint32_t nginx_pid, const Addr &local, const Addr &remote, uint32_t up_pid,
@@ -1125,6 +1129,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             // look-ups: replay it as it ran, or its answers go to the wrong
             // questions.
             cfg.lazy_render = lazy_render_for(lookups);
+            cfg.listener_facts = listener_facts_for(lookups);
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);

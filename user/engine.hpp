@@ -39,6 +39,10 @@ struct EngineConfig {
     // not show. Off only to replay a recording made before that (look-ups
     // below 2): its answers were recorded for every verdict, in order.
     bool lazy_render = true;
+    // A listener found at the start has its process's facts read then (its
+    // first event may be its death). Off only to replay a recording made
+    // before that (look-ups below 3).
+    bool listener_facts = true;
     int64_t tb_offset_ns = 0;  // boot -> wall clock at the start
     uint64_t boot_ns = 0;      // the clock at the start
     int64_t real_ns = 0;

@@ -111,7 +111,7 @@ static const char *group_reason(OnDemand g)
 {
     return g == OnDemand::LogCapture    ? "attached when a log needs capturing"
            : g == OnDemand::UnixSockets ? "attached when an Nginx configuration names a unix-socket upstream"
-                                        : "attached while connections are followed whole (--tracking adaptive)";
+                                        : "attached while connections are followed whole (adaptive tracking)";
 }
 
 static bool hook_available(const struct btf *vmlinux, const std::string &sec, std::string *why)

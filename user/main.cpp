@@ -68,19 +68,21 @@ int main(int argc, char **argv)
                    "from BTFHub or made with `pahole --btf_encode_detached`. The hooks then attach as raw "
                    "tracepoints, typed by this file. Also with --check");
     app.add_option("--tracking", opt.tracking,
-                   "How the kernel side follows Nginx's upstream connections. full (default): every connection "
-                   "whole, so the one that fails is explained with its whole story. adaptive: while Nginx is "
-                   "healthy, only failures on sockets toward the upstream ports its configuration names (a "
-                   "refused or timed-out connect, a reset, a SYN resent, a process dying with a connection "
-                   "open), which costs the host less than tracing every connection; the first such failure, or "
-                   "the first upstream error in the log, switches to full until Nginx has been calm for "
-                   "--calm-after seconds. The failures that switch it are explained from what they showed "
-                   "(the verdict says so); one the kernel cannot tell from a normal close (an upstream that answered "
-                   "something first: an invalid response, a timeout after a partial answer, a keep-alive race) is "
-                   "explained from its next occurrence")
+                   "How the kernel side follows Nginx's upstream connections. adaptive (default): while Nginx "
+                   "is healthy, only failures on sockets toward the upstream ports its configuration names (a "
+                   "refused or timed-out connect, a reset, a SYN resent, an upstream dying, aborting or closing "
+                   "with a connection open and unanswered), which costs about what empty programs on the same "
+                   "tracepoints cost; the first such failure, or the first upstream error in the log, switches "
+                   "to full until Nginx has been calm for --calm-after seconds. Those first failures are "
+                   "explained from what they showed (the verdict says so); one the kernel cannot tell from a "
+                   "normal close (an upstream that answered something first: an invalid response, a timeout "
+                   "after a partial answer, a keep-alive race) is `unknown` with the log's cause, and explained "
+                   "from its next occurrence. full: every connection whole from the start, so even the first "
+                   "failure of any kind is explained with its whole story, at about three times the kernel time per "
+                   "new upstream connection (see the README's Performance)")
         ->check(CLI::IsMember({"full", "adaptive"}));
     app.add_option("--calm-after", opt.calm_s,
-                   "With --tracking adaptive: go back to watching failures only after this many seconds without "
+                   "Adaptive tracking: go back to watching failures only after this many seconds without "
                    "an upstream error line or a failure seen by the kernel (default 300)")
         ->check(CLI::Range(1.0, 86400.0));
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")

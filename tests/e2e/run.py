@@ -110,12 +110,13 @@ MSG_RESET = "recv() failed (104: Connection reset by peer) while reading respons
 VERDICT_DEADLINE = 1.0  # seconds from the 502 response to the verdict record (the README's promise)
 
 
-# --adaptive: every scenario with `n502trace --tracking adaptive`, which
-# starts watching failures only (its tracking_lean warning) and follows every
-# connection whole from the first failure on (tracking_full). Most failures
-# are explained from that first sight as fully as in full tracking; these
-# differ, and are checked for what adaptive tracking promises instead:
-ADAPTIVE = False
+# n502trace's default, adaptive tracking, starts watching failures only (its
+# tracking_lean warning) and follows every connection whole from the first
+# failure on (tracking_full). Most failures are explained from that first
+# sight as fully as with --tracking full (run.py --full checks that mode's
+# promises); these differ, and are checked for what adaptive tracking
+# promises instead:
+ADAPTIVE = True
 # The cause as in full tracking, but the evidence of what came before the
 # failure is not there (the upstream's first read; an adopted connection).
 ADAPTIVE_NO_EVIDENCE = {"upstream_timeout", "preexisting_keepalive"}
@@ -1338,8 +1339,9 @@ def main():
     ap.add_argument("--all", action="store_true", help="run every scenario")
     ap.add_argument("--no-tool", action="store_true", help="check only Nginx's side, without n502trace")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
-    ap.add_argument("--adaptive", action="store_true",
-                    help="run n502trace with --tracking adaptive and check what it promises (see ADAPTIVE)")
+    ap.add_argument("--full", action="store_true",
+                    help="run n502trace with --tracking full and check what it promises: the whole story of "
+                         "the first failure of every kind (default: n502trace's default, adaptive tracking)")
     ap.add_argument("--results", help="append one JSON line per asserted verdict to this file")
     ap.add_argument("scenario", nargs="*")
     args = ap.parse_args()
@@ -1348,7 +1350,7 @@ def main():
         print("\n".join(SCENARIOS))
         return 0
     names = list(SCENARIOS) if args.all else args.scenario
-    if args.all and args.adaptive:
+    if args.all and args.full:
         names.remove("adaptive_cycle")  # sets its own --tracking
     if not names:
         ap.error("name a scenario, or --all, or --list")
@@ -1359,10 +1361,10 @@ def main():
         sys.stderr.write("run.py: must run as root\n")
         return 2
     use_tool = not args.no_tool
-    if args.adaptive:
+    if args.full:
         global ADAPTIVE
-        ADAPTIVE = True
-        os.environ["N502_EXTRA_ARGS"] = (os.environ.get("N502_EXTRA_ARGS", "") + " --tracking adaptive").strip()
+        ADAPTIVE = False
+        os.environ["N502_EXTRA_ARGS"] = (os.environ.get("N502_EXTRA_ARGS", "") + " --tracking full").strip()
     binary = None
     if use_tool:
         if not args.bin:

@@ -1180,7 +1180,7 @@ TEST_CASE("anomaly-only: a line from a lean period with nothing seen says why it
     l.lean = true;
     auto v = explain(s, l, nullptr);
     CHECK(v.cause == "unknown");
-    CHECK(has_note(v, "--tracking adaptive"));
+    CHECK(has_note(v, "adaptive tracking, the default"));
     l.lean = false;
     Seq s2;
     auto v2 = explain(s2, l, nullptr);
