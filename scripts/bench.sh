@@ -4,7 +4,7 @@
 #
 # A throwaway Nginx (temp prefix, loopback only) proxies to a second server
 # block of the same Nginx, loaded by wrk. Modes are interleaved round by round
-# (none, hooks, n502trace, tcpdump, debug, none, ...); medians and ratios to `none`
+# (none, hooks, n502trace, full, tcpdump, debug, none, ...); medians and ratios to `none`
 # are printed as Markdown tables and written to --out. Needs root.
 #
 #   sudo scripts/bench.sh                       # 7 rounds x 10 s per mode and variant (~15 min)
@@ -14,7 +14,7 @@
 #   sudo scripts/bench.sh --op-costs            # what each kind of BPF work costs here (~5 min)
 #
 # Options: --rounds N --duration S --variants new_conn,keepalive
-#          --modes none,hooks,n502trace,baseline,tcpdump,debug[,minimal,ownerless] --out FILE --bin PATH
+#          --modes none,hooks,n502trace,full,baseline,tcpdump,debug[,minimal,ownerless] --out FILE --bin PATH
 #          --bpf-stats (also each BPF program's run time per request)
 #          --baseline-bin PATH (mode baseline: another n502trace build, an A/B in one run)
 set -euo pipefail

@@ -257,7 +257,7 @@ class Scenario:
         return v
 
     def adaptive_verdict(self, v, cause, evidence):
-        """--adaptive: lean at the start, full after the failure; True when
+        """Adaptive tracking (the default): lean at the start, full after the failure; True when
         the verdict was checked here (a first failure that stays unknown)."""
         self.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=1)
         self.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_full", timeout=3)

@@ -1116,7 +1116,7 @@ TEST_CASE("unix: the acceptor seen before Nginx's connect() returns", "[causes]"
 
 // --tracking adaptive: what the kernel's anomaly-only path emits (no connect,
 // no accept; Nginx's end without an owner when seen in softirq; the
-// upstream's end named by its own close), as the e2e `--adaptive` runs see it.
+// upstream's end named by its own close), as the e2e runs see it with the default adaptive tracking.
 namespace {
 
 void untracked_holder_close(Seq &s, int from, int to)
