@@ -135,6 +135,19 @@ static __always_inline int port_watched(__u16 port)
 	return (watched_ports[(port >> 6) & 1023] >> (port & 63)) & 1;
 }
 
+/* The uids Nginx's workers run as (user space fills it; empty: not known).
+ * A socket toward an upstream port that fails in softirq, where nobody owns
+ * it, counts as Nginx's only when its creator's uid (sk_uid) is one of them:
+ * a health check or another client of the upstream run by another user is
+ * not Nginx's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} nginx_uids SEC(".maps") __weak;
+volatile __u32 nginx_uids_known __weak = 0;
+
 /* In a selected cgroup, or no selection by cgroup at all. */
 static __always_inline int cgroup_selected(void)
 {

@@ -302,14 +302,17 @@ static __always_inline void emit_untracked_state(const struct sock *sk, int olds
  * current task when it holds the socket (on loopback, a connect's refusal is
  * processed in the connecting task), 0 in softirq (user space matches the
  * event to a log line by upstream and time). Returns 0 when the socket is
- * another process's own: not an Nginx connection. */
+ * another process's own, or in softirq was created by a uid no Nginx worker
+ * runs as: not an Nginx connection. */
 static __always_inline int nginx_end_owner(const struct sock *sk, __u32 *owner)
 {
 	struct n502_proc *p;
 
 	*owner = 0;
-	if (!in_owner_context(sk))
-		return 1;
+	if (!in_owner_context(sk)) {
+		__u32 uid = SK_READ(sk, sk_uid.val);
+		return !nginx_uids_known || bpf_map_lookup_elem(&nginx_uids, &uid) != 0;
+	}
 	p = current_proc();
 	if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
 		return 0;
@@ -329,20 +332,15 @@ static __always_inline int nginx_closed_first(int state)
 
 /* A socket toward an upstream port failed: a connect that did not complete
  * (refused, timed out, given up by Nginx, no local port), an error on an
- * established connection (a reset), or a connection ended unanswered.
- * alarm: 0 when Nginx itself closed first, unanswered: reported (the
- * evidence of a timeout), but clients that go away mid-request do that all
- * day on a healthy host, so it does not switch to full tracking; Nginx's
- * "upstream timed out" line does. */
-static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err,
-							int alarm)
+ * established connection (a reset), or a connection the upstream ended
+ * unanswered. */
+static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err)
 {
 	__u32 owner;
 
 	if (!nginx_end_owner(sk, &owner))
 		return;
-	if (alarm)
-		anomaly_seen();
+	anomaly_seen();
 	emit_untracked_state(sk, oldstate, newstate, err, N502_SOCK_NGINX, owner);
 }
 
@@ -356,7 +354,12 @@ static __always_inline void untracked_holder_close(const struct sock *sk, int ol
 {
 	struct n502_accept_event *a;
 
-	anomaly_seen();
+	/* Only a death switches to full tracking from this end: the peer may be
+	 * any client of the upstream, and on Nginx's own connections an abort or
+	 * an unanswered FIN also shows at Nginx's end (a reset, a connection
+	 * ended unanswered), where the uid tells Nginx's sockets apart. */
+	if (exiting)
+		anomaly_seen();
 	a = reserve(sizeof(*a), N502_EV_ACCEPT);
 	if (!a)
 		return;
@@ -387,14 +390,15 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 	 * timeout) and how the upstream closes no longer matters. */
 	int closing = oldstate == N502_TCP_ESTABLISHED &&
 		      (newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE);
-	/* An established connection ending, by the upstream's FIN or by
-	 * Nginx closing first: a failure when not one byte of a reply came
-	 * (HTTP, FastCGI, uwsgi and gRPC upstreams answer every request): an
-	 * upstream closing on a request, or Nginx giving up on one (a timeout,
-	 * a client gone). Nginx's own close after the upstream's FIN runs in
-	 * the worker: it names the owner. */
-	int ended = closed_after_fin ||
-		    (oldstate == N502_TCP_ESTABLISHED && (newstate == N502_TCP_CLOSE_WAIT || newstate == N502_TCP_FIN_WAIT1));
+	/* An established connection ended by the upstream's FIN: a failure
+	 * when not one byte of a reply came (HTTP, FastCGI, uwsgi and gRPC
+	 * upstreams answer every request). Nginx's own close after that FIN
+	 * runs in the worker: it names the owner. Nginx closing first is not
+	 * one: it gave up on the request (a timeout, which its error line
+	 * reports, or a client gone, a 499, which healthy hosts see all day);
+	 * such a close carries nothing that would tell a timeout's connection
+	 * from the 499's next to it. */
+	int ended = closed_after_fin || (oldstate == N502_TCP_ESTABLISHED && newstate == N502_TCP_CLOSE_WAIT);
 	int exiting;
 	__u16 family;
 
@@ -409,7 +413,7 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 		if (nginx_closed_first(oldstate))
 			return;
 		if (failed || BPF_CORE_READ((struct tcp_sock *)sk, bytes_received) <= fin)
-			untracked_connection_failed(sk, oldstate, newstate, err, failed || newstate != N502_TCP_FIN_WAIT1);
+			untracked_connection_failed(sk, oldstate, newstate, err);
 		return;
 	}
 	if (!closing || !port_watched(local_port(sk)) || !in_owner_context(sk))

@@ -686,7 +686,18 @@ int run(const Options &opt)
         }
         loader.watch_ports(std::vector<uint16_t>(watched_ports.begin(), watched_ports.end()), watch_all_ports);
     };
+    // The uids Nginx's workers run as: in softirq the kernel side tells
+    // Nginx's failing sockets from other clients' of an upstream port by them.
+    auto learn_uids = [&](const Instance &in) {
+        std::vector<uint32_t> pids = children_of(in.info.master);
+        if (pids.empty())
+            pids.push_back(in.info.master); // no workers: the master connects itself
+        for (uint32_t pid : pids)
+            if (auto c = real_host.creds(pid))
+                loader.add_nginx_uid(c->uid);
+    };
     auto check_config = [&](Instance &in, bool report) {
+        learn_uids(in);
         NginxPaths paths = nginx_paths(in.info.master);
         NginxConf conf = parse_nginx_conf(in.info.root, paths.conf);
         watch_ports(conf);

@@ -255,8 +255,8 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
     else if (line.lean && v.rendered && v.cause == "unknown")
         v.notes.push_back("n502trace was watching only for failures the kernel can tell from a normal close "
                           "(adaptive tracking, the default) when Nginx logged this, and saw none on this connection: an "
-                          "upstream that answered something before it failed (a timeout after a partial answer, "
-                          "an invalid response, a keep-alive connection closed under Nginx) is explained from its "
+                          "upstream that timed out or answered something before it failed (an invalid response, "
+                          "a keep-alive connection closed under Nginx) is explained from its "
                           "next occurrence on, now that every connection is followed whole (--tracking full: from the "
                           "first)");
     group_attempts(line, v);

@@ -403,6 +403,20 @@ void Loader::watch_ports(const std::vector<uint16_t> &ports, bool all)
         bits[p >> 6] = bits[p >> 6] | (1ULL << (p & 63));
 }
 
+bool Loader::add_nginx_uid(uint32_t uid)
+{
+    if (!skel_ || uids_overflow_)
+        return false;
+    uint8_t one = 1;
+    if (bpf_map__update_elem(skel_->maps.nginx_uids, &uid, sizeof(uid), &one, sizeof(one), BPF_ANY) != 0) {
+        uids_overflow_ = true;
+        skel_->bss->nginx_uids_known = 0; // a uid left out would hide Nginx's own failures
+        return false;
+    }
+    skel_->bss->nginx_uids_known = 1;
+    return true;
+}
+
 bool Loader::enable_unix_sockets(std::string *error)
 {
     if (unix_enabled_)

@@ -88,6 +88,9 @@ public:
     bool set_tracking_full(bool full, std::string *error);
     // The ports the anomaly-only path watches (an upstream's): these, or all.
     void watch_ports(const std::vector<uint16_t> &ports, bool all);
+    // A uid an Nginx worker runs as (bpf/common.bpf.h nginx_uids); false
+    // when the map is full (the kernel side then stops filtering by uid).
+    bool add_nginx_uid(uint32_t uid);
     // Removes a cgroup id from the kernel-side selection.
     void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);
@@ -115,6 +118,7 @@ private:
     bool raw_mode_ = false;            // raw_tp flavour (no kernel BTF: --btf)
     Callback cb_;
     bool unix_enabled_ = false;
+    bool uids_overflow_ = false; // nginx_uids filled up: no uid filter from then on
     bool unix_at_start_ = false;
     bool full_at_start_ = true;
 };

@@ -75,9 +75,9 @@ int main(int argc, char **argv)
                    "tracepoints cost; the first such failure, or the first upstream error in the log, switches "
                    "to full until Nginx has been calm for --calm-after seconds. Those first failures are "
                    "explained from what they showed (the verdict says so); one the kernel cannot tell from a "
-                   "normal close (an upstream that answered something first: an invalid response, a timeout "
-                   "after a partial answer, a keep-alive race) is `unknown` with the log's cause, and explained "
-                   "from its next occurrence. full: every connection whole from the start, so even the first "
+                   "normal close (a timeout, which Nginx ends as it ends a request whose client left; an "
+                   "upstream that answered something first: an invalid response, a keep-alive race) is "
+                   "`unknown` with the log's cause, and explained from its next occurrence. full: every connection whole from the start, so even the first "
                    "failure of any kind is explained with its whole story, at about three times the kernel time per "
                    "new upstream connection (see the README's Performance)")
         ->check(CLI::IsMember({"full", "adaptive"}));

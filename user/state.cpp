@@ -267,8 +267,11 @@ Conn &State::untracked_conn(const Event &e, bool established)
         c = nullptr;
     }
     // The same connection seen from the upstream's end (its holder closing it).
-    if (!c)
+    if (!c) {
         c = untracked_by_tuple(e.src, e.dst);
+        if (c)
+            c->holder_only = false; // Nginx's end failed too
+    }
     if (!c) {
         c = &conn_for(e.sk, e.ts, e.owner);
         c->untracked = true;
@@ -299,6 +302,8 @@ void State::untracked_holder(const Event &e)
         finish(key);
     Conn &c = conn_for(key, e.ts, 0);
     c.untracked = true;
+    c.holder_only = true;
+    c.holder_exiting = e.exiting;
     c.src = e.dst;
     set_dst(c, e.src);
     c.t_established = e.ts;

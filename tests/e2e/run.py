@@ -95,6 +95,7 @@ import signal
 import socket
 import stat
 import sys
+import subprocess
 import time
 import traceback
 
@@ -118,14 +119,16 @@ VERDICT_DEADLINE = 1.0  # seconds from the 502 response to the verdict record (t
 # promises instead:
 ADAPTIVE = True
 # The cause as in full tracking, but the evidence of what came before the
-# failure is not there (the upstream's first read; an adopted connection).
-ADAPTIVE_NO_EVIDENCE = {"upstream_timeout", "preexisting_keepalive"}
+# failure is not there (an adopted connection).
+ADAPTIVE_NO_EVIDENCE = {"preexisting_keepalive"}
 # Failures the kernel cannot tell from a normal close (the upstream answered
-# something first): the first verdict is `unknown`, with the cause Nginx's
+# something first, or Nginx gave up waiting, as it does for a client gone):
+# the first verdict is `unknown`, with the cause Nginx's
 # message gives and a note saying why (adaptive_cycle shows the next one
 # explained).
 ADAPTIVE_FIRST_UNKNOWN = {
     "invalid_response": "upstream_bug",
+    "upstream_timeout": "upstream_slow",
     "upstream_timeout_speaks_first": "upstream_slow",
     "keepalive_race": "upstream_reset",
 }
@@ -216,7 +219,7 @@ class Scenario:
             raise Failure("no %sverdict within %.0fs of the %d (%s)" % (
                 "matching " if match else "", VERDICT_DEADLINE, status, e))
         self.verdict = v
-        if ADAPTIVE and self.name != "adaptive_cycle" and self.adaptive_verdict(v, cause, evidence):
+        if ADAPTIVE and not self.name.startswith("adaptive_") and self.adaptive_verdict(v, cause, evidence):
             return v
         if ADAPTIVE and self.name in ADAPTIVE_NO_EVIDENCE:
             evidence = ()
@@ -1215,6 +1218,42 @@ def sc_adaptive_cycle(s):
                         alive=s.tool.alive)
 
 
+def sc_adaptive_other_client(s):
+    """Adaptive tracking and another client of the upstream port: a process
+    of another user (uid 65534) talks to the upstream directly and is reset,
+    in softirq where no task owns its socket. That is not Nginx's failure:
+    tracking stays lean (the failure after it is the `unknown` of a lean
+    period) and no verdict is built from it."""
+    port = harness.free_port()
+    with_tool_args("--tracking adaptive", lambda: s.setup("http://127.0.0.1:%d" % port))
+    if not s.use_tool:
+        return
+    s.want_verdicts = 1
+    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    up = s.h.start_upstream("reset", port=port)
+    client = ("import socket, sys\n"
+              "c = socket.create_connection(('127.0.0.1', %d), timeout=10)\n"
+              "c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+              "try:\n"
+              "    c.recv(100)\n"
+              "except ConnectionResetError:\n"
+              "    sys.exit(0)\n"
+              "sys.exit(3)\n" % port)
+    rc = subprocess.run(["/usr/bin/python3", "-c", client], user=65534, group=65534, extra_groups=[], cwd="/",
+                        timeout=20).returncode
+    check(rc == 0, "the direct client (uid 65534) was not reset by the upstream (exit %d)" % rc)
+    up.wait_request(1)
+    up.stop()
+    check(not [w for _, w in s.tool.out.records if w.get("code") == "tracking_full"],
+          "another user's client reset by the upstream switched to full tracking")
+
+    up = s.h.start_upstream("bigheader", port=port)
+    r = s.get()
+    s.expect_nginx_message(MSG_TOO_BIG)
+    v = s.expect_verdict(r, "unknown", up.address, "too big header")
+    check(any(LEAN_NOTE in n for n in v.get("notes") or []), "no note on lean tracking: %r" % v.get("notes"))
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -1255,6 +1294,7 @@ SCENARIOS = {
     "preexisting_keepalive_unix": sc_preexisting_keepalive_unix,
     "window_expired": sc_window_expired,
     "adaptive_cycle": sc_adaptive_cycle,
+    "adaptive_other_client": sc_adaptive_other_client,
 }
 
 TIME_LIMIT = 30.0
@@ -1351,7 +1391,8 @@ def main():
         return 0
     names = list(SCENARIOS) if args.all else args.scenario
     if args.all and args.full:
-        names.remove("adaptive_cycle")  # sets its own --tracking
+        for n in ("adaptive_cycle", "adaptive_other_client"):
+            names.remove(n)  # they set their own --tracking
     if not names:
         ap.error("name a scenario, or --all, or --list")
     unknown = [n for n in names if n not in SCENARIOS]

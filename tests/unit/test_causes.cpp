@@ -1119,12 +1119,13 @@ TEST_CASE("unix: the acceptor seen before Nginx's connect() returns", "[causes]"
 // upstream's end named by its own close), as the e2e runs see it with the default adaptive tracking.
 namespace {
 
-void untracked_holder_close(Seq &s, int from, int to)
+void untracked_holder_close(Seq &s, int from, int to, bool exiting = false)
 {
     Event &a = s.add(N502_EV_ACCEPT, UP);
     a.sk = UPSK;
     a.peer_sk = 0;
     a.took = N502_TOOK_CLOSE;
+    a.exiting = exiting;
     a.src = Addr::ipv4(0x7f000001, 8080);  // the upstream's local address
     a.dst = Addr::ipv4(0x7f000001, 40000); // Nginx's end
     Event &e = s.state(UPSK, N502_SOCK_UPSTREAM, UP, from, to);
@@ -1171,6 +1172,30 @@ TEST_CASE("anomaly-only: an aborted connection is the upstream's reset", "[cause
                      nullptr);
     CHECK(v.cause == "upstream_reset");
     CHECK(v.upstream_pid == UP);
+}
+
+TEST_CASE("anomaly-only: an upstream's abort seen only from its end may be another client's", "[causes][adaptive]")
+{
+    // Nginx's end showed nothing: the upstream reset someone else's
+    // connection. A later error line of Nginx about that upstream is not
+    // explained by it, whichever worker logged it.
+    Seq s;
+    untracked_holder_close(s, 1, 7);
+    auto v = explain(s, line("upstream sent too big header while reading response header from upstream",
+                             "http://127.0.0.1:8080/"),
+                     nullptr);
+    CHECK(v.cause == "unknown");
+    CHECK(!v.upstream_pid);
+
+    // The same holder dying with the connection open fails whoever it
+    // served: that one still explains a line about its upstream.
+    Seq s2;
+    untracked_holder_close(s2, 1, 4, true);
+    auto v2 = explain(s2, line("upstream prematurely closed connection while reading upstream",
+                               "http://127.0.0.1:8080/"),
+                      nullptr);
+    CHECK(v2.upstream_pid == UP);
+    CHECK(v2.cause == "upstream_closed_early"); // no exit event in this sequence
 }
 
 TEST_CASE("anomaly-only: a line from a lean period with nothing seen says why it is unknown", "[causes][adaptive]")
