@@ -110,15 +110,17 @@ struct {
 
 const volatile __u8 filter_cgroups __weak = 0;
 
-/* Adaptive tracking (--tracking adaptive; set before load: without it the
- * anomaly-only path never runs and sockets with no record are ignored as
- * before). While track_full is 0 no socket gets a record: a state change
- * costs a look at two ports of the socket and one bit of watched_ports, and
- * only an anomaly on a socket with a watched port (a connect that did not
- * complete, a socket error, a reset, a SYN resent, a connection ended
- * unanswered, an upstream's end closed by its dying, aborting or unanswering
- * holder) is emitted, by the anomaly-only path, which sets track_full
- * itself: the very next connection is followed whole. User space sets it
+/* Adaptive tracking (the default; set before load: with --tracking full the
+ * anomaly-only path never runs and sockets with no record are ignored).
+ * While track_full is 0 no socket gets a record: a state change costs a look
+ * at the socket's ports and one bit of watched_ports, and only an anomaly on
+ * a socket with a watched port is emitted, by the anomaly-only path (sock.bpf.c:
+ * a connect that did not complete, a socket error, a reset, a SYN resent, a
+ * connection the upstream ended unanswered, an upstream's end closed by its
+ * dying, aborting or unanswering holder). Each of those but an abort or an
+ * unanswered close seen from the upstream's end (which may be another
+ * client's) sets track_full itself: the very next connection is followed
+ * whole. User space sets it
  * back to 0 when Nginx has been calm for a while, and then bumps track_gen
  * so that the records of that period (whose sockets' ends nobody watches any
  * more) count as dead. Both are written at run time (.data), not before

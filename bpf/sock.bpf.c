@@ -137,23 +137,38 @@ static __always_inline void flush_story(__u64 nginx_sk, struct n502_sock *ns)
 	emit_story((const struct sock *)nginx_sk, ns, 0, 0, 0);
 }
 
-static __always_inline void emit_state(const struct sock *sk, struct n502_sock *s, int oldstate,
-				       int newstate, int adopted)
+/* A state event reserved and filled with what every sender of one fills the
+ * same way: the caller adds the addresses, then submits. */
+static __always_inline struct n502_state_event *state_event(const struct sock *sk, int oldstate, int newstate,
+							    int err, __u16 role, __u32 owner)
 {
 	struct n502_state_event *e = reserve(sizeof(*e), N502_EV_STATE);
+
 	if (!e)
-		return;
+		return 0;
 	e->sk = (__u64)sk;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	e->sk_err = SK_READ(sk, sk_err);
-	e->sock_role = s->role;
+	e->sk_err = err;
+	e->sock_role = role;
 	/* The retransmission tracepoint can miss a resend (kernels before 6.x
 	 * fire it only for resends that left the host); the socket's own count
 	 * does not. */
 	e->retransmits = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
-	e->owner_tgid = s->owner_tgid;
+	e->owner_tgid = owner;
 	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
+	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	return e;
+}
+
+static __always_inline void emit_state(const struct sock *sk, struct n502_sock *s, int oldstate,
+				       int newstate, int adopted)
+{
+	struct n502_state_event *e = state_event(sk, oldstate, newstate, SK_READ(sk, sk_err), s->role, s->owner_tgid);
+
+	if (!e)
+		return;
 	/* Addresses are final at ESTABLISHED and known to user space from then
 	 * on; a connect that fails in SYN_SENT is the other first sighting. */
 	if (newstate == N502_TCP_ESTABLISHED || oldstate == N502_TCP_SYN_SENT || s->role != N502_SOCK_NGINX ||
@@ -163,8 +178,6 @@ static __always_inline void emit_state(const struct sock *sk, struct n502_sock *
 		__builtin_memset(&e->src, 0, sizeof(e->src));
 		__builtin_memset(&e->dst, 0, sizeof(e->dst));
 	}
-	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
-	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
 	submit(e);
 }
 
@@ -278,22 +291,14 @@ static __always_inline int current_exiting(void)
 static __always_inline void emit_untracked_state(const struct sock *sk, int oldstate, int newstate, int err,
 						 __u16 role, __u32 owner)
 {
-	struct n502_state_event *e = reserve(sizeof(*e), N502_EV_STATE);
+	struct n502_state_event *e = state_event(sk, oldstate, newstate, err, role | N502_SOCK_UNTRACKED, owner);
 
 	if (!e)
 		return;
-	e->sk = (__u64)sk;
-	e->oldstate = oldstate;
-	e->newstate = newstate;
-	e->sk_err = err;
-	e->sock_role = role | N502_SOCK_UNTRACKED;
-	e->retransmits = role == N502_SOCK_NGINX ? BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits) : 0;
-	e->owner_tgid = owner;
-	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
+	if (role != N502_SOCK_NGINX)
+		e->retransmits = 0; /* the rules read Nginx's end's only */
 	read_inet_addrs(sk, &e->src, &e->dst);
 	e->src.port = local_port(sk);
-	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
-	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
 	submit(e);
 	count(N502_CNT_UNTRACKED);
 }
@@ -706,11 +711,12 @@ static __always_inline void untracked_reset_received(const struct sock *sk)
 {
 	struct n502_reset_event *e;
 	__u16 family = SK_READ(sk, __sk_common.skc_family);
+	int state = SK_READ(sk, __sk_common.skc_state);
 	__u32 owner;
 
 	if ((family != N502_AF_INET && family != N502_AF_INET6) ||
-	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))) ||
-	    nginx_closed_first(SK_READ(sk, __sk_common.skc_state)) || !nginx_end_owner(sk, &owner))
+	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))) || nginx_closed_first(state) ||
+	    !nginx_end_owner(sk, &owner))
 		return;
 	anomaly_seen();
 	e = reserve(sizeof(*e), N502_EV_RESET);
@@ -718,7 +724,7 @@ static __always_inline void untracked_reset_received(const struct sock *sk)
 		return;
 	e->sk = (__u64)sk;
 	e->dir = N502_RST_RECEIVED;
-	e->state = SK_READ(sk, __sk_common.skc_state);
+	e->state = state;
 	e->sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
 	e->_pad = 0;
 	e->owner_tgid = owner;

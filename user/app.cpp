@@ -867,10 +867,10 @@ int run(const Options &opt)
     };
     if (adaptive)
         engine.warning({"tracking_lean",
-                       fmt::format("adaptive tracking (the default; --tracking full follows every connection whole from the start): "
-                                   "watching only failures on sockets toward upstream ports "
-                                   "({}); every connection is followed whole from the first failure or upstream "
-                                   "error line on",
+                       fmt::format("adaptive tracking (the default; --tracking full follows every connection "
+                                   "whole from the start): watching only failures on sockets toward upstream "
+                                   "ports ({}); every connection is followed whole from the first failure or "
+                                   "upstream error line on",
                                    ports_text()),
                        0});
 

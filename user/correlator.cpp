@@ -249,16 +249,17 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         v.log_only_cause = log_only_cause(line);
     }
     if (conn && conn->untracked && v.rendered)
-        v.notes.push_back("n502trace saw this connection only from its failure on (anomaly-only tracking, "
-                          "the default adaptive tracking, or a connection older than the switch to full tracking): "
-                          "what came before the failure was not recorded (--tracking full records it)");
+        v.notes.push_back("n502trace saw this connection only from its failure on (adaptive tracking, the "
+                          "default, was watching failures only, or the connection is older than the switch to "
+                          "full tracking): what came before the failure was not recorded (--tracking full "
+                          "records it)");
     else if (line.lean && v.rendered && v.cause == "unknown")
         v.notes.push_back("n502trace was watching only for failures the kernel can tell from a normal close "
-                          "(adaptive tracking, the default) when Nginx logged this, and saw none on this connection: an "
-                          "upstream that timed out or answered something before it failed (an invalid response, "
-                          "a keep-alive connection closed under Nginx) is explained from its "
-                          "next occurrence on, now that every connection is followed whole (--tracking full: from the "
-                          "first)");
+                          "(adaptive tracking, the default) when Nginx logged this, and saw none on this "
+                          "connection: an upstream that timed out or answered something before it failed (an "
+                          "invalid response, a keep-alive connection closed under Nginx) is explained from its "
+                          "next occurrence on, now that every connection is followed whole (--tracking full: from "
+                          "the first)");
     group_attempts(line, v);
     tally(v, conn);
     remember_request(line);

@@ -209,7 +209,7 @@ private:
     FactsSource &facts_;
     Recorder *rec_;
     uint64_t now_boot_ = 0;
-    bool tracking_lean_ = false; // --tracking adaptive, watching failures only (its warnings say when)
+    bool tracking_lean_ = false; // adaptive tracking watching failures only (its warnings say when)
     int64_t now_real_ = 0;
     uint64_t rec_boot_ = 0; // the clock as last written to the recording
     int64_t rec_real_ = 0;

@@ -44,9 +44,10 @@ struct LoaderOptions {
     std::string btf_path;        // --btf: the kernel's types from this file; hooks attach as raw_tp
 };
 
-// Programs attached only on demand, because each is a syscall tracepoint:
-// once one is attached, every syscall of every task on the host takes the
-// slower path.
+// Programs attached only on demand: the syscall tracepoints (once one is
+// attached, every syscall of every task on the host takes the slower path),
+// and the receive hook (every TCP read on the host), needed only while
+// adaptive tracking follows connections whole.
 enum class OnDemand { LogCapture, UnixSockets, FullTracking };
 
 class Loader {

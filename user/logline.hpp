@@ -38,7 +38,7 @@ struct LogLine {
                              // (scheme, URI and trailing ':' removed); for "no live upstreams" the upstream{} name
   LogKind kind = LogKind::OtherUpstream;
   int status = 502;          // 504 for Timeout, else 502
-  bool lean = false;         // read while --tracking adaptive watched failures only (set by the engine)
+  bool lean = false;         // read while adaptive tracking watched failures only (set by the engine)
 
   // Extras (not part of the original interface).
   std::string scheme;        // "http", "https", "fastcgi", "uwsgi", "scgi", "grpc", "grpcs" ("" if no upstream field)

@@ -77,9 +77,10 @@ int main(int argc, char **argv)
                    "explained from what they showed (the verdict says so); one the kernel cannot tell from a "
                    "normal close (a timeout, which Nginx ends as it ends a request whose client left; an "
                    "upstream that answered something first: an invalid response, a keep-alive race) is "
-                   "`unknown` with the log's cause, and explained from its next occurrence. full: every connection whole from the start, so even the first "
-                   "failure of any kind is explained with its whole story, at about three times the kernel time per "
-                   "new upstream connection (see the README's Performance)")
+                   "`unknown` with the log's cause, and explained from its next occurrence. full: every "
+                   "connection whole from the start, so even the first failure of any kind is explained with its "
+                   "whole story, at about three times the kernel time per new upstream connection (see the "
+                   "README's Performance)")
         ->check(CLI::IsMember({"full", "adaptive"}));
     app.add_option("--calm-after", opt.calm_s,
                    "Adaptive tracking: go back to watching failures only after this many seconds without "

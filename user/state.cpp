@@ -270,7 +270,7 @@ Conn &State::untracked_conn(const Event &e, bool established)
     if (!c) {
         c = untracked_by_tuple(e.src, e.dst);
         if (c)
-            c->holder_only = false; // Nginx's end failed too
+            c->maybe_foreign = false; // Nginx's end failed too: it is Nginx's
     }
     if (!c) {
         c = &conn_for(e.sk, e.ts, e.owner);
@@ -302,8 +302,7 @@ void State::untracked_holder(const Event &e)
         finish(key);
     Conn &c = conn_for(key, e.ts, 0);
     c.untracked = true;
-    c.holder_only = true;
-    c.holder_exiting = e.exiting;
+    c.maybe_foreign = !e.exiting;
     c.src = e.dst;
     set_dst(c, e.src);
     c.t_established = e.ts;

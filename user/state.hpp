@@ -120,12 +120,12 @@ struct Conn {
     // when the event did not run in Nginx's context, t_established the first
     // sight of an established connection.
     bool untracked = false;
-    // Untracked and seen only from the upstream's end, its holder closing it
-    // (Nginx's end showed no failure of its own): it may be another client's
-    // connection to that upstream, so it counts as failed only when the
-    // holder died with it (holder_exiting), which fails whoever it served.
-    bool holder_only = false;
-    bool holder_exiting = false;
+    // Untracked and seen only from the upstream's end, its holder aborting
+    // or closing it unanswered without dying (Nginx's end showed no failure
+    // of its own): it may be another client's connection to that upstream,
+    // so it is neither failed nor any worker's. A holder that died with it
+    // failed whoever it served.
+    bool maybe_foreign = false;
 
     // The timeline as evidence records with their sentences.
     std::vector<Evidence> evidence() const;
@@ -134,7 +134,7 @@ struct Conn {
     {
         return t_refused || t_rst_recv || t_fin_recv || t_closed || (have_connect && error) ||
                (dst.family == 1 /* AF_UNIX */ && t_up_close) ||
-               (untracked && (t_up_fin || t_up_abort) && (!holder_only || holder_exiting));
+               (untracked && (t_up_fin || t_up_abort) && !maybe_foreign);
     }
     // When Nginx's side saw the failure (the earliest sign), or 0.
     uint64_t failure_ts() const;
@@ -204,12 +204,10 @@ public:
     // The same, visited in place; `fn(Conn *)` returns true to stop.
     // Whether a line of worker nginx_pid may be about c: its own, or one
     // whose owner the anomaly-only path could not tell (any worker's), but
-    // not one seen only from an upstream's close that did not kill it (it
-    // may be another client's: Conn::holder_only).
+    // not one that may be another client's (Conn::maybe_foreign).
     static bool owned_by(const Conn *c, uint32_t nginx_pid)
     {
-        return c->nginx_pid == nginx_pid ||
-               (c->untracked && c->nginx_pid == 0 && (!c->holder_only || c->holder_exiting));
+        return c->nginx_pid == nginx_pid || (c->untracked && c->nginx_pid == 0 && !c->maybe_foreign);
     }
     template <typename F>
     void visit_conns(uint32_t nginx_pid, const Addr &upstream, uint64_t oldest, F &&fn)
