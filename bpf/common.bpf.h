@@ -267,6 +267,35 @@ static __always_inline struct socket *socket_from_fd(int fd)
 #define SK_READ(sk, field) BPF_CORE_READ(sk, field)
 #endif
 
+/* A field of the struct tcp_sock a hook's own socket argument is part of
+ * (inet_connection_sock's through inet_conn). The verifier knows the argument
+ * only as a struct sock, so under N502_DIRECT bpf_skc_to_tcp_sock (5.9, a
+ * check of the socket's kind, no copy) gives the typed pointer and the field
+ * is a plain load; 0 when the socket is not a full TCP one. Elsewhere a
+ * probe read. Only for a typed argument: a socket known by its address alone
+ * takes BPF_CORE_READ. */
+#if N502_DIRECT
+#define TCP_READ(sk, field)                                                                  \
+	({                                                                                   \
+		const struct tcp_sock *__tp = bpf_skc_to_tcp_sock((void *)(sk));            \
+		__tp ? __tp->field : 0;                                                      \
+	})
+#else
+#define TCP_READ(sk, field) BPF_CORE_READ((struct tcp_sock *)(sk), field)
+#endif
+
+/* The current task's flags (N502_PF_EXITING): a plain load where the kernel
+ * has bpf_get_current_task_btf (5.11; the branch is relocated away before
+ * load on 5.10), a probe read elsewhere. */
+static __always_inline unsigned int current_task_flags(void)
+{
+#if N502_DIRECT
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+		return bpf_get_current_task_btf()->flags;
+#endif
+	return BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), flags);
+}
+
 /* Inode number of the socket's network namespace. */
 static __always_inline __u32 sock_netns(const struct sock *sk)
 {

@@ -154,11 +154,11 @@ static __always_inline struct n502_state_event *state_event(const struct sock *s
 	/* The retransmission tracepoint can miss a resend (kernels before 6.x
 	 * fire it only for resends that left the host); the socket's own count
 	 * does not. */
-	e->retransmits = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
+	e->retransmits = TCP_READ(sk, inet_conn.icsk_retransmits);
 	e->owner_tgid = owner;
-	e->segs_out = BPF_CORE_READ((struct tcp_sock *)sk, segs_out);
-	e->bytes_received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
-	e->bytes_acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	e->segs_out = TCP_READ(sk, segs_out);
+	e->bytes_received = TCP_READ(sk, bytes_received);
+	e->bytes_acked = TCP_READ(sk, bytes_acked);
 	return e;
 }
 
@@ -202,7 +202,6 @@ static __always_inline int in_owner_context(const struct sock *sk)
 static __always_inline void announce_upstream(const struct sock *sk, struct n502_sock *s, __u32 how,
 					      struct n502_sock *ns, __u64 now)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct n502_accept_event *e;
 	__u64 nginx_sk = s->peer_sk;
@@ -214,7 +213,7 @@ static __always_inline void announce_upstream(const struct sock *sk, struct n502
 		first = track_proc(tgid, N502_PROC_UPSTREAM);
 		/* A process killed while holding the connection closes it from
 		 * do_exit(), after its exit was reported. */
-		if (BPF_CORE_READ(task, flags) & N502_PF_EXITING)
+		if (current_task_flags() & N502_PF_EXITING)
 			how |= N502_TOOK_EXITING;
 	}
 	if (!ns)
@@ -281,9 +280,7 @@ static __always_inline void anomaly_seen(void)
 /* The current task is exiting: do_exit() closing its files. */
 static __always_inline int current_exiting(void)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-
-	return (BPF_CORE_READ(task, flags) & N502_PF_EXITING) != 0;
+	return (current_task_flags() & N502_PF_EXITING) != 0;
 }
 
 /* A state event of the anomaly-only path. role: N502_SOCK_NGINX or
@@ -417,7 +414,7 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 		__u64 fin = oldstate == N502_TCP_CLOSE_WAIT || newstate == N502_TCP_CLOSE_WAIT;
 		if (nginx_closed_first(oldstate))
 			return;
-		if (failed || BPF_CORE_READ((struct tcp_sock *)sk, bytes_received) <= fin)
+		if (failed || TCP_READ(sk, bytes_received) <= fin)
 			untracked_connection_failed(sk, oldstate, newstate, err);
 		return;
 	}
@@ -427,7 +424,7 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 	 * to CLOSE: a RST), or a FIN before any byte of an answer. */
 	exiting = current_exiting();
 	if (exiting || newstate == N502_TCP_CLOSE ||
-	    (!err && newstate == N502_TCP_FIN_WAIT1 && !BPF_CORE_READ((struct tcp_sock *)sk, bytes_sent)))
+	    (!err && newstate == N502_TCP_FIN_WAIT1 && !TCP_READ(sk, bytes_sent)))
 		untracked_holder_close(sk, oldstate, newstate, exiting);
 }
 
@@ -547,7 +544,7 @@ static __always_inline int held_transition(const struct sock *sk, __u64 key, str
 		remember_tuple(sk, key, s, 1);
 	} else if (oldstate == N502_TCP_ESTABLISHED && newstate == N502_TCP_CLOSE_WAIT) {
 		s->story.fin_ns = bpf_ktime_get_boot_ns();
-		s->story.fin_bytes = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+		s->story.fin_bytes = TCP_READ(sk, bytes_received);
 	} else if (oldstate == N502_TCP_ESTABLISHED && newstate == N502_TCP_FIN_WAIT1) {
 		/* Nginx closed first (a timeout, a client gone, a response read
 		 * whole): what the upstream does next comes one by one. */
@@ -881,7 +878,7 @@ static __always_inline int on_tcp__rcv_space_adjust(struct sock *sk)
 	 * socket on the host stops here, on a field of the socket itself,
 	 * before any map is touched. A server that speaks first (an HTTP/2
 	 * server's SETTINGS) is named by its close or exit instead. */
-	if (BPF_CORE_READ((struct tcp_sock *)sk, bytes_sent))
+	if (TCP_READ(sk, bytes_sent))
 		return 0;
 	s = sock_entry(key);
 	if (!s || s->role != N502_SOCK_UPSTREAM || s->owner_tgid)
