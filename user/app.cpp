@@ -242,6 +242,76 @@ struct Instance {
     }
 };
 
+// The uids Nginx's workers run as, for the kernel side's softirq filter
+// (bpf/common.bpf.h nginx_uids): learnt from the workers at start, and from
+// every worker Nginx forks later, since a reload may have changed its `user`.
+// A worker takes its uid moments after its fork: until its uid differs from
+// its parent's it is looked at again on every pass, for up to 2 s (one that
+// keeps its parent's uid, from an Nginx not started as root or a new master,
+// runs as a uid learnt already).
+class UidLearner {
+public:
+    UidLearner(Host &host, Loader &loader) : host_(host), loader_(loader) {}
+
+    // True when uid is new.
+    bool learn(uint32_t uid)
+    {
+        if (!known_.insert(uid).second)
+            return false;
+        loader_.add_nginx_uid(uid);
+        return true;
+    }
+    // Every pass of the main loop: nothing to do unless Nginx forked.
+    // Returns the uids learnt that were not known before.
+    std::vector<uint32_t> poll(const State &state, uint64_t now)
+    {
+        std::vector<uint32_t> learnt;
+        if (state.nginx_forks() != forks_seen_) {
+            forks_seen_ = state.nginx_forks();
+            std::vector<uint32_t> pids = state.nginx_pids();
+            if (looked_at_.size() > 4096)
+                looked_at_.clear(); // many reloads: the living are looked at once more, harmlessly
+            for (uint32_t pid : pids) {
+                const Proc *p = state.proc(pid);
+                if (p && p->parent && looked_at_.insert(pid).second)
+                    pending_.push_back({pid, p->parent, now});
+            }
+        }
+        for (size_t i = 0; i < pending_.size();) {
+            Pending &w = pending_[i];
+            auto c = host_.creds(w.pid);
+            auto parent = c ? host_.creds(w.parent) : std::nullopt;
+            bool done = !c; // gone
+            if (c && (!parent || c->uid != parent->uid)) {
+                if (learn(c->uid))
+                    learnt.push_back(c->uid);
+                done = true;
+            } else if (now - w.since > 2'000'000'000ULL) {
+                done = true;
+            }
+            if (done) {
+                pending_[i] = pending_.back();
+                pending_.pop_back();
+            } else {
+                i++;
+            }
+        }
+        return learnt;
+    }
+
+private:
+    struct Pending {
+        uint32_t pid, parent;
+        uint64_t since;
+    };
+    Host &host_;
+    Loader &loader_;
+    std::set<uint32_t> known_;
+    std::set<uint32_t> looked_at_;
+    std::vector<Pending> pending_;
+    uint64_t forks_seen_ = 0;
+};
+
 // Nginx masters among these processes (a single-process Nginx counts too).
 std::vector<uint32_t> nginx_masters_among(const std::vector<uint32_t> &pids)
 {
@@ -688,13 +758,14 @@ int run(const Options &opt)
     };
     // The uids Nginx's workers run as: in softirq the kernel side tells
     // Nginx's failing sockets from other clients' of an upstream port by them.
+    UidLearner uids(real_host, loader);
     auto learn_uids = [&](const Instance &in) {
         std::vector<uint32_t> pids = children_of(in.info.master);
         if (pids.empty())
             pids.push_back(in.info.master); // no workers: the master connects itself
         for (uint32_t pid : pids)
             if (auto c = real_host.creds(pid))
-                loader.add_nginx_uid(c->uid);
+                uids.learn(c->uid);
     };
     auto check_config = [&](Instance &in, bool report) {
         learn_uids(in);
@@ -1110,6 +1181,12 @@ int run(const Options &opt)
         }
         bool kernel_failure = take_counters();
         track(now, error_line, kernel_failure);
+        for (uint32_t uid : uids.poll(state, now))
+            engine.warning({"nginx_user",
+                           fmt::format("new Nginx workers run as uid {} (a reload changed Nginx's `user`): their "
+                                       "sockets count as Nginx's from now on",
+                                       uid),
+                           0});
         if (engine.step()) { // once a second
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown

@@ -943,6 +943,8 @@ void State::apply_event(const Event &e)
         child.role |= e.role;
         child.parent = e.tgid;
         child.comm = e.comm;
+        if (e.role & N502_PROC_NGINX)
+            nginx_forks_++;
         break;
     }
     case N502_EV_OOM: {

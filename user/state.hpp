@@ -246,6 +246,9 @@ public:
     // A listener on a (as listeners_on matches it) was let go for age.
     bool listener_aged_out(const Addr &a) const;
     std::vector<uint32_t> nginx_pids() const;
+    // How many Nginx forks (new workers, a new master) have been applied:
+    // tells a caller when nginx_pids() is worth looking at again.
+    uint64_t nginx_forks() const { return nginx_forks_; }
     // Every connection still remembered, live and finished.
     std::vector<Conn *> recent_conns();
     // Nginx's live sockets toward an upstream, by TCP state name.
@@ -284,6 +287,7 @@ private:
 
     StateLimits limits_;
     StateStats stats_;
+    uint64_t nginx_forks_ = 0;
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Conn>> live_;   // Nginx sk -> connection
     std::deque<std::unique_ptr<Conn>> finished_;                 // oldest first

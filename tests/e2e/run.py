@@ -1254,6 +1254,54 @@ def sc_adaptive_other_client(s):
     check(any(LEAN_NOTE in n for n in v.get("notes") or []), "no note on lean tracking: %r" % v.get("notes"))
 
 
+def proc_uid(pid):
+    """The effective uid of a process (None when it is gone)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[2])
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def sc_reload_user(s):
+    """A reload that changes Nginx's `user` (www-data -> nobody): the new
+    workers run as a uid n502trace did not see at start. With adaptive
+    tracking, a reset of Nginx's end is seen in softirq and counts as
+    Nginx's only by its creator's uid: the tool learns the new workers' uid
+    (a `nginx_user` warning), so their first failure is explained from the
+    kernel, not left `unknown` as another user's client's would be."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    old = set(s.nginx.workers)
+    with open(s.nginx.conf) as f:
+        conf = f.read()
+    check("\nuser www-data;\n" in conf, "the generated nginx.conf does not run its workers as www-data")
+    with open(s.nginx.conf, "w") as f:
+        f.write(conf.replace("\nuser www-data;\n", "\nuser nobody nogroup;\n"))
+    os.kill(s.nginx.master_pid, signal.SIGHUP)
+    new = harness.wait_until(
+        lambda: (lambda k: k if len(k) >= s.nginx.nworkers and not (set(k) & old) and
+                 all(proc_uid(p) == 65534 for p in k) else None)(s.nginx.worker_pids()),
+        15, "new nginx workers running as uid 65534 after SIGHUP")
+    s.note("reload: workers %s -> %s (uid 65534)" % (sorted(old), sorted(new)))
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_user" and
+                           "uid 65534" in w.get("message", ""), timeout=5)
+    up = s.h.start_upstream("reset", port=port)
+    r = s.get()
+    up.wait_request(1)
+    s.expect_nginx_message(MSG_RESET)
+    s.expect_verdict(r, "upstream_reset", up.address, "Connection reset by peer", upstream_pid=up.pid, evidence=[
+        [{"event": "rst_received"}],
+    ])
+    if s.use_tool:
+        check(s.verdict.get("nginx_pid") in new, "verdict from worker %r, not one of the new workers %s" % (
+            s.verdict.get("nginx_pid"), sorted(new)))
+
+
 SCENARIOS = {
     "no_listener": sc_no_listener,
     "listener_stopped": sc_listener_stopped,
@@ -1266,6 +1314,7 @@ SCENARIOS = {
     "listener_preexisting": sc_listener_preexisting,
     "worker_pid": sc_worker_pid,
     "reload": sc_reload,
+    "reload_user": sc_reload_user,
     # newer causes
     "socket_missing": sc_socket_missing,
     "permission_denied": sc_permission_denied,
