@@ -25,6 +25,7 @@
 #define N502_AF_INET 2
 #define N502_AF_INET6 10
 #define N502_SOCK_STREAM 1
+#define N502_IPPROTO_TCP 6
 #define N502_S_IFMT 00170000
 #define N502_S_IFSOCK 0140000
 #define N502_SIGCHLD 17
@@ -256,8 +257,7 @@ static __always_inline struct socket *socket_from_fd(int fd)
  * kernel's BTF and makes fault-safe: about a nanosecond each. Elsewhere (raw_tp
  * with --btf, sockets found through a descriptor) they are
  * bpf_probe_read_kernel calls, tens of nanoseconds each. Both are CO-RE
- * relocated. Fields past struct sock (tcp_sock, inet_connection_sock) are
- * always read with BPF_CORE_READ: the verifier knows sk only as a sock. */
+ * relocated. Fields past struct sock: TCP_SOCK and TCP_FIELD below. */
 #ifndef N502_DIRECT
 #define N502_DIRECT 0
 #endif
@@ -267,22 +267,25 @@ static __always_inline struct socket *socket_from_fd(int fd)
 #define SK_READ(sk, field) BPF_CORE_READ(sk, field)
 #endif
 
-/* A field of the struct tcp_sock a hook's own socket argument is part of
- * (inet_connection_sock's through inet_conn). The verifier knows the argument
- * only as a struct sock, so under N502_DIRECT bpf_skc_to_tcp_sock (5.9, a
- * check of the socket's kind, no copy) gives the typed pointer and the field
- * is a plain load; 0 when the socket is not a full TCP one. Elsewhere a
- * probe read. Only for a typed argument: a socket known by its address alone
- * takes BPF_CORE_READ. */
+/* The struct tcp_sock a hook's own socket argument is part of, and its
+ * fields (inet_connection_sock's through inet_conn). The verifier knows the
+ * argument only as a struct sock, so under N502_DIRECT bpf_skc_to_tcp_sock
+ * (5.9; a check of the socket's kind, no copy) gives the typed pointer, NULL
+ * for a socket that is not a full TCP one (whose fields then read 0), and a
+ * field is a plain load. Elsewhere a probe read. Only for a typed argument: a
+ * socket known by its address alone takes BPF_CORE_READ. */
 #if N502_DIRECT
-#define TCP_READ(sk, field)                                                                  \
-	({                                                                                   \
-		const struct tcp_sock *__tp = bpf_skc_to_tcp_sock((void *)(sk));            \
-		__tp ? __tp->field : 0;                                                      \
-	})
+#define TCP_SOCK(sk) ((const struct tcp_sock *)bpf_skc_to_tcp_sock((void *)(sk)))
+#define TCP_FIELD(tp, field) ((tp) ? (tp)->field : 0)
 #else
-#define TCP_READ(sk, field) BPF_CORE_READ((struct tcp_sock *)(sk), field)
+#define TCP_SOCK(sk) ((const struct tcp_sock *)(sk))
+#define TCP_FIELD(tp, field) BPF_CORE_READ(tp, field)
 #endif
+#define TCP_READ(sk, field)                                  \
+	({                                                   \
+		const struct tcp_sock *__tp = TCP_SOCK(sk);  \
+		TCP_FIELD(__tp, field);                      \
+	})
 
 /* The current task's flags (N502_PF_EXITING): a plain load where the kernel
  * has bpf_get_current_task_btf (5.11; the branch is relocated away before

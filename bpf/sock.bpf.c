@@ -143,6 +143,7 @@ static __always_inline struct n502_state_event *state_event(const struct sock *s
 							    int err, __u16 role, __u32 owner)
 {
 	struct n502_state_event *e = reserve(sizeof(*e), N502_EV_STATE);
+	const struct tcp_sock *tp = TCP_SOCK(sk);
 
 	if (!e)
 		return 0;
@@ -154,11 +155,11 @@ static __always_inline struct n502_state_event *state_event(const struct sock *s
 	/* The retransmission tracepoint can miss a resend (kernels before 6.x
 	 * fire it only for resends that left the host); the socket's own count
 	 * does not. */
-	e->retransmits = TCP_READ(sk, inet_conn.icsk_retransmits);
+	e->retransmits = TCP_FIELD(tp, inet_conn.icsk_retransmits);
 	e->owner_tgid = owner;
-	e->segs_out = TCP_READ(sk, segs_out);
-	e->bytes_received = TCP_READ(sk, bytes_received);
-	e->bytes_acked = TCP_READ(sk, bytes_acked);
+	e->segs_out = TCP_FIELD(tp, segs_out);
+	e->bytes_received = TCP_FIELD(tp, bytes_received);
+	e->bytes_acked = TCP_FIELD(tp, bytes_acked);
 	return e;
 }
 
@@ -593,6 +594,9 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 		return 0;
 	err = SK_READ(sk, sk_err);
 	if ((newstate == N502_TCP_FIN_WAIT2 || newstate == N502_TCP_TIME_WAIT) && !err)
+		return 0;
+	/* The tracepoint also fires for SCTP, DCCP and MPTCP sockets. */
+	if (SK_READ(sk, sk_protocol) != N502_IPPROTO_TCP)
 		return 0;
 	if (!track_full) {
 		/* Anomalies only; listeners are followed in every mode (rare,

@@ -13,7 +13,11 @@ is on the upstream side:
   keepalive  an upstream block with `keepalive 32`, HTTP/1.1 and
              `Connection ""`: upstream connections are reused.
 
-Modes, interleaved in one run in the same order every round:
+Modes, interleaved in one run; each round starts one mode later than the
+one before (--order rotate, the default: every mode runs in every position
+equally often over len(modes) rounds, so a mode is not favoured by always
+running first, or right after another one's tracer detached; --order fixed
+keeps the order given):
 
   none       no tracing
   hooks      the floor of any tool on these tracepoints: empty BPF programs
@@ -692,7 +696,8 @@ class Bench:
         results = {m: [] for m in modes}
         try:
             for rnd in range(1, self.args.rounds + 1):
-                for mode in modes:
+                k = (rnd - 1) % len(modes) if self.args.order == "rotate" else 0
+                for mode in modes[k:] + modes[:k]:
                     time.sleep(0.5)  # let the previous run's sockets and softirqs settle
                     r = self.run_mode(mode, self.args.duration, "%s-%d" % (variant, rnd))
                     results[mode].append(r)
@@ -1049,6 +1054,9 @@ def main():
     ap.add_argument("--baseline-bin", help="another n502trace binary for mode baseline (an A/B of two versions)")
     ap.add_argument("--hooks-bin", default="build/tests/bench_hooks",
                     help="the floor's loader (mode hooks; built with the tests)")
+    ap.add_argument("--order", choices=("rotate", "fixed"), default="rotate",
+                    help="rotate (default): each round starts one mode later, so that every mode runs in every "
+                         "position equally often; fixed: --modes' order every round")
     ap.add_argument("--quick", action="store_true", help="5 rounds of 2 s (a smoke test)")
     ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--soak-only", action="store_true")
@@ -1186,9 +1194,11 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
     if not args.soak_only:
         out.append("Nginx (one worker, CPU 0) proxies to a second server block of the same Nginx "
                    "(`return 200`); wrk (`-t1 -c%d`, CPU 1) on loopback. Modes interleaved in one run "
-                   "(%s, same order every round), %d rounds x %d s; medians over the rounds. "
+                   "(%s, %s), %d rounds x %d s; medians over the rounds. "
                    "`debug` = `error_log FILE debug;` (%s)." % (
-                       CONNECTIONS, ", ".join(modes), args.rounds, args.duration,
+                       CONNECTIONS, ", ".join(modes),
+                       "each round starting one mode later" if args.order == "rotate" else "same order every round",
+                       args.rounds, args.duration,
                        "nginx built --with-debug" if has_debug else "not available: nginx lacks --with-debug"))
         out.append("CPU columns are shares of one CPU over the run: the worker's CPU time, the time it was "
                    "runnable but CPU 0 ran something else (the tracer, other load), and wrk's CPU time "

@@ -12,6 +12,7 @@
 #include <malloc.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <initializer_list>
 #include <map>
 #include <set>
 #include <tuple>
@@ -242,13 +243,34 @@ struct Instance {
     }
 };
 
+// Whether the process's title (its cmdline, which Nginx rewrites) has one
+// of these in it.
+bool has_title(uint32_t pid, std::initializer_list<const char *> titles)
+{
+    auto cmd = read_file(fmt::format("/proc/{}/cmdline", pid), 256);
+    if (!cmd)
+        return false;
+    for (const char *title : titles)
+        if (cmd->find(title) != std::string::npos)
+            return true;
+    return false;
+}
+
+// A child of an Nginx master that has taken the user it runs as: Nginx sets a
+// worker's (or cache process's) title after it changed its uid
+// (ngx_worker_process_init). A new master (binary upgrade) never gets one.
+bool nginx_child_settled(uint32_t pid)
+{
+    return has_title(pid, {": worker process", ": cache manager process", ": cache loader process"});
+}
+
 // The uids Nginx's workers run as, for the kernel side's softirq filter
 // (bpf/common.bpf.h nginx_uids): learnt from the workers at start, and from
-// every worker Nginx forks later, since a reload may have changed its `user`.
-// A worker takes its uid moments after its fork: until its uid differs from
-// its parent's it is looked at again on every pass, for up to 2 s (one that
-// keeps its parent's uid, from an Nginx not started as root or a new master,
-// runs as a uid learnt already).
+// every worker an Nginx master forks later, since a reload may have
+// changed Nginx's `user`. A worker is read once it has its title (see
+// nginx_child_settled), within a few milliseconds of its fork; its failures
+// seen in softirq before that are filtered out. One that has no title after
+// 2 s is not a worker and is let go.
 class UidLearner {
 public:
     UidLearner(Host &host, Loader &loader) : host_(host), loader_(loader) {}
@@ -268,28 +290,23 @@ public:
         std::vector<uint32_t> learnt;
         if (state.nginx_forks() != forks_seen_) {
             forks_seen_ = state.nginx_forks();
-            std::vector<uint32_t> pids = state.nginx_pids();
-            if (looked_at_.size() > 4096)
-                looked_at_.clear(); // many reloads: the living are looked at once more, harmlessly
-            for (uint32_t pid : pids) {
+            std::set<uint32_t> living;
+            for (uint32_t pid : state.nginx_pids()) {
+                living.insert(pid);
                 const Proc *p = state.proc(pid);
-                if (p && p->parent && looked_at_.insert(pid).second)
-                    pending_.push_back({pid, p->parent, now});
+                // A master's child (not, say, a program a worker runs), of
+                // a followed master or of its successor (binary upgrade).
+                if (p && p->parent && !looked_at_.count(pid) && has_title(p->parent, {": master process"}))
+                    pending_.push_back({pid, now});
             }
+            looked_at_ = std::move(living); // a pid reused later is looked at again
         }
         for (size_t i = 0; i < pending_.size();) {
-            Pending &w = pending_[i];
-            auto c = host_.creds(w.pid);
-            auto parent = c ? host_.creds(w.parent) : std::nullopt;
-            bool done = !c; // gone
-            if (c && (!parent || c->uid != parent->uid)) {
-                if (learn(c->uid))
+            bool settled = nginx_child_settled(pending_[i].pid);
+            if (settled)
+                if (auto c = host_.creds(pending_[i].pid); c && learn(c->uid))
                     learnt.push_back(c->uid);
-                done = true;
-            } else if (now - w.since > 2'000'000'000ULL) {
-                done = true;
-            }
-            if (done) {
+            if (settled || now - pending_[i].since > 2'000'000'000ULL) {
                 pending_[i] = pending_.back();
                 pending_.pop_back();
             } else {
@@ -301,13 +318,13 @@ public:
 
 private:
     struct Pending {
-        uint32_t pid, parent;
+        uint32_t pid;
         uint64_t since;
     };
     Host &host_;
     Loader &loader_;
     std::set<uint32_t> known_;
-    std::set<uint32_t> looked_at_;
+    std::set<uint32_t> looked_at_; // living Nginx processes, as of the last fork
     std::vector<Pending> pending_;
     uint64_t forks_seen_ = 0;
 };
@@ -760,7 +777,10 @@ int run(const Options &opt)
     // Nginx's failing sockets from other clients' of an upstream port by them.
     UidLearner uids(real_host, loader);
     auto learn_uids = [&](const Instance &in) {
-        std::vector<uint32_t> pids = children_of(in.info.master);
+        std::vector<uint32_t> pids;
+        for (uint32_t pid : children_of(in.info.master))
+            if (nginx_child_settled(pid)) // a worker forked this instant may not have its user yet
+                pids.push_back(pid);
         if (pids.empty())
             pids.push_back(in.info.master); // no workers: the master connects itself
         for (uint32_t pid : pids)
@@ -1182,11 +1202,13 @@ int run(const Options &opt)
         bool kernel_failure = take_counters();
         track(now, error_line, kernel_failure);
         for (uint32_t uid : uids.poll(state, now))
-            engine.warning({"nginx_user",
-                           fmt::format("new Nginx workers run as uid {} (a reload changed Nginx's `user`): their "
-                                       "sockets count as Nginx's from now on",
-                                       uid),
-                           0});
+            if (lo.adaptive)
+                engine.warning({"nginx_user",
+                               fmt::format("new Nginx workers run as uid {}, which none ran as before (a reload "
+                                           "changed Nginx's `user`): while tracking is lean, their connections' "
+                                           "failures seen in softirq count as Nginx's from now on",
+                                           uid),
+                               0});
         if (engine.step()) { // once a second
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown

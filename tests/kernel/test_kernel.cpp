@@ -607,7 +607,9 @@ TEST_CASE("a real segfault is a self-generated SIGSEGV with a fault code", "[ker
         [](int) {
             signal(SIGSEGV, SIG_DFL); // (sanitizer builds install their own handler)
             // An unmapped, non-null address: a real fault that UBSan's null check does not intercept.
-            volatile int *p = reinterpret_cast<volatile int *>(uintptr_t{8});
+            // Read through a volatile so the compiler cannot see the constant (-Warray-bounds).
+            static volatile uintptr_t unmapped = 8;
+            volatile int *p = reinterpret_cast<volatile int *>(unmapped);
             *p = 1;
         },
         &rd);
