@@ -677,7 +677,7 @@ class Bench:
         if mode == "n502trace":
             return self.run_n502trace(duration, tag)
         if mode == "baseline":
-            return self.run_n502trace(duration, tag, self.args.baseline_bin)
+            return self.run_n502trace(duration, tag, self.args.baseline_bin, extra=self.args.baseline_args.split())
         if mode == "tcpdump":
             return self.run_tcpdump(duration, tag)
         if mode == "debug":
@@ -939,7 +939,7 @@ def mode_notes(mode, runs):
     return "; ".join(notes)
 
 
-def variant_table(variant, results, modes):
+def variant_table(variant, results, modes, ab_mode="n502trace"):
     base = results.get("none")
     base_rps = med([r["rps"] for r in base]) if base else None
     base_p99 = med([r["p99_ms"] for r in base]) if base else None
@@ -983,20 +983,21 @@ def variant_table(variant, results, modes):
     for mode in modes:
         lines.append("| %s | " % mode + " | ".join(
             "%.0f (%.2f)" % (r["rps"], r["p99_ms"]) for r in results[mode]) + " |")
-    if base and "baseline" in modes and "n502trace" in modes:
-        ab = [t / b for t, b in zip([r["rps"] for r in results["n502trace"]],
+    if base and "baseline" in modes and ab_mode in modes:
+        ab = [t / b for t, b in zip([r["rps"] for r in results[ab_mode]],
                                     [r["rps"] for r in results["baseline"]]) if b]
         lines.append("")
-        lines.append("n502trace against the baseline binary (per-round ratio of req/s, median): %s" % fmt(med(ab), ".3f"))
+        lines.append("%s against the baseline binary (per-round ratio of req/s, median): %s" % (
+            ab_mode, fmt(med(ab), ".3f")))
 
         def bpf_per_req(r):
             return sum(v[1] for v in r["bpf"].values()) / r["requests"] if r.get("bpf") and r["requests"] else None
-        bt = [t / b for t, b in zip([bpf_per_req(r) for r in results["n502trace"]],
+        bt = [t / b for t, b in zip([bpf_per_req(r) for r in results[ab_mode]],
                                     [bpf_per_req(r) for r in results["baseline"]]) if t is not None and b]
         if bt:
             lines.append("")
-            lines.append("n502trace's BPF run time per request against the baseline's (per-round ratio, median): %s" %
-                         fmt(med(bt), ".3f"))
+            lines.append("%s's BPF run time per request against the baseline's (per-round ratio, median): %s" % (
+                ab_mode, fmt(med(bt), ".3f")))
     for mode in modes:
         if any(r.get("bpf") for r in results.get(mode, [])):
             lines.append("")
@@ -1052,6 +1053,8 @@ def main():
     ap.add_argument("--out", default="bench-results.md")
     ap.add_argument("--bin", default="build/n502trace")
     ap.add_argument("--baseline-bin", help="another n502trace binary for mode baseline (an A/B of two versions)")
+    ap.add_argument("--baseline-args", default="",
+                    help="arguments mode baseline adds, e.g. \"--tracking full\" to set it against mode full")
     ap.add_argument("--hooks-bin", default="build/tests/bench_hooks",
                     help="the floor's loader (mode hooks; built with the tests)")
     ap.add_argument("--order", choices=("rotate", "fixed"), default="rotate",
@@ -1213,7 +1216,8 @@ def run(args, variants, modes, nginx_version, has_debug, cpus, load_start):
                  "keepalive": "upstream keep-alive (`keepalive %d`)" % CONNECTIONS}[v]
         out.append("## %s: %s" % (v, title))
         out.append("")
-        lines, ratios = variant_table(v, all_results[v], modes)
+        lines, ratios = variant_table(v, all_results[v], modes,
+                                      "full" if "full" in args.baseline_args.split() else "n502trace")
         out += lines
         if v == "new_conn" and "n502trace" in modes and args.bpf_stats:
             out.append("")
