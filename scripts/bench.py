@@ -32,6 +32,11 @@ keeps the order given):
              state per socket: a port bitmap read from the socket, an event
              only for a socket error or an exiting holder, no receive hook
              (bench_hooks --op ownerless)
+  sockops    (only when named in --modes) an empty sock_ops program on the
+             cgroup v2 root instead of the tracepoints (bench_hooks --sockops
+             DIR): the floor of a kernel side built on sock_ops callbacks,
+             which run at connect and establishment, and at state changes only
+             for the sockets that ask for them
   baseline   another n502trace binary (--baseline-bin, e.g. an older build),
              attached the same way: an A/B of two versions in one run
   n502trace  `n502trace --nginx-pid MASTER --json` attached (ready before wrk
@@ -83,7 +88,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 32
 MODES = ("none", "hooks", "n502trace", "full", "baseline", "tcpdump", "debug")
 # Modes that run only when named in --modes.
-EXTRA_MODES = ("minimal", "ownerless")
+EXTRA_MODES = ("minimal", "ownerless", "sockops")
 # n502trace with extra arguments.
 TOOL_MODES = {"full": ["--tracking", "full"]}
 
@@ -640,7 +645,11 @@ class Bench:
     # -- empty programs on the same tracepoints
     def run_hooks(self, duration, tag, op=None):
         out_path = os.path.join(self.dir, "hooks-%s.out" % tag)
-        argv = [self.args.hooks_bin] + (["--op", op] if op else [])
+        if op == "sockops":
+            argv = [self.args.hooks_bin, "--sockops", cgroup2_root()]
+            op = None  # no done line
+        else:
+            argv = [self.args.hooks_bin] + (["--op", op] if op else [])
         with open(out_path, "w") as out:
             p = spawn(argv, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -937,6 +946,16 @@ def mode_notes(mode, runs):
     if n2 or se:
         notes.append("**non-2xx %d, socket errors %d**" % (n2, se))
     return "; ".join(notes)
+
+
+def cgroup2_root():
+    """Where the cgroup v2 hierarchy is mounted (pure v2 or a hybrid's unified)."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1]
+    raise BenchError("mode sockops needs a cgroup v2 hierarchy mounted")
 
 
 def variant_table(variant, results, modes, ab_mode="n502trace"):

@@ -10,10 +10,16 @@
 // (scripts/bench.sh mode `minimal`), on inet_sock_set_state only; `--op
 // ownerless` an anomaly-only kernel side with no state per socket (mode
 // `ownerless`), likewise.
+//
+// `bench_hooks --sockops DIR` attaches an empty sock_ops program to the
+// cgroup v2 directory DIR instead (tests/bench/sockops.bpf.c; mode
+// `sockops`).
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
 #include <csignal>
+#include <fcntl.h>
+#include <unistd.h>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -21,6 +27,7 @@
 #include "../../include/n502/events.h"
 #include "bench_hooks.skel.h"
 #include "bench_ops.skel.h"
+#include "bench_sockops.skel.h"
 #include "ops.h"
 
 namespace {
@@ -89,6 +96,31 @@ out:
     return rc;
 }
 
+int run_sockops(const char *dir, const sigset_t &stop)
+{
+    int cg = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cg < 0) {
+        std::fprintf(stderr, "bench_hooks: cannot open cgroup directory %s: %s\n", dir, std::strerror(errno));
+        return 1;
+    }
+    bench_sockops_bpf *skel = bench_sockops_bpf__open_and_load();
+    bpf_link *link = skel ? bpf_program__attach_cgroup(skel->progs.empty_sockops, cg) : nullptr;
+    if (!link) {
+        std::fprintf(stderr, "bench_hooks: cannot %s the sock_ops program on %s\n", skel ? "attach" : "load", dir);
+        bench_sockops_bpf__destroy(skel);
+        close(cg);
+        return 1;
+    }
+    std::printf("{\"type\":\"ready\",\"sockops\":\"%s\"}\n", dir);
+    std::fflush(stdout);
+    int sig = 0;
+    sigwait(&stop, &sig);
+    bpf_link__destroy(link);
+    bench_sockops_bpf__destroy(skel);
+    close(cg);
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char **argv)
@@ -105,8 +137,10 @@ int main(int argc, char **argv)
             if (std::strcmp(argv[2], kOpNames[op]) == 0)
                 return run_op(op, stop);
     }
+    if (argc == 3 && std::strcmp(argv[1], "--sockops") == 0)
+        return run_sockops(argv[2], stop);
     if (argc != 1) {
-        std::fprintf(stderr, "usage: bench_hooks [--op NAME]\n  NAME:");
+        std::fprintf(stderr, "usage: bench_hooks [--op NAME | --sockops CGROUP2_DIR]\n  NAME:");
         for (const char *n : kOpNames)
             std::fprintf(stderr, " %s", n);
         std::fprintf(stderr, "\n");
