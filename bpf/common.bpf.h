@@ -151,6 +151,48 @@ struct {
 } nginx_uids SEC(".maps") __weak;
 volatile __u32 nginx_uids_known __weak = 0;
 
+/* The cgroup v2 ids Nginx's workers run in (user space fills it; empty: not
+ * known). A socket of Nginx's uid created in another cgroup is not Nginx's
+ * either: PHP-FPM's pool, say, runs as www-data too, but in its own service
+ * or container. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} nginx_cgroups SEC(".maps") __weak;
+volatile __u32 nginx_cgroups_known __weak = 0;
+
+/* struct sock_cgroup_data before 5.15: the cgroup pointer, or (bit 0 set)
+ * net_cls/net_prio data in its place. */
+struct sock_cgroup_data___pre515 {
+	__u64 val;
+} __attribute__((preserve_access_index));
+struct sock___pre515 {
+	struct sock_cgroup_data___pre515 sk_cgrp_data;
+} __attribute__((preserve_access_index));
+
+/* The cgroup v2 id of the task that created sk (what
+ * bpf_get_current_cgroup_id() gave it), 0 when the socket no longer says
+ * (before 5.15, once net_cls or net_prio data took the pointer's place).
+ * Probe reads: only for a failure, never on a normal connection's path. */
+static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
+{
+	struct cgroup *cg;
+
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
+		cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	} else {
+		__u64 v = BPF_CORE_READ((struct sock___pre515 *)sk, sk_cgrp_data.val);
+		if (v & 1)
+			return 0;
+		cg = (struct cgroup *)v;
+	}
+	if (!cg)
+		return 0;
+	return BPF_CORE_READ(cg, kn, id);
+}
+
 /* In a selected cgroup, or no selection by cgroup at all. */
 static __always_inline int cgroup_selected(void)
 {

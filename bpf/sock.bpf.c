@@ -314,7 +314,7 @@ static __always_inline void emit_untracked_state(const struct sock *sk, int olds
  * processed in the connecting task), 0 in softirq (user space matches the
  * event to a log line by upstream and time). Returns 0 when the socket is
  * another process's own, or in softirq was created by a uid no Nginx worker
- * runs as: not an Nginx connection. */
+ * runs as or in a cgroup no Nginx worker runs in: not an Nginx connection. */
 static __always_inline int nginx_end_owner(const struct sock *sk, __u32 *owner)
 {
 	struct n502_proc *p;
@@ -322,7 +322,14 @@ static __always_inline int nginx_end_owner(const struct sock *sk, __u32 *owner)
 	*owner = 0;
 	if (!in_owner_context(sk)) {
 		__u32 uid = SK_READ(sk, sk_uid.val);
-		return !nginx_uids_known || bpf_map_lookup_elem(&nginx_uids, &uid) != 0;
+		__u64 cgroup;
+
+		if (nginx_uids_known && !bpf_map_lookup_elem(&nginx_uids, &uid))
+			return 0;
+		if (!nginx_cgroups_known)
+			return 1;
+		cgroup = sock_cgroup_id(sk);
+		return !cgroup || bpf_map_lookup_elem(&nginx_cgroups, &cgroup) != 0;
 	}
 	p = current_proc();
 	if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())

@@ -23,6 +23,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "accesslog.hpp"
@@ -264,23 +265,36 @@ bool nginx_child_settled(uint32_t pid)
     return has_title(pid, {": worker process", ": cache manager process", ": cache loader process"});
 }
 
-// The uids Nginx's workers run as, for the kernel side's softirq filter
-// (bpf/common.bpf.h nginx_uids): learnt from the workers at start, and from
-// every worker an Nginx master forks later, since a reload may have
-// changed Nginx's `user`. A worker is read once it has its title (see
+// Who Nginx's workers are, for the kernel side's softirq filter
+// (bpf/common.bpf.h nginx_uids, nginx_cgroups): the uids they run as and
+// the cgroups (v2) they run in, learnt from the workers at start and from
+// every worker an Nginx master forks later, since a reload may have changed
+// Nginx's `user`. A worker is read once it has its title (see
 // nginx_child_settled), within a few milliseconds of its fork; its failures
 // seen in softirq before that are filtered out. One that has no title after
 // 2 s is not a worker and is let go.
-class UidLearner {
+class WorkerIdentity {
 public:
-    UidLearner(Host &host, Loader &loader) : host_(host), loader_(loader) {}
-
-    // True when uid is new.
-    bool learn(uint32_t uid)
+    // uroot: the cgroup v2 root ("": no v2 hierarchy, no cgroup filter).
+    WorkerIdentity(Host &host, Loader &loader, std::string uroot)
+        : host_(host), loader_(loader), uroot_(std::move(uroot))
     {
-        if (!known_.insert(uid).second)
+    }
+
+    // Learns pid's uid and cgroup; true when its uid is new.
+    bool learn(uint32_t pid)
+    {
+        if (!uroot_.empty()) {
+            std::string rel = cgroup_v2_path(pid);
+            struct stat st{};
+            if (!rel.empty() && stat((uroot_ + rel).c_str(), &st) == 0 &&
+                cgroups_.insert(static_cast<uint64_t>(st.st_ino)).second)
+                loader_.add_nginx_cgroup(static_cast<uint64_t>(st.st_ino));
+        }
+        auto c = host_.creds(pid);
+        if (!c || !uids_.insert(c->uid).second)
             return false;
-        loader_.add_nginx_uid(uid);
+        loader_.add_nginx_uid(c->uid);
         return true;
     }
     // Every pass of the main loop: nothing to do unless Nginx forked.
@@ -303,8 +317,8 @@ public:
         }
         for (size_t i = 0; i < pending_.size();) {
             bool settled = nginx_child_settled(pending_[i].pid);
-            if (settled)
-                if (auto c = host_.creds(pending_[i].pid); c && learn(c->uid))
+            if (settled && learn(pending_[i].pid))
+                if (auto c = host_.creds(pending_[i].pid))
                     learnt.push_back(c->uid);
             if (settled || now - pending_[i].since > 2'000'000'000ULL) {
                 pending_[i] = pending_.back();
@@ -323,7 +337,9 @@ private:
     };
     Host &host_;
     Loader &loader_;
-    std::set<uint32_t> known_;
+    std::string uroot_;
+    std::set<uint32_t> uids_;
+    std::set<uint64_t> cgroups_;
     std::set<uint32_t> looked_at_; // living Nginx processes, as of the last fork
     std::vector<Pending> pending_;
     uint64_t forks_seen_ = 0;
@@ -773,10 +789,11 @@ int run(const Options &opt)
         }
         loader.watch_ports(std::vector<uint16_t>(watched_ports.begin(), watched_ports.end()), watch_all_ports);
     };
-    // The uids Nginx's workers run as: in softirq the kernel side tells
-    // Nginx's failing sockets from other clients' of an upstream port by them.
-    UidLearner uids(real_host, loader);
-    auto learn_uids = [&](const Instance &in) {
+    // The uids and cgroups of Nginx's workers: in softirq the kernel side
+    // tells Nginx's failing sockets from other clients' of an upstream port
+    // by them.
+    WorkerIdentity workers_are(real_host, loader, uroot);
+    auto learn_workers = [&](const Instance &in) {
         std::vector<uint32_t> pids;
         for (uint32_t pid : children_of(in.info.master))
             if (nginx_child_settled(pid)) // a worker forked this instant may not have its user yet
@@ -784,11 +801,10 @@ int run(const Options &opt)
         if (pids.empty())
             pids.push_back(in.info.master); // no workers: the master connects itself
         for (uint32_t pid : pids)
-            if (auto c = real_host.creds(pid))
-                uids.learn(c->uid);
+            workers_are.learn(pid);
     };
     auto check_config = [&](Instance &in, bool report) {
-        learn_uids(in);
+        learn_workers(in);
         NginxPaths paths = nginx_paths(in.info.master);
         NginxConf conf = parse_nginx_conf(in.info.root, paths.conf);
         watch_ports(conf);
@@ -1201,7 +1217,7 @@ int run(const Options &opt)
         }
         bool kernel_failure = take_counters();
         track(now, error_line, kernel_failure);
-        for (uint32_t uid : uids.poll(state, now))
+        for (uint32_t uid : workers_are.poll(state, now))
             if (lo.adaptive)
                 engine.warning({"nginx_user",
                                fmt::format("new Nginx workers run as uid {}, which none ran as before (a reload "

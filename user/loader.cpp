@@ -417,6 +417,20 @@ bool Loader::add_nginx_uid(uint32_t uid)
     return true;
 }
 
+bool Loader::add_nginx_cgroup(uint64_t id)
+{
+    if (!skel_ || cgroups_overflow_)
+        return false;
+    uint8_t one = 1;
+    if (bpf_map__update_elem(skel_->maps.nginx_cgroups, &id, sizeof(id), &one, sizeof(one), BPF_ANY) != 0) {
+        cgroups_overflow_ = true;
+        skel_->bss->nginx_cgroups_known = 0; // a cgroup left out would hide Nginx's own failures
+        return false;
+    }
+    skel_->bss->nginx_cgroups_known = 1;
+    return true;
+}
+
 bool Loader::enable_unix_sockets(std::string *error)
 {
     if (unix_enabled_)

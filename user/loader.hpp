@@ -92,6 +92,9 @@ public:
     // A uid an Nginx worker runs as (bpf/common.bpf.h nginx_uids); false
     // when the map is full (the kernel side then stops filtering by uid).
     bool add_nginx_uid(uint32_t uid);
+    // A cgroup (v2 id) an Nginx worker runs in (nginx_cgroups); false when
+    // the map is full, and from then on no socket is filtered by cgroup.
+    bool add_nginx_cgroup(uint64_t id);
     // Removes a cgroup id from the kernel-side selection.
     void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);
@@ -120,6 +123,7 @@ private:
     Callback cb_;
     bool unix_enabled_ = false;
     bool uids_overflow_ = false; // nginx_uids filled up: no uid filter from then on
+    bool cgroups_overflow_ = false; // nginx_cgroups likewise
     bool unix_at_start_ = false;
     bool full_at_start_ = true;
 };

@@ -1225,6 +1225,328 @@ def sc_adaptive_cycle(s):
                         alive=s.tool.alive)
 
 
+def cgroup2_root():
+    """Where the cgroup v2 hierarchy is mounted (None: nowhere)."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1]
+    return None
+
+
+def adaptive_foreign_client(s, uid, cgroup_dir, who):
+    """Adaptive tracking and a client of the upstream port that is not Nginx
+    (`who`): a process running as uid (in cgroup_dir, a cgroup v2 directory,
+    when given) talks to the upstream directly and is reset, in softirq where
+    no task owns its socket. That is not Nginx's failure: tracking stays lean
+    (the failure after it is the `unknown` of a lean period) and no verdict is
+    built from it."""
+    port = harness.free_port()
+    with_tool_args("--tracking adaptive", lambda: s.setup("http://127.0.0.1:%d" % port))
+    if not s.use_tool:
+        return
+    s.want_verdicts = 1
+    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    up = s.h.start_upstream("reset", port=port)
+    # As root: into the cgroup first, then the user; then the client.
+    client = ("import os, socket, sys\n"
+              "if %r:\n"
+              "    with open(os.path.join(%r, 'cgroup.procs'), 'w') as f:\n"
+              "        f.write(str(os.getpid()))\n"
+              "os.setgroups([]); os.setgid(%d); os.setuid(%d)\n"
+              "c = socket.create_connection(('127.0.0.1', %d), timeout=10)\n"
+              "c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+              "try:\n"
+              "    c.recv(100)\n"
+              "except ConnectionResetError:\n"
+              "    sys.exit(0)\n"
+              "sys.exit(3)\n" % (bool(cgroup_dir), cgroup_dir or "", uid, uid, port))
+    rc = subprocess.run(["/usr/bin/python3", "-c", client], cwd="/", timeout=20).returncode
+    check(rc == 0, "the direct client (%s) was not reset by the upstream (exit %d)" % (who, rc))
+    up.wait_request(1)
+    up.stop()
+    check(not [w for _, w in s.tool.out.records if w.get("code") == "tracking_full"],
+          "%s reset by the upstream switched to full tracking" % who)
+
+    up = s.h.start_upstream("bigheader", port=port)
+    r = s.get()
+    s.expect_nginx_message(MSG_TOO_BIG)
+    v = s.expect_verdict(r, "unknown", up.address, "too big header")
+    check(any(LEAN_NOTE in n for n in v.get("notes") or []), "no note on lean tracking: %r" % v.get("notes"))
+
+
+def sc_adaptive_other_client(s):
+    """Another user's client (uid 65534, Nginx's own cgroup) reset by the
+    upstream: filtered by its uid."""
+    adaptive_foreign_client(s, 65534, None, "another user's client (uid 65534)")
+
+
+def sc_adaptive_same_user_client(s):
+    """A client running as Nginx's own user (www-data, as PHP-FPM's pool does)
+    but in another cgroup (its own service or container) reset by the
+    upstream: filtered by its cgroup."""
+    root = cgroup2_root()
+    if root is None:
+        raise Failure("no cgroup v2 hierarchy mounted: the cgroup filter cannot be tested")
+    cg = os.path.join(root, "n502-e2e-client-%d" % os.getpid())
+    os.mkdir(cg)
+    try:
+        adaptive_foreign_client(s, pwd.getpwnam("www-data").pw_uid, cg, "a www-data client in another cgroup")
+    finally:
+        os.rmdir(cg)
+
+
+def proc_uid(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def sc_access_only(s):
+    """The location's error_log level (crit) hides the upstream error: the
+    access log's 502 is the only trace. The verdict comes from the failed
+    connection closest in time, with at most medium confidence."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port, ["error_log %s crit;" % os.path.join(s.h.dir, "error.log")])
+    up = s.h.start_upstream("hang", port=port)
+    r, killer = killed_flow(s, up)
+    if s.use_tool:
+        ready_logs = s.tool.ready.get("access_logs") or []
+        check(any(p.endswith("access.log") for p in ready_logs), "ready.access_logs %r lacks access.log" % ready_logs)
+    v = s.expect_verdict(r, "upstream_killed", up.address, "no error-log line", upstream_pid=up.pid, evidence=[
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+    check(MSG_PREMATURE not in s.nginx.read_error_log(), "Nginx logged the error although its level is crit")
+    if s.use_tool:
+        check(s.verdict.get("confidence") == "medium", "confidence %r, want medium" % s.verdict.get("confidence"))
+        check(s.verdict.get("notes"), "no note saying the verdict comes from the access log")
+
+
+def sc_long_request(s):
+    """A request line too long for the error log (Nginx cuts its lines at 2047
+    bytes, here inside the request) and one with bytes the access log escapes
+    (a quote, a backslash, UTF-8) but the error log writes as they came: the
+    access log's 502s are matched to their error-log verdicts all the same,
+    not explained a second time as 502s without an error-log line."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    odd = b'/caf\xc3\xa9/"q"\\z'
+    long_path = odd + b"/" + b"x" * 2500 + b"?end=1"
+    for nth, path in enumerate((long_path, odd), 1):
+        r = s.get(path)
+        line = s.expect_nginx_message(MSG_REFUSED, nth=nth)
+        if nth == 1:
+            check(len(line) < 2100 and 'upstream: "' not in line,
+                  "Nginx did not cut its error line inside the request (%d bytes)" % len(line))
+        if nth == 1:  # the verdict has what the error line kept of the request
+            match = lambda v: (v.get("request") or "").startswith("GET " + long_path[:200].decode())
+        else:
+            match = lambda v: v.get("request") == "GET " + odd.decode() + " HTTP/1.1"
+        v = s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused", match=match)
+        if v is not None:
+            cut_note = any("cut its error-log line" in n for n in v.get("notes") or [])
+            check(cut_note == (nth == 1), "verdict %d: note on the cut line %s" % (nth, "missing" if nth == 1 else "wrong"))
+    access = s.nginx.read_access_log()
+    check(access.count('" 502 ') == 2 and "\\x22q\\x22" in access,
+          "the access log does not show the two 502s with the quote escaped: %r" % access[-400:])
+    s.want_verdicts = 2
+    s.want_summary = {"access_lines": 2, "access_only": 0}
+
+
+def sc_rotate_rename(s):
+    """Log rotation by rename + USR1 (what logrotate does for Nginx): the tool
+    drains the old file, follows the new one, and explains the next 502."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    log = s.nginx.error_log
+    os.rename(log, log + ".1")
+    os.kill(s.nginx.master_pid, signal.SIGUSR1)
+    harness.wait_until(lambda: os.path.exists(log), 10, "nginx to reopen %s" % log)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "log_rotated", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
+def sc_rotate_copytruncate(s):
+    """copytruncate: the file is copied, then truncated in place; the tool
+    notices the truncation and reads the file again from its start."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    log = s.nginx.error_log
+    shutil.copyfile(log, log + ".1")
+    os.truncate(log, 0)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "log_truncated", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
+def sc_log_deleted(s):
+    """The error log is deleted while followed: Nginx keeps writing to the
+    open file, the tool says the path is gone and keeps reading it."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    os.unlink(s.nginx.error_log)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "log_vanished", timeout=5)
+    r = s.get()
+    # The file is gone from the directory: read what Nginx wrote through its descriptor.
+    s.nginx.error_log = "/proc/%d/fd/2" % s.nginx.workers[0]
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
+def sc_binary_upgrade(s):
+    """Binary upgrade: USR2 starts a new master (forked by the old one), QUIT
+    retires the old one. The tool follows the successor without being told."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    old_master = s.nginx.master_pid
+
+    def new_master():
+        for c in harness.children_of(old_master):
+            try:
+                with open("/proc/%d/cmdline" % c, "rb") as f:
+                    if b"master process" in f.read():
+                        return c
+            except OSError:
+                pass
+        return None
+    os.kill(old_master, signal.SIGUSR2)
+    new = harness.wait_until(new_master, 10, "the new nginx master after USR2")
+    harness.wait_until(lambda: len(harness.children_of(new)) >= s.nginx.nworkers or None, 10,
+                       "the new master's workers")
+    os.kill(old_master, signal.SIGQUIT)
+    harness.wait_until(lambda: not harness.pid_alive(old_master) or None, 15, "the old master to exit")
+    s.nginx.master_pid = new
+    s.nginx.workers = harness.children_of(new)
+    s.note("binary upgrade: master %d -> %d, workers %s" % (old_master, new, s.nginx.workers))
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_new_master", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+    if s.use_tool:
+        # The new master and its workers run as the old ones did: no uid to learn.
+        check(not [w for _, w in s.tool.out.records if w.get("code") == "nginx_user"],
+              "a binary upgrade gave an nginx_user warning: %r" % [
+                  w for _, w in s.tool.out.records if w.get("code") == "nginx_user"])
+
+
+def sc_restart_follow(s):
+    """Nginx stopped and started again: with --follow the tool says so, waits,
+    and follows the new master (same command line)."""
+    port = harness.free_port()
+    saved = os.environ.get("N502_EXTRA_ARGS")
+    os.environ["N502_EXTRA_ARGS"] = ((saved or "") + " --follow").strip()
+    try:
+        s.setup("http://127.0.0.1:%d" % port)
+    finally:
+        if saved is None:
+            del os.environ["N502_EXTRA_ARGS"]
+        else:
+            os.environ["N502_EXTRA_ARGS"] = saved
+    s.nginx.stop()
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_gone", timeout=5)
+        check(s.tool.alive(), "n502trace --follow exited when Nginx stopped")
+    s.nginx.start()
+    s.note("nginx restarted: master %d" % s.nginx.master_pid)
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_restarted", timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
+def sc_adaptive_cycle(s):
+    """--tracking adaptive --calm-after 1 through a whole cycle: lean at the
+    start; a client gone mid-request (499) and its upstream stopping after
+    that keep it lean; a failure the kernel cannot tell from a normal close (a response
+    header too big) is `unknown` with a note and switches to full tracking;
+    the same failure again is explained; after a calm second it is lean
+    again, and a killed upstream then is explained from its first sight (the
+    kernel side switches itself)."""
+    port = harness.free_port()
+    with_tool_args("--tracking adaptive --calm-after 1",
+                   lambda: s.setup("http://127.0.0.1:%d" % port))
+    if not s.use_tool:
+        return
+    s.want_verdicts = 3
+    def warnings(code):
+        return [w for _, w in s.tool.out.records if w.get("type") == "warning" and w.get("code") == code]
+    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    seen = set()
+    def new_verdict(r):
+        return r.get("request_key") not in seen
+
+    # A client that gives up mid-request (Nginx closes the upstream
+    # connection unanswered: 499), then the upstream dying with its end of
+    # that connection still open: a healthy host sees both all day, so
+    # neither may switch to full tracking. Had either, the failure below would
+    # be explained rather than unknown.
+    up = s.h.start_upstream("hang", port=port)
+    req = harness.BackgroundRequest(s.nginx.port, path="/abort", timeout=0.5)
+    req.start()
+    up.wait_request(1)
+    req.join(10)
+    check(req.error is not None and not req.is_alive(), "the client did not give up: %r" % (req.response,))
+    harness.wait_until(lambda: any('"GET /abort ' in l and '" 499 ' in l
+                                   for l in s.nginx.read_access_log().splitlines()) or None,
+                       5, "Nginx's 499 for the client that gave up")
+    up.stop()
+    check(not warnings("tracking_full"), "a client gone and an upstream stopping afterwards switched to full "
+          "tracking: %r" % warnings("tracking_full"))
+
+    up = s.h.start_upstream("bigheader", port=port)
+    r = s.get()
+    s.expect_nginx_message(MSG_TOO_BIG)
+    v = s.expect_verdict(r, "unknown", up.address, "too big header", match=new_verdict)
+    seen.add(v.get("request_key"))
+    check(v.get("log_only_cause") == "upstream_bug",
+          "log_only_cause %r, want upstream_bug" % v.get("log_only_cause"))
+    check(any(LEAN_NOTE in n for n in v.get("notes") or []), "no note on lean tracking: %r" % v.get("notes"))
+    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_full", timeout=3)
+
+    r = s.get()
+    s.expect_nginx_message(MSG_TOO_BIG, nth=2)
+    v = s.expect_verdict(r, "upstream_invalid_response", up.address, "too big header", upstream_pid=up.pid,
+                         match=new_verdict, facts={"closed_by": "nginx"})
+    seen.add(v.get("request_key"))
+    check(not v.get("notes"), "a verdict in full tracking has notes %r" % v.get("notes"))
+    up.stop()
+
+    # Calm for --calm-after (1 s): lean again (its second tracking_lean).
+    s.tool.out.wait_for(lambda: len(warnings("tracking_lean")) >= 2 or None, 5, "a second tracking_lean warning",
+                        alive=s.tool.alive)
+    up = s.h.start_upstream("hang", port=port)
+    req = harness.BackgroundRequest(s.nginx.port)
+    req.start()
+    up.wait_request(1)
+    killer = harness.spawn_kill(signal.SIGKILL, up.pid)
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    s.expect_death(up, -signal.SIGKILL)
+    s.expect_nginx_message(MSG_PREMATURE)
+    v = s.expect_verdict(r, "upstream_killed", up.address, "prematurely closed", upstream_pid=up.pid,
+                         match=new_verdict, evidence=[
+                             [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+                         ])
+    check(any("only from its failure on" in n for n in v.get("notes") or []),
+          "a verdict from lean tracking lacks its note: %r" % v.get("notes"))
+    s.tool.out.wait_for(lambda: len(warnings("tracking_full")) >= 2 or None, 3, "a second tracking_full warning",
+                        alive=s.tool.alive)
+
+
 def sc_adaptive_other_client(s):
     """Adaptive tracking and another client of the upstream port: a process
     of another user (uid 65534) talks to the upstream directly and is reset,
@@ -1351,6 +1673,7 @@ SCENARIOS = {
     "window_expired": sc_window_expired,
     "adaptive_cycle": sc_adaptive_cycle,
     "adaptive_other_client": sc_adaptive_other_client,
+    "adaptive_same_user_client": sc_adaptive_same_user_client,
 }
 
 TIME_LIMIT = 30.0
@@ -1447,7 +1770,7 @@ def main():
         return 0
     names = list(SCENARIOS) if args.all else args.scenario
     if args.all and args.full:
-        for n in ("adaptive_cycle", "adaptive_other_client"):
+        for n in ("adaptive_cycle", "adaptive_other_client", "adaptive_same_user_client"):
             names.remove(n)  # they set their own --tracking
     if not names:
         ap.error("name a scenario, or --all, or --list")
