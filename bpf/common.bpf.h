@@ -180,11 +180,13 @@ static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
 {
 	struct cgroup *cg;
 
+	if (!bpf_core_field_exists(struct sock, sk_cgrp_data)) /* no CONFIG_SOCK_CGROUP_DATA */
+		return 0;
 	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
 		cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
 	} else {
 		__u64 v = BPF_CORE_READ((struct sock___pre515 *)sk, sk_cgrp_data.val);
-		if (v & 1)
+		if (v & 3) /* is_data or no_refcnt (sock_cgroup_ptr): no pointer */
 			return 0;
 		cg = (struct cgroup *)v;
 	}

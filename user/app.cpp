@@ -281,24 +281,35 @@ public:
     {
     }
 
-    // Learns pid's uid and cgroup; true when its uid is new.
-    bool learn(uint32_t pid)
+    // Learns pid's uid and cgroup; returns its uid when that is new.
+    std::optional<uint32_t> learn(uint32_t pid)
     {
-        if (!uroot_.empty()) {
-            std::string rel = cgroup_v2_path(pid);
-            struct stat st{};
-            if (!rel.empty() && stat((uroot_ + rel).c_str(), &st) == 0 &&
-                cgroups_.insert(static_cast<uint64_t>(st.st_ino)).second)
-                loader_.add_nginx_cgroup(static_cast<uint64_t>(st.st_ino));
+        if (!uroot_.empty() && cgroup_filter_) {
+            auto id = cgroup_id(pid);
+            if (!id)
+                stop_cgroup_filter(); // a worker's cgroup unknown: its sockets must not be filtered
+            else if (cgroups_.insert(*id).second && !loader_.add_nginx_cgroup(*id))
+                cgroup_filter_ = false; // the map is full: the loader has turned the filter off
         }
         auto c = host_.creds(pid);
         if (!c || !uids_.insert(c->uid).second)
-            return false;
+            return std::nullopt;
         loader_.add_nginx_uid(c->uid);
-        return true;
+        return c->uid;
     }
-    // Every pass of the main loop: nothing to do unless Nginx forked.
-    // Returns the uids learnt that were not known before.
+    // A child of a master, looked at until it has its title (as poll does
+    // with the ones it finds).
+    void watch(uint32_t pid, uint64_t now) { pending_.push_back({pid, now}); }
+    // Nginx went away: a new one (a restart) may run in a new cgroup, which
+    // must be learnt before any socket is filtered by cgroup again.
+    void forget_cgroups()
+    {
+        cgroups_.clear();
+        loader_.clear_nginx_cgroups();
+    }
+    // Every pass of the main loop: nothing to do unless Nginx forked or a
+    // child is being waited for. Returns the uids learnt that were not known
+    // before.
     std::vector<uint32_t> poll(const State &state, uint64_t now)
     {
         std::vector<uint32_t> learnt;
@@ -317,9 +328,9 @@ public:
         }
         for (size_t i = 0; i < pending_.size();) {
             bool settled = nginx_child_settled(pending_[i].pid);
-            if (settled && learn(pending_[i].pid))
-                if (auto c = host_.creds(pending_[i].pid))
-                    learnt.push_back(c->uid);
+            if (settled)
+                if (auto uid = learn(pending_[i].pid))
+                    learnt.push_back(*uid);
             if (settled || now - pending_[i].since > 2'000'000'000ULL) {
                 pending_[i] = pending_.back();
                 pending_.pop_back();
@@ -331,6 +342,27 @@ public:
     }
 
 private:
+    // The id of pid's cgroup (v2): the inode number of its directory, which
+    // is the kernel's id on 64-bit kernels. Only a path inside the hierarchy
+    // as mounted here counts (from a cgroup namespace of our own, a cgroup
+    // outside it reads "/../..").
+    std::optional<uint64_t> cgroup_id(uint32_t pid) const
+    {
+        std::string rel = cgroup_v2_path(pid);
+        if (rel.empty() || rel[0] != '/' || rel.find("/..") != std::string::npos)
+            return std::nullopt;
+        struct stat root{}, st{};
+        if (stat(uroot_.c_str(), &root) != 0 || stat((uroot_ + rel).c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
+            st.st_dev != root.st_dev)
+            return std::nullopt;
+        return static_cast<uint64_t>(st.st_ino);
+    }
+    void stop_cgroup_filter()
+    {
+        cgroup_filter_ = false;
+        loader_.clear_nginx_cgroups(true);
+    }
+
     struct Pending {
         uint32_t pid;
         uint64_t since;
@@ -340,6 +372,7 @@ private:
     std::string uroot_;
     std::set<uint32_t> uids_;
     std::set<uint64_t> cgroups_;
+    bool cgroup_filter_ = true; // false: a worker's cgroup could not be known, no filter from then on
     std::set<uint32_t> looked_at_; // living Nginx processes, as of the last fork
     std::vector<Pending> pending_;
     uint64_t forks_seen_ = 0;
@@ -794,14 +827,15 @@ int run(const Options &opt)
     // by them.
     WorkerIdentity workers_are(real_host, loader, uroot);
     auto learn_workers = [&](const Instance &in) {
-        std::vector<uint32_t> pids;
-        for (uint32_t pid : children_of(in.info.master))
-            if (nginx_child_settled(pid)) // a worker forked this instant may not have its user yet
-                pids.push_back(pid);
-        if (pids.empty())
-            pids.push_back(in.info.master); // no workers: the master connects itself
-        for (uint32_t pid : pids)
-            workers_are.learn(pid);
+        std::vector<uint32_t> children = children_of(in.info.master);
+        if (children.empty())
+            workers_are.learn(in.info.master); // no workers: the master connects itself
+        for (uint32_t pid : children) {
+            if (nginx_child_settled(pid))
+                workers_are.learn(pid);
+            else
+                workers_are.watch(pid, boot_now_ns()); // forked this instant: not its user yet
+        }
     };
     auto check_config = [&](Instance &in, bool report) {
         learn_workers(in);
@@ -1081,6 +1115,12 @@ int run(const Options &opt)
                 continue;
             }
             in.gone = true;
+            // Its successor (a restart) may run in a new cgroup: no socket
+            // is filtered by cgroup until the living instances' are relearnt.
+            workers_are.forget_cgroups();
+            for (auto &other : instances)
+                if (!other->gone)
+                    learn_workers(*other);
             // What it wrote before it went still counts; then its logs are
             // let go (a restarted Nginx is followed as a new instance).
             for (auto *list : {&in.errors, &in.access}) {

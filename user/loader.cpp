@@ -431,6 +431,15 @@ bool Loader::add_nginx_cgroup(uint64_t id)
     return true;
 }
 
+void Loader::clear_nginx_cgroups(bool forever)
+{
+    if (!skel_)
+        return;
+    skel_->bss->nginx_cgroups_known = 0;
+    if (forever)
+        cgroups_overflow_ = true;
+}
+
 bool Loader::enable_unix_sockets(std::string *error)
 {
     if (unix_enabled_)

@@ -95,6 +95,9 @@ public:
     // A cgroup (v2 id) an Nginx worker runs in (nginx_cgroups); false when
     // the map is full, and from then on no socket is filtered by cgroup.
     bool add_nginx_cgroup(uint64_t id);
+    // No socket filtered by cgroup until the next add_nginx_cgroup; with
+    // forever, never again.
+    void clear_nginx_cgroups(bool forever = false);
     // Removes a cgroup id from the kernel-side selection.
     void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);
