@@ -403,32 +403,35 @@ void Loader::watch_ports(const std::vector<uint16_t> &ports, bool all)
         bits[p >> 6] = bits[p >> 6] | (1ULL << (p & 63));
 }
 
-bool Loader::add_nginx_uid(uint32_t uid)
+// Adds key to one of the kernel side's filter sets (nginx_uids,
+// nginx_cgroups) and marks the set known. A set that fills up is marked
+// unknown for good (*overflow): a key left out would hide Nginx's own
+// failures.
+template <typename Known>
+static bool add_to_filter(bpf_map *map, const void *key, size_t key_size, Known *known, bool *overflow)
 {
-    if (!skel_ || uids_overflow_)
+    if (*overflow)
         return false;
     uint8_t one = 1;
-    if (bpf_map__update_elem(skel_->maps.nginx_uids, &uid, sizeof(uid), &one, sizeof(one), BPF_ANY) != 0) {
-        uids_overflow_ = true;
-        skel_->bss->nginx_uids_known = 0; // a uid left out would hide Nginx's own failures
+    if (bpf_map__update_elem(map, key, key_size, &one, sizeof(one), BPF_ANY) != 0) {
+        *overflow = true;
+        *known = 0;
         return false;
     }
-    skel_->bss->nginx_uids_known = 1;
+    *known = 1;
     return true;
+}
+
+bool Loader::add_nginx_uid(uint32_t uid)
+{
+    return skel_ && add_to_filter(skel_->maps.nginx_uids, &uid, sizeof(uid), &skel_->bss->nginx_uids_known,
+                                  &uids_overflow_);
 }
 
 bool Loader::add_nginx_cgroup(uint64_t id)
 {
-    if (!skel_ || cgroups_overflow_)
-        return false;
-    uint8_t one = 1;
-    if (bpf_map__update_elem(skel_->maps.nginx_cgroups, &id, sizeof(id), &one, sizeof(one), BPF_ANY) != 0) {
-        cgroups_overflow_ = true;
-        skel_->bss->nginx_cgroups_known = 0; // a cgroup left out would hide Nginx's own failures
-        return false;
-    }
-    skel_->bss->nginx_cgroups_known = 1;
-    return true;
+    return skel_ && add_to_filter(skel_->maps.nginx_cgroups, &id, sizeof(id), &skel_->bss->nginx_cgroups_known,
+                                  &cgroups_overflow_);
 }
 
 void Loader::clear_nginx_cgroups(bool forever)

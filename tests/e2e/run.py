@@ -455,9 +455,9 @@ def sc_exit(s):
     ])
 
 
-def sc_reset(s):
-    port = harness.free_port()
-    s.setup("http://127.0.0.1:%d" % port)
+def expect_reset(s, port):
+    """An upstream on port that resets the connection it reads a request
+    from: a 502 explained as upstream_reset, from the RST received."""
     up = s.h.start_upstream("reset", port=port)
     r = s.get()
     up.wait_request(1)
@@ -465,6 +465,12 @@ def sc_reset(s):
     s.expect_verdict(r, "upstream_reset", up.address, "Connection reset by peer", upstream_pid=up.pid, evidence=[
         [{"event": "rst_received"}],
     ])
+
+
+def sc_reset(s):
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    expect_reset(s, port)
 
 
 def sc_close(s):
@@ -1321,13 +1327,7 @@ def sc_reload_user(s):
     if s.use_tool and ADAPTIVE:  # (full tracking does not filter by uid, and does not warn)
         s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_user" and
                            "uid 65534" in w.get("message", ""), timeout=5)
-    up = s.h.start_upstream("reset", port=port)
-    r = s.get()
-    up.wait_request(1)
-    s.expect_nginx_message(MSG_RESET)
-    s.expect_verdict(r, "upstream_reset", up.address, "Connection reset by peer", upstream_pid=up.pid, evidence=[
-        [{"event": "rst_received"}],
-    ])
+    expect_reset(s, port)
     if s.use_tool:
         check(s.verdict.get("nginx_pid") in new, "verdict from worker %r, not one of the new workers %s" % (
             s.verdict.get("nginx_pid"), sorted(new)))
