@@ -163,6 +163,16 @@ struct {
 } nginx_cgroups SEC(".maps") __weak;
 volatile __u32 nginx_cgroups_known __weak = 0;
 
+/* The cgroup of a socket announced with N502_SOCK_OTHER_CGROUP, by socket
+ * address: user space reads it to tell a worker moved to another cgroup
+ * (relearn it) from another service running as Nginx's user. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u64);
+} other_cgroup_socks SEC(".maps") __weak;
+
 /* struct sock_cgroup_data before 5.15: the cgroup pointer, or (bit 0 set)
  * net_cls/net_prio data in its place. */
 struct sock_cgroup_data___pre515 {

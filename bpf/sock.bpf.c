@@ -301,41 +301,65 @@ static __always_inline void emit_untracked_state(const struct sock *sk, int olds
 
 	if (!e)
 		return;
-	if (role != N502_SOCK_NGINX)
+	if (role == N502_SOCK_UPSTREAM)
 		e->retransmits = 0; /* the rules read Nginx's end's only */
 	read_inet_addrs(sk, &e->src, &e->dst);
 	e->src.port = local_port(sk);
 	submit(e);
-	count(N502_CNT_UNTRACKED);
+	if (!(role & N502_SOCK_OTHER_CGROUP)) /* user space's to count, if it takes it */
+		count(N502_CNT_UNTRACKED);
 }
+
+/* Whose a failing socket toward an upstream port is (nginx_end_owner). */
+enum n502_end_of {
+	N502_END_OTHER = 0,        /* another process's own: not an Nginx connection */
+	N502_END_NGINX = 1,        /* Nginx's */
+	N502_END_OTHER_CGROUP = 2, /* Nginx's uid, a cgroup no worker was seen in */
+};
 
 /* The owner of Nginx's end sk as far as the current context tells: the
  * current task when it holds the socket (on loopback, a connect's refusal is
  * processed in the connecting task), 0 in softirq (user space matches the
- * event to a log line by upstream and time). Returns 0 when the socket is
- * another process's own, or in softirq was created by a uid no Nginx worker
- * runs as or in a cgroup no Nginx worker runs in: not an Nginx connection. */
-static __always_inline int nginx_end_owner(const struct sock *sk, __u32 *owner)
+ * event to a log line by upstream and time). In softirq a socket created by
+ * a uid no Nginx worker runs as is another process's; one created by Nginx's
+ * uid in a cgroup no worker was seen in is user space's to decide (a worker
+ * may have been moved there since it was read), and its cgroup is left in
+ * other_cgroup_socks for that. */
+static __always_inline enum n502_end_of nginx_end_owner(const struct sock *sk, __u32 *owner)
 {
 	struct n502_proc *p;
 
 	*owner = 0;
 	if (!in_owner_context(sk)) {
 		__u32 uid = SK_READ(sk, sk_uid.val);
-		__u64 cgroup;
+		__u64 cgroup, key = (__u64)sk;
 
 		if (nginx_uids_known && !bpf_map_lookup_elem(&nginx_uids, &uid))
-			return 0;
+			return N502_END_OTHER;
 		if (!nginx_cgroups_known)
-			return 1;
+			return N502_END_NGINX;
 		cgroup = sock_cgroup_id(sk);
-		return !cgroup || bpf_map_lookup_elem(&nginx_cgroups, &cgroup) != 0;
+		if (!cgroup || bpf_map_lookup_elem(&nginx_cgroups, &cgroup))
+			return N502_END_NGINX;
+		if (bpf_map_update_elem(&other_cgroup_socks, &key, &cgroup, BPF_ANY))
+			return N502_END_OTHER;
+		return N502_END_OTHER_CGROUP;
 	}
 	p = current_proc();
 	if (!p || !(p->role & N502_PROC_NGINX) || !cgroup_selected())
-		return 0;
+		return N502_END_OTHER;
 	*owner = bpf_get_current_pid_tgid() >> 32;
-	return 1;
+	return N502_END_NGINX;
+}
+
+/* The socket role an anomaly-only event of Nginx's end carries; a failure
+ * that is surely Nginx's switches to full tracking. */
+static __always_inline __u16 nginx_end_role(enum n502_end_of whose)
+{
+	if (whose == N502_END_OTHER_CGROUP)
+		return N502_SOCK_NGINX | N502_SOCK_OTHER_CGROUP;
+	anomaly_seen();
+	return N502_SOCK_NGINX;
 }
 
 /* Nginx's end had been closed by Nginx already (its FIN sent). A reset or an
@@ -354,12 +378,13 @@ static __always_inline int nginx_closed_first(int state)
  * unanswered. */
 static __always_inline void untracked_connection_failed(const struct sock *sk, int oldstate, int newstate, int err)
 {
+	enum n502_end_of whose;
 	__u32 owner;
 
-	if (!nginx_end_owner(sk, &owner))
+	whose = nginx_end_owner(sk, &owner);
+	if (whose == N502_END_OTHER)
 		return;
-	anomaly_seen();
-	emit_untracked_state(sk, oldstate, newstate, err, N502_SOCK_NGINX, owner);
+	emit_untracked_state(sk, oldstate, newstate, err, nginx_end_role(whose), owner);
 }
 
 /* An upstream process ending a connection on an upstream port in a way no
@@ -728,25 +753,30 @@ static __always_inline void untracked_reset_received(const struct sock *sk)
 	struct n502_reset_event *e;
 	__u16 family = SK_READ(sk, __sk_common.skc_family);
 	int state = SK_READ(sk, __sk_common.skc_state);
+	enum n502_end_of whose;
+	__u16 role;
 	__u32 owner;
 
 	if ((family != N502_AF_INET && family != N502_AF_INET6) ||
-	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))) || nginx_closed_first(state) ||
-	    !nginx_end_owner(sk, &owner))
+	    !port_watched(bpf_ntohs(SK_READ(sk, __sk_common.skc_dport))) || nginx_closed_first(state))
 		return;
-	anomaly_seen();
+	whose = nginx_end_owner(sk, &owner);
+	if (whose == N502_END_OTHER)
+		return;
+	role = nginx_end_role(whose);
 	e = reserve(sizeof(*e), N502_EV_RESET);
 	if (!e)
 		return;
 	e->sk = (__u64)sk;
 	e->dir = N502_RST_RECEIVED;
 	e->state = state;
-	e->sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
+	e->sock_role = role | N502_SOCK_UNTRACKED;
 	e->_pad = 0;
 	e->owner_tgid = owner;
 	read_inet_addrs(sk, &e->src, &e->dst);
 	submit(e);
-	count(N502_CNT_UNTRACKED);
+	if (whose == N502_END_NGINX)
+		count(N502_CNT_UNTRACKED);
 }
 
 static __always_inline void emit_reset(const struct sock *sk, __u32 dir)

@@ -300,6 +300,47 @@ public:
     // A child of a master, looked at until it has its title (as poll does
     // with the ones it finds).
     void watch(uint32_t pid, uint64_t now) { pending_.push_back({pid, now}); }
+    // A worker moved to another cgroup after it was read (cgrulesengd, a
+    // write to cgroup.procs).
+    struct Moved {
+        uint32_t pid;
+        std::string cgroup; // its path now
+    };
+    // The kernel side saw a socket of Nginx's uid fail in softirq in cgroup
+    // id, which no worker was seen in (N502_SOCK_OTHER_CGROUP). It is
+    // Nginx's when a living worker runs there now: the workers' cgroups are
+    // read again, and every one new to the filter is learnt (*moved). Else it
+    // is another service running as Nginx's user; a cgroup found to be one
+    // is not read again for 100 ms (a failing service may fail fast).
+    bool claim(uint64_t id, const State &state, uint64_t now, std::vector<Moved> *moved)
+    {
+        if (!cgroup_filter_ || cgroups_.count(id))
+            return true;
+        auto recent = foreign_.find(id);
+        if (recent != foreign_.end() && now - recent->second < 100'000'000ULL)
+            return false;
+        for (uint32_t pid : state.nginx_pids()) {
+            if (!nginx_child_settled(pid))
+                continue; // the master, a child not yet a worker (poll's)
+            auto cg = cgroup_id(pid);
+            if (!cg || cgroups_.count(*cg))
+                continue; // gone, or nothing new
+            cgroups_.insert(*cg);
+            if (!loader_.add_nginx_cgroup(*cg)) {
+                cgroup_filter_ = false;
+                return true;
+            }
+            moved->push_back({pid, cgroup_v2_path(pid)});
+        }
+        if (cgroups_.count(id)) {
+            foreign_.erase(id);
+            return true;
+        }
+        if (foreign_.size() >= 1024)
+            foreign_.clear();
+        foreign_[id] = now;
+        return false;
+    }
     // Nginx went away: a new one (a restart) may run in a new cgroup, which
     // must be learnt before any socket is filtered by cgroup again.
     void forget_cgroups()
@@ -372,11 +413,44 @@ private:
     std::string uroot_;
     std::set<uint32_t> uids_;
     std::set<uint64_t> cgroups_;
+    std::unordered_map<uint64_t, uint64_t> foreign_; // cgroup claim() found no worker in -> when
     bool cgroup_filter_ = true; // false: a worker's cgroup could not be known, no filter from then on
     std::set<uint32_t> looked_at_; // living Nginx processes, as of the last fork
     std::vector<Pending> pending_;
     uint64_t forks_seen_ = 0;
 };
+
+// A record the kernel side left for user space to place
+// (N502_SOCK_OTHER_CGROUP): where its role is, and its socket.
+struct OtherCgroupRecord {
+    size_t role_at;
+    uint64_t sk;
+};
+
+template <typename T>
+static std::optional<OtherCgroupRecord> other_cgroup_of(const void *data, size_t len)
+{
+    if (len < sizeof(T))
+        return std::nullopt;
+    T e;
+    std::memcpy(&e, data, sizeof(e));
+    if (!(e.sock_role & N502_SOCK_OTHER_CGROUP))
+        return std::nullopt;
+    return OtherCgroupRecord{offsetof(T, sock_role), e.sk};
+}
+
+std::optional<OtherCgroupRecord> other_cgroup_record(const void *data, size_t len)
+{
+    n502_hdr h;
+    if (len < sizeof(h))
+        return std::nullopt;
+    std::memcpy(&h, data, sizeof(h));
+    if (h.type == N502_EV_STATE)
+        return other_cgroup_of<n502_state_event>(data, len);
+    if (h.type == N502_EV_RESET)
+        return other_cgroup_of<n502_reset_event>(data, len);
+    return std::nullopt;
+}
 
 // Nginx masters among these processes (a single-process Nginx counts too).
 std::vector<uint32_t> nginx_masters_among(const std::vector<uint32_t> &pids)
@@ -904,8 +978,41 @@ int run(const Options &opt)
         }
     }
 
+    // A socket of Nginx's uid failing in a cgroup no worker was seen in
+    // (N502_SOCK_OTHER_CGROUP): Nginx's when a worker was moved there since
+    // (its cgroup is learnt, and the record goes on as any other), else
+    // another service's, dropped as the kernel side would have.
+    std::vector<unsigned char> claimed;
+    bool failure_claimed = false;
+    auto claim_record = [&](const void *data, size_t len) -> const void * {
+        auto oc = other_cgroup_record(data, len);
+        if (!oc)
+            return data;
+        std::vector<WorkerIdentity::Moved> moved;
+        auto id = loader.take_other_cgroup(oc->sk);
+        bool nginx = id && workers_are.claim(*id, state, boot_now_ns(), &moved);
+        for (const auto &m : moved)
+            engine.warning({"nginx_cgroup",
+                            fmt::format("Nginx worker {} now runs in cgroup {}, not where it was first seen: "
+                                        "failures seen in softirq of the sockets it creates there count as "
+                                        "Nginx's",
+                                        m.pid, m.cgroup.empty() ? "(unknown)" : m.cgroup),
+                            0});
+        if (!nginx)
+            return nullptr;
+        claimed.assign(static_cast<const unsigned char *>(data), static_cast<const unsigned char *>(data) + len);
+        uint16_t role;
+        std::memcpy(&role, claimed.data() + oc->role_at, sizeof(role));
+        role &= ~N502_SOCK_OTHER_CGROUP;
+        std::memcpy(claimed.data() + oc->role_at, &role, sizeof(role));
+        failure_claimed = true;
+        return claimed.data();
+    };
     bool ring_ok = loader.start_ring(
-        [&](const void *data, size_t len) {
+        [&](const void *record, size_t len) {
+            const void *data = claim_record(record, len);
+            if (!data)
+                return;
             if (raw) {
                 uint32_t n = static_cast<uint32_t>(len);
                 fwrite(&n, sizeof(n), 1, raw.get());
@@ -1189,7 +1296,7 @@ int run(const Options &opt)
     auto take_counters = [&]() {
         KernelCounters kc = loader.counters();
         engine.counters({kc.lost, kc.map_full});
-        bool more = kc.untracked > untracked_seen;
+        bool more = kc.untracked > untracked_seen || failure_claimed;
         untracked_seen = kc.untracked;
         return more;
     };
@@ -1200,11 +1307,12 @@ int run(const Options &opt)
     uint64_t last_trouble = 0;
     const uint64_t calm_ns = static_cast<uint64_t>(opt.calm_s * 1e9);
     auto track = [&](uint64_t now, bool error_line, bool kernel_failure) {
+        bool claimed_now = std::exchange(failure_claimed, false); // a failure the kernel side left to us
         if (!adaptive)
             return;
         if (error_line || kernel_failure)
             last_trouble = now;
-        if (!full_now && (error_line || loader.tracking_full())) {
+        if (!full_now && (error_line || claimed_now || loader.tracking_full())) {
             std::string terr;
             if (!loader.set_tracking_full(true, &terr))
                 engine.warning({"tracking", terr, 0});

@@ -188,8 +188,9 @@ template <typename T> static bool fits(size_t len, const n502_hdr &h, std::strin
 // A socket role as events carry it: the anomaly-only path's flag apart.
 static void set_role(Event &e, uint16_t role)
 {
-    e.sock_role = role & ~N502_SOCK_UNTRACKED;
+    e.sock_role = role & ~(N502_SOCK_UNTRACKED | N502_SOCK_OTHER_CGROUP);
     e.untracked = (role & N502_SOCK_UNTRACKED) != 0;
+    e.other_cgroup = (role & N502_SOCK_OTHER_CGROUP) != 0;
 }
 
 static bool fill(const void *data, size_t len, Event &e, std::string *why)

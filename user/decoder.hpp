@@ -63,6 +63,10 @@ struct Event {
     uint16_t sock_role = 0; // enum n502_sock_role, without N502_SOCK_UNTRACKED (below)
     uint32_t owner = 0;    // socket owner recorded at connect/accept/listen
     bool untracked = false; // STATE/RESET/RETRANS: from the anomaly-only path (N502_SOCK_UNTRACKED)
+    // STATE/RESET of the anomaly-only path: a socket of Nginx's uid in a
+    // cgroup no worker was seen in (N502_SOCK_OTHER_CGROUP), which user space
+    // did not claim for Nginx: another service's. Never applied.
+    bool other_cgroup = false;
     uint32_t dir = 0;      // RESET
     int tcp_state = 0;     // RESET
     uint32_t target = 0;   // SIGNAL: target tgid; FORK: child; OOM: victim

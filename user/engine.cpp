@@ -507,6 +507,8 @@ void Engine::do_kernel(const void *data, size_t len)
         do_capture(*ev);
         return;
     }
+    if (ev->other_cgroup)
+        return; // not claimed for Nginx (live, the app strips the flag of what it claims)
     state_.apply(*ev);
     if (ev->type == N502_EV_OOM) {
         // Read now: the victim may have moved cgroups since we first saw it.

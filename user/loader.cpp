@@ -486,6 +486,16 @@ void Loader::uncapture_file(uint32_t dev, uint64_t ino)
     bpf_map__delete_elem(skel_->maps.log_inodes, &key, sizeof(key), 0);
 }
 
+std::optional<uint64_t> Loader::take_other_cgroup(uint64_t sk)
+{
+    // (Lookup, then delete: a hash map's lookup-and-delete needs 5.14.)
+    uint64_t id = 0;
+    if (!skel_ || bpf_map__lookup_elem(skel_->maps.other_cgroup_socks, &sk, sizeof(sk), &id, sizeof(id), 0) != 0)
+        return std::nullopt;
+    bpf_map__delete_elem(skel_->maps.other_cgroup_socks, &sk, sizeof(sk), 0);
+    return id;
+}
+
 void Loader::unselect_cgroup(uint64_t id)
 {
     bpf_map__delete_elem(skel_->maps.cgroup_sel, &id, sizeof(id), 0);

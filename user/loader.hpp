@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,10 @@ public:
     // No socket filtered by cgroup until the next add_nginx_cgroup; with
     // forever, never again.
     void clear_nginx_cgroups(bool forever = false);
+    // The cgroup of a socket the kernel side announced with
+    // N502_SOCK_OTHER_CGROUP (its entry is taken out); nullopt when it is not
+    // there (evicted: the LRU map holds 256).
+    std::optional<uint64_t> take_other_cgroup(uint64_t sk);
     // Removes a cgroup id from the kernel-side selection.
     void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);

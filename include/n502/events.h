@@ -62,6 +62,12 @@ enum n502_sock_role {
 	 * about the socket came before it; an Nginx end's owner is known only
 	 * when the event ran in that owner's context (else 0). */
 	N502_SOCK_UNTRACKED = 0x4000,
+	/* Flag in events only, with N502_SOCK_UNTRACKED: a socket failing in
+	 * softirq that was created by a uid Nginx's workers run as but in a
+	 * cgroup none of them was seen in (map other_cgroup_socks holds which).
+	 * User space decides: a worker moved there since, or another service
+	 * running as Nginx's user (never reaches the correlator). */
+	N502_SOCK_OTHER_CGROUP = 0x2000,
 };
 
 /* TCP states (include/net/tcp_states.h), as the state tracepoint passes

@@ -516,7 +516,8 @@ class Nginx:
         self.master_pid = None
         self.workers = []
 
-    def start(self, timeout=10):
+    def start(self, timeout=10, cgroup=None):
+        """cgroup: a cgroup (v2) directory to start Nginx in."""
         os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
         os.chmod(os.path.join(self.prefix, "tmp"), 0o755)
         locs = ""
@@ -532,7 +533,10 @@ class Nginx:
         argv = [NGINX, "-p", self.prefix, "-c", self.conf, "-e", self.error_log]
         if self.netns:
             argv = [IP, "netns", "exec", self.netns] + argv
-        r = subprocess.run(argv,
+        def enter_cgroup():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        r = subprocess.run(argv, preexec_fn=enter_cgroup if cgroup else None,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         if r.returncode != 0:
             raise Failure("nginx failed to start (%d): %s\n%s" % (

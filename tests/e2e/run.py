@@ -1231,6 +1231,15 @@ def sc_adaptive_cycle(s):
                         alive=s.tool.alive)
 
 
+def proc_cgroup2(pid):
+    """pid's cgroup (v2) path, as /proc/PID/cgroup shows it."""
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    raise Failure("process %d has no cgroup v2 line" % pid)
+
+
 def cgroup2_root():
     """Where the cgroup v2 hierarchy is mounted (None: nowhere)."""
     with open("/proc/self/mounts") as f:
@@ -1303,6 +1312,84 @@ def sc_adaptive_same_user_client(s):
         os.rmdir(cg)
 
 
+def sc_adaptive_worker_moved(s):
+    """Nginx's workers moved to another cgroup after n502trace read them (as
+    cgrulesengd or a write to cgroup.procs does): the sockets they create
+    there belong to a cgroup no worker was seen in. A reset of one, seen in
+    softirq, is still Nginx's: the tool finds a worker in that cgroup now (a
+    `nginx_cgroup` warning) and explains the failure from the kernel, where
+    the cgroup filter alone would have dropped it as another service's."""
+    root = cgroup2_root()
+    if root is None:
+        raise Failure("no cgroup v2 hierarchy mounted: the cgroup filter cannot be tested")
+    port = harness.free_port()
+    with_tool_args("--tracking adaptive", lambda: s.setup("http://127.0.0.1:%d" % port))
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    workers = s.nginx.worker_pids()
+    cg = os.path.join(root, "n502-e2e-moved-%d" % os.getpid())
+    os.mkdir(cg)
+    was = {}
+    try:
+        for pid in workers:
+            was[pid] = proc_cgroup2(pid)
+            with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        check(all(proc_cgroup2(p) == "/" + os.path.basename(cg) for p in workers),
+              "the workers %s did not move to %s" % (workers, cg))
+        s.note("workers %s moved from %s to %s" % (workers, sorted(set(was.values())), cg))
+        expect_reset(s, port)
+        if s.use_tool:
+            s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_cgroup" and
+                               any("worker %d " % p in w.get("message", "") for p in workers), timeout=3)
+    finally:
+        for pid, path in was.items():
+            try:
+                with open(os.path.join(root, path.lstrip("/"), "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass  # exited
+        os.rmdir(cg)
+
+
+def sc_adaptive_restart_cgroup(s):
+    """Nginx stopped and started again in a new cgroup, as a restarted service
+    or container is: with --follow the tool learns the new workers' cgroup,
+    so a reset of the new Nginx's connection, seen in softirq, is explained
+    from the kernel at once (the old cgroup's id would filter it out)."""
+    root = cgroup2_root()
+    if root is None:
+        raise Failure("no cgroup v2 hierarchy mounted: the cgroup filter cannot be tested")
+    port = harness.free_port()
+    with_tool_args("--tracking adaptive --follow", lambda: s.setup("http://127.0.0.1:%d" % port))
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    s.nginx.stop()
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_gone", timeout=5)
+    cg = os.path.join(root, "n502-e2e-restarted-%d" % os.getpid())
+    os.mkdir(cg)
+    try:
+        s.nginx.start(cgroup=cg)
+        workers = s.nginx.worker_pids()
+        check(workers and all(proc_cgroup2(p) == "/" + os.path.basename(cg) for p in workers),
+              "the restarted workers %s are not in %s" % (workers, cg))
+        s.note("nginx restarted in %s: master %d, workers %s" % (cg, s.nginx.master_pid, workers))
+        if s.use_tool:
+            s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_restarted", timeout=5)
+        expect_reset(s, port)
+        if s.use_tool:
+            check(s.verdict.get("nginx_pid") in workers, "verdict from worker %r, not one of the restarted "
+                  "workers %s" % (s.verdict.get("nginx_pid"), workers))
+            check(not [w for _, w in s.tool.out.records if w.get("code") == "nginx_cgroup"],
+                  "the restarted workers' cgroup was not learnt when they were followed (nginx_cgroup warning)")
+    finally:
+        s.nginx.stop()
+        harness.wait_until(lambda: not open(os.path.join(cg, "cgroup.procs")).read().strip() or None, 5,
+                           "the restarted nginx to leave %s" % cg)
+        os.rmdir(cg)
+
+
 def sc_reload_user(s):
     """A reload that changes Nginx's `user` (www-data -> nobody): the new
     workers run as a uid n502trace did not see at start. With adaptive
@@ -1346,6 +1433,8 @@ SCENARIOS = {
     "worker_pid": sc_worker_pid,
     "reload": sc_reload,
     "reload_user": sc_reload_user,
+    "adaptive_worker_moved": sc_adaptive_worker_moved,
+    "adaptive_restart_cgroup": sc_adaptive_restart_cgroup,
     # newer causes
     "socket_missing": sc_socket_missing,
     "permission_denied": sc_permission_denied,
@@ -1472,7 +1561,8 @@ def main():
         return 0
     names = list(SCENARIOS) if args.all else args.scenario
     if args.all and args.full:
-        for n in ("adaptive_cycle", "adaptive_other_client", "adaptive_same_user_client"):
+        for n in ("adaptive_cycle", "adaptive_other_client", "adaptive_same_user_client", "adaptive_worker_moved",
+                  "adaptive_restart_cgroup"):
             names.remove(n)  # they set their own --tracking
     if not names:
         ap.error("name a scenario, or --all, or --list")

@@ -370,3 +370,23 @@ TEST_CASE("a story emitted early, or of an upstream announced on its own, stands
     CHECK_FALSE(decode(&c, sizeof(c), &why));
     CHECK(why.find("out-of-range") != std::string::npos);
 }
+
+TEST_CASE("the anomaly-only path's flags are apart from the socket's role", "[decoder]")
+{
+    auto s = raw<n502_state_event>(N502_EV_STATE);
+    s.sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
+    auto e = decode(&s, sizeof(s));
+    REQUIRE(e);
+    CHECK(e->sock_role == N502_SOCK_NGINX);
+    CHECK(e->untracked);
+    CHECK_FALSE(e->other_cgroup);
+
+    // Left for user space to place: another service's unless claimed.
+    auto r = raw<n502_reset_event>(N502_EV_RESET);
+    r.sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED | N502_SOCK_OTHER_CGROUP;
+    e = decode(&r, sizeof(r));
+    REQUIRE(e);
+    CHECK(e->sock_role == N502_SOCK_NGINX);
+    CHECK(e->untracked);
+    CHECK(e->other_cgroup);
+}
