@@ -275,9 +275,11 @@ bool nginx_child_settled(uint32_t pid)
 // 2 s is not a worker and is let go.
 class WorkerIdentity {
 public:
+    // Told once when a filter is turned off for good: (why, what it costs).
+    using Warn = std::function<void(const std::string &)>;
     // uroot: the cgroup v2 root ("": no v2 hierarchy, no cgroup filter).
-    WorkerIdentity(Host &host, Loader &loader, std::string uroot)
-        : host_(host), loader_(loader), uroot_(std::move(uroot))
+    WorkerIdentity(Host &host, Loader &loader, std::string uroot, Warn warn)
+        : host_(host), loader_(loader), uroot_(std::move(uroot)), warn_(std::move(warn))
     {
     }
 
@@ -286,15 +288,22 @@ public:
     {
         if (!uroot_.empty() && cgroup_filter_) {
             auto id = cgroup_id(pid);
-            if (!id)
-                stop_cgroup_filter(); // a worker's cgroup unknown: its sockets must not be filtered
-            else if (cgroups_.insert(*id).second && !loader_.add_nginx_cgroup(*id))
-                cgroup_filter_ = false; // the map is full: the loader has turned the filter off
+            if (!id && process_alive(pid))
+                stop_cgroup_filter(fmt::format("the cgroup of Nginx worker {} cannot be read", pid));
+            else if (id && cgroups_.insert(*id).second)
+                add_cgroup(*id);
         }
         auto c = host_.creds(pid);
         if (!c || !uids_.insert(c->uid).second)
             return std::nullopt;
-        loader_.add_nginx_uid(c->uid);
+        if (!loader_.add_nginx_uid(c->uid) && uid_filter_) {
+            uid_filter_ = false;
+            warn_(fmt::format("Nginx's workers run as more uids than the kernel side holds ({}): while "
+                              "tracking is lean, a failure seen in softirq on a socket toward an upstream port "
+                              "counts as Nginx's whoever created it (matched to Nginx's errors by upstream and "
+                              "time)",
+                              uids_.size() - 1));
+        }
         return c->uid;
     }
     // A child of a master, looked at until it has its title (as poll does
@@ -326,10 +335,8 @@ public:
             if (!cg || cgroups_.count(*cg))
                 continue; // gone, or nothing new
             cgroups_.insert(*cg);
-            if (!loader_.add_nginx_cgroup(*cg)) {
-                cgroup_filter_ = false;
+            if (!add_cgroup(*cg))
                 return true;
-            }
             moved->push_back({pid, cgroup_v2_path(pid)});
         }
         if (cgroups_.count(id)) {
@@ -398,11 +405,27 @@ private:
             return std::nullopt;
         return static_cast<uint64_t>(st.st_ino);
     }
-    void stop_cgroup_filter()
+    // Into the kernel side's filter; false when that filled it (the loader
+    // has turned the filter off).
+    bool add_cgroup(uint64_t id)
+    {
+        if (loader_.add_nginx_cgroup(id))
+            return true;
+        cgroup_filter_ = false;
+        warn_(fmt::format("Nginx's workers run in more cgroups than the kernel side holds ({}){}",
+                          cgroups_.size() - 1, kNoCgroupFilter));
+        return false;
+    }
+    // A worker's cgroup unknown: no socket may be filtered by cgroup.
+    void stop_cgroup_filter(const std::string &why)
     {
         cgroup_filter_ = false;
         loader_.clear_nginx_cgroups(true);
+        warn_(why + kNoCgroupFilter);
     }
+    static constexpr const char *kNoCgroupFilter =
+        ": while tracking is lean, a failure seen in softirq on a socket of Nginx's user toward an upstream port "
+        "counts as Nginx's whatever cgroup created it (matched to Nginx's errors by upstream and time)";
 
     struct Pending {
         uint32_t pid;
@@ -414,7 +437,9 @@ private:
     std::set<uint32_t> uids_;
     std::set<uint64_t> cgroups_;
     std::unordered_map<uint64_t, uint64_t> foreign_; // cgroup claim() found no worker in -> when
+    Warn warn_;
     bool cgroup_filter_ = true; // false: a worker's cgroup could not be known, no filter from then on
+    bool uid_filter_ = true;    // false: more uids than the kernel side holds
     std::set<uint32_t> looked_at_; // living Nginx processes, as of the last fork
     std::vector<Pending> pending_;
     uint64_t forks_seen_ = 0;
@@ -899,7 +924,10 @@ int run(const Options &opt)
     // The uids and cgroups of Nginx's workers: in softirq the kernel side
     // tells Nginx's failing sockets from other clients' of an upstream port
     // by them.
-    WorkerIdentity workers_are(real_host, loader, uroot);
+    WorkerIdentity workers_are(real_host, loader, uroot, [&](const std::string &message) {
+        if (lo.adaptive) // (full tracking has no such filter)
+            engine.warning({"nginx_filter_off", message, 0});
+    });
     auto learn_workers = [&](const Instance &in) {
         std::vector<uint32_t> children = children_of(in.info.master);
         if (children.empty())

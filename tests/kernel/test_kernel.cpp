@@ -766,3 +766,24 @@ TEST_CASE("a full ring buffer loses events, and every loss is counted", "[kernel
     k.loader.consume();
     CHECK(k.loader.counters().lost == 0);
 }
+
+TEST_CASE("the softirq filters fill up to their maps' sizes, then stay off", "[kernel]")
+{
+    Loader l;
+    LoaderOptions opt;
+    opt.ringbuf_bytes = 1u << 16;
+    opt.adaptive = true;
+    std::string error;
+    REQUIRE(l.load(opt, &error));
+    for (uint32_t uid = 1000; uid < 1000 + 64; uid++)
+        REQUIRE(l.add_nginx_uid(uid));
+    CHECK(l.add_nginx_uid(1000)); // known already: no room needed
+    CHECK_FALSE(l.add_nginx_uid(5000));
+    CHECK_FALSE(l.add_nginx_uid(1000)); // off for good: a uid left out would hide Nginx's failures
+    for (uint64_t id = 1; id <= 256; id++)
+        REQUIRE(l.add_nginx_cgroup(id));
+    CHECK_FALSE(l.add_nginx_cgroup(257));
+    CHECK_FALSE(l.add_nginx_cgroup(1));
+    // Nothing was left in the other_cgroup_socks map for an unknown socket.
+    CHECK_FALSE(l.take_other_cgroup(0x1234));
+}
