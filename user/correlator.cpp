@@ -1,4 +1,5 @@
 #include "correlator.hpp"
+#include "keyedhash.hpp"
 
 #include <cassert>
 
@@ -279,7 +280,7 @@ namespace {
 
 uint64_t request_hash(std::string_view client, std::string_view request)
 {
-    uint64_t a = std::hash<std::string_view>{}(client), b = std::hash<std::string_view>{}(request);
+    uint64_t a = keyed_hash(client), b = keyed_hash(request);
     return a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
 }
 
@@ -357,7 +358,7 @@ void Correlator::remember_request(const LogLine &line)
 
 void Correlator::remember_cut(std::string_view client, size_t len, int64_t sec)
 {
-    uint64_t self = std::hash<std::string_view>{}(client);
+    uint64_t self = keyed_hash(client);
     CutLengths &c = cut_lengths_[self];
     auto end = c.at.begin() + c.n;
     auto it = std::find_if(c.at.begin(), end, [&](const CutLength &x) { return x.len == len; });
@@ -406,7 +407,7 @@ bool Correlator::covered(const AccessLine &a) const
     if (seen_near(request_hash(a.client, a.request), a.wall_sec))
         return true;
     // The error-log line may have kept only the request's beginning.
-    auto it = cut_lengths_.find(std::hash<std::string_view>{}(a.client));
+    auto it = cut_lengths_.find(keyed_hash(a.client));
     if (it == cut_lengths_.end())
         return false;
     std::string_view request = a.request;
