@@ -50,7 +50,10 @@ REPO=$(pwd)
 
 # Bump when the image recipe (packages, bootstrap init, initramfs set-up) changes.
 RECIPE=3
+# The cgroup filter reads a socket's cgroup through a layout that changed in 5.15:
+# adaptive_same_user_client and adaptive_worker_moved check it on each kernel.
 CORE_SCENARIOS="no_listener listener_stopped killed oom segv exit reset close worker_pid reload socket_missing connect_timeout"
+CORE_SCENARIOS="$CORE_SCENARIOS adaptive_same_user_client adaptive_worker_moved"
 GUEST_PKGS=nginx-light,python3,procps,iproute2,nftables,kmod,php-fpm
 # The user space is always Debian 12's (the Nginx 1.22.1 and Python 3.11 the
 # end-to-end tests are written against: bullseye's Nginx 1.18 has no -e);
