@@ -343,7 +343,10 @@ void Correlator::remember_request(const LogLine &line)
     }
     r.seq = ++recent_seq_;
     recent_order_.push_back({h, sec, r.seq});
-    if (line.request_cut)
+    // A line cut after its request, in the upstream field, may have been cut
+    // inside the request instead: a request line can itself hold
+    // `", upstream: "`. It covers the access line that begins with it too.
+    if (line.request_cut || (line.upstream_cut && !line.request.empty()))
         remember_cut(line.client, line.request.size(), sec);
     // Lines older than the window, or beyond the bound, go; a key goes with
     // the last line that named it.

@@ -949,6 +949,27 @@ TEST_CASE("access-log 502s: a request line the error log cut short, or the acces
         std::string escaped = "GET /" + std::string(keep - 6, 'q') + "\\x22" + std::string(100, 'r') + " HTTP/1.1";
         CHECK(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:00 +0000] \"" + escaped + "\" 502 1")));
     }
+    SECTION("cut inside the request just after a quote and a comma or more of the next field")
+    {
+        LogLine probe = cut_error("GET " + long_path + " HTTP/1.1");
+        size_t keep = probe.request.size();
+        for (std::string inner : {"\",", "\", ", "\", up", "\", upstream: \"", "\", upstream: \"http://127.0"}) {
+            Correlator c(s.st, Timebase());
+            // The line ends exactly after `inner`, which is inside the request.
+            std::string request =
+                "GET /" + std::string(keep - 5 - inner.size(), 'q') + inner + std::string(100, 'r') + " HTTP/1.1";
+            LogLine l = cut_error(request);
+            INFO("cut after " << inner << ": request ends " << l.request.substr(l.request.size() - 20));
+            // A whole `", upstream: "` looks like the end of a whole request
+            // (request_cut false), the line cut in the upstream field.
+            CHECK((l.request_cut || l.upstream_cut));
+            REQUIRE(c.explain(l, true));
+            std::string escaped = request;
+            for (size_t at = escaped.find('"'); at != std::string::npos; at = escaped.find('"', at + 4))
+                escaped.replace(at, 1, "\\x22");
+            CHECK(c.covered(access("10.0.0.1 - - [23/Nov/2026:03:00:00 +0000] \"" + escaped + "\" 502 1")));
+        }
+    }
     SECTION("bytes the access log escapes and the error log writes as they came")
     {
         Correlator c(s.st, Timebase());
