@@ -165,13 +165,24 @@ volatile __u32 nginx_cgroups_known __weak = 0;
 
 /* The cgroup of a socket announced with N502_SOCK_OTHER_CGROUP, by socket
  * address: user space reads it to tell a worker moved to another cgroup
- * (relearn it) from another service running as Nginx's user. */
+ * (relearn it) from another service running as Nginx's user. A socket's
+ * entry is rewritten before each of its events. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u64);
+} other_cgroup_socks SEC(".maps") __weak;
+
+/* Cgroups user space found no Nginx worker in, each until a boot-clock
+ * time: their sockets' failures are not announced again before then (a
+ * failing service of Nginx's user costs one event a second, not one each). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 256);
 	__type(key, __u64);
 	__type(value, __u64);
-} other_cgroup_socks SEC(".maps") __weak;
+} foreign_cgroups SEC(".maps") __weak;
 
 /* struct sock_cgroup_data before 5.15: the cgroup pointer, or (bit 0 set)
  * net_cls/net_prio data in its place. */

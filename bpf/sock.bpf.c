@@ -324,7 +324,8 @@ enum n502_end_of {
  * a uid no Nginx worker runs as is another process's; one created by Nginx's
  * uid in a cgroup no worker was seen in is user space's to decide (a worker
  * may have been moved there since it was read), and its cgroup is left in
- * other_cgroup_socks for that. */
+ * other_cgroup_socks for that, unless user space has just found that cgroup
+ * to be another service's (foreign_cgroups). */
 static __always_inline enum n502_end_of nginx_end_owner(const struct sock *sk, __u32 *owner)
 {
 	struct n502_proc *p;
@@ -332,7 +333,7 @@ static __always_inline enum n502_end_of nginx_end_owner(const struct sock *sk, _
 	*owner = 0;
 	if (!in_owner_context(sk)) {
 		__u32 uid = SK_READ(sk, sk_uid.val);
-		__u64 cgroup, key = (__u64)sk;
+		__u64 cgroup, key = (__u64)sk, *until;
 
 		if (nginx_uids_known && !bpf_map_lookup_elem(&nginx_uids, &uid))
 			return N502_END_OTHER;
@@ -341,6 +342,9 @@ static __always_inline enum n502_end_of nginx_end_owner(const struct sock *sk, _
 		cgroup = sock_cgroup_id(sk);
 		if (!cgroup || bpf_map_lookup_elem(&nginx_cgroups, &cgroup))
 			return N502_END_NGINX;
+		until = bpf_map_lookup_elem(&foreign_cgroups, &cgroup);
+		if (until && bpf_ktime_get_boot_ns() < *until)
+			return N502_END_OTHER;
 		if (bpf_map_update_elem(&other_cgroup_socks, &key, &cgroup, BPF_ANY))
 			return N502_END_OTHER;
 		return N502_END_OTHER_CGROUP;

@@ -80,6 +80,28 @@ bool process_alive(uint32_t pid)
     return state != 'Z' && state != 'X';
 }
 
+// Alive and not on its way out: a task in do_exit() (PF_EXITING in
+// /proc/PID/stat's flags) may already have left its cgroup, which can then be
+// gone.
+bool process_staying(uint32_t pid)
+{
+    FILE *f = fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
+    if (!f)
+        return false;
+    char buf[512] = {};
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    std::string st(buf, n);
+    auto close = st.rfind(')');
+    if (close == std::string::npos)
+        return false;
+    char state = '?';
+    unsigned long flags = 0;
+    if (std::sscanf(st.c_str() + close + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2)
+        return false;
+    return state != 'Z' && state != 'X' && !(flags & 0x4 /* PF_EXITING */);
+}
+
 // An Nginx master whose command line is exactly `cmdline`, or 0.
 uint32_t find_master(const std::string &cmdline)
 {
@@ -288,21 +310,19 @@ public:
     {
         if (!uroot_.empty() && cgroup_filter_) {
             auto id = cgroup_id(pid);
-            if (!id && process_alive(pid))
+            if (!id && process_staying(pid))
                 stop_cgroup_filter(fmt::format("the cgroup of Nginx worker {} cannot be read", pid));
             else if (id && cgroups_.insert(*id).second)
                 add_cgroup(*id);
         }
+        learnt_pids_.insert(pid);
         auto c = host_.creds(pid);
         if (!c || !uids_.insert(c->uid).second)
             return std::nullopt;
         if (!loader_.add_nginx_uid(c->uid) && uid_filter_) {
             uid_filter_ = false;
-            warn_(fmt::format("Nginx's workers run as more uids than the kernel side holds ({}): while "
-                              "tracking is lean, a failure seen in softirq on a socket toward an upstream port "
-                              "counts as Nginx's whoever created it (matched to Nginx's errors by upstream and "
-                              "time)",
-                              uids_.size() - 1));
+            warn_(fmt::format("Nginx's workers run as more uids than the kernel side holds ({}){}", uids_.size() - 1,
+                              filter_off("toward an upstream port", "whoever created it")));
         }
         return c->uid;
     }
@@ -317,23 +337,29 @@ public:
     };
     // The kernel side saw a socket of Nginx's uid fail in softirq in cgroup
     // id, which no worker was seen in (N502_SOCK_OTHER_CGROUP). It is
-    // Nginx's when a living worker runs there now: the workers' cgroups are
-    // read again, and every one new to the filter is learnt (*moved). Else it
-    // is another service running as Nginx's user; a cgroup found to be one
-    // is not read again for 100 ms (a failing service may fail fast).
+    // Nginx's when a living worker (or a single-process Nginx) runs there
+    // now: their cgroups are read again, and every one new to the filter is
+    // learnt (*moved). Else it is another service running as Nginx's user:
+    // for a second neither the kernel side announces that cgroup's failures
+    // again nor is it looked at again here (the records already on their way).
     bool claim(uint64_t id, const State &state, uint64_t now, std::vector<Moved> *moved)
     {
+        constexpr uint64_t kForeignNs = 1'000'000'000ULL;
         if (!cgroup_filter_ || cgroups_.count(id))
             return true;
         auto recent = foreign_.find(id);
-        if (recent != foreign_.end() && now - recent->second < 100'000'000ULL)
+        if (recent != foreign_.end() && now - recent->second < kForeignNs)
             return false;
         for (uint32_t pid : state.nginx_pids()) {
-            if (!nginx_child_settled(pid))
-                continue; // the master, a child not yet a worker (poll's)
+            if (!learnt_pids_.count(pid) && !nginx_child_settled(pid))
+                continue; // the master of workers, a child not yet a worker (poll's)
             auto cg = cgroup_id(pid);
+            if (!cg && process_staying(pid)) {
+                stop_cgroup_filter(fmt::format("the cgroup of Nginx worker {} cannot be read", pid));
+                return true;
+            }
             if (!cg || cgroups_.count(*cg))
-                continue; // gone, or nothing new
+                continue; // on its way out, or nothing new
             cgroups_.insert(*cg);
             if (!add_cgroup(*cg))
                 return true;
@@ -346,6 +372,7 @@ public:
         if (foreign_.size() >= 1024)
             foreign_.clear();
         foreign_[id] = now;
+        loader_.foreign_cgroup(id, now + kForeignNs);
         return false;
     }
     // Nginx went away: a new one (a restart) may run in a new cgroup, which
@@ -372,6 +399,8 @@ public:
                 if (p && p->parent && !looked_at_.count(pid) && has_title(p->parent, {": master process"}))
                     pending_.push_back({pid, now});
             }
+            for (auto it = learnt_pids_.begin(); it != learnt_pids_.end();)
+                it = living.count(*it) ? std::next(it) : learnt_pids_.erase(it);
             looked_at_ = std::move(living); // a pid reused later is looked at again
         }
         for (size_t i = 0; i < pending_.size();) {
@@ -413,7 +442,7 @@ private:
             return true;
         cgroup_filter_ = false;
         warn_(fmt::format("Nginx's workers run in more cgroups than the kernel side holds ({}){}",
-                          cgroups_.size() - 1, kNoCgroupFilter));
+                          cgroups_.size() - 1, no_cgroup_filter()));
         return false;
     }
     // A worker's cgroup unknown: no socket may be filtered by cgroup.
@@ -421,11 +450,19 @@ private:
     {
         cgroup_filter_ = false;
         loader_.clear_nginx_cgroups(true);
-        warn_(why + kNoCgroupFilter);
+        warn_(why + no_cgroup_filter());
     }
-    static constexpr const char *kNoCgroupFilter =
-        ": while tracking is lean, a failure seen in softirq on a socket of Nginx's user toward an upstream port "
-        "counts as Nginx's whatever cgroup created it (matched to Nginx's errors by upstream and time)";
+    // What a filter turned off costs.
+    static std::string filter_off(const char *socket, const char *counts)
+    {
+        return fmt::format(": while tracking is lean, a failure seen in softirq on a socket {} counts as Nginx's "
+                           "{} (matched to Nginx's errors by upstream and time)",
+                           socket, counts);
+    }
+    static std::string no_cgroup_filter()
+    {
+        return filter_off("of Nginx's user toward an upstream port", "whatever cgroup created it");
+    }
 
     struct Pending {
         uint32_t pid;
@@ -437,6 +474,7 @@ private:
     std::set<uint32_t> uids_;
     std::set<uint64_t> cgroups_;
     std::unordered_map<uint64_t, uint64_t> foreign_; // cgroup claim() found no worker in -> when
+    std::set<uint32_t> learnt_pids_;                  // living processes learn() read
     Warn warn_;
     bool cgroup_filter_ = true; // false: a worker's cgroup could not be known, no filter from then on
     bool uid_filter_ = true;    // false: more uids than the kernel side holds
@@ -444,38 +482,6 @@ private:
     std::vector<Pending> pending_;
     uint64_t forks_seen_ = 0;
 };
-
-// A record the kernel side left for user space to place
-// (N502_SOCK_OTHER_CGROUP): where its role is, and its socket.
-struct OtherCgroupRecord {
-    size_t role_at;
-    uint64_t sk;
-};
-
-template <typename T>
-static std::optional<OtherCgroupRecord> other_cgroup_of(const void *data, size_t len)
-{
-    if (len < sizeof(T))
-        return std::nullopt;
-    T e;
-    std::memcpy(&e, data, sizeof(e));
-    if (!(e.sock_role & N502_SOCK_OTHER_CGROUP))
-        return std::nullopt;
-    return OtherCgroupRecord{offsetof(T, sock_role), e.sk};
-}
-
-std::optional<OtherCgroupRecord> other_cgroup_record(const void *data, size_t len)
-{
-    n502_hdr h;
-    if (len < sizeof(h))
-        return std::nullopt;
-    std::memcpy(&h, data, sizeof(h));
-    if (h.type == N502_EV_STATE)
-        return other_cgroup_of<n502_state_event>(data, len);
-    if (h.type == N502_EV_RESET)
-        return other_cgroup_of<n502_reset_event>(data, len);
-    return std::nullopt;
-}
 
 // Nginx masters among these processes (a single-process Nginx counts too).
 std::vector<uint32_t> nginx_masters_among(const std::vector<uint32_t> &pids)
@@ -1012,13 +1018,23 @@ int run(const Options &opt)
     // another service's, dropped as the kernel side would have.
     std::vector<unsigned char> claimed;
     bool failure_claimed = false;
+    uint64_t unplaced_lost = 0;
     auto claim_record = [&](const void *data, size_t len) -> const void * {
-        auto oc = other_cgroup_record(data, len);
-        if (!oc)
+        auto u = unplaced_record(data, len);
+        if (!u)
             return data;
+        auto id = loader.other_cgroup(u->sk);
+        if (!id) {
+            // Evicted before it was read (1024 at once): whose it was is not known.
+            if (unplaced_lost++ == 0)
+                engine.warning({"events_unplaced",
+                                "a failure seen in softirq on a socket of Nginx's user in a cgroup no worker was "
+                                "seen in could not be placed (its cgroup was no longer recorded) and was dropped",
+                                1});
+            return nullptr;
+        }
         std::vector<WorkerIdentity::Moved> moved;
-        auto id = loader.take_other_cgroup(oc->sk);
-        bool nginx = id && workers_are.claim(*id, state, boot_now_ns(), &moved);
+        bool nginx = workers_are.claim(*id, state, boot_now_ns(), &moved);
         for (const auto &m : moved)
             engine.warning({"nginx_cgroup",
                             fmt::format("Nginx worker {} now runs in cgroup {}, not where it was first seen: "
@@ -1029,10 +1045,7 @@ int run(const Options &opt)
         if (!nginx)
             return nullptr;
         claimed.assign(static_cast<const unsigned char *>(data), static_cast<const unsigned char *>(data) + len);
-        uint16_t role;
-        std::memcpy(&role, claimed.data() + oc->role_at, sizeof(role));
-        role &= ~N502_SOCK_OTHER_CGROUP;
-        std::memcpy(claimed.data() + oc->role_at, &role, sizeof(role));
+        place_record(claimed.data(), *u);
         failure_claimed = true;
         return claimed.data();
     };

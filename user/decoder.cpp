@@ -183,6 +183,43 @@ template <typename T> static bool fits(size_t len, const n502_hdr &h, std::strin
     return true;
 }
 
+namespace {
+
+template <typename T> std::optional<UnplacedRecord> unplaced_as(const void *data, size_t len)
+{
+    if (len < sizeof(T))
+        return std::nullopt;
+    T e;
+    std::memcpy(&e, data, sizeof(e));
+    if (!(e.sock_role & N502_SOCK_OTHER_CGROUP))
+        return std::nullopt;
+    return UnplacedRecord{offsetof(T, sock_role), e.sk};
+}
+
+} // namespace
+
+std::optional<UnplacedRecord> unplaced_record(const void *data, size_t len)
+{
+    n502_hdr h;
+    if (len < sizeof(h))
+        return std::nullopt;
+    std::memcpy(&h, data, sizeof(h));
+    if (h.type == N502_EV_STATE)
+        return unplaced_as<n502_state_event>(data, len);
+    if (h.type == N502_EV_RESET)
+        return unplaced_as<n502_reset_event>(data, len);
+    return std::nullopt;
+}
+
+void place_record(void *data, const UnplacedRecord &r)
+{
+    auto *role = static_cast<unsigned char *>(data) + r.role_at;
+    uint16_t v;
+    std::memcpy(&v, role, sizeof(v));
+    v = static_cast<uint16_t>(v & ~N502_SOCK_OTHER_CGROUP);
+    std::memcpy(role, &v, sizeof(v));
+}
+
 // Fills e (default-constructed) from a record at least a header long;
 // false, with *why, when it is not one.
 // A socket role as events carry it: the anomaly-only path's flag apart.

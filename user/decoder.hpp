@@ -96,6 +96,17 @@ struct Event {
 // type, or whose size field disagrees with their type.
 std::optional<Event> decode(const void *data, size_t len, std::string *why = nullptr);
 
+// A raw record the kernel side left for user space to place
+// (N502_SOCK_OTHER_CGROUP, on STATE and RESET records): where its role field
+// is, and its socket. nullopt for any other record.
+struct UnplacedRecord {
+    size_t role_at;
+    uint64_t sk;
+};
+std::optional<UnplacedRecord> unplaced_record(const void *data, size_t len);
+// Placed as Nginx's: the flag cleared in the record itself.
+void place_record(void *data, const UnplacedRecord &r);
+
 // The events an N502_EV_CONN stands for, in the order they happened: Nginx's
 // end established, the upstream's end linked (with its process when known)
 // and leaving ESTABLISHED, the upstream's FIN, and the transition that

@@ -441,6 +441,14 @@ void Loader::clear_nginx_cgroups(bool forever)
     skel_->bss->nginx_cgroups_known = 0;
     if (forever)
         cgroups_overflow_ = true;
+    // Emptied, so that restarts into new cgroups (each one's id new) do not
+    // fill it up. (Each key read before it is deleted: a walk from a
+    // deleted key would start over.)
+    bpf_map *m = skel_->maps.nginx_cgroups;
+    uint64_t key;
+    while (bpf_map__get_next_key(m, nullptr, &key, sizeof(key)) == 0)
+        if (bpf_map__delete_elem(m, &key, sizeof(key), 0) != 0)
+            break;
 }
 
 bool Loader::enable_unix_sockets(std::string *error)
@@ -486,14 +494,21 @@ void Loader::uncapture_file(uint32_t dev, uint64_t ino)
     bpf_map__delete_elem(skel_->maps.log_inodes, &key, sizeof(key), 0);
 }
 
-std::optional<uint64_t> Loader::take_other_cgroup(uint64_t sk)
+std::optional<uint64_t> Loader::other_cgroup(uint64_t sk) const
 {
-    // (Lookup, then delete: a hash map's lookup-and-delete needs 5.14.)
+    // Left in place: every event of the socket reads it (a reset, then its
+    // state change), and the kernel side rewrites it before each.
     uint64_t id = 0;
     if (!skel_ || bpf_map__lookup_elem(skel_->maps.other_cgroup_socks, &sk, sizeof(sk), &id, sizeof(id), 0) != 0)
         return std::nullopt;
-    bpf_map__delete_elem(skel_->maps.other_cgroup_socks, &sk, sizeof(sk), 0);
     return id;
+}
+
+void Loader::foreign_cgroup(uint64_t id, uint64_t until_boot_ns)
+{
+    if (skel_)
+        bpf_map__update_elem(skel_->maps.foreign_cgroups, &id, sizeof(id), &until_boot_ns, sizeof(until_boot_ns),
+                             BPF_ANY);
 }
 
 void Loader::unselect_cgroup(uint64_t id)

@@ -96,13 +96,16 @@ public:
     // A cgroup (v2 id) an Nginx worker runs in (nginx_cgroups); false when
     // the map is full, and from then on no socket is filtered by cgroup.
     bool add_nginx_cgroup(uint64_t id);
-    // No socket filtered by cgroup until the next add_nginx_cgroup; with
-    // forever, never again.
+    // Empties the cgroup filter: no socket filtered by cgroup until the next
+    // add_nginx_cgroup; with forever, never again.
     void clear_nginx_cgroups(bool forever = false);
     // The cgroup of a socket the kernel side announced with
-    // N502_SOCK_OTHER_CGROUP (its entry is taken out); nullopt when it is not
-    // there (evicted: the LRU map holds 256).
-    std::optional<uint64_t> take_other_cgroup(uint64_t sk);
+    // N502_SOCK_OTHER_CGROUP; nullopt when it is not there (evicted: the
+    // LRU map holds 1024).
+    std::optional<uint64_t> other_cgroup(uint64_t sk) const;
+    // A cgroup found to hold no Nginx worker: its sockets' failures are not
+    // announced again until then (CLOCK_BOOTTIME ns).
+    void foreign_cgroup(uint64_t id, uint64_t until_boot_ns);
     // Removes a cgroup id from the kernel-side selection.
     void unselect_cgroup(uint64_t id);
     bool start_ring(Callback cb, std::string *error);

@@ -87,6 +87,7 @@ proxy_connect_timeout is 2s, not 1s, where a SYN retransmission is asserted
 the SYN (TCP_TIMEOUT_INIT), so a 1s connect timeout would race it.
 """
 import argparse
+import errno
 import json
 import os
 import pwd
@@ -1161,14 +1162,12 @@ def sc_adaptive_cycle(s):
     again, and a killed upstream then is explained from its first sight (the
     kernel side switches itself)."""
     port = harness.free_port()
-    with_tool_args("--tracking adaptive --calm-after 1",
-                   lambda: s.setup("http://127.0.0.1:%d" % port))
+    setup_lean(s, port, "--calm-after 1")
     if not s.use_tool:
         return
     s.want_verdicts = 3
     def warnings(code):
         return [w for _, w in s.tool.out.records if w.get("type") == "warning" and w.get("code") == code]
-    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
     seen = set()
     def new_verdict(r):
         return r.get("request_key") not in seen
@@ -1250,6 +1249,22 @@ def cgroup2_root():
     return None
 
 
+def require_cgroup2():
+    """The cgroup v2 root, which the cgroup filter's scenarios need."""
+    root = cgroup2_root()
+    if root is None:
+        raise Failure("no cgroup v2 hierarchy mounted: the cgroup filter cannot be tested")
+    return root
+
+
+def setup_lean(s, port, args=""):
+    """s.setup toward 127.0.0.1:port with adaptive tracking (and args), then
+    waits until tracking is lean."""
+    with_tool_args(("--tracking adaptive " + args).strip(), lambda: s.setup("http://127.0.0.1:%d" % port))
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+
+
 def adaptive_foreign_client(s, uid, cgroup_dir, who):
     """Adaptive tracking and a client of the upstream port that is not Nginx
     (`who`): a process running as uid (in cgroup_dir, a cgroup v2 directory,
@@ -1258,11 +1273,10 @@ def adaptive_foreign_client(s, uid, cgroup_dir, who):
     (the failure after it is the `unknown` of a lean period) and no verdict is
     built from it."""
     port = harness.free_port()
-    with_tool_args("--tracking adaptive", lambda: s.setup("http://127.0.0.1:%d" % port))
+    setup_lean(s, port)
     if not s.use_tool:
         return
     s.want_verdicts = 1
-    s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
     up = s.h.start_upstream("reset", port=port)
     # As root: into the cgroup first, then the user; then the client.
     client = ("import os, socket, sys\n"
@@ -1301,10 +1315,7 @@ def sc_adaptive_same_user_client(s):
     """A client running as Nginx's own user (www-data, as PHP-FPM's pool does)
     but in another cgroup (its own service or container) reset by the
     upstream: filtered by its cgroup."""
-    root = cgroup2_root()
-    if root is None:
-        raise Failure("no cgroup v2 hierarchy mounted: the cgroup filter cannot be tested")
-    cg = os.path.join(root, "n502-e2e-client-%d" % os.getpid())
+    cg = os.path.join(require_cgroup2(), "n502-e2e-client-%d" % os.getpid())
     os.mkdir(cg)
     try:
         adaptive_foreign_client(s, pwd.getpwnam("www-data").pw_uid, cg, "a www-data client in another cgroup")
@@ -1319,13 +1330,9 @@ def sc_adaptive_worker_moved(s):
     softirq, is still Nginx's: the tool finds a worker in that cgroup now (a
     `nginx_cgroup` warning) and explains the failure from the kernel, where
     the cgroup filter alone would have dropped it as another service's."""
-    root = cgroup2_root()
-    if root is None:
-        raise Failure("no cgroup v2 hierarchy mounted: the cgroup filter cannot be tested")
+    root = require_cgroup2()
     port = harness.free_port()
-    with_tool_args("--tracking adaptive", lambda: s.setup("http://127.0.0.1:%d" % port))
-    if s.use_tool:
-        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    setup_lean(s, port)
     workers = s.nginx.worker_pids()
     cg = os.path.join(root, "n502-e2e-moved-%d" % os.getpid())
     os.mkdir(cg)
@@ -1342,6 +1349,14 @@ def sc_adaptive_worker_moved(s):
         if s.use_tool:
             s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_cgroup" and
                                any("worker %d " % p in w.get("message", "") for p in workers), timeout=3)
+            # Both of the socket's records were placed: the RST, and the
+            # state change that carries its error.
+            check(any(e.get("event") == "state" and e.get("error") == errno.ECONNRESET and e.get("to") == "CLOSE"
+                      for e in s.verdict.get("evidence") or []),
+                  "no ESTABLISHED -> CLOSE with ECONNRESET of Nginx's socket in the evidence: %r" %
+                  s.verdict.get("evidence"))
+            # Nginx's failure, found by user space: full tracking from now on.
+            s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_full", timeout=3)
     finally:
         for pid, path in was.items():
             try:
@@ -1357,13 +1372,9 @@ def sc_adaptive_restart_cgroup(s):
     or container is: with --follow the tool learns the new workers' cgroup,
     so a reset of the new Nginx's connection, seen in softirq, is explained
     from the kernel at once (the old cgroup's id would filter it out)."""
-    root = cgroup2_root()
-    if root is None:
-        raise Failure("no cgroup v2 hierarchy mounted: the cgroup filter cannot be tested")
+    root = require_cgroup2()
     port = harness.free_port()
-    with_tool_args("--tracking adaptive --follow", lambda: s.setup("http://127.0.0.1:%d" % port))
-    if s.use_tool:
-        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "tracking_lean", timeout=2)
+    setup_lean(s, port, "--follow")
     s.nginx.stop()
     if s.use_tool:
         s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_gone", timeout=5)

@@ -782,8 +782,135 @@ TEST_CASE("the softirq filters fill up to their maps' sizes, then stay off", "[k
     CHECK_FALSE(l.add_nginx_uid(1000)); // off for good: a uid left out would hide Nginx's failures
     for (uint64_t id = 1; id <= 256; id++)
         REQUIRE(l.add_nginx_cgroup(id));
+    // Emptied when Nginx goes away: restarts into new cgroups never fill it.
+    l.clear_nginx_cgroups();
+    for (uint64_t id = 1001; id <= 1256; id++)
+        REQUIRE(l.add_nginx_cgroup(id));
     CHECK_FALSE(l.add_nginx_cgroup(257));
-    CHECK_FALSE(l.add_nginx_cgroup(1));
+    CHECK_FALSE(l.add_nginx_cgroup(1001));
     // Nothing was left in the other_cgroup_socks map for an unknown socket.
-    CHECK_FALSE(l.take_other_cgroup(0x1234));
+    CHECK_FALSE(l.other_cgroup(0x1234));
+}
+
+namespace {
+
+// This process's cgroup (v2) id: the inode of its directory; 0 when unknown.
+uint64_t own_cgroup_id()
+{
+    std::string root, line, path;
+    FILE *m = fopen("/proc/self/mounts", "r");
+    char dev[256], dir[512], type[64];
+    while (m && fscanf(m, "%255s %511s %63s %*[^\n]", dev, dir, type) == 3)
+        if (std::string(type) == "cgroup2")
+            root = dir;
+    if (m)
+        fclose(m);
+    FILE *c = fopen("/proc/self/cgroup", "r");
+    char buf[1024];
+    while (c && fgets(buf, sizeof(buf), c))
+        if (strncmp(buf, "0::", 3) == 0)
+            path = std::string(buf + 3, strcspn(buf + 3, "\n"));
+    if (c)
+        fclose(c);
+    struct stat st{};
+    if (root.empty() || path.empty() || stat((root + path).c_str(), &st) != 0)
+        return 0;
+    return st.st_ino;
+}
+
+} // namespace
+
+TEST_CASE("lean: a softirq failure of Nginx's uid in another cgroup is left to user space, not while found foreign",
+          "[kernel]")
+{
+    Loader l;
+    LoaderOptions opt;
+    opt.ringbuf_bytes = 1u << 16;
+    opt.adaptive = true;
+    std::string error;
+    REQUIRE(l.load(opt, &error));
+    REQUIRE(l.attach(&error));
+    std::vector<Event> evs;
+    REQUIRE(l.start_ring(
+        [&](const void *d, size_t n) {
+            if (auto e = decode(d, n))
+                evs.push_back(*e);
+        },
+        &error));
+    // An upstream that aborts each connection it takes (a RST); its peer's
+    // end, ours, takes the RST in the upstream's context: softirq for it.
+    uint16_t port = 0;
+    int rd;
+    pid_t up = child(
+        [&](int ready) {
+            int lfd = tcp_listener(&port);
+            (void)!write(ready, &port, sizeof(port));
+            for (;;) {
+                int c = accept(lfd, nullptr, nullptr);
+                linger lg{1, 0};
+                setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+                close(c);
+                (void)!write(ready, "x", 1);
+            }
+        },
+        &rd);
+    struct Reap {
+        pid_t pid;
+        int fd;
+        ~Reap()
+        {
+            int status;
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            close(fd);
+        }
+    } reap{up, rd};
+    REQUIRE(read(rd, &port, sizeof(port)) == sizeof(port));
+    // We are "Nginx's uid" (root), and Nginx's workers run in another cgroup only
+    // (not 1: the root cgroup's id, where this test may well run).
+    l.watch_ports({port}, false);
+    REQUIRE(l.add_nginx_uid(getuid()));
+    REQUIRE(l.add_nginx_cgroup(0xdead0001ULL));
+    // One reset connection; its records, once they are all out.
+    auto reset_once = [&]() {
+        int fd = tcp_connect(port, false);
+        char c;
+        REQUIRE(read(rd, &c, 1) == 1); // aborted
+        char buf[8];
+        CHECK(read(fd, buf, sizeof(buf)) < 0); // ECONNRESET: the RST was taken before
+        close(fd);
+        l.consume();
+        std::vector<Event> ours;
+        for (const Event &e : evs)
+            if (e.dst.port == port && (e.type == N502_EV_STATE || e.type == N502_EV_RESET))
+                ours.push_back(e);
+        evs.clear();
+        return ours;
+    };
+    auto first = reset_once();
+    REQUIRE(first.size() == 2); // the RST, then ESTABLISHED -> CLOSE with its error
+    for (const Event &e : first) {
+        INFO("type " << e.type << " sk " << e.sk << " role " << e.sock_role << " err " << e.sk_err << " owner "
+                     << e.owner << " " << e.oldstate << "->" << e.newstate);
+        CHECK(e.other_cgroup);
+        CHECK(e.untracked);
+        CHECK(e.sock_role == N502_SOCK_NGINX);
+        CHECK(e.sk == first[0].sk);
+    }
+    CHECK(((first[0].type == N502_EV_RESET && first[1].type == N502_EV_STATE && first[1].sk_err == ECONNRESET)));
+    // The cgroup is there for both records to read, and is ours.
+    auto id = l.other_cgroup(first[0].sk);
+    REQUIRE(id);
+    CHECK(l.other_cgroup(first[1].sk) == id);
+    if (uint64_t own = own_cgroup_id())
+        CHECK(*id == own);
+    // Left to user space: the kernel side did not switch to full tracking.
+    CHECK_FALSE(l.tracking_full());
+
+    // Found foreign for the next 5 s: nothing about it until then.
+    l.foreign_cgroup(*id, boot_now_ns() + 5'000'000'000ULL);
+    CHECK(reset_once().empty());
+    // Until then only: past it, announced again.
+    l.foreign_cgroup(*id, boot_now_ns());
+    CHECK(reset_once().size() == 2);
 }

@@ -390,3 +390,38 @@ TEST_CASE("the anomaly-only path's flags are apart from the socket's role", "[de
     CHECK(e->untracked);
     CHECK(e->other_cgroup);
 }
+
+TEST_CASE("a record left for user space to place is found, and placed in place", "[decoder]")
+{
+    auto s = raw<n502_state_event>(N502_EV_STATE);
+    s.sk = 0xabc;
+    s.sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED | N502_SOCK_OTHER_CGROUP;
+    auto u = unplaced_record(&s, sizeof(s));
+    REQUIRE(u);
+    CHECK(u->sk == 0xabc);
+    CHECK(u->role_at == offsetof(n502_state_event, sock_role));
+    place_record(&s, *u);
+    CHECK(s.sock_role == (N502_SOCK_NGINX | N502_SOCK_UNTRACKED));
+    CHECK_FALSE(unplaced_record(&s, sizeof(s)));
+    auto e = decode(&s, sizeof(s));
+    REQUIRE(e);
+    CHECK_FALSE(e->other_cgroup);
+
+    auto r = raw<n502_reset_event>(N502_EV_RESET);
+    r.sk = 0xdef;
+    r.sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED | N502_SOCK_OTHER_CGROUP;
+    u = unplaced_record(&r, sizeof(r));
+    REQUIRE(u);
+    CHECK(u->sk == 0xdef);
+    place_record(&r, *u);
+    CHECK(r.sock_role == (N502_SOCK_NGINX | N502_SOCK_UNTRACKED));
+
+    // Not flagged, too short, or of a type that never carries the flag.
+    r.sock_role = N502_SOCK_NGINX | N502_SOCK_UNTRACKED;
+    CHECK_FALSE(unplaced_record(&r, sizeof(r)));
+    r.sock_role |= N502_SOCK_OTHER_CGROUP;
+    CHECK_FALSE(unplaced_record(&r, sizeof(r) - 1));
+    auto t = raw<n502_retrans_event>(N502_EV_RETRANS);
+    t.sock_role = N502_SOCK_NGINX | N502_SOCK_OTHER_CGROUP;
+    CHECK_FALSE(unplaced_record(&t, sizeof(t)));
+}

@@ -17,6 +17,11 @@ TEST_CASE("siphash24 gives the reference outputs", "[keyedhash]")
         m.push_back(static_cast<char>(i));
     CHECK(siphash24(k0, k1, m) == 0xa129ca6149be45e5ULL);
     CHECK(siphash24(k0, k1, "") == 0x726fdb47dd0e0e31ULL);
+    // Just short of a word, a word, two words (the tail then empty).
+    CHECK(siphash24(k0, k1, m.substr(0, 7)) == 0xab0200f58b01d137ULL);
+    m.push_back(15);
+    CHECK(siphash24(k0, k1, m.substr(0, 8)) == 0x93f5f5799a932462ULL);
+    CHECK(siphash24(k0, k1, m) == 0x3f2acc7f57c29bdbULL);
 }
 
 TEST_CASE("keyed_hash: stable within a process, its key not a constant", "[keyedhash]")
