@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <vector>
 
 namespace n502 {
 
@@ -153,8 +154,46 @@ std::optional<uint64_t> parse_size(const std::string &s)
 
 // ------------------------------------------------------------------ writer
 
+namespace {
+
+// Whether this process may create and rename files in dir by its uid and
+// groups alone: once attached, n502trace no longer has CAP_DAC_OVERRIDE
+// (drop_capabilities), which root's writes elsewhere rely on.
+bool dir_writable_without_override(const std::string &dir, std::string *why)
+{
+    struct stat st{};
+    if (stat(dir.c_str(), &st) != 0)
+        return true; // opening the file says what is wrong
+    bool in_group = st.st_gid == getegid();
+    if (!in_group) {
+        std::vector<gid_t> groups(static_cast<size_t>(std::max(getgroups(0, nullptr), 0)));
+        int n = getgroups(static_cast<int>(groups.size()), groups.data());
+        in_group = n > 0 && std::find(groups.begin(), groups.begin() + n, st.st_gid) != groups.begin() + n;
+    }
+    mode_t need = st.st_uid == geteuid() ? S_IWUSR : in_group ? S_IWGRP : S_IWOTH;
+    if (st.st_mode & need)
+        return true;
+    *why = fmt::format("owner uid {}, group {}, mode {:04o}", st.st_uid, st.st_gid, st.st_mode & 07777);
+    return false;
+}
+
+} // namespace
+
 std::unique_ptr<Recorder> Recorder::open(const std::string &path, uint64_t max_bytes, std::string *err)
 {
+    if (max_bytes) {
+        // Rotating creates and renames files beside path, after the drop.
+        auto slash = path.rfind('/');
+        std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+        std::string why;
+        if (!dir_writable_without_override(dir, &why)) {
+            *err = fmt::format("--record-max: {} cannot be rotated: n502trace gives up the right to write to others' "
+                               "directories once attached, and {} is not its own to write ({}); record into a "
+                               "directory it owns, such as /var/tmp",
+                               path, dir, why);
+            return nullptr;
+        }
+    }
     std::unique_ptr<Recorder> r(new Recorder());
     r->path_ = path;
     r->max_ = max_bytes;

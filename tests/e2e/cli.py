@@ -275,6 +275,15 @@ def main():
                 expect_usage_error(["replay", os.path.join(d, "missing.rec")], "cannot read")
                 expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--record", copy, "--record-max", "12x"],
                                    "--record-max 12x")
+                # Rotation writes beside the file after the capabilities are
+                # dropped: a directory root may write only by CAP_DAC_OVERRIDE
+                # is refused at the start, not when the first segment fills.
+                theirs = os.path.join(d, "theirs")
+                os.mkdir(theirs, 0o755)
+                os.chown(theirs, 65534, 65534)
+                expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--record", os.path.join(theirs, "x.rec"),
+                                    "--record-max", "1M"], "cannot be rotated")
+                check(not os.listdir(theirs), "a refused recording left files: %r" % os.listdir(theirs))
             finally:
                 shutil.rmtree(d, ignore_errors=True)
 
