@@ -14,7 +14,7 @@ flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
 core=(user/logline.cpp user/accesslog.cpp)
 state=(user/decoder.cpp user/state.cpp user/correlator.cpp user/rules.cpp user/host.cpp user/nginx.cpp user/procscan.cpp user/sockdiag.cpp
        user/container.cpp user/logfollow.cpp user/nginxconf.cpp
-       user/timebase.cpp user/logline.cpp user/accesslog.cpp)
+       user/timebase.cpp user/logline.cpp user/accesslog.cpp user/keyedhash.cpp)
 echo "fuzz.sh: building"
 $CXX "${flags[@]}" tests/fuzz/fuzz_logline.cpp "${core[@]}" user/sinks.cpp user/decoder.cpp user/timebase.cpp user/container.cpp \
   -o "$out/fuzz_logline"
