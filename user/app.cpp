@@ -339,9 +339,10 @@ public:
     // id, which no worker was seen in (N502_SOCK_OTHER_CGROUP). It is
     // Nginx's when a living worker (or a single-process Nginx) runs there
     // now: their cgroups are read again, and every one new to the filter is
-    // learnt (*moved). Else it is another service running as Nginx's user:
-    // for a second neither the kernel side announces that cgroup's failures
-    // again nor is it looked at again here (the records already on their way).
+    // learnt (*moved: the workers read before, elsewhere). Else it is another
+    // service running as Nginx's user: for a second neither the kernel side
+    // announces that cgroup's failures again nor is it looked at again here
+    // (the records already on their way).
     bool claim(uint64_t id, const State &state, uint64_t now, std::vector<Moved> *moved)
     {
         constexpr uint64_t kForeignNs = 1'000'000'000ULL;
@@ -363,7 +364,8 @@ public:
             cgroups_.insert(*cg);
             if (!add_cgroup(*cg))
                 return true;
-            moved->push_back({pid, cgroup_v2_path(pid)});
+            if (learnt_pids_.count(pid)) // (else a worker poll has yet to read, just forked)
+                moved->push_back({pid, cgroup_v2_path(pid)});
         }
         if (cgroups_.count(id)) {
             foreign_.erase(id);
