@@ -20,6 +20,15 @@ bool is_digit(char c) { return c >= '0' && c <= '9'; }
 bool starts_with(sv s, sv p) { return s.size() >= p.size() && s.compare(0, p.size(), p) == 0; }
 bool ends_with(sv s, sv p) { return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0; }
 
+// The last " while " in s, or npos. (string_view::rfind compares the whole needle at every
+// position from the end, a memcmp call each: the phase is looked for in every line of a storm.)
+size_t rfind_while(sv s) {
+  constexpr sv w = " while ";
+  for (size_t i = s.size() < w.size() ? 0 : s.size() - w.size() + 1; i-- > 0;)
+    if (s[i] == ' ' && s[i + 1] == 'w' && s.substr(i, w.size()) == w) return i;
+  return sv::npos;
+}
+
 // Parses exactly `n` digits at s[pos...]; returns false if any is not a digit.
 bool fixed_digits(sv s, size_t pos, size_t n, int& out) {
   if (pos + n > s.size()) return false;
@@ -389,7 +398,7 @@ std::optional<LogLine> parse_impl(sv line) {
   split_message(rest, message, ctx, found_ctx);
 
   sv phase;
-  if (size_t w = message.rfind(" while "); w != sv::npos) phase = message.substr(w + 7);
+  if (size_t w = rfind_while(message); w != sv::npos) phase = message.substr(w + 7);
 
   bool upstream_related = (found_ctx && ctx.has_upstream) || ends_with(phase, "upstream") ||
                           starts_with(message, "no live upstreams") || starts_with(message, "upstream ");
