@@ -280,8 +280,7 @@ namespace {
 
 uint64_t request_hash(std::string_view client, std::string_view request)
 {
-    uint64_t a = keyed_hash(client), b = keyed_hash(request);
-    return a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+    return keyed_hash(client, request);
 }
 
 } // namespace

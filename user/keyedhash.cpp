@@ -69,25 +69,87 @@ struct ProcessKey {
 
 } // namespace
 
+namespace {
+
+// SipHash-2-4 over bytes given in pieces: the same as over their concatenation.
+class SipStream {
+public:
+    SipStream(uint64_t k0, uint64_t k1)
+        : s_{k0 ^ 0x736f6d6570736575ULL, k1 ^ 0x646f72616e646f6dULL, k0 ^ 0x6c7967656e657261ULL,
+             k1 ^ 0x7465646279746573ULL}
+    {
+    }
+    SipStream &add(std::string_view data)
+    {
+        const auto *p = reinterpret_cast<const unsigned char *>(data.data());
+        size_t n = data.size(), i = 0;
+        total_ += n;
+        // Complete the word begun by an earlier piece, then whole words.
+        for (; ntail_ && ntail_ < 8 && i < n; i++)
+            tail_ |= static_cast<uint64_t>(p[i]) << (8 * ntail_++);
+        if (ntail_ == 8) {
+            s_.absorb(tail_);
+            tail_ = 0;
+            ntail_ = 0;
+        }
+        for (; i + 8 <= n; i += 8)
+            s_.absorb(load_le(p + i, 8));
+        if (i < n) {
+            tail_ = load_le(p + i, n - i);
+            ntail_ = n - i;
+        }
+        return *this;
+    }
+    uint64_t finish()
+    {
+        s_.absorb(tail_ | (static_cast<uint64_t>(total_ & 0xff) << 56));
+        s_.v2 ^= 0xff;
+        for (int i = 0; i < 4; i++)
+            s_.round();
+        return s_.v0 ^ s_.v1 ^ s_.v2 ^ s_.v3;
+    }
+
+private:
+    SipState s_;
+    uint64_t tail_ = 0; // bytes of the word not yet absorbed
+    size_t ntail_ = 0;
+    uint64_t total_ = 0;
+};
+
+const ProcessKey &process_key()
+{
+    static const ProcessKey key;
+    return key;
+}
+
+} // namespace
+
 uint64_t siphash24(uint64_t k0, uint64_t k1, std::string_view data)
 {
-    SipState s{k0 ^ 0x736f6d6570736575ULL, k1 ^ 0x646f72616e646f6dULL, k0 ^ 0x6c7967656e657261ULL,
-               k1 ^ 0x7465646279746573ULL};
-    const auto *p = reinterpret_cast<const unsigned char *>(data.data());
-    size_t n = data.size(), whole = n & ~size_t{7};
-    for (size_t i = 0; i < whole; i += 8)
-        s.absorb(load_le(p + i, 8));
-    s.absorb(load_le(p + whole, n - whole) | (static_cast<uint64_t>(n & 0xff) << 56));
-    s.v2 ^= 0xff;
-    for (int i = 0; i < 4; i++)
-        s.round();
-    return s.v0 ^ s.v1 ^ s.v2 ^ s.v3;
+    return SipStream(k0, k1).add(data).finish();
+}
+
+uint64_t siphash24(uint64_t k0, uint64_t k1, std::initializer_list<std::string_view> pieces)
+{
+    SipStream s(k0, k1);
+    for (std::string_view p : pieces)
+        s.add(p);
+    return s.finish();
 }
 
 uint64_t keyed_hash(std::string_view data)
 {
-    static const ProcessKey key;
-    return siphash24(key.k0, key.k1, data);
+    return SipStream(process_key().k0, process_key().k1).add(data).finish();
+}
+
+uint64_t keyed_hash(std::string_view a, std::string_view b)
+{
+    // a's length between them: ("ab", "c") and ("a", "bc") differ.
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++)
+        len[i] = static_cast<unsigned char>(static_cast<uint64_t>(a.size()) >> (8 * i));
+    return siphash24(process_key().k0, process_key().k1,
+                     {a, std::string_view(reinterpret_cast<const char *>(len), sizeof(len)), b});
 }
 
 } // namespace n502

@@ -24,6 +24,28 @@ TEST_CASE("siphash24 gives the reference outputs", "[keyedhash]")
     CHECK(siphash24(k0, k1, m) == 0x3f2acc7f57c29bdbULL);
 }
 
+TEST_CASE("siphash24 of pieces is that of their concatenation, wherever they are cut", "[keyedhash]")
+{
+    const uint64_t k0 = 0x0706050403020100ULL, k1 = 0x0f0e0d0c0b0a0908ULL;
+    std::string m;
+    for (int i = 0; i < 40; i++)
+        m.push_back(static_cast<char>(i * 7));
+    std::string_view v = m;
+    for (size_t n = 0; n <= m.size(); n++)
+        for (size_t a = 0; a <= n; a++)
+            for (size_t b = a; b <= n; b += 3)
+                REQUIRE(siphash24(k0, k1, {v.substr(0, a), v.substr(a, b - a), v.substr(b, n - b)}) ==
+                        siphash24(k0, k1, v.substr(0, n)));
+}
+
+TEST_CASE("keyed_hash of a pair: the pair, not the concatenation", "[keyedhash]")
+{
+    CHECK(keyed_hash("10.0.0.1", "GET / HTTP/1.1") == keyed_hash("10.0.0.1", "GET / HTTP/1.1"));
+    CHECK(keyed_hash("10.0.0.1", "GET / HTTP/1.1") != keyed_hash("10.0.0.1G", "ET / HTTP/1.1"));
+    CHECK(keyed_hash("10.0.0.1", "GET / HTTP/1.1") != keyed_hash("10.0.0.2", "GET / HTTP/1.1"));
+    CHECK(keyed_hash("", "x") != keyed_hash("x", ""));
+}
+
 TEST_CASE("keyed_hash: stable within a process, its key not a constant", "[keyedhash]")
 {
     CHECK(keyed_hash("GET / HTTP/1.1") == keyed_hash("GET / HTTP/1.1"));
