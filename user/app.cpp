@@ -65,41 +65,42 @@ private:
     int fd_;
 };
 
+// A process's state letter and flags from /proc/PID/stat (after the comm,
+// which may hold anything, ')' included: the last ')' ends it).
+struct StatState {
+    char state = '?';
+    unsigned long flags = 0;
+};
+std::optional<StatState> read_stat_state(uint32_t pid)
+{
+    FILE *f = fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
+    if (!f)
+        return std::nullopt;
+    char buf[512] = {};
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    std::string st(buf, n);
+    auto close = st.rfind(')');
+    StatState s;
+    if (close == std::string::npos ||
+        std::sscanf(st.c_str() + close + 1, " %c %*d %*d %*d %*d %*d %lu", &s.state, &s.flags) != 2)
+        return std::nullopt;
+    return s;
+}
+
 // Alive: in /proc and neither a zombie nor dead.
 bool process_alive(uint32_t pid)
 {
-    FILE *f = fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
-    if (!f)
-        return false;
-    char buf[512] = {};
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    std::string st(buf, n);
-    auto close = st.rfind(')');
-    char state = close != std::string::npos && close + 2 < st.size() ? st[close + 2] : '?';
-    return state != 'Z' && state != 'X';
+    auto s = read_stat_state(pid);
+    return s && s->state != 'Z' && s->state != 'X';
 }
 
-// Alive and not on its way out: a task in do_exit() (PF_EXITING in
-// /proc/PID/stat's flags) may already have left its cgroup, which can then be
-// gone.
+// Alive and not on its way out: a task in do_exit() (PF_EXITING) may already
+// have left its cgroup, which can then be gone.
 bool process_staying(uint32_t pid)
 {
-    FILE *f = fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
-    if (!f)
-        return false;
-    char buf[512] = {};
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    std::string st(buf, n);
-    auto close = st.rfind(')');
-    if (close == std::string::npos)
-        return false;
-    char state = '?';
-    unsigned long flags = 0;
-    if (std::sscanf(st.c_str() + close + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2)
-        return false;
-    return state != 'Z' && state != 'X' && !(flags & 0x4 /* PF_EXITING */);
+    auto s = read_stat_state(pid);
+    return s && s->state != 'Z' && s->state != 'X' && !(s->flags & 0x4 /* PF_EXITING */);
 }
 
 // An Nginx master whose command line is exactly `cmdline`, or 0.
