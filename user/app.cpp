@@ -343,7 +343,8 @@ public:
     // learnt (*moved: the workers read before, elsewhere). Else it is another
     // service running as Nginx's user: for a second neither the kernel side
     // announces that cgroup's failures again nor is it looked at again here
-    // (the records already on their way).
+    // (the records already on their way). A worker moved into that cgroup
+    // within that second has its failures there dropped until it ends.
     bool claim(uint64_t id, const State &state, uint64_t now, std::vector<Moved> *moved)
     {
         constexpr uint64_t kForeignNs = 1'000'000'000ULL;
@@ -1028,12 +1029,17 @@ int run(const Options &opt)
             return data;
         auto id = loader.other_cgroup(u->sk);
         if (!id) {
-            // Evicted before it was read (1024 at once): whose it was is not known.
-            if (unplaced_lost++ == 0)
-                engine.warning({"events_unplaced",
-                                "a failure seen in softirq on a socket of Nginx's user in a cgroup no worker was "
-                                "seen in could not be placed (its cgroup was no longer recorded) and was dropped",
-                                1});
+            // Evicted before it was read: whose it was is not known. Told
+            // at the 1st, 2nd, 4th, 8th... with the count so far.
+            unplaced_lost++;
+            if (unplaced_lost & (unplaced_lost - 1))
+                return nullptr;
+            engine.warning({"events_unplaced",
+                            fmt::format("{} failure record(s) seen in softirq on sockets of Nginx's user in cgroups "
+                                        "no worker was seen in could not be placed (their cgroup was no longer "
+                                        "recorded) and were dropped",
+                                        unplaced_lost),
+                            unplaced_lost});
             return nullptr;
         }
         std::vector<WorkerIdentity::Moved> moved;

@@ -144,12 +144,13 @@ uint64_t keyed_hash(std::string_view data)
 
 uint64_t keyed_hash(std::string_view a, std::string_view b)
 {
-    // a's length between them: ("ab", "c") and ("a", "bc") differ.
+    // a's length first: ("ab", "c") and ("a", "bc") differ, and no a can
+    // pass for another pair's length.
     unsigned char len[8];
     for (int i = 0; i < 8; i++)
         len[i] = static_cast<unsigned char>(static_cast<uint64_t>(a.size()) >> (8 * i));
     return siphash24(process_key().k0, process_key().k1,
-                     {a, std::string_view(reinterpret_cast<const char *>(len), sizeof(len)), b});
+                     {std::string_view(reinterpret_cast<const char *>(len), sizeof(len)), a, b});
 }
 
 } // namespace n502

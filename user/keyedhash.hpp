@@ -16,7 +16,7 @@ uint64_t siphash24(uint64_t k0, uint64_t k1, std::initializer_list<std::string_v
 
 // siphash24 under this process's key (random, drawn once).
 uint64_t keyed_hash(std::string_view data);
-// The same over the pair (a, b) in one pass: a, its length, then b.
+// The same over the pair (a, b) in one pass: a's length, a, then b.
 uint64_t keyed_hash(std::string_view a, std::string_view b);
 
 } // namespace n502

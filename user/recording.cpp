@@ -7,9 +7,10 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/capability.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
-#include <vector>
 
 namespace n502 {
 
@@ -156,24 +157,32 @@ std::optional<uint64_t> parse_size(const std::string &s)
 
 namespace {
 
-// Whether this process may create and rename files in dir by its uid and
-// groups alone: once attached, n502trace no longer has CAP_DAC_OVERRIDE
-// (drop_capabilities), which root's writes elsewhere rely on.
+// Whether this process may create and rename files in dir once it has
+// dropped CAP_DAC_OVERRIDE and CAP_FOWNER after attaching (drop_capabilities
+// in app.cpp): asked of the kernel itself (mode bits, ACLs, a read-only
+// mount, security modules) with those two capabilities out of the effective
+// set for the moment of the question.
 bool dir_writable_without_override(const std::string &dir, std::string *why)
 {
-    struct stat st{};
-    if (stat(dir.c_str(), &st) != 0)
-        return true; // opening the file says what is wrong
-    bool in_group = st.st_gid == getegid();
-    if (!in_group) {
-        std::vector<gid_t> groups(static_cast<size_t>(std::max(getgroups(0, nullptr), 0)));
-        int n = getgroups(static_cast<int>(groups.size()), groups.data());
-        in_group = n > 0 && std::find(groups.begin(), groups.begin() + n, st.st_gid) != groups.begin() + n;
+    constexpr int kDacOverride = 1, kFowner = 3;
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct saved[2]{};
+    bool lowered = false;
+    if (syscall(SYS_capget, &hdr, saved) == 0) {
+        __user_cap_data_struct lower[2] = {saved[0], saved[1]};
+        lower[0].effective &= ~((1u << kDacOverride) | (1u << kFowner));
+        lowered = syscall(SYS_capset, &hdr, lower) == 0;
     }
-    mode_t need = st.st_uid == geteuid() ? S_IWUSR : in_group ? S_IWGRP : S_IWOTH;
-    if (st.st_mode & need)
-        return true;
-    *why = fmt::format("owner uid {}, group {}, mode {:04o}", st.st_uid, st.st_gid, st.st_mode & 07777);
+    int rc = faccessat(AT_FDCWD, dir.c_str(), W_OK | X_OK, AT_EACCESS);
+    int e = errno;
+    if (lowered)
+        syscall(SYS_capset, &hdr, saved);
+    if (rc == 0 || e == ENOENT || e == ENOTDIR)
+        return true; // (opening the file says what is wrong with a path that is not there)
+    struct stat st{};
+    *why = stat(dir.c_str(), &st) == 0 ? fmt::format("{}; owner uid {}, group {}, mode {:04o}", strerror(e),
+                                                     st.st_uid, st.st_gid, st.st_mode & 07777)
+                                       : std::string(strerror(e));
     return false;
 }
 

@@ -44,6 +44,9 @@ TEST_CASE("keyed_hash of a pair: the pair, not the concatenation", "[keyedhash]"
     CHECK(keyed_hash("10.0.0.1", "GET / HTTP/1.1") != keyed_hash("10.0.0.1G", "ET / HTTP/1.1"));
     CHECK(keyed_hash("10.0.0.1", "GET / HTTP/1.1") != keyed_hash("10.0.0.2", "GET / HTTP/1.1"));
     CHECK(keyed_hash("", "x") != keyed_hash("x", ""));
+    // The first layout (a, then its length, then b) hashed these two alike.
+    using namespace std::string_literals;
+    CHECK(keyed_hash("", "\x08\0\0\0\0\0\0\0GET /"s) != keyed_hash(std::string(8, '\0'), "GET /"));
 }
 
 TEST_CASE("keyed_hash: stable within a process, its key not a constant", "[keyedhash]")
