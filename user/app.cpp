@@ -1044,6 +1044,11 @@ int run(const Options &opt)
         }
         std::vector<WorkerIdentity::Moved> moved;
         bool nginx = workers_are.claim(*id, state, boot_now_ns(), &moved);
+        if (opt.dump_events) // (placed ones are printed again as they reach the engine)
+            if (auto ev = decode(data, len))
+                fmt::print(stderr, "unplaced {} sk={:#x} src={} dst={} cgroup={}: {}\n", event_type_name(ev->type),
+                           ev->sk, ev->src.str(), ev->dst.str(), *id,
+                           nginx ? "Nginx's (a worker runs there)" : "another service's (dropped)");
         for (const auto &m : moved)
             engine.warning({"nginx_cgroup",
                             fmt::format("Nginx worker {} now runs in cgroup {}, not where it was first seen: "

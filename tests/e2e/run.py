@@ -1271,14 +1271,18 @@ def adaptive_foreign_client(s, uid, cgroup_dir, who):
     when given) talks to the upstream directly and is reset, in softirq where
     no task owns its socket. That is not Nginx's failure: tracking stays lean
     (the failure after it is the `unknown` of a lean period) and no verdict is
-    built from it."""
+    built from it. With cgroup_dir, the reset reaches user space, which finds
+    no worker in that cgroup; a second reset right after is not even sent
+    (the cgroup is marked foreign for a second; --dump-events shows what was
+    left to user space)."""
     port = harness.free_port()
-    setup_lean(s, port)
+    setup_lean(s, port, "--dump-events" if cgroup_dir else "")
     if not s.use_tool:
         return
     s.want_verdicts = 1
     up = s.h.start_upstream("reset", port=port)
-    # As root: into the cgroup first, then the user; then the client.
+    # As root: into the cgroup first, then the user; then the client, which
+    # prints the local port of the connection the upstream reset.
     client = ("import os, socket, sys\n"
               "if %r:\n"
               "    with open(os.path.join(%r, 'cgroup.procs'), 'w') as f:\n"
@@ -1289,11 +1293,28 @@ def adaptive_foreign_client(s, uid, cgroup_dir, who):
               "try:\n"
               "    c.recv(100)\n"
               "except ConnectionResetError:\n"
+              "    print(c.getsockname()[1], flush=True)\n"
               "    sys.exit(0)\n"
               "sys.exit(3)\n" % (bool(cgroup_dir), cgroup_dir or "", uid, uid, port))
-    rc = subprocess.run(["/usr/bin/python3", "-c", client], cwd="/", timeout=20).returncode
-    check(rc == 0, "the direct client (%s) was not reset by the upstream (exit %d)" % (who, rc))
-    up.wait_request(1)
+
+    def reset_client():
+        r = subprocess.run(["/usr/bin/python3", "-c", client], cwd="/", timeout=20, stdout=subprocess.PIPE)
+        check(r.returncode == 0, "the direct client (%s) was not reset by the upstream (exit %d)" % (
+            who, r.returncode))
+        return int(r.stdout)
+
+    def unplaced():
+        with open(s.tool.errpath, errors="replace") as f:
+            return [l for l in f.read().splitlines() if l.startswith("unplaced ")]
+
+    ports = [reset_client()]
+    if cgroup_dir:
+        # Left to user space, found another service's: dropped, and the
+        # cgroup marked foreign for a second. The next reset comes within it.
+        harness.wait_until(lambda: [l for l in unplaced() if "src=127.0.0.1:%d " % ports[0] in l] or None, 5,
+                           "the first reset left to user space (--dump-events)")
+        ports.append(reset_client())
+    up.wait_request(len(ports))
     up.stop()
     check(not [w for _, w in s.tool.out.records if w.get("code") == "tracking_full"],
           "%s reset by the upstream switched to full tracking" % who)
@@ -1303,6 +1324,13 @@ def adaptive_foreign_client(s, uid, cgroup_dir, who):
     s.expect_nginx_message(MSG_TOO_BIG)
     v = s.expect_verdict(r, "unknown", up.address, "too big header")
     check(any(LEAN_NOTE in n for n in v.get("notes") or []), "no note on lean tracking: %r" % v.get("notes"))
+    if cgroup_dir:
+        # The verdict came after the resets' records were read: all of them are in the file.
+        lines = unplaced()
+        check(all("another service's (dropped)" in l for l in lines),
+              "a reset of the other cgroup's client was placed as Nginx's: %r" % lines)
+        check(not [l for l in lines if "src=127.0.0.1:%d " % ports[1] in l],
+              "the second reset, within a second of the first being found foreign, was sent again: %r" % lines)
 
 
 def sc_adaptive_other_client(s):
