@@ -1282,38 +1282,47 @@ def adaptive_foreign_client(s, uid, cgroup_dir, who):
     s.want_verdicts = 1
     up = s.h.start_upstream("reset", port=port)
     # As root: into the cgroup first, then the user; then the client, which
-    # prints the local port of the connection the upstream reset.
+    # prints the local port of each connection the upstream reset, the next
+    # one when told to (a line on its stdin).
     client = ("import os, socket, sys\n"
               "if %r:\n"
               "    with open(os.path.join(%r, 'cgroup.procs'), 'w') as f:\n"
               "        f.write(str(os.getpid()))\n"
               "os.setgroups([]); os.setgid(%d); os.setuid(%d)\n"
-              "c = socket.create_connection(('127.0.0.1', %d), timeout=10)\n"
-              "c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
-              "try:\n"
-              "    c.recv(100)\n"
-              "except ConnectionResetError:\n"
-              "    print(c.getsockname()[1], flush=True)\n"
-              "    sys.exit(0)\n"
-              "sys.exit(3)\n" % (bool(cgroup_dir), cgroup_dir or "", uid, uid, port))
-
-    def reset_client():
-        r = subprocess.run(["/usr/bin/python3", "-c", client], cwd="/", timeout=20, stdout=subprocess.PIPE)
-        check(r.returncode == 0, "the direct client (%s) was not reset by the upstream (exit %d)" % (
-            who, r.returncode))
-        return int(r.stdout)
+              "while True:\n"
+              "    c = socket.create_connection(('127.0.0.1', %d), timeout=10)\n"
+              "    c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+              "    try:\n"
+              "        c.recv(100)\n"
+              "        sys.exit(3)\n"
+              "    except ConnectionResetError:\n"
+              "        print(c.getsockname()[1], flush=True)\n"
+              "    if not sys.stdin.readline():\n"
+              "        sys.exit(0)\n" % (bool(cgroup_dir), cgroup_dir or "", uid, uid, port))
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", client], cwd="/", stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
 
     def unplaced():
         with open(s.tool.errpath, errors="replace") as f:
             return [l for l in f.read().splitlines() if l.startswith("unplaced ")]
 
-    ports = [reset_client()]
-    if cgroup_dir:
-        # Left to user space, found another service's: dropped, and the
-        # cgroup marked foreign for a second. The next reset comes within it.
-        harness.wait_until(lambda: [l for l in unplaced() if "src=127.0.0.1:%d " % ports[0] in l] or None, 5,
-                           "the first reset left to user space (--dump-events)")
-        ports.append(reset_client())
+    try:
+        ports = [int(proc.stdout.readline() or 0)]
+        if cgroup_dir and ports[0]:
+            # Left to user space, found another service's: dropped, and the
+            # cgroup marked foreign for a second. The next reset comes within it.
+            harness.wait_until(lambda: [l for l in unplaced() if "src=127.0.0.1:%d " % ports[0] in l] or None, 5,
+                               "the first reset left to user space (--dump-events)")
+            proc.stdin.write(b"again\n")
+            proc.stdin.flush()
+            ports.append(int(proc.stdout.readline() or 0))
+        proc.stdin.close()
+        rc = proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    check(rc == 0 and all(ports), "the direct client (%s) was not reset by the upstream (exit %d, ports %r)" % (
+        who, rc, ports))
     up.wait_request(len(ports))
     up.stop()
     check(not [w for _, w in s.tool.out.records if w.get("code") == "tracking_full"],
