@@ -30,8 +30,6 @@
 #define N502_S_IFSOCK 0140000
 #define N502_SIGCHLD 17
 
-#define N502_PF_EXITING 0x00000004 /* task_struct.flags: the task is exiting */
-
 /* Tracked processes: Nginx (filled by user space at start, then through
  * fork), upstream processes (added when they take a connection), listeners
  * (added at listen, and their children). */

@@ -100,7 +100,7 @@ bool process_alive(uint32_t pid)
 bool process_staying(uint32_t pid)
 {
     auto s = read_stat_state(pid);
-    return s && s->state != 'Z' && s->state != 'X' && !(s->flags & 0x4 /* PF_EXITING */);
+    return s && s->state != 'Z' && s->state != 'X' && !(s->flags & N502_PF_EXITING);
 }
 
 // An Nginx master whose command line is exactly `cmdline`, or 0.

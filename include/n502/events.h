@@ -70,6 +70,10 @@ enum n502_sock_role {
 	N502_SOCK_OTHER_CGROUP = 0x2000,
 };
 
+/* task_struct.flags (include/linux/sched.h), as the kernel side reads them
+ * and /proc/PID/stat shows them: the task is exiting (in do_exit()). */
+#define N502_PF_EXITING 0x00000004
+
 /* TCP states (include/net/tcp_states.h), as the state tracepoint passes
  * them: stable kernel ABI. */
 enum n502_tcp_state {

@@ -218,7 +218,7 @@ static __always_inline void ownerless_tracking(const struct sock *sk, int oldsta
 	err = sk->sk_err;
 	if (!err && oldstate == N502_TCP_ESTABLISHED) {
 		struct task_struct *t = bpf_get_current_task_btf();
-		exiting = (t->flags & 0x00000004 /* PF_EXITING */) != 0;
+		exiting = (t->flags & N502_PF_EXITING) != 0;
 	}
 	if (!err && !exiting)
 		return;
