@@ -309,13 +309,7 @@ public:
     // Learns pid's uid and cgroup; returns its uid when that is new.
     std::optional<uint32_t> learn(uint32_t pid)
     {
-        if (!uroot_.empty() && cgroup_filter_) {
-            auto id = cgroup_id(pid);
-            if (!id && process_staying(pid))
-                stop_cgroup_filter(fmt::format("the cgroup of Nginx worker {} cannot be read", pid));
-            else if (id && cgroups_.insert(*id).second)
-                add_cgroup(*id);
-        }
+        learn_cgroup(pid);
         learnt_pids_.insert(pid);
         auto c = host_.creds(pid);
         if (!c || !uids_.insert(c->uid).second)
@@ -356,17 +350,10 @@ public:
         for (uint32_t pid : state.nginx_pids()) {
             if (!learnt_pids_.count(pid) && !nginx_child_settled(pid))
                 continue; // the master of workers, a child not yet a worker (poll's)
-            auto cg = cgroup_id(pid);
-            if (!cg && process_staying(pid)) {
-                stop_cgroup_filter(fmt::format("the cgroup of Nginx worker {} cannot be read", pid));
-                return true;
-            }
-            if (!cg || cgroups_.count(*cg))
-                continue; // on its way out, or nothing new
-            cgroups_.insert(*cg);
-            if (!add_cgroup(*cg))
-                return true;
-            if (learnt_pids_.count(pid)) // (else a worker poll has yet to read, just forked)
+            bool added = learn_cgroup(pid);
+            if (!cgroup_filter_)
+                return true; // turned off (unreadable, or full): nothing is filtered by cgroup
+            if (added && learnt_pids_.count(pid)) // (else a worker poll has yet to read, just forked)
                 moved->push_back({pid, cgroup_v2_path(pid)});
         }
         if (cgroups_.count(id)) {
@@ -438,11 +425,23 @@ private:
             return std::nullopt;
         return static_cast<uint64_t>(st.st_ino);
     }
-    // Into the kernel side's filter; false when that filled it (the loader
-    // has turned the filter off).
-    bool add_cgroup(uint64_t id)
+    // pid's cgroup into the kernel side's filter; true when it was new to
+    // it. A living pid whose cgroup cannot be read, or a filter that fills
+    // up, turns the cgroup filter off for good (cgroup_filter_ false); a pid
+    // on its way out is let be.
+    bool learn_cgroup(uint32_t pid)
     {
-        if (loader_.add_nginx_cgroup(id))
+        if (uroot_.empty() || !cgroup_filter_)
+            return false;
+        auto id = cgroup_id(pid);
+        if (!id) {
+            if (process_staying(pid))
+                stop_cgroup_filter(fmt::format("the cgroup of Nginx worker {} cannot be read", pid));
+            return false;
+        }
+        if (!cgroups_.insert(*id).second)
+            return false;
+        if (loader_.add_nginx_cgroup(*id))
             return true;
         cgroup_filter_ = false;
         warn_(fmt::format("Nginx's workers run in more cgroups than the kernel side holds ({}){}",

@@ -185,15 +185,19 @@ template <typename T> static bool fits(size_t len, const n502_hdr &h, std::strin
 
 namespace {
 
+// Every ring record passes here: only the role is read, then the socket.
 template <typename T> std::optional<UnplacedRecord> unplaced_as(const void *data, size_t len)
 {
     if (len < sizeof(T))
         return std::nullopt;
-    T e;
-    std::memcpy(&e, data, sizeof(e));
-    if (!(e.sock_role & N502_SOCK_OTHER_CGROUP))
+    const auto *p = static_cast<const unsigned char *>(data);
+    uint16_t role;
+    std::memcpy(&role, p + offsetof(T, sock_role), sizeof(role));
+    if (!(role & N502_SOCK_OTHER_CGROUP))
         return std::nullopt;
-    return UnplacedRecord{offsetof(T, sock_role), e.sk};
+    uint64_t sk;
+    std::memcpy(&sk, p + offsetof(T, sk), sizeof(sk));
+    return UnplacedRecord{offsetof(T, sock_role), sk};
 }
 
 } // namespace

@@ -159,6 +159,17 @@ pid_t one_request_upstream(uint16_t *port, int *ready_read, const char *first)
         ready_read);
 }
 
+// Starts l's ring buffer, every record decoded into out.
+bool ring_into(Loader &l, std::vector<Event> &out, std::string *error)
+{
+    return l.start_ring(
+        [&out](const void *d, size_t n) {
+            if (auto e = decode(d, n))
+                out.push_back(*e);
+        },
+        error);
+}
+
 void wait_ready(int fd)
 {
     char c;
@@ -224,12 +235,7 @@ TEST_CASE("--btf: the hooks attach as raw tracepoints, typed by the BTF file, an
     CHECK(raw == 8);
     REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
     std::vector<Event> got;
-    REQUIRE(l.start_ring(
-        [&](const void *d, size_t n) {
-            if (auto e = decode(d, n))
-                got.push_back(*e);
-        },
-        &error));
+    REQUIRE(ring_into(l, got, &error));
     uint16_t port = 0;
     int lfd = tcp_listener(&port);
     int fd = tcp_connect(port, false);
@@ -829,12 +835,7 @@ TEST_CASE("lean: a softirq failure of Nginx's uid in another cgroup is left to u
     REQUIRE(l.load(opt, &error));
     REQUIRE(l.attach(&error));
     std::vector<Event> evs;
-    REQUIRE(l.start_ring(
-        [&](const void *d, size_t n) {
-            if (auto e = decode(d, n))
-                evs.push_back(*e);
-        },
-        &error));
+    REQUIRE(ring_into(l, evs, &error));
     // An upstream that aborts each connection it takes (a RST); its peer's
     // end, ours, takes the RST in the upstream's context: softirq for it.
     uint16_t port = 0;
