@@ -532,17 +532,22 @@ void Engine::do_kernel(const void *data, size_t len)
 
 bool Engine::log_line(const std::string &text, const std::function<uint32_t(uint32_t)> &map_pid)
 {
-    auto line = parse_upstream_error(text);
+    // Parsed once: what is recorded is the text, what goes on is the parse.
     uint32_t mapped = 0;
-    if (line) {
+    std::optional<AccessLine> access;
+    bool upstream = parse_upstream_error(text, scratch_);
+    if (upstream) {
         // Nginx logs pids of its own namespace; the kernel speaks host pids.
         // A pid that cannot be mapped is not guessed at (0).
-        mapped = map_pid(line->pid);
-    } else if (cfg_.no_access_log || !parse_access_error(text)) {
+        mapped = map_pid(scratch_.pid);
+    } else if (cfg_.no_access_log || !(access = parse_access_error(text))) {
         return false; // neither kind of line changes anything: not recorded
     }
     rec(Rec::LogLine, Enc().u32(mapped).str(text));
-    return do_line(text, mapped);
+    if (upstream)
+        return take_line(mapped);
+    take_access(std::move(*access));
+    return false;
 }
 
 // Adaptive tracking's switches are told by its warnings, live and replayed.
@@ -558,21 +563,35 @@ void Engine::note_tracking(const std::string &code)
 // line for its error line.
 bool Engine::do_line(const std::string &text, uint32_t mapped)
 {
-    if (auto line = parse_upstream_error(text)) {
-        summary_.log_lines++;
-        uint32_t logged = line->pid;
-        line->pid = mapped;
-        line->lean = tracking_lean_;
-        pending_.push_back({std::move(*line), now_boot_ + grace_ns_, 0, logged});
-        return true;
-    }
+    if (parse_upstream_error(text, scratch_))
+        return take_line(mapped);
     if (!cfg_.no_access_log)
-        if (auto a = parse_access_error(text)) {
-            // Wait for the error-log line of the same request, and its verdict.
-            summary_.access_lines++;
-            pending_access_.push_back({std::move(*a), now_boot_ + grace_ns_ + 100'000'000ULL});
-        }
+        if (auto a = parse_access_error(text))
+            take_access(std::move(*a));
     return false;
+}
+
+// The upstream error just parsed into scratch_ waits for its evidence. Its
+// strings go with it; scratch_ takes those of a line explained earlier.
+bool Engine::take_line(uint32_t mapped)
+{
+    summary_.log_lines++;
+    uint32_t logged = scratch_.pid;
+    scratch_.pid = mapped;
+    scratch_.lean = tracking_lean_;
+    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged});
+    if (!spare_lines_.empty()) {
+        scratch_ = std::move(spare_lines_.back());
+        spare_lines_.pop_back();
+    }
+    return true;
+}
+
+// Wait for the error-log line of the same request, and its verdict.
+void Engine::take_access(AccessLine a)
+{
+    summary_.access_lines++;
+    pending_access_.push_back({std::move(a), now_boot_ + grace_ns_ + 100'000'000ULL});
 }
 
 // Captured writes may split or join lines: complete lines only, per file and
@@ -719,6 +738,8 @@ void Engine::resolve_access(bool final_all)
 // Lines waiting for kernel evidence; beyond this many (a storm the tool is
 // behind on) the oldest are explained at once with what is known.
 constexpr size_t kMaxPending = 20000;
+// Explained lines whose strings the next lines are parsed into.
+constexpr size_t kSpareLines = 64;
 
 void Engine::resolve(bool final_all)
 {
@@ -735,6 +756,8 @@ void Engine::resolve(bool final_all)
         }
         if (auto v = correlator_.explain(p.line, final)) {
             emit(*v, p.logged_pid);
+            if (spare_lines_.size() < kSpareLines)
+                spare_lines_.push_back(std::move(p.line));
         } else {
             p.next_try = now + 20'000'000ULL;
             waiting.push_back(std::move(p));
@@ -1123,8 +1146,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             // west of UTC as positive).
             int64_t a = gmtoff < 0 ? -gmtoff : gmtoff;
             std::string tz = fmt::format("<REC>{}{:02}:{:02}:{:02}", gmtoff > 0 ? '-' : '+', a / 3600, a / 60 % 60, a % 60);
-            setenv("TZ", tz.c_str(), 1);
-            tzset();
+            set_local_zone(tz.c_str());
             if (!d.at_end())
                 lookups = d.u32();
             // Recorded before the correlator skipped a suppressed verdict's

@@ -192,6 +192,8 @@ private:
     void flush_time();
     void do_kernel(const void *data, size_t len);
     bool do_line(const std::string &text, uint32_t mapped);
+    bool take_line(uint32_t mapped);
+    void take_access(AccessLine a);
     void note_tracking(const std::string &code);
     void do_capture(const Event &ev);
     bool do_step();
@@ -225,6 +227,8 @@ private:
     uint64_t next_stats_ = 0;
     uint64_t grace_ns_;
     std::deque<Pending> pending_;
+    LogLine scratch_;                   // each upstream error line is parsed into this
+    std::vector<LogLine> spare_lines_;  // explained lines' strings, for scratch_
     std::deque<PendingAccess> pending_access_;
     std::unordered_map<std::string, std::optional<ContainerInfo>> container_cache_;
     std::map<std::pair<uint32_t, uint64_t>, std::string> capture_of_; // (dev, ino) -> description

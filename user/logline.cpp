@@ -1,6 +1,7 @@
 #include "logline.hpp"
 
 #include <array>
+#include <atomic>
 #include <ctime>
 #include <cstdlib>
 #include <string>
@@ -63,19 +64,22 @@ bool has_space(sv s) { return s.find(' ') != sv::npos; }
 // A local time (the error log's stamp) in seconds since the epoch. mktime()
 // checks the zone file on every call (with TZ unset, a stat() of
 // /etc/localtime: a system call per line in a storm of 502s), so the start of
-// the minute is converted once and remembered with the TZ it was converted
-// under; offsets change only on minute boundaries. A new zone file is seen
-// from the next minute of the log on.
+// the minute is converted once and remembered with the zone generation it was
+// converted under (set_local_zone counts changes of TZ: asking getenv for it
+// on every line was a scan of the environment per line); offsets change only
+// on minute boundaries. A new zone file is seen from the next minute of the
+// log on.
+std::atomic<uint64_t> zone_generation{0};
+
 int64_t local_epoch(int Y, int M, int D, int h, int m, int s) {
   struct Minute {
     int Y = -1, M = 0, D = 0, h = 0, m = 0;
-    std::string tz;
+    uint64_t zone = 0;
     int64_t at = 0;
   };
   thread_local Minute last;
-  const char* tz_env = std::getenv("TZ");
-  sv tz = tz_env ? sv(tz_env) : sv("\n(unset)");
-  if (Y != last.Y || M != last.M || D != last.D || h != last.h || m != last.m || tz != last.tz) {
+  uint64_t zone = zone_generation.load(std::memory_order_relaxed);
+  if (Y != last.Y || M != last.M || D != last.D || h != last.h || m != last.m || zone != last.zone) {
     std::tm tm{};
     tm.tm_year = Y - 1900;
     tm.tm_mon = M - 1;
@@ -90,7 +94,7 @@ int64_t local_epoch(int Y, int M, int D, int h, int m, int s) {
       tm.tm_isdst = -1;
       return static_cast<int64_t>(std::mktime(&tm));
     }
-    last = Minute{Y, M, D, h, m, std::string(tz), static_cast<int64_t>(t)};
+    last = Minute{Y, M, D, h, m, zone, static_cast<int64_t>(t)};
   }
   return last.at + s;
 }
@@ -347,37 +351,65 @@ LogKind classify(sv message, int err_no) {
   return LogKind::OtherUpstream;
 }
 
-std::optional<LogLine> parse_impl(sv line) {
+// The peer of an upstream field's value (see normalise_upstream_peer): always a part of it.
+sv upstream_peer(sv up) {
+  size_t sch = up.find("://");
+  if (sch != sv::npos) up.remove_prefix(sch + 3);
+  if (starts_with(up, "unix:")) {
+    // "unix:" PATH ":" URI, URI empty or starting with '/'.
+    for (size_t p = up.find(':', 5); p != sv::npos; p = up.find(':', p + 1)) {
+      if (p + 1 == up.size() || up[p + 1] == '/') return up.substr(0, p);
+    }
+    return up;
+  }
+  if (starts_with(up, "[")) {
+    size_t rb = up.find(']');
+    if (rb == sv::npos) return up;
+    size_t end = rb + 1;
+    if (end < up.size() && up[end] == ':') {
+      size_t q = end + 1;
+      while (q < up.size() && is_digit(up[q])) ++q;
+      end = q == end + 1 ? end : q;  // drop a trailing ':' with no port
+    }
+    return up.substr(0, end);
+  }
+  size_t end = up.find_first_of("/?");
+  sv peer = up.substr(0, end);
+  while (!peer.empty() && peer.back() == ':') peer.remove_suffix(1);
+  return peer;
+}
+
+bool parse_impl(sv line, LogLine& out) {
   while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
 
   // "YYYY/MM/DD HH:MM:SS "
   int Y, M, D, h, m, s;
-  if (line.size() < 20) return std::nullopt;
+  if (line.size() < 20) return false;
   if (!fixed_digits(line, 0, 4, Y) || line[4] != '/' || !fixed_digits(line, 5, 2, M) || line[7] != '/' ||
       !fixed_digits(line, 8, 2, D) || line[10] != ' ' || !fixed_digits(line, 11, 2, h) || line[13] != ':' ||
       !fixed_digits(line, 14, 2, m) || line[16] != ':' || !fixed_digits(line, 17, 2, s) || line[19] != ' ')
-    return std::nullopt;
-  if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || s > 60) return std::nullopt;
+    return false;
+  if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || s > 60) return false;
 
   // "[level] "
   size_t pos = 20;
-  if (pos >= line.size() || line[pos] != '[') return std::nullopt;
+  if (pos >= line.size() || line[pos] != '[') return false;
   size_t close = line.find(']', pos);
-  if (close == sv::npos || close - pos > 10) return std::nullopt;
+  if (close == sv::npos || close - pos > 10) return false;
   sv level = line.substr(pos + 1, close - pos - 1);
-  if (!known_level(level)) return std::nullopt;
-  if (!accepted_level(level)) return std::nullopt;
+  if (!known_level(level)) return false;
+  if (!accepted_level(level)) return false;
   pos = close + 1;
-  if (pos >= line.size() || line[pos] != ' ') return std::nullopt;
+  if (pos >= line.size() || line[pos] != ' ') return false;
   ++pos;
 
   // "PID#TID: "
   uint64_t pid = 0, tid = 0;
-  if (!parse_uint(line, pos, UINT32_MAX, pid)) return std::nullopt;
-  if (pos >= line.size() || line[pos] != '#') return std::nullopt;
+  if (!parse_uint(line, pos, UINT32_MAX, pid)) return false;
+  if (pos >= line.size() || line[pos] != '#') return false;
   ++pos;
-  if (!parse_uint(line, pos, UINT32_MAX, tid)) return std::nullopt;
-  if (!starts_with(line.substr(pos), ": ")) return std::nullopt;
+  if (!parse_uint(line, pos, UINT32_MAX, tid)) return false;
+  if (!starts_with(line.substr(pos), ": ")) return false;
   pos += 2;
 
   // optional "*CONN "
@@ -402,41 +434,43 @@ std::optional<LogLine> parse_impl(sv line) {
 
   bool upstream_related = (found_ctx && ctx.has_upstream) || ends_with(phase, "upstream") ||
                           starts_with(message, "no live upstreams") || starts_with(message, "upstream ");
-  if (!upstream_related) return std::nullopt;
+  if (!upstream_related) return false;
 
-  LogLine out;
   out.wall_sec = local_epoch(Y, M, D, h, m, s);
-  out.level = std::string(level);
+  out.level.assign(level);
   out.pid = static_cast<uint32_t>(pid);
   out.tid = static_cast<uint32_t>(tid);
   out.conn = conn;
-  out.message = std::string(message);
+  out.message.assign(message);
   sv err_text;
+  out.err_no = 0;
   parse_errno(message, out.err_no, err_text);
-  out.err_text = std::string(err_text);
-  out.phase = std::string(phase);
-  if (found_ctx) {
-    out.client = std::string(ctx.client);
-    out.server = std::string(ctx.server);
-    out.request = std::string(ctx.request);
-    out.upstream = std::string(ctx.upstream);
-    out.host = std::string(ctx.host);
-    out.referrer = std::string(ctx.referrer);
-  }
+  out.err_text.assign(err_text);
+  out.phase.assign(phase);
+  // (ctx's fields are empty when no context was found.)
+  out.client.assign(ctx.client);
+  out.server.assign(ctx.server);
+  out.request.assign(ctx.request);
+  out.upstream.assign(ctx.upstream);
+  out.host.assign(ctx.host);
+  out.referrer.assign(ctx.referrer);
   out.truncated = !found_ctx || !ctx.complete;
   // Nginx cuts a line at 2047 bytes, inside the request when it is long: the value then has no
   // closing quote; or, cut at or just after a quote inside it (or its own), it looks whole but ends a
   // full-length line, and is taken for a beginning (which a whole request is too).
   out.request_cut = found_ctx && (ctx.request_trunc || (ctx.request_last && line.size() >= kNginxMaxLine));
+  out.scheme.clear();
   if (found_ctx && ctx.has_upstream) {
     size_t sch = ctx.upstream.find("://");
-    if (sch != sv::npos) out.scheme = std::string(ctx.upstream.substr(0, sch));
+    if (sch != sv::npos) out.scheme.assign(ctx.upstream.substr(0, sch));
   }
   sv unix_peer = unix_path_from_message(message);
   if (!unix_peer.empty())
-    out.upstream_peer = std::string(unix_peer);
+    out.upstream_peer.assign(unix_peer);
   else if (found_ctx && ctx.has_upstream)
-    out.upstream_peer = normalise_upstream_peer(ctx.upstream);
+    out.upstream_peer.assign(upstream_peer(ctx.upstream));
+  else
+    out.upstream_peer.clear();
   // (A unix upstream's path is in the message too: then nothing is missing.) A full-length line
   // without an upstream field may have been cut before it.
   out.upstream_cut = out.upstream_peer.empty() &&
@@ -444,48 +478,45 @@ std::optional<LogLine> parse_impl(sv line) {
   out.kind = classify(message, out.err_no);
   out.status = out.kind == LogKind::Timeout ? 504 : 502;
   out.mid_response = phase == "reading upstream" || starts_with(message, "upstream sent no valid HTTP/1.0 header");
-  return out;
+  out.lean = false;
+  return true;
 }
 
 }  // namespace
 
 std::string normalise_upstream_peer(std::string_view up) {
   try {
-    size_t sch = up.find("://");
-    if (sch != sv::npos) up.remove_prefix(sch + 3);
-    if (starts_with(up, "unix:")) {
-      // "unix:" PATH ":" URI, URI empty or starting with '/'.
-      for (size_t p = up.find(':', 5); p != sv::npos; p = up.find(':', p + 1)) {
-        if (p + 1 == up.size() || up[p + 1] == '/') return std::string(up.substr(0, p));
-      }
-      return std::string(up);
-    }
-    if (starts_with(up, "[")) {
-      size_t rb = up.find(']');
-      if (rb == sv::npos) return std::string(up);
-      size_t end = rb + 1;
-      if (end < up.size() && up[end] == ':') {
-        size_t q = end + 1;
-        while (q < up.size() && is_digit(up[q])) ++q;
-        end = q == end + 1 ? end : q;  // drop a trailing ':' with no port
-      }
-      return std::string(up.substr(0, end));
-    }
-    size_t end = up.find_first_of("/?");
-    sv peer = up.substr(0, end);
-    while (!peer.empty() && peer.back() == ':') peer.remove_suffix(1);
-    return std::string(peer);
+    return std::string(upstream_peer(up));
   } catch (...) {
     return {};
   }
 }
 
+bool parse_upstream_error(std::string_view line, LogLine& out) {
+  try {
+    return parse_impl(line, out);
+  } catch (...) {  // only std::bad_alloc is possible; never propagate
+    return false;
+  }
+}
+
 std::optional<LogLine> parse_upstream_error(std::string_view line) {
   try {
-    return parse_impl(line);
+    std::optional<LogLine> out(std::in_place);
+    if (!parse_impl(line, *out)) return std::nullopt;
+    return out;
   } catch (...) {  // only std::bad_alloc is possible; never propagate
     return std::nullopt;
   }
+}
+
+void set_local_zone(const char* tz) {
+  if (tz)
+    setenv("TZ", tz, 1);
+  else
+    unsetenv("TZ");
+  tzset();
+  zone_generation.fetch_add(1, std::memory_order_relaxed);
 }
 
 const char* to_string(LogKind k) {

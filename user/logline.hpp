@@ -62,6 +62,15 @@ struct LogLine {
 // and lines of level warn/notice/info/debug such as "upstream server temporarily disabled").
 // Never throws.
 std::optional<LogLine> parse_upstream_error(std::string_view line);
+// The same into `out`, whose strings keep their buffers: a caller that parses
+// line after line into one LogLine allocates nothing once they are big enough.
+// On false, `out` holds nothing meaningful.
+bool parse_upstream_error(std::string_view line, LogLine& out);
+
+// Sets TZ (unsets it for nullptr) and tzset()s. Error-log stamps are local
+// time: the parser converts them under the zone last set here or inherited
+// at start. TZ changed any other way is not noticed by the parser.
+void set_local_zone(const char* tz);
 
 // "connect_refused", "connect_failed", "premature_close", "reset", "timeout", "no_live_upstreams",
 // "invalid_response", "other_upstream"

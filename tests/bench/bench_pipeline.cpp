@@ -118,6 +118,7 @@ int main(int argc, char **argv)
         // (the state keeps a bounded number of connections, so feeding them
         // all at the end would find most connections forgotten).
         size_t next_line = 0;
+        LogLine l;
         int64_t shift_ns = static_cast<int64_t>(round * span);
         Timebase tb(base_real - static_cast<int64_t>(first.ts_ns));
         auto feed_lines = [&](size_t upto) {
@@ -126,10 +127,10 @@ int main(int argc, char **argv)
             auto l0 = std::chrono::steady_clock::now();
             for (; next_line < upto && next_line < lines.size(); next_line++) {
                 // Parsed here, in the timed part: the tool parses every line it follows.
-                auto parsed = parse_upstream_error(texts[next_line]);
-                if (!parsed)
+                // Into one LogLine, as the tool parses into the strings of
+                // lines it has explained.
+                if (!parse_upstream_error(texts[next_line], l))
                     continue;
-                LogLine &l = *parsed;
                 // Shift the line like the events; keep the sub-second part in the clock.
                 l.wall_sec += shift_ns / 1'000'000'000LL;
                 correlator.set_timebase(Timebase(tb.offset_ns() + (shift_ns / 1'000'000'000LL) * 1'000'000'000LL -

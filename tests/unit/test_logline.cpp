@@ -190,17 +190,11 @@ TEST_CASE("logline: all fields of a proxy connect() refused line", "[logline]") 
 TEST_CASE("logline: timestamp is read as local time", "[logline]") {
   const char* old = std::getenv("TZ");
   std::string saved = old ? old : "";
-  setenv("TZ", "UTC", 1);
-  tzset();
+  n502::set_local_zone("UTC");
   auto utc = parse_upstream_error(kRefused);
-  setenv("TZ", "Asia/Kolkata", 1);  // +05:30, no DST
-  tzset();
+  n502::set_local_zone("Asia/Kolkata");  // +05:30, no DST
   auto ist = parse_upstream_error(kRefused);
-  if (old)
-    setenv("TZ", saved.c_str(), 1);
-  else
-    unsetenv("TZ");
-  tzset();
+  n502::set_local_zone(old ? saved.c_str() : nullptr);
   REQUIRE(utc);
   REQUIRE(ist);
   CHECK(utc->wall_sec == 1795402029);  // 2026-11-23T02:47:09Z
@@ -225,8 +219,7 @@ TEST_CASE("logline: local time agrees with mktime second by second, across a DST
     return static_cast<int64_t>(std::mktime(&tm));
   };
   for (const char* zone : {"UTC", "Europe/Berlin", "America/New_York"}) {
-    setenv("TZ", zone, 1);
-    tzset();
+    n502::set_local_zone(zone);
     INFO(zone);
     // Spring forward in both zones' 2026 (Berlin 29 March 02:00, New York 8 March 02:00).
     for (auto [Y, M, D, h] : {std::array<int, 4>{2026, 3, 29, 1}, std::array<int, 4>{2026, 3, 8, 1},
@@ -237,11 +230,7 @@ TEST_CASE("logline: local time agrees with mktime second by second, across a DST
       CHECK(at(fmt::format("{:04}/{:02}/{:02} {:02}:00:00", Y, M, D, h + 2)) == mk(Y, M, D, h + 2, 0, 0));
     }
   }
-  if (old)
-    setenv("TZ", saved.c_str(), 1);
-  else
-    unsetenv("TZ");
-  tzset();
+  n502::set_local_zone(old ? saved.c_str() : nullptr);
 }
 
 TEST_CASE("logline: message text and quoted data from real lines", "[logline][fixture]") {
@@ -521,4 +510,47 @@ TEST_CASE("logline: to_string", "[logline]") {
   CHECK(std::string(n502::to_string(LogKind::NoLiveUpstreams)) == "no_live_upstreams");
   CHECK(std::string(n502::to_string(LogKind::InvalidResponse)) == "invalid_response");
   CHECK(std::string(n502::to_string(LogKind::OtherUpstream)) == "other_upstream");
+}
+
+namespace {
+
+// Every field of a LogLine, for comparing two parses.
+std::string fields(const LogLine& l) {
+  return fmt::format("{}|{}|{}#{}|*{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}{}{}{}{}", l.wall_sec, l.level, l.pid,
+                     l.tid, l.conn, l.message, l.err_no, l.err_text, l.client, l.server, l.request, l.upstream,
+                     l.host, l.upstream_peer, n502::to_string(l.kind), l.status, l.scheme, l.phase, l.referrer,
+                     l.truncated, l.request_cut, l.upstream_cut, l.mid_response, l.lean);
+}
+
+}  // namespace
+
+TEST_CASE("logline: parsing into a used LogLine gives what a new one gets", "[logline]") {
+  // A field added to LogLine must be set by every parse (the tool parses
+  // into lines it has explained) and compared in fields() above.
+  static_assert(sizeof(void*) != 8 || sizeof(std::string) != 32 || sizeof(LogLine) == 440,
+                "LogLine changed: assign the new field in parse_impl and add it to fields()");
+  const std::string full =
+      "2026/11/23 02:47:09 [error] 1235#1235: *7 upstream prematurely closed connection while reading upstream, "
+      "client: 10.0.0.1, server: shop.example, request: \"GET /a/very/long/path/to/a/product?id=42 HTTP/1.1\", "
+      "subrequest: \"/sub\", upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock:\", host: \"shop.example\", "
+      "referrer: \"https://shop.example/from/somewhere/else\"";
+  std::vector<std::string> lines{full};
+  for (const FixtureCase& c : load_fixture()) lines.push_back(c.line);
+  for (size_t cut : {40, 120, 200, 260}) lines.push_back(full.substr(0, cut));
+  lines.push_back(std::string(kRefused) + ", referrer: \"x\"");
+  size_t parsed = 0;
+  for (const std::string& line : lines) {
+    INFO(line);
+    LogLine used;
+    REQUIRE(parse_upstream_error(full, used));
+    used.lean = true;
+    auto fresh = parse_upstream_error(line);
+    bool ok = parse_upstream_error(line, used);
+    REQUIRE(ok == fresh.has_value());
+    if (ok) {
+      CHECK(fields(used) == fields(*fresh));
+      parsed++;
+    }
+  }
+  CHECK(parsed > 10);
 }
