@@ -19,10 +19,14 @@ Conn *Correlator::find_conn(const LogLine &line)
 {
     std::vector<Addr> peers;
     if (!line.upstream_peer.empty()) {
-        std::optional<Addr> peer = Addr::parse(line.upstream_peer);
-        if (!peer)
+        // A storm names one upstream line after line: parsed once.
+        if (line.upstream_peer != peer_text_) {
+            peer_text_ = line.upstream_peer;
+            peer_addr_ = Addr::parse(peer_text_);
+        }
+        if (!peer_addr_)
             return nullptr; // not an address (a name Nginx could not resolve): no connection went there
-        peers.push_back(*peer);
+        peers.push_back(*peer_addr_);
     } else if (line.upstream_cut) {
         // Nginx cut the line before its upstream field: any upstream, but
         // only a connection that failed (below) can stand in for the field.

@@ -81,6 +81,8 @@ public:
 
 private:
     Conn *find_conn(const LogLine &line);
+    std::string peer_text_;          // the upstream the last line named,
+    std::optional<Addr> peer_addr_;  // and it as an address
     Verdict decide(const LogLine &line, Conn *conn);
     // Names the process holding conn's upstream end when no event did
     // (the verdict's wall-clock time stamps that evidence).
