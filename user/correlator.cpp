@@ -21,8 +21,9 @@ Conn *Correlator::find_conn(const LogLine &line)
     if (!line.upstream_peer.empty()) {
         // A storm names one upstream line after line: parsed once.
         if (line.upstream_peer != peer_text_) {
+            peer_text_.clear(); // the pair stays consistent if a copy below throws
+            peer_addr_ = Addr::parse(line.upstream_peer);
             peer_text_ = line.upstream_peer;
-            peer_addr_ = Addr::parse(peer_text_);
         }
         if (!peer_addr_)
             return nullptr; // not an address (a name Nginx could not resolve): no connection went there

@@ -285,6 +285,18 @@ static StateLimits limits_of(const EngineConfig &cfg)
     return l;
 }
 
+// Explained lines whose strings the next lines are parsed into.
+constexpr size_t kSpareLines = 64;
+
+// A line's strings keep the largest buffers they ever held: one that carried
+// a long request or referrer is let go rather than handed on.
+static bool small_enough(const LogLine &l)
+{
+    return l.message.capacity() + l.request.capacity() + l.referrer.capacity() + l.host.capacity() +
+               l.upstream.capacity() <=
+           4096;
+}
+
 Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &facts, Recorder *rec)
     : cfg_(cfg), sink_(sink), facts_(facts), rec_(rec), now_boot_(cfg.boot_ns), now_real_(cfg.real_ns),
       state_(limits_of(cfg)),
@@ -306,6 +318,7 @@ Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &fac
       grace_ns_(static_cast<uint64_t>(cfg.grace_ms) * 1'000'000ULL)
 {
     sink_.clock = [this] { return now_real_; };
+    spare_lines_.reserve(kSpareLines);
 }
 
 void Engine::write_config()
@@ -738,9 +751,6 @@ void Engine::resolve_access(bool final_all)
 // Lines waiting for kernel evidence; beyond this many (a storm the tool is
 // behind on) the oldest are explained at once with what is known.
 constexpr size_t kMaxPending = 20000;
-// Explained lines whose strings the next lines are parsed into.
-constexpr size_t kSpareLines = 64;
-
 void Engine::resolve(bool final_all)
 {
     uint64_t now = now_boot_;
@@ -756,7 +766,8 @@ void Engine::resolve(bool final_all)
         }
         if (auto v = correlator_.explain(p.line, final)) {
             emit(*v, p.logged_pid);
-            if (spare_lines_.size() < kSpareLines)
+            // (reserved: nothing here throws once the verdict is out)
+            if (spare_lines_.size() < kSpareLines && small_enough(p.line))
                 spare_lines_.push_back(std::move(p.line));
         } else {
             p.next_try = now + 20'000'000ULL;

@@ -25,6 +25,8 @@ enum class LogKind {
   OtherUpstream,    // any other line that names an upstream: "...", i.e. an upstream-related error
 };
 
+// parse_upstream_error(line, out) sets every field: a new one must be set there (and compared in
+// tests/unit/test_logline.cpp's fields()).
 struct LogLine {
   int64_t wall_sec = 0;      // seconds since the epoch of the timestamp "2026/11/23 02:50:01", read as LOCAL time (mktime)
   std::string level;         // "error", "crit", "warn", ...
