@@ -909,9 +909,15 @@ def mode_notes(mode, runs):
     if mode in ("n502trace", "baseline") or mode in TOOL_MODES:
         ev = med([r["events"] for r in runs])
         rate = med([r["events"] / r["requests"] for r in runs if r["events"] is not None and r["requests"]])
+        # Few events: either no connection was made (keep-alive reuses
+        # them) or the tool stayed lean, where a healthy connection makes none.
+        lean = "tracking_lean" in {c for r in runs for c in r["other_warnings"]} and \
+            not any("tracking_full" in r["other_warnings"] for r in runs)
         notes.append("events/run %s (%s per request%s)" % (
             fmt(ev, ",.0f"), fmt(rate, ".1f"),
-            ": reused connections make none" if rate is not None and rate < 0.1 else ""))
+            "" if rate is None or rate >= 0.1
+            else ": adaptive tracking stayed lean, where a healthy connection makes none" if lean
+            else ": reused connections make none"))
         notes.append("events lost total %d" % sum(r["events_lost"] or 0 for r in runs))
         bpf = [r for r in runs if r.get("bpf")]
         if bpf:
