@@ -20,7 +20,7 @@ $CXX "${flags[@]}" tests/fuzz/fuzz_logline.cpp "${core[@]}" user/sinks.cpp user/
   -o "$out/fuzz_logline"
 $CXX "${flags[@]}" tests/fuzz/fuzz_decoder.cpp "${state[@]}" -o "$out/fuzz_decoder"
 $CXX "${flags[@]}" tests/fuzz/fuzz_recording.cpp "${state[@]}" user/engine.cpp user/recording.cpp user/sinks.cpp \
-  user/ratelimit.cpp -o "$out/fuzz_recording"
+  user/ratelimit.cpp -lz -o "$out/fuzz_recording"
 # Seed the line fuzzer with every real line we have.
 i=0
 while IFS= read -r line; do

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <zlib.h>
 
 namespace n502 {
 
@@ -51,21 +52,17 @@ const char *rec_name(uint16_t t)
 // CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), table built on first use.
 uint32_t crc32(const void *data, size_t len, uint32_t crc)
 {
-    static const auto table = [] {
-        std::array<uint32_t, 256> t{};
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            t[i] = c;
-        }
-        return t;
-    }();
-    crc = ~crc;
-    const auto *p = static_cast<const uint8_t *>(data);
-    for (size_t i = 0; i < len; i++)
-        crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    // zlib's (the same CRC-32, chained the same way): a byte at a time
+    // through one table was ten times slower, a third of a replay's time and
+    // a cost on every record written live.
+    const auto *p = static_cast<const Bytef *>(data);
+    while (len > 0) {
+        uInt n = static_cast<uInt>(std::min<size_t>(len, 1u << 30));
+        crc = static_cast<uint32_t>(::crc32(crc, p, n));
+        p += n;
+        len -= n;
+    }
+    return crc;
 }
 
 Enc &Enc::addr(const Addr &a)
@@ -456,7 +453,8 @@ std::optional<RawRecord> RecordingReader::read_one()
 {
     while (f_) {
         unsigned char h[6];
-        size_t n = fread(h, 1, sizeof(h), f_);
+        // (unlocked: one reader; the lock per call showed in a replay's profile)
+        size_t n = fread_unlocked(h, 1, sizeof(h), f_);
         auto cut = [&]() {
             warnings.push_back(fmt::format("{} is cut off inside a record at byte {} (the recording was interrupted "
                                            "or is still being written): replayed up to its last whole record",
@@ -482,7 +480,7 @@ std::optional<RawRecord> RecordingReader::read_one()
         r.offset = off_;
         r.payload.resize(len);
         uint32_t want = 0;
-        if (fread(r.payload.data(), 1, len, f_) != len || fread(&want, 1, 4, f_) != 4) {
+        if (fread_unlocked(r.payload.data(), 1, len, f_) != len || fread_unlocked(&want, 1, 4, f_) != 4) {
             cut_or_corrupt(cut);
             open_file(cur_ + 1);
             continue;
