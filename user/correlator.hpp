@@ -81,8 +81,6 @@ public:
 
 private:
     Conn *find_conn(const LogLine &line);
-    std::string peer_text_;          // the upstream the last line named,
-    std::optional<Addr> peer_addr_;  // and it as an address
     Verdict decide(const LogLine &line, Conn *conn);
     // Names the process holding conn's upstream end when no event did
     // (the verdict's wall-clock time stamps that evidence).
@@ -95,6 +93,9 @@ private:
     Timebase tb_;
     CorrelatorOptions opt_;
     Host *host_;
+    // find_conn's memory: the upstream the last line named, and it as an address.
+    std::string peer_text_;
+    std::optional<Addr> peer_addr_;
     // Failures per worker (FailureTally): at most kTalliesPerWorker each;
     // workers without one in the last minute are let go.
     std::unordered_map<uint32_t, std::vector<FailureTally>> tallies_;

@@ -751,6 +751,7 @@ void Engine::resolve_access(bool final_all)
 // Lines waiting for kernel evidence; beyond this many (a storm the tool is
 // behind on) the oldest are explained at once with what is known.
 constexpr size_t kMaxPending = 20000;
+
 void Engine::resolve(bool final_all)
 {
     uint64_t now = now_boot_;

@@ -139,7 +139,7 @@ uint64_t siphash24(uint64_t k0, uint64_t k1, std::initializer_list<std::string_v
 
 uint64_t keyed_hash(std::string_view data)
 {
-    return SipStream(process_key().k0, process_key().k1).add(data).finish();
+    return siphash24(process_key().k0, process_key().k1, data);
 }
 
 uint64_t keyed_hash(std::string_view a, std::string_view b)

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -49,7 +48,7 @@ const char *rec_name(uint16_t t)
     return "unknown";
 }
 
-// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), table built on first use.
+// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), as zlib computes it.
 uint32_t crc32(const void *data, size_t len, uint32_t crc)
 {
     // zlib's (the same CRC-32, chained the same way): a byte at a time
