@@ -423,11 +423,24 @@ static __always_inline void untracked_holder_close(const struct sock *sk, int ol
 	emit_untracked_state(sk, oldstate, newstate, 0, N502_SOCK_UPSTREAM, bpf_get_current_pid_tgid() >> 32);
 }
 
+/* SYN_SENT -> SYN_RECV is a simultaneous open: the SYN a connecting socket
+ * received was not an answer to its own but a SYN to the same two ports. Two
+ * connects crossing make one, and almost never do; on one host it is the
+ * socket's own SYN come back: a connect to a port nothing listens on, from
+ * that same port (a source port the kernel happened to pick, or one bound
+ * with proxy_bind), completes as a connection to itself, and Nginx reads back
+ * its own request. User space tells the two apart by the addresses. */
+static __always_inline int met_itself(int oldstate, int newstate)
+{
+	return oldstate == N502_TCP_SYN_SENT && newstate == N502_TCP_SYN_RECV;
+}
+
 /* A state change of a socket with no record. Cheapest tests first: most
  * transitions are neither a failure nor a close. */
 static __always_inline void untracked_state(const struct sock *sk, int oldstate, int newstate, int err)
 {
-	int failed = err || (oldstate == N502_TCP_SYN_SENT && newstate == N502_TCP_CLOSE);
+	/* A connect that failed, or one that met itself. */
+	int failed = err || (oldstate == N502_TCP_SYN_SENT && newstate == N502_TCP_CLOSE) || met_itself(oldstate, newstate);
 	/* The owner's close after the peer's FIN. */
 	int closed_after_fin = oldstate == N502_TCP_CLOSE_WAIT &&
 			       (newstate == N502_TCP_LAST_ACK || newstate == N502_TCP_CLOSE);
@@ -676,7 +689,7 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 		return 0;
 	}
 	if (s->role == N502_SOCK_NGINX && !(s->flags & N502_SOCKF_LIVE)) {
-		if (err)
+		if (err || met_itself(oldstate, newstate))
 			flush_story(key, s); /* then this transition, one by one */
 		else
 			return held_transition(sk, key, s, oldstate, newstate);
@@ -704,13 +717,15 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	 * close (FIN_WAIT2, LAST_ACK, CLOSING, TIME_WAIT) explains nothing, and
 	 * SYN_SENT is implied by what follows it.
 	 *   Nginx's end: ESTABLISHED, CLOSE_WAIT (FIN received), FIN_WAIT1
-	 *     (Nginx closed first), CLOSE (the end: user space forgets it).
+	 *     (Nginx closed first), CLOSE (the end: user space forgets it),
+	 *     SYN_RECV (met itself: its ESTABLISHED that follows is taken for a
+	 *     passive socket's first transition above and not seen here).
 	 *   The upstream's end: only leaving ESTABLISHED (its FIN or abort).
 	 *   Any transition with a socket error. */
 	int emit = err != 0 || adopted;
 	if (s->role == N502_SOCK_NGINX)
 		emit = emit || newstate == N502_TCP_ESTABLISHED || newstate == N502_TCP_CLOSE_WAIT ||
-		       newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE;
+		       newstate == N502_TCP_FIN_WAIT1 || newstate == N502_TCP_CLOSE || met_itself(oldstate, newstate);
 	else if (s->role == N502_SOCK_UPSTREAM)
 		emit = emit || oldstate == N502_TCP_ESTABLISHED;
 	else

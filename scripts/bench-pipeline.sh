@@ -76,7 +76,30 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-front=$(free_port); ok=$(free_port); dead=$(free_port)
+# The dead port from outside the local port range: one inside it is, sooner
+# or later, the source port the kernel gives a connect to it, which then
+# meets itself (cause upstream_self_connect, and a worker connection held
+# until Nginx's read timeout).
+free_port_outside_range() {
+  /usr/bin/python3 -c '
+import random, socket
+lo, hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+ports = list(range(max(1024, lo - 8192), lo)) + list(range(hi + 1, min(65536, hi + 4097)))
+random.shuffle(ports)
+for p in ports:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    raise SystemExit("no free port outside the local port range %d-%d" % (lo, hi))'
+}
+front=$(free_port); ok=$(free_port); dead=$(free_port_outside_range)
 cat > "$dir/nginx.conf" <<CONF
 user www-data;
 worker_processes 1;

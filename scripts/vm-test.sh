@@ -52,8 +52,10 @@ REPO=$(pwd)
 RECIPE=3
 # The cgroup filter reads a socket's cgroup through a layout that changed in 5.15:
 # adaptive_same_user_client and adaptive_worker_moved check it on each kernel.
+# self_connect checks the SYN_SENT -> SYN_RECV transition a connection to
+# itself makes, in both kernel-side modes' paths.
 CORE_SCENARIOS="no_listener listener_stopped killed oom segv exit reset close worker_pid reload socket_missing connect_timeout"
-CORE_SCENARIOS="$CORE_SCENARIOS adaptive_same_user_client adaptive_worker_moved"
+CORE_SCENARIOS="$CORE_SCENARIOS adaptive_same_user_client adaptive_worker_moved self_connect"
 GUEST_PKGS=nginx-light,python3,procps,iproute2,nftables,kmod,php-fpm
 # The user space is always Debian 12's (the Nginx 1.22.1 and Python 3.11 the
 # end-to-end tests are written against: bullseye's Nginx 1.18 has no -e);

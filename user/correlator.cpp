@@ -51,7 +51,10 @@ Conn *Correlator::find_conn(const LogLine &line)
     // Finished connections come in the order they finished: once one is a
     // primary candidate, no later finished one can be earlier.
     auto visit = [&](Conn *c) {
-        if (c->claimed)
+        // A connection to itself goes on failing after its first line:
+        // Nginx reads its own request back until it times out (found while
+        // that is within the window, max_skew).
+        if (c->claimed && !(c->t_met_itself && line.kind == LogKind::Timeout && !connecting))
             return false;
         if (is_connect_line(line)) {
             if (c->error && !c->t_established && earlier(primary, c)) {
@@ -191,8 +194,8 @@ void Correlator::find_holder(const LogLine &line, Conn &conn, int64_t now_real_n
     // FIN or RST the upstream's end may be gone and its 4-tuple reused.
     if (!host_ || !conn.t_established || conn.t_up_close || conn.t_up_fin || conn.t_up_abort || conn.t_fin_recv ||
         conn.t_rst_recv || (conn.dst.family != AF_INET && conn.dst.family != AF_INET6) ||
-        conn.src.family != conn.dst.family)
-        return;
+        conn.src.family != conn.dst.family || conn.to_itself())
+        return; // (to itself: Nginx holds both ends)
     std::vector<uint32_t> net_pids{line.pid};
     auto listeners = state_.listeners_on(conn.dst); // oldest first
     for (auto it = listeners.rbegin(); it != listeners.rend() && net_pids.size() < 3; ++it) {

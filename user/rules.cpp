@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fmt/format.h>
 #include <sys/socket.h>
@@ -143,6 +144,48 @@ bool alive_at_failure(const RuleInput &in)
         v.upstream_pid = in.upstream->pid;
         v.upstream_comm = in.upstream->comm;
     }
+    return true;
+}
+
+// "32768-60999": does it hold port?
+bool in_port_range(const std::string &range, uint16_t port)
+{
+    unsigned lo = 0, hi = 0;
+    return std::sscanf(range.c_str(), "%u-%u", &lo, &hi) == 2 && port >= lo && port <= hi;
+}
+
+bool rule_self_connect(const RuleInput &in, Verdict &v)
+{
+    if (!in.conn || !in.conn->t_met_itself)
+        return false;
+    if (!base(v, in, "upstream_self_connect", "high"))
+        return true;
+    const Conn &c = *in.conn;
+    uint16_t port = c.dst.port;
+    std::string range = in.host ? in.host->port_range(c.nginx_pid) : "";
+    std::string how;
+    if (!range.empty()) {
+        bool ephemeral = in_port_range(range, port);
+        v.fact("port_range", range);
+        v.fact("port_in_range", ephemeral);
+        how = ephemeral ? fmt::format(" Port {} is inside the local port range {}, from which the kernel picks the "
+                                      "source port of a connect: with nothing listening on it, a connect that is "
+                                      "given {} as its source meets itself. Move the upstream to a port outside the "
+                                      "range, or reserve it (net.ipv4.ip_local_reserved_ports).",
+                                      port, range, port)
+                        : fmt::format(" Port {} is outside the local port range {}: the source was bound to it "
+                                      "explicitly (proxy_bind, or a transparent-proxy setup).",
+                                      port, range);
+    }
+    v.fact("local_address", c.src.str());
+    if (in.line.message.rfind("upstream sent no valid HTTP/1.0 header", 0) == 0)
+        v.notes.push_back("Nginx sent no 502 for this line: it took what it read back for an HTTP/0.9 response (status "
+                          "009 in the access log) and read on until its read timeout; the client got those bytes, "
+                          "or nothing while they sat in Nginx's buffer");
+    v.explanation = fmt::format("Nginx's connection to {} was connected to itself at {}: nothing listened on {}, "
+                                "its source was that same address, and its SYN came back to it (a TCP simultaneous "
+                                "open), so Nginx read back its own request instead of a response.{}",
+                                c.dst.str(), at(in, *c.t_met_itself), c.dst.str(), how);
     return true;
 }
 
@@ -699,6 +742,7 @@ bool rule_unknown(const RuleInput &in, Verdict &v)
 const std::vector<Rule> &rules()
 {
     static const std::vector<Rule> table = {
+        {"upstream_self_connect", "Nginx's connection met itself (source = destination): nothing listened on the upstream's port, which its source port happened to be", rule_self_connect},
         {"upstream_socket_missing", "connect to a unix socket path that does not exist (ENOENT)", rule_socket_missing},
         {"upstream_permission_denied", "connect denied (EACCES): whether the socket's mode/owner explains it, or something else (an LSM)", rule_permission_denied},
         {"upstream_backlog_full", "the listener's accept queue is full (unix: EAGAIN; TCP: SYNs unanswered)", rule_backlog_full},

@@ -13,7 +13,7 @@ static std::string errno_text(int err) { return fmt::format("{} ({})", strerror(
 uint64_t Conn::failure_ts() const
 {
     uint64_t best = 0;
-    for (const auto &t : {t_refused, t_rst_recv, t_fin_recv, t_closed})
+    for (const auto &t : {t_refused, t_rst_recv, t_fin_recv, t_closed, t_met_itself})
         if (t && (best == 0 || *t < best))
             best = *t;
     // Unix sockets have no TCP states: the upstream's close() of its end is
@@ -368,7 +368,9 @@ void State::claim(Conn *c)
 {
     if (c->claimed)
         return;
-    if (c->indexed)
+    // A connection to itself stays where its next line (Nginx's read
+    // timeout) can find it.
+    if (c->indexed && !c->t_met_itself)
         unindex(c);
     c->claimed = true;
 }
@@ -624,6 +626,17 @@ std::vector<Evidence> Conn::evidence() const
             ev.event = "close";
             ev.detail = "the upstream process called close() on its end";
             break;
+        case EvKind::MetItself:
+            ev.event = "state";
+            ev.from = "SYN_SENT";
+            ev.to = "SYN_RECV";
+            ev.detail = to_itself() ? fmt::format("Nginx's connection {} -> {} met itself: its own SYN came back to "
+                                                  "it and the kernel completed it as a simultaneous open",
+                                                  src.str(), d)
+                                    : fmt::format("Nginx's connection {} -> {} received a SYN instead of a SYN-ACK "
+                                                  "(a simultaneous open)",
+                                                  src.str(), d);
+            break;
         }
         out.push_back(std::move(ev));
     }
@@ -746,6 +759,16 @@ void State::apply_event(const Event &e)
                 if (e.sk_err == ECONNREFUSED)
                     c.t_refused = e.ts;
                 rec(c, EvKind::ConnectError, e.ts, e.owner, e.sk_err);
+            } else if (e.oldstate == N502_TCP_SYN_SENT && e.newstate == N502_TCP_SYN_RECV) {
+                rec(c, EvKind::MetItself, e.ts, e.owner);
+                // On one host only a socket's own SYN does this: it is
+                // established at once (its own SYN-ACK acknowledges it),
+                // which the kernel side does not report.
+                if (c.to_itself()) {
+                    c.t_met_itself = e.ts;
+                    if (!c.t_established)
+                        c.t_established = e.ts;
+                }
             } else if (e.newstate == N502_TCP_SYN_SENT) {
                 // the connect event says it
             } else if (e.oldstate == N502_TCP_ESTABLISHED && e.newstate == N502_TCP_FIN_WAIT1) {

@@ -72,6 +72,7 @@ enum class EvKind : uint8_t {
     UpRstSent, UpRstReceived,
     SynRetransmit,                               // a = count
     Accept, NginxClose, UpClose,
+    MetItself,                                   // SYN_SENT -> SYN_RECV (a simultaneous open)
 };
 
 struct EvRec {
@@ -89,7 +90,7 @@ struct Conn {
     uint32_t nginx_pid = 0;
     std::string nginx_comm;
     Addr dst, src;
-    bool indexed = false; // in live_by_dst_/fin_by_dst_ under dst (a known address, not claimed)
+    bool indexed = false; // in live_by_dst_/fin_by_dst_ under dst (a known address, not claimed: see State::claim)
     uint64_t t_first = 0, t_last = 0;
     bool have_connect = false;
     int connect_ret = 0;
@@ -105,6 +106,9 @@ struct Conn {
     uint64_t bytes_received = 0, bytes_acked = 0; // Nginx's side, at its last state change
     std::optional<uint64_t> bytes_at_end;         // bytes Nginx had received when its side ended (FIN/RST/close)
     std::optional<uint64_t> t_nginx_fin; // Nginx closed first (ESTABLISHED -> FIN_WAIT1 on its side)
+    // Connected to itself: its SYN came back to it (a simultaneous open with
+    // the same address at both ends). A failure: Nginx reads its own request.
+    std::optional<uint64_t> t_met_itself;
     int syn_retransmits = 0;
     // Bounded: past kTimelineMax records the oldest after the first
     // kTimelineHead are let go (counted in omitted), so the newest, which a
@@ -132,12 +136,14 @@ struct Conn {
 
     bool failed() const
     {
-        return t_refused || t_rst_recv || t_fin_recv || t_closed || (have_connect && error) ||
+        return t_refused || t_rst_recv || t_fin_recv || t_closed || t_met_itself || (have_connect && error) ||
                (dst.family == 1 /* AF_UNIX */ && t_up_close) ||
                (untracked && (t_up_fin || t_up_abort) && !maybe_foreign);
     }
     // When Nginx's side saw the failure (the earliest sign), or 0.
     uint64_t failure_ts() const;
+    // Both ends one address: a TCP connection to itself.
+    bool to_itself() const { return src.port != 0 && src.same_place(dst); }
 };
 
 struct Listener {
@@ -195,7 +201,8 @@ public:
 
     Proc *proc(uint32_t pid);
     const Proc *proc(uint32_t pid) const;
-    // Unclaimed connections of an Nginx worker to an upstream whose last
+    // Unclaimed connections (and claimed ones to themselves, see claim) of an
+    // Nginx worker to an upstream whose last
     // activity is not older than `oldest` (boot ns): every live one, then the
     // finished ones in the order they finished, oldest first (at most
     // `max_finished`). Finished ones older than `oldest` leave the index.
@@ -237,6 +244,8 @@ public:
     // Every upstream address some connection in the index went to.
     std::vector<Addr> destinations() const;
     // A claimed connection explains one line only: it leaves the index.
+    // Except one connected to itself (Conn::t_met_itself): Nginx goes on
+    // reading from it until its read timeout, whose line is about it too.
     void claim(Conn *c);
     // pid (comm) was found holding the upstream's end of c at ts, which no
     // event named (an owner that neither closed nor left it): c's upstream.

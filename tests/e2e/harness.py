@@ -124,6 +124,32 @@ def free_port(host="127.0.0.1"):
     return port
 
 
+def local_port_range():
+    """The local port range (net.ipv4.ip_local_port_range) of this network namespace."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        lo, hi = (int(x) for x in f.read().split())
+    return lo, hi
+
+
+def free_port_outside_range(host="127.0.0.1"):
+    """A free loopback port outside the local port range, for an upstream that
+    stays down under many connects: a port inside it can be given to one of
+    them as its source, and that connect meets itself (run.py self_connect)."""
+    lo, hi = local_port_range()
+    candidates = list(range(max(1024, lo - 8192), lo)) + list(range(hi + 1, min(65536, hi + 1 + 4096)))
+    random.shuffle(candidates)
+    for port in candidates[:512]:
+        s = socket.socket()
+        try:
+            s.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise Failure("no free port outside the local port range %d-%d" % (lo, hi))
+
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -57,6 +57,10 @@ where shown, else [error]; DIR is the test's temp dir):
                      "connect() to ADDR failed", the synchronous-connect form, not
                      "connect() failed")
   invalid_response   upstream sent too big header while reading response header from upstream -> 502
+  self_connect       upstream sent no valid HTTP/1.0 header while reading response header from
+                       upstream, then upstream timed out (110: Connection timed out) while
+                       reading upstream (proxy_bind to the upstream's own port, nothing listening:
+                       the connection meets itself)                       -> no response (009)
   upstream_timeout   upstream timed out (110: Connection timed out) while reading response
                        header from upstream                                                 -> 504
   upstream_timeout_speaks_first  the same, from a server that sent the start of its response
@@ -108,6 +112,8 @@ from harness import Failure, check  # noqa: E402
 MSG_REFUSED = "connect() failed (111: Connection refused) while connecting to upstream"
 MSG_PREMATURE = "upstream prematurely closed connection while reading response header from upstream"
 MSG_RESET = "recv() failed (104: Connection reset by peer) while reading response header from upstream"
+MSG_NO_VALID_HEADER = "upstream sent no valid HTTP/1.0 header while reading response header from upstream"
+MSG_READ_TIMEOUT_BODY = "upstream timed out (110: Connection timed out) while reading upstream"
 
 VERDICT_DEADLINE = 1.0  # seconds from the 502 response to the verdict record (the README's promise)
 
@@ -748,6 +754,37 @@ def sc_invalid_response(s):
     s.expect_verdict(r, "upstream_invalid_response", up.address, "too big header", upstream_pid=up.pid, facts={
         "closed_by": "nginx", "bytes_received": Pred(">= 4096", lambda n: not isinstance(n, bool) and n >= 4096),
     })
+
+
+def sc_self_connect(s):
+    """Nothing listens on the upstream's port P, and Nginx's connection to it
+    has P as its source port too: its SYN comes back to it, the kernel
+    completes the connection to itself (a simultaneous open), and Nginx reads
+    back its own request. proxy_bind pins the source port here; unpinned, any
+    connect the kernel happens to give P meets the same fate, which is why P
+    comes from the local port range, as in the production case. Nginx passes
+    what it read on as an HTTP/0.9 response and reads on until its read
+    timeout: two lines, both about that connection."""
+    port = harness.free_port()  # the kernel picks it from the local port range
+    lo, hi = harness.local_port_range()
+    check(lo <= port <= hi, "port %d is outside the local port range %d-%d" % (port, lo, hi))
+    s.setup("http://127.0.0.1:%d" % port, ["proxy_bind 127.0.0.1:%d;" % port, "proxy_read_timeout 1s;"])
+    r = harness.http_get(s.nginx.port)
+    check(r.status is None, "the client got an HTTP response: %r" % r.raw[:120])
+    s.expect_nginx_message(MSG_NO_VALID_HEADER)
+    s.expect_nginx_message(MSG_READ_TIMEOUT_BODY)
+    addr = "127.0.0.1:%d" % port
+    facts = {"local_address": addr, "port_range": "%d-%d" % (lo, hi), "port_in_range": True}
+    met = [{"event": "state", "from": "SYN_SENT", "to": "SYN_RECV"}]
+    v = s.expect_verdict(r, "upstream_self_connect", addr, MSG_NO_VALID_HEADER, facts=facts, evidence=[met],
+                         match=lambda v: MSG_NO_VALID_HEADER in (v.get("nginx_message") or ""))
+    if v is not None:
+        check(v.get("upstream_pid") is None, "a connection to itself named an upstream process: %r" % v.get("upstream_pid"))
+        check(any("HTTP/0.9" in n for n in v.get("notes") or []), "no note on the HTTP/0.9 pass-through: %r"
+              % v.get("notes"))
+    s.expect_verdict(r, "upstream_self_connect", addr, MSG_READ_TIMEOUT_BODY, status=504, facts=facts, evidence=[met],
+                     match=lambda v: MSG_READ_TIMEOUT_BODY in (v.get("nginx_message") or ""))
+    s.want_verdicts = 2
 
 
 def timeout_flow(s, mode, named_by):
@@ -1492,6 +1529,7 @@ SCENARIOS = {
     "firewall_reset": sc_firewall_reset,
     "ports_exhausted": sc_ports_exhausted,
     "invalid_response": sc_invalid_response,
+    "self_connect": sc_self_connect,
     "upstream_timeout": sc_upstream_timeout,
     "upstream_timeout_speaks_first": sc_upstream_timeout_speaks_first,
     "no_live_upstreams": sc_no_live_upstreams,

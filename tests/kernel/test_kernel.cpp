@@ -1,6 +1,7 @@
 // Kernel tests: the real BPF skeleton, loaded and attached, observing real
 // syscalls made by this test and its children. Only events of our own pids
 // are looked at: the rest of the machine makes the same syscalls. Needs root.
+#include <algorithm>
 #include <arpa/inet.h>
 #include <catch2/catch.hpp>
 #include <cerrno>
@@ -170,6 +171,22 @@ bool ring_into(Loader &l, std::vector<Event> &out, std::string *error)
         error);
 }
 
+// Options for a test's own loader: a 64 KiB ring buffer, adaptive tracking when asked.
+LoaderOptions own_options(bool adaptive = false)
+{
+    LoaderOptions opt;
+    opt.ringbuf_bytes = 1u << 16;
+    opt.adaptive = adaptive;
+    return opt;
+}
+
+void load_attach(Loader &l, const LoaderOptions &opt)
+{
+    std::string error;
+    REQUIRE(l.load(opt, &error));
+    REQUIRE(l.attach(&error));
+}
+
 void wait_ready(int fd)
 {
     char c;
@@ -181,11 +198,8 @@ void wait_ready(int fd)
 TEST_CASE("TCP: no syscall tracepoint is attached unless unix sockets are asked for", "[kernel]")
 {
     Loader l;
-    LoaderOptions opt;
-    opt.ringbuf_bytes = 1u << 16;
+    load_attach(l, own_options());
     std::string error;
-    REQUIRE(l.load(opt, &error));
-    REQUIRE(l.attach(&error));
     size_t syscall_hooks = 0;
     for (const auto &p : l.probes()) {
         bool syscall = p.hook.rfind("tracepoint/syscalls/", 0) == 0;
@@ -217,12 +231,10 @@ TEST_CASE("--btf: the hooks attach as raw tracepoints, typed by the BTF file, an
         fclose(out);
     }
     Loader l;
-    LoaderOptions opt;
-    opt.ringbuf_bytes = 1u << 16;
+    LoaderOptions opt = own_options();
     opt.btf_path = copy;
+    load_attach(l, opt);
     std::string error;
-    REQUIRE(l.load(opt, &error));
-    REQUIRE(l.attach(&error));
     unlink(copy.c_str());
     size_t raw = 0;
     for (const auto &p : l.probes()) {
@@ -523,6 +535,92 @@ TEST_CASE("a refused non-blocking connect shows ECONNREFUSED at SYN_SENT -> CLOS
     REQUIRE(r);
     CHECK(r->dir == N502_RST_RECEIVED);
     close(fd);
+}
+
+namespace {
+
+// A non-blocking socket bound to 127.0.0.1, an ephemeral port (*port).
+int bound_socket(uint16_t *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+    socklen_t len = sizeof(a);
+    REQUIRE(getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) == 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+// fd (bound_socket) connects to its own address, where nothing listens: its
+// SYN comes back to it and the kernel completes the connection to itself.
+void connect_to_itself(int fd, uint16_t port)
+{
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof(a));
+    pollfd p{fd, POLLOUT, 0};
+    REQUIRE(poll(&p, 1, 2000) == 1);
+    int err = -1;
+    socklen_t el = sizeof(err);
+    REQUIRE(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0);
+    REQUIRE(err == 0); // connected, to itself
+}
+
+void check_met_itself(const Event *e, uint16_t port, bool untracked)
+{
+    REQUIRE(e);
+    CHECK(e->sock_role == N502_SOCK_NGINX);
+    CHECK(e->untracked == untracked);
+    CHECK(e->owner == self()); // the SYN came back through the socket's backlog, in our context
+    CHECK(e->src.port == port);
+    CHECK(e->dst.port == port);
+    CHECK(e->src.same_place(e->dst));
+}
+
+} // namespace
+
+TEST_CASE("a connect to its own address meets itself: SYN_SENT -> SYN_RECV with one address at both ends",
+          "[kernel]")
+{
+    auto met = [](uint16_t port) {
+        return [port](const Event &e) {
+            return e.type == N502_EV_STATE && e.oldstate == N502_TCP_SYN_SENT && e.newstate == N502_TCP_SYN_RECV &&
+                   e.dst.port == port;
+        };
+    };
+    SECTION("full tracking: the tracked socket's transition")
+    {
+        Kernel &k = kernel();
+        uint16_t port = 0;
+        int fd = bound_socket(&port);
+        connect_to_itself(fd, port);
+        check_met_itself(k.wait_for(met(port)), port, false);
+        close(fd);
+    }
+    SECTION("adaptive tracking, lean: an anomaly on a watched port")
+    {
+        Loader l;
+        load_attach(l, own_options(true));
+        std::string error;
+        REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
+        std::vector<Event> evs;
+        REQUIRE(ring_into(l, evs, &error));
+        uint16_t port = 0;
+        int fd = bound_socket(&port);
+        l.watch_ports({port}, false);
+        REQUIRE_FALSE(l.tracking_full());
+        connect_to_itself(fd, port);
+        l.consume();
+        auto it = std::find_if(evs.begin(), evs.end(), met(port));
+        check_met_itself(it == evs.end() ? nullptr : &*it, port, true);
+        CHECK(l.tracking_full()); // an anomaly: every connection followed whole from now on
+        close(fd);
+    }
 }
 
 TEST_CASE("an abortive close (SO_LINGER 0) is a RST seen on both ends", "[kernel]")
@@ -828,12 +926,8 @@ TEST_CASE("lean: a softirq failure of Nginx's uid in another cgroup is left to u
           "[kernel]")
 {
     Loader l;
-    LoaderOptions opt;
-    opt.ringbuf_bytes = 1u << 16;
-    opt.adaptive = true;
+    load_attach(l, own_options(true));
     std::string error;
-    REQUIRE(l.load(opt, &error));
-    REQUIRE(l.attach(&error));
     std::vector<Event> evs;
     REQUIRE(ring_into(l, evs, &error));
     // An upstream that aborts each connection it takes (a RST); its peer's

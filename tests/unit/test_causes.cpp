@@ -1232,3 +1232,95 @@ TEST_CASE("anomaly-only: a line from a lean period with nothing seen says why it
     auto v2 = explain(s2, l, nullptr);
     CHECK_FALSE(has_note(v2, "--tracking adaptive"));
 }
+
+namespace {
+
+// Nginx's connect to 127.0.0.1:port from that same port: its SYN comes back
+// (SYN_SENT -> SYN_RECV), as the kernel reports it in full tracking, or on
+// the anomaly-only path (untracked: the socket had no record).
+void met_itself(Seq &s, uint16_t port, bool untracked, uint16_t src_port = 0)
+{
+    if (!untracked)
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+    s.connect(Addr::ipv4(0x7f000001, port), -EINPROGRESS);
+    Event &e = s.state(SK, N502_SOCK_NGINX, NGINX, 2, 3);
+    e.untracked = untracked;
+    e.dst = Addr::ipv4(0x7f000001, port);
+    e.src = Addr::ipv4(0x7f000001, src_port ? src_port : port);
+}
+
+const char *kNoValidHeader = "upstream sent no valid HTTP/1.0 header while reading response header from upstream";
+
+} // namespace
+
+TEST_CASE("a connection that met itself: the line about its own request read back, then its timeout", "[causes]")
+{
+    bool untracked = GENERATE(false, true);
+    CAPTURE(untracked);
+    FakeHost h;
+    Seq s;
+    met_itself(s, 47002, untracked);
+    s.flush();
+    LogLine l1 = line(kNoValidHeader, "http://127.0.0.1:47002/");
+    Correlator c(s.st, Timebase(l1.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{}, &h);
+    // Decided at once, not on the last try: the connection has failed.
+    auto v = c.explain(l1, false);
+    REQUIRE(v);
+    CHECK(v->cause == "upstream_self_connect");
+    CHECK(v->confidence == "high");
+    CHECK(v->upstream == "127.0.0.1:47002");
+    CHECK(fact<std::string>(*v, "local_address") == "127.0.0.1:47002");
+    CHECK(fact<std::string>(*v, "port_range") == "32768-60999");
+    CHECK(fact<bool>(*v, "port_in_range"));
+    CHECK(v->explanation.find("connected to itself") != std::string::npos);
+    CHECK(v->explanation.find("ip_local_reserved_ports") != std::string::npos);
+    auto met = std::find_if(v->evidence.begin(), v->evidence.end(),
+                            [](const Evidence &e) { return e.from == "SYN_SENT" && e.to == "SYN_RECV"; });
+    REQUIRE(met != v->evidence.end());
+    CHECK(met->detail.find("met itself") != std::string::npos);
+    CHECK(met->pid == NGINX);
+    CHECK(has_note(*v, "HTTP/0.9"));
+
+    // Nginx passed the bytes on as HTTP/0.9 and read on until its timeout:
+    // the same connection, the same cause.
+    auto v2 = c.explain(line("upstream timed out (110: Connection timed out) while reading upstream",
+                             "http://127.0.0.1:47002/"),
+                        true);
+    REQUIRE(v2);
+    CHECK(v2->cause == "upstream_self_connect");
+    CHECK(v2->status == 504);
+    CHECK_FALSE(has_note(*v2, "HTTP/0.9"));
+    CHECK_FALSE(v2->upstream_pid);
+    // Any other line to that upstream is not about this connection.
+    auto v3 = c.explain(line(kNoValidHeader, "http://127.0.0.1:47002/"), true);
+    REQUIRE(v3);
+    CHECK(v3->cause == "unknown");
+}
+
+TEST_CASE("a connection that met itself from a port outside the local range was bound there", "[causes]")
+{
+    FakeHost h;
+    Seq s;
+    met_itself(s, 8080, false);
+    Verdict v = explain(s, line(kNoValidHeader, "http://127.0.0.1:8080/"), &h);
+    CHECK(v.cause == "upstream_self_connect");
+    CHECK_FALSE(fact<bool>(v, "port_in_range"));
+    CHECK(v.explanation.find("bound to it explicitly") != std::string::npos);
+}
+
+TEST_CASE("a simultaneous open between two ports is not a connection to itself", "[causes]")
+{
+    Seq s;
+    met_itself(s, 8080, false, 40000);
+    s.flush();
+    auto conns = s.st.conns_to(NGINX, Addr::ipv4(0x7f000001, 8080));
+    REQUIRE(conns.size() == 1);
+    const Conn *c = conns[0];
+    CHECK_FALSE(c->to_itself());
+    CHECK_FALSE(c->t_met_itself);
+    CHECK_FALSE(c->failed());
+    REQUIRE(c->evidence().size() == 2);
+    CHECK(c->evidence()[1].detail.find("received a SYN instead of a SYN-ACK") != std::string::npos);
+    Verdict v = explain(s, line(kNoValidHeader, "http://127.0.0.1:8080/"), nullptr);
+    CHECK(v.cause == "unknown");
+}
