@@ -435,6 +435,27 @@ static __always_inline int met_itself(int oldstate, int newstate)
 	return oldstate == N502_TCP_SYN_SENT && newstate == N502_TCP_SYN_RECV;
 }
 
+/* Are sk's two ends one address, lport (its local port) at both: a
+ * connection that met itself? The ports are compared first: they differ on
+ * every other connection. */
+static __always_inline int to_itself(const struct sock *sk, __u16 lport)
+{
+	struct n502_addr src = {}, dst = {};
+	int same = 1;
+
+	if (lport != bpf_ntohs(SK_READ(sk, __sk_common.skc_dport)))
+		return 0;
+	read_inet_addrs(sk, &src, &dst);
+	for (int i = 0; i < 16; i += 4) {
+		__u32 a, b;
+
+		__builtin_memcpy(&a, src.addr + i, 4);
+		__builtin_memcpy(&b, dst.addr + i, 4);
+		same = same && a == b;
+	}
+	return same;
+}
+
 /* A state change of a socket with no record. Cheapest tests first: most
  * transitions are neither a failure nor a close. */
 static __always_inline void untracked_state(const struct sock *sk, int oldstate, int newstate, int err)
@@ -460,7 +481,7 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 	 * from the 499's next to it. */
 	int ended = closed_after_fin || (oldstate == N502_TCP_ESTABLISHED && newstate == N502_TCP_CLOSE_WAIT);
 	int exiting;
-	__u16 family;
+	__u16 family, lport;
 
 	if (!failed && !closing && !ended)
 		return;
@@ -476,8 +497,17 @@ static __always_inline void untracked_state(const struct sock *sk, int oldstate,
 			untracked_connection_failed(sk, oldstate, newstate, err);
 		return;
 	}
-	if (!closing || !port_watched(local_port(sk)) || !in_owner_context(sk))
+	if (!closing)
 		return;
+	lport = local_port(sk);
+	if (!port_watched(lport) || !in_owner_context(sk))
+		return;
+	/* Nginx closing a connection that met itself (its local port is the
+	 * upstream's): the end of it, which nothing else would report. */
+	if (to_itself(sk, lport)) {
+		untracked_connection_failed(sk, oldstate, newstate, err);
+		return;
+	}
 	/* The upstream's end, closed by its holder: dying, aborting (straight
 	 * to CLOSE: a RST), or a FIN before any byte of an answer. */
 	exiting = current_exiting();
@@ -526,6 +556,8 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 	if (!found)
 		return;
 	nginx_sk = *found;
+	if (nginx_sk == key)
+		return; /* its own tuple: a connection that met itself has one end */
 	ns = sock_entry(nginx_sk);
 	if (!ns || (ns->role & ~N502_SOCK_CLOSED) != N502_SOCK_NGINX)
 		return;

@@ -45,17 +45,21 @@ Conn *Correlator::find_conn(const LogLine &line)
     // after a response had begun are not "before the response header"
     // failures; they are kept as a fallback (a reused keep-alive connection
     // has bytes from earlier requests).
-    Conn *primary = nullptr, *fallback = nullptr, *newest = nullptr;
+    Conn *primary = nullptr, *fallback = nullptr, *newest = nullptr, *itself = nullptr;
     auto earlier = [&](Conn *best, Conn *c) { return !best || ended(c) < ended(best); };
     auto later = [&](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
     // Finished connections come in the order they finished: once one is a
     // primary candidate, no later finished one can be earlier.
     auto visit = [&](Conn *c) {
-        // A connection to itself goes on failing after its first line:
-        // Nginx reads its own request back until it times out (found while
-        // that is within the window, max_skew).
-        if (c->claimed && !(c->t_met_itself && line.kind == LogKind::Timeout && !connecting))
+        if (c->claimed) {
+            // A connection to itself goes on failing after its first line:
+            // Nginx reads its own request back until it times out, and closes
+            // it then (which brings it into the window). The last resort for
+            // such a line: another connection's is its own.
+            if (c->t_met_itself && line.kind == LogKind::Timeout && !connecting && later(itself, c))
+                itself = c;
             return false;
+        }
         if (is_connect_line(line)) {
             if (c->error && !c->t_established && earlier(primary, c)) {
                 primary = c;
@@ -98,7 +102,7 @@ Conn *Correlator::find_conn(const LogLine &line)
         return nullptr; // a live or healthy connection could be any upstream's
     if (fallback)
         return fallback;
-    return newest;
+    return newest ? newest : itself;
 }
 
 void Correlator::group_attempts(const LogLine &line, Verdict &v)
@@ -257,6 +261,12 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         v.nginx_message = line.message;
         v.log_only_cause = log_only_cause(line);
     }
+    if (line.mid_response && v.rendered)
+        v.notes.push_back(line.kind == LogKind::InvalidResponse
+                              ? "Nginx sent no 502 for this line: it passed what the upstream sent on to the client "
+                                "as a headerless HTTP/0.9 response (status 009 in the access log)"
+                              : "Nginx sent no 502/504 for this line: its response to the client had begun, and the "
+                                "client got it cut short");
     if (conn && conn->untracked && v.rendered)
         v.notes.push_back("n502trace saw this connection only from its failure on (adaptive tracking, the "
                           "default, was watching failures only, or the connection is older than the switch to "

@@ -174,18 +174,21 @@ bool rule_self_connect(const RuleInput &in, Verdict &v)
                                       "range, or reserve it (net.ipv4.ip_local_reserved_ports).",
                                       port, range, port)
                         : fmt::format(" Port {} is outside the local port range {}: the source was bound to it "
-                                      "explicitly (proxy_bind, or a transparent-proxy setup).",
+                                      "explicitly (proxy_bind, a transparent-proxy setup), or the range was "
+                                      "another when it connected.",
                                       port, range);
     }
     v.fact("local_address", c.src.str());
     if (in.line.message.rfind("upstream sent no valid HTTP/1.0 header", 0) == 0)
-        v.notes.push_back("Nginx sent no 502 for this line: it took what it read back for an HTTP/0.9 response (status "
-                          "009 in the access log) and read on until its read timeout; the client got those bytes, "
-                          "or nothing while they sat in Nginx's buffer");
+        v.notes.push_back("what Nginx passed on to the client as that HTTP/0.9 response was its own request to the "
+                          "upstream, headers Nginx adds to it included (unless it still sat in Nginx's buffer); Nginx "
+                          "then read on until its read timeout");
     v.explanation = fmt::format("Nginx's connection to {} was connected to itself at {}: nothing listened on {}, "
                                 "its source was that same address, and its SYN came back to it (a TCP simultaneous "
-                                "open), so Nginx read back its own request instead of a response.{}",
-                                c.dst.str(), at(in, *c.t_met_itself), c.dst.str(), how);
+                                "open), so Nginx read back its own request instead of a response. Until Nginx closes "
+                                "it, the connection holds {}: an upstream starting there cannot bind it "
+                                "(EADDRINUSE).{}",
+                                c.dst.str(), at(in, *c.t_met_itself), c.dst.str(), c.dst.str(), how);
     return true;
 }
 

@@ -728,6 +728,8 @@ void State::apply_event(const Event &e)
             break;
         }
         if (e.sock_role == N502_SOCK_NGINX) {
+            if (Conn *old = live_conn(e.sk); old && !e.untracked && old->untracked && old->t_met_itself)
+                finish(e.sk); // a socket followed now: that one is dead, its end unreported (a ring buffer full)
             Conn &c = e.untracked ? untracked_conn(e, e.oldstate != N502_TCP_SYN_SENT)
                                   : conn_for(e.sk, e.ts, e.owner);
             if (e.dst.known() && e.dst.port)
@@ -791,6 +793,10 @@ void State::apply_event(const Event &e)
                 c.t_closed = e.ts;
                 if (!c.error && e.sk_err)
                     c.error = e.sk_err;
+                finish(e.sk);
+            } else if (e.untracked && c.t_met_itself && e.oldstate == N502_TCP_ESTABLISHED) {
+                // Nginx's close of a connection that met itself, seen on the
+                // anomaly-only path: the last the kernel side reports of it.
                 finish(e.sk);
             }
         } else if (e.sock_role == N502_SOCK_UPSTREAM) {

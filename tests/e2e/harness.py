@@ -137,6 +137,10 @@ def free_port_outside_range(host="127.0.0.1"):
     them as its source, and that connect meets itself (run.py self_connect)."""
     lo, hi = local_port_range()
     candidates = list(range(max(1024, lo - 8192), lo)) + list(range(hi + 1, min(65536, hi + 1 + 4096)))
+    if not candidates:
+        log("the local port range %d-%d leaves no port outside it: a port inside it (a connect may meet "
+            "itself)" % (lo, hi))
+        return free_port(host)
     random.shuffle(candidates)
     for port in candidates[:512]:
         s = socket.socket()

@@ -60,7 +60,7 @@ FileFacts dir(uint32_t mode = 0755) { return FileFacts{mode, 0, 0, "root", "root
 struct Seq {
     State st;
     uint64_t t = T0;
-    Seq()
+    explicit Seq(StateLimits limits = {}) : st(limits)
     {
         st.add_process(NGINX, N502_PROC_NGINX, "nginx");
     }
@@ -1251,20 +1251,56 @@ void met_itself(Seq &s, uint16_t port, bool untracked, uint16_t src_port = 0)
 
 const char *kNoValidHeader = "upstream sent no valid HTTP/1.0 header while reading response header from upstream";
 
+// Nginx closes the connection that met itself, secs after the last event;
+// untracked: as the anomaly-only path reports it.
+void closes_itself(Seq &s, uint16_t port, bool untracked, uint64_t secs)
+{
+    s.t += secs * 1'000'000'000ULL;
+    Event &e = s.state(SK, N502_SOCK_NGINX, NGINX, 1, 4); // ESTABLISHED -> FIN_WAIT1
+    e.untracked = untracked;
+    e.dst = Addr::ipv4(0x7f000001, port);
+    e.src = e.dst;
+    s.flush();
+}
+
+// Nginx's read-timeout line for it, secs after 03:00:00.
+LogLine body_timeout(uint16_t port, int secs)
+{
+    auto l = parse_upstream_error(fmt::format(
+        "2026/11/23 03:{:02}:{:02} [error] {}#{}: *7 upstream timed out (110: Connection timed out) while reading "
+        "upstream, client: 127.0.0.1, server: localhost, request: \"GET / HTTP/1.1\", upstream: "
+        "\"http://127.0.0.1:{}/\", host: \"localhost\"",
+        secs / 60, secs % 60, NGINX, NGINX, port));
+    REQUIRE(l);
+    return *l;
+}
+
+// A connection to 127.0.0.1:47002 that met itself, the line Nginx logs for
+// it, and a correlator (with a fake host) over its state.
+struct SelfConnected {
+    FakeHost h;
+    Seq s;
+    LogLine first;
+    Correlator c;
+    explicit SelfConnected(bool untracked, StateLimits limits = {})
+        : s(limits), first(line(kNoValidHeader, "http://127.0.0.1:47002/")),
+          c(s.st, Timebase(first.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{}, &h)
+    {
+        met_itself(s, 47002, untracked);
+        s.flush();
+    }
+};
+
 } // namespace
 
 TEST_CASE("a connection that met itself: the line about its own request read back, then its timeout", "[causes]")
 {
     bool untracked = GENERATE(false, true);
     CAPTURE(untracked);
-    FakeHost h;
-    Seq s;
-    met_itself(s, 47002, untracked);
-    s.flush();
-    LogLine l1 = line(kNoValidHeader, "http://127.0.0.1:47002/");
-    Correlator c(s.st, Timebase(l1.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{}, &h);
+    SelfConnected sc(untracked);
+    Correlator &c = sc.c;
     // Decided at once, not on the last try: the connection has failed.
-    auto v = c.explain(l1, false);
+    auto v = c.explain(sc.first, false);
     REQUIRE(v);
     CHECK(v->cause == "upstream_self_connect");
     CHECK(v->confidence == "high");
@@ -1279,7 +1315,8 @@ TEST_CASE("a connection that met itself: the line about its own request read bac
     REQUIRE(met != v->evidence.end());
     CHECK(met->detail.find("met itself") != std::string::npos);
     CHECK(met->pid == NGINX);
-    CHECK(has_note(*v, "HTTP/0.9"));
+    CHECK(has_note(*v, "headerless HTTP/0.9 response"));
+    CHECK(has_note(*v, "its own request to the upstream"));
 
     // Nginx passed the bytes on as HTTP/0.9 and read on until its timeout:
     // the same connection, the same cause.
@@ -1323,4 +1360,61 @@ TEST_CASE("a simultaneous open between two ports is not a connection to itself",
     CHECK(c->evidence()[1].detail.find("received a SYN instead of a SYN-ACK") != std::string::npos);
     Verdict v = explain(s, line(kNoValidHeader, "http://127.0.0.1:8080/"), nullptr);
     CHECK(v.cause == "unknown");
+}
+
+TEST_CASE("a connection that met itself: its timeout line a minute later, once Nginx has closed it", "[causes]")
+{
+    // Nginx's default read timeout is 60 s: far outside the window a line
+    // looks back for connections; Nginx's close right after the line brings
+    // the connection back into it.
+    bool untracked = GENERATE(false, true);
+    CAPTURE(untracked);
+    SelfConnected sc(untracked);
+    Seq &s = sc.s;
+    Correlator &c = sc.c;
+    auto v1 = c.explain(sc.first, false);
+    REQUIRE(v1);
+    CHECK(v1->cause == "upstream_self_connect");
+    LogLine l2 = body_timeout(47002, 60);
+    CHECK_FALSE(c.explain(l2, false)); // waits: nothing in the window yet
+    closes_itself(s, 47002, untracked, 60);
+    auto v2 = c.explain(l2, false);
+    REQUIRE(v2);
+    CHECK(v2->cause == "upstream_self_connect");
+    CHECK(has_note(*v2, "Nginx sent no 502/504 for this line"));
+    CHECK_FALSE(has_note(*v2, "its own request to the upstream"));
+    // Followed, its CLOSE comes (CLOSING -> CLOSE, after its own FIN came
+    // back); on the anomaly-only path its close was the last report. Either
+    // way the record is finished: a new socket there is a new connection.
+    if (!untracked) {
+        Event &e = s.state(SK, N502_SOCK_NGINX, NGINX, 11, 7);
+        e.dst = e.src = Addr::ipv4(0x7f000001, 47002);
+    }
+    s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+    s.flush();
+    auto conns = s.st.conns_to(NGINX, Addr::ipv4(0x7f000001, 8080));
+    REQUIRE(conns.size() == 1);
+    CHECK_FALSE(conns[0]->t_met_itself);
+}
+
+TEST_CASE("a claimed connection that met itself leaves the index when it is let go", "[causes]")
+{
+    // It stays indexed after its line (its timeout line may follow); once
+    // the bound lets it go, its memory serves other connections and no line
+    // may find it.
+    StateLimits lim;
+    lim.max_finished_conns = 4;
+    SelfConnected sc(true, lim);
+    Seq &s = sc.s;
+    Correlator &c = sc.c;
+    auto v1 = c.explain(sc.first, true);
+    REQUIRE(v1);
+    CHECK(v1->cause == "upstream_self_connect");
+    closes_itself(s, 47002, true, 1);
+    for (uint64_t i = 1; i <= 8; i++)
+        s.refuse(SK + 0x100 * i, 47002);
+    auto v2 = c.explain(body_timeout(47002, 1), true);
+    REQUIRE(v2);
+    CHECK(v2->cause == "unknown");
+    CHECK(s.st.stats().conns_dropped >= 5);
 }
