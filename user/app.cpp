@@ -1190,12 +1190,14 @@ int run(const Options &opt)
     int exit_code = EXIT_OK;
     unsigned trim_tick = 0;
 
-    auto read_logs = [&]() {
+    // now: boot ns (LogFollower::kCheckPath: look for rotations whatever the time).
+    uint64_t lines_read = 0; // log lines of any kind, for the poll interval
+    auto read_logs = [&](uint64_t now) {
         bool any = false;
         for (auto &in : instances) {
             for (auto *list : {&in->errors, &in->access})
                 for (auto &f : *list)
-                    for (auto &fe : f->poll()) {
+                    for (auto &fe : f->poll(now)) {
                         if (fe.kind != FollowEvent::Line) {
                             if (list == &in->errors)
                                 engine.warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
@@ -1205,6 +1207,7 @@ int run(const Options &opt)
                             continue;
                         }
                         Instance *inp = in.get();
+                        lines_read++;
                         any = engine.log_line(fe.text, [inp](uint32_t logged) { return inp->host_pid(logged); }) ||
                               any;
                     }
@@ -1390,10 +1393,18 @@ int run(const Options &opt)
                            0});
         }
     };
+    // The kernel side wakes us only for bursts (bpf/common.bpf.h): we poll,
+    // every 10 ms while there is something to do, every 50 ms while neither
+    // the kernel side nor the logs had anything (each wakeup costs a few
+    // syscalls and may take a CPU from Nginx). The kernel side's counters
+    // are read every 100 ms.
+    constexpr int kBusyPollMs = 10, kIdlePollMs = 50;
+    constexpr uint64_t kCountersNs = 100'000'000;
+    bool busy = true;
+    uint64_t next_counters = 0;
     while (!stop) {
         epoll_event evs[4];
-        // The kernel side wakes us only for bursts: poll every 10 ms.
-        int n = epoll_wait(ep.get(), evs, 4, 10);
+        int n = epoll_wait(ep.get(), evs, 4, busy ? kBusyPollMs : kIdlePollMs);
         if (n < 0 && errno != EINTR) {
             error(fmt::format("epoll_wait: {}", strerror(errno)));
             break;
@@ -1409,15 +1420,22 @@ int run(const Options &opt)
             rec->maybe_rotate(); // between inputs: a new segment starts with a snapshot
         uint64_t now = boot_now_ns();
         engine.tick(now, real_now_ns());
-        if (loader.consume() < 0)
+        int consumed = loader.consume();
+        if (consumed < 0)
             engine.warning({"ring_error", "reading the ring buffer failed", 0});
-        bool error_line = read_logs();
+        uint64_t lines_before = lines_read;
+        bool error_line = read_logs(now);
         if (error_line) {
             // The kernel events behind a line were produced before Nginx wrote
             // it: drain them before correlating.
             loader.consume();
         }
-        bool kernel_failure = take_counters();
+        busy = consumed > 0 || lines_read != lines_before || engine.has_pending();
+        bool kernel_failure = failure_claimed;
+        if (now >= next_counters) {
+            next_counters = now + kCountersNs;
+            kernel_failure = take_counters() || kernel_failure;
+        }
         track(now, error_line, kernel_failure);
         for (uint32_t uid : workers_are.poll(state, now))
             if (lo.adaptive)
@@ -1448,7 +1466,7 @@ int run(const Options &opt)
     // Drain: kernel events and log lines already written still count.
     engine.tick(boot_now_ns(), real_now_ns());
     loader.consume();
-    read_logs();
+    read_logs(LogFollower::kCheckPath);
     loader.consume();
     take_counters();
     uint64_t rss_kib = 0;

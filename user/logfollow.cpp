@@ -123,7 +123,7 @@ void LogFollower::read_available(std::vector<FollowEvent> &out)
     }
 }
 
-std::vector<FollowEvent> LogFollower::poll()
+std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
 {
     std::vector<FollowEvent> out;
     if (fd_ < 0) {
@@ -131,13 +131,18 @@ std::vector<FollowEvent> LogFollower::poll()
             return out;
     }
     struct stat st{};
-    if (fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) < offset_) {
+    bool sized = fstat(fd_, &st) == 0;
+    if (sized && static_cast<uint64_t>(st.st_size) < offset_) {
         out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", display())});
         offset_ = 0;
         partial_.clear();
     }
-    read_available(out);
+    if (!sized || static_cast<uint64_t>(st.st_size) > offset_)
+        read_available(out); // (what is appended meanwhile comes with the next poll)
 
+    if (now_ns != kCheckPath && now_ns < next_path_check_)
+        return out;
+    next_path_check_ = now_ns == kCheckPath ? 0 : now_ns + kPathCheckNs;
     struct stat now{};
     int pfd = open_file(O_PATH | O_CLOEXEC);
     bool found = pfd >= 0 && fstat(pfd, &now) == 0;

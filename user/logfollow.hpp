@@ -37,8 +37,13 @@ public:
     // Opens the file; from_end: start at its current end. Returns false and
     // sets *error when it cannot be opened.
     bool open(bool from_end, std::string *error);
-    // Reads what was appended since the last call.
-    std::vector<FollowEvent> poll();
+    // Reads what was appended since the last call. now_ns (any monotonic
+    // clock): the path is looked up again for a rotation or a removal at most
+    // every kPathCheckNs (three syscalls, where a poll that finds nothing new
+    // costs one); kCheckPath: now, whatever the time.
+    static constexpr uint64_t kCheckPath = UINT64_MAX;
+    static constexpr uint64_t kPathCheckNs = 200'000'000;
+    std::vector<FollowEvent> poll(uint64_t now_ns = kCheckPath);
     const std::string &path() const { return path_; }
     // What to show the user: the path, and the root when there is one.
     std::string display() const { return root_.empty() ? path_ : root_ + path_; }
@@ -59,6 +64,7 @@ private:
     std::string partial_;
     bool partial_cut_ = false;
     bool vanished_reported_ = false;
+    uint64_t next_path_check_ = 0;
 };
 
 } // namespace n502

@@ -1,0 +1,98 @@
+// The log follower: appended lines, rotation, truncation and removal, and how
+// often it looks the path up again (the main loop polls it every 10-50 ms).
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "logfollow.hpp"
+
+using namespace n502;
+
+namespace {
+
+struct Dir {
+    std::string path;
+    Dir()
+    {
+        char t[] = "/tmp/n502-follow-XXXXXX";
+        REQUIRE(mkdtemp(t));
+        path = t;
+    }
+    ~Dir() { (void)!system(("rm -rf " + path).c_str()); }
+};
+
+void append(const std::string &file, const std::string &text)
+{
+    FILE *f = fopen(file.c_str(), "a");
+    REQUIRE(f);
+    REQUIRE(fwrite(text.data(), 1, text.size(), f) == text.size());
+    fclose(f);
+}
+
+// The kinds and texts of what a poll gave, "L:text" for lines.
+std::vector<std::string> kinds(const std::vector<FollowEvent> &evs)
+{
+    std::vector<std::string> out;
+    for (const auto &e : evs)
+        out.push_back(e.kind == FollowEvent::Line      ? "L:" + e.text
+                      : e.kind == FollowEvent::Rotated ? std::string("rotated")
+                      : e.kind == FollowEvent::Truncated ? std::string("truncated")
+                      : e.kind == FollowEvent::Vanished  ? std::string("vanished")
+                                                         : std::string("error"));
+    return out;
+}
+
+using V = std::vector<std::string>;
+constexpr uint64_t MS = 1'000'000;
+
+} // namespace
+
+TEST_CASE("the follower reads appended lines and looks for a rotation at most every 200 ms", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "before\n");
+    LogFollower f(log);
+    std::string err;
+    REQUIRE(f.open(true, &err));
+    uint64_t t = 1000 * MS;
+    CHECK(f.poll(t).empty());
+    append(log, "one\ntwo\n");
+    CHECK(kinds(f.poll(t + 1 * MS)) == V{"L:one", "L:two"});
+
+    // Rotated: renamed, a new file in its place.
+    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
+    append(log + ".1", "late in the old\n");
+    append(log, "first in the new\n");
+    // Within 200 ms of the last look at the path: the old file only.
+    CHECK(kinds(f.poll(t + 100 * MS)) == V{"L:late in the old"});
+    CHECK(kinds(f.poll(t + 199 * MS)).empty());
+    // Then the new one, from its start.
+    CHECK(kinds(f.poll(t + 200 * MS)) == V{"rotated", "L:first in the new"});
+
+    // Truncated (copytruncate): seen at once, whatever the time.
+    REQUIRE(truncate(log.c_str(), 0) == 0);
+    append(log, "after\n"); // shorter than what was read: a truncation shows
+    CHECK(kinds(f.poll(t + 201 * MS)) == V{"truncated", "L:after"});
+
+    // Removed: said at the next look at the path, once; kCheckPath looks now.
+    REQUIRE(unlink(log.c_str()) == 0);
+    CHECK(kinds(f.poll(t + 250 * MS)).empty());
+    CHECK(kinds(f.poll(LogFollower::kCheckPath)) == V{"vanished"});
+    CHECK(kinds(f.poll(LogFollower::kCheckPath)).empty());
+}
+
+TEST_CASE("the follower's default poll looks at the path every time (a drain at exit)", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "");
+    LogFollower f(log);
+    REQUIRE(f.open(true, nullptr));
+    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
+    append(log, "new\n");
+    CHECK(kinds(f.poll()) == V{"rotated", "L:new"});
+}
