@@ -1397,7 +1397,7 @@ int run(const Options &opt)
     // every 10 ms while there is something to do, every 50 ms while neither
     // the kernel side nor the logs had anything (each wakeup costs a few
     // syscalls and may take a CPU from Nginx). The kernel side's counters
-    // are read every 100 ms.
+    // are read every 100 ms, and on every loop while lines wait.
     constexpr int kBusyPollMs = 10, kIdlePollMs = 50;
     constexpr uint64_t kCountersNs = 100'000'000;
     bool busy = true;
@@ -1432,7 +1432,9 @@ int run(const Options &opt)
         }
         busy = consumed > 0 || lines_read != lines_before || engine.has_pending();
         bool kernel_failure = failure_claimed;
-        if (now >= next_counters) {
+        // A line about to be explained sees every loss counted so far (its
+        // verdict says when events were lost).
+        if (now >= next_counters || error_line || engine.has_pending()) {
             next_counters = now + kCountersNs;
             kernel_failure = take_counters() || kernel_failure;
         }

@@ -78,9 +78,24 @@ TEST_CASE("the follower reads appended lines and looks for a rotation at most ev
     append(log, "after\n"); // shorter than what was read: a truncation shows
     CHECK(kinds(f.poll(t + 201 * MS)) == V{"truncated", "L:after"});
 
-    // Removed: said at the next look at the path, once; kCheckPath looks now.
+    // Removed: said at the next look at the path, once; the open file is
+    // still read.
     REQUIRE(unlink(log.c_str()) == 0);
     CHECK(kinds(f.poll(t + 250 * MS)).empty());
+    CHECK(kinds(f.poll(t + 400 * MS)) == V{"vanished"});
+    CHECK(kinds(f.poll(t + 600 * MS)).empty());
+}
+
+TEST_CASE("the follower's poll without a time looks at the path at once", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "");
+    LogFollower f(log);
+    REQUIRE(f.open(true, nullptr));
+    CHECK(f.poll(1000 * MS).empty()); // looked: the next look is due at 1200 ms
+    REQUIRE(unlink(log.c_str()) == 0);
+    CHECK(kinds(f.poll(1001 * MS)).empty());
     CHECK(kinds(f.poll(LogFollower::kCheckPath)) == V{"vanished"});
     CHECK(kinds(f.poll(LogFollower::kCheckPath)).empty());
 }
