@@ -161,15 +161,24 @@ def serve_keepalive(lsock, once=False):
                 st[1] = time.monotonic()
 
 
+PR_SET_PDEATHSIG = 1
+
+
 def serve_churn(lsock, workers=4):
     """A process per request (CGI-style): the parent keeps `workers` children,
     each accepts ONE connection, answers it and exits. A request for /hang
     makes its child print REQUEST <its pid> and wait instead."""
     children = set()
+    parent = os.getpid()
     while True:
         while len(children) < workers:
             pid = os.fork()
             if pid == 0:
+                # Killed with the parent (the test kills only the pid it
+                # started): no child outlives the test, waiting in accept.
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != parent:
+                    os._exit(0)
                 conn, _ = lsock.accept()
                 first = conn.recv(65536, socket.MSG_PEEK).split(b"\r\n", 1)[0]
                 if not read_headers(conn):
