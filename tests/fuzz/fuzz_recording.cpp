@@ -47,7 +47,12 @@ static std::string as_recording(const uint8_t *data, size_t size)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const std::string path = "/tmp/n502-fuzz-recording-" + std::to_string(getpid()) + ".rec";
+    // One scratch file per process, removed when the fuzzer exits.
+    static struct Scratch {
+        std::string path = "/tmp/n502-fuzz-recording-" + std::to_string(getpid()) + ".rec";
+        ~Scratch() { unlink(path.c_str()); }
+    } scratch;
+    const std::string &path = scratch.path;
     std::string bytes = size && (data[0] & 1) ? as_recording(data + 1, size - 1)
                                               : std::string(reinterpret_cast<const char *>(data), size);
     FILE *f = fopen(path.c_str(), "wb");

@@ -3,6 +3,7 @@
 // replay giving the live verdicts.
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <functional>
@@ -20,13 +21,26 @@ using namespace n502;
 
 namespace {
 
+// The tests' scratch directory, removed when the test program exits.
+struct ScratchDir {
+    std::string path;
+    ScratchDir()
+    {
+        char t[] = "/tmp/n502-rec-test-XXXXXX";
+        path = mkdtemp(t) ? t : "";
+    }
+    ~ScratchDir()
+    {
+        if (!path.empty())
+            (void)!std::system(("rm -rf '" + path + "'").c_str());
+    }
+};
+
 std::string tmp_path(const std::string &name)
 {
-    static std::string dir = [] {
-        char t[] = "/tmp/n502-rec-test-XXXXXX";
-        return std::string(mkdtemp(t));
-    }();
-    std::string p = dir + "/" + name;
+    static ScratchDir dir;
+    REQUIRE(!dir.path.empty());
+    std::string p = dir.path + "/" + name;
     for (int i = 0; i < 8; i++)
         unlink(i ? (p + "." + std::to_string(i)).c_str() : p.c_str());
     return p;
