@@ -45,10 +45,20 @@ int LogFollower::open_file(int flags)
     return open_in_root_fd(root_fd_, path_, flags);
 }
 
+void LogFollower::Reader::close()
+{
+    if (fd >= 0)
+        ::close(fd);
+    fd = -1;
+    offset = 0;
+    partial.clear();
+    partial_cut = false;
+}
+
 LogFollower::~LogFollower()
 {
-    if (fd_ >= 0)
-        ::close(fd_);
+    cur_.close();
+    old_.close();
     if (root_fd_ >= 0)
         ::close(root_fd_);
 }
@@ -71,74 +81,85 @@ bool LogFollower::open(bool from_end, std::string *error)
         ::close(fd);
         return false;
     }
-    if (fd_ >= 0)
-        ::close(fd_);
-    fd_ = fd;
+    cur_.close();
+    cur_.fd = fd;
+    cur_.offset = from_end ? static_cast<uint64_t>(st.st_size) : 0;
     ino_ = st.st_ino;
     dev_ = st.st_dev;
-    offset_ = from_end ? static_cast<uint64_t>(st.st_size) : 0;
-    partial_.clear();
-    partial_cut_ = false;
     return true;
 }
 
-void LogFollower::split(const char *data, size_t n, std::vector<FollowEvent> &out)
+void LogFollower::split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out)
 {
     size_t start = 0;
     for (size_t i = 0; i < n; i++) {
         if (data[i] != '\n')
             continue;
         size_t take = i - start;
-        if (partial_.size() + take > max_line_) {
-            take = max_line_ > partial_.size() ? max_line_ - partial_.size() : 0;
-            partial_cut_ = true;
+        if (r.partial.size() + take > max_line_) {
+            take = max_line_ > r.partial.size() ? max_line_ - r.partial.size() : 0;
+            r.partial_cut = true;
         }
-        partial_.append(data + start, take);
+        r.partial.append(data + start, take);
         FollowEvent ev;
         ev.kind = FollowEvent::Line;
-        ev.text = std::move(partial_);
-        ev.truncated_line = partial_cut_;
+        ev.text = std::move(r.partial);
+        ev.truncated_line = r.partial_cut;
         out.push_back(std::move(ev));
-        partial_.clear();
-        partial_cut_ = false;
+        r.partial.clear();
+        r.partial_cut = false;
         start = i + 1;
     }
     size_t rest = n - start;
-    if (partial_.size() + rest > max_line_) {
-        rest = max_line_ > partial_.size() ? max_line_ - partial_.size() : 0;
-        partial_cut_ = true;
+    if (r.partial.size() + rest > max_line_) {
+        rest = max_line_ > r.partial.size() ? max_line_ - r.partial.size() : 0;
+        r.partial_cut = true;
     }
-    partial_.append(data + start, rest);
+    r.partial.append(data + start, rest);
 }
 
-void LogFollower::read_available(std::vector<FollowEvent> &out)
+void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out)
 {
     char buf[65536];
     for (int rounds = 0; rounds < 256; rounds++) { // at most 16 MiB per poll
-        ssize_t n = pread(fd_, buf, sizeof(buf), static_cast<off_t>(offset_));
+        ssize_t n = pread(r.fd, buf, sizeof(buf), static_cast<off_t>(r.offset));
         if (n <= 0)
             break;
-        offset_ += static_cast<uint64_t>(n);
-        split(buf, static_cast<size_t>(n), out);
+        r.offset += static_cast<uint64_t>(n);
+        split(r, buf, static_cast<size_t>(n), out);
     }
+}
+
+void LogFollower::read_old(uint64_t now_ns, std::vector<FollowEvent> &out)
+{
+    if (old_.fd < 0)
+        return;
+    uint64_t before = old_.offset;
+    read_available(old_, out);
+    if (old_.offset != before)
+        old_written_ = now_ns;
+    if (now_ns == kCheckPath || now_ns - old_written_ >= kOldQuietNs)
+        old_.close();
 }
 
 std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
 {
     std::vector<FollowEvent> out;
-    if (fd_ < 0) {
+    read_old(now_ns, out);
+    if (cur_.fd < 0) {
         if (!open(false, nullptr))
             return out;
     }
     struct stat st{};
-    bool sized = fstat(fd_, &st) == 0;
-    if (sized && static_cast<uint64_t>(st.st_size) < offset_) {
+    bool sized = fstat(cur_.fd, &st) == 0;
+    if (sized && static_cast<uint64_t>(st.st_size) < cur_.offset) {
         out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", display())});
-        offset_ = 0;
-        partial_.clear();
+        cur_.offset = 0;
+        cur_.partial.clear();
+        cur_.partial_cut = false;
     }
-    if (!sized || static_cast<uint64_t>(st.st_size) > offset_)
-        read_available(out); // (what is appended meanwhile comes with the next poll)
+    if (!sized || static_cast<uint64_t>(st.st_size) > cur_.offset)
+        read_available(cur_, out); // (what is appended meanwhile comes with the next poll)
 
     if (now_ns != kCheckPath && now_ns < next_path_check_)
         return out;
@@ -157,11 +178,15 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
     }
     vanished_reported_ = false;
     if (static_cast<uint64_t>(now.st_ino) != ino_ || static_cast<uint64_t>(now.st_dev) != dev_) {
-        // Rotated: the old file is drained above; follow the new one from its start.
-        read_available(out);
+        // Rotated: the file read so far is read on as the old one (an
+        // older one read one last time first); the new one from its start.
+        read_available(cur_, out);
+        read_old(kCheckPath, out);
+        std::swap(old_, cur_);
+        old_written_ = now_ns == kCheckPath ? 0 : now_ns;
         if (open(false, nullptr)) {
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", display())});
-            read_available(out);
+            read_available(cur_, out);
         }
     }
     return out;

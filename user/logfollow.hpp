@@ -44,13 +44,28 @@ public:
     static constexpr uint64_t kCheckPath = UINT64_MAX;
     static constexpr uint64_t kPathCheckNs = 200'000'000;
     std::vector<FollowEvent> poll(uint64_t now_ns = kCheckPath);
+    // After a rename rotation the old file is read on, ahead of the new one,
+    // until nothing was written to it for kOldQuietNs: Nginx's workers write
+    // there until they reopen their logs (after USR1, which logrotate sends
+    // after it has created the new file). A poll without a time reads it one
+    // last time.
+    static constexpr uint64_t kOldQuietNs = 2'000'000'000;
     const std::string &path() const { return path_; }
     // What to show the user: the path, and the root when there is one.
     std::string display() const { return root_.empty() ? path_ : root_ + path_; }
 
 private:
-    void read_available(std::vector<FollowEvent> &out);
-    void split(const char *data, size_t n, std::vector<FollowEvent> &out);
+    // One open file being read: where, and the line begun at its end.
+    struct Reader {
+        int fd = -1;
+        uint64_t offset = 0;
+        std::string partial;
+        bool partial_cut = false;
+        void close();
+    };
+    void read_available(Reader &r, std::vector<FollowEvent> &out);
+    void split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out);
+    void read_old(uint64_t now_ns, std::vector<FollowEvent> &out);
 
     int open_file(int flags);
 
@@ -58,11 +73,10 @@ private:
     std::string root_;
     int root_fd_ = -1; // root_ opened once: /proc/PID/root must not be looked up again (the pid may be reused)
     size_t max_line_;
-    int fd_ = -1;
+    Reader cur_;              // the file at the path (as of the last look)
+    Reader old_;              // the one before the last rotation, while it may still grow
+    uint64_t old_written_ = 0; // when old_ last grew (now_ns)
     uint64_t ino_ = 0, dev_ = 0;
-    uint64_t offset_ = 0;
-    std::string partial_;
-    bool partial_cut_ = false;
     bool vanished_reported_ = false;
     uint64_t next_path_check_ = 0;
 };

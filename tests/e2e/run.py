@@ -1118,6 +1118,30 @@ def sc_rotate_rename(s):
     s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
 
 
+def sc_rotate_create(s):
+    """logrotate's `create` for Nginx: rename, a new empty file at the path,
+    and only then USR1. Meanwhile Nginx writes to the old file: a 502 logged
+    there after the tool has moved on to the new one is still explained, and
+    so is the next one, in the new file after USR1."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    log = s.nginx.error_log
+    os.rename(log, log + ".1")
+    open(log, "w").close()
+    if s.use_tool:
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "log_rotated", timeout=5)
+    r = s.get()
+    harness.wait_until(lambda: MSG_REFUSED in open(log + ".1").read(), 5, "the 502 in the old file")
+    check(MSG_REFUSED not in open(log).read(), "Nginx wrote to the new file before USR1")
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+    os.kill(s.nginx.master_pid, signal.SIGUSR1)
+    r2 = s.get("/after")
+    harness.wait_until(lambda: MSG_REFUSED in open(log).read(), 5, "the second 502 in the new file")
+    s.expect_verdict(r2, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused",
+                     match=request_path_is("/after"))
+    s.want_verdicts = 2
+
+
 def sc_rotate_copytruncate(s):
     """copytruncate: the file is copied, then truncated in place; the tool
     notices the truncation and reads the file again from its start."""
@@ -1562,6 +1586,7 @@ SCENARIOS = {
     "access_only": sc_access_only,
     "long_request": sc_long_request,
     "rotate_rename": sc_rotate_rename,
+    "rotate_create": sc_rotate_create,
     "rotate_copytruncate": sc_rotate_copytruncate,
     "log_deleted": sc_log_deleted,
     "binary_upgrade": sc_binary_upgrade,

@@ -72,18 +72,29 @@ TEST_CASE("the follower reads appended lines and looks for a rotation at most ev
     CHECK(kinds(f.poll(t + 199 * MS)).empty());
     // Then the new one, from its start.
     CHECK(kinds(f.poll(t + 200 * MS)) == V{"rotated", "L:first in the new"});
+    // Nginx's workers write to the old file until they reopen their logs
+    // (USR1): read on, ahead of the new one, a line begun before included.
+    append(log + ".1", "a worker not reopened yet\nhalf ");
+    append(log, "second in the new\n");
+    CHECK(kinds(f.poll(t + 210 * MS)) == V{"L:a worker not reopened yet", "L:second in the new"});
+    append(log + ".1", "a line\n");
+    CHECK(kinds(f.poll(t + 1000 * MS)) == V{"L:half a line"});
+    // Quiet for 2 s: let go.
+    CHECK(kinds(f.poll(t + 3000 * MS)).empty());
+    append(log + ".1", "too late\n");
+    CHECK(kinds(f.poll(t + 3100 * MS)).empty());
 
     // Truncated (copytruncate): seen at once, whatever the time.
     REQUIRE(truncate(log.c_str(), 0) == 0);
     append(log, "after\n"); // shorter than what was read: a truncation shows
-    CHECK(kinds(f.poll(t + 201 * MS)) == V{"truncated", "L:after"});
+    CHECK(kinds(f.poll(t + 3101 * MS)) == V{"truncated", "L:after"});
 
     // Removed: said at the next look at the path, once; the open file is
     // still read.
     REQUIRE(unlink(log.c_str()) == 0);
-    CHECK(kinds(f.poll(t + 250 * MS)).empty());
-    CHECK(kinds(f.poll(t + 400 * MS)) == V{"vanished"});
-    CHECK(kinds(f.poll(t + 600 * MS)).empty());
+    CHECK(kinds(f.poll(t + 3150 * MS)).empty());
+    CHECK(kinds(f.poll(t + 3300 * MS)) == V{"vanished"});
+    CHECK(kinds(f.poll(t + 3500 * MS)).empty());
 }
 
 TEST_CASE("the follower's poll without a time looks at the path at once", "[follow]")
@@ -110,4 +121,20 @@ TEST_CASE("the follower's default poll looks at the path every time (a drain at 
     REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
     append(log, "new\n");
     CHECK(kinds(f.poll()) == V{"rotated", "L:new"});
+}
+
+TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "");
+    LogFollower f(log);
+    REQUIRE(f.open(true, nullptr));
+    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
+    append(log, "");
+    CHECK(kinds(f.poll(1000 * MS)) == V{"rotated"});
+    append(log + ".1", "last words\n");
+    CHECK(kinds(f.poll()) == V{"L:last words"});
+    append(log + ".1", "after the end\n");
+    CHECK(kinds(f.poll()).empty());
 }
