@@ -1135,6 +1135,18 @@ def sc_rotate_create(s):
     check(MSG_REFUSED not in open(log).read(), "Nginx wrote to the new file before USR1")
     s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
     os.kill(s.nginx.master_pid, signal.SIGUSR1)
+
+    def reopened():
+        """No worker holds the old file open any more."""
+        for w in s.nginx.worker_pids():
+            for fd in os.listdir("/proc/%d/fd" % w):
+                try:
+                    if os.readlink("/proc/%d/fd/%s" % (w, fd)) == log + ".1":
+                        return False
+                except OSError:
+                    pass
+        return True
+    harness.wait_until(reopened, 5, "Nginx's workers to reopen their logs")
     r2 = s.get("/after")
     harness.wait_until(lambda: MSG_REFUSED in open(log).read(), 5, "the second 502 in the new file")
     s.expect_verdict(r2, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused",
