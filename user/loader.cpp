@@ -246,7 +246,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
     }
     bpf_map__set_max_entries(skel_->maps.events, size);
     // Wake the reader early only when an eighth of the ring is waiting; it
-    // polls every 10 ms anyway (see wakeup_bytes in bpf/common.bpf.h).
+    // polls every 10-50 ms anyway (see wakeup_bytes in bpf/common.bpf.h).
     skel_->rodata->wakeup_bytes = size / 8;
     skel_->rodata->filter_cgroups = opt.filter_cgroups ? 1 : 0;
     skel_->rodata->adopt_preexisting = opt.adopt_preexisting ? 1 : 0;

@@ -45,14 +45,19 @@ int LogFollower::open_file(int flags)
     return open_in_root_fd(root_fd_, path_, flags);
 }
 
+void LogFollower::Reader::rewind()
+{
+    offset = 0;
+    partial.clear();
+    partial_cut = false;
+}
+
 void LogFollower::Reader::close()
 {
     if (fd >= 0)
         ::close(fd);
     fd = -1;
-    offset = 0;
-    partial.clear();
-    partial_cut = false;
+    rewind();
 }
 
 LogFollower::~LogFollower()
@@ -138,7 +143,11 @@ void LogFollower::read_old(uint64_t now_ns, std::vector<FollowEvent> &out)
     read_available(old_, out);
     if (old_.offset != before)
         old_written_ = now_ns;
-    if (now_ns == kCheckPath || now_ns - old_written_ >= kOldQuietNs)
+    // Let go once quiet, and once Nginx writes to the new file (its workers
+    // have reopened), or after kOldMaxNs whatever it does (a reopen that
+    // never comes: nothing more is written to the old file then either).
+    bool quiet = now_ns - old_written_ >= kOldQuietNs;
+    if (now_ns == kCheckPath || (quiet && (cur_.offset > 0 || now_ns - old_since_ >= kOldMaxNs)))
         old_.close();
 }
 
@@ -154,9 +163,7 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
     bool sized = fstat(cur_.fd, &st) == 0;
     if (sized && static_cast<uint64_t>(st.st_size) < cur_.offset) {
         out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", display())});
-        cur_.offset = 0;
-        cur_.partial.clear();
-        cur_.partial_cut = false;
+        cur_.rewind();
     }
     if (!sized || static_cast<uint64_t>(st.st_size) > cur_.offset)
         read_available(cur_, out); // (what is appended meanwhile comes with the next poll)
@@ -182,8 +189,12 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         // older one read one last time first); the new one from its start.
         read_available(cur_, out);
         read_old(kCheckPath, out);
-        std::swap(old_, cur_);
-        old_written_ = now_ns == kCheckPath ? 0 : now_ns;
+        if (now_ns == kCheckPath) {
+            cur_.close(); // a last look (a drain): read above, one last time
+        } else {
+            std::swap(old_, cur_);
+            old_written_ = old_since_ = now_ns;
+        }
         if (open(false, nullptr)) {
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", display())});
             read_available(cur_, out);

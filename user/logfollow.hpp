@@ -1,6 +1,7 @@
 // Follows a log file from its end, like `tail -F`: new complete lines only,
-// across renames (rotation: the old file is drained, then the new one is read
-// from its start) and truncation (copytruncate: read again from the start).
+// across renames (rotation: the new file is read from its start, the old one
+// on as long as Nginx may still write to it) and truncation (copytruncate:
+// read again from the start).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -40,16 +41,19 @@ public:
     // Reads what was appended since the last call. now_ns (any monotonic
     // clock): the path is looked up again for a rotation or a removal at most
     // every kPathCheckNs (three syscalls, where a poll that finds nothing new
-    // costs one); kCheckPath: now, whatever the time.
+    // costs one, two while an old file is read on); kCheckPath: now,
+    // whatever the time.
     static constexpr uint64_t kCheckPath = UINT64_MAX;
     static constexpr uint64_t kPathCheckNs = 200'000'000;
     std::vector<FollowEvent> poll(uint64_t now_ns = kCheckPath);
-    // After a rename rotation the old file is read on, ahead of the new one,
-    // until nothing was written to it for kOldQuietNs: Nginx's workers write
-    // there until they reopen their logs (after USR1, which logrotate sends
-    // after it has created the new file). A poll without a time reads it one
-    // last time.
+    // After a rename rotation the old file is read on, ahead of the new one:
+    // Nginx's workers write there until they reopen their logs (after USR1,
+    // which logrotate sends after it has created the new file). It is let go
+    // once nothing was written to it for kOldQuietNs and something was to the
+    // new one, or once quiet after kOldMaxNs. A poll without a time reads it
+    // one last time (a rotation it notices: the file read so far).
     static constexpr uint64_t kOldQuietNs = 2'000'000'000;
+    static constexpr uint64_t kOldMaxNs = 60'000'000'000;
     const std::string &path() const { return path_; }
     // What to show the user: the path, and the root when there is one.
     std::string display() const { return root_.empty() ? path_ : root_ + path_; }
@@ -61,6 +65,7 @@ private:
         uint64_t offset = 0;
         std::string partial;
         bool partial_cut = false;
+        void rewind(); // from the start again
         void close();
     };
     void read_available(Reader &r, std::vector<FollowEvent> &out);
@@ -76,6 +81,7 @@ private:
     Reader cur_;              // the file at the path (as of the last look)
     Reader old_;              // the one before the last rotation, while it may still grow
     uint64_t old_written_ = 0; // when old_ last grew (now_ns)
+    uint64_t old_since_ = 0;   // when old_ became the old file
     uint64_t ino_ = 0, dev_ = 0;
     bool vanished_reported_ = false;
     uint64_t next_path_check_ = 0;

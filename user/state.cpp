@@ -366,11 +366,9 @@ void State::unindex(Conn *c, bool oldest)
 
 void State::claim(Conn *c)
 {
-    if (c->claimed)
-        return;
     // A connection to itself stays where its next line (Nginx's read
-    // timeout) can find it.
-    if (c->indexed && !c->t_met_itself)
+    // timeout) can find it; claimed again by that line, it leaves.
+    if (c->indexed && (c->claimed || !c->t_met_itself))
         unindex(c);
     c->claimed = true;
 }

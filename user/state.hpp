@@ -245,7 +245,8 @@ public:
     std::vector<Addr> destinations() const;
     // A claimed connection explains one line only: it leaves the index.
     // Except one connected to itself (Conn::t_met_itself): Nginx goes on
-    // reading from it until its read timeout, whose line is about it too.
+    // reading from it until its read timeout, whose line is about it too
+    // (and takes it out of the index).
     void claim(Conn *c);
     // pid (comm) was found holding the upstream's end of c at ts, which no
     // event named (an owner that neither closed nor left it): c's upstream.

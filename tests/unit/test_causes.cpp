@@ -1328,10 +1328,35 @@ TEST_CASE("a connection that met itself: the line about its own request read bac
     CHECK(v2->status == 504);
     CHECK_FALSE(has_note(*v2, "HTTP/0.9"));
     CHECK_FALSE(v2->upstream_pid);
-    // Any other line to that upstream is not about this connection.
+    // Any other line to that upstream is not about this connection: it has
+    // explained its two.
     auto v3 = c.explain(line(kNoValidHeader, "http://127.0.0.1:47002/"), true);
     REQUIRE(v3);
     CHECK(v3->cause == "unknown");
+    auto v4 = c.explain(line("upstream timed out (110: Connection timed out) while reading upstream",
+                             "http://127.0.0.1:47002/"),
+                        true);
+    REQUIRE(v4);
+    CHECK(v4->cause == "unknown");
+}
+
+TEST_CASE("a line after Nginx's response had begun says the client got no 502/504", "[causes]")
+{
+    Seq s;
+    s.established();
+    s.state(SK, N502_SOCK_NGINX, NGINX, 1, 4, 0, 16384); // Nginx closes first
+    Verdict v = explain(s, line("upstream sent invalid chunked response while reading upstream",
+                                "http://127.0.0.1:8080/"),
+                        nullptr);
+    CHECK(has_note(v, "its response to the client had begun"));
+    CHECK_FALSE(has_note(v, "HTTP/0.9"));
+    Seq s2;
+    s2.established();
+    Verdict v2 = explain(s2, line("upstream timed out (110: Connection timed out) while reading response header "
+                                  "from upstream",
+                                  "http://127.0.0.1:8080/"),
+                         nullptr);
+    CHECK_FALSE(has_note(v2, "Nginx sent no"));
 }
 
 TEST_CASE("a connection that met itself from a port outside the local range was bound there", "[causes]")

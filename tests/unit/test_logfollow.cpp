@@ -118,9 +118,50 @@ TEST_CASE("the follower's default poll looks at the path every time (a drain at 
     append(log, "");
     LogFollower f(log);
     REQUIRE(f.open(true, nullptr));
+    CHECK(f.poll(1000 * MS).empty()); // looked: the next timed look is due at 1200 ms
     REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
     append(log, "new\n");
+    CHECK(kinds(f.poll(1001 * MS)).empty());
     CHECK(kinds(f.poll()) == V{"rotated", "L:new"});
+}
+
+TEST_CASE("a rotation a drain notices: the file read so far is read one last time, not kept", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "");
+    LogFollower f(log);
+    REQUIRE(f.open(true, nullptr));
+    CHECK(f.poll(1000 * MS).empty());
+    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
+    append(log, "");
+    append(log + ".1", "last\n");
+    CHECK(kinds(f.poll()) == V{"L:last", "rotated"});
+    append(log + ".1", "after the end\n");
+    CHECK(kinds(f.poll(1100 * MS)).empty());
+}
+
+TEST_CASE("after a rotation the old file is kept while the new one stays empty, up to a minute", "[follow]")
+{
+    // A rename whose reopen comes late (mv, then `nginx -s reopen`): Nginx
+    // writes nothing to the new file meanwhile.
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "");
+    LogFollower f(log);
+    REQUIRE(f.open(true, nullptr));
+    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
+    append(log, "");
+    uint64_t t = 1000 * MS;
+    CHECK(kinds(f.poll(t)) == V{"rotated"});
+    append(log + ".1", "x\n");
+    CHECK(kinds(f.poll(t + 10 * MS)) == V{"L:x"});
+    CHECK(kinds(f.poll(t + 5000 * MS)).empty()); // quiet, but the new file is empty: kept
+    append(log + ".1", "late\n");
+    CHECK(kinds(f.poll(t + 6000 * MS)) == V{"L:late"});
+    CHECK(kinds(f.poll(t + 61000 * MS)).empty()); // quiet, and a minute on: let go
+    append(log + ".1", "gone\n");
+    CHECK(kinds(f.poll(t + 62000 * MS)).empty());
 }
 
 TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow]")
