@@ -1430,11 +1430,12 @@ int run(const Options &opt)
             // it: drain them before correlating.
             loader.consume();
         }
-        busy = consumed > 0 || lines_read != lines_before || engine.has_pending();
+        bool pending = engine.has_pending();
+        busy = consumed > 0 || lines_read != lines_before || pending;
         bool kernel_failure = failure_claimed;
         // A line about to be explained sees every loss counted so far (its
         // verdict says when events were lost).
-        if (now >= next_counters || error_line || engine.has_pending()) {
+        if (now >= next_counters || error_line || pending) {
             next_counters = now + kCountersNs;
             kernel_failure = take_counters() || kernel_failure;
         }

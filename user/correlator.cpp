@@ -262,7 +262,7 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         v.log_only_cause = log_only_cause(line);
     }
     if (line.mid_response && v.rendered)
-        v.notes.push_back(line.message.rfind("upstream sent no valid HTTP/1.0 header", 0) == 0
+        v.notes.push_back(line.http09
                               ? "Nginx sent no 502 for this line: it passed what the upstream sent on to the client "
                                 "as a headerless HTTP/0.9 response (status 009 in the access log)"
                               : "Nginx sent no 502/504 for this line: its response to the client had begun, and the "

@@ -1,5 +1,6 @@
 #include "logfollow.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -50,6 +51,19 @@ void LogFollower::Reader::rewind()
     offset = 0;
     partial.clear();
     partial_cut = false;
+    line_start = 0;
+    mark_pos = 0;
+    mark.clear();
+}
+
+bool LogFollower::Reader::still_there() const
+{
+    if (mark.empty())
+        return true;
+    char buf[kMarkBytes];
+    ssize_t n = pread(fd, buf, mark.size(), static_cast<off_t>(mark_pos));
+    // A failed read says nothing either way: the read that follows meets it.
+    return n < 0 || (static_cast<size_t>(n) == mark.size() && memcmp(buf, mark.data(), mark.size()) == 0);
 }
 
 void LogFollower::Reader::close()
@@ -88,7 +102,7 @@ bool LogFollower::open(bool from_end, std::string *error)
     }
     cur_.close();
     cur_.fd = fd;
-    cur_.offset = from_end ? static_cast<uint64_t>(st.st_size) : 0;
+    cur_.offset = cur_.line_start = from_end ? static_cast<uint64_t>(st.st_size) : 0;
     ino_ = st.st_ino;
     dev_ = st.st_dev;
     return true;
@@ -96,7 +110,10 @@ bool LogFollower::open(bool from_end, std::string *error)
 
 void LogFollower::split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out)
 {
+    const uint64_t base = r.offset - n; // where data begins in the file
     size_t start = 0;
+    size_t lines = out.size();
+    uint64_t last_start = 0;
     for (size_t i = 0; i < n; i++) {
         if (data[i] != '\n')
             continue;
@@ -114,6 +131,17 @@ void LogFollower::split(Reader &r, const char *data, size_t n, std::vector<Follo
         r.partial.clear();
         r.partial_cut = false;
         start = i + 1;
+        last_start = r.line_start;
+        r.line_start = base + start;
+    }
+    if (out.size() != lines) {
+        // Only the last line's mark is kept (its start: the line is cut at
+        // the end, never at the start).
+        const std::string &text = out.back().text;
+        r.mark_pos = last_start;
+        r.mark.assign(text, 0, std::min(text.size(), kMarkBytes - 1));
+        if (r.mark.size() == text.size() && !out.back().truncated_line)
+            r.mark.push_back('\n');
     }
     size_t rest = n - start;
     if (r.partial.size() + rest > max_line_) {
@@ -161,7 +189,10 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
     }
     struct stat st{};
     bool sized = fstat(cur_.fd, &st) == 0;
-    if (sized && static_cast<uint64_t>(st.st_size) < cur_.offset) {
+    // Truncated: shorter than what was read, or (written again past that
+    // before this poll) the last line read is no longer where it was.
+    if (sized && (static_cast<uint64_t>(st.st_size) < cur_.offset ||
+                  (static_cast<uint64_t>(st.st_size) > cur_.offset && !cur_.still_there()))) {
         out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", display())});
         cur_.rewind();
     }
@@ -195,9 +226,15 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
             std::swap(old_, cur_);
             old_written_ = old_since_ = now_ns;
         }
-        if (open(false, nullptr)) {
+        std::string why;
+        if (open(false, &why)) {
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", display())});
             read_available(cur_, out);
+        } else {
+            // Said now: the open that succeeds later (every poll tries) says nothing.
+            out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated, and the new file cannot be read yet "
+                                                             "({}); it is tried again at every poll",
+                                                             display(), why)});
         }
     }
     return out;

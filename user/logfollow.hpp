@@ -65,9 +65,17 @@ private:
         uint64_t offset = 0;
         std::string partial;
         bool partial_cut = false;
+        uint64_t line_start = 0; // where the partial line began
+        // The first bytes of the last whole line read, and where it began: a
+        // file truncated and written again past offset between two polls
+        // (copytruncate) no longer has them there.
+        uint64_t mark_pos = 0;
+        std::string mark;
         void rewind(); // from the start again
         void close();
+        bool still_there() const; // the mark is where it was read
     };
+    static constexpr size_t kMarkBytes = 64;
     void read_available(Reader &r, std::vector<FollowEvent> &out);
     void split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out);
     void read_old(uint64_t now_ns, std::vector<FollowEvent> &out);

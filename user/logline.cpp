@@ -481,7 +481,8 @@ bool parse_impl(sv line, LogLine& out) {
                      (ctx.upstream_lost || out.request_cut || (!ctx.has_upstream && line.size() >= kNginxMaxLine));
   out.kind = classify(message, out.err_no);
   out.status = out.kind == LogKind::Timeout ? 504 : 502;
-  out.mid_response = phase == "reading upstream" || starts_with(message, "upstream sent no valid HTTP/1.0 header");
+  out.http09 = starts_with(message, "upstream sent no valid HTTP/1.0 header");
+  out.mid_response = out.http09 || phase == "reading upstream";
   out.lean = false;
   return true;
 }

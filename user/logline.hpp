@@ -56,6 +56,9 @@ struct LogLine {
   // (phase "reading upstream", or "upstream sent no valid HTTP/1.0 header", which nginx passes through
   // as an HTTP/0.9 200 response): the client did NOT see 502/504 but a truncated/garbled 200.
   bool mid_response = false;
+  // The message is "upstream sent no valid HTTP/1.0 header": Nginx passed what it read on to the
+  // client as a headerless HTTP/0.9 response (one kind of mid_response).
+  bool http09 = false;
 };
 
 // Parses one line of an Nginx error log (without the trailing newline; a trailing "\r" or "\n" is ignored).

@@ -179,7 +179,7 @@ bool rule_self_connect(const RuleInput &in, Verdict &v)
                                       port, range);
     }
     v.fact("local_address", c.src.str());
-    if (in.line.message.rfind("upstream sent no valid HTTP/1.0 header", 0) == 0)
+    if (in.line.http09)
         v.notes.push_back("what Nginx passed on to the client as that HTTP/0.9 response was its own request to the "
                           "upstream, headers Nginx adds to it included (unless it still sat in Nginx's buffer); Nginx "
                           "then read on until its read timeout");

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -178,4 +179,86 @@ TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow
     CHECK(kinds(f.poll()) == V{"L:last words"});
     append(log + ".1", "after the end\n");
     CHECK(kinds(f.poll()).empty());
+}
+
+TEST_CASE("a copytruncate written past the offset before the next poll is seen by its last line", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "2026/12/07 14:00:00 [error] 10#10: *1 before\n");
+    LogFollower f(log);
+    REQUIRE(f.open(true, nullptr));
+    append(log, "2026/12/07 14:00:01 [error] 10#10: *2 one\n");
+    CHECK(kinds(f.poll(1000 * MS)) == V{"L:2026/12/07 14:00:01 [error] 10#10: *2 one"});
+    // Copied, truncated, and written again past where the follower was, all
+    // between two polls: the size alone says nothing.
+    REQUIRE(truncate(log.c_str(), 0) == 0);
+    append(log, "2026/12/07 14:00:02 [error] 10#10: *3 after the truncation\n");
+    append(log, "2026/12/07 14:00:02 [error] 10#10: *4 and another line past the old end\n");
+    CHECK(kinds(f.poll(1010 * MS)) == V{"truncated", "L:2026/12/07 14:00:02 [error] 10#10: *3 after the truncation",
+                                         "L:2026/12/07 14:00:02 [error] 10#10: *4 and another line past the old end"});
+    // Appending is not a truncation, across short lines, an empty one, and a
+    // partial line completed later.
+    append(log, "a\n\nb");
+    CHECK(kinds(f.poll(1020 * MS)) == V{"L:a", "L:"});
+    append(log, "c\n");
+    CHECK(kinds(f.poll(1030 * MS)) == V{"L:bc"});
+    // The same again with the last line read an empty one, rewritten as the
+    // same number of bytes of something else.
+    append(log, "\n");
+    CHECK(kinds(f.poll(1040 * MS)) == V{"L:"});
+    std::string before;
+    {
+        FILE *r = fopen(log.c_str(), "r");
+        REQUIRE(r);
+        char buf[512];
+        size_t n = fread(buf, 1, sizeof(buf), r);
+        fclose(r);
+        before.assign(buf, n);
+    }
+    REQUIRE(truncate(log.c_str(), 0) == 0);
+    append(log, std::string(before.size(), 'x') + "\n");
+    auto got = kinds(f.poll(1050 * MS));
+    REQUIRE(got.size() == 2);
+    CHECK(got[0] == "truncated");
+    CHECK(got[1] == "L:" + std::string(before.size(), 'x'));
+}
+
+TEST_CASE("the truncation check holds for lines cut at the limit and a start inside a line", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "the end of a line begun before");
+    LogFollower f(log, 8);
+    REQUIRE(f.open(true, nullptr));
+    append(log, " and its end\n0123456789abcdef\nshort\n");
+    CHECK(kinds(f.poll(1000 * MS)) == V{"L: and its", "L:01234567", "L:short"});
+    append(log, "0123456789abcdef\n");
+    CHECK(kinds(f.poll(1010 * MS)) == V{"L:01234567"}); // cut: its mark is its first bytes
+    append(log, "more\n");
+    CHECK(kinds(f.poll(1020 * MS)) == V{"L:more"});
+    REQUIRE(truncate(log.c_str(), 0) == 0);
+    append(log, std::string(100, 'y') + "\nz\n");
+    CHECK(kinds(f.poll(1030 * MS)) == V{"truncated", "L:yyyyyyyy", "L:z"});
+}
+
+TEST_CASE("a rotation whose new file cannot be read yet is said at once, and the file read when it can be", "[follow]")
+{
+    Dir d;
+    std::string log = d.path + "/error.log";
+    append(log, "");
+    LogFollower f(log);
+    REQUIRE(f.open(true, nullptr));
+    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
+    REQUIRE(mkdir(log.c_str(), 0755) == 0); // not a file
+    auto evs = f.poll(1000 * MS);
+    REQUIRE(kinds(evs) == V{"rotated"});
+    CHECK(evs[0].text.find("cannot be read yet") != std::string::npos);
+    CHECK(evs[0].text.find("not a regular file") != std::string::npos);
+    CHECK(kinds(f.poll(1300 * MS)).empty()); // said once
+    REQUIRE(rmdir(log.c_str()) == 0);
+    append(log, "now a file\n");
+    CHECK(kinds(f.poll(1310 * MS)) == V{"L:now a file"});
+    append(log, "more\n");
+    CHECK(kinds(f.poll(1600 * MS)) == V{"L:more"});
 }

@@ -143,6 +143,8 @@ TEST_CASE("logline: every captured nginx line parses as expected", "[logline][fi
     if (c.expect.count("host")) CHECK(l.host == c.expect.at("host"));
     CHECK(l.truncated == (c.expect.count("truncated") && c.expect.at("truncated") == "1"));
     CHECK(l.mid_response == (c.expect.count("mid") && c.expect.at("mid") == "1"));
+    CHECK(l.http09 == (l.message.rfind("upstream sent no valid HTTP/1.0 header", 0) == 0));
+    if (l.http09) CHECK(l.mid_response);
     // Structural checks that hold for every captured error line.
     CHECK_FALSE(l.message.empty());
     CHECK((l.message.find(", client: ") == std::string::npos || l.kind == LogKind::InvalidResponse));
