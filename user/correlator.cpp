@@ -261,6 +261,8 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
         v.nginx_message = line.message;
         v.log_only_cause = log_only_cause(line);
     }
+    if (line.mid_response)
+        v.client_got = line.http09 ? "http09" : "cut_short";
     if (line.mid_response && v.rendered)
         v.notes.push_back(line.http09
                               ? "Nginx sent no 502 for this line: it passed what the upstream sent on to the client "

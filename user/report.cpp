@@ -312,9 +312,13 @@ std::optional<Report> build_report(std::istream &in, const std::string &source, 
                                                 : "");
     for (size_t i = 0; i < verdicts.size() && i < kMaxShown; i++) {
         const json &v = verdicts[i];
+        std::string got = str(v, "client_got");
+        std::string status = got == "http09"      ? "009 (no " + num(v, "status") + " sent: HTTP/0.9)"
+                              : got == "cut_short" ? "cut short (no " + num(v, "status") + " sent)"
+                                                   : num(v, "status");
         h += fmt::format("<details class=\"verdict\"><summary><code>{}</code> {} <span class=\"cause\">{}</span> "
                          "&rarr; {} &middot; {} ({} confidence)</summary>",
-                         esc(str(v, "ts")), esc(num(v, "status")), esc(str(v, "cause")), esc(str(v, "upstream")),
+                         esc(str(v, "ts")), esc(status), esc(str(v, "cause")), esc(str(v, "upstream")),
                          esc(str(v, "request")), esc(str(v, "confidence")));
         h += fmt::format("<p>{}</p><p class=\"meta\">Nginx worker {} said: <code>{}</code></p>", esc(str(v, "explanation")),
                          esc(num(v, "nginx_pid")), esc(str(v, "nginx_message")));

@@ -177,13 +177,13 @@ std::string verdict_json(const Verdict &v, const Timebase &tb)
     }
     facts += "}";
     return fmt::format(
-        "{{\"type\":\"verdict\",\"ts\":{},\"status\":{},\"nginx_pid\":{},\"nginx_conn\":{},\"upstream\":{},"
+        "{{\"type\":\"verdict\",\"ts\":{},\"status\":{},\"client_got\":{},\"nginx_pid\":{},\"nginx_conn\":{},\"upstream\":{},"
         "\"request\":{},\"client\":{},\"server\":{},\"host\":{},\"nginx_message\":{},\"log_only_cause\":{},"
         "\"cause\":{},\"confidence\":{},\"explanation\":{},\"upstream_pid\":{},\"upstream_comm\":{},"
         "\"attempt\":{},\"request_key\":{},\"nginx_ns_pid\":{},\"upstream_ns_pid\":{},\"nginx_cgroup\":{},"
         "\"upstream_cgroup\":{},\"nginx_container\":{},\"upstream_container\":{},\"facts\":{},\"notes\":{},"
         "\"evidence\":{}}}",
-        jstr(rfc3339_utc(v.ts_real_ns)), v.status, v.nginx_pid, v.nginx_conn, jstr(v.upstream), jstr(v.request),
+        jstr(rfc3339_utc(v.ts_real_ns)), v.status, jstr(v.client_got), v.nginx_pid, v.nginx_conn, jstr(v.upstream), jstr(v.request),
         jstr(v.client), jstr(v.server), jstr(v.host), jstr(v.nginx_message), jstr(v.log_only_cause), jstr(v.cause),
         jstr(v.confidence), jstr(v.explanation), jopt(v.upstream_pid),
         v.upstream_pid ? jstr(v.upstream_comm) : std::string("null"), v.attempt, jstr(v.request_key),
@@ -308,7 +308,12 @@ void TextSink::verdict(const Verdict &v)
             s += ", " + vis(describe(*c));
         return s;
     };
-    fmt::print(out_, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", v.status, clock_local(v.ts_real_ns),
+    // The first word is what the client got: the status, or (no 502/504 was
+    // sent) "009" for an HTTP/0.9 pass-through, "cut" for a response cut short.
+    std::string got = v.client_got == "http09"      ? std::string("009")
+                      : v.client_got == "cut_short" ? std::string("cut")
+                                                    : std::to_string(v.status);
+    fmt::print(out_, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", got, clock_local(v.ts_real_ns),
                v.request.empty() ? "-" : vis(v.request), v.client.empty() ? "-" : vis(v.client), vis(v.upstream), v.cause,
                v.confidence);
     fmt::print(out_, "    {}\n", vis(v.explanation));

@@ -34,7 +34,11 @@ using FactValue = std::variant<std::string, int64_t, bool>;
 
 struct Verdict {
     int64_t ts_real_ns = 0;   // when the verdict was made
-    int status = 502;
+    int status = 502;         // what Nginx's error means: 504 for a timeout, else 502
+    // What the client was sent for this line: "status" (that 502/504, unless a
+    // later attempt answered), "cut_short" (the response had begun: it was cut
+    // short), "http09" (what the upstream sent, passed on as HTTP/0.9).
+    std::string client_got = "status";
     uint32_t nginx_pid = 0;
     uint64_t nginx_conn = 0;  // Nginx's "*N" connection number
     std::string upstream;     // "127.0.0.1:8080", "[::1]:8080", "unix:/path"

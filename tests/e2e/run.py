@@ -226,6 +226,10 @@ class Scenario:
             raise Failure("no %sverdict within %.0fs of the %d (%s)" % (
                 "matching " if match else "", VERDICT_DEADLINE, status, e))
         self.verdict = v
+        msg = v.get("nginx_message") or ""
+        got = "http09" if msg.startswith("upstream sent no valid HTTP/1.0 header") else \
+            "cut_short" if "while reading upstream" in msg else "status"
+        check(v.get("client_got") == got, "client_got %r, want %s" % (v.get("client_got"), got))
         if ADAPTIVE and not self.name.startswith("adaptive_") and self.adaptive_verdict(v, cause, evidence):
             return v
         if ADAPTIVE and self.name in ADAPTIVE_NO_EVIDENCE:
@@ -801,10 +805,12 @@ def sc_self_connect(s):
         check(any("HTTP/0.9" in n for n in notes) and any("its own request" in n for n in notes),
               "no note on what the client got: %r" % notes)
         check("cannot bind it (EADDRINUSE)" in v.get("explanation", ""), "explanation: %r" % v.get("explanation"))
+        check(v.get("client_got") == "http09", "client_got %r, want http09" % v.get("client_got"))
     v = s.expect_verdict(r, "upstream_self_connect", addr, MSG_READ_TIMEOUT_BODY, status=504, facts=facts,
                          evidence=[met], match=lambda v: MSG_READ_TIMEOUT_BODY in (v.get("nginx_message") or ""))
     if v is not None:
         check(any("Nginx sent no 502/504" in n for n in v.get("notes") or []), "notes: %r" % v.get("notes"))
+        check(v.get("client_got") == "cut_short", "client_got %r, want cut_short" % v.get("client_got"))
     s.want_verdicts = 2
 
 

@@ -1317,6 +1317,7 @@ TEST_CASE("a connection that met itself: the line about its own request read bac
     CHECK(met->pid == NGINX);
     CHECK(has_note(*v, "headerless HTTP/0.9 response"));
     CHECK(has_note(*v, "its own request to the upstream"));
+    CHECK(v->client_got == "http09");
 
     // Nginx passed the bytes on as HTTP/0.9 and read on until its timeout:
     // the same connection, the same cause.
@@ -1326,6 +1327,7 @@ TEST_CASE("a connection that met itself: the line about its own request read bac
     REQUIRE(v2);
     CHECK(v2->cause == "upstream_self_connect");
     CHECK(v2->status == 504);
+    CHECK(v2->client_got == "cut_short");
     CHECK_FALSE(has_note(*v2, "HTTP/0.9"));
     CHECK_FALSE(v2->upstream_pid);
     // Any other line to that upstream is not about this connection: it has
@@ -1350,6 +1352,7 @@ TEST_CASE("a line after Nginx's response had begun says the client got no 502/50
                         nullptr);
     CHECK(has_note(v, "its response to the client had begun"));
     CHECK_FALSE(has_note(v, "HTTP/0.9"));
+    CHECK(v.client_got == "cut_short");
     Seq s2;
     s2.established();
     Verdict v2 = explain(s2, line("upstream timed out (110: Connection timed out) while reading response header "
@@ -1357,6 +1360,7 @@ TEST_CASE("a line after Nginx's response had begun says the client got no 502/50
                                   "http://127.0.0.1:8080/"),
                          nullptr);
     CHECK_FALSE(has_note(v2, "Nginx sent no"));
+    CHECK(v2.client_got == "status");
 }
 
 TEST_CASE("a connection that met itself from a port outside the local range was bound there", "[causes]")

@@ -54,7 +54,7 @@ TEST_CASE("a verdict renders as one JSON object with the contract's fields", "[s
     v.evidence.push_back(x);
     std::string j = verdict_json(v, Timebase(0));
     CHECK(j.find('\n') == std::string::npos);
-    for (const char *k : {"\"type\":\"verdict\"", "\"ts\":\"2023-11-14T22:13:20.000000Z\"", "\"status\":502",
+    for (const char *k : {"\"type\":\"verdict\"", "\"ts\":\"2023-11-14T22:13:20.000000Z\"", "\"status\":502,\"client_got\":\"status\"",
                           "\"nginx_pid\":10", "\"upstream\":\"127.0.0.1:8080\"", "\"cause\":\"upstream_killed\"",
                           "\"confidence\":\"high\"", "\"upstream_pid\":42", "\"upstream_comm\":\"python3\"",
                           "\"sig\":9,\"signal\":\"SIGKILL\"", "\"target_pid\":42", "\"exit_code\":null,\"exit_signal\":9",
@@ -94,4 +94,31 @@ TEST_CASE("text output shows control characters and stray bytes as \\xHH, UTF-8 
     CHECK(text.find('\x1b') == std::string::npos);
     CHECK(text.find("GET /\\x1B[2J HTTP/1.1") != std::string::npos);
     CHECK(text.find("\nforged") == std::string::npos);
+}
+
+TEST_CASE("the text output's first word is what the client got", "[sinks]")
+{
+    auto first_word = [](const Verdict &v) {
+        char *buf = nullptr;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        REQUIRE(f);
+        {
+            TextSink sink(f, Timebase(0));
+            sink.verdict(v);
+        }
+        fclose(f);
+        std::string text(buf, len);
+        free(buf);
+        return text.substr(0, text.find(' '));
+    };
+    Verdict v = sample_verdict("GET / HTTP/1.1", "python3");
+    CHECK(first_word(v) == "502");
+    v.status = 504;
+    CHECK(first_word(v) == "504");
+    v.client_got = "cut_short";
+    CHECK(first_word(v) == "cut");
+    CHECK(verdict_json(v, Timebase(0)).find("\"status\":504,\"client_got\":\"cut_short\"") != std::string::npos);
+    v.client_got = "http09";
+    CHECK(first_word(v) == "009");
 }
