@@ -33,6 +33,24 @@ void append(const std::string &file, const std::string &text)
     fclose(f);
 }
 
+// error.log in a scratch directory, holding `initial`, followed from its end.
+struct Followed {
+    Dir d;
+    std::string log = d.path + "/error.log";
+    LogFollower f;
+    explicit Followed(const std::string &initial, size_t max_line = 64 * 1024) : f((append(log, initial), log), max_line)
+    {
+        std::string err;
+        REQUIRE(f.open(true, &err));
+    }
+    // A rename rotation: the file moves to error.log.1, a new empty one takes its place.
+    void rotate()
+    {
+        REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
+        append(log, "");
+    }
+};
+
 // The kinds and texts of what a poll gave, "L:text" for lines.
 std::vector<std::string> kinds(const std::vector<FollowEvent> &evs)
 {
@@ -53,12 +71,9 @@ constexpr uint64_t MS = 1'000'000;
 
 TEST_CASE("the follower reads appended lines and looks for a rotation at most every 200 ms", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "before\n");
-    LogFollower f(log);
-    std::string err;
-    REQUIRE(f.open(true, &err));
+    Followed fl("before\n");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
     uint64_t t = 1000 * MS;
     CHECK(f.poll(t).empty());
     append(log, "one\ntwo\n");
@@ -100,11 +115,9 @@ TEST_CASE("the follower reads appended lines and looks for a rotation at most ev
 
 TEST_CASE("the follower's poll without a time looks at the path at once", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "");
-    LogFollower f(log);
-    REQUIRE(f.open(true, nullptr));
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
     CHECK(f.poll(1000 * MS).empty()); // looked: the next look is due at 1200 ms
     REQUIRE(unlink(log.c_str()) == 0);
     CHECK(kinds(f.poll(1001 * MS)).empty());
@@ -114,11 +127,9 @@ TEST_CASE("the follower's poll without a time looks at the path at once", "[foll
 
 TEST_CASE("the follower's default poll looks at the path every time (a drain at exit)", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "");
-    LogFollower f(log);
-    REQUIRE(f.open(true, nullptr));
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
     CHECK(f.poll(1000 * MS).empty()); // looked: the next timed look is due at 1200 ms
     REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
     append(log, "new\n");
@@ -128,14 +139,11 @@ TEST_CASE("the follower's default poll looks at the path every time (a drain at 
 
 TEST_CASE("a rotation a drain notices: the file read so far is read one last time, not kept", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "");
-    LogFollower f(log);
-    REQUIRE(f.open(true, nullptr));
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
     CHECK(f.poll(1000 * MS).empty());
-    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
-    append(log, "");
+    fl.rotate();
     append(log + ".1", "last\n");
     CHECK(kinds(f.poll()) == V{"L:last", "rotated"});
     append(log + ".1", "after the end\n");
@@ -146,13 +154,10 @@ TEST_CASE("after a rotation the old file is kept while the new one stays empty, 
 {
     // A rename whose reopen comes late (mv, then `nginx -s reopen`): Nginx
     // writes nothing to the new file meanwhile.
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "");
-    LogFollower f(log);
-    REQUIRE(f.open(true, nullptr));
-    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
-    append(log, "");
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
+    fl.rotate();
     uint64_t t = 1000 * MS;
     CHECK(kinds(f.poll(t)) == V{"rotated"});
     append(log + ".1", "x\n");
@@ -167,13 +172,10 @@ TEST_CASE("after a rotation the old file is kept while the new one stays empty, 
 
 TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "");
-    LogFollower f(log);
-    REQUIRE(f.open(true, nullptr));
-    REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
-    append(log, "");
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
+    fl.rotate();
     CHECK(kinds(f.poll(1000 * MS)) == V{"rotated"});
     append(log + ".1", "last words\n");
     CHECK(kinds(f.poll()) == V{"L:last words"});
@@ -183,11 +185,9 @@ TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow
 
 TEST_CASE("a copytruncate written past the offset before the next poll is seen by its last line", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "2026/12/07 14:00:00 [error] 10#10: *1 before\n");
-    LogFollower f(log);
-    REQUIRE(f.open(true, nullptr));
+    Followed fl("2026/12/07 14:00:00 [error] 10#10: *1 before\n");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
     append(log, "2026/12/07 14:00:01 [error] 10#10: *2 one\n");
     CHECK(kinds(f.poll(1000 * MS)) == V{"L:2026/12/07 14:00:01 [error] 10#10: *2 one"});
     // Copied, truncated, and written again past where the follower was, all
@@ -226,11 +226,9 @@ TEST_CASE("a copytruncate written past the offset before the next poll is seen b
 
 TEST_CASE("the truncation check holds for lines cut at the limit and a start inside a line", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "the end of a line begun before");
-    LogFollower f(log, 8);
-    REQUIRE(f.open(true, nullptr));
+    Followed fl("the end of a line begun before", 8);
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
     append(log, " and its end\n0123456789abcdef\nshort\n");
     CHECK(kinds(f.poll(1000 * MS)) == V{"L: and its", "L:01234567", "L:short"});
     append(log, "0123456789abcdef\n");
@@ -244,11 +242,9 @@ TEST_CASE("the truncation check holds for lines cut at the limit and a start ins
 
 TEST_CASE("a rotation whose new file cannot be read yet is said at once, and the file read when it can be", "[follow]")
 {
-    Dir d;
-    std::string log = d.path + "/error.log";
-    append(log, "");
-    LogFollower f(log);
-    REQUIRE(f.open(true, nullptr));
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
     REQUIRE(rename(log.c_str(), (log + ".1").c_str()) == 0);
     REQUIRE(mkdir(log.c_str(), 0755) == 0); // not a file
     auto evs = f.poll(1000 * MS);

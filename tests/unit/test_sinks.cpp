@@ -36,6 +36,23 @@ static Verdict sample_verdict(const std::string &request, const std::string &com
     return v;
 }
 
+// The text sink's rendering of one verdict.
+static std::string as_text(const Verdict &v)
+{
+    char *buf = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    REQUIRE(f);
+    {
+        TextSink sink(f, Timebase(0));
+        sink.verdict(v);
+    }
+    fclose(f);
+    std::string text(buf, len);
+    free(buf);
+    return text;
+}
+
 TEST_CASE("a verdict renders as one JSON object with the contract's fields", "[sinks]")
 {
     Verdict v = sample_verdict("GET /\"quoted\" HTTP/1.1", "python3");
@@ -80,17 +97,7 @@ TEST_CASE("text output shows control characters and stray bytes as \\xHH, UTF-8 
     // A whole verdict, as the text sink writes it.
     Verdict v = sample_verdict("GET /\x1b[2J HTTP/1.1", "evil\x1b[31m");
     v.notes.push_back("a note\nforged line");
-    char *buf = nullptr;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    REQUIRE(f);
-    {
-        TextSink sink(f, Timebase(0));
-        sink.verdict(v);
-    }
-    fclose(f);
-    std::string text(buf, len);
-    free(buf);
+    std::string text = as_text(v);
     CHECK(text.find('\x1b') == std::string::npos);
     CHECK(text.find("GET /\\x1B[2J HTTP/1.1") != std::string::npos);
     CHECK(text.find("\nforged") == std::string::npos);
@@ -99,17 +106,7 @@ TEST_CASE("text output shows control characters and stray bytes as \\xHH, UTF-8 
 TEST_CASE("the text output's first word is what the client got", "[sinks]")
 {
     auto first_word = [](const Verdict &v) {
-        char *buf = nullptr;
-        size_t len = 0;
-        FILE *f = open_memstream(&buf, &len);
-        REQUIRE(f);
-        {
-            TextSink sink(f, Timebase(0));
-            sink.verdict(v);
-        }
-        fclose(f);
-        std::string text(buf, len);
-        free(buf);
+        std::string text = as_text(v);
         return text.substr(0, text.find(' '));
     };
     Verdict v = sample_verdict("GET / HTTP/1.1", "python3");
