@@ -7,7 +7,7 @@ PKGS=(
   cmake make g++ pkg-config file procps iproute2 python3
   clang llvm libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev libzstd-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev catch2
-  nginx php-fpm nftables wrk tcpdump
+  nginx php-fpm gunicorn nftables wrk tcpdump
   docker.io debootstrap chromium qemu-system-x86 e2fsprogs
 )
 

@@ -33,6 +33,16 @@ std::string who(uint32_t pid, const std::string &comm)
 
 std::string at(const RuleInput &in, uint64_t ts) { return clock_local(in.tb.to_real_ns(ts)); }
 
+// "40 µs", "4.2 ms", "3.1 s"
+std::string duration_text(uint64_t ns)
+{
+    if (ns < 1'000'000)
+        return fmt::format("{} µs", ns / 1000);
+    if (ns < 1'000'000'000)
+        return fmt::format("{:.1f} ms", static_cast<double>(ns) / 1e6);
+    return fmt::format("{:.1f} s", static_cast<double>(ns) / 1e9);
+}
+
 Evidence exit_evidence(const Proc &p)
 {
     Evidence ev;
@@ -84,15 +94,34 @@ Evidence oom_evidence(const Proc &p)
     return ev;
 }
 
-// The signal that killed p: the last one of that number generated before its exit.
+// How soon after a signal from another process a process may raise the
+// same one itself, passing it on: a runtime that defers signals during
+// critical sections (PHP's Zend engine) resets the default action and
+// raises the signal again once out of them.
+constexpr uint64_t kReraiseNs = 5'000'000'000ULL;
+
+// The signal that killed p: the last one of that number generated before its
+// exit; when p raised that one itself (not a fault the kernel raised), the one
+// from another process it passed on, if there was one just before.
 const SignalRec *killing_signal(const Proc &p)
 {
     if (!p.exit || !p.exit->signaled())
         return nullptr;
-    for (auto it = p.signals.rbegin(); it != p.signals.rend(); ++it)
-        if (it->sig == p.exit->signal() && it->ts <= p.exit->ts)
+    const SignalRec *last = nullptr;
+    for (auto it = p.signals.rbegin(); it != p.signals.rend(); ++it) {
+        if (it->sig != p.exit->signal() || it->ts > p.exit->ts)
+            continue;
+        if (!last) {
+            last = &*it;
+            if (last->sender != p.pid || last->code > 0)
+                return last;
+        } else if (last->ts - it->ts > kReraiseNs) {
+            break;
+        } else if (it->sender != p.pid) {
             return &*it;
-    return nullptr;
+        }
+    }
+    return last;
 }
 
 // The upstream process died while it held the connection: its exit came
@@ -111,6 +140,88 @@ bool died_holding(const RuleInput &in)
     if (in.conn->t_up_close && *in.conn->t_up_close < dead)
         return false;
     return true;
+}
+
+// Signals that ask a process to stop and that it may handle, closing its
+// connections or exiting by itself: gunicorn's worker on SIGABRT (its
+// master's worker timeout), a server's graceful or fast stop on SIGTERM,
+// SIGQUIT or SIGINT.
+bool is_stop_signal(int sig)
+{
+    return sig == 2 || sig == 3 || sig == 6 || sig == 15;
+}
+
+// When the upstream ended its end of the connection (closed it, sent its FIN
+// or an abort, exited holding it; or Nginx received its FIN or RST) before
+// Nginx ended its own, or 0.
+uint64_t upstream_ended(const RuleInput &in)
+{
+    const Conn &c = *in.conn;
+    uint64_t end = 0;
+    for (const auto &t : {c.t_up_close, c.t_up_fin, c.t_up_abort, c.t_fin_recv, c.t_rst_recv})
+        if (t && (!end || *t < end))
+            end = *t;
+    if (in.upstream->exit && (!end || in.upstream->exit->ts < end))
+        end = in.upstream->exit->ts;
+    uint64_t nginx_end = std::min(c.t_nginx_fin.value_or(UINT64_MAX), c.t_nginx_close.value_or(UINT64_MAX));
+    return end && end < nginx_end ? end : 0;
+}
+
+// An orderly close (FIN) by the upstream, then a RST from its socket: data
+// (Nginx's request on a reused keep-alive connection) arrived after the
+// close. An abortive close is upstream_reset.
+bool raced(const RuleInput &in)
+{
+    const Conn *c = in.conn;
+    return c && c->t_established && c->t_up_rst_sent && c->t_up_fin && !c->t_up_abort && *c->t_up_rst_sent > *c->t_up_fin;
+}
+
+// A connection seen only from its failure on: how long before its end a stop
+// signal still counts as the one it ended on (Nginx's default read timeout).
+constexpr uint64_t kStopBeforeNs = 60'000'000'000ULL;
+
+// The last stop signal another process sent the upstream process while it
+// held the connection, before it ended it, and not ignored. *bounded: the
+// connection's start was seen (else the signal is one within kStopBeforeNs of
+// its end).
+const SignalRec *stop_signal(const RuleInput &in, bool *bounded)
+{
+    if (!in.conn || !in.upstream)
+        return nullptr;
+    const Conn &c = *in.conn;
+    const Proc &p = *in.upstream;
+    uint64_t end = upstream_ended(in);
+    // From the start of the connection as the upstream held it, or 0.
+    uint64_t from = c.untracked ? 0 : c.t_accept ? *c.t_accept : c.t_established.value_or(0);
+    if (!end || (!c.untracked && !from))
+        return nullptr;
+    *bounded = from != 0;
+    for (auto it = p.signals.rbegin(); it != p.signals.rend(); ++it) {
+        if (it->ts > end || it->sender == p.pid || !is_stop_signal(it->sig) || it->result == 1 /* ignored */)
+            continue;
+        if (from ? it->ts < from : end - it->ts > kStopBeforeNs)
+            return nullptr; // older ones are older still
+        return &*it;
+    }
+    return nullptr;
+}
+
+// What a known supervisor means by a signal it sends its worker.
+std::string supervisor_hint(const SignalRec &s)
+{
+    if (s.sender_comm == "gunicorn" && s.sig == 6)
+        return " gunicorn's master sends SIGABRT to a worker that has not checked in for longer than its --timeout "
+               "(\"WORKER TIMEOUT\" in its log): the request ran too long.";
+    if (s.sender_comm.rfind("php-fpm", 0) == 0 && s.sig == 15)
+        return " php-fpm's master sends SIGTERM to a child whose request ran past request_terminate_timeout "
+               "(\"execution timed out\" in its log).";
+    return "";
+}
+
+// "pid 1 (gunicorn), its parent"
+std::string sender_of(const Proc &p, const SignalRec &s)
+{
+    return who(s.sender, s.sender_comm) + (p.parent && p.parent == s.sender ? ", its parent," : "");
 }
 
 bool alive_at_failure(const RuleInput &in)
@@ -304,10 +415,48 @@ bool rule_oom_killed(const RuleInput &in, Verdict &v)
     return true;
 }
 
+// A process that handled a stop signal from another process and then ended
+// the connection (closed it, reset it, or exited holding it): killed all the
+// same, by what the signal asked of it.
+bool killed_by_handled_signal(const RuleInput &in, Verdict &v)
+{
+    bool bounded = false;
+    const SignalRec *s = stop_signal(in, &bounded);
+    if (!s || raced(in))
+        return false;
+    if (!base(v, in, "upstream_killed", bounded ? "high" : "medium"))
+        return true;
+    const Proc &p = *in.upstream;
+    const Conn &c = *in.conn;
+    uint64_t end = upstream_ended(in);
+    v.evidence.push_back(signal_evidence(p, *s));
+    std::string later = duration_text(end - s->ts) + " later";
+    const char *verb = c.t_up_abort || c.t_rst_recv == end ? "reset" : "closed";
+    std::string what;
+    if (p.exit) {
+        v.evidence.push_back(exit_evidence(p));
+        std::string status = p.exit->signaled() ? fmt::format("killed by {}", signal_name(p.exit->signal()))
+                                                : fmt::format("with code {}", p.exit->code());
+        if (p.exit->ts == end)
+            what = fmt::format("exited {} {}, still holding it", later, status);
+        else
+            what = fmt::format("{} it {} (it {} {} at {})", verb, later, p.exit->signaled() ? "was then" : "then exited",
+                               status, at(in, p.exit->ts));
+    } else {
+        what = fmt::format("{} it {}", verb, later);
+    }
+    v.fact("signal_handled", true);
+    v.explanation = fmt::format("Upstream {} was told to stop with {} by {} at {} while it held Nginx's connection, "
+                                "and {}: it ended the request on that signal.{}",
+                                who(p.pid, p.comm), signal_name(s->sig), sender_of(p, *s), at(in, s->ts), what,
+                                supervisor_hint(*s));
+    return true;
+}
+
 bool rule_killed(const RuleInput &in, Verdict &v)
 {
     if (!died_holding(in) || !in.upstream->exit->signaled())
-        return false;
+        return killed_by_handled_signal(in, v);
     const Proc &p = *in.upstream;
     const SignalRec *s = killing_signal(p);
     if (s && s->sender == p.pid && (is_crash_signal(s->sig) || s->code > 0))
@@ -320,9 +469,9 @@ bool rule_killed(const RuleInput &in, Verdict &v)
         v.evidence.push_back(signal_evidence(p, *s));
     v.evidence.push_back(exit_evidence(p));
     if (s)
-        v.explanation = fmt::format("Upstream {} was killed by {} from {} at {} while it held Nginx's connection.",
-                                    who(p.pid, p.comm), signal_name(s->sig), who(s->sender, s->sender_comm),
-                                    at(in, s->ts));
+        v.explanation = fmt::format("Upstream {} was killed by {} from {} at {} while it held Nginx's connection.{}",
+                                    who(p.pid, p.comm), signal_name(s->sig), sender_of(p, *s), at(in, s->ts),
+                                    supervisor_hint(*s));
     else
         v.explanation = fmt::format("Upstream {} was killed by {} at {} while it held Nginx's connection (the sender "
                                     "was not seen).",
@@ -581,13 +730,9 @@ bool rule_connect_timeout(const RuleInput &in, Verdict &v)
 
 bool rule_keepalive_race(const RuleInput &in, Verdict &v)
 {
-    if (!in.conn || !in.conn->t_established || !in.conn->t_up_rst_sent || !alive_at_failure(in))
+    if (!raced(in) || !alive_at_failure(in))
         return false;
-    // An orderly close (FIN) by the upstream, then a RST from its socket:
-    // data arrived after the close. An abortive close is upstream_reset.
     std::optional<uint64_t> closed = in.conn->t_up_fin;
-    if (!closed || in.conn->t_up_abort || *in.conn->t_up_rst_sent <= *closed)
-        return false;
     const Proc &p = *in.upstream;
     if (!base(v, in, "keepalive_race", "high"))
         return true;
@@ -754,7 +899,7 @@ const std::vector<Rule> &rules()
         {"upstream_not_listening", "connect refused: nothing listens on the address; names the last listener and how it went away", rule_not_listening},
         {"connect_timeout", "SYNs went unanswered (504): packets dropped on the way, e.g. by a firewall", rule_connect_timeout},
         {"upstream_oom_killed", "the process holding the upstream end was OOM-killed", rule_oom_killed},
-        {"upstream_killed", "the process holding the upstream end was killed by a signal from another process", rule_killed},
+        {"upstream_killed", "the process holding the upstream end was killed by a signal from another process, or ended the connection on a stop signal from one (a supervisor's timeout)", rule_killed},
         {"upstream_crashed", "the process died of its own fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL)", rule_crashed},
         {"upstream_exited", "the process exited normally while holding the connection", rule_exited},
         {"keepalive_race", "Nginx reused an idle keep-alive connection the upstream had already closed", rule_keepalive_race},

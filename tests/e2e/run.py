@@ -10,7 +10,7 @@ Each scenario causes one 502 (or 504) and asserts n502trace's verdict for it,
 except no_live_upstreams (three error lines: three verdicts) and
 backlog_full_tcp (the count is of verdicts for GET /target). Must run as root
 (BPF, cgroups, netns, nftables, Nginx with `user www-data`). Needs the Debian
-packages nginx, php-fpm (php8.2-fpm) and nftables, plus iproute2 (ip, ss).
+packages nginx, php-fpm (php8.2-fpm), gunicorn and nftables, plus iproute2 (ip, ss).
 
 What Nginx 1.22.1 (Debian 12) logged for each scenario, as observed with
 --no-tool on kernel 6.18 (error_log level info):
@@ -77,6 +77,12 @@ where shown, else [error]; DIR is the test's temp dir):
                      (NOT "prematurely closed": the FPM child had not read the empty
                      FCGI_STDIN record that came with the params, and a unix socket closed
                      with unread data gives its peer ECONNRESET; deterministic.)
+  fastcgi_php_fpm_terminate_timeout
+                     recv() failed (104: Connection reset by peer) while reading response header
+                       from upstream (request_terminate_timeout 2s: the master's SIGTERM)  -> 502
+  gunicorn_worker_timeout
+                     upstream prematurely closed connection while reading response header
+                       from upstream (gunicorn --timeout 2: its master's SIGABRT, handled) -> 502
   uwsgi_killed       upstream prematurely closed connection while reading response header
                        from upstream (upstream "uwsgi://127.0.0.1:P")                       -> 502
   grpc_killed        upstream prematurely closed connection while reading response header
@@ -967,7 +973,9 @@ echo "slept\\n";
 """
 
 
-def sc_fastcgi_php_fpm_killed(s):
+def php_fpm_sleeping(s, **fpm_kw):
+    """Nginx -> one php-fpm child (fpm_kw for harness.PhpFpm) running a
+    script that sleeps: (fpm, child, request), the request in the child."""
     www = s.h.path("www")
     os.mkdir(www)
     pw = pwd.getpwnam("www-data")
@@ -980,7 +988,7 @@ def sc_fastcgi_php_fpm_killed(s):
     fpm_sock = s.h.path("php-fpm", "php.sock")
     s.setup(None, ["fastcgi_pass unix:%s;" % fpm_sock, "include /etc/nginx/fastcgi_params;",
                    "fastcgi_param SCRIPT_FILENAME %s;" % script])
-    fpm = s.h.start_php_fpm()
+    fpm = s.h.start_php_fpm(**fpm_kw)
     check(fpm.sock == fpm_sock, "php-fpm socket %s" % fpm.sock)
     kids = fpm.workers()
     check(len(kids) == 1, "php-fpm children %r, want one" % kids)
@@ -998,6 +1006,11 @@ def sc_fastcgi_php_fpm_killed(s):
         return int(text) if text.endswith("\n") else None
     got = harness.wait_until(marker_pid, 10, "the PHP script's marker file")
     check(got == child, "the script ran in pid %d, not the child %d" % (got, child))
+    return fpm, child, req
+
+
+def sc_fastcgi_php_fpm_killed(s):
+    fpm, child, req = php_fpm_sleeping(s)
     killer = harness.spawn_kill(signal.SIGKILL, child)
     s.note("/bin/kill -KILL %d ran as pid %d" % (child, killer))
     r = req.result()
@@ -1010,6 +1023,48 @@ def sc_fastcgi_php_fpm_killed(s):
     s.expect_verdict(r, "upstream_killed", "unix:" + fpm.sock, "Connection reset by peer", upstream_pid=child, evidence=[
         [{"event": "signal", "pid": killer, "target_pid": child, "sig": 9}],
     ])
+
+
+def sc_fastcgi_php_fpm_terminate_timeout(s):
+    """php-fpm's own supervisor: past request_terminate_timeout its master
+    ends the child with SIGTERM."""
+    fpm, child, req = php_fpm_sleeping(s, pool_extra="request_terminate_timeout = 2s")
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    harness.wait_until(lambda: not harness.pid_alive(child) or harness.proc_state(child) == "Z", 5,
+                       "php-fpm child %d to die" % child)
+    check("execution timed out" in fpm.read_log(), "php-fpm did not log a timeout: %s" % fpm.read_log()[-400:])
+    s.expect_nginx_message(MSG_RESET)
+    v = s.expect_verdict(r, "upstream_killed", "unix:" + fpm.sock, "Connection reset by peer", upstream_pid=child,
+                         evidence=[[{"event": "signal", "pid": fpm.master_pid, "target_pid": child, "sig": 15}],
+                                   [{"event": "exit", "pid": child, "exit_signal": 15}]])
+    if v is not None:
+        check("request_terminate_timeout" in v.get("explanation", ""), "explanation: %r" % v.get("explanation"))
+
+
+def sc_gunicorn_worker_timeout(s):
+    """The mission's own example: a worker killed by its supervisor after a
+    timeout. gunicorn's master sends SIGABRT to a worker silent for longer
+    than --timeout; the worker handles it (closes the connection, exits with
+    code 1): Nginx sees the upstream close the connection, not a crash."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    g = s.h.start_gunicorn(port, timeout=2)
+    req = harness.BackgroundRequest(s.nginx.port)
+    req.start()
+    worker = harness.wait_until(g.serving_pid, 10, "the gunicorn worker's marker file")
+    s.note("gunicorn master %d, worker %d took the request" % (g.master_pid, worker))
+    r = req.result()
+    check(r.status == 502, "status %r, want 502" % r.status)
+    check("WORKER TIMEOUT (pid:%d)" % worker in g.read_log(), "gunicorn did not time the worker out: %s" % (
+        g.read_log()[-400:]))
+    s.expect_nginx_message(MSG_PREMATURE)
+    v = s.expect_verdict(r, "upstream_killed", g.address, "prematurely closed", upstream_pid=worker,
+                         evidence=[[{"event": "signal", "pid": g.master_pid, "target_pid": worker, "sig": 6}]],
+                         facts={"signal_handled": True})
+    if v is not None:
+        check("WORKER TIMEOUT" in v.get("explanation", ""), "explanation: %r" % v.get("explanation"))
+        check(v.get("confidence") == ("medium" if ADAPTIVE else "high"), "confidence %r" % v.get("confidence"))
 
 
 def sc_uwsgi_killed(s):
@@ -1598,6 +1653,8 @@ SCENARIOS = {
     "no_live_upstreams": sc_no_live_upstreams,
     "keepalive_race": sc_keepalive_race,
     "fastcgi_php_fpm_killed": sc_fastcgi_php_fpm_killed,
+    "fastcgi_php_fpm_terminate_timeout": sc_fastcgi_php_fpm_terminate_timeout,
+    "gunicorn_worker_timeout": sc_gunicorn_worker_timeout,
     "uwsgi_killed": sc_uwsgi_killed,
     "grpc_killed": sc_grpc_killed,
     "ipv6_killed": sc_ipv6_killed,

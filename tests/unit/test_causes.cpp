@@ -1175,6 +1175,35 @@ TEST_CASE("anomaly-only: an upstream closing unanswered, matched to Nginx's end 
     CHECK(has_note(v, "only from its failure on"));
 }
 
+TEST_CASE("anomaly-only: a stop signal shortly before an upstream's unanswered close is what ended it",
+          "[causes][adaptive]")
+{
+    // Seen only from its failure on: the signal counts when it came within a
+    // minute of the close (the connection's start is not known).
+    uint64_t before = GENERATE(uint64_t{2'000'000'000}, uint64_t{61'000'000'000});
+    CAPTURE(before);
+    Seq s;
+    s.st.add_process(UP, N502_PROC_LISTENER, "gunicorn", 599);
+    Event &sig = s.add(N502_EV_SIGNAL, 599);
+    sig.comm = "gunicorn";
+    sig.target = UP;
+    sig.sig = 6;
+    s.t += before;
+    untracked_holder_close(s, 1, 4);
+    Event &e = s.state(SK, N502_SOCK_NGINX, 0, 1, 8, 0, 1);
+    e.untracked = true;
+    auto v = explain(s, line("upstream prematurely closed connection while reading response header from upstream",
+                             "http://127.0.0.1:8080/"),
+                     nullptr);
+    if (before < 60'000'000'000ULL) {
+        CHECK(v.cause == "upstream_killed");
+        CHECK(v.confidence == "medium");
+        CHECK(v.explanation.find("by pid 599 (gunicorn), its parent,") != std::string::npos);
+    } else {
+        CHECK(v.cause == "upstream_closed_early");
+    }
+}
+
 TEST_CASE("anomaly-only: an aborted connection is the upstream's reset", "[causes][adaptive]")
 {
     Seq s;

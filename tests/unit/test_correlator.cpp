@@ -576,3 +576,148 @@ TEST_CASE("a connection's story that arrives after the upstream's death still na
     for (size_t i = 1; i < v.evidence.size(); i++)
         CHECK(v.evidence[i - 1].ts <= v.evidence[i].ts);
 }
+
+// A supervisor's stop signal that the upstream handled: it closed (or reset)
+// Nginx's connection, or exited holding it, on that signal (gunicorn's worker
+// timeout: SIGABRT from its master, and the worker exits with code 1).
+namespace {
+
+Rec handled_stop(int sig, const char *sender_comm)
+{
+    Rec r;
+    r.listen();
+    r.established();
+    r.signal(KILLER, sender_comm, UPSTREAM, sig);
+    return r;
+}
+
+bool says(const Verdict &v, const char *part) { return v.explanation.find(part) != std::string::npos; }
+
+} // namespace
+
+TEST_CASE("an upstream that closed the connection on its supervisor's stop signal was killed by it", "[correlator]")
+{
+    Rec r = handled_stop(6, "gunicorn");
+    r.fin_from_upstream(UPSTREAM);
+    bool exited = GENERATE(false, true);
+    CAPTURE(exited);
+    if (exited)
+        r.exit(UPSTREAM, 1 << 8); // the worker's sys.exit(1), after the close
+    World w(r, PREMATURE);
+    Verdict v = w.verdict();
+    CHECK(v.cause == "upstream_killed");
+    CHECK(v.confidence == "high");
+    CHECK(*v.upstream_pid == UPSTREAM);
+    const Evidence *s = find(v, "signal");
+    REQUIRE(s);
+    CHECK(s->pid == KILLER);
+    CHECK(s->sig == 6);
+    CHECK(says(v, "told to stop with SIGABRT by pid 9868 (gunicorn)"));
+    CHECK(says(v, "closed it"));
+    CHECK(says(v, "WORKER TIMEOUT"));
+    CHECK(says(v, "then exited with code 1 at") == exited);
+    CHECK((find(v, "exit") != nullptr) == exited);
+    REQUIRE(v.facts.size() == 1);
+    CHECK(v.facts[0].first == "signal_handled");
+}
+
+TEST_CASE("a stop signal handled by resetting the connection, or by exiting with it open", "[correlator]")
+{
+    Rec r = handled_stop(15, "systemd");
+    r.rst_to_nginx();
+    Verdict v = World(r, RESET).verdict();
+    CHECK(v.cause == "upstream_killed");
+    CHECK(says(v, "SIGTERM by pid 9868 (systemd)"));
+    CHECK(says(v, "reset it"));
+    CHECK_FALSE(says(v, "WORKER TIMEOUT"));
+
+    Rec r2 = handled_stop(3, "supervisord");
+    r2.exit(UPSTREAM, 0); // a graceful exit that left the connection to the kernel
+    r2.fin_from_upstream(0);
+    Verdict v2 = World(r2, PREMATURE).verdict();
+    CHECK(v2.cause == "upstream_killed");
+    CHECK(says(v2, "SIGQUIT"));
+    INFO(v2.explanation);
+    CHECK(says(v2, "exited 100 µs later with code 0, still holding it"));
+}
+
+TEST_CASE("signals that did not end the connection do not make it a kill", "[correlator]")
+{
+    auto cause_with = [](auto &&signal_at) {
+        Rec r;
+        r.listen();
+        signal_at(r, 0); // before the connection
+        r.established();
+        signal_at(r, 1); // while it is held
+        r.fin_from_upstream(UPSTREAM);
+        return World(r, PREMATURE).verdict().cause;
+    };
+    // Only before the upstream took the connection.
+    CHECK(cause_with([](Rec &r, int when) {
+              if (when == 0)
+                  r.signal(KILLER, "gunicorn", UPSTREAM, 15);
+          }) == "upstream_closed_early");
+    // Raised by the process itself, ignored, or not a stop signal.
+    CHECK(cause_with([](Rec &r, int when) {
+              if (when == 1)
+                  r.signal(UPSTREAM, "python3", UPSTREAM, 15);
+          }) == "upstream_closed_early");
+    CHECK(cause_with([](Rec &r, int when) {
+              if (when == 1) {
+                  r.signal(KILLER, "gunicorn", UPSTREAM, 15);
+                  r.evs.back().result = 1; // TRACE_SIGNAL_IGNORED
+              }
+          }) == "upstream_closed_early");
+    CHECK(cause_with([](Rec &r, int when) {
+              if (when == 1)
+                  r.signal(KILLER, "gunicorn", UPSTREAM, 1); // SIGHUP: a reload, not a stop
+          }) == "upstream_closed_early");
+    // The control: the same sequence with a stop signal while it is held.
+    CHECK(cause_with([](Rec &r, int when) {
+              if (when == 1)
+                  r.signal(KILLER, "gunicorn", UPSTREAM, 15);
+          }) == "upstream_killed");
+}
+
+TEST_CASE("a keep-alive race stays a race when a stop signal made the upstream close its idle connection",
+          "[correlator]")
+{
+    Rec r = handled_stop(15, "systemd");
+    r.state(UP_SK, N502_SOCK_UPSTREAM, UPSTREAM, 1, 4, 0, UPSTREAM); // closes the idle connection
+    r.t += 2'000'000; // Nginx's request crosses the FIN
+    Event &s = r.add(N502_EV_RESET, UPSTREAM, "python3");
+    s.sk = UP_SK;
+    s.sock_role = N502_SOCK_UPSTREAM;
+    s.owner = UPSTREAM;
+    s.dir = N502_RST_SENT;
+    Event &g = r.add(N502_EV_RESET, UPSTREAM, "python3");
+    g.sk = NGX_SK;
+    g.sock_role = N502_SOCK_NGINX;
+    g.owner = NGINX;
+    g.dir = N502_RST_RECEIVED;
+    g.tcp_state = 8;
+    r.state(NGX_SK, N502_SOCK_NGINX, NGINX, 8, 7, ECONNRESET, UPSTREAM);
+    Verdict v = World(r, RESET).verdict();
+    CHECK(v.cause == "keepalive_race");
+}
+
+TEST_CASE("a signal the killed process raised again itself is named by its first sender", "[correlator]")
+{
+    // PHP-FPM: the master's SIGTERM is deferred by the Zend engine, which
+    // then resets the default action and sends it to itself.
+    Rec r = handled_stop(15, "php-fpm8.2");
+    r.signal(UPSTREAM, "php-fpm8.2", UPSTREAM, 15);
+    r.exit(UPSTREAM, 15);
+    r.rst_to_nginx();
+    Verdict v = World(r, RESET).verdict();
+    CHECK(v.cause == "upstream_killed");
+    CHECK(find(v, "signal")->pid == KILLER);
+    CHECK(says(v, "killed by SIGTERM from pid 9868 (php-fpm8.2)"));
+    CHECK(says(v, "request_terminate_timeout"));
+    // A fault the kernel raised is the process's own, whatever came before.
+    Rec c = handled_stop(11, "kill");
+    c.signal(UPSTREAM, "python3", UPSTREAM, 11, 1); // SEGV_MAPERR
+    c.exit(UPSTREAM, 11);
+    c.fin_from_upstream(UPSTREAM);
+    CHECK(World(c, PREMATURE).verdict().cause == "upstream_crashed");
+}
