@@ -1188,6 +1188,7 @@ int run(const Options &opt)
     uint64_t stop_at = opt.duration_s > 0 ? boot_now_ns() + static_cast<uint64_t>(opt.duration_s * 1e9) : 0;
     bool stop = false;
     int exit_code = EXIT_OK;
+    std::string exit_reason; // said on stderr too when stdout is for a program
     unsigned trim_tick = 0;
 
     // now: boot ns (LogFollower::kCheckPath: look for rotations whatever the time).
@@ -1307,6 +1308,8 @@ int run(const Options &opt)
                            0});
             if (!waits) {
                 exit_code = EXIT_RUNTIME;
+                exit_reason = fmt::format("the Nginx master {} has exited; stopping (--follow waits for a new one)",
+                                          in.info.master);
                 stop = true;
             }
         }
@@ -1464,6 +1467,8 @@ int run(const Options &opt)
         }
         if (stop_at && now >= stop_at)
             stop = true;
+        if (output_error())
+            stop = true; // nobody reads the verdicts (or they cannot be written)
     }
 
     // Drain: kernel events and log lines already written still count.
@@ -1483,6 +1488,16 @@ int run(const Options &opt)
     engine.finish(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(), rss_kib);
     if (rec)
         engine.check_recorder();
+    if (!exit_reason.empty() && (opt.json || !isatty(STDOUT_FILENO)))
+        error(exit_reason);
+    if (int e = output_error()) {
+        // A reader that has gone (`| head -1`) took what it wanted; anything
+        // else lost output.
+        if (e == EPIPE)
+            return exit_code;
+        error(fmt::format("writing the output failed ({}): stopped", strerror(e)));
+        return EXIT_RUNTIME;
+    }
     return exit_code;
 }
 

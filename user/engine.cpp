@@ -1,8 +1,9 @@
 #include "engine.hpp"
 
 #include <cstdlib>
-#include <ctime>
 #include <cstring>
+#include <ctime>
+#include <utility>
 #include <fmt/format.h>
 
 #include "app.hpp"
@@ -810,10 +811,17 @@ void Engine::ready(const ReadyInfo &r)
         rec(Rec::Ready, e);
     }
     sink_.ready(r);
+    ready_sent_ = true;
+    for (const Warning &w : std::exchange(held_warnings_, {}))
+        warning(w);
 }
 
 void Engine::warning(const Warning &w)
 {
+    if (!ready_sent_) {
+        held_warnings_.push_back(w);
+        return;
+    }
     rec(Rec::Warning, Enc().str(w.code).str(w.message).u64(w.count));
     note_tracking(w.code);
     sink_.warning(w);
@@ -821,6 +829,11 @@ void Engine::warning(const Warning &w)
 
 void Engine::finish(double duration_s, uint64_t rss_kib)
 {
+    if (!ready_sent_) { // (a run that never got ready: its warnings still count)
+        ready_sent_ = true;
+        for (const Warning &w : std::exchange(held_warnings_, {}))
+            warning(w);
+    }
     rec(Rec::Finish, Enc().u64(bits_of(duration_s)).u64(rss_kib));
     if (rec_)
         rec_->flush();
@@ -1232,6 +1245,10 @@ void Engine::replay_restore(Timebase corr, uint64_t next_stats)
 
 int run_replay(const std::string &path, bool json)
 {
+    if (std::string why = input_file_problem(path); !why.empty()) {
+        fmt::print(stderr, "n502trace: error: {}\n", why);
+        return EXIT_USAGE;
+    }
     std::unique_ptr<Sink> sink;
     std::vector<std::string> warnings;
     try {

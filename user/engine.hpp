@@ -150,6 +150,8 @@ public:
     // work ran (the caller does its own then).
     bool step();
     void ready(const ReadyInfo &r);
+    // Warnings before ready() are held and given right after it: `ready`
+    // is the first record a script reads.
     void warning(const Warning &w);
     // The end: everything pending explained, the summary printed.
     void finish(double duration_s, uint64_t rss_kib);
@@ -188,6 +190,8 @@ private:
         std::string text;
         bool overflow = false;
     };
+    bool ready_sent_ = false;
+    std::vector<Warning> held_warnings_;
     void rec(Rec type, const Enc &e);
     void flush_time();
     void do_kernel(const void *data, size_t len);

@@ -1,13 +1,51 @@
 // n502trace: why did Nginx return 502? Command line only; the work is in app.cpp.
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fmt/format.h>
+#include <string>
+#include <vector>
 
 #include "app.hpp"
 #include "engine.hpp"
 #include "recording.hpp"
 #include "report.hpp"
 #include "rules.hpp"
+
+namespace {
+
+// A number of seconds: finite and within [lo, hi] (above lo when open_lo).
+// CLI11's own range checks let "nan" through and word their message for any
+// double.
+CLI::Validator seconds_in(double lo, double hi, bool open_lo)
+{
+    std::string range = fmt::format("{} {} to {} seconds", open_lo ? "more than" : "from", lo, hi);
+    return CLI::Validator(
+        [=](std::string &s) -> std::string {
+            char *end = nullptr;
+            double d = std::strtod(s.c_str(), &end);
+            if (s.empty() || end == s.c_str() || *end != '\0')
+                return fmt::format("'{}' is not a number (of seconds)", s);
+            if (!std::isfinite(d) || (open_lo ? d <= lo : d < lo) || d > hi)
+                return fmt::format("{} is out of range: give {}", s, range);
+            return std::string();
+        },
+        "SECONDS", "seconds");
+}
+
+// The first of each, in order: a log named twice is followed once.
+void dedupe(std::vector<std::string> &v)
+{
+    std::vector<std::string> out;
+    for (auto &s : v)
+        if (std::find(out.begin(), out.end(), s) == out.end())
+            out.push_back(std::move(s));
+    v = std::move(out);
+}
+
+} // namespace
 
 int main(int argc, char **argv)
 {
@@ -53,11 +91,11 @@ int main(int argc, char **argv)
                  "n502trace stops with exit code 1); binary upgrades (USR2) are followed either way");
     app.add_flag("--redact", opt.redact, "Remove query strings and client addresses from the output");
     app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
-        ->check(CLI::PositiveNumber);
+        ->check(seconds_in(0, 315'360'000, true)); // up to ten years
     app.add_option("--window", opt.window_s,
                    "Keep kernel evidence this many seconds (default 300): a 502 is explained by a kill, an OOM kill "
                    "or a listener that went away within it; older records are dropped and counted in the summary")
-        ->check(CLI::Range(1.0, 86400.0));
+        ->check(seconds_in(1, 86400, false));
     app.add_flag("--unix-sockets", opt.unix_sockets,
                  "Follow unix-socket upstreams from the start even when Nginx's configuration does not name one "
                  "(it is read at start: a unix: upstream in it, or a configuration that cannot be read, turns "
@@ -85,9 +123,16 @@ int main(int argc, char **argv)
     app.add_option("--calm-after", opt.calm_s,
                    "Adaptive tracking: go back to watching failures only after this many seconds without "
                    "an upstream error line or a failure seen by the kernel (default 300)")
-        ->check(CLI::Range(1.0, 86400.0));
+        ->check(seconds_in(1, 86400, false));
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")
-        ->check(CLI::Range(4u, 1u << 20));
+        ->check(CLI::Range(4u, 1u << 20))
+        ->check(CLI::Validator(
+            [](std::string &s) -> std::string {
+                unsigned long n = std::strtoul(s.c_str(), nullptr, 10);
+                return n && !(n & (n - 1)) ? std::string()
+                                           : fmt::format("{} is not a power of two (4, 8, ..., 2048, ...)", s);
+            },
+            "POWER OF TWO", "power of two"));
     app.add_option("--max-verdicts-per-sec", opt.max_verdicts_per_sec,
                    "Print at most N verdicts per second for each cause and upstream; the rest are counted and "
                    "reported in one line per second (default 20; 0: no limit)");
@@ -123,6 +168,9 @@ int main(int argc, char **argv)
         ->required();
     report->add_option("-o,--output", report_out, "HTML file to write (default: FILE.html)");
 
+    app.failure_message([](const CLI::App *, const CLI::Error &e) {
+        return fmt::format("n502trace: error: {}\nRun with --help for more information.\n", e.what());
+    });
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError &e) {
@@ -133,17 +181,43 @@ int main(int argc, char **argv)
         fmt::print("n502trace {}\n", N502_VERSION);
         return 0;
     }
+    auto usage = [](const std::string &msg) {
+        fmt::print(stderr, "n502trace: error: {}\n", msg);
+        return n502::EXIT_USAGE;
+    };
+    if (*replay || *report) {
+        // Options given before the subcommand are the live run's: they would
+        // be dropped without a word.
+        for (const CLI::Option *o : app.get_options())
+            if (o->count() > 0)
+                return usage(fmt::format("{} is an option of a live run, not of `{}`; the subcommand's own options "
+                                         "come after it (n502trace replay FILE [--json], n502trace report FILE [-o "
+                                         "OUT])",
+                                         o->get_name(), *replay ? "replay" : "report"));
+        if (*report && report->count("-o") && report_out.empty())
+            return usage("-o: give the name of the HTML file to write");
+    }
     if (*replay)
         return n502::run_replay(replay_in, replay_json);
     if (*report)
         return n502::run_report(report_in, report_out);
     if (check)
         return n502::run_check(opt.btf_path);
+    if (app.count("--nginx-pid") && opt.nginx_pid == 0)
+        return usage("--nginx-pid 0: give the pid of the Nginx master or of any worker (`pgrep -a nginx`)");
+    if (app.count("--record") && opt.record.empty())
+        return usage("--record: give the name of the file to record to");
+    if ((!opt.error_logs.empty() || !opt.access_logs.empty()) && !app.count("--nginx-pid"))
+        return usage("--error-log and --access-log name the logs of the Nginx given with --nginx-pid; with "
+                     "--container or --cgroup alone each Nginx's logs are found from its open files");
+    dedupe(opt.error_logs);
+    dedupe(opt.access_logs);
     if (!record_max.empty()) {
         auto n = n502::parse_size(record_max);
         if (!n || *n < 64 * 1024) {
-            fmt::print(stderr, "n502trace: error: --record-max {}: give a size of at least 64k (e.g. 64M, 1G)\n",
-                       record_max);
+            fmt::print(stderr, "n502trace: error: --record-max {}: {}\n", record_max,
+                       n ? "give at least 64k (e.g. 64M, 1G)"
+                         : "not a size: a number with an optional suffix k, M or G (e.g. 64M, 1G), at least 64k");
             return n502::EXIT_USAGE;
         }
         if (opt.record.empty()) {

@@ -37,6 +37,8 @@ std::optional<ProcInfo> read_proc(uint32_t pid, const std::string &root)
     std::istringstream rest(stat->substr(close + 1));
     std::string state;
     rest >> state >> p.ppid;
+    if (!state.empty())
+        p.state = state[0];
     if (auto cmd = slurp(fmt::format("{}/{}/cmdline", root, pid))) {
         std::replace(cmd->begin(), cmd->end(), '\0', ' ');
         while (!cmd->empty() && cmd->back() == ' ')
@@ -84,9 +86,15 @@ std::vector<uint32_t> children_of(uint32_t pid, const std::string &root)
     return out;
 }
 
+// Nginx by its name (nginx, nginx-debug), its title ("nginx: master
+// process ..."), or the program it runs (argv[0], before a title is set):
+// not any process with "nginx" somewhere in its arguments (`tail -f
+// /var/log/nginx/error.log`).
 static bool looks_like_nginx(const ProcInfo &p)
 {
-    return p.comm == "nginx" || p.cmdline.rfind("nginx:", 0) == 0 || p.cmdline.find("/nginx") != std::string::npos;
+    std::string argv0 = p.cmdline.substr(0, p.cmdline.find(' '));
+    std::string base = argv0.substr(argv0.rfind('/') + 1);
+    return p.comm.rfind("nginx", 0) == 0 || p.cmdline.rfind("nginx:", 0) == 0 || base.rfind("nginx", 0) == 0;
 }
 
 static bool is_master(const ProcInfo &p) { return p.cmdline.find("master process") != std::string::npos; }
@@ -101,6 +109,12 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
     if (!looks_like_nginx(*p)) {
         *error = fmt::format("pid {} is `{}`, not Nginx (`pgrep -a nginx` lists Nginx's pids)", pid,
                              p->cmdline.empty() ? p->comm : p->cmdline);
+        return std::nullopt;
+    }
+    if (p->state == 'Z') {
+        *error = fmt::format("pid {} ({}) has exited and not been reaped yet (a zombie): give the pid of a running "
+                             "Nginx master or worker (`pgrep -a nginx`)",
+                             pid, p->comm);
         return std::nullopt;
     }
     NginxInfo n;

@@ -32,6 +32,7 @@ struct ProcInfo {
     uint32_t ppid = 0;
     std::string comm;
     std::string cmdline; // NULs replaced by spaces
+    char state = '?';    // R, S, D, Z, ...
 };
 
 std::optional<ProcInfo> read_proc(uint32_t pid, const std::string &proc_root = "/proc");

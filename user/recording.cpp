@@ -186,6 +186,26 @@ bool dir_writable_without_override(const std::string &dir, std::string *why)
 
 std::unique_ptr<Recorder> Recorder::open(const std::string &path, uint64_t max_bytes, std::string *err)
 {
+    // Never written over: a file that is not a recording (an error log
+    // given by mistake), nor, with rotation, a FILE.N that is not one.
+    auto foreign = [](const std::string &p) {
+        struct stat st{};
+        return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && !looks_like_recording(p);
+    };
+    if (foreign(path)) {
+        *err = fmt::format("--record {}: the file exists and is not an n502trace recording; n502trace does not "
+                           "write over it (remove it, or record to another file)",
+                           path);
+        return nullptr;
+    }
+    for (unsigned i = 1; max_bytes && i < 4; i++)
+        if (foreign(fmt::format("{}.{}", path, i))) {
+            *err = fmt::format("--record-max rotates the recording through {0}.1 to {0}.3, and {0}.{1} exists and "
+                               "is not an n502trace recording; n502trace does not write over it (remove it, or "
+                               "record to another file)",
+                               path, i);
+            return nullptr;
+        }
     if (max_bytes) {
         // Rotating creates and renames files beside path, after the drop.
         auto slash = path.rfind('/');
@@ -359,6 +379,20 @@ uint64_t read_recording_header(FILE *f, const std::string &name, uint32_t *versi
     if (version_out)
         *version_out = version;
     return seq;
+}
+
+std::string input_file_problem(const std::string &path)
+{
+    struct stat st{};
+    if (stat(path.c_str(), &st) != 0)
+        return fmt::format("cannot read {}: {}", path, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return fmt::format("{} is a directory, not a file", path);
+    if (!S_ISREG(st.st_mode))
+        return fmt::format("{} is not a regular file (a device, pipe or socket)", path);
+    if (access(path.c_str(), R_OK) != 0)
+        return fmt::format("cannot read {}: {}", path, strerror(errno));
+    return "";
 }
 
 bool looks_like_recording(const std::string &path)

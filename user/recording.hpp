@@ -243,5 +243,8 @@ private:
 uint64_t read_recording_header(FILE *f, const std::string &name, uint32_t *version = nullptr);
 // True when the file starts with the recording magic.
 bool looks_like_recording(const std::string &path);
+// Why `path` cannot be read as an input file (missing, unreadable, a
+// directory, a device or a pipe), or "" when it is a readable regular file.
+std::string input_file_problem(const std::string &path);
 
 } // namespace n502

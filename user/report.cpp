@@ -6,14 +6,17 @@
 #include "recording.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <fmt/format.h>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sys/stat.h>
 #include <vector>
 
 #include "app.hpp"
@@ -179,7 +182,7 @@ std::optional<Report> build_report(std::istream &in, const std::string &source, 
         auto j = json::parse(line, nullptr, false);
         if (j.is_discarded() || !j.is_object() || !j.contains("type") || !j["type"].is_string()) {
             if (bad++ == 0)
-                first_bad = fmt::format("line {}: {}", lineno, line.substr(0, 80));
+                first_bad = fmt::format("line {}: {}", lineno, visible_text(line.substr(0, 80)));
             continue;
         }
         records++;
@@ -358,9 +361,20 @@ std::optional<Report> build_report(std::istream &in, const std::string &source, 
 
 int run_report(const std::string &input, const std::string &output)
 {
+    std::string out = output.empty() ? input + ".html" : output;
+    if (std::string why = input_file_problem(input); !why.empty()) {
+        fmt::print(stderr, "n502trace: error: {}\n", why);
+        return EXIT_USAGE;
+    }
+    struct stat in_st{}, out_st{};
+    if (stat(input.c_str(), &in_st) == 0 && stat(out.c_str(), &out_st) == 0 && in_st.st_dev == out_st.st_dev &&
+        in_st.st_ino == out_st.st_ino) {
+        fmt::print(stderr, "n502trace: error: -o {} is the input file itself: give the report another name\n", out);
+        return EXIT_USAGE;
+    }
     std::ifstream in(input);
     if (!in) {
-        fmt::print(stderr, "n502trace: error: cannot read {}\n", input);
+        fmt::print(stderr, "n502trace: error: cannot read {}: {}\n", input, strerror(errno));
         return EXIT_USAGE;
     }
     std::string err;
@@ -389,10 +403,11 @@ int run_report(const std::string &input, const std::string &output)
         fmt::print(stderr, "n502trace: error: {}\n", err);
         return EXIT_USAGE;
     }
-    std::string out = output.empty() ? input + ".html" : output;
+    errno = 0;
     std::ofstream f(out, std::ios::trunc);
     if (!f || !(f << rep->html) || !f.flush()) {
-        fmt::print(stderr, "n502trace: error: cannot write {}\n", out);
+        fmt::print(stderr, "n502trace: error: cannot write {}{}\n", out,
+                   errno ? fmt::format(": {}", strerror(errno)) : std::string());
         return EXIT_RUNTIME;
     }
     fmt::print("{}  report written to {}\n", rep->text, out);

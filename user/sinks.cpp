@@ -2,10 +2,26 @@
 
 #include "decoder.hpp"
 
+#include <cerrno>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 namespace n502 {
+
+namespace {
+int g_output_errno = 0;
+
+void flush_out(FILE *f)
+{
+    if ((fflush(f) == EOF || ferror(f)) && !g_output_errno)
+        g_output_errno = errno ? errno : EIO;
+}
+} // namespace
+
+int output_error()
+{
+    return g_output_errno;
+}
 
 // Length of the well-formed UTF-8 sequence at s[i] (strict: no overlong
 // forms, no surrogates, nothing past U+10FFFF), or 0.
@@ -195,7 +211,7 @@ void JsonSink::emit(const std::string &line)
 {
     fputs(line.c_str(), out_);
     fputc('\n', out_);
-    fflush(out_);
+    flush_out(out_);
 }
 
 void JsonSink::ready(const ReadyInfo &r)
@@ -296,7 +312,7 @@ void TextSink::ready(const ReadyInfo &r)
     }
     for (const auto &f : r.probes_failed)
         fmt::print(out_, "n502trace: warning: probe not attached: {}\n", vis(f));
-    fflush(out_);
+    flush_out(out_);
 }
 
 void TextSink::verdict(const Verdict &v)
@@ -348,20 +364,20 @@ void TextSink::verdict(const Verdict &v)
         fmt::print(out_, "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, vis(e.detail));
     }
     fputc('\n', out_);
-    fflush(out_);
+    flush_out(out_);
 }
 
 void TextSink::warning(const Warning &w)
 {
     fmt::print(out_, "n502trace: warning: {}\n", vis(w.message));
-    fflush(out_);
+    flush_out(out_);
 }
 
 void TextSink::suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s)
 {
     fmt::print(out_, "n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted in the summary)\n",
                count, cause, vis(upstream), window_s);
-    fflush(out_);
+    flush_out(out_);
 }
 
 void TextSink::summary(const Summary &s)
@@ -381,7 +397,7 @@ void TextSink::summary(const Summary &s)
     fmt::print(out_, "    evidence window {:.0f} s: {} connections and {} processes held, {} records aged out, {} "
                      "dropped over the bounds; {} KiB resident\n",
                s.window_s, s.conns_held, s.procs_held, s.expired, s.dropped, s.rss_kib);
-    fflush(out_);
+    flush_out(out_);
 }
 
 } // namespace n502

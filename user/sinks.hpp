@@ -126,4 +126,8 @@ std::string json_escape(const std::string &s);
 std::string visible_text(std::string_view s);
 std::string verdict_json(const Verdict &v, const Timebase &tb);
 
+// The errno of the first failed write of a sink's output (EPIPE: whoever read
+// it is gone), or 0. A live run stops on it: verdicts nobody can read.
+int output_error();
+
 } // namespace n502

@@ -522,10 +522,11 @@ def main():
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
                 try:
                     lines = read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                    check(len(lines) == 1, "records before ready: %r" % lines[:-1])
+                    # (found before ready, said right after it)
+                    lines += read_lines_until(p, lambda l: '"no_nginx_in_selection"' in l, 5)
                     recs = [json.loads(x) for x in lines]
-                    check(any(x["type"] == "warning" and x["code"] == "no_nginx_in_selection" for x in recs),
-                          "no no_nginx_in_selection warning: %r" % recs)
-                    ready = recs[-1]
+                    ready = recs[0]
                     check([i["master"] for i in ready["instances"]] == [nginx.master_pid],
                           "instances %r" % ready["instances"])
                     # The kernel filter holds the selection and Nginx's own cgroup.
@@ -570,6 +571,108 @@ def main():
             finally:
                 h2.close()
 
+        @case("option values: NaN, infinities, overflows and zero are refused with the range")
+        def _():
+            pid = str(nginx.master_pid)
+            for opt, val, needle in (("--duration", "nan", "out of range"), ("--duration", "inf", "out of range"),
+                                     ("--duration", "1e300", "out of range"), ("--duration", "0", "more than 0"),
+                                     ("--duration", "10m", "not a number"), ("--window", "nan", "out of range"),
+                                     ("--calm-after", "1e999", "out of range"),
+                                     ("--ringbuf-kb", "100", "not a power of two")):
+                expect_usage_error(["--nginx-pid", pid, opt, val], needle)
+            expect_usage_error(["--nginx-pid", "0"], "--nginx-pid 0")
+            expect_usage_error(["--nginx-pid", pid, "--record", ""], "--record: give the name")
+            expect_usage_error(["--nginx-pid", pid, "--record", h.path("x.rec"), "--record-max", "12X"], "not a size")
+
+        @case("options of a live run before a subcommand, and --error-log without --nginx-pid, are refused")
+        def _():
+            expect_usage_error(["--json", "replay", "/nonexistent.rec"], "--json is an option of a live run")
+            expect_usage_error(["--redact", "report", "/nonexistent.jsonl"], "--redact is an option of a live run")
+            expect_usage_error(["--cgroup", "/n502-no/such/cgroup", "--error-log", "/var/log/nginx/error.log"],
+                               "--error-log and --access-log name the logs of the Nginx given with --nginx-pid")
+
+        @case("replay and report take regular files only; a report never overwrites its input")
+        def _():
+            d = h.path("inputs")
+            os.makedirs(d, exist_ok=True)
+            fifo = os.path.join(d, "fifo")
+            os.mkfifo(fifo)
+            expect_usage_error(["replay", d], "is a directory")
+            expect_usage_error(["replay", fifo], "not a regular file")
+            expect_usage_error(["report", "/dev/zero"], "not a regular file")
+            src = os.path.join(d, "out.jsonl")
+            line = '{"type":"summary","duration_s":1}\n'
+            with open(src, "w") as f:
+                f.write(line)
+            expect_usage_error(["report", src, "-o", src], "is the input file itself")
+            with open(src) as f:
+                check(f.read() == line, "the input was changed")
+
+        @case("--record never writes over a file that is not a recording")
+        def _():
+            precious = h.path("precious.log")
+            with open(precious, "w") as f:
+                f.write("keep me\n")
+            expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--record", precious],
+                               "is not an n502trace recording")
+            rec = h.path("seg.rec")
+            with open(rec + ".2", "w") as f:
+                f.write("keep me too\n")
+            expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--record", rec, "--record-max", "1M"],
+                               "seg.rec.2 exists and is not an n502trace recording")
+            for path, text in ((precious, "keep me\n"), (rec + ".2", "keep me too\n")):
+                with open(path) as f:
+                    check(f.read() == text, "%s was changed" % path)
+
+        @case("not Nginx: a command line that only mentions nginx, or a zombie named nginx")
+        def _():
+            t = subprocess.Popen(["tail", "-f", nginx.error_log], stdout=subprocess.DEVNULL)
+            try:
+                expect_usage_error(["--nginx-pid", str(t.pid)], "not Nginx")
+            finally:
+                t.kill()
+                t.wait()
+            fake = h.path("nginx")
+            shutil.copy("/bin/true", fake)
+            z = subprocess.Popen([fake])
+            harness.wait_until(lambda: harness.proc_state(z.pid) == "Z", 10, "the zombie")
+            try:
+                expect_usage_error(["--nginx-pid", str(z.pid)], "zombie")
+            finally:
+                z.wait()
+
+        @case("ready is the first record even with warnings found before it (a configuration it cannot read)")
+        def _():
+            away = nginx.conf + ".away"
+            os.rename(nginx.conf, away)
+            try:
+                r = run(["--nginx-pid", str(nginx.master_pid), "--json", "--duration", "1"], timeout=30)
+            finally:
+                os.rename(away, nginx.conf)
+            recs = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+            check(r.returncode == 0, "exit %d: %s" % (r.returncode, r.stderr.decode(errors="replace")))
+            check(recs and recs[0]["type"] == "ready", "first record: %r" % recs[:1])
+            check(any(x["type"] == "warning" and x["code"] == "nginx_config" for x in recs),
+                  "no nginx_config warning: %r" % recs)
+
+        @case("a reader that goes away stops the tool (| head -1)")
+        def _():
+            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                p.stdout.close()  # the reader is gone
+                r = harness.http_get(nginx.port)  # a 502: its verdict cannot be written
+                check(r.status == 502, "status %r" % r.status)
+                rc = p.wait(timeout=10)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            err = p.stderr.read()
+            p.stderr.close()
+            check(rc == 0, "exit %r, want 0 (stderr %r)" % (rc, err))
+
         @case("Nginx stops: the tool says so and exits 1 (no --follow)")
         def _():
             p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"], stdout=subprocess.PIPE,
@@ -577,13 +680,14 @@ def main():
             try:
                 read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
                 nginx.stop()
-                out, _ = p.communicate(timeout=15)
+                out, err = p.communicate(timeout=15)
             finally:
                 if p.poll() is None:
                     p.kill()
                     p.wait()
             recs = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
             check(p.returncode == 1, "exit %r, want 1" % p.returncode)
+            check(b"has exited" in err, "stderr does not say why it exits 1: %r" % err)
             check(any(x["type"] == "warning" and x["code"] == "nginx_gone" for x in recs), "no nginx_gone warning")
             check(recs and recs[-1]["type"] == "summary", "no summary at the end")
     finally:
