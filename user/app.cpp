@@ -238,6 +238,7 @@ struct Instance {
     std::string config;                             // main configuration file read
     std::vector<InstanceInfo::Upstream> upstreams;  // what it names, checked at start
     std::vector<std::string> down;                  // warnings for the ones nothing listens on
+    std::set<std::string> down_said;                // ... said already (a reload says only new ones)
     bool selected = false;                          // found through --container/--cgroup
     bool gone = false;
 
@@ -900,7 +901,8 @@ int run(const Options &opt)
     // before the first request.
     auto report_down = [&](Instance &in) {
         for (const auto &msg : in.down)
-            engine.warning({"upstream_down", msg, 0});
+            if (in.down_said.insert(msg).second)
+                engine.warning({"upstream_down", msg, 0});
         in.down.clear();
     };
     // Unix-socket upstreams need the syscall hooks (they have no state
@@ -1188,6 +1190,7 @@ int run(const Options &opt)
     uint64_t stop_at = opt.duration_s > 0 ? boot_now_ns() + static_cast<uint64_t>(opt.duration_s * 1e9) : 0;
     bool stop = false;
     int exit_code = EXIT_OK;
+    uint64_t config_forks_seen = state.nginx_forks();
     std::string exit_reason; // said on stderr too when stdout is for a program
     unsigned trim_tick = 0;
 
@@ -1443,6 +1446,42 @@ int run(const Options &opt)
             kernel_failure = take_counters() || kernel_failure;
         }
         track(now, error_line, kernel_failure);
+        // A reload: the master read its configuration again before forking
+        // new workers (a reload that fails forks none), so the file on disk
+        // is what they run. Its upstreams' ports are watched from now on
+        // (the old workers' stay watched while they drain).
+        if (state.nginx_forks() != config_forks_seen) {
+            config_forks_seen = state.nginx_forks();
+            for (auto &inp : instances) {
+                Instance &in = *inp;
+                if (in.gone)
+                    continue;
+                std::vector<uint32_t> kids = children_of(in.info.master);
+                bool fresh = std::any_of(kids.begin(), kids.end(), [&](uint32_t k) {
+                    return std::find(in.info.workers.begin(), in.info.workers.end(), k) == in.info.workers.end();
+                });
+                if (!fresh)
+                    continue;
+                in.info.workers = kids;
+                in.map_pids();
+                std::vector<std::string> before;
+                for (const auto &u : in.upstreams)
+                    before.push_back(u.address);
+                check_config(in, true);
+                std::vector<std::string> after;
+                for (const auto &u : in.upstreams)
+                    after.push_back(u.address);
+                if (after != before)
+                    engine.warning({"nginx_reloaded",
+                                   fmt::format("Nginx master {} runs a new configuration ({}): its upstreams are "
+                                               "now {}; {}",
+                                               in.info.master, in.config.empty() ? "not readable" : in.config,
+                                               after.empty() ? "none" : fmt::format("{}", fmt::join(after, ", ")),
+                                               adaptive ? "watching failures toward ports " + ports_text()
+                                                        : "every connection is followed (full tracking)"),
+                                   0});
+            }
+        }
         for (uint32_t uid : workers_are.poll(state, now))
             if (lo.adaptive)
                 engine.warning({"nginx_user",

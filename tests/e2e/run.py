@@ -568,6 +568,39 @@ def sc_reload(s):
               "a reload that kept Nginx's user gave an nginx_user warning")
 
 
+def sc_reload_new_port(s):
+    """A reload whose configuration names another upstream port: the tool
+    reads the configuration again when the new workers come, watches the new
+    port, says the new upstream is down, and explains the first 502 to it
+    (while lean, a port it did not watch would make that one unknown)."""
+    p1, p2 = harness.free_port(), harness.free_port()
+    s.setup("http://127.0.0.1:%d" % p1)
+    old = set(s.nginx.workers)
+    with open(s.nginx.conf) as f:
+        conf = f.read()
+    check(conf.count("127.0.0.1:%d" % p1) == 1, "the upstream is not named once in %s" % s.nginx.conf)
+    with open(s.nginx.conf, "w") as f:
+        f.write(conf.replace("127.0.0.1:%d" % p1, "127.0.0.1:%d" % p2))
+    os.kill(s.nginx.master_pid, signal.SIGHUP)
+    new = harness.wait_until(
+        lambda: (lambda k: k if len(k) >= s.nginx.nworkers and not (set(k) & old) else None)(
+            s.nginx.worker_pids()), 15, "new nginx workers after SIGHUP")
+    s.note("reload: workers %s -> %s, upstream port %d -> %d" % (sorted(old), sorted(new), p1, p2))
+    if s.use_tool:
+        _, w = s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_reloaded", timeout=5)
+        check("127.0.0.1:%d" % p2 in w["message"], "nginx_reloaded does not name the new upstream: %r" % w["message"])
+        if ADAPTIVE:
+            check(str(p2) in w["message"].split("ports")[-1], "port %d not watched: %r" % (p2, w["message"]))
+        s.tool.wait_record("warning", pred=lambda w: w.get("code") == "upstream_down" and
+                           "127.0.0.1:%d" % p2 in w.get("message", ""), timeout=5)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % p2, "Connection refused")
+    if s.use_tool:
+        check(s.verdict.get("nginx_pid") in new, "verdict from worker %r, not one of the new workers %s" % (
+            s.verdict.get("nginx_pid"), sorted(new)))
+
+
 # ---------------------------------------------------------------- scenarios for the newer causes
 
 
@@ -1636,6 +1669,7 @@ SCENARIOS = {
     "worker_pid": sc_worker_pid,
     "reload": sc_reload,
     "reload_user": sc_reload_user,
+    "reload_new_port": sc_reload_new_port,
     "adaptive_worker_moved": sc_adaptive_worker_moved,
     "adaptive_restart_cgroup": sc_adaptive_restart_cgroup,
     # newer causes
