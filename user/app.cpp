@@ -542,6 +542,7 @@ int run(const Options &opt)
             error(err);
             return EXIT_USAGE;
         }
+        rec->min_segment_ns = 1'000'000'000ULL;
     }
     // What turns inputs into verdicts; with --record its host look-ups and
     // /proc facts are recorded too.
@@ -1076,7 +1077,7 @@ int run(const Options &opt)
             }
             // A drain can be megabytes: the bound is checked between records.
             if (rec && rec->on_segment)
-                rec->maybe_rotate();
+                rec->maybe_rotate(boot_now_ns());
             engine.kernel(data, len);
         },
         &err);
@@ -1212,6 +1213,8 @@ int run(const Options &opt)
                         }
                         Instance *inp = in.get();
                         lines_read++;
+                        if (rec)
+                            rec->maybe_rotate(now == LogFollower::kCheckPath ? boot_now_ns() : now);
                         any = engine.log_line(fe.text, [inp](uint32_t logged) { return inp->host_pid(logged); }) ||
                               any;
                     }
@@ -1423,7 +1426,7 @@ int run(const Options &opt)
             }
         }
         if (rec)
-            rec->maybe_rotate(); // between inputs: a new segment starts with a snapshot
+            rec->maybe_rotate(boot_now_ns()); // between inputs: a new segment starts with a snapshot
         uint64_t now = boot_now_ns();
         engine.tick(now, real_now_ns());
         int consumed = loader.consume();

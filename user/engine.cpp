@@ -593,7 +593,7 @@ bool Engine::take_line(uint32_t mapped)
     uint32_t logged = scratch_.pid;
     scratch_.pid = mapped;
     scratch_.lean = tracking_lean_;
-    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged});
+    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now()});
     if (!spare_lines_.empty()) {
         scratch_ = std::move(spare_lines_.back());
         spare_lines_.pop_back();
@@ -605,7 +605,7 @@ bool Engine::take_line(uint32_t mapped)
 void Engine::take_access(AccessLine a)
 {
     summary_.access_lines++;
-    pending_access_.push_back({std::move(a), now_boot_ + grace_ns_ + 100'000'000ULL});
+    pending_access_.push_back({std::move(a), now_boot_ + grace_ns_ + 100'000'000ULL, taken_now()});
 }
 
 // Captured writes may split or join lines: complete lines only, per file and
@@ -689,7 +689,12 @@ void Engine::place(uint32_t pid, std::optional<uint32_t> &nsp, std::string &cgro
     container = p->container;
 }
 
-void Engine::emit(const Verdict &given, uint32_t logged_pid)
+Engine::Taken Engine::taken_now() const
+{
+    return {now_boot_, state_.stats().conns_dropped};
+}
+
+void Engine::emit(const Verdict &given, uint32_t logged_pid, const Taken &taken)
 {
     summary_.verdicts++;
     summary_.by_cause[given.cause]++;
@@ -711,11 +716,21 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid)
     place(v.nginx_pid, v.nginx_ns_pid, v.nginx_cgroup, v.nginx_container);
     if (v.upstream_pid)
         place(*v.upstream_pid, v.upstream_ns_pid, v.upstream_cgroup, v.upstream_container);
-    // Evidence may be missing when events were lost around this failure.
-    if (last_loss_ns_ && now_boot_ - last_loss_ns_ < 10'000'000'000ULL) {
-        v.notes.push_back("kernel events were lost in the 10 s before this verdict: evidence may be missing");
+    // Evidence may be missing when events were lost around this failure:
+    // in the 10 s before its line was read, or while the line waited (a
+    // tool far behind counts a loss late).
+    if (last_loss_ns_ && (now_boot_ - last_loss_ns_ < 10'000'000'000ULL || last_loss_ns_ + 10'000'000'000ULL >= taken.at)) {
+        v.notes.push_back("kernel events were lost in the 10 s before this line was read or while it waited: "
+                          "evidence may be missing");
         v.confidence = v.confidence == "high" ? "medium" : "low";
     }
+    // Behind on a storm, the state lets the oldest finished connections go
+    // over its bound: this line's may have been one of them.
+    uint64_t dropped = state_.stats().conns_dropped - taken.dropped;
+    if (dropped && v.cause == "unknown")
+        v.notes.push_back(fmt::format("n502trace was behind: {} finished connections were let go over its bound of "
+                                      "{} while this line waited; this one's may have been among them",
+                                      dropped, state_.limits().max_finished_conns));
     if (cfg_.redact) {
         // Query strings and client addresses stay out of the output.
         auto q = v.request.find('?');
@@ -743,7 +758,7 @@ void Engine::resolve_access(bool final_all)
         const AccessLine &a = pending_access_.front().line;
         if (!correlator_.covered(a)) {
             summary_.access_only++;
-            emit(correlator_.explain_access(a), 0);
+            emit(correlator_.explain_access(a), 0, pending_access_.front().taken);
         }
         pending_access_.pop_front();
     }
@@ -767,7 +782,7 @@ void Engine::resolve(bool final_all)
             continue;
         }
         if (auto v = correlator_.explain(p.line, final)) {
-            emit(*v, p.logged_pid);
+            emit(*v, p.logged_pid, p.taken);
             // (reserved: nothing here throws once the verdict is out)
             if (spare_lines_.size() < kSpareLines && small_enough(p.line))
                 spare_lines_.push_back(std::move(p.line));
@@ -790,7 +805,7 @@ bool Engine::step()
 
 bool Engine::do_step()
 {
-    if (!pending_.empty())
+    if (!pending_.empty() || !pending_access_.empty())
         check_losses(); // before verdicts: a loss in their window lowers their confidence
     resolve(false);
     resolve_access(false);
@@ -844,6 +859,7 @@ void Engine::finish(double duration_s, uint64_t rss_kib)
 
 void Engine::do_finish(double duration_s, uint64_t rss_kib)
 {
+    check_losses(); // the last counters count for the last verdicts
     resolve(true);
     resolve_access(true);
     report_suppressed();

@@ -176,16 +176,25 @@ public:
     void check_recorder();
 
 private:
+    // When a line was taken, and the state's count of connections let go
+    // over its bound then: what its verdict must say was missing.
+    struct Taken {
+        uint64_t at = 0;
+        uint64_t dropped = 0;
+    };
     struct Pending {
         LogLine line;
         uint64_t deadline;
         uint64_t next_try = 0;
         uint32_t logged_pid = 0;
+        Taken taken;
     };
     struct PendingAccess {
         AccessLine line;
         uint64_t deadline;
+        Taken taken;
     };
+    Taken taken_now() const;
     struct Partial {
         std::string text;
         bool overflow = false;
@@ -204,7 +213,7 @@ private:
     void do_finish(double duration_s, uint64_t rss_kib);
     void read_facts(Proc &p, bool again = false);
     void place(uint32_t pid, std::optional<uint32_t> &nsp, std::string &cgroup, std::optional<ContainerInfo> &container);
-    void emit(const Verdict &given, uint32_t logged_pid);
+    void emit(const Verdict &given, uint32_t logged_pid, const Taken &taken);
     void check_losses();
     void report_suppressed();
     void resolve(bool final_all);

@@ -303,13 +303,24 @@ void Recorder::flush()
     buf_.clear();
 }
 
-bool Recorder::maybe_rotate()
+bool Recorder::maybe_rotate(uint64_t now_ns)
 {
     // A segment holds at least twice its opening snapshot: a snapshot larger
     // than the share of --record-max would otherwise make every call rotate.
     uint64_t limit = std::max<uint64_t>(seg_max_, 2 * snapshot_);
     if (fd_ < 0 || !seg_max_ || written_ < limit)
         return false;
+    if (min_segment_ns && now_ns - seg_started_ < min_segment_ns) {
+        if (written_ >= 2 * limit && !warned_fast_) {
+            warned_fast_ = true;
+            notice = fmt::format("--record-max {} is small for this input rate: a segment holds at least {:.0f} s "
+                                 "of input ({} bytes now, against a share of {}), so the files may total more than "
+                                 "asked",
+                                 max_, static_cast<double>(min_segment_ns) / 1e9, written_, seg_max_);
+        }
+        return false;
+    }
+    seg_started_ = now_ns;
     flush();
     if (fd_ < 0)
         return false;

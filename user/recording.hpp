@@ -167,7 +167,13 @@ public:
     // Between inputs: when the current segment is full, start the next one
     // (the oldest is deleted to stay under the bound) and call on_segment to
     // write the new segment's snapshot. Returns true when it rotated.
-    bool maybe_rotate();
+    // now_ns: a monotonic clock, for min_segment_ns.
+    bool maybe_rotate(uint64_t now_ns = 0);
+    // A segment is kept at least this long, whatever its size: a snapshot
+    // costs a scan of the host, and a bound too small for the input rate
+    // would take one every few milliseconds and fall behind the kernel's
+    // events (a notice says the files then total more than asked).
+    uint64_t min_segment_ns = 0;
     std::function<void()> on_segment;
     // Set once when a write or a rotation failed (the recording stopped there).
     std::string failure;
@@ -188,6 +194,8 @@ private:
     unsigned keep_ = 1;    // segments kept, FILE included
     std::string buf_;
     bool warned_small_ = false;
+    bool warned_fast_ = false;
+    uint64_t seg_started_ = 0; // now_ns when the current segment began
 };
 
 // The reader: records of one file, or of a base file and its older segments

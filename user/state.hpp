@@ -259,6 +259,7 @@ public:
     // How many Nginx forks (new workers, a new master) have been applied:
     // tells a caller when nginx_pids() is worth looking at again.
     uint64_t nginx_forks() const { return nginx_forks_; }
+    const StateLimits &limits() const { return limits_; }
     // Every connection still remembered, live and finished.
     std::vector<Conn *> recent_conns();
     // Nginx's live sockets toward an upstream, by TCP state name.

@@ -732,3 +732,71 @@ TEST_CASE("sizes for --record-max", "[recording]")
     CHECK(!parse_size("-1"));
     CHECK(!parse_size("12x"));
 }
+
+TEST_CASE("a verdict says events were lost when they were counted while its line waited, however late",
+          "[recording]")
+{
+    // A tool far behind (one drain of the ring buffer that took seconds)
+    // counts a loss long before the verdicts of the lines it read after; and
+    // the last counters, read at exit, count for the last verdicts.
+    std::string p = tmp_path("losses.rec");
+    std::string json;
+    auto verdicts = live_run(p, 0, 0, &json, [](Engine &eng, uint64_t &now, int64_t offset) {
+        auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
+        at(now += 1'000'000'000ULL);
+        eng.log_line(refused_line(101, 1, 9000), [](uint32_t pid) { return pid; });
+        at(now += 100'000'000ULL);
+        eng.counters({5, 0});
+        eng.step(); // the loss is counted: the line waits on
+        at(now += 20'000'000'000ULL);
+        eng.step(); // its verdict, 20 s later
+        at(now += 1'000'000'000ULL);
+        eng.log_line(refused_line(101, 2, 9001), [](uint32_t pid) { return pid; });
+        at(now += 50'000'000ULL);
+        eng.counters({9, 0}); // read at exit: finish() counts them
+    });
+    REQUIRE(verdicts.size() == 2);
+    for (const auto &v : verdicts) {
+        CHECK(v.find("kernel events were lost") != std::string::npos);
+        CHECK(v.find("\"confidence\":\"high\"") == std::string::npos);
+    }
+    // A line taken well after a loss, with none since, says nothing of it.
+    auto clean = live_run(tmp_path("losses2.rec"), 0, 0, nullptr, [](Engine &eng, uint64_t &now, int64_t offset) {
+        auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
+        at(now += 1'000'000'000ULL);
+        eng.counters({5, 0});
+        eng.step();
+        at(now += 30'000'000'000ULL);
+        eng.log_line(refused_line(101, 3, 9000), [](uint32_t pid) { return pid; });
+        at(now += 1'000'000'000ULL);
+        eng.step();
+    });
+    REQUIRE(clean.size() == 1);
+    CHECK(clean[0].find("kernel events were lost") == std::string::npos);
+}
+
+TEST_CASE("a segment is kept for min_segment_ns however fast it fills, and the overrun is said once", "[recording]")
+{
+    std::string p = tmp_path("minseg.rec");
+    std::string err;
+    auto rec = Recorder::open(p, 64 * 1024, &err); // four segments of 16 KiB
+    REQUIRE(rec);
+    rec->min_segment_ns = 1'000'000'000ULL;
+    uint64_t t = 5'000'000'000ULL;
+    int rotations = 0;
+    for (int i = 0; i < 100; i++) { // 100 KiB within 10 ms
+        rec->put(Rec::LogLine, std::string(1024, 'x'));
+        rotations += rec->maybe_rotate(t + static_cast<uint64_t>(i) * 100'000ULL);
+    }
+    CHECK(rotations == 1); // the first segment had no age limit yet to wait for: it began before now
+    CHECK(rec->notice.find("small for this input rate") != std::string::npos);
+    rec->notice.clear();
+    for (int i = 0; i < 40; i++) {
+        rec->put(Rec::LogLine, std::string(1024, 'x'));
+        rotations += rec->maybe_rotate(t + 20'000'000ULL);
+    }
+    CHECK(rotations == 1);
+    CHECK(rec->notice.empty()); // said once
+    CHECK(rec->maybe_rotate(t + 1'100'000'000ULL)); // a second on: full, and old enough
+    CHECK(rec->segment() == 2);
+}
