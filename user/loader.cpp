@@ -572,7 +572,11 @@ bool Loader::check_btf_file(const std::string &path, std::string *why)
         *why = fmt::format("--btf {}: {}", path, strerror(errno));
         return false;
     }
+    // libbpf's own complaint ("failed to get EHDR") is not for the user:
+    // the message below says what is wrong.
+    libbpf_print_fn_t prev = libbpf_set_print(nullptr);
     struct btf *b = btf__parse(path.c_str(), nullptr);
+    libbpf_set_print(prev);
     if (!b || libbpf_get_error(b)) {
         *why = fmt::format("--btf {}: not a readable BTF file (a kernel's BTF, raw or in an ELF .BTF section)", path);
         return false;
@@ -621,7 +625,9 @@ std::vector<std::pair<std::string, std::string>> Loader::preflight(const std::st
     out.emplace_back("ring buffer", libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr) == 1
                                         ? "yes"
                                         : "MISSING: BPF ring buffers need Linux 5.8 or later");
+    libbpf_print_fn_t prev = libbpf_set_print(nullptr);
     struct btf *vmlinux = raw ? btf__parse(btf_path.c_str(), nullptr) : btf__load_vmlinux_btf();
+    libbpf_set_print(prev);
     if (vmlinux && libbpf_get_error(vmlinux))
         vmlinux = nullptr;
     n502_bpf *skel = n502_bpf__open();

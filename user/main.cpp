@@ -10,6 +10,7 @@
 
 #include "app.hpp"
 #include "engine.hpp"
+#include "loader.hpp"
 #include "recording.hpp"
 #include "report.hpp"
 #include "rules.hpp"
@@ -54,7 +55,7 @@ int main(int argc, char **argv)
     bool version = false;
     std::string causes = "\nCauses (the `cause` field):\n";
     for (const auto &r : n502::rules())
-        causes += fmt::format("  {:<24} {}\n", r.cause, r.summary);
+        causes += fmt::format("  {:<27} {}\n", r.cause, r.summary);
 
     CLI::App app{"n502trace: explains every Nginx 502/504 from the kernel.\n\n"
                  "It follows the error log of a running Nginx and, for each upstream error line, prints one verdict:\n"
@@ -72,18 +73,21 @@ int main(int argc, char **argv)
                  "cgroups. Upstreams are found through the connection wherever they run. Verdicts show host pids and\n"
                  "the pids inside the container, the container and the cgroup of Nginx and of the upstream process.\n",
                  "n502trace"};
-    app.footer(causes + "\nJSON records: ready (once attached), verdict, warning, summary (on exit).\n"
-                        "Exit codes: 0 ok, 1 runtime failure (cannot attach, ...), 2 bad usage or input.\n");
+    app.footer(causes + "\nJSON records: ready (first, once attached), verdict, warning, suppressed (verdicts over "
+                        "--max-verdicts-per-sec, counted), summary (on exit).\n"
+                        "Exit codes: 0 ok, 1 runtime failure (cannot attach, Nginx stopped without --follow, ...), "
+                        "2 bad usage or input.\n");
     app.add_option("-p,--nginx-pid", opt.nginx_pid, "PID (host pid) of the Nginx master or of any worker");
     app.add_option("-c,--container", opt.containers,
                    "Follow the Nginx in this container: name, full id or id prefix (repeatable)");
     app.add_option("--cgroup", opt.cgroups,
                    "Follow every Nginx in this cgroup v2 directory and below it (repeatable)");
     app.add_option("--error-log", opt.error_logs,
-                   "Error log to follow (repeatable); default: found from Nginx's open files");
+                   "Error log of the Nginx given with --nginx-pid (repeatable); default: found from Nginx's open "
+                   "files");
     app.add_option("--access-log", opt.access_logs,
-                   "Access log to follow for 502/504s with no error-log line (repeatable); default: found from "
-                   "Nginx's open files");
+                   "Access log of the Nginx given with --nginx-pid, for 502/504s with no error-log line "
+                   "(repeatable); default: found from Nginx's open files");
     app.add_flag("--no-access-log", opt.no_access_log, "Do not follow access logs");
     app.add_flag("--json", opt.json, "Print JSON Lines instead of text");
     app.add_flag("--follow", opt.follow,
@@ -141,16 +145,19 @@ int main(int argc, char **argv)
     app.add_flag("--version", version, "Print the version");
     app.add_flag("--dump-events", opt.dump_events, "Print every kernel event to stderr (for debugging)");
     app.add_option("--raw-record", opt.raw_record,
-                   "Write every raw kernel event to FILE (u32 length + record; for scripts/bench-pipeline)");
+                   "Write every raw kernel event to FILE (u32 length + record), for measuring the user-space "
+                   "pipeline (the project's scripts/bench-pipeline.sh)");
 
     std::string record_max;
     app.add_option("--record", opt.record,
                    "Record everything the verdicts are made from (start-up snapshot, kernel events, log lines, "
-                   "process facts, host look-ups) to FILE, for `n502trace replay FILE` on any machine");
+                   "process facts, host look-ups) to FILE, for `n502trace replay FILE` on any machine (a file that "
+                   "exists and is not a recording is never written over)");
     app.add_option("--record-max", record_max,
                    "Bound the recording to SIZE bytes (suffixes k, M, G: 64M): it is split into four segments "
                    "(FILE newest, then FILE.1, FILE.2, FILE.3) and the oldest is deleted when a new one starts; each "
-                   "segment starts with a snapshot and replays on its own (default: one file, unbounded)");
+                   "segment starts with a snapshot and replays on its own, and holds at least a second of input "
+                   "(at least 64k; default: one file, unbounded)");
 
     std::string replay_in;
     bool replay_json = false;
@@ -159,6 +166,7 @@ int main(int argc, char **argv)
                   "(n502trace replay FILE [--json]); older segments FILE.1, FILE.2, ... are replayed first");
     replay->add_option("file", replay_in, "Recording written by n502trace --record")->required();
     replay->add_flag("--json", replay_json, "Print JSON Lines instead of text");
+    replay->footer("Exit codes: 0 ok, 2 bad input (not a recording, unreadable, corrupt).");
 
     std::string report_in, report_out;
     CLI::App *report = app.add_subcommand(
@@ -167,6 +175,7 @@ int main(int argc, char **argv)
     report->add_option("file", report_in, "JSON Lines written by n502trace --json, or a recording (--record)")
         ->required();
     report->add_option("-o,--output", report_out, "HTML file to write (default: FILE.html)");
+    report->footer("Exit codes: 0 ok, 1 cannot write the report, 2 bad input.");
 
     app.failure_message([](const CLI::App *, const CLI::Error &e) {
         return fmt::format("n502trace: error: {}\nRun with --help for more information.\n", e.what());
@@ -201,6 +210,11 @@ int main(int argc, char **argv)
         return n502::run_replay(replay_in, replay_json);
     if (*report)
         return n502::run_report(report_in, report_out);
+    if (!opt.btf_path.empty()) {
+        std::string why;
+        if (!n502::Loader::check_btf_file(opt.btf_path, &why))
+            return usage(why);
+    }
     if (check)
         return n502::run_check(opt.btf_path);
     if (app.count("--nginx-pid") && opt.nginx_pid == 0)

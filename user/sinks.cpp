@@ -382,8 +382,10 @@ void TextSink::suppressed(const std::string &cause, const std::string &upstream,
 
 void TextSink::summary(const Summary &s)
 {
-    fmt::print(out_, "n502trace: summary after {:.1f} s: {} verdicts from {} upstream error lines{}\n", s.duration_s,
-               s.verdicts, s.log_lines,
+    // "1 verdict", "2 verdicts"
+    auto n = [](uint64_t count, const char *one, const char *many) { return fmt::format("{} {}", count, count == 1 ? one : many); };
+    fmt::print(out_, "n502trace: summary after {:.1f} s: {} from {}{}\n", s.duration_s,
+               n(s.verdicts, "verdict", "verdicts"), n(s.log_lines, "upstream error line", "upstream error lines"),
                s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
     if (s.access_lines)
         fmt::print(out_, "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
@@ -394,9 +396,10 @@ void TextSink::summary(const Summary &s)
         fmt::print(out_, "    upstream {:<28} {}\n", vis(k), v);
     fmt::print(out_, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
                s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
-    fmt::print(out_, "    evidence window {:.0f} s: {} connections and {} processes held, {} records aged out, {} "
-                     "dropped over the bounds; {} KiB resident\n",
-               s.window_s, s.conns_held, s.procs_held, s.expired, s.dropped, s.rss_kib);
+    fmt::print(out_, "    evidence window {:.0f} s: {} and {} held, {} aged out, {} dropped over the bounds; {} "
+                     "KiB resident\n",
+               s.window_s, n(s.conns_held, "connection", "connections"), n(s.procs_held, "process", "processes"),
+               n(s.expired, "record", "records"), s.dropped, s.rss_kib);
     flush_out(out_);
 }
 

@@ -55,11 +55,22 @@ def expect_usage_error(args, needle):
 
 
 def read_lines_until(proc, pred, timeout):
-    """Lines from proc.stdout until pred(line) holds; returns all lines read."""
-    lines, buf = [], b""
+    """Lines from proc.stdout until pred(line) holds; returns all lines read.
+    What was read past that line is kept for the next call (records written
+    together arrive in one read)."""
+    lines = []
+    buf = getattr(proc, "n502_rest", b"")
     deadline = time.monotonic() + timeout
     fd = proc.stdout.fileno()
-    while time.monotonic() < deadline:
+    while True:
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            lines.append(line.decode(errors="replace"))
+            if pred(lines[-1]):
+                proc.n502_rest = buf
+                return lines
+        if time.monotonic() >= deadline:
+            break
         r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not r:
             break
@@ -67,11 +78,6 @@ def read_lines_until(proc, pred, timeout):
         if not chunk:
             break
         buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            lines.append(line.decode(errors="replace"))
-            if pred(lines[-1]):
-                return lines
     raise harness.Failure("timed out; output so far: %r" % lines[-20:])
 
 
@@ -583,6 +589,10 @@ def main():
             expect_usage_error(["--nginx-pid", "0"], "--nginx-pid 0")
             expect_usage_error(["--nginx-pid", pid, "--record", ""], "--record: give the name")
             expect_usage_error(["--nginx-pid", pid, "--record", h.path("x.rec"), "--record-max", "12X"], "not a size")
+            # A --btf file that is not BTF: bad input for --check too, in the tool's words, not libbpf's.
+            for args in (["--check", "--btf", "/etc/passwd"], ["--nginx-pid", pid, "--btf", "/etc/passwd"]):
+                expect_usage_error(args, "--btf /etc/passwd: not a readable BTF file")
+                check(b"libbpf" not in run(args).stderr, "%s: libbpf's own message reached the user" % args)
 
         @case("options of a live run before a subcommand, and --error-log without --nginx-pid, are refused")
         def _():
