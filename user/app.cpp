@@ -1241,7 +1241,7 @@ int run(const Options &opt)
         }
         start_instance(*in);
         scan_listeners({in->info.master});
-        check_config(*in, true);
+        check_config(*in, false); // its upstreams' state is said after it is
         if (lo.filter_cgroups)
             for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
                 if (cg.path == in->cgroup)
@@ -1255,6 +1255,7 @@ int run(const Options &opt)
                                    fmt::format("{}", fmt::join(in->info.workers, " ")),
                                    fmt::format("{}", fmt::join(logs, ", "))),
                        0});
+        report_down(*in);
         instances.push_back(std::move(in));
         return true;
     };
