@@ -130,10 +130,14 @@ volatile __u32 track_gen __weak = 0;
 /* Bit p: port p is an upstream's (the ports Nginx's configuration names;
  * every bit when it names one through a variable or cannot be read). */
 volatile __u64 watched_ports[1024] __weak;
+/* Set when Nginx forks (a reload's new workers may run a configuration that
+ * names other upstreams): every port counts as watched until user space has
+ * read the configuration again, set watched_ports and cleared it. */
+volatile __u32 ports_unsure __weak;
 
 static __always_inline int port_watched(__u16 port)
 {
-	return (watched_ports[(port >> 6) & 1023] >> (port & 63)) & 1;
+	return ports_unsure || ((watched_ports[(port >> 6) & 1023] >> (port & 63)) & 1);
 }
 
 /* The uids Nginx's workers run as (user space fills it; empty: not known).

@@ -106,6 +106,8 @@ static __always_inline int on_sched__process_fork(struct task_struct *parent, st
 	 * usually share its listening socket (pre-fork servers). */
 	role = (p->role & N502_PROC_NGINX) ? N502_PROC_NGINX : N502_PROC_LISTENER;
 	track_proc(ctgid, role);
+	if (role == N502_PROC_NGINX && adaptive_tracking)
+		ports_unsure = 1;
 
 	struct n502_fork_event *e = reserve(sizeof(*e), N502_EV_FORK);
 	if (!e)

@@ -1008,6 +1008,7 @@ int run(const Options &opt)
     };
     for (auto &in : instances)
         check_config(*in, false); // reported right after ready
+    loader.ports_settled(); // (a fork since attaching is in what was just read)
 
     std::unique_ptr<FILE, int (*)(FILE *)> raw(nullptr, fclose);
     if (!opt.raw_record.empty()) {
@@ -1453,7 +1454,8 @@ int run(const Options &opt)
         // A reload: the master read its configuration again before forking
         // new workers (a reload that fails forks none), so the file on disk
         // is what they run. Its upstreams' ports are watched from now on
-        // (the old workers' stay watched while they drain).
+        // (the old workers' stay watched while they drain). From the fork
+        // until then the kernel side watches every port (ports_unsure).
         if (state.nginx_forks() != config_forks_seen) {
             config_forks_seen = state.nginx_forks();
             for (auto &inp : instances) {
@@ -1485,6 +1487,9 @@ int run(const Options &opt)
                                                         : "every connection is followed (full tracking)"),
                                    0});
             }
+            // The kernel side watched every port since the fork: the
+            // ports are known again.
+            loader.ports_settled();
         }
         for (uint32_t uid : workers_are.poll(state, now))
             if (lo.adaptive)

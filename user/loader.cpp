@@ -403,6 +403,17 @@ void Loader::watch_ports(const std::vector<uint16_t> &ports, bool all)
         bits[p >> 6] = bits[p >> 6] | (1ULL << (p & 63));
 }
 
+void Loader::ports_settled()
+{
+    if (skel_)
+        skel_->bss->ports_unsure = 0;
+}
+
+bool Loader::ports_unsure() const
+{
+    return skel_ && skel_->bss->ports_unsure;
+}
+
 // Adds key to one of the kernel side's filter sets (nginx_uids,
 // nginx_cgroups) and marks the set known. A set that fills up is marked
 // unknown for good (*overflow): a key left out would hide Nginx's own

@@ -90,6 +90,10 @@ public:
     bool set_tracking_full(bool full, std::string *error);
     // The ports the anomaly-only path watches (an upstream's): these, or all.
     void watch_ports(const std::vector<uint16_t> &ports, bool all);
+    // Nginx forked: the kernel side counts every port as watched until this
+    // is called, once the configuration has been read again.
+    void ports_settled();
+    bool ports_unsure() const;
     // A uid an Nginx worker runs as (bpf/common.bpf.h nginx_uids); false
     // when the map is full (the kernel side then stops filtering by uid).
     bool add_nginx_uid(uint32_t uid);

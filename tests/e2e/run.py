@@ -586,6 +586,9 @@ def sc_reload_new_port(s):
         lambda: (lambda k: k if len(k) >= s.nginx.nworkers and not (set(k) & old) else None)(
             s.nginx.worker_pids()), 15, "new nginx workers after SIGHUP")
     s.note("reload: workers %s -> %s, upstream port %d -> %d" % (sorted(old), sorted(new), p1, p2))
+    # At once: the kernel side watches every port from Nginx's fork until the
+    # tool has read the new configuration.
+    r = s.get()
     if s.use_tool:
         _, w = s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_reloaded", timeout=5)
         check("127.0.0.1:%d" % p2 in w["message"], "nginx_reloaded does not name the new upstream: %r" % w["message"])
@@ -593,7 +596,6 @@ def sc_reload_new_port(s):
             check(str(p2) in w["message"].split("ports")[-1], "port %d not watched: %r" % (p2, w["message"]))
         s.tool.wait_record("warning", pred=lambda w: w.get("code") == "upstream_down" and
                            "127.0.0.1:%d" % p2 in w.get("message", ""), timeout=5)
-    r = s.get()
     s.expect_nginx_message(MSG_REFUSED)
     s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % p2, "Connection refused")
     if s.use_tool:

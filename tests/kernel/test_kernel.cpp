@@ -1029,3 +1029,43 @@ TEST_CASE("lean: a softirq failure of Nginx's uid in another cgroup is left to u
     l.foreign_cgroup(*id, boot_now_ns());
     CHECK(reset_once().size() == 2);
 }
+
+TEST_CASE("adaptive tracking, lean: a fork of Nginx watches every port until the configuration is read again",
+          "[kernel]")
+{
+    // A reload's new workers may run a configuration naming other ports:
+    // from the fork until user space has read it, every port counts.
+    Loader l;
+    load_attach(l, own_options(true));
+    std::string error;
+    REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
+    std::vector<Event> evs;
+    REQUIRE(ring_into(l, evs, &error));
+    l.watch_ports({}, false);
+    auto met = [&](uint16_t port) {
+        l.consume();
+        return std::any_of(evs.begin(), evs.end(), [&](const Event &e) {
+            return e.type == N502_EV_STATE && e.oldstate == N502_TCP_SYN_SENT && e.newstate == N502_TCP_SYN_RECV &&
+                   e.dst.port == port;
+        });
+    };
+    uint16_t a = 0;
+    int fa = bound_socket(&a);
+    connect_to_itself(fa, a);
+    CHECK_FALSE(met(a)); // not a watched port: nothing
+    CHECK_FALSE(l.ports_unsure());
+    pid_t kid = fork();
+    if (kid == 0)
+        _exit(0);
+    int status;
+    REQUIRE(waitpid(kid, &status, 0) == kid);
+    CHECK(l.ports_unsure());
+    uint16_t b = 0;
+    int fb = bound_socket(&b);
+    connect_to_itself(fb, b);
+    CHECK(met(b)); // any port, until the ports are settled
+    l.ports_settled();
+    CHECK_FALSE(l.ports_unsure());
+    close(fa);
+    close(fb);
+}
