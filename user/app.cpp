@@ -239,6 +239,8 @@ struct Instance {
     std::vector<InstanceInfo::Upstream> upstreams;  // what it names, checked at start
     std::vector<std::string> down;                  // warnings for the ones nothing listens on
     std::set<std::string> down_said;                // ... said already (a reload says only new ones)
+    std::set<std::string> config_said;              // nginx_config warnings said already
+    uint64_t hup_seen = 0;                          // the last SIGHUP to the master whose reload was read
     bool selected = false;                          // found through --container/--cgroup
     bool gone = false;
 
@@ -961,17 +963,19 @@ int run(const Options &opt)
         for (const auto &u : conf.upstreams)
             if (u.has_variables || u.address.rfind("unix:", 0) == 0)
                 need_unix(fmt::format("{} at {}:{}", u.address, u.file, u.line));
+        auto config_warning = [&](const std::string &msg) {
+            if (in.config_said.insert(msg).second)
+                engine.warning({"nginx_config", msg, 0});
+        };
         if (conf.files.empty()) {
-            engine.warning({"nginx_config",
-                           fmt::format("could not read Nginx's configuration {}{}: {}", paths.conf,
+            config_warning(fmt::format("could not read Nginx's configuration {}{}: {}", paths.conf,
                                        in.info.root.empty() ? "" : " (inside " + in.info.root + ")",
-                                       conf.problems.empty() ? "no file" : conf.problems.front()),
-                           0});
+                                       conf.problems.empty() ? "no file" : conf.problems.front()));
             return;
         }
         in.config = conf.main_file;
         for (const auto &pr : conf.problems)
-            engine.warning({"nginx_config", pr, 0});
+            config_warning(pr);
         uint32_t netns = static_cast<uint32_t>(netns_of(in.info.master));
         in.upstreams.clear();
         in.down.clear();
@@ -1470,6 +1474,17 @@ int run(const Options &opt)
                     continue;
                 in.info.workers = kids;
                 in.map_pids();
+                // Only a reload (SIGHUP to the master) reads the configuration
+                // again; a worker respawned after a crash runs the one
+                // already read, whatever the file says now.
+                uint64_t hup = 0;
+                if (const Proc *mp = state.proc(in.info.master))
+                    for (const SignalRec &sr : mp->signals)
+                        if (sr.sig == SIGHUP && sr.ts > in.hup_seen)
+                            hup = sr.ts;
+                if (!hup)
+                    continue;
+                in.hup_seen = hup;
                 std::vector<std::string> before;
                 for (const auto &u : in.upstreams)
                     before.push_back(u.address);

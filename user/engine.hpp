@@ -120,7 +120,14 @@ class Engine {
 public:
     // rec: where inputs are recorded (null: not recording).
     Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &facts, Recorder *rec);
-    ~Engine() { sink_.clock = real_now_ns; } // the sink may outlive us
+    ~Engine()
+    {
+        sink_.clock = real_now_ns; // the sink may outlive us
+        // A run that stopped before ready (an attach that failed) still
+        // says the warnings it had found.
+        for (const Warning &w : held_warnings_)
+            sink_.warning(w);
+    }
     Engine(const Engine &) = delete;
     Engine &operator=(const Engine &) = delete;
 

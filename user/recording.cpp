@@ -310,7 +310,7 @@ bool Recorder::maybe_rotate(uint64_t now_ns)
     uint64_t limit = std::max<uint64_t>(seg_max_, 2 * snapshot_);
     if (fd_ < 0 || !seg_max_ || written_ < limit)
         return false;
-    if (min_segment_ns && now_ns - seg_started_ < min_segment_ns) {
+    if (min_segment_ns && now_ns < seg_started_ + min_segment_ns) { // (now_ns may be a little behind)
         if (written_ >= 2 * limit && !warned_fast_) {
             warned_fast_ = true;
             notice = fmt::format("--record-max {} is small for this input rate: a segment holds at least {:.0f} s "

@@ -179,11 +179,18 @@ bool raced(const RuleInput &in)
 // A connection seen only from its failure on: how long before its end a stop
 // signal still counts as the one it ended on (Nginx's default read timeout).
 constexpr uint64_t kStopBeforeNs = 60'000'000'000ULL;
+// A process that did not exit after the signal (or whose exit is not known
+// yet: gunicorn's worker closes the connection in its handler and exits a
+// tenth of a second later) counts as stopped by it only when it ended the
+// connection this soon after: a JVM's SIGQUIT is a thread dump, and a
+// server may handle SIGTERM and serve on.
+constexpr uint64_t kPromptNs = 2'000'000'000ULL;
 
 // The last stop signal another process sent the upstream process while it
-// held the connection, before it ended it, and not ignored. *bounded: the
-// connection's start was seen (else the signal is one within kStopBeforeNs of
-// its end).
+// held the connection, before it ended it, and not ignored, that the process
+// stopped on: it exited after it, or ended the connection within kPromptNs.
+// *bounded: the connection's start was seen (else the signal is one within
+// kStopBeforeNs of its end).
 const SignalRec *stop_signal(const RuleInput &in, bool *bounded)
 {
     if (!in.conn || !in.upstream)
@@ -201,7 +208,8 @@ const SignalRec *stop_signal(const RuleInput &in, bool *bounded)
             continue;
         if (from ? it->ts < from : end - it->ts > kStopBeforeNs)
             return nullptr; // older ones are older still
-        return &*it;
+        bool stopped = p.exit && p.exit->ts >= it->ts;
+        return stopped || end - it->ts <= kPromptNs ? &*it : nullptr; // (an older one is no sooner)
     }
     return nullptr;
 }
@@ -209,7 +217,7 @@ const SignalRec *stop_signal(const RuleInput &in, bool *bounded)
 // What a known supervisor means by a signal it sends its worker.
 std::string supervisor_hint(const SignalRec &s)
 {
-    if (s.sender_comm == "gunicorn" && s.sig == 6)
+    if (s.sender_comm.rfind("gunicorn", 0) == 0 && s.sig == 6) // ("gunicorn: maste" with setproctitle)
         return " gunicorn's master sends SIGABRT to a worker that has not checked in for longer than its --timeout "
                "(\"WORKER TIMEOUT\" in its log): the request ran too long.";
     if (s.sender_comm.rfind("php-fpm", 0) == 0 && s.sig == 15)

@@ -3,6 +3,8 @@
 #include "decoder.hpp"
 
 #include <cerrno>
+#include <iterator>
+#include <stdio_ext.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -11,10 +13,16 @@ namespace n502 {
 namespace {
 int g_output_errno = 0;
 
-void flush_out(FILE *f)
+// Flushes f; the first failure is kept in *failed (and, for stdout, for
+// output_error()).
+void flush_out(FILE *f, int *failed)
 {
-    if ((fflush(f) == EOF || ferror(f)) && !g_output_errno)
-        g_output_errno = errno ? errno : EIO;
+    if ((fflush(f) == EOF || ferror(f)) && !*failed) {
+        *failed = errno ? errno : EIO;
+        if (f == stdout && !g_output_errno)
+            g_output_errno = *failed;
+        __fpurge(f); // what could not be written is dropped: nothing retries it
+    }
 }
 } // namespace
 
@@ -209,9 +217,11 @@ std::string verdict_json(const Verdict &v, const Timebase &tb)
 
 void JsonSink::emit(const std::string &line)
 {
+    if (failed_)
+        return; // nobody reads it (or it cannot be written): the run is stopping
     fputs(line.c_str(), out_);
     fputc('\n', out_);
-    flush_out(out_);
+    flush_out(out_, &failed_);
 }
 
 void JsonSink::ready(const ReadyInfo &r)
@@ -286,6 +296,17 @@ void JsonSink::summary(const Summary &s)
 
 // ---------------------------------------------------------------------------
 
+// A record is formatted whole, then written: a write that fails (a reader
+// gone) cannot interrupt it, and after one nothing more is written.
+void TextSink::write_out()
+{
+    if (!failed_) {
+        fwrite(buf_.data(), 1, buf_.size(), out_);
+        flush_out(out_, &failed_);
+    }
+    buf_.clear();
+}
+
 void TextSink::ready(const ReadyInfo &r)
 {
     std::string workers;
@@ -295,24 +316,24 @@ void TextSink::ready(const ReadyInfo &r)
         workers += std::to_string(r.workers[i]);
     }
     if (r.instances.size() <= 1 && (r.instances.empty() || (!r.instances[0].container && r.instances[0].captured_logs.empty())))
-        fmt::print(out_, "n502trace: ready: watching nginx master {} (workers {}), following {}; {} probes attached in {} ms\n",
+        fmt::format_to(std::back_inserter(buf_), "n502trace: ready: watching nginx master {} (workers {}), following {}; {} probes attached in {} ms\n",
                    r.nginx_pid, workers, vis(fmt::format("{}", fmt::join(r.error_logs, ", "))), r.probes.size(), r.attach_ms);
     else {
-        fmt::print(out_, "n502trace: ready: watching {} nginx instance{}; {} probes attached in {} ms\n",
+        fmt::format_to(std::back_inserter(buf_), "n502trace: ready: watching {} nginx instance{}; {} probes attached in {} ms\n",
                    r.instances.size(), r.instances.size() == 1 ? "" : "s", r.probes.size(), r.attach_ms);
         for (const auto &n : r.instances) {
             std::vector<std::string> logs = n.error_logs;
             for (const auto &c : n.captured_logs)
                 logs.push_back(c + " captured from the kernel");
-            fmt::print(out_, "    master {}{}{}: workers {}, following {}\n", n.master,
+            fmt::format_to(std::back_inserter(buf_), "    master {}{}{}: workers {}, following {}\n", n.master,
                        n.master_ns_pid && *n.master_ns_pid != n.master ? fmt::format(" (pid {} inside)", *n.master_ns_pid) : "",
                        vis(n.container ? " in " + describe(*n.container) : (n.cgroup.empty() ? "" : " in cgroup " + n.cgroup)),
                        fmt::format("{}", fmt::join(n.workers, " ")), vis(fmt::format("{}", fmt::join(logs, ", "))));
         }
     }
     for (const auto &f : r.probes_failed)
-        fmt::print(out_, "n502trace: warning: probe not attached: {}\n", vis(f));
-    flush_out(out_);
+        fmt::format_to(std::back_inserter(buf_), "n502trace: warning: probe not attached: {}\n", vis(f));
+    write_out();
 }
 
 void TextSink::verdict(const Verdict &v)
@@ -329,19 +350,19 @@ void TextSink::verdict(const Verdict &v)
     std::string got = v.client_got == "http09"      ? std::string("009")
                       : v.client_got == "cut_short" ? std::string("cut")
                                                     : std::to_string(v.status);
-    fmt::print(out_, "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", got, clock_local(v.ts_real_ns),
+    fmt::format_to(std::back_inserter(buf_), "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", got, clock_local(v.ts_real_ns),
                v.request.empty() ? "-" : vis(v.request), v.client.empty() ? "-" : vis(v.client), vis(v.upstream), v.cause,
                v.confidence);
-    fmt::print(out_, "    {}\n", vis(v.explanation));
-    fmt::print(out_, "    nginx (worker {}{}, *{}): {}\n", v.nginx_pid, where(v.nginx_pid, v.nginx_ns_pid, v.nginx_container),
+    fmt::format_to(std::back_inserter(buf_), "    {}\n", vis(v.explanation));
+    fmt::format_to(std::back_inserter(buf_), "    nginx (worker {}{}, *{}): {}\n", v.nginx_pid, where(v.nginx_pid, v.nginx_ns_pid, v.nginx_container),
                v.nginx_conn, vis(v.nginx_message));
     if (v.upstream_pid && (v.upstream_container || (v.upstream_ns_pid && *v.upstream_ns_pid != *v.upstream_pid)))
-        fmt::print(out_, "    upstream process: pid {} ({}){}\n", *v.upstream_pid, vis(v.upstream_comm),
+        fmt::format_to(std::back_inserter(buf_), "    upstream process: pid {} ({}){}\n", *v.upstream_pid, vis(v.upstream_comm),
                    where(*v.upstream_pid, v.upstream_ns_pid, v.upstream_container));
     if (v.log_only_cause != v.cause)
-        fmt::print(out_, "    the log alone would suggest: {}\n", v.log_only_cause);
+        fmt::format_to(std::back_inserter(buf_), "    the log alone would suggest: {}\n", v.log_only_cause);
     if (v.attempt > 1)
-        fmt::print(out_, "    attempt {} of request {}\n", v.attempt, v.request_key);
+        fmt::format_to(std::back_inserter(buf_), "    attempt {} of request {}\n", v.attempt, v.request_key);
     if (!v.facts.empty()) {
         std::string f;
         for (const auto &[k, val] : v.facts) {
@@ -354,53 +375,53 @@ void TextSink::verdict(const Verdict &v)
             else
                 f += std::get<bool>(val) ? "yes" : "no";
         }
-        fmt::print(out_, "    facts: {}\n", f);
+        fmt::format_to(std::back_inserter(buf_), "    facts: {}\n", f);
     }
     for (const auto &n : v.notes)
-        fmt::print(out_, "    note: {}\n", vis(n));
+        fmt::format_to(std::back_inserter(buf_), "    note: {}\n", vis(n));
     for (const auto &e : v.evidence) {
         std::string ts = e.ts ? clock_local(tb_.to_real_ns(e.ts)) : std::string("(before start)  ");
         std::string actor = e.comm.empty() ? fmt::format("pid {}", e.pid) : fmt::format("pid {} ({})", e.pid, vis(e.comm));
-        fmt::print(out_, "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, vis(e.detail));
+        fmt::format_to(std::back_inserter(buf_), "      {}  {:<12} {:<24} {}\n", ts, e.event, actor, vis(e.detail));
     }
-    fputc('\n', out_);
-    flush_out(out_);
+    buf_ += '\n';
+    write_out();
 }
 
 void TextSink::warning(const Warning &w)
 {
-    fmt::print(out_, "n502trace: warning: {}\n", vis(w.message));
-    flush_out(out_);
+    fmt::format_to(std::back_inserter(buf_), "n502trace: warning: {}\n", vis(w.message));
+    write_out();
 }
 
 void TextSink::suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s)
 {
-    fmt::print(out_, "n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted in the summary)\n",
+    fmt::format_to(std::back_inserter(buf_), "n502trace: {} more {} verdicts for {} in the last {:.0f} s (not printed; counted in the summary)\n",
                count, cause, vis(upstream), window_s);
-    flush_out(out_);
+    write_out();
 }
 
 void TextSink::summary(const Summary &s)
 {
     // "1 verdict", "2 verdicts"
     auto n = [](uint64_t count, const char *one, const char *many) { return fmt::format("{} {}", count, count == 1 ? one : many); };
-    fmt::print(out_, "n502trace: summary after {:.1f} s: {} from {}{}\n", s.duration_s,
+    fmt::format_to(std::back_inserter(buf_), "n502trace: summary after {:.1f} s: {} from {}{}\n", s.duration_s,
                n(s.verdicts, "verdict", "verdicts"), n(s.log_lines, "upstream error line", "upstream error lines"),
                s.suppressed ? fmt::format(" ({} not printed: rate limit)", s.suppressed) : std::string());
     if (s.access_lines)
-        fmt::print(out_, "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
+        fmt::format_to(std::back_inserter(buf_), "    access-log 502/504 lines: {}, {} of them without an error-log line\n", s.access_lines,
                    s.access_only);
     for (const auto &[k, v] : s.by_cause)
-        fmt::print(out_, "    cause    {:<28} {}\n", k, v);
+        fmt::format_to(std::back_inserter(buf_), "    cause    {:<28} {}\n", k, v);
     for (const auto &[k, v] : s.by_upstream)
-        fmt::print(out_, "    upstream {:<28} {}\n", vis(k), v);
-    fmt::print(out_, "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
+        fmt::format_to(std::back_inserter(buf_), "    upstream {:<28} {}\n", vis(k), v);
+    fmt::format_to(std::back_inserter(buf_), "    kernel events: {} seen, {} lost, {} malformed{}\n", s.events, s.events_lost,
                s.events_malformed, s.events_lost ? "  (verdicts during losses may be incomplete)" : "");
-    fmt::print(out_, "    evidence window {:.0f} s: {} and {} held, {} aged out, {} dropped over the bounds; {} "
+    fmt::format_to(std::back_inserter(buf_), "    evidence window {:.0f} s: {} and {} held, {} aged out, {} dropped over the bounds; {} "
                      "KiB resident\n",
                s.window_s, n(s.conns_held, "connection", "connections"), n(s.procs_held, "process", "processes"),
                n(s.expired, "record", "records"), s.dropped, s.rss_kib);
-    flush_out(out_);
+    write_out();
 }
 
 } // namespace n502

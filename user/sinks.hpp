@@ -97,10 +97,13 @@ public:
     void suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s) override;
     void set_timebase(Timebase tb) { tb_ = tb; }
 
+    int failed() const { return failed_; } // the errno of its first failed write, or 0
+
 private:
     void emit(const std::string &line);
     FILE *out_;
     Timebase tb_;
+    int failed_ = 0;
 };
 
 class TextSink : public Sink {
@@ -113,9 +116,14 @@ public:
     void suppressed(const std::string &cause, const std::string &upstream, uint64_t count, double window_s) override;
     void set_timebase(Timebase tb) { tb_ = tb; }
 
+    int failed() const { return failed_; } // the errno of its first failed write, or 0
+
 private:
+    void write_out();
     FILE *out_;
     Timebase tb_;
+    std::string buf_; // the record being formatted
+    int failed_ = 0;
 };
 
 std::string json_escape(const std::string &s);
@@ -126,8 +134,9 @@ std::string json_escape(const std::string &s);
 std::string visible_text(std::string_view s);
 std::string verdict_json(const Verdict &v, const Timebase &tb);
 
-// The errno of the first failed write of a sink's output (EPIPE: whoever read
-// it is gone), or 0. A live run stops on it: verdicts nobody can read.
+// The errno of the first failed write of a sink's output to stdout (EPIPE:
+// whoever read it is gone), or 0. A live run stops on it: verdicts nobody
+// can read.
 int output_error();
 
 } // namespace n502

@@ -638,6 +638,7 @@ def main():
         def _():
             t = subprocess.Popen(["tail", "-f", nginx.error_log], stdout=subprocess.DEVNULL)
             try:
+                harness.wait_until(lambda: harness.proc_comm(t.pid) == "tail", 10, "tail to run")
                 expect_usage_error(["--nginx-pid", str(t.pid)], "not Nginx")
             finally:
                 t.kill()
@@ -665,23 +666,24 @@ def main():
             check(any(x["type"] == "warning" and x["code"] == "nginx_config" for x in recs),
                   "no nginx_config warning: %r" % recs)
 
-        @case("a reader that goes away stops the tool (| head -1)")
+        @case("a reader that goes away stops the tool (| head -1), text and JSON")
         def _():
-            p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid), "--json"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-            try:
-                read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
-                p.stdout.close()  # the reader is gone
-                r = harness.http_get(nginx.port)  # a 502: its verdict cannot be written
-                check(r.status == 502, "status %r" % r.status)
-                rc = p.wait(timeout=10)
-            finally:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            err = p.stderr.read()
-            p.stderr.close()
-            check(rc == 0, "exit %r, want 0 (stderr %r)" % (rc, err))
+            for fmt in ([], ["--json"]):
+                p = subprocess.Popen([BIN, "--nginx-pid", str(nginx.master_pid)] + fmt, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                try:
+                    read_lines_until(p, lambda l: '"type":"ready"' in l or "n502trace: ready:" in l, 20)
+                    p.stdout.close()  # the reader is gone
+                    r = harness.http_get(nginx.port)  # a 502: its verdict cannot be written
+                    check(r.status == 502, "status %r" % r.status)
+                    rc = p.wait(timeout=10)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                err = p.stderr.read()
+                p.stderr.close()
+                check(rc == 0, "%s: exit %r, want 0 (stderr %r)" % (fmt or "text", rc, err))
 
         @case("Nginx stops: the tool says so and exits 1 (no --follow)")
         def _():

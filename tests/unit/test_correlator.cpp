@@ -679,6 +679,29 @@ TEST_CASE("signals that did not end the connection do not make it a kill", "[cor
           }) == "upstream_killed");
 }
 
+TEST_CASE("a stop signal long before the end counts only when the process then exited", "[correlator]")
+{
+    // A JVM's SIGQUIT is a thread dump: it serves on, and resets a
+    // connection ten minutes later for reasons of its own.
+    Rec r = handled_stop(3, "jcmd");
+    r.t += 600'000'000'000ULL;
+    r.rst_to_nginx();
+    CHECK(World(r, RESET).verdict().cause == "upstream_reset");
+    // A graceful stop that took 10 s and ended with the process: its signal.
+    Rec g = handled_stop(15, "systemd");
+    g.t += 10'000'000'000ULL;
+    g.fin_from_upstream(UPSTREAM);
+    g.exit(UPSTREAM, 0);
+    Verdict v = World(g, PREMATURE).verdict();
+    CHECK(v.cause == "upstream_killed");
+    CHECK(says(v, "closed it 10.0 s later (it then exited with code 0"));
+    // The same without the exit: alive, and the close was not on the signal.
+    Rec a = handled_stop(15, "systemd");
+    a.t += 10'000'000'000ULL;
+    a.fin_from_upstream(UPSTREAM);
+    CHECK(World(a, PREMATURE).verdict().cause == "upstream_closed_early");
+}
+
 TEST_CASE("a keep-alive race stays a race when a stop signal made the upstream close its idle connection",
           "[correlator]")
 {

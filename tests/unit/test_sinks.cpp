@@ -1,8 +1,11 @@
 // Sinks: JSON Lines stay valid whatever the log line contained.
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cerrno>
+#include <csignal>
 #include <cstdlib>
 #include <string>
+#include <unistd.h>
 
 #include "sinks.hpp"
 
@@ -118,4 +121,28 @@ TEST_CASE("the text output's first word is what the client got", "[sinks]")
     CHECK(verdict_json(v, Timebase(0)).find("\"status\":504,\"client_got\":\"cut_short\"") != std::string::npos);
     v.client_got = "http09";
     CHECK(first_word(v) == "009");
+}
+
+TEST_CASE("a reader that has gone: the text sink stops writing, and nothing throws", "[sinks]")
+{
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    close(fds[0]); // the reader is gone: writes fail with EPIPE (SIGPIPE is ignored here)
+    struct sigaction ign{}, old{};
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &ign, &old);
+    FILE *f = fdopen(fds[1], "w");
+    REQUIRE(f);
+    {
+        TextSink sink(f, Timebase(0));
+        Verdict v = sample_verdict("GET / HTTP/1.1", "python3");
+        v.explanation = std::string(20000, 'e'); // longer than stdio's buffer
+        CHECK_NOTHROW(sink.verdict(v));
+        CHECK(sink.failed() == EPIPE);
+        CHECK(output_error() == 0); // (stdout's, which this is not)
+        CHECK_NOTHROW(sink.verdict(v));
+        CHECK_NOTHROW(sink.summary(Summary{}));
+    }
+    fclose(f);
+    sigaction(SIGPIPE, &old, nullptr);
 }
