@@ -97,6 +97,15 @@ def children_of(ppid):
     return sorted(kids)
 
 
+def read_text(path):
+    """The file's text, or "" when it does not exist (yet)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def describe_status(rc):
     if rc is None:
         return "still running"
@@ -596,18 +605,10 @@ class Nginx:
         return children_of(self.master_pid) if self.master_pid else []
 
     def read_error_log(self):
-        try:
-            with open(self.error_log, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.error_log)
 
     def read_access_log(self):
-        try:
-            with open(os.path.join(self.prefix, "access.log"), errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(os.path.join(self.prefix, "access.log"))
 
     def tail(self, n=40):
         lines = self.read_error_log().splitlines()
@@ -1071,7 +1072,47 @@ catch_workers_output = yes
 """
 
 
-class PhpFpm:
+class Supervisor:
+    """A pre-fork server run in the foreground (self.proc: its master), its
+    log in self.log (self.err: the file its output goes to)."""
+
+    @property
+    def master_pid(self):
+        return self.proc.pid
+
+    def workers(self):
+        return children_of(self.proc.pid)
+
+    def read_log(self):
+        return read_text(self.log)
+
+    def stop_master(self, comm_prefix, timeout=10):
+        """SIGTERM to the master (a fast shutdown: it ends its children), then
+        SIGKILL to any child left whose name still starts with comm_prefix
+        (only its current children: a killed child's pid may be reused)."""
+        if self.proc is None:
+            return
+        pids = set(self.workers() if self.proc.poll() is None else [])
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for p in pids:
+            if pid_alive(p) and proc_comm(p).startswith(comm_prefix):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        wait_until(lambda: not any(pid_alive(p) and proc_comm(p).startswith(comm_prefix) for p in pids),
+                   timeout, "%s children to exit" % comm_prefix)
+        self.err.close()
+        self.proc = None
+
+
+class PhpFpm(Supervisor):
     """Debian's php-fpm8.2 in the foreground with a config of our own: one
     static pool on a unix socket in the test dir, workers as www-data."""
 
@@ -1088,21 +1129,10 @@ class PhpFpm:
         self.proc = None
         self.seen = set()
 
-    @property
-    def master_pid(self):
-        return self.proc.pid
-
     def workers(self):
         kids = children_of(self.proc.pid)
         self.seen.update(kids)
         return kids
-
-    def read_log(self):
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
 
     def start(self, timeout=10):
         if not os.access(PHP_FPM, os.X_OK):
@@ -1122,27 +1152,7 @@ class PhpFpm:
         check(os.path.exists(self.sock), "php-fpm socket %s missing" % self.sock)
 
     def stop(self, timeout=10):
-        if self.proc is None:
-            return
-        # Only its current children (a killed child's pid may be reused by now).
-        pids = set(self.workers() if self.proc.poll() is None else [])
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # fast shutdown: the master kills its children
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for p in pids:
-            if pid_alive(p) and proc_comm(p).startswith("php-fpm"):
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        wait_until(lambda: not any(pid_alive(p) and proc_comm(p).startswith("php-fpm") for p in pids),
-                   timeout, "php-fpm children to exit")
-        self.err.close()
-        self.proc = None
+        self.stop_master("php-fpm", timeout)
 
 
 GUNICORN_APP = """\
@@ -1161,7 +1171,7 @@ def application(environ, start_response):
 """
 
 
-class Gunicorn:
+class Gunicorn(Supervisor):
     """Debian's gunicorn (sync workers) on 127.0.0.1:port with an app whose
     every request writes the worker's pid to self.marker and sleeps a minute;
     --timeout seconds without a word from a worker, and its master aborts it
@@ -1180,27 +1190,9 @@ class Gunicorn:
         self.timeout = timeout
         self.proc = None
 
-    @property
-    def master_pid(self):
-        return self.proc.pid
-
-    def workers(self):
-        return children_of(self.proc.pid)
-
-    def read_log(self):
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
     def serving_pid(self):
         """The worker that took the request (its pid from the marker), or None."""
-        try:
-            with open(self.marker) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return None
+        text = read_text(self.marker)
         return int(text) if text.endswith("\n") else None
 
     def start(self, timeout=15):
@@ -1220,24 +1212,7 @@ class Gunicorn:
         wait_until(lambda: len(self.workers()) >= self.nworkers, timeout, "%d gunicorn workers" % self.nworkers)
 
     def stop(self, timeout=10):
-        if self.proc is None:
-            return
-        pids = set(self.workers() if self.proc.poll() is None else [])
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for p in pids:
-            if pid_alive(p) and proc_comm(p) == "gunicorn":
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        self.err.close()
-        self.proc = None
+        self.stop_master("gunicorn", timeout)
 
 
 

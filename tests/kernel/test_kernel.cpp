@@ -187,6 +187,16 @@ void load_attach(Loader &l, const LoaderOptions &opt)
     REQUIRE(l.attach(&error));
 }
 
+// A loader of its own in adaptive tracking (lean), this process taken for
+// Nginx, its events into evs.
+void lean_as_nginx(Loader &l, std::vector<Event> &evs)
+{
+    load_attach(l, own_options(true));
+    std::string error;
+    REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
+    REQUIRE(ring_into(l, evs, &error));
+}
+
 void wait_ready(int fd)
 {
     char c;
@@ -608,11 +618,8 @@ TEST_CASE("a connect to its own address meets itself: SYN_SENT -> SYN_RECV with 
     SECTION("adaptive tracking, lean: an anomaly on a watched port")
     {
         Loader l;
-        load_attach(l, own_options(true));
-        std::string error;
-        REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
         std::vector<Event> evs;
-        REQUIRE(ring_into(l, evs, &error));
+        lean_as_nginx(l, evs);
         uint16_t port = 0;
         int fd = bound_socket(&port);
         l.watch_ports({port}, false);
@@ -1036,11 +1043,8 @@ TEST_CASE("adaptive tracking, lean: a fork of Nginx watches every port until the
     // A reload's new workers may run a configuration naming other ports:
     // from the fork until user space has read it, every port counts.
     Loader l;
-    load_attach(l, own_options(true));
-    std::string error;
-    REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
     std::vector<Event> evs;
-    REQUIRE(ring_into(l, evs, &error));
+    lean_as_nginx(l, evs);
     l.watch_ports({}, false);
     auto met = [&](uint16_t port) {
         l.consume();
