@@ -953,8 +953,12 @@ int run(const Options &opt)
                 workers_are.watch(pid, boot_now_ns()); // forked this instant: not its user yet
         }
     };
-    auto check_config = [&](Instance &in, bool report) {
-        learn_workers(in);
+    // learn: take the workers' uids and cgroups now (a start, a new master);
+    // a reload's new workers are learnt by workers_are.poll, which says
+    // when their uid is new (warning nginx_user).
+    auto check_config = [&](Instance &in, bool report, bool learn = true) {
+        if (learn)
+            learn_workers(in);
         NginxPaths paths = nginx_paths(in.info.master);
         NginxConf conf = parse_nginx_conf(in.info.root, paths.conf);
         watch_ports(conf);
@@ -1488,7 +1492,7 @@ int run(const Options &opt)
                 std::vector<std::string> before;
                 for (const auto &u : in.upstreams)
                     before.push_back(u.address);
-                check_config(in, true);
+                check_config(in, true, false);
                 std::vector<std::string> after;
                 for (const auto &u : in.upstreams)
                     after.push_back(u.address);
