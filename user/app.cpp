@@ -238,8 +238,7 @@ struct Instance {
     std::string config;                             // main configuration file read
     std::vector<InstanceInfo::Upstream> upstreams;  // what it names, checked at start
     std::vector<std::string> down;                  // warnings for the ones nothing listens on
-    std::set<std::string> down_said;                // ... said already (a reload says only new ones)
-    std::set<std::string> config_said;              // nginx_config warnings said already
+    std::set<std::string> said;                     // upstream_down, nginx_config warnings said already (code + message)
     uint64_t hup_seen = 0;                          // the last SIGHUP to the master whose reload was read
     bool selected = false;                          // found through --container/--cgroup
     bool gone = false;
@@ -902,10 +901,15 @@ int run(const Options &opt)
     // The configuration each Nginx runs with: the upstreams it names, and
     // whether anything listens there now. Many 502 incidents are visible
     // before the first request.
+    // A warning about an instance's configuration, once: a reload reads it
+    // again and says only what is new.
+    auto say_once = [&](Instance &in, const char *code, const std::string &msg) {
+        if (in.said.insert(std::string(code) + '\n' + msg).second)
+            engine.warning({code, msg, 0});
+    };
     auto report_down = [&](Instance &in) {
         for (const auto &msg : in.down)
-            if (in.down_said.insert(msg).second)
-                engine.warning({"upstream_down", msg, 0});
+            say_once(in, "upstream_down", msg);
         in.down.clear();
     };
     // Unix-socket upstreams need the syscall hooks (they have no state
@@ -967,19 +971,16 @@ int run(const Options &opt)
         for (const auto &u : conf.upstreams)
             if (u.has_variables || u.address.rfind("unix:", 0) == 0)
                 need_unix(fmt::format("{} at {}:{}", u.address, u.file, u.line));
-        auto config_warning = [&](const std::string &msg) {
-            if (in.config_said.insert(msg).second)
-                engine.warning({"nginx_config", msg, 0});
-        };
         if (conf.files.empty()) {
-            config_warning(fmt::format("could not read Nginx's configuration {}{}: {}", paths.conf,
-                                       in.info.root.empty() ? "" : " (inside " + in.info.root + ")",
-                                       conf.problems.empty() ? "no file" : conf.problems.front()));
+            say_once(in, "nginx_config",
+                     fmt::format("could not read Nginx's configuration {}{}: {}", paths.conf,
+                                 in.info.root.empty() ? "" : " (inside " + in.info.root + ")",
+                                 conf.problems.empty() ? "no file" : conf.problems.front()));
             return;
         }
         in.config = conf.main_file;
         for (const auto &pr : conf.problems)
-            config_warning(pr);
+            say_once(in, "nginx_config", pr);
         uint32_t netns = static_cast<uint32_t>(netns_of(in.info.master));
         in.upstreams.clear();
         in.down.clear();
@@ -1489,13 +1490,15 @@ int run(const Options &opt)
                 if (!hup)
                     continue;
                 in.hup_seen = hup;
-                std::vector<std::string> before;
-                for (const auto &u : in.upstreams)
-                    before.push_back(u.address);
+                auto addresses = [&in]() {
+                    std::vector<std::string> out;
+                    for (const auto &u : in.upstreams)
+                        out.push_back(u.address);
+                    return out;
+                };
+                std::vector<std::string> before = addresses();
                 check_config(in, true, false);
-                std::vector<std::string> after;
-                for (const auto &u : in.upstreams)
-                    after.push_back(u.address);
+                std::vector<std::string> after = addresses();
                 if (after != before)
                     engine.warning({"nginx_reloaded",
                                    fmt::format("Nginx master {} runs a new configuration ({}): its upstreams are "

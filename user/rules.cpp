@@ -190,14 +190,14 @@ constexpr uint64_t kPromptNs = 2'000'000'000ULL;
 // held the connection, before it ended it, and not ignored, that the process
 // stopped on: it exited after it, or ended the connection within kPromptNs.
 // *bounded: the connection's start was seen (else the signal is one within
-// kStopBeforeNs of its end).
-const SignalRec *stop_signal(const RuleInput &in, bool *bounded)
+// kStopBeforeNs of its end). *end: upstream_ended().
+const SignalRec *stop_signal(const RuleInput &in, bool *bounded, uint64_t *end_out)
 {
     if (!in.conn || !in.upstream)
         return nullptr;
     const Conn &c = *in.conn;
     const Proc &p = *in.upstream;
-    uint64_t end = upstream_ended(in);
+    uint64_t end = *end_out = upstream_ended(in);
     // From the start of the connection as the upstream held it, or 0.
     uint64_t from = c.untracked ? 0 : c.t_accept ? *c.t_accept : c.t_established.value_or(0);
     if (!end || (!c.untracked && !from))
@@ -429,14 +429,14 @@ bool rule_oom_killed(const RuleInput &in, Verdict &v)
 bool killed_by_handled_signal(const RuleInput &in, Verdict &v)
 {
     bool bounded = false;
-    const SignalRec *s = stop_signal(in, &bounded);
+    uint64_t end = 0;
+    const SignalRec *s = stop_signal(in, &bounded, &end);
     if (!s || raced(in))
         return false;
     if (!base(v, in, "upstream_killed", bounded ? "high" : "medium"))
         return true;
     const Proc &p = *in.upstream;
     const Conn &c = *in.conn;
-    uint64_t end = upstream_ended(in);
     v.evidence.push_back(signal_evidence(p, *s));
     std::string later = duration_text(end - s->ts) + " later";
     const char *verb = c.t_up_abort || c.t_rst_recv == end ? "reset" : "closed";

@@ -395,14 +395,23 @@ TEST_CASE("local ports exhausted", "[causes]")
     CHECK(v.explanation.find("1 ESTABLISHED, 2 TIME_WAIT") != std::string::npos);
 }
 
-TEST_CASE("invalid response over a clean transport", "[causes]")
+namespace {
+
+// An established connection that Nginx closed first after 16 KiB, and the
+// verdict for its line with this message.
+Verdict after_nginx_closed(const std::string &message)
 {
     Seq s;
     s.established();
     s.state(SK, N502_SOCK_NGINX, NGINX, 1, 4, 0, 16384); // Nginx closes first
-    Verdict v = explain(s, line("upstream sent too big header while reading response header from upstream",
-                                "http://127.0.0.1:8080/"),
-                        nullptr);
+    return explain(s, line(message, "http://127.0.0.1:8080/"), nullptr);
+}
+
+} // namespace
+
+TEST_CASE("invalid response over a clean transport", "[causes]")
+{
+    Verdict v = after_nginx_closed("upstream sent too big header while reading response header from upstream");
     CHECK(v.cause == "upstream_invalid_response");
     CHECK(fact<std::string>(v, "closed_by") == "nginx");
     CHECK(fact<int64_t>(v, "bytes_received") == 16384);
@@ -1373,12 +1382,7 @@ TEST_CASE("a connection that met itself: the line about its own request read bac
 
 TEST_CASE("a line after Nginx's response had begun says the client got no 502/504", "[causes]")
 {
-    Seq s;
-    s.established();
-    s.state(SK, N502_SOCK_NGINX, NGINX, 1, 4, 0, 16384); // Nginx closes first
-    Verdict v = explain(s, line("upstream sent invalid chunked response while reading upstream",
-                                "http://127.0.0.1:8080/"),
-                        nullptr);
+    Verdict v = after_nginx_closed("upstream sent invalid chunked response while reading upstream");
     CHECK(has_note(v, "its response to the client had begun"));
     CHECK_FALSE(has_note(v, "HTTP/0.9"));
     CHECK(v.client_got == "cut_short");
