@@ -4,6 +4,9 @@
 #include <functional>
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/capability.h>
@@ -184,26 +187,82 @@ bool dir_writable_without_override(const std::string &dir, std::string *why)
 
 } // namespace
 
+// A process other than this one that holds the file open (0: none). Read
+// only for an empty file, where the content cannot tell a log from nothing.
+static uint32_t held_open_by(const struct stat &file, const std::string &proc_root = "/proc")
+{
+    uint32_t self = static_cast<uint32_t>(getpid());
+    DIR *procs = opendir(proc_root.c_str());
+    if (!procs)
+        return 0;
+    uint32_t found = 0;
+    while (struct dirent *pe = readdir(procs)) {
+        char *end = nullptr;
+        unsigned long pid = strtoul(pe->d_name, &end, 10);
+        if (!pid || *end || pid == self)
+            continue;
+        std::string fds = fmt::format("{}/{}/fd", proc_root, pe->d_name);
+        DIR *d = opendir(fds.c_str());
+        if (!d)
+            continue;
+        while (struct dirent *fe = readdir(d)) {
+            struct stat st{};
+            if (fe->d_name[0] == '.' || fstatat(dirfd(d), fe->d_name, &st, 0) != 0)
+                continue;
+            if (st.st_dev == file.st_dev && st.st_ino == file.st_ino) {
+                found = static_cast<uint32_t>(pid);
+                break;
+            }
+        }
+        closedir(d);
+        if (found)
+            break;
+    }
+    closedir(procs);
+    return found;
+}
+
 std::unique_ptr<Recorder> Recorder::open(const std::string &path, uint64_t max_bytes, std::string *err)
 {
     // Never written over: a file that is not a recording (an error log
-    // given by mistake), nor, with rotation, a FILE.N that is not one.
-    auto foreign = [](const std::string &p) {
+    // given by mistake), nor, with rotation, a FILE.N that is not one. An
+    // empty file is one only when another process holds it open: Nginx's
+    // error log before its first line, which Nginx appends to.
+    auto foreign = [](const std::string &p, std::string *why) {
         struct stat st{};
-        return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && !looks_like_recording(p);
+        if (stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+            return false;
+        if (st.st_size > 0) {
+            *why = "exists and is not an n502trace recording";
+            return !looks_like_recording(p);
+        }
+        uint32_t holder = held_open_by(st);
+        if (!holder)
+            return false;
+        std::string comm;
+        if (FILE *f = fopen(fmt::format("/proc/{}/comm", holder).c_str(), "re")) {
+            char buf[64] = {};
+            if (fgets(buf, sizeof buf, f))
+                comm = std::string(buf, strcspn(buf, "\n"));
+            fclose(f);
+        }
+        *why = fmt::format("is empty but open in process {}{}: a log that process writes to, not an n502trace "
+                           "recording",
+                           holder, comm.empty() ? "" : " (" + comm + ")");
+        return true;
     };
-    if (foreign(path)) {
-        *err = fmt::format("--record {}: the file exists and is not an n502trace recording; n502trace does not "
-                           "write over it (remove it, or record to another file)",
-                           path);
+    std::string why;
+    if (foreign(path, &why)) {
+        *err = fmt::format("--record {}: the file {}; n502trace does not write over it (remove it, or record to "
+                           "another file)",
+                           path, why);
         return nullptr;
     }
     for (unsigned i = 1; max_bytes && i < 4; i++)
-        if (foreign(fmt::format("{}.{}", path, i))) {
-            *err = fmt::format("--record-max rotates the recording through {0}.1 to {0}.3, and {0}.{1} exists and "
-                               "is not an n502trace recording; n502trace does not write over it (remove it, or "
-                               "record to another file)",
-                               path, i);
+        if (foreign(fmt::format("{}.{}", path, i), &why)) {
+            *err = fmt::format("--record-max rotates the recording through {0}.1 to {0}.3, and {0}.{1} {2}; "
+                               "n502trace does not write over it (remove it, or record to another file)",
+                               path, i, why);
             return nullptr;
         }
     if (max_bytes) {

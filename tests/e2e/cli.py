@@ -618,7 +618,7 @@ def main():
             with open(src) as f:
                 check(f.read() == line, "the input was changed")
 
-        @case("--record never writes over a file that is not a recording")
+        @case("--record never writes over a file that is not a recording, nor over an empty log a process holds open")
         def _():
             precious = h.path("precious.log")
             with open(precious, "w") as f:
@@ -633,6 +633,18 @@ def main():
             for path, text in ((precious, "keep me\n"), (rec + ".2", "keep me too\n")):
                 with open(path) as f:
                     check(f.read() == text, "%s was changed" % path)
+            # An empty log, as Nginx's error log is before its first line:
+            # only the process that holds it open tells it from nothing.
+            empty = h.path("empty.log")
+            with open(empty, "a") as f:
+                holder = subprocess.Popen(["sleep", "600"], stdout=f)
+            try:
+                expect_usage_error(["--nginx-pid", str(nginx.master_pid), "--record", empty],
+                                   "is empty but open in process %d (sleep)" % holder.pid)
+                check(os.path.getsize(empty) == 0, "the empty log was written to")
+            finally:
+                holder.kill()
+                holder.wait()
 
         @case("not Nginx: a command line that only mentions nginx, or a zombie named nginx")
         def _():
