@@ -707,6 +707,9 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid, const Taken &taken)
         return;
     }
     Verdict v = given;
+    // The failure's time, as a reader compares it with the error log: the
+    // verdict comes a grace period later (longer when behind).
+    v.logged_real_ns = static_cast<int64_t>(taken.at) + cfg_.tb_offset_ns;
     if (logged_pid)
         v.nginx_ns_pid = logged_pid;
     if (v.nginx_pid == 0 && logged_pid)

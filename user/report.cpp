@@ -50,6 +50,13 @@ std::string str(const json &j, const char *k)
     return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// A verdict's time: when its failure was logged (older outputs: when it was made).
+std::string when(const json &v)
+{
+    std::string t = str(v, "logged");
+    return t.empty() ? str(v, "ts") : t;
+}
+
 std::string num(const json &j, const char *k)
 {
     auto it = j.find(k);
@@ -216,7 +223,7 @@ std::optional<Report> build_report(std::istream &in, const std::string &source, 
     };
     std::map<std::string, Agg> by_cause, by_upstream;
     for (const auto &v : verdicts) {
-        double t = parse_ts(str(v, "ts"));
+        double t = parse_ts(when(v));
         std::string cause = str(v, "cause"), up = str(v, "upstream");
         if (std::find(causes.begin(), causes.end(), cause) == causes.end())
             causes.push_back(cause);
@@ -321,7 +328,7 @@ std::optional<Report> build_report(std::istream &in, const std::string &source, 
                                                    : num(v, "status");
         h += fmt::format("<details class=\"verdict\"><summary><code>{}</code> {} <span class=\"cause\">{}</span> "
                          "&rarr; {} &middot; {} ({} confidence)</summary>",
-                         esc(str(v, "ts")), esc(status), esc(str(v, "cause")), esc(str(v, "upstream")),
+                         esc(when(v)), esc(status), esc(str(v, "cause")), esc(str(v, "upstream")),
                          esc(str(v, "request")), esc(str(v, "confidence")));
         h += fmt::format("<p>{}</p><p class=\"meta\">Nginx worker {} said: <code>{}</code></p>", esc(str(v, "explanation")),
                          esc(num(v, "nginx_pid")), esc(str(v, "nginx_message")));

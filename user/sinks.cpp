@@ -201,13 +201,14 @@ std::string verdict_json(const Verdict &v, const Timebase &tb)
     }
     facts += "}";
     return fmt::format(
-        "{{\"type\":\"verdict\",\"ts\":{},\"status\":{},\"client_got\":{},\"nginx_pid\":{},\"nginx_conn\":{},\"upstream\":{},"
+        "{{\"type\":\"verdict\",\"ts\":{},\"logged\":{},\"status\":{},\"client_got\":{},\"nginx_pid\":{},\"nginx_conn\":{},\"upstream\":{},"
         "\"request\":{},\"client\":{},\"server\":{},\"host\":{},\"nginx_message\":{},\"log_only_cause\":{},"
         "\"cause\":{},\"confidence\":{},\"explanation\":{},\"upstream_pid\":{},\"upstream_comm\":{},"
         "\"attempt\":{},\"request_key\":{},\"nginx_ns_pid\":{},\"upstream_ns_pid\":{},\"nginx_cgroup\":{},"
         "\"upstream_cgroup\":{},\"nginx_container\":{},\"upstream_container\":{},\"facts\":{},\"notes\":{},"
         "\"evidence\":{}}}",
-        jstr(rfc3339_utc(v.ts_real_ns)), v.status, jstr(v.client_got), v.nginx_pid, v.nginx_conn, jstr(v.upstream), jstr(v.request),
+        jstr(rfc3339_utc(v.ts_real_ns)),
+        v.logged_real_ns ? jstr(rfc3339_utc(v.logged_real_ns)) : std::string("null"), v.status, jstr(v.client_got), v.nginx_pid, v.nginx_conn, jstr(v.upstream), jstr(v.request),
         jstr(v.client), jstr(v.server), jstr(v.host), jstr(v.nginx_message), jstr(v.log_only_cause), jstr(v.cause),
         jstr(v.confidence), jstr(v.explanation), jopt(v.upstream_pid),
         v.upstream_pid ? jstr(v.upstream_comm) : std::string("null"), v.attempt, jstr(v.request_key),
@@ -350,7 +351,9 @@ void TextSink::verdict(const Verdict &v)
     std::string got = v.client_got == "http09"      ? std::string("009")
                       : v.client_got == "cut_short" ? std::string("cut")
                                                     : std::to_string(v.status);
-    fmt::format_to(std::back_inserter(buf_), "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", got, clock_local(v.ts_real_ns),
+    // The time is the failure's (its line read), to be found in the error log.
+    fmt::format_to(std::back_inserter(buf_), "{} {}  {}  {} -> {}  cause: {} ({} confidence)\n", got,
+               clock_local(v.logged_real_ns ? v.logged_real_ns : v.ts_real_ns),
                v.request.empty() ? "-" : vis(v.request), v.client.empty() ? "-" : vis(v.client), vis(v.upstream), v.cause,
                v.confidence);
     fmt::format_to(std::back_inserter(buf_), "    {}\n", vis(v.explanation));

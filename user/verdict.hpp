@@ -34,6 +34,7 @@ using FactValue = std::variant<std::string, int64_t, bool>;
 
 struct Verdict {
     int64_t ts_real_ns = 0;   // when the verdict was made
+    int64_t logged_real_ns = 0; // when Nginx's line was read, within a poll of its writing (0: not known)
     int status = 502;         // what Nginx's error means: 504 for a timeout, else 502
     // What the client was sent for this line: "status" (that 502/504, unless a
     // later attempt answered), "cut_short" (the response had begun: it was cut

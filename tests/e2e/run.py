@@ -97,6 +97,7 @@ proxy_connect_timeout is 2s, not 1s, where a SYN retransmission is asserted
 the SYN (TCP_TIMEOUT_INIT), so a 1s connect timeout would race it.
 """
 import argparse
+import datetime
 import errno
 import json
 import os
@@ -146,6 +147,17 @@ ADAPTIVE_FIRST_UNKNOWN = {
     "keepalive_race": "upstream_reset",
 }
 LEAN_NOTE = "was watching only for failures the kernel can tell from a normal close"
+
+
+def parse_rfc3339(text):
+    """Seconds since the epoch of the tool's "2026-12-07T17:50:01.123456Z", or None."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        return None
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 class Scenario:
@@ -236,6 +248,12 @@ class Scenario:
         got = "http09" if msg.startswith("upstream sent no valid HTTP/1.0 header") else \
             "cut_short" if "while reading upstream" in msg else "status"
         check(v.get("client_got") == got, "client_got %r, want %s" % (v.get("client_got"), got))
+        # The failure's time: its line read before the verdict was made,
+        # and by the time the client had its response (a second of slack).
+        logged, made = parse_rfc3339(v.get("logged")), parse_rfc3339(v.get("ts"))
+        done_wall = time.time() - (time.monotonic() - resp.t_done)
+        check(logged is not None and logged <= made and logged <= done_wall + 1.0,
+              "logged %r: not before the verdict (%r) and by the response's end" % (v.get("logged"), v.get("ts")))
         if ADAPTIVE and not self.name.startswith("adaptive_") and self.adaptive_verdict(v, cause, evidence):
             return v
         if ADAPTIVE and self.name in ADAPTIVE_NO_EVIDENCE:

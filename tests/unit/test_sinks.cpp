@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "sinks.hpp"
+#include "timebase.hpp"
 
 using namespace n502;
 
@@ -82,6 +83,24 @@ TEST_CASE("a verdict renders as one JSON object with the contract's fields", "[s
         CHECK(j.find(k) != std::string::npos);
     v.upstream_pid.reset();
     CHECK(verdict_json(v, Timebase(0)).find("\"upstream_pid\":null,\"upstream_comm\":null") != std::string::npos);
+    // When its line was logged: null when not known (a verdict made outside the engine).
+    CHECK(j.find("\"ts\":\"2023-11-14T22:13:20.000000Z\",\"logged\":null,") != std::string::npos);
+    v.logged_real_ns = v.ts_real_ns - 750'000'000;
+    CHECK(verdict_json(v, Timebase(0)).find("\"logged\":\"2023-11-14T22:13:19.250000Z\"") != std::string::npos);
+}
+
+TEST_CASE("the text output's time is the failure's: when its line was logged, not when the verdict was made", "[sinks]")
+{
+    Verdict v = sample_verdict("GET / HTTP/1.1", "python3");
+    auto header_time = [](const Verdict &x) {
+        std::string text = as_text(x);
+        auto sp = text.find(' ');
+        return text.substr(sp + 1, text.find(' ', sp + 1) - sp - 1);
+    };
+    CHECK(header_time(v) == clock_local(v.ts_real_ns));
+    v.logged_real_ns = v.ts_real_ns - 2'500'000'000LL;
+    CHECK(header_time(v) == clock_local(v.logged_real_ns));
+    CHECK(header_time(v) != clock_local(v.ts_real_ns));
 }
 
 TEST_CASE("text output shows control characters and stray bytes as \\xHH, UTF-8 as it is", "[sinks]")
