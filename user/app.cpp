@@ -1413,6 +1413,78 @@ int run(const Options &opt)
                            0});
         }
     };
+    // A reload: the master read its configuration again before forking new
+    // workers (a reload that fails forks none), so the file on disk is what
+    // they run. Its upstreams' ports are watched from then on (the old
+    // workers' stay watched while they drain). From the fork until then the
+    // kernel side watches every port (ports_unsure).
+    // Nginx's master forks a worker at once when one dies unasked: new
+    // workers each of which came within a second of a worker's death (after
+    // the SIGHUP) replace the dead. A reload's come before any old one exits.
+    auto respawned = [&](uint32_t master, const std::vector<uint32_t> &fresh, uint64_t hup) {
+        uint64_t first = UINT64_MAX, last = 0;
+        for (uint32_t k : fresh) {
+            const Proc *p = state.proc(k);
+            if (!p)
+                return false; // its fork was not seen
+            first = std::min(first, p->first_seen);
+            last = std::max(last, p->first_seen);
+        }
+        uint64_t from = std::max<uint64_t>(hup, first > 1'000'000'000ULL ? first - 1'000'000'000ULL : 0);
+        return state.children_exited(master, from, last) >= fresh.size();
+    };
+    auto follow_reloads = [&]() {
+        if (state.nginx_forks() == config_forks_seen)
+            return;
+        config_forks_seen = state.nginx_forks();
+        for (auto &inp : instances) {
+            Instance &in = *inp;
+            if (in.gone)
+                continue;
+            std::vector<uint32_t> kids = children_of(in.info.master);
+            std::vector<uint32_t> fresh;
+            for (uint32_t k : kids)
+                if (std::find(in.info.workers.begin(), in.info.workers.end(), k) == in.info.workers.end())
+                    fresh.push_back(k);
+            if (fresh.empty())
+                continue;
+            in.info.workers = kids;
+            in.map_pids();
+            // Only a reload (SIGHUP to the master) reads the configuration
+            // again. A worker respawned after one died runs the one already
+            // read, whatever the file says now: also after a SIGHUP whose
+            // reload failed (the file did not pass; no worker was forked).
+            uint64_t hup = 0;
+            if (const Proc *mp = state.proc(in.info.master))
+                for (const SignalRec &sr : mp->signals)
+                    if (sr.sig == SIGHUP && sr.ts > in.hup_seen)
+                        hup = sr.ts;
+            if (!hup || respawned(in.info.master, fresh, hup))
+                continue;
+            in.hup_seen = hup;
+            auto addresses = [&in]() {
+                std::vector<std::string> out;
+                for (const auto &u : in.upstreams)
+                    out.push_back(u.address);
+                return out;
+            };
+            std::vector<std::string> before = addresses();
+            check_config(in, true, false);
+            std::vector<std::string> after = addresses();
+            if (after != before)
+                engine.warning({"nginx_reloaded",
+                               fmt::format("Nginx master {} runs a new configuration ({}): its upstreams are now "
+                                           "{}; {}",
+                                           in.info.master, in.config.empty() ? "not readable" : in.config,
+                                           after.empty() ? "none" : fmt::format("{}", fmt::join(after, ", ")),
+                                           adaptive ? "watching failures toward ports " + ports_text()
+                                                    : "every connection is followed (full tracking)"),
+                               0});
+        }
+        // The kernel side watched every port since the fork: the ports are
+        // known again.
+        loader.ports_settled();
+    };
     // The kernel side wakes us only for bursts (bpf/common.bpf.h): we poll,
     // every 10 ms while there is something to do, every 50 ms while neither
     // the kernel side nor the logs had anything (each wakeup costs a few
@@ -1460,59 +1532,7 @@ int run(const Options &opt)
             kernel_failure = take_counters() || kernel_failure;
         }
         track(now, error_line, kernel_failure);
-        // A reload: the master read its configuration again before forking
-        // new workers (a reload that fails forks none), so the file on disk
-        // is what they run. Its upstreams' ports are watched from now on
-        // (the old workers' stay watched while they drain). From the fork
-        // until then the kernel side watches every port (ports_unsure).
-        if (state.nginx_forks() != config_forks_seen) {
-            config_forks_seen = state.nginx_forks();
-            for (auto &inp : instances) {
-                Instance &in = *inp;
-                if (in.gone)
-                    continue;
-                std::vector<uint32_t> kids = children_of(in.info.master);
-                bool fresh = std::any_of(kids.begin(), kids.end(), [&](uint32_t k) {
-                    return std::find(in.info.workers.begin(), in.info.workers.end(), k) == in.info.workers.end();
-                });
-                if (!fresh)
-                    continue;
-                in.info.workers = kids;
-                in.map_pids();
-                // Only a reload (SIGHUP to the master) reads the configuration
-                // again; a worker respawned after a crash runs the one
-                // already read, whatever the file says now.
-                uint64_t hup = 0;
-                if (const Proc *mp = state.proc(in.info.master))
-                    for (const SignalRec &sr : mp->signals)
-                        if (sr.sig == SIGHUP && sr.ts > in.hup_seen)
-                            hup = sr.ts;
-                if (!hup)
-                    continue;
-                in.hup_seen = hup;
-                auto addresses = [&in]() {
-                    std::vector<std::string> out;
-                    for (const auto &u : in.upstreams)
-                        out.push_back(u.address);
-                    return out;
-                };
-                std::vector<std::string> before = addresses();
-                check_config(in, true, false);
-                std::vector<std::string> after = addresses();
-                if (after != before)
-                    engine.warning({"nginx_reloaded",
-                                   fmt::format("Nginx master {} runs a new configuration ({}): its upstreams are "
-                                               "now {}; {}",
-                                               in.info.master, in.config.empty() ? "not readable" : in.config,
-                                               after.empty() ? "none" : fmt::format("{}", fmt::join(after, ", ")),
-                                               adaptive ? "watching failures toward ports " + ports_text()
-                                                        : "every connection is followed (full tracking)"),
-                                   0});
-            }
-            // The kernel side watched every port since the fork: the
-            // ports are known again.
-            loader.ports_settled();
-        }
+        follow_reloads();
         for (uint32_t uid : workers_are.poll(state, now))
             if (lo.adaptive)
                 engine.warning({"nginx_user",

@@ -1083,4 +1083,12 @@ std::vector<uint32_t> State::nginx_pids() const
     return out;
 }
 
+size_t State::children_exited(uint32_t parent, uint64_t after, uint64_t until) const
+{
+    size_t n = 0;
+    for (const auto &[pid, p] : procs_)
+        n += p.parent == parent && p.exit && p.exit->ts > after && p.exit->ts <= until;
+    return n;
+}
+
 } // namespace n502

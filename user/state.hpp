@@ -259,6 +259,8 @@ public:
     // How many Nginx forks (new workers, a new master) have been applied:
     // tells a caller when nginx_pids() is worth looking at again.
     uint64_t nginx_forks() const { return nginx_forks_; }
+    // How many children of parent exited in (after, until].
+    size_t children_exited(uint32_t parent, uint64_t after, uint64_t until) const;
     const StateLimits &limits() const { return limits_; }
     // Every connection still remembered, live and finished.
     std::vector<Conn *> recent_conns();

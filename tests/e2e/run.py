@@ -619,6 +619,34 @@ def sc_reload_new_port(s):
     if s.use_tool:
         check(s.verdict.get("nginx_pid") in new, "verdict from worker %r, not one of the new workers %s" % (
             s.verdict.get("nginx_pid"), sorted(new)))
+    # A reload that fails (the file does not pass) forks no worker. A worker
+    # that dies later is respawned with the configuration Nginx runs: the
+    # file, which names another port now, is not what it runs.
+    s.want_verdicts = 2
+    p3 = harness.free_port()
+    with open(s.nginx.conf) as f:
+        conf = f.read()
+    with open(s.nginx.conf, "w") as f:
+        f.write(conf.replace("127.0.0.1:%d" % p2, "127.0.0.1:%d" % p3).replace(
+            "http {", "http {\n    n502_no_such_directive on;", 1))
+    os.kill(s.nginx.master_pid, signal.SIGHUP)
+    s.expect_nginx_message('unknown directive "n502_no_such_directive"')
+    victim = sorted(new)[0]
+    os.kill(victim, signal.SIGKILL)
+    respawned = harness.wait_until(
+        lambda: (lambda k: k if len(k) >= s.nginx.nworkers and victim not in k else None)(
+            s.nginx.worker_pids()), 15, "Nginx to respawn worker %d" % victim)
+    s.note("failed reload, then worker %d killed: workers %s" % (victim, sorted(respawned)))
+    r = harness.http_get(s.nginx.port, "/after-respawn")
+    check(r.status == 502, "GET /after-respawn: status %r, want 502" % r.status)
+    s.expect_nginx_message(MSG_REFUSED, nth=2)
+    if s.use_tool:
+        _, v = s.tool.wait_record("verdict", pred=lambda v: "/after-respawn" in v.get("request", ""), timeout=5)
+        check(v.get("cause") == "upstream_not_listening" and v.get("upstream") == "127.0.0.1:%d" % p2,
+              "after the respawn: %s toward %s" % (v.get("cause"), v.get("upstream")))
+        reloads = [w for _, w in s.tool.out.records if w.get("code") == "nginx_reloaded"]
+        check(len(reloads) == 1, "a failed reload and a respawn were taken for a reload: %r" %
+              [w["message"] for w in reloads[1:]])
 
 
 # ---------------------------------------------------------------- scenarios for the newer causes
