@@ -13,9 +13,16 @@ per connection must not slow the tool down as their number grows. More than
 20,000 of them are required: past the 8192 the retry grouping keeps, so its
 bounded eviction runs.
 
-    storm.py --bin build/n502trace [--seconds N] [--close]
+With --record-max SIZE the tool also records the storm, rotating through
+four files of SIZE/4: at this rate a segment fills in well under the second
+a segment holds at least, so the tool must say (warning `record`) that the
+files total more than asked, keep up all the same, and leave a recording
+whose kept segments replay.
+
+    storm.py --bin build/n502trace [--seconds N] [--close] [--record-max SIZE]
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -40,19 +47,21 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--seconds", type=int, help="how long wrk runs (3 s; 5 s with --close)")
     ap.add_argument("--close", action="store_true", help="a new client connection for every request")
+    ap.add_argument("--record-max", help="record with this --record-max (64k: four segments of 16 KiB)")
     args = ap.parse_args()
     if args.seconds is None:
         # With --close, 5 s keeps well above the 20,000 client connections the
         # check needs when the machine is busy (a core taken: 5,500 502/s).
         args.seconds = 5 if args.close else 3
     binary = os.path.abspath(args.bin)
-    name = "storm_close" if args.close else "storm"
+    name = "storm_close" if args.close else "storm_record" if args.record_max else "storm"
     h = harness.Harness(name)
     ok = False
     try:
         port = harness.free_port_outside_range()  # no connect of the storm can meet itself
         nginx = h.start_nginx([("/", "http://127.0.0.1:%d" % port)])
-        tool = h.start_tool(binary)
+        rec = os.path.join(h.dir, "storm.rec")
+        tool = h.start_tool(binary, args=["--record", rec, "--record-max", args.record_max] if args.record_max else ())
         t0 = time.monotonic()
         close = ["-H", "Connection: close"] if args.close else []
         # Every request distinct (/r1, /r2, ...), as a storm of real clients'
@@ -119,9 +128,37 @@ def main():
         check(summary.get("suppressed") == suppressed, "summary suppressed %r != %d" % (summary.get("suppressed"), suppressed))
         check(summary.get("events_lost") == 0, "%r kernel events lost" % summary.get("events_lost"))
         harness.log("summary: %d events, %d lost" % (summary.get("events"), summary.get("events_lost")))
+        if args.record_max:
+            notes = [x["message"] for x in tool.records("warning") if x.get("code") == "record"]
+            harness.log("record warnings: %r" % notes)
+            check(any("is small for this input rate" in m for m in notes),
+                  "no warning that --record-max %s is small for %.0f 502/s: %r" % (args.record_max, rate, notes))
+            segs = sorted(f for f in os.listdir(h.dir) if f.startswith("storm.rec"))
+            harness.log("recording: %s" % ", ".join("%s %d B" % (f, os.path.getsize(os.path.join(h.dir, f)))
+                                                    for f in segs))
+            check(segs and len(segs) <= 4, "recording files %r: want 1 to 4" % segs)
+            r = subprocess.run([binary, "replay", rec, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               timeout=120)
+            check(r.returncode == 0, "replay of the kept segments: exit %d: %s" % (r.returncode, r.stderr.decode()))
+            replayed = [json.loads(l) for l in r.stdout.decode().splitlines() if '"type":"verdict"' in l]
+            check(replayed, "the kept segments replay no verdict")
+            # Each is for a line Nginx logged. Which lines are printed is the
+            # rate limit's choice, replayed from the segment's start (not the
+            # live run's), and the first kept segment lacks what was in
+            # flight when it began (README, Record and replay).
+            logged = set(l.split('request: "', 1)[1].split('"', 1)[0] for l in nginx.read_error_log().splitlines()
+                         if "Connection refused" in l and 'request: "' in l)
+            foreign = [x for x in replayed if x.get("request") not in logged]
+            explained = [x for x in replayed if x.get("cause") == "upstream_not_listening"]
+            harness.log("replayed %d verdicts from the kept segments, %d of them upstream_not_listening" % (
+                len(replayed), len(explained)))
+            check(not foreign, "%d replayed verdicts for lines Nginx did not log, e.g. %r" % (len(foreign), foreign[:1]))
+            check(explained, "the replay explained none of the storm's lines")
         ok = True
     except harness.Failure as e:
         print("FAIL %s: %s" % (name, e))
+        if h.tool:
+            print(h.tool.stderr_text()[-2000:])
     finally:
         h.close()
     print("%s %s" % ("PASS" if ok else "FAIL", name))
