@@ -77,7 +77,8 @@ void LogFollower::Reader::close()
 LogFollower::~LogFollower()
 {
     cur_.close();
-    old_.close();
+    for (auto &o : olds_)
+        o.r.close();
     if (root_fd_ >= 0)
         ::close(root_fd_);
 }
@@ -163,26 +164,33 @@ void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out)
     }
 }
 
-void LogFollower::read_old(uint64_t now_ns, std::vector<FollowEvent> &out)
+void LogFollower::read_olds(uint64_t now_ns, std::vector<FollowEvent> &out)
 {
-    if (old_.fd < 0)
-        return;
-    uint64_t before = old_.offset;
-    read_available(old_, out);
-    if (old_.offset != before)
-        old_written_ = now_ns;
-    // Let go once quiet, and once Nginx writes to the new file (its workers
-    // have reopened), or after kOldMaxNs whatever it does (a reopen that
-    // never comes: nothing more is written to the old file then either).
-    bool quiet = now_ns - old_written_ >= kOldQuietNs;
-    if (now_ns == kCheckPath || (quiet && (cur_.offset > 0 || now_ns - old_since_ >= kOldMaxNs)))
-        old_.close();
+    for (size_t i = 0; i < olds_.size(); i++) {
+        Old &o = olds_[i];
+        if (o.r.fd < 0)
+            continue;
+        uint64_t before = o.r.offset;
+        read_available(o.r, out);
+        if (o.r.offset != before)
+            o.written = now_ns;
+        // Let go once quiet, and once Nginx writes to a newer file (its
+        // workers have reopened), or after kOldMaxNs whatever it does (a
+        // reopen that never comes: nothing more is written to it then either).
+        const Reader &newer = i + 1 < olds_.size() ? olds_[i + 1].r : cur_;
+        bool quiet = now_ns - o.written >= kOldQuietNs;
+        if (now_ns == kCheckPath || (quiet && (newer.offset > 0 || now_ns - o.since >= kOldMaxNs)))
+            o.r.close();
+    }
+    while (!olds_.empty() && olds_.front().r.fd < 0)
+        olds_.pop_front();
+    // (one let go before an older one: it waits to be popped, closed)
 }
 
 std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
 {
     std::vector<FollowEvent> out;
-    read_old(now_ns, out);
+    read_olds(now_ns, out);
     if (cur_.fd < 0) {
         if (!open(false, nullptr))
             return out;
@@ -216,15 +224,21 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
     }
     vanished_reported_ = false;
     if (static_cast<uint64_t>(now.st_ino) != ino_ || static_cast<uint64_t>(now.st_dev) != dev_) {
-        // Rotated: the file read so far is read on as the old one (an
-        // older one read one last time first); the new one from its start.
+        // Rotated: the file read so far is read on as an old one, the new
+        // one from its start. Past kMaxOld old files, the oldest is read one
+        // last time and let go.
         read_available(cur_, out);
-        read_old(kCheckPath, out);
         if (now_ns == kCheckPath) {
+            read_olds(kCheckPath, out);
             cur_.close(); // a last look (a drain): read above, one last time
         } else {
-            std::swap(old_, cur_);
-            old_written_ = old_since_ = now_ns;
+            if (olds_.size() >= kMaxOld) {
+                read_available(olds_.front().r, out);
+                olds_.front().r.close();
+                olds_.pop_front();
+            }
+            olds_.push_back({std::move(cur_), now_ns, now_ns});
+            cur_ = Reader{};
         }
         std::string why;
         if (open(false, &why)) {

@@ -4,6 +4,7 @@
 // read again from the start).
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -49,11 +50,14 @@ public:
     // After a rename rotation the old file is read on, ahead of the new one:
     // Nginx's workers write there until they reopen their logs (after USR1,
     // which logrotate sends after it has created the new file). It is let go
-    // once nothing was written to it for kOldQuietNs and something was to the
-    // new one, or once quiet after kOldMaxNs. A poll without a time reads it
-    // one last time (a rotation it notices: the file read so far).
+    // once nothing was written to it for kOldQuietNs and something was to a
+    // newer one, or once quiet after kOldMaxNs. Rotations faster than that
+    // keep up to kMaxOld old files, each read on, oldest first. A poll
+    // without a time reads them one last time (a rotation it notices: the
+    // file read so far).
     static constexpr uint64_t kOldQuietNs = 2'000'000'000;
     static constexpr uint64_t kOldMaxNs = 60'000'000'000;
+    static constexpr size_t kMaxOld = 4;
     const std::string &path() const { return path_; }
     // What to show the user: the path, and the root when there is one.
     std::string display() const { return root_.empty() ? path_ : root_ + path_; }
@@ -78,7 +82,7 @@ private:
     static constexpr size_t kMarkBytes = 64;
     void read_available(Reader &r, std::vector<FollowEvent> &out);
     void split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out);
-    void read_old(uint64_t now_ns, std::vector<FollowEvent> &out);
+    void read_olds(uint64_t now_ns, std::vector<FollowEvent> &out);
 
     int open_file(int flags);
 
@@ -87,9 +91,15 @@ private:
     int root_fd_ = -1; // root_ opened once: /proc/PID/root must not be looked up again (the pid may be reused)
     size_t max_line_;
     Reader cur_;              // the file at the path (as of the last look)
-    Reader old_;              // the one before the last rotation, while it may still grow
-    uint64_t old_written_ = 0; // when old_ last grew (now_ns)
-    uint64_t old_since_ = 0;   // when old_ became the old file
+    // Files rotated away, oldest first, while they may still grow (Nginx's
+    // workers write to the file they have open until they reopen): more than
+    // one when rotations come faster than the old file goes quiet.
+    struct Old {
+        Reader r;
+        uint64_t written = 0; // when it last grew (now_ns)
+        uint64_t since = 0;   // when it was rotated away
+    };
+    std::deque<Old> olds_;
     uint64_t ino_ = 0, dev_ = 0;
     bool vanished_reported_ = false;
     uint64_t next_path_check_ = 0;

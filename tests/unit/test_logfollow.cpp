@@ -170,6 +170,54 @@ TEST_CASE("after a rotation the old file is kept while the new one stays empty, 
     CHECK(kinds(f.poll(t + 62000 * MS)).empty());
 }
 
+TEST_CASE("two rotations within the old file's quiet time: both old files are read on, oldest first", "[follow]")
+{
+    // logrotate run twice in a row (size-based, a busy log): Nginx's workers
+    // still write to the first file when the second rotation moves the next.
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
+    uint64_t t = 1000 * MS;
+    fl.rotate(); // error.log -> error.log.1
+    CHECK(kinds(f.poll(t)) == V{"rotated"});
+    append(log, "in the second\n");
+    CHECK(kinds(f.poll(t + 10 * MS)) == V{"L:in the second"});
+    REQUIRE(rename((log + ".1").c_str(), (log + ".2").c_str()) == 0);
+    fl.rotate(); // error.log -> error.log.1 again
+    CHECK(kinds(f.poll(t + 500 * MS)) == V{"rotated"});
+    append(log + ".2", "late in the first\n");
+    append(log + ".1", "late in the second\n");
+    append(log, "in the third\n");
+    CHECK(kinds(f.poll(t + 600 * MS)) == V{"L:late in the first", "L:late in the second", "L:in the third"});
+    // Each let go once quiet for 2 s with a newer file written to.
+    CHECK(kinds(f.poll(t + 2700 * MS)).empty());
+    append(log + ".2", "gone\n");
+    append(log + ".1", "gone too\n");
+    CHECK(kinds(f.poll(t + 2800 * MS)).empty());
+}
+
+TEST_CASE("more rotations than old files kept: the oldest is read one last time and let go", "[follow]")
+{
+    Followed fl("");
+    std::string &log = fl.log;
+    LogFollower &f = fl.f;
+    uint64_t t = 1000 * MS;
+    // Each rotation moves the file aside under its own name (error.log.rN).
+    for (size_t i = 0; i <= LogFollower::kMaxOld; i++) {
+        append(log, "line " + std::to_string(i) + "\n");
+        CHECK(kinds(f.poll(t)) == V{"L:line " + std::to_string(i)});
+        REQUIRE(rename(log.c_str(), (log + ".r" + std::to_string(i)).c_str()) == 0);
+        append(log, "");
+        append(log + ".r" + std::to_string(i), "after " + std::to_string(i) + "\n");
+        t += 200 * MS;
+        CHECK(kinds(f.poll(t)) == V{"L:after " + std::to_string(i), "rotated"});
+    }
+    // r0 was let go at the fifth rotation; r1..r4 are still read.
+    append(log + ".r0", "not read\n");
+    append(log + ".r1", "still read\n");
+    CHECK(kinds(f.poll(t + 10 * MS)) == V{"L:still read"});
+}
+
 TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow]")
 {
     Followed fl("");
