@@ -15,6 +15,7 @@
 #include <initializer_list>
 #include <map>
 #include <set>
+#include <sstream>
 #include <tuple>
 #include <memory>
 #include <unordered_map>
@@ -103,10 +104,43 @@ bool process_staying(uint32_t pid)
     return s && s->state != 'Z' && s->state != 'X' && !(s->flags & N502_PF_EXITING);
 }
 
-// An Nginx master whose command line is exactly `cmdline`, or 0.
-uint32_t find_master(const std::string &cmdline)
+// When a process started (field 22 of /proc/PID/stat, clock ticks since
+// boot), 0 when unreadable.
+uint64_t proc_start_ticks(uint32_t pid)
+{
+    auto s = read_file(fmt::format("/proc/{}/stat", pid), 4096);
+    if (!s)
+        return 0;
+    auto close = s->rfind(')');
+    if (close == std::string::npos)
+        return 0;
+    std::istringstream in(s->substr(close + 2));
+    std::string field;
+    for (int i = 3; i <= 22 && (in >> field); i++)
+        if (i == 22)
+            return strtoull(field.c_str(), nullptr, 10);
+    return 0;
+}
+
+// Now, in the clock ticks /proc/PID/stat's start time counts (since boot).
+uint64_t boot_ticks_now()
+{
+    timespec ts{};
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    long hz = sysconf(_SC_CLK_TCK);
+    return static_cast<uint64_t>(ts.tv_sec) * static_cast<uint64_t>(hz) +
+           static_cast<uint64_t>(ts.tv_nsec) / (1000000000ULL / static_cast<uint64_t>(hz));
+}
+
+// An Nginx master whose command line is exactly `cmdline` and that started
+// no earlier than `after_ticks` (when the master it replaces was last seen
+// alive: an Nginx that was already running then, such as another container
+// made from the same image, is not its successor), preferring one in the
+// same cgroup; or 0.
+uint32_t find_master(const std::string &cmdline, uint64_t after_ticks, const std::string &cgroup)
 {
     uint32_t found = 0;
+    bool found_same_cgroup = false;
     if (DIR *d = opendir("/proc")) {
         while (dirent *de = readdir(d)) {
             char *end = nullptr;
@@ -114,8 +148,15 @@ uint32_t find_master(const std::string &cmdline)
             if (!end || *end || pid == 0)
                 continue;
             auto pi = read_proc(static_cast<uint32_t>(pid));
-            if (pi && pi->cmdline == cmdline && process_alive(pi->pid))
+            if (!pi || pi->cmdline != cmdline || !process_alive(pi->pid))
+                continue;
+            if (after_ticks && proc_start_ticks(pi->pid) < after_ticks)
+                continue;
+            bool same = !cgroup.empty() && cgroup_v2_path(pi->pid) == cgroup;
+            if (!found || (same && !found_same_cgroup)) {
                 found = pi->pid;
+                found_same_cgroup = same;
+            }
         }
         closedir(d);
     }
@@ -229,6 +270,7 @@ namespace {
 struct Instance {
     NginxInfo info;
     std::string cmdline;                            // the master's, to recognise a restart (--follow)
+    uint64_t alive_ticks = 0;                       // when the master was last seen alive (its successor starts later)
     bool own_pidns = false;                         // Nginx logs pids of another pid namespace
     std::unordered_map<uint32_t, uint32_t> host_of; // pid as logged -> host pid
     std::optional<uint32_t> master_ns_pid;
@@ -488,16 +530,46 @@ private:
     uint64_t forks_seen_ = 0;
 };
 
+// `nginx -t`, `nginx -T`, `nginx -s reload`, `nginx -V` run by an operator
+// (docker exec) are no master to follow: they exit within moments.
+bool is_nginx_oneshot(const ProcInfo &p)
+{
+    if (p.cmdline.find("master process") != std::string::npos)
+        return false;
+    std::istringstream in(p.cmdline);
+    std::string arg;
+    in >> arg; // argv[0]
+    while (in >> arg)
+        if (arg == "-t" || arg == "-T" || arg == "-s" || arg == "-v" || arg == "-V" || arg == "-h" || arg == "-?" ||
+            arg == "-q")
+            return true;
+    return false;
+}
+
+// An Nginx master still starting: not titled "master process" yet, which it
+// is once it has read its configuration and opened its logs, and younger
+// than 2 s (a single-process Nginx is never titled).
+bool still_starting(uint32_t pid)
+{
+    auto pi = read_proc(pid);
+    if (!pi || pi->cmdline.find("master process") != std::string::npos)
+        return false;
+    uint64_t started = proc_start_ticks(pid);
+    return started && boot_ticks_now() - started < 2 * static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+}
+
 // Nginx masters among these processes (a single-process Nginx counts too).
 std::vector<uint32_t> nginx_masters_among(const std::vector<uint32_t> &pids)
 {
     std::vector<uint32_t> out;
     for (uint32_t pid : pids) {
         auto pi = read_proc(pid);
-        if (!pi || pi->comm != "nginx")
+        // nginx, nginx-debug (the official image), openresty: by name or title,
+        // as discover_nginx() recognises them.
+        if (!pi || !looks_like_nginx(*pi) || is_nginx_oneshot(*pi))
             continue;
         auto parent = read_proc(pi->ppid);
-        bool parent_nginx = parent && parent->comm == "nginx" &&
+        bool parent_nginx = parent && looks_like_nginx(*parent) &&
                             parent->cmdline.find("master process") != std::string::npos;
         if (!parent_nginx && process_alive(pid))
             out.push_back(pid);
@@ -580,6 +652,7 @@ int run(const Options &opt)
         std::string path;   // cgroup path (v2, or v1 on v1-only hosts)
         std::optional<ContainerInfo> container;
         bool v1 = false;    // path is a v1 cgroup: membership from /proc, no kernel filter
+        std::string ref;    // --container REF: resolved again when its container is made again
     };
     std::vector<Selected> selection;
     for (const auto &ref : opt.containers) {
@@ -609,7 +682,7 @@ int run(const Options &opt)
                                            "processes instead of cgroup ids",
                                            ref, path, v1),
                                0});
-                selection.push_back({"container " + ref, v1, rc->info, true});
+                selection.push_back({"container " + ref, v1, rc->info, true, ref});
                 continue;
             }
         }
@@ -618,7 +691,7 @@ int run(const Options &opt)
                               rc->info.id.substr(0, 12), rc->pid));
             return EXIT_RUNTIME;
         }
-        selection.push_back({"container " + ref, path, rc->info, uroot.empty()});
+        selection.push_back({"container " + ref, path, rc->info, uroot.empty(), ref});
     }
     for (const auto &arg : opt.cgroups) {
         auto rel = normalise_cgroup_arg(arg, uroot, &err);
@@ -626,7 +699,7 @@ int run(const Options &opt)
             error(err);
             return EXIT_USAGE;
         }
-        selection.push_back({"cgroup " + arg, *rel, container_from_cgroup(*rel, dirs)});
+        selection.push_back({"cgroup " + arg, *rel, container_from_cgroup(*rel, dirs), false, ""});
     }
     // The kernel filters by cgroup id: every selected cgroup and those below it.
     std::vector<CgroupRef> selected_cgroups;
@@ -650,6 +723,24 @@ int run(const Options &opt)
                        0});
 
     std::vector<std::unique_ptr<Instance>> instances;
+    // The logs of an Nginx that went away, where they were read to: a
+    // restart in the same place (a container's) writes on in them, and its
+    // first lines come before the new master is found.
+    struct Parked {
+        std::string cgroup, path;
+        bool error = true; // an error log (else an access log)
+        std::unique_ptr<LogFollower> f;
+        uint64_t since = 0;
+    };
+    std::vector<Parked> parked;
+    auto resume_parked = [&](LogFollower &f, const std::string &cgroup, const std::string &path, bool error) {
+        for (auto it = parked.begin(); it != parked.end(); ++it)
+            if (it->cgroup == cgroup && it->path == path && it->error == error) {
+                f.resume_from(*it->f);
+                parked.erase(it);
+                return;
+            }
+    };
     auto have_master = [&](uint32_t master) {
         for (const auto &in : instances)
             if (in->info.master == master)
@@ -663,6 +754,7 @@ int run(const Options &opt)
         in->selected = selected;
         if (auto pi = read_proc(in->info.master))
             in->cmdline = pi->cmdline;
+        in->alive_ticks = boot_ticks_now();
         uint64_t ours = pidns_of(static_cast<uint32_t>(getpid())), theirs = pidns_of(in->info.master);
         in->own_pidns = ours && theirs && ours != theirs;
         in->master_ns_pid = ns_pid(in->info.master);
@@ -673,6 +765,7 @@ int run(const Options &opt)
             auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
             if (!f->open(true, why))
                 return nullptr;
+            resume_parked(*f, in->cgroup, path, true);
             in->errors.push_back(std::move(f));
         }
         if (!opt.no_access_log)
@@ -680,6 +773,7 @@ int run(const Options &opt)
                 auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
                 if (!f->open(true, why))
                     return nullptr;
+                resume_parked(*f, in->cgroup, path, false);
                 in->access.push_back(std::move(f));
             }
         if (in->errors.empty() && in->info.captures.empty()) {
@@ -720,8 +814,14 @@ int run(const Options &opt)
             continue;
         }
         for (uint32_t m : masters) {
-            if (have_master(m))
+            if (have_master(m)) {
+                // Also given with --nginx-pid: it is in a selection all the
+                // same, so a restart is waited for, not a reason to stop.
+                for (auto &in : instances)
+                    if (in->info.master == m)
+                        in->selected = true;
                 continue;
+            }
             auto nginx = discover_nginx(m, &err);
             if (!nginx)
                 continue; // exited meanwhile
@@ -737,7 +837,7 @@ int run(const Options &opt)
         std::string what;
         for (const auto &sel : selection)
             what += (what.empty() ? "" : ", ") + sel.what;
-        error(fmt::format("no Nginx master process found in {} (`ps -o pid,cmd --ppid 0 -e | grep nginx` on the "
+        error(fmt::format("no Nginx master process found in {} (`pgrep -af 'nginx: master'` on the "
                           "host lists masters; give one with --nginx-pid)",
                           what));
         return EXIT_USAGE;
@@ -1202,6 +1302,7 @@ int run(const Options &opt)
     bool stop = false;
     int exit_code = EXIT_OK;
     uint64_t config_forks_seen = state.nginx_forks();
+    uint64_t exits_seen = state.nginx_exits(), next_quick_look = 0, quick_until = 0;
     std::string exit_reason; // said on stderr too when stdout is for a program
     unsigned trim_tick = 0;
 
@@ -1235,8 +1336,8 @@ int run(const Options &opt)
     // started in a selected container).
     std::unordered_map<uint32_t, bool> adopt_failed; // masters whose logs could not be found: said once
     auto adopt = [&](uint32_t master, bool selected, const char *code, const std::string &why) {
-        if (adopt_failed.count(master))
-            return false;
+        if (adopt_failed.count(master) || still_starting(master))
+            return false; // (starting: looked at again at the next poll)
         std::string derr;
         auto again = discover_nginx(master, &derr);
         if (!again)
@@ -1270,10 +1371,22 @@ int run(const Options &opt)
         return true;
     };
     auto check_instances = [&]() {
+        // A parked log is kept two minutes for a successor (a container's
+        // restart takes seconds), at most 64 of them.
+        uint64_t now_parked = boot_now_ns();
+        parked.erase(std::remove_if(parked.begin(), parked.end(),
+                                    [&](const Parked &p) { return now_parked - p.since > 120'000'000'000ULL; }),
+                     parked.end());
+        if (parked.size() > 64)
+            parked.erase(parked.begin(), parked.begin() + static_cast<long>(parked.size() - 64));
         for (auto &inp : instances) {
             Instance &in = *inp;
-            if (in.gone || process_alive(in.info.master))
+            if (in.gone)
                 continue;
+            if (process_alive(in.info.master)) {
+                in.alive_ticks = boot_ticks_now();
+                continue;
+            }
             // A binary upgrade (USR2, then QUIT to the old master) leaves a
             // new master that the old one forked: we already track it.
             uint32_t successor = 0;
@@ -1304,12 +1417,15 @@ int run(const Options &opt)
                 if (!other->gone)
                     learn_workers(*other);
             // What it wrote before it went still counts; then its logs are
-            // let go (a restarted Nginx is followed as a new instance).
+            // parked where they were read to (a restarted Nginx is followed
+            // as a new instance, from there when it writes to the same file).
             for (auto *list : {&in.errors, &in.access}) {
-                for (auto &f : *list)
+                for (auto &f : *list) {
                     for (auto &fe : f->poll())
                         if (fe.kind == FollowEvent::Line)
                             engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
+                    parked.push_back({in.cgroup, f->path(), list == &in.errors, std::move(f), boot_now_ns()});
+                }
                 list->clear();
             }
             for (const auto &c : in.info.captures) {
@@ -1317,6 +1433,8 @@ int run(const Options &opt)
                 engine.remove_capture(c.dev, c.ino);
             }
             bool waits = opt.follow || in.selected;
+            if (waits)
+                quick_until = boot_now_ns() + 60'000'000'000ULL;
             engine.warning({"nginx_gone",
                            fmt::format("the Nginx master {} has exited{}", in.info.master,
                                        in.selected ? "; waiting for Nginx to start again in the selection"
@@ -1335,13 +1453,37 @@ int run(const Options &opt)
             Instance &in = *instances[i];
             if (!in.gone || in.selected || !opt.follow || in.cmdline.empty())
                 continue;
-            if (uint32_t pid = find_master(in.cmdline); pid && !have_master(pid))
+            if (uint32_t pid = find_master(in.cmdline, in.alive_ticks, in.cgroup); pid && !have_master(pid))
                 if (adopt(pid, false, "nginx_restarted", fmt::format("a new Nginx master {} started", pid)))
                     instances[i]->cmdline.clear(); // followed: do not adopt twice
         }
         // The selection: new cgroups (a restarted container) and new masters;
         // cgroups that are gone leave the kernel's map.
         if (!selection.empty()) {
+            // --container NAME: a container removed and made again under
+            // the same name (docker compose up, docker rm + run) has a new
+            // id and cgroup; follow the name, as the user gave it.
+            for (auto &sel : selection) {
+                if (sel.ref.empty() || sel.v1 || !sel.container || uroot.empty())
+                    continue;
+                struct stat st{};
+                if (stat((uroot + sel.path).c_str(), &st) == 0)
+                    continue;
+                std::string rerr;
+                auto rc = resolve_container(sel.ref, dirs, &rerr);
+                if (!rc || rc->info.id == sel.container->id)
+                    continue;
+                std::string path = cgroup_v2_path(rc->pid);
+                auto c2 = container_from_cgroup(path, dirs);
+                if (path.empty() || path == "/" || !c2 || c2->id != rc->info.id)
+                    continue;
+                engine.warning({"container_recreated",
+                               fmt::format("container {} was made again: following {} (cgroup {}) instead of {}",
+                                           sel.ref, describe(rc->info), path, describe(*sel.container)),
+                               0});
+                sel.path = path;
+                sel.container = rc->info;
+            }
             if (lo.filter_cgroups) {
                 std::unordered_map<uint64_t, bool> present;
                 for (const auto &cg : walk_selection()) {
@@ -1541,6 +1683,23 @@ int run(const Options &opt)
                                            "failures seen in softirq count as Nginx's from now on",
                                            uid),
                                0});
+        // Nginx's processes are looked at once a second; at once when an
+        // Nginx process exited (a master gone: its logs are parked before a
+        // successor writes to them); and every 100 ms for a minute after a
+        // master went, or while a parked log grows (a successor starting:
+        // its cgroup, new with a container's restart, is let through the
+        // kernel side's filter before its first request).
+        bool look_now = state.nginx_exits() != exits_seen;
+        if (!look_now && now >= next_quick_look &&
+            (now < quick_until ||
+             std::any_of(parked.begin(), parked.end(), [](const Parked &p) { return p.f->has_unread(); }))) {
+            next_quick_look = now + 100'000'000ULL;
+            look_now = true;
+        }
+        if (look_now) {
+            exits_seen = state.nginx_exits();
+            check_instances();
+        }
         if (engine.step()) { // once a second
             if (++trim_tick % 10 == 0)
                 malloc_trim(0); // bursts (502 storms) should not leave the heap grown

@@ -115,6 +115,11 @@ std::string storage_name(const RuntimeDirs &d, const std::string &id)
 
 void fill_name(ContainerInfo &c, const RuntimeDirs &d)
 {
+    // Docker puts a container started with --cgroup-parent at <parent>/<id>:
+    // a bare id, which its state names all the same.
+    if ((c.runtime == "container" || c.runtime == "kubernetes") &&
+        exists(d.docker + "/containers/" + c.id + "/config.v2.json"))
+        c.runtime = "docker";
     if (c.runtime == "docker") {
         if (auto j = read_json(d.docker + "/containers/" + c.id + "/config.v2.json")) {
             std::string n = jstring(*j, "Name");

@@ -691,7 +691,7 @@ void Engine::place(uint32_t pid, std::optional<uint32_t> &nsp, std::string &cgro
 
 Engine::Taken Engine::taken_now() const
 {
-    return {now_boot_, state_.stats().conns_dropped};
+    return {now_boot_, now_real_, state_.stats().conns_dropped};
 }
 
 void Engine::emit(const Verdict &given, uint32_t logged_pid, const Taken &taken)
@@ -709,7 +709,7 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid, const Taken &taken)
     Verdict v = given;
     // The failure's time, as a reader compares it with the error log: the
     // verdict comes a grace period later (longer when behind).
-    v.logged_real_ns = static_cast<int64_t>(taken.at) + cfg_.tb_offset_ns;
+    v.logged_real_ns = std::min(taken.real, v.ts_real_ns);
     if (logged_pid)
         v.nginx_ns_pid = logged_pid;
     if (v.nginx_pid == 0 && logged_pid)

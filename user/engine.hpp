@@ -186,7 +186,8 @@ private:
     // When a line was taken, and the state's count of connections let go
     // over its bound then: what its verdict must say was missing.
     struct Taken {
-        uint64_t at = 0;
+        uint64_t at = 0;   // boot ns
+        int64_t real = 0;  // the same moment, wall-clock ns
         uint64_t dropped = 0;
     };
     struct Pending {

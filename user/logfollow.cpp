@@ -109,6 +109,38 @@ bool LogFollower::open(bool from_end, std::string *error)
     return true;
 }
 
+bool LogFollower::resume_from(const LogFollower &before)
+{
+    const Reader &b = before.cur_;
+    if (cur_.fd < 0 || b.fd < 0)
+        return false;
+    struct stat st{};
+    if (fstat(cur_.fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < b.offset)
+        return false;
+    // (no line read yet: the size alone)
+    Reader probe;
+    probe.fd = cur_.fd;
+    probe.mark = b.mark;
+    probe.mark_pos = b.mark_pos;
+    bool same = probe.still_there();
+    probe.fd = -1; // (cur_'s)
+    if (!same)
+        return false;
+    cur_.offset = b.offset;
+    cur_.line_start = b.line_start;
+    cur_.partial = b.partial;
+    cur_.partial_cut = b.partial_cut;
+    cur_.mark = b.mark;
+    cur_.mark_pos = b.mark_pos;
+    return true;
+}
+
+bool LogFollower::has_unread() const
+{
+    struct stat st{};
+    return cur_.fd >= 0 && fstat(cur_.fd, &st) == 0 && static_cast<uint64_t>(st.st_size) > cur_.offset;
+}
+
 void LogFollower::split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out)
 {
     const uint64_t base = r.offset - n; // where data begins in the file

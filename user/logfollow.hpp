@@ -39,6 +39,13 @@ public:
     // Opens the file; from_end: start at its current end. Returns false and
     // sets *error when it cannot be opened.
     bool open(bool from_end, std::string *error);
+    // Goes on where `before` (another follower of the same file, opened
+    // through another root: a restarted container's) stopped, when this file
+    // is as long and still has the last line `before` read where it read it.
+    // Returns whether it did (else it stays where it is).
+    bool resume_from(const LogFollower &before);
+    // Whether the file has bytes not read yet (one fstat).
+    bool has_unread() const;
     // Reads what was appended since the last call. now_ns (any monotonic
     // clock): the path is looked up again for a rotation or a removal at most
     // every kPathCheckNs (three syscalls, where a poll that finds nothing new

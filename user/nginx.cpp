@@ -90,11 +90,12 @@ std::vector<uint32_t> children_of(uint32_t pid, const std::string &root)
 // process ..."), or the program it runs (argv[0], before a title is set):
 // not any process with "nginx" somewhere in its arguments (`tail -f
 // /var/log/nginx/error.log`).
-static bool looks_like_nginx(const ProcInfo &p)
+bool looks_like_nginx(const ProcInfo &p)
 {
     std::string argv0 = p.cmdline.substr(0, p.cmdline.find(' '));
     std::string base = argv0.substr(argv0.rfind('/') + 1);
-    return p.comm.rfind("nginx", 0) == 0 || p.cmdline.rfind("nginx:", 0) == 0 || base.rfind("nginx", 0) == 0;
+    return p.comm.rfind("nginx", 0) == 0 || p.comm == "openresty" || p.cmdline.rfind("nginx:", 0) == 0 ||
+           base.rfind("nginx", 0) == 0;
 }
 
 static bool is_master(const ProcInfo &p) { return p.cmdline.find("master process") != std::string::npos; }

@@ -36,6 +36,9 @@ struct ProcInfo {
 };
 
 std::optional<ProcInfo> read_proc(uint32_t pid, const std::string &proc_root = "/proc");
+// Nginx by its name or title: nginx, nginx-debug (the official image's
+// debug binary), openresty, or a process titled "nginx: ...".
+bool looks_like_nginx(const ProcInfo &p);
 std::vector<uint32_t> children_of(uint32_t pid, const std::string &proc_root = "/proc");
 
 // Resolves PID (master or any worker). On failure returns nullopt and sets

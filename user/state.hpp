@@ -259,6 +259,8 @@ public:
     // How many Nginx forks (new workers, a new master) have been applied:
     // tells a caller when nginx_pids() is worth looking at again.
     uint64_t nginx_forks() const { return nginx_forks_; }
+    // How many Nginx processes have exited (a master among them: a restart).
+    uint64_t nginx_exits() const { return nginx_exits_; }
     // How many children of parent exited in (after, until].
     size_t children_exited(uint32_t parent, uint64_t after, uint64_t until) const;
     const StateLimits &limits() const { return limits_; }
@@ -301,6 +303,7 @@ private:
     StateLimits limits_;
     StateStats stats_;
     uint64_t nginx_forks_ = 0;
+    uint64_t nginx_exits_ = 0;
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Conn>> live_;   // Nginx sk -> connection
     std::deque<std::unique_ptr<Conn>> finished_;                 // oldest first

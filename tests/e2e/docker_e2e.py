@@ -48,6 +48,13 @@ on kernel 6.18 (cgroup v1 + unified hierarchy, Docker 20.10, cgroupfs):
                    connections are 127.0.0.1:40000 -> 127.0.0.1:9000; one n502trace
                    --container A --container B; `docker kill` A's upstream, then B's:
                    "upstream prematurely closed" -> 502 in each pod
+  lifecycle        Nginx run as /usr/sbin/nginx-debug (the official image's other binary),
+                   no upstream: each request "connect() failed (111: Connection refused)"
+                   -> 502; an operator's `nginx -T` blocked on its pipe for seconds; `docker
+                   restart`; then `docker rm -f` and a new container under the same name
+  follow_twin      two containers with the same Nginx command line; the tool follows one
+                   by pid with --follow; `docker stop`, then `docker start` of that one:
+                   "connect() failed (111: Connection refused)" -> 502 after the start
 """
 import argparse
 import json
@@ -517,6 +524,113 @@ def sc_twin_pods(s):
     s.stop_tool(tool)
 
 
+def procs_in_cgroup(cgroup):
+    """Host pids of the processes whose cgroup v2 path is cgroup."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if dockerenv.proc_cgroups(int(d)).get("") == cgroup:
+                    out.append(int(d))
+            except (OSError, Failure):
+                pass
+    return out
+
+
+def cmdline_args(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def refused_502(s, tool, web, nth):
+    """A request with nothing listening upstream: the 502 and its verdict."""
+    r = web.get(want=502)
+    _, logged = s.expect_nginx_line(web, MSG_REFUSED, nth=nth)
+    return s.expect_verdict(tool, r, web, logged, "upstream_not_listening", LOOPBACK_UPSTREAM, "Connection refused")
+
+
+def warnings_of(tool, code):
+    return [w for w in (tool.records("warning") if tool else []) if w.get("code") == code]
+
+
+def sc_lifecycle(s):
+    # Longer than a pipe holds: `nginx -T` blocks writing it to a reader that does not read.
+    pad = "".join("# %s\n" % ("padding " * 12) for _ in range(1200))
+    conf = nginx_conf(LOOPBACK_UPSTREAM) + pad
+    debug = dict(prelude="ln -sf nginx /usr/sbin/nginx-debug", binary="/usr/sbin/nginx-debug")
+    web = s.web(conf=conf, **debug)
+    # Selected by its container and by its pid, as one Nginx.
+    tool = s.start_tool(["--container", web.name, "--nginx-pid", str(web.pid)], web)
+    refused_502(s, tool, web, 1)
+
+    # An operator dumps the configuration; the dump waits on its pipe for
+    # seconds: it is no Nginx master to follow.
+    dockerenv.docker("exec", "-d", web.name, "sh", "-c",
+                     "nginx -T -c %s/nginx.conf | sleep 8" % dockerenv.CONF_DIR)
+    dump = harness.wait_until(lambda: next((p for p in procs_in_cgroup(web.cgroup) if "-T" in cmdline_args(p)), None),
+                              10, "nginx -T in %s" % web.name)
+    t_dump = time.monotonic()
+    s.note("nginx -T in %s: pid %d" % (web.name, dump))
+    # The tool looks at the selection's processes once a second: give it two
+    # looks while the dump runs (coverage, not synchronisation).
+    harness.wait_until(lambda: time.monotonic() - t_dump >= 2.0, 5, "two of the tool's looks")
+    check(harness.pid_alive(dump), "nginx -T (pid %d) ended before the tool looked twice" % dump)
+    if tool is not None:
+        taken = [w["message"] for w in warnings_of(tool, "nginx_started") + warnings_of(tool, "nginx_gone")]
+        check(not taken, "an operator's nginx -T was taken for Nginx: %r" % taken)
+
+    # docker restart: a new master in the same container, waited for and followed.
+    old = web.pid
+    web.restart()
+    s.note("docker restart %s: master %d -> %d" % (web.name, old, web.pid))
+    if tool is not None:
+        tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_started" and str(web.pid) in w["message"],
+                         timeout=10)
+    refused_502(s, tool, web, 2)
+
+    # Removed and made again under the same name (docker compose up, docker rm + run).
+    old_id = web.id
+    dockerenv.docker("rm", "-f", web.name)
+    web = s.env.nginx("web", conf, name=web.name, **debug)
+    s.note("made again: %s %s -> %s, master %d" % (web.name, old_id[:12], web.id[:12], web.pid))
+    if tool is not None:
+        w = tool.wait_record("warning", pred=lambda w: w.get("code") == "container_recreated", timeout=10)[1]
+        check(web.id[:12] in w["message"], "container_recreated does not name the new container: %r" % w["message"])
+        tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_started" and str(web.pid) in w["message"],
+                         timeout=10)
+    refused_502(s, tool, web, 1)
+    s.stop_tool(tool)
+
+
+def sc_follow_twin(s):
+    conf = nginx_conf(LOOPBACK_UPSTREAM)
+    web = s.web(conf=conf)
+    twin = s.web(conf=conf, role="twin")
+    check(cmdline_args(web.pid) == cmdline_args(twin.pid), "the two Nginx masters' command lines differ")
+    tool = s.start_tool(["--nginx-pid", str(web.pid), "--follow"])
+    if tool is not None:
+        check([i.get("master") for i in tool.ready.get("instances", [])] == [web.pid],
+              "ready.instances: want master %d only: %r" % (web.pid, tool.ready.get("instances")))
+    dockerenv.docker("stop", "-t", "1", web.name)
+    web.wait_exited()
+    if tool is not None:
+        tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_gone", timeout=10)
+    s.note("stopped %s; %s (master %d, the same command line) runs on" % (web.name, twin.name, twin.pid))
+    old = web.pid
+    web.start()
+    web.serving()
+    s.note("docker start %s: master %d -> %d" % (web.name, old, web.pid))
+    if tool is not None:
+        w = tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_restarted", timeout=10)[1]
+        check(str(web.pid) in w["message"] and str(twin.pid) not in w["message"],
+              "nginx_restarted names another master than %d: %r" % (web.pid, w["message"]))
+    refused_502(s, tool, web, 1)
+    s.stop_tool(tool)
+
+
 SCENARIOS = {
     "pod_oom": sc_pod_oom,
     "docker_kill": sc_docker_kill,
@@ -526,6 +640,8 @@ SCENARIOS = {
     "attach_by": sc_attach_by,
     "veth_containers": sc_veth_containers,
     "twin_pods": sc_twin_pods,
+    "lifecycle": sc_lifecycle,
+    "follow_twin": sc_follow_twin,
 }
 
 

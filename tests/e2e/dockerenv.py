@@ -293,29 +293,48 @@ class NginxContainer(Container):
 
     ERROR_LOG = "/var/log/nginx/error.log"
 
-    def __init__(self, env, role, conf, network="none", prelude=None, extra=()):
+    def __init__(self, env, role, conf, network="none", prelude=None, extra=(), binary=C_NGINX, name=None):
         confdir = env.h.path("conf-%s" % role)
         os.makedirs(confdir, exist_ok=True)
         with open(os.path.join(confdir, "nginx.conf"), "w") as f:
             f.write(conf)
-        cmd = "exec %s -c %s/nginx.conf -g 'daemon off;'" % (C_NGINX, CONF_DIR)
+        # binary: another name for Nginx (a link made by prelude), as the
+        # official image's nginx-debug
+        cmd = "exec %s -c %s/nginx.conf -g 'daemon off;'" % (binary, CONF_DIR)
+        self.comm = os.path.basename(binary)[:15]
         if prelude:  # shell commands run in the container before Nginx replaces the shell
             cmd = "%s && %s" % (prelude, cmd)
         super().__init__(env, role, ["/bin/sh", "-c", cmd], network=network,
                          mounts=[(confdir, CONF_DIR, "ro")], extra=extra)
+        if name:  # a container made again under an earlier one's name
+            self.name = name
         self.port = NGINX_PORT
         self.stderr_log = False  # the error log goes to Docker's pipe, not a file
         self.workers = []
 
     def run(self, timeout=30):
         super().run(timeout)
-        harness.wait_until(lambda: harness.proc_comm(self.pid) == "nginx", 10,
-                           "container %s's PID 1 (%d) to be nginx" % (self.name, self.pid))
+        self.serving()
+        return self
+
+    def serving(self):
+        """Nginx is PID 1 (self.pid), has its workers and accepts, in the
+        network namespace self.netns names (attached again after a restart)."""
+        harness.wait_until(lambda: harness.proc_comm(self.pid) == self.comm, 10,
+                           "container %s's PID 1 (%d) to be %s" % (self.name, self.pid, self.comm))
         self.workers = harness.wait_until(lambda: harness.children_of(self.pid), 10,
                                           "nginx workers in %s" % self.name)
         self.netns = self.env.attach_netns(self)
         harness.wait_port_accepting(self.port, 10, netns=self.netns)
-        return self
+
+    def restart(self):
+        """docker restart: a new master (new host pid, new network namespace)."""
+        old = self.pid
+        docker("restart", "-t", "1", self.name)
+        self.pid = self.wait_running()
+        check(self.pid != old, "container %s runs with its old pid %d after docker restart" % (self.name, old))
+        self.serving()
+        return self.pid
 
     def worker_pids(self):
         return harness.children_of(self.pid)

@@ -218,6 +218,34 @@ TEST_CASE("more rotations than old files kept: the oldest is read one last time 
     CHECK(kinds(f.poll(t + 10 * MS)) == V{"L:still read"});
 }
 
+TEST_CASE("a follower of the same file goes on where another stopped, and not in another file", "[follow]")
+{
+    // A restarted container's Nginx writes on in the log its predecessor
+    // wrote to: its follower (opened through the new root) takes over.
+    Followed fl("2026/12/07 14:00:00 [error] 8#8: *1 before\n");
+    std::string &log = fl.log;
+    append(log, "2026/12/07 14:00:01 [error] 8#8: *2 read by the first\n");
+    CHECK(kinds(fl.f.poll(1000 * MS)) == V{"L:2026/12/07 14:00:01 [error] 8#8: *2 read by the first"});
+    append(log, "2026/12/07 14:00:03 [error] 8#8: *1 written before the second came\n");
+    LogFollower second(log);
+    std::string err;
+    REQUIRE(second.open(true, &err));
+    CHECK(second.resume_from(fl.f));
+    CHECK(second.has_unread());
+    CHECK(kinds(second.poll(2000 * MS)) == V{"L:2026/12/07 14:00:03 [error] 8#8: *1 written before the second came"});
+    CHECK(!second.has_unread());
+
+    // Another file at that path (the old one rotated away, or a new
+    // container's): where the first stopped means nothing there.
+    REQUIRE(unlink(log.c_str()) == 0);
+    for (int i = 0; i < 3; i++) // longer than where the first stopped: only the line it read tells
+        append(log, "2026/12/07 14:00:09 [notice] 1#1: a different file at the same path\n");
+    LogFollower third(log);
+    REQUIRE(third.open(true, &err));
+    CHECK(!third.resume_from(fl.f));
+    CHECK(!third.has_unread());
+}
+
 TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow]")
 {
     Followed fl("");
