@@ -23,7 +23,9 @@ static __always_inline int on_signal__generate(int sig, struct kernel_siginfo *i
 	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);
 	struct n502_signal_event *e;
 
-	if (!p || sig == N502_SIGCHLD)
+	/* Signals whose default is to be ignored end nothing; a Go upstream
+	 * sends itself SIGURG many times a second. */
+	if (!p || sig == N502_SIGCHLD || sig == N502_SIGURG || sig == N502_SIGWINCH)
 		return 0;
 	e = reserve(sizeof(*e), N502_EV_SIGNAL);
 	if (!e)

@@ -673,6 +673,18 @@ void Engine::check_losses()
         last_lost_ = loss_.lost;
         last_loss_ns_ = now_boot_;
     }
+    // A full kernel table loses what it would have followed (a process's
+    // signals and exit, a socket's story) as surely as a full ring buffer.
+    if (loss_.map_full > last_map_full_) {
+        sink_.warning({"map_full",
+                       fmt::format("{} kernel table updates failed (the tables of followed processes or sockets "
+                                   "were full): what they would have followed is missing; verdicts in this period "
+                                   "may be incomplete",
+                                   loss_.map_full - last_map_full_),
+                       loss_.map_full - last_map_full_});
+        last_map_full_ = loss_.map_full;
+        last_loss_ns_ = now_boot_;
+    }
 }
 
 // Where Nginx and the upstream live: pids in their namespaces, cgroups, containers.
@@ -723,7 +735,8 @@ void Engine::emit(const Verdict &given, uint32_t logged_pid, const Taken &taken)
     // in the 10 s before its line was read, or while the line waited (a
     // tool far behind counts a loss late).
     if (last_loss_ns_ && (now_boot_ - last_loss_ns_ < 10'000'000'000ULL || last_loss_ns_ + 10'000'000'000ULL >= taken.at)) {
-        v.notes.push_back("kernel events were lost in the 10 s before this line was read or while it waited: "
+        v.notes.push_back("kernel events were lost (or a kernel table was full) in the 10 s before this line was "
+                          "read or while it waited: "
                           "evidence may be missing");
         v.confidence = v.confidence == "high" ? "medium" : "low";
     }

@@ -244,6 +244,7 @@ private:
     uint64_t malformed_ = 0;
     KernelLoss loss_;
     uint64_t last_lost_ = 0;
+    uint64_t last_map_full_ = 0;
     uint64_t last_loss_ns_ = 0;
     uint64_t next_stats_ = 0;
     uint64_t grace_ns_;

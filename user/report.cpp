@@ -358,9 +358,10 @@ std::optional<Report> build_report(std::istream &in, const std::string &source, 
     }
     if (!summary.is_null())
         h += fmt::format("<h2>Summary</h2><p>{} verdicts from {} upstream error lines in {} s; kernel events {} seen, "
-                         "{} lost.</p>",
+                         "{} lost; {} kernel table updates failed.</p>",
                          esc(num(summary, "verdicts")), esc(num(summary, "log_lines")), esc(num(summary, "duration_s")),
-                         esc(num(summary, "events")), esc(num(summary, "events_lost")));
+                         esc(num(summary, "events")), esc(num(summary, "events_lost")),
+                         esc(num(summary, "map_full").empty() ? std::string("0") : num(summary, "map_full")));
     h += "</body></html>\n";
     rep.html = std::move(h);
     return rep;

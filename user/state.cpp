@@ -948,8 +948,15 @@ void State::apply_event(const Event &e)
             p.comm = e.target_comm;
         SignalRec s{e.ts, e.sig, e.code, e.result, e.tgid, e.comm};
         p.signals.push_back(std::move(s));
-        if (p.signals.size() > 8)
-            p.signals.erase(p.signals.begin());
+        if (p.signals.size() > 8) {
+            // A process that signals itself often (an interval timer, a
+            // profiler's SIGPROF) must not push out what another process
+            // sent it (a supervisor's SIGTERM): its oldest such signal goes
+            // first, then the oldest of any.
+            auto self = std::find_if(p.signals.begin(), p.signals.end() - 1,
+                                     [&](const SignalRec &r) { return r.sender == e.target; });
+            p.signals.erase(self != p.signals.end() - 1 ? self : p.signals.begin());
+        }
         break;
     }
     case N502_EV_EXIT: {

@@ -621,6 +621,19 @@ TEST_CASE("an upstream that closed the connection on its supervisor's stop signa
     CHECK(v.facts[0].first == "signal_handled");
 }
 
+TEST_CASE("a stop signal is not pushed out by the signals a process sends itself (a profiler's SIGPROF)",
+          "[correlator]")
+{
+    Rec r = handled_stop(15, "supervisord");
+    for (int i = 0; i < 20; i++)
+        r.signal(UPSTREAM, "python3", UPSTREAM, 27); // SIGPROF, self-sent, handled
+    r.fin_from_upstream(UPSTREAM);
+    r.exit(UPSTREAM, 0);
+    Verdict v = World(r, PREMATURE).verdict();
+    CHECK(v.cause == "upstream_killed");
+    CHECK(says(v, "SIGTERM by pid 9868 (supervisord)"));
+}
+
 TEST_CASE("a stop signal handled by resetting the connection, or by exiting with it open", "[correlator]")
 {
     Rec r = handled_stop(15, "systemd");

@@ -775,6 +775,26 @@ TEST_CASE("a verdict says events were lost when they were counted while its line
     CHECK(clean[0].find("kernel events were lost") == std::string::npos);
 }
 
+TEST_CASE("a full kernel table is said and noted like lost events", "[recording]")
+{
+    std::string json;
+    auto verdicts = live_run(tmp_path("mapfull.rec"), 0, 0, &json, [](Engine &eng, uint64_t &now, int64_t offset) {
+        auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
+        at(now += 1'000'000'000ULL);
+        eng.counters({0, 3});
+        eng.step();
+        at(now += 100'000'000ULL);
+        eng.log_line(refused_line(101, 1, 9000), [](uint32_t pid) { return pid; });
+        at(now += 1'000'000'000ULL);
+        eng.step();
+    });
+    REQUIRE(verdicts.size() == 1);
+    CHECK(verdicts[0].find("a kernel table was full") != std::string::npos);
+    CHECK(verdicts[0].find("\"confidence\":\"high\"") == std::string::npos);
+    CHECK(json.find("\"code\":\"map_full\"") != std::string::npos);
+    CHECK(json.find("3 kernel table updates failed") != std::string::npos);
+}
+
 TEST_CASE("a segment is kept for min_segment_ns however fast it fills, and the overrun is said once", "[recording]")
 {
     std::string p = tmp_path("minseg.rec");
