@@ -1303,9 +1303,16 @@ int run_replay(const std::string &path, bool json)
         fmt::print(stderr, "n502trace: error: {}: cannot be replayed: {}\n", path, e.what());
         return EXIT_USAGE;
     }
-    fflush(stdout);
+    int e = fflush(stdout) == EOF || ferror(stdout) ? (errno ? errno : EIO) : 0;
+    if (output_error())
+        e = output_error();
     for (const auto &w : warnings)
         fmt::print(stderr, "n502trace: warning: {}\n", w);
+    if (e) {
+        fmt::print(stderr, "n502trace: error: writing the output failed ({}): the replay's output is incomplete\n",
+                   strerror(e));
+        return EXIT_RUNTIME;
+    }
     return EXIT_OK;
 }
 

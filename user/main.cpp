@@ -166,7 +166,8 @@ int main(int argc, char **argv)
                   "(n502trace replay FILE [--json]); older segments FILE.1, FILE.2, ... are replayed first");
     replay->add_option("file", replay_in, "Recording written by n502trace --record")->required();
     replay->add_flag("--json", replay_json, "Print JSON Lines instead of text");
-    replay->footer("Exit codes: 0 ok, 2 bad input (not a recording, unreadable, corrupt).");
+    replay->footer("Exit codes: 0 ok, 1 the output could not be written, 2 bad input (not a recording, unreadable, "
+                   "corrupt).");
 
     std::string report_in, report_out;
     CLI::App *report = app.add_subcommand(

@@ -251,6 +251,13 @@ def main():
                 check("upstream_not_listening" in page, "the report lacks the cause")
                 check("upstream_not_listening" in r.stdout.decode(), "report summary: %r" % r.stdout)
 
+                # An output that cannot be written (a full disk): said, exit 1.
+                with open("/dev/full", "w") as full:
+                    r = subprocess.run([BIN, "replay", rec, "--json"], stdout=full, stderr=subprocess.PIPE,
+                                       timeout=60)
+                check(r.returncode == 1 and b"writing the output failed" in r.stderr,
+                      "replay to a full disk: exit %d: %r" % (r.returncode, r.stderr))
+
                 data = open(rec, "rb").read()
                 # Cut off mid-record (the last 7 bytes gone): the whole records replay, with a warning.
                 cut = os.path.join(d, "cut.rec")
