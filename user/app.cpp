@@ -1029,7 +1029,8 @@ int run(const Options &opt)
     std::set<uint16_t> watched_ports;
     bool watch_all_ports = false;
     auto watch_ports = [&](const NginxConf &conf) {
-        watch_all_ports = watch_all_ports || conf.files.empty();
+        // (a file it could not read whole may name upstreams: every port)
+        watch_all_ports = watch_all_ports || conf.files.empty() || !conf.problems.empty();
         for (const auto &u : conf.upstreams) {
             auto port = upstream_tcp_port(u);
             if (!port)
@@ -1275,7 +1276,8 @@ int run(const Options &opt)
     const bool adaptive = lo.adaptive;
     auto ports_text = [&]() {
         if (watch_all_ports)
-            return std::string("every port (a configuration names an upstream whose port cannot be known)");
+            return std::string("every port (a configuration names an upstream whose port cannot be known, or could "
+                               "not be read whole)");
         if (watched_ports.empty())
             return std::string("none yet (no TCP upstream in the configuration)");
         return fmt::format("{}", fmt::join(watched_ports, ", "));

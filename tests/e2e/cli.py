@@ -685,6 +685,25 @@ def main():
             check(any(x["type"] == "warning" and x["code"] == "nginx_config" for x in recs),
                   "no nginx_config warning: %r" % recs)
 
+        @case("a configuration read only in part (an include it cannot read): every port is watched")
+        def _():
+            with open(nginx.conf) as f:
+                conf = f.read()
+            gone = h.path("gone.conf")
+            try:
+                with open(nginx.conf, "w") as f:
+                    f.write(conf.replace("http {", "http {\n    include %s;" % gone, 1))
+                r = run(["--nginx-pid", str(nginx.master_pid), "--json", "--duration", "1"], timeout=30)
+            finally:
+                with open(nginx.conf, "w") as f:
+                    f.write(conf)
+            recs = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+            check(r.returncode == 0, "exit %d: %s" % (r.returncode, r.stderr.decode(errors="replace")))
+            check(any(x["type"] == "warning" and x["code"] == "nginx_config" and gone in x["message"] for x in recs),
+                  "no nginx_config warning naming %s: %r" % (gone, recs))
+            lean = [x for x in recs if x["type"] == "warning" and x["code"] == "tracking_lean"]
+            check(lean and "every port" in lean[0]["message"], "tracking_lean: %r" % lean)
+
         @case("a reader that goes away stops the tool (| head -1), text and JSON")
         def _():
             for fmt in ([], ["--json"]):
