@@ -702,7 +702,9 @@ bool rule_ports_exhausted(const RuleInput &in, Verdict &v)
 
 bool rule_firewall_reset(const RuleInput &in, Verdict &v)
 {
-    if (!connect_failed_with(in, ECONNREFUSED) || in.conn->dst.family == AF_UNIX || !in.host)
+    // (a worker not known by its host pid: in which network namespace it
+    // connected is not known either)
+    if (!connect_failed_with(in, ECONNREFUSED) || in.conn->dst.family == AF_UNIX || !in.host || !in.conn->nginx_pid)
         return false;
     auto q = in.host->listener(in.conn->dst, in.conn->nginx_pid);
     if (!q)

@@ -17,30 +17,34 @@
 
 namespace n502 {
 
-void in_netns(uint32_t pid, const std::function<void()> &fn)
+bool in_netns(uint32_t pid, const std::function<void()> &fn)
 {
     if (pid == 0) {
         fn();
-        return;
+        return true;
     }
     struct stat mine{}, theirs{};
     std::string path = fmt::format("/proc/{}/ns/net", pid);
-    if (stat("/proc/self/ns/net", &mine) != 0 || stat(path.c_str(), &theirs) != 0 || mine.st_ino == theirs.st_ino) {
+    if (stat(path.c_str(), &theirs) != 0)
+        return false; // gone: its namespace is not ours to answer for
+    if (stat("/proc/self/ns/net", &mine) == 0 && mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino) {
         fn();
-        return;
+        return true;
     }
+    bool entered = false;
     std::thread t([&] {
         int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            // The thread must not share its filesystem context for setns to
-            // be allowed: unshare it first.
-            unshare(CLONE_FS);
-            setns(fd, CLONE_NEWNET);
-            close(fd);
-        }
-        fn();
+        if (fd < 0)
+            return;
+        // The thread must not share its filesystem context for setns to be
+        // allowed: unshare it first.
+        entered = unshare(CLONE_FS) == 0 && setns(fd, CLONE_NEWNET) == 0;
+        close(fd);
+        if (entered)
+            fn();
     });
     t.join();
+    return entered;
 }
 
 bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsghdr *)> &on_msg)

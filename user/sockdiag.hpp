@@ -25,7 +25,9 @@ struct DiagSock {
 
 // Runs fn in a thread that has joined the network namespace of pid (when it
 // differs from ours; pid 0: ours): sockets opened there see that namespace.
-void in_netns(uint32_t pid, const std::function<void()> &fn);
+// When that namespace cannot be entered (pid gone) fn is not run and false
+// is returned: another namespace's answer would be a wrong one.
+bool in_netns(uint32_t pid, const std::function<void()> &fn);
 
 // One NETLINK_SOCK_DIAG dump in the calling thread's namespace; on_msg for
 // every message. False when the dump failed.

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "host.hpp"
+#include "sockdiag.hpp"
 
 using namespace n502;
 
@@ -92,4 +93,27 @@ TEST_CASE("RealHost::holder names the process holding a TCP connection's end", "
         // A pid that does not exist: its namespace cannot be entered.
         CHECK_FALSE(host.holder(up, nginx, 0x7ffffff0));
     }
+}
+
+TEST_CASE("a look-up in the network namespace of a process that is gone is not made in ours", "[host]")
+{
+    // A listener in this test's own namespace: asked for a pid that does not
+    // exist (a worker that has exited), it must not be found.
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(lfd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(lfd, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+    REQUIRE(listen(lfd, 8) == 0);
+    Addr addr = Addr::ipv4(0x7f000001, port_of(lfd));
+    bool ran = false;
+    CHECK_FALSE(in_netns(4194303, [&] { ran = true; }));
+    CHECK_FALSE(ran);
+    CHECK(in_netns(static_cast<uint32_t>(getpid()), [&] { ran = true; }));
+    CHECK(ran);
+    RealHost host;
+    CHECK(host.listener(addr, static_cast<uint32_t>(getpid())));
+    CHECK_FALSE(host.listener(addr, 4194303));
+    close(lfd);
 }
