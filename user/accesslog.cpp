@@ -84,6 +84,14 @@ std::string unescape_access(std::string_view s)
 
 std::optional<AccessLine> parse_access_error(std::string_view line)
 {
+    auto a = parse_access_line(line);
+    if (!a || (a->status != 502 && a->status != 504))
+        return std::nullopt;
+    return a;
+}
+
+std::optional<AccessLine> parse_access_line(std::string_view line)
+{
     AccessLine a;
     size_t sp = line.find(' ');
     if (sp == std::string_view::npos || sp == 0 || sp > 64)
@@ -109,8 +117,6 @@ std::optional<AccessLine> parse_access_error(std::string_view line)
     if (rq_end + 5 < line.size() && line[rq_end + 5] != ' ')
         return std::nullopt;
     a.status = status;
-    if (status != 502 && status != 504)
-        return std::nullopt;
     return a;
 }
 

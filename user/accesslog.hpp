@@ -26,5 +26,8 @@ std::string unescape_access(std::string_view s);
 
 // Returns the line when it parses and its status is 502 or 504.
 std::optional<AccessLine> parse_access_error(std::string_view line);
+// Any status: whether the line is in the layout understood (the combined
+// format's start: client [time_local] "request" status).
+std::optional<AccessLine> parse_access_line(std::string_view line);
 
 } // namespace n502

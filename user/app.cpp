@@ -1310,6 +1310,24 @@ int run(const Options &opt)
 
     // now: boot ns (LogFollower::kCheckPath: look for rotations whatever the time).
     uint64_t lines_read = 0; // log lines of any kind, for the poll interval
+    // An access log in a format not understood gives nothing, silently:
+    // said once per file when none of its first 50 lines parses.
+    std::unordered_map<const LogFollower *, std::pair<int, int>> access_format; // seen, understood
+    auto check_access_format = [&](const LogFollower &f, const std::string &line) {
+        auto &[seen, ok] = access_format[&f];
+        if (seen >= 50)
+            return;
+        seen++;
+        ok += parse_access_line(line).has_value();
+        if (seen == 50 && ok == 0)
+            engine.warning({"access_log_format",
+                           fmt::format("none of the first 50 lines of access log {} is in the layout n502trace reads "
+                                       "(the combined format's start: $remote_addr - $remote_user [$time_local] "
+                                       "\"$request\" $status): a 502 or 504 that Nginx answered without an error-log "
+                                       "line is not found from it (--no-access-log stops reading it)",
+                                       f.path()),
+                           0});
+    };
     auto read_logs = [&](uint64_t now) {
         bool any = false;
         for (auto &in : instances) {
@@ -1326,6 +1344,8 @@ int run(const Options &opt)
                         }
                         Instance *inp = in.get();
                         lines_read++;
+                        if (list == &in->access)
+                            check_access_format(*f, fe.text);
                         if (rec)
                             rec->maybe_rotate(now == LogFollower::kCheckPath ? boot_now_ns() : now);
                         any = engine.log_line(fe.text, [inp](uint32_t logged) { return inp->host_pid(logged); }) ||

@@ -704,6 +704,31 @@ def main():
             lean = [x for x in recs if x["type"] == "warning" and x["code"] == "tracking_lean"]
             check(lean and "every port" in lean[0]["message"], "tracking_lean: %r" % lean)
 
+        @case("an access log in a format it does not read is said, once")
+        def _():
+            prefix = h.path("odd")
+            os.makedirs(prefix, exist_ok=True)
+            odd = harness.Nginx(prefix, [("/", "http://127.0.0.1:%d" % harness.free_port())],
+                                http_extra="    log_format n502json escape=json '{\"status\":$status,\"uri\":\"$uri\"}';\n"
+                                           "    access_log %s n502json;\n" % h.path("json-access.log"))
+            odd.start()
+            h.on_close("the second Nginx", odd.stop)
+            p = subprocess.Popen([BIN, "--nginx-pid", str(odd.master_pid), "--json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                read_lines_until(p, lambda l: '"type":"ready"' in l, 20)
+                for _ in range(50):
+                    harness.http_get(odd.port)
+                lines = read_lines_until(p, lambda l: '"access_log_format"' in l, 10)
+                check(any("json-access.log" in l for l in lines if '"access_log_format"' in l),
+                      "the warning does not name the JSON access log: %r" % lines[-1:])
+                for _ in range(60):
+                    harness.http_get(odd.port)
+            finally:
+                p.send_signal(signal.SIGINT)
+                out = p.communicate(timeout=20)[0].decode()
+            check(out.count('"access_log_format"') == 0, "said more than once: %r" % out[-500:])
+
         @case("a reader that goes away stops the tool (| head -1), text and JSON")
         def _():
             for fmt in ([], ["--json"]):
