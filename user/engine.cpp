@@ -637,7 +637,17 @@ void Engine::do_capture(const Event &ev)
         part.overflow = false;
         start = i + 1;
     }
-    if (start < ev.data.size()) {
+    if (ev.cut) {
+        // Nginx writes a log line whole in one write(): a write cut in the
+        // kernel ends where it was cut, and the next write begins a line of
+        // its own (not the rest of this one).
+        if (!part.overflow) {
+            part.text.append(ev.data, start, std::string::npos);
+            do_line(part.text, ev.tgid);
+        }
+        part.text.clear();
+        part.overflow = false;
+    } else if (start < ev.data.size()) {
         if (part.text.size() + (ev.data.size() - start) > 64 * 1024) {
             part.text.clear();
             part.overflow = true;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "engine.hpp"
+#include "n502/events.h"
 #include "recording.hpp"
 
 using namespace n502;
@@ -773,6 +774,47 @@ TEST_CASE("a verdict says events were lost when they were counted while its line
     });
     REQUIRE(clean.size() == 1);
     CHECK(clean[0].find("kernel events were lost") == std::string::npos);
+}
+
+// A captured write (Nginx's log is a pipe) as the kernel side sends it:
+// at most N502_LOG_MAX bytes, and how many more there were.
+static std::string log_write(uint32_t tgid, const std::string &text, uint32_t cut, uint64_t ts)
+{
+    n502_log_event r;
+    std::memset(&r, 0, sizeof(r));
+    r.hdr.type = N502_EV_LOG;
+    r.hdr.ts_ns = ts;
+    r.hdr.tgid = r.hdr.tid = tgid;
+    std::memcpy(r.hdr.comm, "nginx", 5);
+    r.dev = 13;
+    r.ino = 4242;
+    r.fd = 2;
+    size_t n = std::min<size_t>(text.size(), N502_LOG_MAX);
+    std::memcpy(r.data, text.data(), n);
+    r.len = static_cast<uint32_t>(n);
+    r.cut = cut;
+    size_t size = offsetof(n502_log_event, data) + n;
+    r.hdr.size = static_cast<uint16_t>(size);
+    return std::string(reinterpret_cast<const char *>(&r), size);
+}
+
+TEST_CASE("a captured write cut in the kernel ends its line: the next write is a line of its own", "[recording]")
+{
+    auto verdicts = live_run(tmp_path("cut.rec"), 0, 0, nullptr, [](Engine &eng, uint64_t &now, int64_t offset) {
+        auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
+        eng.add_capture(13, 4242, "pipe:[4242]");
+        at(now += 1'000'000'000ULL);
+        // An access line with a long URL, cut at N502_LOG_MAX (no newline captured).
+        std::string longline = "127.0.0.1 - - [23/Nov/2026:03:03:47 +0000] \"GET /" + std::string(5000, 'a');
+        std::string w1 = log_write(101, longline, static_cast<uint32_t>(longline.size() + 40 - N502_LOG_MAX), now);
+        eng.kernel(w1.data(), w1.size());
+        std::string w2 = log_write(101, refused_line(101, 7, 9000) + "\n", 0, now + 1000);
+        eng.kernel(w2.data(), w2.size());
+        at(now += 1'000'000'000ULL);
+        eng.step();
+    });
+    REQUIRE(verdicts.size() == 1);
+    CHECK(verdicts[0].find("GET /7 HTTP/1.1") != std::string::npos);
 }
 
 TEST_CASE("a full kernel table is said and noted like lost events", "[recording]")
