@@ -499,10 +499,13 @@ std::vector<Evidence> Conn::evidence() const
         }
         Evidence ev;
         ev.ts = r.ts;
-        ev.pid = r.pid;
         bool up_side = r.kind == EvKind::UpFin || r.kind == EvKind::UpAbort || r.kind == EvKind::UpState ||
                        r.kind == EvKind::UpRstSent || r.kind == EvKind::UpRstReceived || r.kind == EvKind::Accept ||
                        r.kind == EvKind::UpClose;
+        // A record made in softirq with no owner known then (adaptive
+        // tracking's first failure) is the socket's: its owner, known now
+        // (the worker that logged the line, the upstream's holder).
+        ev.pid = r.pid ? r.pid : up_side ? up_pid : nginx_pid;
         ev.comm = up_side ? up_comm : nginx_comm;
         switch (r.kind) {
         case EvKind::ConnectOk:

@@ -248,6 +248,10 @@ class Scenario:
         got = "http09" if msg.startswith("upstream sent no valid HTTP/1.0 header") else \
             "cut_short" if "while reading upstream" in msg else "status"
         check(v.get("client_got") == got, "client_got %r, want %s" % (v.get("client_got"), got))
+        # Every piece of evidence names its actor: a softirq record's is the
+        # socket's owner, known by the verdict (never "pid 0 (nginx)").
+        nameless = [e for e in v.get("evidence") or [] if e.get("pid") == 0 and e.get("comm") == "nginx"]
+        check(not nameless, "evidence without its Nginx worker: %r" % nameless[:1])
         # The failure's time: its line read before the verdict was made,
         # and by the time the client had its response (a second of slack).
         logged, made = parse_rfc3339(v.get("logged")), parse_rfc3339(v.get("ts"))
