@@ -249,7 +249,7 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
     }
     auto worker = tallies_.find(line.pid);
     RuleInput in{line, conn,   up, state_, tb_, host_, worker == tallies_.end() ? nullptr : &worker->second,
-                 opt_.admit ? &opt_.admit : nullptr};
+                 opt_.admit ? &opt_.admit : nullptr, opt_.recheck_listener};
     for (const Rule &r : rules())
         if (r.apply(in, v))
             break;

@@ -55,6 +55,8 @@ struct CorrelatorOptions {
     // though what decides its cause is still looked up. Null: every verdict
     // is.
     std::function<bool(const std::string &cause, const std::string &upstream)> admit;
+    // RuleInput::recheck_listener (off replaying a recording made before it).
+    bool recheck_listener = true;
 };
 
 class Correlator {

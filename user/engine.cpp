@@ -306,6 +306,7 @@ Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &fac
                       CorrelatorOptions o;
                       o.now_real = [this] { return now_real_; };
                       o.on_holder = [this](Proc &p) { read_facts(p); };
+                      o.recheck_listener = cfg.listener_recheck;
                       // The rate limit is asked as soon as a verdict's cause is known:
                       // a storm's repeats are counted, not worked out.
                       if (cfg.lazy_render)
@@ -1221,6 +1222,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             // questions.
             cfg.lazy_render = lazy_render_for(lookups);
             cfg.listener_facts = listener_facts_for(lookups);
+            cfg.listener_recheck = listener_recheck_for(lookups);
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);

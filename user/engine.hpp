@@ -43,6 +43,7 @@ struct EngineConfig {
     // first event may be its death). Off only to replay a recording made
     // before that (look-ups below 3).
     bool listener_facts = true;
+    bool listener_recheck = true; // RuleInput::recheck_listener
     int64_t tb_offset_ns = 0;  // boot -> wall clock at the start
     uint64_t boot_ns = 0;      // the clock at the start
     int64_t real_ns = 0;

@@ -77,18 +77,24 @@ enum class Rec : uint16_t {
 // is replayed the old way; the two development builds before this number
 // was raised, 9c821bf and 936cbfb, skipped those look-ups but wrote 1).
 // 3: a listener found at the start has its process's facts looked up then.
-constexpr uint32_t kRecLookups = 3;
+// 4: a refused connect whose address's last listener was found at the start
+// and still lives asks whether anything listens there now (that listener's
+// close is not seen: it had no kernel record).
+constexpr uint32_t kRecLookups = 4;
 // Does a replay of a recording saying `lookups` ask what its run asked? This
-// build's number, and 1 and 2, which are replayed the old way (lazy
-// rendering off below 2, no listener facts below 3).
+// build's number, and 1 to 3, which are replayed the old way (lazy
+// rendering off below 2, no listener facts below 3, no listener asked
+// again below 4).
 constexpr bool replays_as_recorded(uint32_t lookups)
 {
-    return lookups == kRecLookups || lookups == 1 || lookups == 2;
+    return lookups >= 1 && lookups <= kRecLookups;
 }
 // Whether a replay renders lazily, as the run that wrote `lookups` did.
 constexpr bool lazy_render_for(uint32_t lookups) { return lookups >= 2; }
 // Whether a replay looks up a starting listener's facts, as that run did.
 constexpr bool listener_facts_for(uint32_t lookups) { return lookups >= 3; }
+// Whether a replay asks again if a preexisting listener still listens.
+constexpr bool listener_recheck_for(uint32_t lookups) { return lookups >= 4; }
 
 const char *rec_name(uint16_t type);
 uint32_t crc32(const void *data, size_t len, uint32_t crc = 0);

@@ -317,10 +317,18 @@ bool rule_not_listening(const RuleInput &in, Verdict &v)
         return false;
     auto ls = in.state.listeners_on(in.conn->dst);
     const Listener *last = ls.empty() ? nullptr : ls.back();
+    bool closed_unseen = false; // found at the start: its close had no kernel record
     if (last && !last->t_unlisten) {
         const Proc *lp = in.state.proc(last->pid);
-        if (!lp || !lp->exit)
-            return false; // someone still listens there: not this cause
+        if (!lp || !lp->exit) {
+            // Someone still listens there: not this cause. Unless it was
+            // found at the start and listens no more (a graceful stop
+            // that closed its listener first and drains).
+            closed_unseen = !last->t_listen && in.recheck_listener && in.host && in.conn->nginx_pid &&
+                            !in.host->listener(in.conn->dst, in.conn->nginx_pid);
+            if (!closed_unseen)
+                return false;
+        }
     }
     if (!base(v, in, "upstream_not_listening", "high"))
         return true;
@@ -387,6 +395,13 @@ bool rule_not_listening(const RuleInput &in, Verdict &v)
     std::string when = last->t_unlisten ? " at " + at(in, *last->t_unlisten)
                        : (lp && lp->exit) ? " when it exited at " + at(in, lp->exit->ts)
                                           : "";
+    if (closed_unseen) {
+        how = "it is alive but no longer listens there (it closed its listening socket, as a server shutting down "
+              "gracefully does before its last requests end)";
+        v.confidence = "medium";
+        v.notes.push_back("the listener was found when n502trace started, so its close was not seen: that nothing "
+                          "listens there was asked when this verdict was made");
+    }
     if (how.empty())
         how = "it closed its listening socket";
     v.explanation = fmt::format("Nothing was listening on {}: the last listener, {}, stopped listening{}; {}.", dst,

@@ -45,6 +45,9 @@ struct RuleInput {
     // limit.) No: the rule stops at its cause (Verdict::rendered is false).
     // Null: every verdict is shown.
     const std::function<bool(const std::string &cause, const std::string &upstream)> *admit = nullptr;
+    // A refused connect whose address's last listener was found at the start
+    // and still lives: ask the host whether anything listens there now.
+    bool recheck_listener = false;
 };
 
 struct Rule {

@@ -371,6 +371,52 @@ TEST_CASE("a reset SYN while a listener exists is a firewall", "[causes]")
     }
 }
 
+TEST_CASE("a listener found at the start that closed unseen: refused while its process lives", "[causes]")
+{
+    // A server that was listening before n502trace started stops gracefully:
+    // it closes its listener (no kernel record: its close is not seen) and
+    // drains its last requests.
+    auto refused = line("connect() failed (111: Connection refused) while connecting to upstream",
+                        "http://127.0.0.1:8080/");
+    auto build = [](Seq &s) {
+        s.st.add_process(UP, N502_PROC_LISTENER, "gunicorn");
+        s.st.add_listener(Addr::ipv4(0x7f000001, 8080), UP, "gunicorn", 0);
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2);
+        s.reset(SK, N502_SOCK_NGINX, NGINX, N502_RST_RECEIVED);
+        s.state(SK, N502_SOCK_NGINX, NGINX, 2, 7, ECONNREFUSED);
+        s.connect(Addr::ipv4(0x7f000001, 8080), -EINPROGRESS);
+    };
+    FakeHost none; // nothing listens there now
+    Seq s;
+    build(s);
+    Verdict v = explain(s, refused, &none);
+    CHECK(v.cause == "upstream_not_listening");
+    CHECK(v.confidence == "medium");
+    CHECK(v.explanation.find("no longer listens") != std::string::npos);
+
+    SECTION("still listening there: not this cause")
+    {
+        FakeHost h;
+        h.queue = ListenerQueue{UP, "gunicorn", 0, 128};
+        Seq s2;
+        build(s2);
+        CHECK(explain(s2, refused, &h).cause != "upstream_not_listening");
+    }
+    SECTION("replaying a recording made before the host was asked this: as it was")
+    {
+        Seq s3;
+        build(s3);
+        s3.flush();
+        Timebase tb(refused.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0));
+        CorrelatorOptions o;
+        o.recheck_listener = false;
+        Correlator c(s3.st, tb, o, &none);
+        auto v3 = c.explain(refused, true);
+        REQUIRE(v3);
+        CHECK(v3->cause != "upstream_not_listening");
+    }
+}
+
 TEST_CASE("local ports exhausted", "[causes]")
 {
     FakeHost h;
