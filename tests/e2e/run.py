@@ -545,6 +545,30 @@ def sc_listener_preexisting(s):
     ])
 
 
+def sc_listener_preexisting_drain(s):
+    """The upstream listened before n502trace started and stops gracefully:
+    it closes its listening socket (which had no kernel record: that close
+    is not seen) and lives on, draining. The refused connect is explained by
+    asking the host whether anything listens there now."""
+    port = harness.free_port()
+    s.nginx = s.h.start_nginx([("/", "http://127.0.0.1:%d" % port)])
+    up = s.h.start_upstream("drain", port=port)
+    if s.use_tool:
+        s.tool = s.h.start_tool(s.binary)
+    os.kill(up.pid, signal.SIGTERM)
+    up.out.wait_word("UNLISTENED", 10)
+    harness.wait_port_refusing(port)
+    r = s.get()
+    s.expect_nginx_message(MSG_REFUSED)
+    v = s.expect_verdict(r, "upstream_not_listening", up.address, "Connection refused", evidence=[
+        [{"event": "listen", "pid": up.pid}],
+    ])
+    check(up.proc.poll() is None, "the draining upstream (pid %d) exited" % up.pid)
+    if v is not None:
+        check(v.get("confidence") == "medium", "confidence %r, want medium" % v.get("confidence"))
+        check("no longer listens" in v.get("explanation", ""), "explanation: %r" % v.get("explanation"))
+
+
 def sc_worker_pid(s):
     """--nginx-pid may name a worker: the tool finds the master and all workers."""
     port = harness.free_port()
@@ -1722,6 +1746,7 @@ SCENARIOS = {
     "reload": sc_reload,
     "reload_user": sc_reload_user,
     "reload_new_port": sc_reload_new_port,
+    "listener_preexisting_drain": sc_listener_preexisting_drain,
     "adaptive_worker_moved": sc_adaptive_worker_moved,
     "adaptive_restart_cgroup": sc_adaptive_restart_cgroup,
     # newer causes

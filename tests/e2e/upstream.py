@@ -18,6 +18,8 @@ the headers of a request (both flushed), then acts out MODE:
   oom    allocate and touch memory until killed (run it in a small memory cgroup)
   noaccept  listen (backlog --backlog, default 0 here) and never accept
   bigheader  answer with a 16 KiB response header, then keep the connection open
+  drain  as ok; on SIGTERM it closes its listening socket ("UNLISTENED <pid>") and
+         lives on (a graceful stop draining its last requests)
   ka_once    HTTP/1.1 keep-alive: the first request of each connection gets a 200,
              later ones are read and never answered (kill it meanwhile)
   ka_close   HTTP/1.1 keep-alive 200s on any number of connections at once; a
@@ -47,7 +49,11 @@ import sys
 import time
 
 MODES = ("ok", "close", "reset", "hang", "banner_hang", "segv", "exit", "oom", "noaccept", "bigheader", "ka_close",
-         "ka_once", "churn")
+         "ka_once", "churn", "drain")
+
+
+class Draining(Exception):
+    """SIGTERM in mode drain."""
 
 
 def say(word):
@@ -196,6 +202,17 @@ def serve_churn(lsock, workers=4):
 
 
 def serve(lsock, mode):
+    if mode == "drain":
+        def on_term(signum, frame):
+            raise Draining()
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            serve(lsock, "ok")
+        except Draining:
+            lsock.close()
+            say("UNLISTENED")
+            while True:
+                signal.pause()
     if mode == "churn":
         serve_churn(lsock)
     if mode == "noaccept":
