@@ -395,6 +395,9 @@ std::optional<std::string> normalise_cgroup_arg(const std::string &arg, const st
         return std::nullopt;
     }
     std::string p = arg;
+    // A /proc/PID/cgroup line as it is: "0::/docker/ID" (cgroup v2's).
+    if (p.rfind("0::/", 0) == 0)
+        p = p.substr(3);
     while (p.size() > 1 && p.back() == '/')
         p.pop_back();
     std::string rel;

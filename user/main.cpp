@@ -81,7 +81,8 @@ int main(int argc, char **argv)
     app.add_option("-c,--container", opt.containers,
                    "Follow the Nginx in this container: name, full id or id prefix (repeatable)");
     app.add_option("--cgroup", opt.cgroups,
-                   "Follow every Nginx in this cgroup v2 directory and below it (repeatable)");
+                   "Follow every Nginx in this cgroup v2 directory and below it (repeatable): "
+                   "/sys/fs/cgroup/.../docker/ID, or as /proc/PID/cgroup shows it (/docker/ID, 0::/docker/ID)");
     app.add_option("--error-log", opt.error_logs,
                    "Error log of the Nginx given with --nginx-pid (repeatable); default: found from Nginx's open "
                    "files");

@@ -167,6 +167,10 @@ TEST_CASE("--cgroup arguments: absolute, as /proc shows them, or refused", "[con
     r = normalise_cgroup_arg("/docker/" + kId1, t.path, &err);
     REQUIRE(r);
     CHECK(*r == "/docker/" + kId1);
+    r = normalise_cgroup_arg("0::/docker/" + kId1, t.path, &err); // /proc/PID/cgroup's line, pasted
+    REQUIRE(r);
+    CHECK(*r == "/docker/" + kId1);
+    CHECK_FALSE(normalise_cgroup_arg("4:memory:/docker/" + kId1, t.path, &err)); // a v1 line: not v2's
     CHECK_FALSE(normalise_cgroup_arg("/docker/nosuch", t.path, &err));
     CHECK(err.find("not a cgroup directory") != std::string::npos);
     CHECK_FALSE(normalise_cgroup_arg("/docker/../..", t.path, &err));
