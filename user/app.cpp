@@ -137,7 +137,9 @@ uint64_t boot_ticks_now()
 // alive: an Nginx that was already running then, such as another container
 // made from the same image, is not its successor), preferring one in the
 // same cgroup; or 0.
-uint32_t find_master(const std::string &cmdline, uint64_t after_ticks, const std::string &cgroup)
+uint32_t find_master(const std::string &cmdline, uint64_t after_ticks, const std::string &cgroup,
+                     const std::function<std::string(uint32_t)> &cgroup_of,
+                     const std::function<bool(uint32_t)> &followed)
 {
     uint32_t found = 0;
     bool found_same_cgroup = false;
@@ -148,11 +150,11 @@ uint32_t find_master(const std::string &cmdline, uint64_t after_ticks, const std
             if (!end || *end || pid == 0)
                 continue;
             auto pi = read_proc(static_cast<uint32_t>(pid));
-            if (!pi || pi->cmdline != cmdline || !process_alive(pi->pid))
+            if (!pi || pi->cmdline != cmdline || !process_alive(pi->pid) || followed(pi->pid))
                 continue;
             if (after_ticks && proc_start_ticks(pi->pid) < after_ticks)
                 continue;
-            bool same = !cgroup.empty() && cgroup_v2_path(pi->pid) == cgroup;
+            bool same = !cgroup.empty() && cgroup_of(pi->pid) == cgroup;
             if (!found || (same && !found_same_cgroup)) {
                 found = pi->pid;
                 found_same_cgroup = same;
@@ -530,32 +532,18 @@ private:
     uint64_t forks_seen_ = 0;
 };
 
-// `nginx -t`, `nginx -T`, `nginx -s reload`, `nginx -V` run by an operator
-// (docker exec) are no master to follow: they exit within moments.
-bool is_nginx_oneshot(const ProcInfo &p)
-{
-    if (p.cmdline.find("master process") != std::string::npos)
-        return false;
-    std::istringstream in(p.cmdline);
-    std::string arg;
-    in >> arg; // argv[0]
-    while (in >> arg)
-        if (arg == "-t" || arg == "-T" || arg == "-s" || arg == "-v" || arg == "-V" || arg == "-h" || arg == "-?" ||
-            arg == "-q")
-            return true;
-    return false;
-}
-
 // An Nginx master still starting: not titled "master process" yet, which it
 // is once it has read its configuration and opened its logs, and younger
-// than 2 s (a single-process Nginx is never titled).
+// than 10 s (a configuration can take seconds: names to resolve, many
+// certificates). A single-process Nginx is never titled: it is followed
+// 10 s after its start.
 bool still_starting(uint32_t pid)
 {
     auto pi = read_proc(pid);
     if (!pi || pi->cmdline.find("master process") != std::string::npos)
         return false;
     uint64_t started = proc_start_ticks(pid);
-    return started && boot_ticks_now() - started < 2 * static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+    return started && boot_ticks_now() - started < 10 * static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
 }
 
 // Nginx masters among these processes (a single-process Nginx counts too).
@@ -566,10 +554,10 @@ std::vector<uint32_t> nginx_masters_among(const std::vector<uint32_t> &pids)
         auto pi = read_proc(pid);
         // nginx, nginx-debug (the official image), openresty: by name or title,
         // as discover_nginx() recognises them.
-        if (!pi || !looks_like_nginx(*pi) || is_nginx_oneshot(*pi))
+        if (!pi || !named_nginx(*pi) || is_nginx_oneshot(*pi))
             continue;
         auto parent = read_proc(pi->ppid);
-        bool parent_nginx = parent && looks_like_nginx(*parent) &&
+        bool parent_nginx = parent && named_nginx(*parent) &&
                             parent->cmdline.find("master process") != std::string::npos;
         if (!parent_nginx && process_alive(pid))
             out.push_back(pid);
@@ -653,6 +641,7 @@ int run(const Options &opt)
         std::optional<ContainerInfo> container;
         bool v1 = false;    // path is a v1 cgroup: membership from /proc, no kernel filter
         std::string ref;    // --container REF: resolved again when its container is made again
+        uint64_t next_resolve = 0; // (boot ns)
     };
     std::vector<Selected> selection;
     for (const auto &ref : opt.containers) {
@@ -727,16 +716,26 @@ int run(const Options &opt)
     // restart in the same place (a container's) writes on in them, and its
     // first lines come before the new master is found.
     struct Parked {
-        std::string cgroup, path;
-        bool error = true; // an error log (else an access log)
+        std::string place; // where its Nginx ran: the container, else the cgroup ("": not known)
+        std::string path;
+        bool is_error_log = true; // (else an access log)
         std::unique_ptr<LogFollower> f;
         uint64_t since = 0;
+        uint64_t size_seen = 0; // at the last look: a successor writing makes it grow
     };
     std::vector<Parked> parked;
-    auto resume_parked = [&](LogFollower &f, const std::string &cgroup, const std::string &path, bool error) {
+    // A place shared by unrelated Nginx (the host's root cgroup, a service's
+    // cgroup several containers sit in) is none.
+    auto place_of = [](const Instance &in) {
+        if (in.container)
+            return in.container->runtime + ":" + in.container->id;
+        return in.cgroup.empty() || in.cgroup == "/" ? std::string() : "cgroup:" + in.cgroup;
+    };
+    auto resume_parked = [&](LogFollower &f, const std::string &place, const std::string &path, bool is_error_log) {
+        if (place.empty())
+            return;
         for (auto it = parked.begin(); it != parked.end(); ++it)
-            if (it->cgroup == cgroup && it->path == path && it->error == error) {
-                f.resume_from(*it->f);
+            if (it->place == place && it->path == path && it->is_error_log == is_error_log && f.resume_from(*it->f)) {
                 parked.erase(it);
                 return;
             }
@@ -747,6 +746,9 @@ int run(const Options &opt)
                 return true;
         return false;
     };
+    // The cgroup an instance is known by: v2's, or the memory controller's on
+    // a host without a v2 hierarchy.
+    auto cgroup_of = [&](uint32_t pid) { return uroot.empty() ? memory_cgroup(pid) : cgroup_v2_path(pid); };
     // Where an instance lives, and its log files opened (confined to its root).
     auto make_instance = [&](NginxInfo info, bool selected, std::string *why) -> std::unique_ptr<Instance> {
         auto in = std::make_unique<Instance>();
@@ -759,13 +761,13 @@ int run(const Options &opt)
         in->own_pidns = ours && theirs && ours != theirs;
         in->master_ns_pid = ns_pid(in->info.master);
         in->map_pids();
-        in->cgroup = uroot.empty() ? memory_cgroup(in->info.master) : cgroup_v2_path(in->info.master);
+        in->cgroup = cgroup_of(in->info.master);
         in->container = container_from_cgroup(in->cgroup, dirs);
         for (const auto &path : in->info.error_logs) {
             auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
             if (!f->open(true, why))
                 return nullptr;
-            resume_parked(*f, in->cgroup, path, true);
+            resume_parked(*f, place_of(*in), path, true);
             in->errors.push_back(std::move(f));
         }
         if (!opt.no_access_log)
@@ -773,7 +775,7 @@ int run(const Options &opt)
                 auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
                 if (!f->open(true, why))
                     return nullptr;
-                resume_parked(*f, in->cgroup, path, false);
+                resume_parked(*f, place_of(*in), path, false);
                 in->access.push_back(std::move(f));
             }
         if (in->errors.empty() && in->info.captures.empty()) {
@@ -1405,7 +1407,7 @@ int run(const Options &opt)
             Instance &in = *inp;
             if (in.gone)
                 continue;
-            if (process_alive(in.info.master)) {
+            if (process_staying(in.info.master)) { // (a master in do_exit() is gone)
                 in.alive_ticks = boot_ticks_now();
                 continue;
             }
@@ -1446,7 +1448,10 @@ int run(const Options &opt)
                     for (auto &fe : f->poll())
                         if (fe.kind == FollowEvent::Line)
                             engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
-                    parked.push_back({in.cgroup, f->path(), list == &in.errors, std::move(f), boot_now_ns()});
+                    if (!place_of(in).empty()) {
+                        uint64_t size = f->size();
+                        parked.push_back({place_of(in), f->path(), list == &in.errors, std::move(f), boot_now_ns(), size});
+                    }
                 }
                 list->clear();
             }
@@ -1475,7 +1480,7 @@ int run(const Options &opt)
             Instance &in = *instances[i];
             if (!in.gone || in.selected || !opt.follow || in.cmdline.empty())
                 continue;
-            if (uint32_t pid = find_master(in.cmdline, in.alive_ticks, in.cgroup); pid && !have_master(pid))
+            if (uint32_t pid = find_master(in.cmdline, in.alive_ticks, in.cgroup, cgroup_of, have_master); pid)
                 if (adopt(pid, false, "nginx_restarted", fmt::format("a new Nginx master {} started", pid)))
                     instances[i]->cmdline.clear(); // followed: do not adopt twice
         }
@@ -1486,11 +1491,14 @@ int run(const Options &opt)
             // the same name (docker compose up, docker rm + run) has a new
             // id and cgroup; follow the name, as the user gave it.
             for (auto &sel : selection) {
-                if (sel.ref.empty() || sel.v1 || !sel.container || uroot.empty())
+                if (sel.ref.empty() || sel.v1 || !sel.container || uroot.empty() || now_parked < sel.next_resolve)
                     continue;
                 struct stat st{};
                 if (stat((uroot + sel.path).c_str(), &st) == 0)
                     continue;
+                // (reads the runtimes' state: not at every look; more often
+                // in the minute after a master went)
+                sel.next_resolve = now_parked + (now_parked < quick_until ? 500'000'000ULL : 5'000'000'000ULL);
                 std::string rerr;
                 auto rc = resolve_container(sel.ref, dirs, &rerr);
                 if (!rc || rc->info.id == sel.container->id)
@@ -1705,22 +1713,24 @@ int run(const Options &opt)
                                            "failures seen in softirq count as Nginx's from now on",
                                            uid),
                                0});
-        // Nginx's processes are looked at once a second; at once when an
-        // Nginx process exited (a master gone: its logs are parked before a
-        // successor writes to them); and every 100 ms for a minute after a
+        // Nginx's processes are looked at once a second; and at most every
+        // 100 ms when an Nginx process exited (a master gone: its logs are
+        // parked before a successor writes to them), for a minute after a
         // master went, or while a parked log grows (a successor starting:
         // its cgroup, new with a container's restart, is let through the
         // kernel side's filter before its first request).
-        bool look_now = state.nginx_exits() != exits_seen;
-        if (!look_now && now >= next_quick_look &&
-            (now < quick_until ||
-             std::any_of(parked.begin(), parked.end(), [](const Parked &p) { return p.f->has_unread(); }))) {
-            next_quick_look = now + 100'000'000ULL;
-            look_now = true;
-        }
-        if (look_now) {
-            exits_seen = state.nginx_exits();
-            check_instances();
+        if (now >= next_quick_look) {
+            bool grew = false;
+            for (auto &p : parked) {
+                uint64_t size = p.f->size();
+                grew = grew || size != p.size_seen;
+                p.size_seen = size;
+            }
+            if (grew || now < quick_until || state.nginx_exits() != exits_seen) {
+                next_quick_look = now + 100'000'000ULL;
+                exits_seen = state.nginx_exits();
+                check_instances();
+            }
         }
         if (engine.step()) { // once a second
             if (++trim_tick % 10 == 0)

@@ -104,6 +104,18 @@ bool LogFollower::open(bool from_end, std::string *error)
     cur_.close();
     cur_.fd = fd;
     cur_.offset = cur_.line_start = from_end ? static_cast<uint64_t>(st.st_size) : 0;
+    if (from_end && st.st_size > 0) {
+        // The bytes just before where reading starts stand for the file
+        // until a line is read (a truncation written past them, another
+        // follower going on from here: resume_from).
+        char buf[kMarkBytes];
+        size_t n = std::min<uint64_t>(static_cast<uint64_t>(st.st_size), kMarkBytes - 1);
+        ssize_t got = pread(fd, buf, n, static_cast<off_t>(st.st_size - static_cast<off_t>(n)));
+        if (got == static_cast<ssize_t>(n)) {
+            cur_.mark.assign(buf, n);
+            cur_.mark_pos = static_cast<uint64_t>(st.st_size) - n;
+        }
+    }
     ino_ = st.st_ino;
     dev_ = st.st_dev;
     return true;
@@ -117,7 +129,8 @@ bool LogFollower::resume_from(const LogFollower &before)
     struct stat st{};
     if (fstat(cur_.fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < b.offset)
         return false;
-    // (no line read yet: the size alone)
+    // (an empty file opened at its end and nothing read since: the size
+    // alone, a weak sign; callers match on the file's place first)
     Reader probe;
     probe.fd = cur_.fd;
     probe.mark = b.mark;
@@ -137,8 +150,13 @@ bool LogFollower::resume_from(const LogFollower &before)
 
 bool LogFollower::has_unread() const
 {
+    return size() > cur_.offset;
+}
+
+uint64_t LogFollower::size() const
+{
     struct stat st{};
-    return cur_.fd >= 0 && fstat(cur_.fd, &st) == 0 && static_cast<uint64_t>(st.st_size) > cur_.offset;
+    return cur_.fd >= 0 && fstat(cur_.fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
 }
 
 void LogFollower::split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out)

@@ -46,6 +46,8 @@ public:
     bool resume_from(const LogFollower &before);
     // Whether the file has bytes not read yet (one fstat).
     bool has_unread() const;
+    // The open file's size (0 when not open).
+    uint64_t size() const;
     // Reads what was appended since the last call. now_ns (any monotonic
     // clock): the path is looked up again for a rotation or a removal at most
     // every kPathCheckNs (three syscalls, where a poll that finds nothing new

@@ -98,6 +98,50 @@ bool looks_like_nginx(const ProcInfo &p)
            base.rfind("nginx", 0) == 0;
 }
 
+// Nginx in a selection, where any process may run: by its exact name (nginx,
+// the official image's nginx-debug, openresty) or Nginx's title, not any name
+// that begins with nginx (nginx-agent, nginx-prometheus-exporter, ingress-
+// nginx's controller).
+bool named_nginx(const ProcInfo &p)
+{
+    std::string argv0 = p.cmdline.substr(0, p.cmdline.find(' '));
+    std::string base = argv0.substr(argv0.rfind('/') + 1);
+    for (const std::string &n : {p.comm, base})
+        if (n == "nginx" || n == "nginx-debug" || n == "openresty")
+            return true;
+    return p.cmdline.rfind("nginx: ", 0) == 0;
+}
+
+// `nginx -t`, `nginx -T`, `nginx -s reload`, `nginx -V` run by an operator
+// (docker exec) are no master to follow: they exit within moments.
+bool is_nginx_oneshot(const ProcInfo &p)
+{
+    if (p.cmdline.find("master process") != std::string::npos)
+        return false;
+    std::istringstream in(p.cmdline);
+    std::string arg;
+    in >> arg; // argv[0]
+    bool value_next = false;
+    while (in >> arg) {
+        if (value_next || arg.size() < 2 || arg[0] != '-') {
+            value_next = false;
+            continue;
+        }
+        // Letters as Nginx reads them: -qt is -q -t; -c, -e, -g and -p take
+        // the rest of the argument, or the next one, as their value.
+        for (size_t i = 1; i < arg.size(); i++) {
+            char c = arg[i];
+            if (c == 't' || c == 'T' || c == 's' || c == 'v' || c == 'V' || c == 'h' || c == '?')
+                return true;
+            if (c == 'c' || c == 'e' || c == 'g' || c == 'p') {
+                value_next = i + 1 == arg.size();
+                break;
+            }
+        }
+    }
+    return false;
+}
+
 static bool is_master(const ProcInfo &p) { return p.cmdline.find("master process") != std::string::npos; }
 
 std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const std::string &root)

@@ -39,6 +39,12 @@ std::optional<ProcInfo> read_proc(uint32_t pid, const std::string &proc_root = "
 // Nginx by its name or title: nginx, nginx-debug (the official image's
 // debug binary), openresty, or a process titled "nginx: ...".
 bool looks_like_nginx(const ProcInfo &p);
+// Nginx in a selection of cgroups, where any process may run: its exact name
+// (nginx, nginx-debug, openresty) or Nginx's title "nginx: ...".
+bool named_nginx(const ProcInfo &p);
+// An operator's `nginx -t`, `-T`, `-s reload`, `-v`, `-V`, `-h` (also
+// combined, -qt): a process that ends at once, no master to follow.
+bool is_nginx_oneshot(const ProcInfo &p);
 std::vector<uint32_t> children_of(uint32_t pid, const std::string &proc_root = "/proc");
 
 // Resolves PID (master or any worker). On failure returns nullopt and sets

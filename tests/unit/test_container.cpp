@@ -388,3 +388,29 @@ TEST_CASE("the evidence window: what ended before it is let go and counted", "[w
     CHECK(st.stats().listeners_expired == 1);
     CHECK(st.stats().procs_expired == 1);
 }
+
+TEST_CASE("Nginx in a selection: by its name or title, and not an operator's one-shot command", "[container]")
+{
+    auto proc = [](std::string comm, std::string cmdline) {
+        ProcInfo p;
+        p.comm = std::move(comm);
+        p.cmdline = std::move(cmdline);
+        return p;
+    };
+    CHECK(named_nginx(proc("nginx", "nginx: master process /usr/sbin/nginx -g daemon off;")));
+    CHECK(named_nginx(proc("nginx-debug", "/usr/sbin/nginx-debug -c /etc/n502/nginx.conf")));
+    CHECK(named_nginx(proc("openresty", "openresty -g daemon off;")));
+    CHECK(named_nginx(proc("sh", "nginx: worker process")));
+    CHECK_FALSE(named_nginx(proc("nginx-agent", "/usr/bin/nginx-agent")));
+    CHECK_FALSE(named_nginx(proc("nginx-ingress-c", "/nginx-ingress-controller --configmap=x")));
+    CHECK_FALSE(named_nginx(proc("nginx-prometheu", "/usr/bin/nginx-prometheus-exporter")));
+
+    CHECK(is_nginx_oneshot(proc("nginx", "nginx -T -c /etc/n502/nginx.conf")));
+    CHECK(is_nginx_oneshot(proc("nginx", "nginx -qt")));
+    CHECK(is_nginx_oneshot(proc("nginx", "nginx -s reload")));
+    CHECK(is_nginx_oneshot(proc("nginx", "/usr/sbin/nginx -V")));
+    CHECK_FALSE(is_nginx_oneshot(proc("nginx", "nginx -q -g daemon off;")));        // quiet, not one-shot
+    CHECK_FALSE(is_nginx_oneshot(proc("nginx", "nginx -c /etc/t/nginx.conf")));     // a path with a t in it
+    CHECK_FALSE(is_nginx_oneshot(proc("nginx", "nginx -p /tmp/v -g daemon off;"))); // values are not flags
+    CHECK_FALSE(is_nginx_oneshot(proc("nginx", "nginx: master process nginx -t")));   // titled: running
+}

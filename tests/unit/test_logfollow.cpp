@@ -246,6 +246,21 @@ TEST_CASE("a follower of the same file goes on where another stopped, and not in
     CHECK(!third.has_unread());
 }
 
+TEST_CASE("a follower that has read no line yet is known by the bytes before where it started", "[follow]")
+{
+    Followed fl("2026/12/07 14:00:00 [notice] 1#1: start worker processes\n");
+    std::string &log = fl.log;
+    // Nothing read since it opened at the end: another file at the path, as
+    // long, is told from it.
+    std::string other = fl.d.path + "/other.log";
+    append(other, "2026/12/07 15:00:00 [notice] 1#1: a different file of some length....\n");
+    REQUIRE(rename(other.c_str(), log.c_str()) == 0);
+    LogFollower second(log);
+    std::string err;
+    REQUIRE(second.open(true, &err));
+    CHECK_FALSE(second.resume_from(fl.f));
+}
+
 TEST_CASE("after a rotation, a drain reads the old file one last time", "[follow]")
 {
     Followed fl("");
