@@ -75,8 +75,10 @@ int handle_sys_enter_write(struct trace_event_raw_sys_enter *ctx)
 	len &= (N502_LOG_MAX << 1) - 1;
 	if (len > N502_LOG_MAX)
 		return 0;
-	if (bpf_probe_read_user(e->data, len, (void *)ctx->args[1]))
+	if (bpf_probe_read_user(e->data, len, (void *)ctx->args[1])) {
+		count(N502_CNT_LOST); /* (a buffer not in memory: a line Nginx wrote is not seen) */
 		return 0;
+	}
 	e->len = len;
 
 	__u64 id = bpf_get_current_pid_tgid();

@@ -55,7 +55,8 @@ int handle_sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
 	a.sk = (__u64)sk;
 	a.uaddr = ctx->args[1];
 	a.addrlen = (int)ctx->args[2];
-	bpf_map_update_elem(&connect_args, &id, &a, BPF_ANY);
+	if (bpf_map_update_elem(&connect_args, &id, &a, BPF_ANY))
+		count(N502_CNT_MAP_FULL); /* its outcome will not be seen */
 	return 0;
 }
 
@@ -194,6 +195,8 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 			bpf_map_delete_elem(&preexisting, &t);
 			s = bpf_map_lookup_elem(&socks, &key);
 			adopted = 1;
+		} else if (pre) {
+			count(N502_CNT_MAP_FULL);
 		}
 	}
 	/* TCP sockets tell their story through state changes (a close is a FIN
@@ -223,7 +226,8 @@ int handle_sys_enter_listen(struct trace_event_raw_sys_enter *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct listen_args a = { .fd = (int)ctx->args[0], .backlog = (int)ctx->args[1] };
 
-	bpf_map_update_elem(&listen_args, &id, &a, BPF_ANY);
+	if (bpf_map_update_elem(&listen_args, &id, &a, BPF_ANY))
+		count(N502_CNT_MAP_FULL);
 	return 0;
 }
 
