@@ -1340,6 +1340,7 @@ int run(const Options &opt)
                             if (list == &in->errors)
                                 engine.warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
                                                                     : fe.kind == FollowEvent::Truncated ? "truncated"
+                                                                    : fe.kind == FollowEvent::Error     ? "error"
                                                                                                         : "vanished"),
                                                fe.text, 0});
                             continue;

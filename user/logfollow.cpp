@@ -207,8 +207,15 @@ void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out)
     char buf[65536];
     for (int rounds = 0; rounds < 256; rounds++) { // at most 16 MiB per poll
         ssize_t n = pread(r.fd, buf, sizeof(buf), static_cast<off_t>(r.offset));
+        if (n < 0 && r.fd >= 0 && errno != EINTR && errno != EAGAIN && !r.error_said) {
+            // (an I/O error, a stale network file: tried again at every poll)
+            out.push_back({FollowEvent::Error, fmt::format("reading {} failed ({}); it is read again at every poll",
+                                                          display(), strerror(errno))});
+            r.error_said = true;
+        }
         if (n <= 0)
             break;
+        r.error_said = false;
         r.offset += static_cast<uint64_t>(n);
         split(r, buf, static_cast<size_t>(n), out);
     }

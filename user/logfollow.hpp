@@ -87,6 +87,7 @@ private:
         void rewind(); // from the start again
         void close();
         bool still_there() const; // the mark is where it was read
+        bool error_said = false;  // a read failed and was said (until one succeeds)
     };
     static constexpr size_t kMarkBytes = 64;
     void read_available(Reader &r, std::vector<FollowEvent> &out);
