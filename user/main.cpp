@@ -92,8 +92,9 @@ int main(int argc, char **argv)
     app.add_flag("--no-access-log", opt.no_access_log, "Do not follow access logs");
     app.add_flag("--json", opt.json, "Print JSON Lines instead of text");
     app.add_flag("--follow", opt.follow,
-                 "When Nginx stops, wait for a new master with the same command line and follow it (without it, "
-                 "n502trace stops with exit code 1); binary upgrades (USR2) are followed either way");
+                 "When Nginx stops, wait for a new master with the same command line, started after it stopped, and "
+                 "follow it (without it, n502trace stops with exit code 1); binary upgrades (USR2) are followed "
+                 "either way, and so is a restart in a --container/--cgroup selection");
     app.add_flag("--redact", opt.redact, "Remove query strings and client addresses from the output");
     app.add_option("--duration", opt.duration_s, "Stop after SECONDS (default: run until SIGINT/SIGTERM)")
         ->check(seconds_in(0, 315'360'000, true)); // up to ten years
