@@ -40,6 +40,7 @@
 #include "nginxconf.hpp"
 #include "procscan.hpp"
 #include "recording.hpp"
+#include "sockdiag.hpp"
 #include "sinks.hpp"
 #include "state.hpp"
 #include "timebase.hpp"
@@ -256,6 +257,15 @@ int run_check(const std::string &btf_path)
         }
         facts.emplace_back("openat2 RESOLVE_IN_ROOT (container logs)",
                            ok2 ? "yes" : "no: Linux 5.6+ is needed to read logs inside a container's root");
+    }
+    {
+        uint64_t before = diag_failures();
+        diag_tcp(0, 1u << 10 /* TCP_LISTEN */, 0, 0);
+        facts.emplace_back("sock_diag (sockets from before the start)",
+                           diag_failures() == before
+                               ? "yes"
+                               : "partial: no TCP socket dumps (`modprobe tcp_diag`): what predates the start is "
+                                 "not known");
     }
     for (const auto &[what, result] : facts) {
         fmt::print("  {:<44} {}\n", what, result);
@@ -1273,6 +1283,12 @@ int run(const Options &opt)
         };
     }
     engine.ready(ready);
+    if (diag_failures())
+        engine.warning({"sock_diag",
+                       "the kernel answered no socket dump (sock_diag: inet_diag and tcp_diag not available): "
+                       "listeners and connections from before the start are not known, so a failure of one of "
+                       "them is explained from what is seen from now on (`modprobe tcp_diag`)",
+                       0});
     for (auto &in : instances)
         report_down(*in);
     const bool adaptive = lo.adaptive;

@@ -12,6 +12,7 @@
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <atomic>
 #include <thread>
 #include <unistd.h>
 
@@ -84,6 +85,15 @@ bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsg
     return ok;
 }
 
+namespace {
+std::atomic<uint64_t> g_dump_failures{0};
+} // namespace
+
+uint64_t diag_failures()
+{
+    return g_dump_failures.load();
+}
+
 std::vector<DiagSock> diag_tcp(uint32_t net_pid, uint32_t states, uint32_t netns, int only)
 {
     std::vector<DiagSock> out;
@@ -101,7 +111,7 @@ std::vector<DiagSock> diag_tcp(uint32_t net_pid, uint32_t states, uint32_t netns
             req.r.sdiag_family = static_cast<uint8_t>(family);
             req.r.sdiag_protocol = IPPROTO_TCP;
             req.r.idiag_states = states;
-            diag_dump(&req, sizeof(req), [&](const nlmsghdr *h) {
+            bool dumped = diag_dump(&req, sizeof(req), [&](const nlmsghdr *h) {
                 auto *m = static_cast<const inet_diag_msg *>(NLMSG_DATA(h));
                 DiagSock s;
                 size_t n = m->idiag_family == AF_INET ? 4 : 16;
@@ -119,6 +129,8 @@ std::vector<DiagSock> diag_tcp(uint32_t net_pid, uint32_t states, uint32_t netns
                 s.wqueue = m->idiag_wqueue;
                 out.push_back(s);
             });
+            if (!dumped)
+                g_dump_failures++;
         }
     });
     return out;

@@ -29,6 +29,10 @@ struct DiagSock {
 // is returned: another namespace's answer would be a wrong one.
 bool in_netns(uint32_t pid, const std::function<void()> &fn);
 
+// How many TCP dumps the kernel refused so far (no inet_diag/tcp_diag:
+// listeners and connections from before the start cannot be found).
+uint64_t diag_failures();
+
 // One NETLINK_SOCK_DIAG dump in the calling thread's namespace; on_msg for
 // every message. False when the dump failed.
 bool diag_dump(const void *req, size_t len, const std::function<void(const nlmsghdr *)> &on_msg);
