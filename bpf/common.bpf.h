@@ -30,7 +30,6 @@
 #define N502_S_IFSOCK 0140000
 #define N502_SIGCHLD 17
 #define N502_SIGURG 23   /* (Go's runtime preempts its threads with it: many a second) */
-#define N502_SIGWINCH 28
 
 /* Tracked processes: Nginx (filled by user space at start, then through
  * fork), upstream processes (added when they take a connection), listeners

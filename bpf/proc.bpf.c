@@ -23,9 +23,11 @@ static __always_inline int on_signal__generate(int sig, struct kernel_siginfo *i
 	struct n502_proc *p = bpf_map_lookup_elem(&procs, &tgid);
 	struct n502_signal_event *e;
 
-	/* Signals whose default is to be ignored end nothing; a Go upstream
-	 * sends itself SIGURG many times a second. */
-	if (!p || sig == N502_SIGCHLD || sig == N502_SIGURG || sig == N502_SIGWINCH)
+	/* A child's end tells its parent nothing the rules use, and a Go
+	 * upstream's runtime sends itself SIGURG many times a second (SIGURG
+	 * from another process is kept). */
+	if (!p || sig == N502_SIGCHLD ||
+	    (sig == N502_SIGURG && (bpf_get_current_pid_tgid() >> 32) == tgid))
 		return 0;
 	e = reserve(sizeof(*e), N502_EV_SIGNAL);
 	if (!e)

@@ -1330,9 +1330,11 @@ int run(const Options &opt)
     uint64_t lines_read = 0; // log lines of any kind, for the poll interval
     // An access log in a format not understood gives nothing, silently:
     // said once per file when none of its first 50 lines parses.
-    std::unordered_map<const LogFollower *, std::pair<int, int>> access_format; // seen, understood
+    std::unordered_map<std::string, std::pair<int, int>> access_format; // path -> seen, understood
     auto check_access_format = [&](const LogFollower &f, const std::string &line) {
-        auto &[seen, ok] = access_format[&f];
+        if (access_format.size() > 1024)
+            return; // (paths beyond: not checked)
+        auto &[seen, ok] = access_format[f.path()];
         if (seen >= 50)
             return;
         seen++;
@@ -1353,7 +1355,7 @@ int run(const Options &opt)
                 for (auto &f : *list)
                     for (auto &fe : f->poll(now)) {
                         if (fe.kind != FollowEvent::Line) {
-                            if (list == &in->errors)
+                            if (list == &in->errors || fe.kind == FollowEvent::Error)
                                 engine.warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
                                                                     : fe.kind == FollowEvent::Truncated ? "truncated"
                                                                     : fe.kind == FollowEvent::Error     ? "error"

@@ -171,6 +171,9 @@ public:
     // For a new recording segment: what the engine knows that a fresh start
     // would have found (the caller adds listeners and older connections).
     void write_snapshot_state();
+    // Replaying a later segment: the loss counters its snapshot holds were
+    // said by the live run before that segment.
+    void losses_said();
     void write_config();
     // A replay starting from a Config record: the clock state it describes.
     void replay_restore(Timebase correlator_tb, uint64_t next_stats);

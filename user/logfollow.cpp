@@ -103,6 +103,7 @@ bool LogFollower::open(bool from_end, std::string *error)
     }
     cur_.close();
     cur_.fd = fd;
+    cur_.error_said = false;
     cur_.offset = cur_.line_start = from_end ? static_cast<uint64_t>(st.st_size) : 0;
     if (from_end && st.st_size > 0) {
         // The bytes just before where reading starts stand for the file
@@ -213,9 +214,10 @@ void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out)
                                                           display(), strerror(errno))});
             r.error_said = true;
         }
+        if (n >= 0)
+            r.error_said = false;
         if (n <= 0)
             break;
-        r.error_said = false;
         r.offset += static_cast<uint64_t>(n);
         split(r, buf, static_cast<size_t>(n), out);
     }
@@ -234,14 +236,18 @@ void LogFollower::read_olds(uint64_t now_ns, std::vector<FollowEvent> &out)
         // Let go once quiet, and once Nginx writes to a newer file (its
         // workers have reopened), or after kOldMaxNs whatever it does (a
         // reopen that never comes: nothing more is written to it then either).
-        const Reader &newer = i + 1 < olds_.size() ? olds_[i + 1].r : cur_;
+        // The next newer file still open (a closed one says nothing).
+        const Reader *newer = &cur_;
+        for (size_t k = i + 1; k < olds_.size(); k++)
+            if (olds_[k].r.fd >= 0) {
+                newer = &olds_[k].r;
+                break;
+            }
         bool quiet = now_ns - o.written >= kOldQuietNs;
-        if (now_ns == kCheckPath || (quiet && (newer.offset > 0 || now_ns - o.since >= kOldMaxNs)))
+        if (now_ns == kCheckPath || (quiet && (newer->offset > 0 || now_ns - o.since >= kOldMaxNs)))
             o.r.close();
     }
-    while (!olds_.empty() && olds_.front().r.fd < 0)
-        olds_.pop_front();
-    // (one let go before an older one: it waits to be popped, closed)
+    olds_.erase(std::remove_if(olds_.begin(), olds_.end(), [](const Old &o) { return o.r.fd < 0; }), olds_.end());
 }
 
 std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <linux/capability.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -206,10 +207,13 @@ static uint32_t held_open_by(const struct stat &file, const std::string &proc_ro
         if (!d)
             continue;
         while (struct dirent *fe = readdir(d)) {
-            struct stat st{};
-            if (fe->d_name[0] == '.' || fstatat(dirfd(d), fe->d_name, &st, 0) != 0)
+            // (cached attributes: a descriptor on a network file that does
+            // not answer must not hold the start up)
+            struct statx sx{};
+            if (fe->d_name[0] == '.' ||
+                statx(dirfd(d), fe->d_name, AT_STATX_DONT_SYNC, STATX_INO, &sx) != 0)
                 continue;
-            if (st.st_dev == file.st_dev && st.st_ino == file.st_ino) {
+            if (makedev(sx.stx_dev_major, sx.stx_dev_minor) == file.st_dev && sx.stx_ino == file.st_ino) {
                 found = static_cast<uint32_t>(pid);
                 break;
             }

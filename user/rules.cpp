@@ -324,8 +324,10 @@ bool rule_not_listening(const RuleInput &in, Verdict &v)
             // Someone still listens there: not this cause. Unless it was
             // found at the start and listens no more (a graceful stop
             // that closed its listener first and drains).
-            closed_unseen = !last->t_listen && in.recheck_listener && in.host && in.conn->nginx_pid &&
-                            !in.host->listener(in.conn->dst, in.conn->nginx_pid);
+            // (asked in the listener's own network namespace: it lives,
+            // where Nginx's worker may have exited since)
+            closed_unseen = !last->t_listen && in.recheck_listener && in.host && last->pid &&
+                            !in.host->listener(in.conn->dst, last->pid);
             if (!closed_unseen)
                 return false;
         }
@@ -719,7 +721,8 @@ bool rule_firewall_reset(const RuleInput &in, Verdict &v)
 {
     // (a worker not known by its host pid: in which network namespace it
     // connected is not known either)
-    if (!connect_failed_with(in, ECONNREFUSED) || in.conn->dst.family == AF_UNIX || !in.host || !in.conn->nginx_pid)
+    if (!connect_failed_with(in, ECONNREFUSED) || in.conn->dst.family == AF_UNIX || !in.host ||
+        (!in.conn->nginx_pid && in.recheck_listener)) // (look-up set 4 on: older recordings asked anyway)
         return false;
     auto q = in.host->listener(in.conn->dst, in.conn->nginx_pid);
     if (!q)
