@@ -732,6 +732,42 @@ TEST_CASE("signals to tracked processes name the sender; exits carry the wait st
     CHECK(((y->exit_code >> 8) & 0xff) == 3);
 }
 
+TEST_CASE("a process's own SIGURG is not sent (Go's runtime sends itself many); another's is", "[kernel]")
+{
+    Kernel &k = kernel();
+    int rd;
+    pid_t a = child(
+        [](int ready) {
+            signal(SIGURG, SIG_IGN);
+            for (int i = 0; i < 5; i++)
+                kill(getpid(), SIGURG);
+            (void)!write(ready, "x", 1);
+            pause();
+        },
+        &rd);
+    wait_ready(rd);
+    close(rd);
+    uint32_t apid = static_cast<uint32_t>(a);
+    kill(a, SIGURG);
+    kill(a, SIGWINCH); // ignored by default, but a graceful stop for Apache and Nginx: kept
+    kill(a, SIGKILL);
+    int status;
+    waitpid(a, &status, 0);
+    REQUIRE(k.wait_for([&](const Event &e) { return e.type == N502_EV_EXIT && e.tgid == apid; }));
+    int own = 0, others = 0, winch = 0;
+    for (size_t i = k.from; i < k.events.size(); i++) {
+        const Event &e = k.events[i];
+        if (e.type != N502_EV_SIGNAL || e.target != apid)
+            continue;
+        own += e.sig == SIGURG && e.tgid == apid;
+        others += e.sig == SIGURG && e.tgid == self();
+        winch += e.sig == SIGWINCH;
+    }
+    CHECK(own == 0);
+    CHECK(others == 1);
+    CHECK(winch == 1);
+}
+
 TEST_CASE("a real segfault is a self-generated SIGSEGV with a fault code", "[kernel]")
 {
     Kernel &k = kernel();
