@@ -15,7 +15,6 @@
 #include <initializer_list>
 #include <map>
 #include <set>
-#include <sstream>
 #include <tuple>
 #include <memory>
 #include <unordered_map>
@@ -67,11 +66,12 @@ private:
     int fd_;
 };
 
-// A process's state letter and flags from /proc/PID/stat (after the comm,
-// which may hold anything, ')' included: the last ')' ends it).
+// A process's state letter, flags and start time from /proc/PID/stat (after
+// the comm, which may hold anything, ')' included: the last ')' ends it).
 struct StatState {
     char state = '?';
     unsigned long flags = 0;
+    unsigned long long start_ticks = 0; // clock ticks since boot (0: not read)
 };
 std::optional<StatState> read_stat_state(uint32_t pid)
 {
@@ -85,7 +85,8 @@ std::optional<StatState> read_stat_state(uint32_t pid)
     auto close = st.rfind(')');
     StatState s;
     if (close == std::string::npos ||
-        std::sscanf(st.c_str() + close + 1, " %c %*d %*d %*d %*d %*d %lu", &s.state, &s.flags) != 2)
+        std::sscanf(st.c_str() + close + 1, " %c %*d %*d %*d %*d %*d %lu %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+                    &s.state, &s.flags, &s.start_ticks) < 2)
         return std::nullopt;
     return s;
 }
@@ -109,18 +110,8 @@ bool process_staying(uint32_t pid)
 // boot), 0 when unreadable.
 uint64_t proc_start_ticks(uint32_t pid)
 {
-    auto s = read_file(fmt::format("/proc/{}/stat", pid), 4096);
-    if (!s)
-        return 0;
-    auto close = s->rfind(')');
-    if (close == std::string::npos)
-        return 0;
-    std::istringstream in(s->substr(close + 2));
-    std::string field;
-    for (int i = 3; i <= 22 && (in >> field); i++)
-        if (i == 22)
-            return strtoull(field.c_str(), nullptr, 10);
-    return 0;
+    auto s = read_stat_state(pid);
+    return s ? s->start_ticks : 0;
 }
 
 // Now, in the clock ticks /proc/PID/stat's start time counts (since boot).
@@ -1322,7 +1313,7 @@ int run(const Options &opt)
     bool stop = false;
     int exit_code = EXIT_OK;
     uint64_t config_forks_seen = state.nginx_forks();
-    uint64_t exits_seen = state.nginx_exits(), next_quick_look = 0, quick_until = 0;
+    uint64_t exits_seen = state.nginx_exits(), next_quick_look = 0, quick_until = 0, next_parked_look = 0;
     std::string exit_reason; // said on stderr too when stdout is for a program
     unsigned trim_tick = 0;
 
@@ -1462,14 +1453,15 @@ int run(const Options &opt)
             // What it wrote before it went still counts; then its logs are
             // parked where they were read to (a restarted Nginx is followed
             // as a new instance, from there when it writes to the same file).
+            const std::string place = place_of(in);
             for (auto *list : {&in.errors, &in.access}) {
                 for (auto &f : *list) {
                     for (auto &fe : f->poll())
                         if (fe.kind == FollowEvent::Line)
                             engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
-                    if (!place_of(in).empty()) {
+                    if (!place.empty()) {
                         uint64_t size = f->size();
-                        parked.push_back({place_of(in), f->path(), list == &in.errors, std::move(f), boot_now_ns(), size});
+                        parked.push_back({place, f->path(), list == &in.errors, std::move(f), boot_now_ns(), size});
                     }
                 }
                 list->clear();
@@ -1740,10 +1732,13 @@ int run(const Options &opt)
         // kernel side's filter before its first request).
         if (now >= next_quick_look) {
             bool grew = false;
-            for (auto &p : parked) {
-                uint64_t size = p.f->size();
-                grew = grew || size != p.size_seen;
-                p.size_seen = size;
+            if (!parked.empty() && now >= next_parked_look) { // (fstat each: every 100 ms, not every poll)
+                next_parked_look = now + 100'000'000ULL;
+                for (auto &p : parked) {
+                    uint64_t size = p.f->size();
+                    grew = grew || size != p.size_seen;
+                    p.size_seen = size;
+                }
             }
             if (grew || now < quick_until || state.nginx_exits() != exits_seen) {
                 next_quick_look = now + 100'000'000ULL;

@@ -140,12 +140,10 @@ bool LogFollower::resume_from(const LogFollower &before)
     probe.fd = -1; // (cur_'s)
     if (!same)
         return false;
-    cur_.offset = b.offset;
-    cur_.line_start = b.line_start;
-    cur_.partial = b.partial;
-    cur_.partial_cut = b.partial_cut;
-    cur_.mark = b.mark;
-    cur_.mark_pos = b.mark_pos;
+    int fd = cur_.fd; // (ours: only where reading is at is taken)
+    cur_ = b;
+    cur_.fd = fd;
+    cur_.error_said = false;
     return true;
 }
 

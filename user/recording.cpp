@@ -1,5 +1,7 @@
 #include "recording.hpp"
 
+#include "nginx.hpp"
+
 #include <algorithm>
 #include <functional>
 #include <cerrno>
@@ -243,13 +245,8 @@ std::unique_ptr<Recorder> Recorder::open(const std::string &path, uint64_t max_b
         uint32_t holder = held_open_by(st);
         if (!holder)
             return false;
-        std::string comm;
-        if (FILE *f = fopen(fmt::format("/proc/{}/comm", holder).c_str(), "re")) {
-            char buf[64] = {};
-            if (fgets(buf, sizeof buf, f))
-                comm = std::string(buf, strcspn(buf, "\n"));
-            fclose(f);
-        }
+        auto pi = read_proc(holder);
+        std::string comm = pi ? pi->comm : "";
         *why = fmt::format("is empty but open in process {}{}: a log that process writes to, not an n502trace "
                            "recording",
                            holder, comm.empty() ? "" : " (" + comm + ")");
