@@ -326,6 +326,16 @@ if [ $FAIL = 1 ]; then
       echo "== $t ($r): last 40 lines of $f"
       tail -n 40 "$f"
     done <"$RES"
+    # Why each failed, last: a log's tail is often Nginx's, and CI may keep
+    # only the end of the output.
+    echo
+    echo "== why"
+    while IFS=$'\t' read -r k t r s; do
+      case "$r" in PASS|SKIP) continue ;; esac
+      f=$SHARE/results/$t.log
+      [ -f "$f" ] || continue
+      grep -m 3 -A 3 -E '^==== FAIL|FAILED:' "$f" | cut -c1-300 | sed "s|^|$t: |"
+    done <"$RES"
   fi
   exit 1
 fi

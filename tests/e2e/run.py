@@ -494,13 +494,17 @@ def sc_exit(s):
     ])
 
 
-def expect_reset(s, port):
+def expect_reset(s, port, in_softirq=False):
     """An upstream on port that resets the connection it reads a request
-    from: a 502 explained as upstream_reset, from the RST received."""
-    up = s.h.start_upstream("reset", port=port)
+    from: a 502 explained as upstream_reset, from the RST received. in_softirq:
+    the RST is sent once the worker sleeps, so that it is taken in softirq
+    (not from the socket's backlog in the worker's own context)."""
+    up = s.h.start_upstream("reset", port=port, args=["--reset-when-asleep"] if in_softirq else [])
     r = s.get()
     up.wait_request(1)
     s.expect_nginx_message(MSG_RESET)
+    if in_softirq:
+        check("PEER_" not in up.stderr_text(), "the RST was not sent to a sleeping worker: %s" % up.stderr_text())
     s.expect_verdict(r, "upstream_reset", up.address, "Connection reset by peer", upstream_pid=up.pid, evidence=[
         [{"event": "rst_received"}],
     ])
@@ -1544,7 +1548,7 @@ def adaptive_foreign_client(s, uid, cgroup_dir, who):
     if not s.use_tool:
         return
     s.want_verdicts = 1
-    up = s.h.start_upstream("reset", port=port)
+    up = s.h.start_upstream("reset", port=port, args=["--reset-when-asleep"])  # (in softirq, see expect_reset)
     # As root: into the cgroup first, then the user; then the client, which
     # prints the local port of each connection the upstream reset, the next
     # one when told to (a line on its stdin).
@@ -1588,6 +1592,7 @@ def adaptive_foreign_client(s, uid, cgroup_dir, who):
     check(rc == 0 and all(ports), "the direct client (%s) was not reset by the upstream (exit %d, ports %r)" % (
         who, rc, ports))
     up.wait_request(len(ports))
+    check("PEER_" not in up.stderr_text(), "a RST was not sent to a sleeping client: %s" % up.stderr_text())
     up.stop()
     check(not [w for _, w in s.tool.out.records if w.get("code") == "tracking_full"],
           "%s reset by the upstream switched to full tracking" % who)
@@ -1646,7 +1651,7 @@ def sc_adaptive_worker_moved(s):
         check(all(proc_cgroup2(p) == "/" + os.path.basename(cg) for p in workers),
               "the workers %s did not move to %s" % (workers, cg))
         s.note("workers %s moved from %s to %s" % (workers, sorted(set(was.values())), cg))
-        expect_reset(s, port)
+        expect_reset(s, port, in_softirq=True)
         if s.use_tool:
             s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_cgroup" and
                                any("worker %d " % p in w.get("message", "") for p in workers), timeout=3)
@@ -1689,7 +1694,7 @@ def sc_adaptive_restart_cgroup(s):
         s.note("nginx restarted in %s: master %d, workers %s" % (cg, s.nginx.master_pid, workers))
         if s.use_tool:
             s.tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_restarted", timeout=5)
-        expect_reset(s, port)
+        expect_reset(s, port, in_softirq=True)
         if s.use_tool:
             check(s.verdict.get("nginx_pid") in workers, "verdict from worker %r, not one of the restarted "
                   "workers %s" % (s.verdict.get("nginx_pid"), workers))

@@ -32,6 +32,11 @@ receive queue is empty when REQUEST is printed (a later close sends a FIN).
 
   --sock-mode OCTAL  chmod of the unix socket file after bind (default 0666)
   --backlog N        listen() backlog (default 64; 0 for noaccept unless given)
+  --reset-when-asleep  reset: send the RST only once every process holding the
+         other end of the connection sleeps (all its threads in state S). A task
+         holding its socket locked (in send() or recv()) is running, not asleep:
+         the RST is then taken in softirq, never from the socket's backlog in the
+         owner's own context, which is what a busy single CPU gives otherwise.
 
 Connections are served one after another in this one process (no fork, no
 threads), so the pid that accepted the connection is the pid that faults.
@@ -99,6 +104,77 @@ def read_headers(conn):
         if len(buf) > 1 << 20:
             break
     return True
+
+
+def proc_net_addr(family, addr):
+    """addr (host, port) as /proc/net/tcp{,6} writes it: each 32-bit word of
+    the address in host byte order, in hex, then the port."""
+    raw = socket.inet_pton(family, addr[0])
+    words = struct.unpack("=%dI" % (len(raw) // 4), raw)
+    return "".join("%08X" % w for w in words) + ":%04X" % addr[1]
+
+
+def peer_pids(conn):
+    """The processes holding the other end of conn (a TCP connection on this
+    host, in this network namespace), found by its inode in /proc/net/tcp{,6}."""
+    table = "/proc/net/tcp6" if conn.family == socket.AF_INET6 else "/proc/net/tcp"
+    local = proc_net_addr(conn.family, conn.getpeername()[:2])
+    remote = proc_net_addr(conn.family, conn.getsockname()[:2])
+    inode = None
+    with open(table) as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if cols[1] == local and cols[2] == remote:
+                inode = cols[9]
+    if not inode or inode == "0":
+        return set()
+    want = "socket:[%s]" % inode
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (pid, fd)) == want:
+                    pids.add(int(pid))
+                    break
+            except OSError:
+                pass
+    return pids
+
+
+def asleep(pid):
+    """Every thread of pid sleeps (state S); a gone pid counts as asleep."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "S":
+            return False
+    return True
+
+
+def wait_peers_asleep(conn, timeout=5.0):
+    """Until every process holding conn's other end sleeps (see
+    --reset-when-asleep); says PEER_BUSY on stderr if that takes too long."""
+    pids = peer_pids(conn)
+    if not pids:
+        sys.stderr.write("PEER_UNKNOWN: no process on this host holds the other end of %r\n" % (conn.getpeername(),))
+        return
+    deadline = time.monotonic() + timeout
+    while not all(asleep(p) for p in pids):
+        if time.monotonic() > deadline:
+            sys.stderr.write("PEER_BUSY: %s still not asleep after %.0fs\n" % (sorted(pids), timeout))
+            return
+        time.sleep(0.001)
 
 
 def crash_segv():
@@ -201,7 +277,7 @@ def serve_churn(lsock, workers=4):
         children.discard(pid)
 
 
-def serve(lsock, mode):
+def serve(lsock, mode, reset_when_asleep=False):
     if mode == "drain":
         def on_term(signum, frame):
             raise Draining()
@@ -244,6 +320,8 @@ def serve(lsock, mode):
             conn.close()
         elif mode == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if reset_when_asleep:
+                wait_peers_asleep(conn)
             conn.close()
         elif mode in ("hang", "banner_hang"):
             held.append(conn)
@@ -267,6 +345,8 @@ def main():
     ap.add_argument("--mode", required=True, choices=MODES)
     ap.add_argument("--sock-mode", default="0666", help="chmod of the unix socket file (octal)")
     ap.add_argument("--backlog", type=int, default=None, help="listen() backlog")
+    ap.add_argument("--reset-when-asleep", action="store_true",
+                    help="reset: the RST once every holder of the other end sleeps")
     ap.add_argument("--comm", help="the process's name (prctl PR_SET_NAME), up to 15 bytes, as given")
     args = ap.parse_args()
     if args.comm is not None:
@@ -292,7 +372,7 @@ def main():
     backlog = args.backlog if args.backlog is not None else (0 if args.mode == "noaccept" else 64)
     lsock.listen(backlog)
     say("LISTENING")
-    serve(lsock, args.mode)
+    serve(lsock, args.mode, args.reset_when_asleep)
 
 
 if __name__ == "__main__":

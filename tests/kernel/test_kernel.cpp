@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <csignal>
+#include <dirent.h>
 #include <cstring>
 #include <fcntl.h>
 #include <functional>
@@ -120,6 +121,41 @@ int tcp_connect(uint16_t port, bool nonblock)
     a.sin_port = htons(port);
     connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof(a));
     return fd;
+}
+
+// Until every thread of pid sleeps (state S), up to 5 s; false if it did
+// not. A task that holds a socket locked (in send(), recv(), connect()) is
+// running, not asleep: a packet sent to such a socket from now on is taken
+// in softirq, not from its backlog in its owner's context (which a busy
+// single CPU gives otherwise, the owner preempted with the lock held).
+bool wait_asleep(pid_t pid)
+{
+    for (int i = 0; i < 5000; i++) {
+        bool all = true;
+        std::string dir = "/proc/" + std::to_string(pid) + "/task";
+        DIR *d = opendir(dir.c_str());
+        if (!d)
+            return true; // gone
+        while (dirent *t = readdir(d)) {
+            if (t->d_name[0] == '.')
+                continue;
+            std::string stat = dir + "/" + t->d_name + "/stat", text;
+            FILE *f = fopen(stat.c_str(), "r");
+            char buf[512];
+            if (f && fgets(buf, sizeof(buf), f))
+                text = buf;
+            if (f)
+                fclose(f);
+            size_t paren = text.rfind(')');
+            if (paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] != 'S')
+                all = false;
+        }
+        closedir(d);
+        if (all)
+            return true;
+        usleep(1000);
+    }
+    return false;
 }
 
 // Forks a child that runs fn (then _exit(0)); a pipe tells when it is ready.
@@ -995,8 +1031,9 @@ TEST_CASE("lean: a softirq failure of Nginx's uid in another cgroup is left to u
     std::string error;
     std::vector<Event> evs;
     REQUIRE(ring_into(l, evs, &error));
-    // An upstream that aborts each connection it takes (a RST); its peer's
-    // end, ours, takes the RST in the upstream's context: softirq for it.
+    // An upstream that aborts each connection it takes (a RST) once we,
+    // its peer, sleep: our end takes the RST in the upstream's context,
+    // softirq for it.
     uint16_t port = 0;
     int rd;
     pid_t up = child(
@@ -1007,6 +1044,8 @@ TEST_CASE("lean: a softirq failure of Nginx's uid in another cgroup is left to u
                 int c = accept(lfd, nullptr, nullptr);
                 linger lg{1, 0};
                 setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+                if (!wait_asleep(getppid()))
+                    _exit(3);
                 close(c);
                 (void)!write(ready, "x", 1);
             }
