@@ -241,6 +241,34 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/* An entry into socks or tuples, LRU tables: one that is full forgets its
+ * least recently used entry to make room, without a word. So each entry made
+ * is counted (added: N502_CNT_SOCKS_ADDED or N502_CNT_TUPLES_ADDED), and so is
+ * each one removed (lru_del): user space tells from those and the entries
+ * there how many were forgotten. A key already there is overwritten. */
+static __always_inline int lru_put(void *map, const void *key, const void *val, __u32 added)
+{
+	if (!bpf_map_update_elem(map, key, val, BPF_NOEXIST)) {
+		count(added);
+		return 0;
+	}
+	if (!bpf_map_update_elem(map, key, val, BPF_ANY))
+		return 0;
+	count(N502_CNT_MAP_FULL);
+	return -1;
+}
+
+static __always_inline void lru_del(void *map, const void *key, __u32 removed)
+{
+	if (!bpf_map_delete_elem(map, key))
+		count(removed);
+}
+
+#define socks_put(key, val) lru_put(&socks, key, val, N502_CNT_SOCKS_ADDED)
+#define socks_del(key) lru_del(&socks, key, N502_CNT_SOCKS_REMOVED)
+#define tuples_put(key, val) lru_put(&tuples, key, val, N502_CNT_TUPLES_ADDED)
+#define tuples_del(key) lru_del(&tuples, key, N502_CNT_TUPLES_REMOVED)
+
 /* Reserve an event and fill its header; counts the loss when the ring is
  * full. The caller must submit what it got. */
 static __always_inline void *reserve(__u32 size, __u16 type)
@@ -488,8 +516,7 @@ static __always_inline int track_proc(__u32 tgid, __u32 role)
 static __always_inline void track_sock(__u64 sk, __u32 tgid, __u16 role, __u16 family)
 {
 	struct n502_sock s = { .owner_tgid = tgid, .role = role, .family = family, .gen = track_gen };
-	if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY))
-		count(N502_CNT_MAP_FULL);
+	socks_put(&sk, &s);
 }
 
 #endif /* N502_COMMON_BPF_H */

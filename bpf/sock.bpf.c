@@ -60,10 +60,8 @@ static __always_inline struct n502_sock *lookup_or_adopt(const struct sock *sk, 
 	pre = bpf_map_lookup_elem(&preexisting, &t);
 	if (!pre)
 		return 0;
-	if (bpf_map_update_elem(&socks, &key, pre, BPF_ANY)) {
-		count(N502_CNT_MAP_FULL);
+	if (socks_put(&key, pre))
 		return 0;
-	}
 	bpf_map_delete_elem(&preexisting, &t);
 	*adopted = 1;
 	s = bpf_map_lookup_elem(&socks, &key);
@@ -564,10 +562,8 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 	struct n502_sock v = {
 		.role = N502_SOCK_UPSTREAM, .family = local.family, .peer_sk = nginx_sk, .gen = track_gen
 	};
-	if (bpf_map_update_elem(&socks, &key, &v, BPF_ANY)) {
-		count(N502_CNT_MAP_FULL);
+	if (socks_put(&key, &v))
 		return;
-	}
 	ns->story.up_sk = key; /* the story links the two ends */
 }
 
@@ -601,7 +597,7 @@ static __always_inline void closed(const struct sock *sk, struct n502_sock *s, _
 	    (oldstate == N502_TCP_ESTABLISHED || oldstate == N502_TCP_CLOSE_WAIT || SK_READ(sk, sk_err)))
 		s->role |= N502_SOCK_CLOSED;
 	else
-		bpf_map_delete_elem(&socks, &key);
+		socks_del(&key);
 }
 
 /* Remember an Nginx connection's 4-tuple, or forget it: the upstream's end
@@ -620,9 +616,9 @@ static __always_inline void remember_tuple(const struct sock *sk, __u64 key, str
 		src.port = s->story.sport;
 	tuple_from_addrs(&t, &src, &dst);
 	if (!remember)
-		bpf_map_delete_elem(&tuples, &t);
-	else if (bpf_map_update_elem(&tuples, &t, &key, BPF_ANY))
-		count(N502_CNT_MAP_FULL);
+		tuples_del(&t);
+	else
+		tuples_put(&t, &key);
 }
 
 /* A transition of Nginx's end while its story is held, without an error. */
@@ -710,7 +706,7 @@ static __always_inline int on_sock__inet_sock_set_state(const struct sock *sk, c
 	s = lookup_or_adopt(sk, key, &adopted);
 	if (s && (s->role & N502_SOCK_CLOSED)) {
 		/* A closed socket's memory now serves a new socket: forget it. */
-		bpf_map_delete_elem(&socks, &key);
+		socks_del(&key);
 		s = 0;
 	}
 	if (!s) {
@@ -848,7 +844,7 @@ static __always_inline void emit_reset(const struct sock *sk, __u32 dir)
 	}
 	if (s->role & N502_SOCK_CLOSED) {
 		int state = SK_READ(sk, __sk_common.skc_state);
-		bpf_map_delete_elem(&socks, &key);
+		socks_del(&key);
 		if (state != N502_TCP_CLOSE)
 			return; /* not the socket we tracked any more */
 	}

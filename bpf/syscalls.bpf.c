@@ -89,7 +89,7 @@ int handle_sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 		struct unix_sock *us = (struct unix_sock *)a.sk;
 		e->peer_sk = (__u64)BPF_CORE_READ(us, peer);
 	} else {
-		bpf_map_delete_elem(&socks, &a.sk);
+		socks_del(&a.sk);
 	}
 	submit(e);
 	return 0;
@@ -132,8 +132,7 @@ static __always_inline int on_accept_exit(long ret)
 	track_proc(tgid, N502_PROC_UPSTREAM);
 	struct n502_sock v = { .owner_tgid = tgid, .role = N502_SOCK_UPSTREAM, .family = N502_AF_UNIX,
 			       .peer_sk = nginx_sk, .flags = N502_SOCKF_ANNOUNCED };
-	if (bpf_map_update_elem(&socks, &key, &v, BPF_ANY))
-		count(N502_CNT_MAP_FULL);
+	socks_put(&key, &v);
 
 	struct n502_accept_event *e = reserve(sizeof(*e), N502_EV_ACCEPT);
 	if (!e)
@@ -191,12 +190,10 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 
 		__builtin_memcpy(t.saddr, &ino, sizeof(ino));
 		pre = bpf_map_lookup_elem(&preexisting, &t);
-		if (pre && !bpf_map_update_elem(&socks, &key, pre, BPF_ANY)) {
+		if (pre && !socks_put(&key, pre)) {
 			bpf_map_delete_elem(&preexisting, &t);
 			s = bpf_map_lookup_elem(&socks, &key);
 			adopted = 1;
-		} else if (pre) {
-			count(N502_CNT_MAP_FULL);
 		}
 	}
 	/* TCP sockets tell their story through state changes (a close is a FIN
@@ -216,7 +213,7 @@ int handle_sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 		e->inode = ino;
 		submit(e);
 	}
-	bpf_map_delete_elem(&socks, &key);
+	socks_del(&key);
 	return 0;
 }
 

@@ -1555,7 +1555,7 @@ int run(const Options &opt)
     uint64_t untracked_seen = 0;
     auto take_counters = [&]() {
         KernelCounters kc = loader.counters();
-        engine.counters({kc.lost, kc.map_full});
+        engine.counters({kc.lost, kc.map_full + kc.evicted}); // (a table entry not made, or forgotten)
         bool more = kc.untracked > untracked_seen || failure_claimed;
         untracked_seen = kc.untracked;
         return more;

@@ -366,8 +366,9 @@ std::optional<ResolvedContainer> resolve_container(const std::string &ref_in, co
                 known += fmt::format("{}{} ({})", known.empty() ? "" : ", ",
                                      cand.info.name.empty() ? cand.info.id.substr(0, 12) : cand.info.name,
                                      cand.info.runtime);
-        *error = fmt::format("no container matches \"{}\" (looked in {}/containers, {} and {}); {}", ref_in,
-                             dirs.docker, base, dirs.crio_root,
+        *error = fmt::format("no container matches \"{}\"{} (looked in {}/containers, {} and {}); {}", ref_in,
+                             ref.size() < 3 ? " (an id prefix needs at least 3 characters)" : "", dirs.docker, base,
+                             dirs.crio_root,
                              known.empty() ? "no running container was found"
                                            : "running containers: " + known + (n > 8 ? ", ..." : ""));
         return std::nullopt;

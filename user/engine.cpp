@@ -694,9 +694,9 @@ void Engine::check_losses()
     // signals and exit, a socket's story) as surely as a full ring buffer.
     if (loss_.map_full > last_map_full_) {
         sink_.warning({"map_full",
-                       fmt::format("{} kernel table updates failed (the tables of followed processes or sockets "
-                                   "were full): what they would have followed is missing; verdicts in this period "
-                                   "may be incomplete",
+                       fmt::format("{} kernel table entries were not made or were forgotten to make room (the "
+                                   "tables of followed processes or sockets were full): what they would have "
+                                   "followed is missing; verdicts in this period may be incomplete",
                                    loss_.map_full - last_map_full_),
                        loss_.map_full - last_map_full_});
         last_map_full_ = loss_.map_full;

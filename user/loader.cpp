@@ -1,5 +1,6 @@
 #include "loader.hpp"
 
+#include <algorithm>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
@@ -15,6 +16,7 @@
 
 #include "n502.skel.h"
 #include "n502/events.h"
+#include "timebase.hpp"
 
 namespace n502 {
 
@@ -245,6 +247,10 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
         return false;
     }
     bpf_map__set_max_entries(skel_->maps.events, size);
+    if (opt.table_entries) {
+        bpf_map__set_max_entries(skel_->maps.socks, opt.table_entries);
+        bpf_map__set_max_entries(skel_->maps.tuples, opt.table_entries);
+    }
     // Wake the reader early only when an eighth of the ring is waiting; it
     // polls every 10-50 ms anyway (see wakeup_bytes in bpf/common.bpf.h).
     skel_->rodata->wakeup_bytes = size / 8;
@@ -549,31 +555,85 @@ int Loader::ring_epoll_fd() const { return rb_ ? ring_buffer__epoll_fd(rb_) : -1
 
 int Loader::consume() { return rb_ ? ring_buffer__consume(rb_) : 0; }
 
-KernelCounters Loader::counters() const
+std::optional<uint64_t> Loader::counter(uint32_t idx) const
+{
+    int ncpu = libbpf_num_possible_cpus();
+    if (!skel_ || ncpu <= 0)
+        return std::nullopt;
+    std::vector<uint64_t> vals(static_cast<size_t>(ncpu));
+    if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof(idx), vals.data(), vals.size() * sizeof(uint64_t),
+                             0) != 0)
+        return std::nullopt;
+    uint64_t sum = 0;
+    for (uint64_t v : vals)
+        sum += v;
+    return sum;
+}
+
+namespace {
+
+// The entries of a hash table now, counted bucket by bucket (a batch
+// look-up, which neither skips nor repeats an entry while the kernel side
+// adds and removes others); nullopt when the kernel cannot.
+std::optional<uint64_t> count_entries(bpf_map *map)
+{
+    const uint32_t chunk = 1024;
+    std::vector<char> keys(size_t{bpf_map__key_size(map)} * chunk), vals(size_t{bpf_map__value_size(map)} * chunk);
+    uint64_t cursor_in = 0, cursor_out = 0; // (a bucket index for hash tables)
+    uint64_t n = 0;
+    for (bool first = true;; first = false) {
+        uint32_t got = chunk;
+        int err = bpf_map_lookup_batch(bpf_map__fd(map), first ? nullptr : &cursor_in, &cursor_out, keys.data(),
+                                       vals.data(), &got, nullptr);
+        if (err && errno != ENOENT)
+            return std::nullopt;
+        n += got;
+        if (err)
+            return n; // ENOENT: that was the last of them
+        cursor_in = cursor_out;
+    }
+}
+
+} // namespace
+
+// At least how many entries an LRU table forgot: those added and neither
+// removed nor there. A, R: the counts of added and removed; the count of
+// entries n is taken between reading A and R, so that an entry added while
+// counting (in A only if it was read after) or removed (in R, which is read
+// after) never makes forgotten ones appear: A_before - R_after - n is at most
+// what was really forgotten. A table well below its size (less what the
+// CPUs may each hold back: LRU free lists are per CPU) forgets nothing, and
+// is not counted.
+uint64_t Loader::forgotten(bpf_map *map, uint32_t added_idx, uint32_t removed_idx, Lru &lru)
+{
+    auto added = counter(added_idx), removed = counter(removed_idx);
+    if (!added || !removed || *added < *removed)
+        return lru.evicted;
+    uint64_t size = bpf_map__max_entries(map);
+    uint64_t cpus = static_cast<uint64_t>(std::max(1, libbpf_num_possible_cpus()));
+    uint64_t held_back = std::min(size, std::max(512 * cpus, size / 8));
+    uint64_t now = boot_now_ns();
+    if (*added - *removed <= size - held_back || (lru.counted_ns && now - lru.counted_ns < 1'000'000'000ULL))
+        return lru.evicted;
+    lru.counted_ns = now;
+    auto n = count_entries(map);
+    auto removed_after = counter(removed_idx);
+    if (n && removed_after && *added > *removed_after + *n)
+        lru.evicted = std::max(lru.evicted, *added - *removed_after - *n);
+    return lru.evicted;
+}
+
+KernelCounters Loader::counters()
 {
     KernelCounters out;
     if (!skel_)
         return out;
-    int ncpu = libbpf_num_possible_cpus();
-    if (ncpu <= 0)
-        return out;
-    std::vector<uint64_t> vals(static_cast<size_t>(ncpu));
-    for (uint32_t idx = 0; idx < N502_CNT_MAX; idx++) {
-        if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof(idx), vals.data(), vals.size() * sizeof(uint64_t),
-                                 0) != 0)
-            continue;
-        uint64_t sum = 0;
-        for (uint64_t v : vals)
-            sum += v;
-        if (idx == N502_CNT_EMITTED)
-            out.emitted = sum;
-        else if (idx == N502_CNT_LOST)
-            out.lost = sum;
-        else if (idx == N502_CNT_MAP_FULL)
-            out.map_full = sum;
-        else if (idx == N502_CNT_UNTRACKED)
-            out.untracked = sum;
-    }
+    out.emitted = counter(N502_CNT_EMITTED).value_or(0);
+    out.lost = counter(N502_CNT_LOST).value_or(0);
+    out.map_full = counter(N502_CNT_MAP_FULL).value_or(0);
+    out.untracked = counter(N502_CNT_UNTRACKED).value_or(0);
+    out.evicted = forgotten(skel_->maps.socks, N502_CNT_SOCKS_ADDED, N502_CNT_SOCKS_REMOVED, socks_lru_) +
+                  forgotten(skel_->maps.tuples, N502_CNT_TUPLES_ADDED, N502_CNT_TUPLES_REMOVED, tuples_lru_);
     return out;
 }
 

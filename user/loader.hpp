@@ -15,6 +15,7 @@ struct n502_bpf;
 struct ring_buffer;
 struct bpf_link;
 struct bpf_program;
+struct bpf_map;
 
 namespace n502 {
 
@@ -32,6 +33,7 @@ struct KernelCounters {
     uint64_t lost = 0;
     uint64_t map_full = 0;
     uint64_t untracked = 0; // anomaly-only events (N502_SOCK_UNTRACKED)
+    uint64_t evicted = 0;   // socket table entries forgotten to make room, at least (Loader::counters)
 };
 
 struct LoaderOptions {
@@ -43,6 +45,7 @@ struct LoaderOptions {
     bool unix_sockets = false;   // attach the unix-socket syscall hooks now (else on enable_unix_sockets())
     bool adaptive = false;       // start with anomaly-only tracking (set_tracking_full; bpf/common.bpf.h)
     std::string btf_path;        // --btf: the kernel's types from this file; hooks attach as raw_tp
+    uint32_t table_entries = 0;  // size of the socket tables (socks, tuples); 0: the default (65536)
 };
 
 // Programs attached only on demand: the syscall tracepoints (once one is
@@ -116,7 +119,11 @@ public:
     int ring_epoll_fd() const;
     // Consumes every record available now; returns how many, or < 0 on error.
     int consume();
-    KernelCounters counters() const;
+    // The kernel side's counters. evicted: entries of the socket tables
+    // (LRU: a full one forgets its oldest entry to make room) that are
+    // missing beyond those removed, worked out by counting a table's entries
+    // when it has come near its size, at most once a second.
+    KernelCounters counters();
 
     // Preflight facts for --check; btf_path: the file a run would get with --btf.
     static std::vector<std::pair<std::string, std::string>> preflight(const std::string &btf_path = "");
@@ -139,6 +146,14 @@ private:
     bool unix_enabled_ = false;
     bool uids_overflow_ = false; // nginx_uids filled up: no uid filter from then on
     bool cgroups_overflow_ = false; // nginx_cgroups likewise
+    // An LRU table's forgotten entries (counters): a lower bound, kept.
+    struct Lru {
+        uint64_t evicted = 0;
+        uint64_t counted_ns = 0; // when its entries were last counted
+    };
+    uint64_t forgotten(bpf_map *map, uint32_t added_idx, uint32_t removed_idx, Lru &lru);
+    std::optional<uint64_t> counter(uint32_t idx) const;
+    Lru socks_lru_, tuples_lru_;
     bool unix_at_start_ = false;
     bool full_at_start_ = true;
 };

@@ -358,7 +358,7 @@ std::optional<Report> build_report(std::istream &in, const std::string &source, 
     }
     if (!summary.is_null())
         h += fmt::format("<h2>Summary</h2><p>{} verdicts from {} upstream error lines in {} s; kernel events {} seen, "
-                         "{} lost; {} kernel table updates failed.</p>",
+                         "{} lost; {} kernel table entries not made or forgotten (a full table).</p>",
                          esc(num(summary, "verdicts")), esc(num(summary, "log_lines")), esc(num(summary, "duration_s")),
                          esc(num(summary, "events")), esc(num(summary, "events_lost")),
                          esc(num(summary, "map_full").empty() ? std::string("0") : num(summary, "map_full")));

@@ -418,7 +418,7 @@ void TextSink::summary(const Summary &s)
         fmt::format_to(std::back_inserter(buf_), "    cause    {:<28} {}\n", k, v);
     for (const auto &[k, v] : s.by_upstream)
         fmt::format_to(std::back_inserter(buf_), "    upstream {:<28} {}\n", vis(k), v);
-    fmt::format_to(std::back_inserter(buf_), "    kernel events: {} seen, {} lost, {} malformed, {} table updates failed{}\n",
+    fmt::format_to(std::back_inserter(buf_), "    kernel events: {} seen, {} lost, {} malformed, {} table entries not made or forgotten{}\n",
                s.events, s.events_lost, s.events_malformed, s.map_full,
                s.events_lost || s.map_full ? "  (verdicts during losses may be incomplete)" : "");
     fmt::format_to(std::back_inserter(buf_), "    evidence window {:.0f} s: {} and {} held, {} aged out, {} dropped over the bounds; {} "

@@ -102,7 +102,14 @@ enum n502_counter {
 	N502_CNT_LOST = 1,     /* events dropped: ring buffer full */
 	N502_CNT_MAP_FULL = 2, /* map updates that failed (entry not tracked) */
 	N502_CNT_UNTRACKED = 3, /* events of the anomaly-only path (N502_SOCK_UNTRACKED) */
-	N502_CNT_MAX = 4,
+	/* Entries the kernel side made in and removed from its LRU tables: what
+	 * is missing from a table beyond them was evicted (forgotten), which
+	 * user space works out when a table comes near its size. */
+	N502_CNT_SOCKS_ADDED = 4,
+	N502_CNT_SOCKS_REMOVED = 5,
+	N502_CNT_TUPLES_ADDED = 6,
+	N502_CNT_TUPLES_REMOVED = 7,
+	N502_CNT_MAX = 8,
 };
 
 /* An endpoint: family is AF_INET (2), AF_INET6 (10) or AF_UNIX (1). */

@@ -12,6 +12,7 @@
 #include <functional>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -970,6 +971,54 @@ TEST_CASE("a full ring buffer loses events, and every loss is counted", "[kernel
     Kernel &k = kernel();
     k.loader.consume();
     CHECK(k.loader.counters().lost == 0);
+}
+
+TEST_CASE("a full socket table forgets its oldest entries, and every one forgotten is counted", "[kernel]")
+{
+    // A second instance, following every connection of ours (as Nginx's),
+    // with socket tables of 1024 entries. Its ring is not read.
+    Loader small;
+    LoaderOptions opt;
+    opt.ringbuf_bytes = 1u << 16;
+    opt.table_entries = 1024;
+    std::string error;
+    REQUIRE(small.load(opt, &error));
+    REQUIRE(small.attach(&error));
+    REQUIRE(small.track_process(self(), N502_PROC_NGINX, &error));
+    rlimit was{}, more{4096, 4096};
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    if (was.rlim_max > more.rlim_max)
+        more.rlim_max = was.rlim_max;
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &more) == 0);
+    uint16_t port = 0;
+    int lfd = tcp_listener(&port);
+    std::vector<int> fds;
+    // Each connection is two entries of socks (its two ends) and one of tuples.
+    auto connect_n = [&](int n) {
+        for (int i = 0; i < n; i++) {
+            int c = tcp_connect(port, false);
+            int a = accept(lfd, nullptr, nullptr);
+            REQUIRE(c >= 0);
+            REQUIRE(a >= 0);
+            fds.push_back(c);
+            fds.push_back(a);
+        }
+    };
+    connect_n(100); // 201 entries with the listener's: nothing forgotten
+    CHECK(small.counters().evicted == 0);
+    connect_n(700); // 1601 in a table of 1024: at least 577 forgotten
+    KernelCounters c;
+    for (int i = 0; i < 500 && (c = small.counters()).evicted == 0; i++)
+        usleep(10'000); // (the entries are counted at most once a second)
+    CHECK(c.evicted >= 1601 - 1024);
+    CHECK(c.evicted <= 1601 + 800);
+    CHECK(c.map_full == 0); // an LRU table makes room: no update failed
+    for (int fd : fds)
+        close(fd);
+    close(lfd);
+    // Removing the rest counts as removed, not as forgotten.
+    CHECK(small.counters().evicted == c.evicted);
+    setrlimit(RLIMIT_NOFILE, &was);
 }
 
 TEST_CASE("the softirq filters fill up to their maps' sizes, then stay off", "[kernel]")

@@ -150,6 +150,10 @@ TEST_CASE("--container: by name, full id, unique prefix; clear errors otherwise"
 
     // Both ids start with a hex digit; "0c3" and "8e7" are unique, "" is not a reference.
     CHECK_FALSE(resolve_container("", d, &err));
+    // One or two characters are too few to pick a container by: said so.
+    CHECK_FALSE(resolve_container(kId1.substr(0, 2), d, &err));
+    CHECK(err.find("at least 3 characters") != std::string::npos);
+    CHECK(resolve_container(kId1.substr(0, 3), d, &err));
     t.write("docker/containers/" + std::string(kId1).replace(20, 5, "fffff") + "/config.v2.json",
             docker_config(std::string(kId1).replace(20, 5, "fffff"), "web2", true, static_cast<int>(me)));
     CHECK_FALSE(resolve_container(kId1.substr(0, 12), d, &err));

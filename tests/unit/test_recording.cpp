@@ -834,7 +834,7 @@ TEST_CASE("a full kernel table is said and noted like lost events", "[recording]
     CHECK(verdicts[0].find("a kernel table was full") != std::string::npos);
     CHECK(verdicts[0].find("\"confidence\":\"high\"") == std::string::npos);
     CHECK(json.find("\"code\":\"map_full\"") != std::string::npos);
-    CHECK(json.find("3 kernel table updates failed") != std::string::npos);
+    CHECK(json.find("3 kernel table entries were not made or were forgotten") != std::string::npos);
 }
 
 TEST_CASE("a segment is kept for min_segment_ns however fast it fills, and the overrun is said once", "[recording]")
