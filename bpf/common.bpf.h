@@ -110,6 +110,17 @@ struct {
 
 const volatile __u8 filter_cgroups __weak = 0;
 
+/* Where a followed Nginx ran (its cgroup v2 directory's name), while user
+ * space waits for it to start again there (a container's or a service's
+ * restart): see proc.bpf.c, on_sched__process_exec. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct n502_place);
+	__type(value, __u8);
+} nginx_places SEC(".maps") __weak;
+volatile __u32 nginx_places_known __weak = 0;
+
 /* Adaptive tracking (the default; set before load: with --tracking full the
  * anomaly-only path never runs and sockets with no record are ignored).
  * While track_full is 0 no socket gets a record: a state change costs a look
@@ -245,15 +256,29 @@ static __always_inline void count(__u32 idx)
  * least recently used entry to make room, without a word. So each entry made
  * is counted (added: N502_CNT_SOCKS_ADDED or N502_CNT_TUPLES_ADDED), and so is
  * each one removed (lru_del): user space tells from those and the entries
- * there how many were forgotten. A key already there is overwritten. */
+ * there how many were forgotten. A key already there is overwritten (looked
+ * up first: a failed BPF_NOEXIST would take a free node, or evict one, for
+ * nothing). The increments are atomic: a hook in softirq may interrupt
+ * another halfway through one on the same CPU, and a removal lost would
+ * count as an entry forgotten for good. */
+static __always_inline void count_atomic(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
 static __always_inline int lru_put(void *map, const void *key, const void *val, __u32 added)
 {
-	if (!bpf_map_update_elem(map, key, val, BPF_NOEXIST)) {
-		count(added);
+	if (bpf_map_lookup_elem(map, key)) {
+		if (!bpf_map_update_elem(map, key, val, BPF_ANY))
+			return 0;
+	} else if (!bpf_map_update_elem(map, key, val, BPF_NOEXIST)) {
+		count_atomic(added);
 		return 0;
+	} else if (!bpf_map_update_elem(map, key, val, BPF_ANY)) {
+		return 0; /* (made meanwhile by another CPU) */
 	}
-	if (!bpf_map_update_elem(map, key, val, BPF_ANY))
-		return 0;
 	count(N502_CNT_MAP_FULL);
 	return -1;
 }
@@ -261,7 +286,7 @@ static __always_inline int lru_put(void *map, const void *key, const void *val, 
 static __always_inline void lru_del(void *map, const void *key, __u32 removed)
 {
 	if (!bpf_map_delete_elem(map, key))
-		count(removed);
+		count_atomic(removed);
 }
 
 #define socks_put(key, val) lru_put(&socks, key, val, N502_CNT_SOCKS_ADDED)

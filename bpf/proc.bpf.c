@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * Process life of tracked processes: signals sent to them (and by whom),
- * their exit (and how), their children, and OOM kills.
+ * their exit (and how), their children, and OOM kills; and an Nginx that
+ * starts where a followed one ran.
  *
  * signal_generate, sched_process_exit and sched_process_fork use tp_btf for
  * the task_struct arguments (the classic records only carry the thread id,
@@ -132,6 +133,71 @@ SEC("raw_tp/sched_process_fork")
 int BPF_PROG(raw_sched__process_fork, struct task_struct *parent, struct task_struct *child)
 {
 	return on_sched__process_fork(parent, child);
+}
+
+/* Nginx's names as a program: nginx, nginx-debug (the official image's
+ * debug binary), openresty. comm is the name it was executed by. */
+static __always_inline int nginx_comm(const char *c)
+{
+	if (c[0] == 'n' && c[1] == 'g' && c[2] == 'i' && c[3] == 'n' && c[4] == 'x')
+		return c[5] == 0 || c[5] == '-';
+	return c[0] == 'o' && c[1] == 'p' && c[2] == 'e' && c[3] == 'n' && c[4] == 'r' && c[5] == 'e' &&
+	       c[6] == 's' && c[7] == 't' && c[8] == 'y' && c[9] == 0;
+}
+
+/* A program was executed. While user space waits for a followed Nginx to
+ * start again (nginx_places: the cgroups it ran in, by name, since a
+ * restarted container's or service's cgroup is made again under the same
+ * name), an Nginx that starts in such a place is tracked from its exec on,
+ * and its cgroup let through the selection: its workers are then tracked
+ * from their fork, before user space can have found them (the first
+ * requests of a restarted Nginx come within milliseconds). User space
+ * follows it as a new master as soon as it has read its configuration. */
+static __always_inline int on_sched__process_exec(void)
+{
+	struct n502_place place = {};
+	struct task_struct *task;
+	struct n502_proc *p;
+	const char *name;
+	char comm[N502_COMM_LEN];
+	__u32 tgid;
+
+	if (!nginx_places_known)
+		return 0;
+	bpf_get_current_comm(comm, sizeof(comm));
+	if (!nginx_comm(comm))
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	p = bpf_map_lookup_elem(&procs, &tgid);
+	if (p && (p->role & N502_PROC_NGINX))
+		return 0; /* Nginx already: a binary upgrade's new master, forked by the old */
+	task = (struct task_struct *)bpf_get_current_task();
+	name = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, name);
+	if (!name || bpf_probe_read_kernel_str(place.name, sizeof(place.name), name) <= 0)
+		return 0;
+	if (!bpf_map_lookup_elem(&nginx_places, &place))
+		return 0;
+	track_proc(tgid, N502_PROC_NGINX);
+	if (filter_cgroups) {
+		__u64 id = bpf_get_current_cgroup_id();
+		__u8 one = 1;
+
+		if (bpf_map_update_elem(&cgroup_sel, &id, &one, BPF_ANY))
+			count(N502_CNT_MAP_FULL);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_sched__process_exec)
+{
+	return on_sched__process_exec();
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(raw_sched__process_exec)
+{
+	return on_sched__process_exec();
 }
 
 SEC("tracepoint/oom/mark_victim")

@@ -1314,6 +1314,28 @@ int run(const Options &opt)
     int exit_code = EXIT_OK;
     uint64_t config_forks_seen = state.nginx_forks();
     uint64_t exits_seen = state.nginx_exits(), next_quick_look = 0, quick_until = 0, next_parked_look = 0;
+    // Where a followed Nginx that went ran (its cgroup's directory name), for
+    // a minute: an Nginx that starts there is tracked by the kernel side from
+    // its exec (Loader::set_nginx_places), before it is found here.
+    std::map<std::string, uint64_t> places; // name -> until (boot ns); the kernel side holds 64
+    bool places_said = false;
+    auto set_places = [&]() {
+        std::vector<std::string> names;
+        for (const auto &[name, until] : places)
+            names.push_back(name);
+        if (!loader.set_nginx_places(names) && !std::exchange(places_said, true))
+            engine.warning({"nginx_places",
+                           fmt::format("the kernel side cannot hold every place a followed Nginx ran ({}): an "
+                                       "Nginx that starts again there is found by looking, up to 100 ms after "
+                                       "its start, and requests before are explained from Nginx's log alone",
+                                       fmt::join(names, ", ")),
+                           0});
+    };
+    auto place_name = [&](const std::string &cgroup) -> std::string {
+        if (uroot.empty() || cgroup.empty() || cgroup == "/")
+            return ""; // (the root cgroup: every Nginx of the host)
+        return cgroup.substr(cgroup.rfind('/') + 1);
+    };
     std::string exit_reason; // said on stderr too when stdout is for a program
     unsigned trim_tick = 0;
 
@@ -1387,6 +1409,8 @@ int run(const Options &opt)
         start_instance(*in);
         scan_listeners({in->info.master});
         check_config(*in, false); // its upstreams' state is said after it is
+        if (places.erase(place_name(in->cgroup)))
+            set_places();
         if (lo.filter_cgroups)
             for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
                 if (cg.path == in->cgroup)
@@ -1473,6 +1497,14 @@ int run(const Options &opt)
             bool waits = opt.follow || in.selected;
             if (waits)
                 quick_until = boot_now_ns() + 60'000'000'000ULL;
+            if (std::string name = place_name(in.cgroup); waits && !name.empty()) {
+                if (places.size() >= 64 && !places.count(name)) // (the one waited for longest goes)
+                    places.erase(std::min_element(places.begin(), places.end(), [](const auto &a, const auto &b) {
+                        return a.second < b.second;
+                    }));
+                places[name] = quick_until;
+                set_places();
+            }
             engine.warning({"nginx_gone",
                            fmt::format("the Nginx master {} has exited{}", in.info.master,
                                        in.selected ? "; waiting for Nginx to start again in the selection"
@@ -1745,6 +1777,8 @@ int run(const Options &opt)
                 exits_seen = state.nginx_exits();
                 check_instances();
             }
+            if (!places.empty() && std::erase_if(places, [&](const auto &p) { return now >= p.second; }))
+                set_places();
         }
         if (engine.step()) { // once a second
             if (++trim_tick % 10 == 0)

@@ -5,14 +5,19 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <cerrno>
+#include <csignal>
 #include <cstdarg>
 #include <cstring>
-#include <optional>
 #include <fmt/format.h>
+#include <optional>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
 
 #include "n502.skel.h"
 #include "n502/events.h"
@@ -247,6 +252,7 @@ bool Loader::load(const LoaderOptions &opt, std::string *error)
         return false;
     }
     bpf_map__set_max_entries(skel_->maps.events, size);
+    table_look_ns_ = opt.table_look_ns;
     if (opt.table_entries) {
         bpf_map__set_max_entries(skel_->maps.socks, opt.table_entries);
         bpf_map__set_max_entries(skel_->maps.tuples, opt.table_entries);
@@ -392,9 +398,13 @@ bool Loader::set_tracking_full(bool full, std::string *error)
         return ok;
     }
     skel_->data->track_full = 0;
-    // Records made until now may outlive their sockets unseen.
+    // Records made until now may outlive their sockets unseen: dead, and
+    // removed now (else a table fills with them, and the kernel forgetting
+    // them to make room would read as a loss).
     skel_->bss->track_gen = skel_->bss->track_gen + 1;
     detach_group(OnDemand::FullTracking);
+    look_now_ = true;
+    forgotten();
     return true;
 }
 
@@ -466,6 +476,33 @@ void Loader::clear_nginx_cgroups(bool forever)
     while (bpf_map__get_next_key(m, nullptr, &key, sizeof(key)) == 0)
         if (bpf_map__delete_elem(m, &key, sizeof(key), 0) != 0)
             break;
+}
+
+bool Loader::set_nginx_places(const std::vector<std::string> &names)
+{
+    if (!skel_)
+        return false;
+    skel_->bss->nginx_places_known = 0;
+    bpf_map *m = skel_->maps.nginx_places;
+    n502_place key{};
+    while (bpf_map__get_next_key(m, nullptr, &key, sizeof(key)) == 0)
+        if (bpf_map__delete_elem(m, &key, sizeof(key), 0) != 0)
+            break;
+    bool all = true;
+    uint8_t one = 1;
+    for (const auto &name : names) {
+        if (name.empty() || name.size() >= sizeof(key.name)) {
+            all = false;
+            continue;
+        }
+        key = n502_place{};
+        std::memcpy(key.name, name.data(), name.size());
+        if (bpf_map__update_elem(m, &key, sizeof(key), &one, sizeof(one), BPF_ANY) == 0)
+            skel_->bss->nginx_places_known = 1;
+        else
+            all = false;
+    }
+    return all;
 }
 
 bool Loader::enable_unix_sockets(std::string *error)
@@ -572,55 +609,133 @@ std::optional<uint64_t> Loader::counter(uint32_t idx) const
 
 namespace {
 
-// The entries of a hash table now, counted bucket by bucket (a batch
-// look-up, which neither skips nor repeats an entry while the kernel side
-// adds and removes others); nullopt when the kernel cannot.
-std::optional<uint64_t> count_entries(bpf_map *map)
+// A hash table's entries now, read bucket by bucket (a batch look-up, which
+// neither skips nor repeats an entry while the kernel side adds and removes
+// others), a chunk at a time: each(keys, values, n), entry i's bytes at i *
+// size. False when the kernel cannot.
+template <typename Each> bool each_entry(bpf_map *map, Each each)
 {
     const uint32_t chunk = 1024;
-    std::vector<char> keys(size_t{bpf_map__key_size(map)} * chunk), vals(size_t{bpf_map__value_size(map)} * chunk);
+    std::vector<char> keys(chunk * size_t{bpf_map__key_size(map)}), values(chunk * size_t{bpf_map__value_size(map)});
     uint64_t cursor_in = 0, cursor_out = 0; // (a bucket index for hash tables)
-    uint64_t n = 0;
     for (bool first = true;; first = false) {
         uint32_t got = chunk;
         int err = bpf_map_lookup_batch(bpf_map__fd(map), first ? nullptr : &cursor_in, &cursor_out, keys.data(),
-                                       vals.data(), &got, nullptr);
-        if (err && errno != ENOENT)
-            return std::nullopt;
-        n += got;
+                                       values.data(), &got, nullptr);
+        if (err && err != -ENOENT)
+            return false;
+        each(keys.data(), values.data(), got);
         if (err)
-            return n; // ENOENT: that was the last of them
+            return true; // ENOENT: that was the last of them
         cursor_in = cursor_out;
     }
 }
 
 } // namespace
 
-// At least how many entries an LRU table forgot: those added and neither
-// removed nor there. A, R: the counts of added and removed; the count of
-// entries n is taken between reading A and R, so that an entry added while
-// counting (in A only if it was read after) or removed (in R, which is read
-// after) never makes forgotten ones appear: A_before - R_after - n is at most
-// what was really forgotten. A table well below its size (less what the
-// CPUs may each hold back: LRU free lists are per CPU) forgets nothing, and
-// is not counted.
-uint64_t Loader::forgotten(bpf_map *map, uint32_t added_idx, uint32_t removed_idx, Lru &lru)
+// At least how many entries the socket tables (LRU) forgot to make room:
+// those added and neither removed nor there. A, R: the kernel side's counts
+// of entries added and removed; the entries are read between reading A and
+// R, so that one added while reading (in A only if A was read after) or
+// removed (in R, read after) never makes forgotten ones appear: A_before -
+// R_after - entries is at most what was really forgotten. An excess is taken
+// once two looks in a row find it (a removal whose count is not in yet).
+//
+// Entries nobody will remove are removed here first: records the kernel
+// side declared dead (an older track_gen, when tracking went lean), the
+// unix-socket records of processes that are gone (closed by their exit, not
+// by close()), and tuples whose socket's record is gone; else the table
+// fills with them, and the kernel forgetting them would read as a loss.
+//
+// A table well below its size (less what the CPUs may each hold back: LRU
+// free lists are per CPU, up to 128 entries) forgets nothing: looked at only
+// above that, and at most once every table_look_ns; and when tracking goes
+// lean (the records of the full period declared dead, removed at once).
+uint64_t Loader::forgotten()
 {
-    auto added = counter(added_idx), removed = counter(removed_idx);
-    if (!added || !removed || *added < *removed)
-        return lru.evicted;
-    uint64_t size = bpf_map__max_entries(map);
+    bpf_map *socks = skel_->maps.socks, *tuples = skel_->maps.tuples;
+    auto sa = counter(N502_CNT_SOCKS_ADDED), sr = counter(N502_CNT_SOCKS_REMOVED);
+    auto ta = counter(N502_CNT_TUPLES_ADDED), tr = counter(N502_CNT_TUPLES_REMOVED);
+    if (!sa || !sr || !ta || !tr)
+        return socks_lru_.evicted + tuples_lru_.evicted;
     uint64_t cpus = static_cast<uint64_t>(std::max(1, libbpf_num_possible_cpus()));
-    uint64_t held_back = std::min(size, std::max(512 * cpus, size / 8));
+    auto near_full = [&](bpf_map *m, uint64_t added, uint64_t removed, const Lru &lru) {
+        uint64_t size = bpf_map__max_entries(m), held_back = std::min(size, 256 * cpus + 256);
+        uint64_t gone = removed + lru.removed_here + lru.evicted;
+        return added > gone && added - gone > size - held_back;
+    };
     uint64_t now = boot_now_ns();
-    if (*added - *removed <= size - held_back || (lru.counted_ns && now - lru.counted_ns < 1'000'000'000ULL))
-        return lru.evicted;
-    lru.counted_ns = now;
-    auto n = count_entries(map);
-    auto removed_after = counter(removed_idx);
-    if (n && removed_after && *added > *removed_after + *n)
-        lru.evicted = std::max(lru.evicted, *added - *removed_after - *n);
-    return lru.evicted;
+    if (!std::exchange(look_now_, false) &&
+        ((!near_full(socks, *sa, *sr, socks_lru_) && !near_full(tuples, *ta, *tr, tuples_lru_)) ||
+         (tables_looked_ns_ && now - tables_looked_ns_ < table_look_ns_)))
+        return socks_lru_.evicted + tuples_lru_.evicted;
+    tables_looked_ns_ = now;
+    // Tuples first: a tuple is made after its socket's record, so one read
+    // here whose record is not read after is one whose record is gone.
+    std::vector<std::pair<n502_tuple, uint64_t>> tups;
+    bool ok = each_entry(tuples, [&](const char *keys, const char *values, uint32_t n) {
+        for (uint32_t i = 0; i < n; i++) {
+            std::pair<n502_tuple, uint64_t> t;
+            std::memcpy(&t.first, keys + i * sizeof(n502_tuple), sizeof(n502_tuple));
+            std::memcpy(&t.second, values + i * sizeof(uint64_t), sizeof(uint64_t));
+            tups.push_back(t);
+        }
+    });
+    const uint32_t gen = skel_->bss->track_gen;
+    std::unordered_set<uint64_t> live;
+    std::unordered_map<uint32_t, bool> alive;
+    auto dead = [&](const n502_sock &v) {
+        if (v.gen != gen && v.role != N502_SOCK_LISTENER)
+            return true;
+        if (v.family != AF_UNIX || !v.owner_tgid)
+            return false;
+        auto [it, fresh] = alive.try_emplace(v.owner_tgid, false);
+        if (fresh)
+            it->second = kill(static_cast<pid_t>(v.owner_tgid), 0) == 0 || errno != ESRCH;
+        return !it->second;
+    };
+    uint64_t n_socks = 0, n_tuples = 0;
+    ok = ok && each_entry(socks, [&](const char *keys, const char *values, uint32_t n) {
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t key;
+            n502_sock v, now_v;
+            std::memcpy(&key, keys + i * sizeof(key), sizeof(key));
+            std::memcpy(&v, values + i * sizeof(v), sizeof(v));
+            // (looked up again just before: a new socket at the same address
+            // may have a live record there by now)
+            if (dead(v) && bpf_map__lookup_elem(socks, &key, sizeof(key), &now_v, sizeof(now_v), 0) == 0 &&
+                now_v.gen == v.gen && now_v.owner_tgid == v.owner_tgid && dead(now_v) &&
+                bpf_map__delete_elem(socks, &key, sizeof(key), 0) == 0) {
+                socks_lru_.removed_here++;
+                continue;
+            }
+            n_socks++;
+            live.insert(key);
+        }
+    });
+    if (!ok)
+        return socks_lru_.evicted + tuples_lru_.evicted;
+    for (const auto &[key, sk] : tups) {
+        uint64_t now_sk = 0;
+        if (!live.count(sk) && bpf_map__lookup_elem(tuples, &key, sizeof(key), &now_sk, sizeof(now_sk), 0) == 0 &&
+            now_sk == sk && bpf_map__delete_elem(tuples, &key, sizeof(key), 0) == 0) {
+            tuples_lru_.removed_here++;
+            continue;
+        }
+        n_tuples++;
+    }
+    auto sr_after = counter(N502_CNT_SOCKS_REMOVED), tr_after = counter(N502_CNT_TUPLES_REMOVED);
+    auto take = [](Lru &lru, uint64_t added, std::optional<uint64_t> removed, uint64_t n) {
+        if (!removed)
+            return;
+        uint64_t gone = *removed + lru.removed_here + n;
+        uint64_t estimate = added > gone ? added - gone : 0;
+        lru.evicted = std::max(lru.evicted, std::min(estimate, lru.last_estimate));
+        lru.last_estimate = estimate;
+    };
+    take(socks_lru_, *sa, sr_after, n_socks);
+    take(tuples_lru_, *ta, tr_after, n_tuples);
+    return socks_lru_.evicted + tuples_lru_.evicted;
 }
 
 KernelCounters Loader::counters()
@@ -632,8 +747,7 @@ KernelCounters Loader::counters()
     out.lost = counter(N502_CNT_LOST).value_or(0);
     out.map_full = counter(N502_CNT_MAP_FULL).value_or(0);
     out.untracked = counter(N502_CNT_UNTRACKED).value_or(0);
-    out.evicted = forgotten(skel_->maps.socks, N502_CNT_SOCKS_ADDED, N502_CNT_SOCKS_REMOVED, socks_lru_) +
-                  forgotten(skel_->maps.tuples, N502_CNT_TUPLES_ADDED, N502_CNT_TUPLES_REMOVED, tuples_lru_);
+    out.evicted = forgotten();
     return out;
 }
 

@@ -46,6 +46,7 @@ struct LoaderOptions {
     bool adaptive = false;       // start with anomaly-only tracking (set_tracking_full; bpf/common.bpf.h)
     std::string btf_path;        // --btf: the kernel's types from this file; hooks attach as raw_tp
     uint32_t table_entries = 0;  // size of the socket tables (socks, tuples); 0: the default (65536)
+    uint64_t table_look_ns = 1'000'000'000; // socket tables near their size looked at at most this often (counters)
 };
 
 // Programs attached only on demand: the syscall tracepoints (once one is
@@ -106,6 +107,11 @@ public:
     // Empties the cgroup filter: no socket filtered by cgroup until the next
     // add_nginx_cgroup; with forever, never again.
     void clear_nginx_cgroups(bool forever = false);
+    // The places (cgroup v2 directory names) where an Nginx that starts is
+    // tracked from its exec on (nginx_places: a followed Nginx restarting);
+    // replaces the set, and an empty one stops it. False when a name does
+    // not fit or the map is full (the names that fit are set).
+    bool set_nginx_places(const std::vector<std::string> &names);
     // The cgroup of a socket the kernel side announced with
     // N502_SOCK_OTHER_CGROUP; nullopt when it is not there (evicted: the
     // LRU map holds 1024).
@@ -149,10 +155,13 @@ private:
     // An LRU table's forgotten entries (counters): a lower bound, kept.
     struct Lru {
         uint64_t evicted = 0;
-        uint64_t counted_ns = 0; // when its entries were last counted
+        uint64_t last_estimate = 0; // (an excess counts once two looks in a row find it)
+        uint64_t removed_here = 0;  // dead entries removed by user space
     };
-    uint64_t forgotten(bpf_map *map, uint32_t added_idx, uint32_t removed_idx, Lru &lru);
+    uint64_t forgotten();
     std::optional<uint64_t> counter(uint32_t idx) const;
+    uint64_t table_look_ns_ = 1'000'000'000, tables_looked_ns_ = 0;
+    bool look_now_ = false;
     Lru socks_lru_, tuples_lru_;
     bool unix_at_start_ = false;
     bool full_at_start_ = true;

@@ -112,6 +112,13 @@ enum n502_counter {
 	N502_CNT_MAX = 8,
 };
 
+/* Key of the nginx_places map: the name of a cgroup v2 directory (its last
+ * path component, NUL-padded) where a followed Nginx ran. */
+#define N502_PLACE_LEN 128
+struct n502_place {
+	char name[N502_PLACE_LEN];
+};
+
 /* An endpoint: family is AF_INET (2), AF_INET6 (10) or AF_UNIX (1). */
 struct n502_addr {
 	__u16 family;

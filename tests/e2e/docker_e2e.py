@@ -605,6 +605,65 @@ def sc_lifecycle(s):
     s.stop_tool(tool)
 
 
+# A client started in the Nginx container before Nginx (at every start of
+# the container): it connects the moment Nginx listens, before its workers
+# exist, and asks for a page whose upstream refuses. What a health check or
+# a load balancer's retry does to a restarted Nginx.
+FIRST_CLIENT = """import socket, time
+for _ in range(20000):
+    try:
+        c = socket.create_connection(("127.0.0.1", %d), timeout=10)
+        break
+    except OSError:
+        time.sleep(0.0005)
+c.sendall(b"GET /first-%%d HTTP/1.0\\r\\n\\r\\n" %% int(time.time() * 1000))
+c.recv(100)
+"""
+
+
+def sc_restart_first_request(s):
+    """docker restart, and a request at the new Nginx's first instant: its
+    workers start and fail before the tool could have looked at the
+    container. The kernel side takes an Nginx that starts where a followed
+    one ran (its cgroup's name) from its exec on, so the failure is still
+    explained from the kernel."""
+    confdir = s.h.path("conf-web")
+    os.makedirs(confdir, exist_ok=True)
+    with open(os.path.join(confdir, "first.py"), "w") as f:
+        f.write(FIRST_CLIENT % dockerenv.NGINX_PORT)
+    # The client polls for Nginx's port from before Nginx starts (0.3 s for
+    # Python to start): its request waits in the listen queue for the first worker.
+    web = s.web(prelude="(python3 %s/first.py >/dev/null 2>&1 &) && sleep 0.3" % dockerenv.CONF_DIR)
+    web.wait_error("/first-")  # the first start's (before the tool)
+    # (Once the client has its answer and is gone, the master's children are its workers.)
+    harness.wait_until(lambda: all(harness.proc_comm(p) == "nginx" for p in web.worker_pids()) or None, 10,
+                       "the first client's exit")
+    web.workers = web.worker_pids()
+    tool = s.start_tool(["--container", web.name], web)
+    old = web.pid
+    web.restart()
+    s.note("docker restart %s: master %d -> %d" % (web.name, old, web.pid))
+    line = web.wait_error("/first-", nth=2)
+    s.note("nginx logged: %s" % line)
+    check(MSG_REFUSED in line, "the first request's line is not a refused connect: %r" % line)
+    path = re.search(r"GET (/first-\d+) ", line).group(1)
+    if tool is None:
+        return
+    s.want_verdicts[tool] += 1
+    _, v = tool.wait_record("verdict", pred=lambda v: path in (v.get("request") or ""), timeout=10)
+    s.note("verdict: cause %s, confidence %s, evidence %s" % (v.get("cause"), v.get("confidence"),
+                                                              json.dumps(v.get("evidence"))))
+    check(v.get("cause") == "upstream_not_listening", "verdict cause %r, want upstream_not_listening" % v.get("cause"))
+    workers = web.worker_pids()
+    check(v.get("nginx_pid") in workers, "verdict nginx_pid %r, not a worker of the new master %s" % (
+        v.get("nginx_pid"), workers))
+    check(any(e.get("event") == "state" and e.get("error") == 111 and e.get("from") == "SYN_SENT" and
+              e.get("pid") == v.get("nginx_pid") for e in v.get("evidence") or []),
+          "the refused connect of the new worker is not in the evidence (the kernel did not see it): %r" %
+          v.get("evidence"))
+    s.stop_tool(tool)
+
+
 def sc_follow_twin(s):
     conf = nginx_conf(LOOPBACK_UPSTREAM)
     web = s.web(conf=conf)
@@ -641,6 +700,7 @@ SCENARIOS = {
     "veth_containers": sc_veth_containers,
     "twin_pods": sc_twin_pods,
     "lifecycle": sc_lifecycle,
+    "restart_first_request": sc_restart_first_request,
     "follow_twin": sc_follow_twin,
 }
 

@@ -291,7 +291,7 @@ TEST_CASE("--btf: the hooks attach as raw tracepoints, typed by the BTF file, an
             CHECK(p.attached);
         }
     }
-    CHECK(raw == 8);
+    CHECK(raw == 9);
     REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
     std::vector<Event> got;
     REQUIRE(ring_into(l, got, &error));
@@ -973,28 +973,157 @@ TEST_CASE("a full ring buffer loses events, and every loss is counted", "[kernel
     CHECK(k.loader.counters().lost == 0);
 }
 
-TEST_CASE("a full socket table forgets its oldest entries, and every one forgotten is counted", "[kernel]")
+namespace {
+
+// The cgroup v2 mount point ("" when there is none).
+std::string cgroup2_root()
 {
-    // A second instance, following every connection of ours (as Nginx's),
-    // with socket tables of 1024 entries. Its ring is not read.
-    Loader small;
-    LoaderOptions opt;
-    opt.ringbuf_bytes = 1u << 16;
-    opt.table_entries = 1024;
+    std::string root;
+    FILE *m = fopen("/proc/self/mounts", "r");
+    char dev[256], dir[512], type[64];
+    while (m && fscanf(m, "%255s %511s %63s %*[^\n]", dev, dir, type) == 3)
+        if (std::string(type) == "cgroup2")
+            root = dir;
+    if (m)
+        fclose(m);
+    return root;
+}
+
+// Runs `program` (a path whose name is what the kernel calls the process)
+// as `sh -c "true & wait"` in a child: one fork of its own. into: a cgroup
+// directory to run it in ("": ours). listener: the child is tracked by it
+// as a listener's child before it execs. Returns the child's pid once it ended.
+pid_t exec_forking(const std::string &program, const std::string &into, Loader *listener = nullptr)
+{
+    int go[2];
+    REQUIRE(pipe(go) == 0);
+    pid_t c = fork();
+    REQUIRE(c >= 0);
+    if (c == 0) {
+        char b;
+        close(go[1]);
+        if (read(go[0], &b, 1) != 1)
+            _exit(89);
+        if (!into.empty()) {
+            FILE *f = fopen((into + "/cgroup.procs").c_str(), "w");
+            if (!f || fprintf(f, "%d\n", getpid()) < 0 || fclose(f) != 0)
+                _exit(90);
+        }
+        execl(program.c_str(), "sh", "-c", "true & wait", static_cast<char *>(nullptr));
+        _exit(91);
+    }
+    close(go[0]);
     std::string error;
-    REQUIRE(small.load(opt, &error));
-    REQUIRE(small.attach(&error));
-    REQUIRE(small.track_process(self(), N502_PROC_NGINX, &error));
-    rlimit was{}, more{4096, 4096};
-    REQUIRE(getrlimit(RLIMIT_NOFILE, &was) == 0);
-    if (was.rlim_max > more.rlim_max)
-        more.rlim_max = was.rlim_max;
-    REQUIRE(setrlimit(RLIMIT_NOFILE, &more) == 0);
+    if (listener)
+        CHECK(listener->track_process(static_cast<uint32_t>(c), N502_PROC_LISTENER, &error));
+    REQUIRE(write(go[1], "x", 1) == 1);
+    close(go[1]);
+    int status = 0;
+    REQUIRE(waitpid(c, &status, 0) == c);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    return c;
+}
+
+} // namespace
+
+TEST_CASE("an Nginx that starts where a followed one ran is tracked from its exec", "[kernel]")
+{
+    std::string root = cgroup2_root();
+    REQUIRE_FALSE(root.empty()); // (every kernel the tests run on has one)
+    Loader l;
+    load_attach(l, own_options());
+    std::string error;
+    std::vector<Event> evs;
+    REQUIRE(ring_into(l, evs, &error));
+    // A place (a cgroup, by its directory's name), and /bin/sh under the
+    // names of Nginx and of something else.
+    std::string place = "n502-kt-place-" + std::to_string(getpid());
+    std::string dir = root + "/" + place;
+    REQUIRE(mkdir(dir.c_str(), 0755) == 0);
+    char tmpl[] = "/tmp/n502-kt-exec-XXXXXX";
+    REQUIRE(mkdtemp(tmpl));
+    std::string bin = tmpl;
+    for (const char *name : {"nginx", "nginx-debug", "openresty", "nginxx"})
+        REQUIRE(symlink("/bin/sh", (bin + "/" + name).c_str()) == 0);
+    struct Cleanup {
+        std::string dir, bin;
+        ~Cleanup()
+        {
+            rmdir(dir.c_str());
+            for (const char *name : {"nginx", "nginx-debug", "openresty", "nginxx"})
+                unlink((bin + "/" + name).c_str());
+            rmdir(bin.c_str());
+        }
+    } cleanup{dir, bin};
+    auto forked_tracked = [&](pid_t pid) {
+        l.consume();
+        for (const Event &e : evs)
+            if (e.type == N502_EV_FORK && e.tgid == static_cast<uint32_t>(pid))
+                return e.role == N502_PROC_NGINX;
+        return false;
+    };
+
+    // No place set: an Nginx starting there is nobody's.
+    CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx", dir)));
+    REQUIRE(l.set_nginx_places({place, "some-other-service.scope"}));
+    // There: tracked from its exec, as Nginx, so its children are.
+    CHECK(forked_tracked(exec_forking(bin + "/nginx", dir)));
+    CHECK(forked_tracked(exec_forking(bin + "/nginx-debug", dir)));
+    CHECK(forked_tracked(exec_forking(bin + "/openresty", dir)));
+    // Also when it was tracked already as something else (a child of a
+    // listener: runc's, forked by containerd).
+    CHECK(forked_tracked(exec_forking(bin + "/nginx", dir, &l)));
+    // Not Nginx there, or Nginx elsewhere: not.
+    CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginxx", dir)));
+    CHECK_FALSE(forked_tracked(exec_forking("/bin/sh", dir)));
+    CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx", "")));
+    // Emptied: no more.
+    REQUIRE(l.set_nginx_places({}));
+    CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx", dir)));
+    // A name that cannot be a key is refused, the others set.
+    CHECK_FALSE(l.set_nginx_places({std::string(200, 'x'), place}));
+    CHECK(forked_tracked(exec_forking(bin + "/nginx", dir)));
+}
+
+namespace {
+
+// A second instance following every connection of ours (as Nginx's), with
+// socket tables of 1024 entries looked at whenever asked. Its ring is not read.
+struct SmallTables {
+    Loader l;
+    rlimit was{};
     uint16_t port = 0;
-    int lfd = tcp_listener(&port);
+    int lfd = -1;
     std::vector<int> fds;
-    // Each connection is two entries of socks (its two ends) and one of tuples.
-    auto connect_n = [&](int n) {
+
+    SmallTables()
+    {
+        LoaderOptions opt;
+        opt.ringbuf_bytes = 1u << 16;
+        opt.table_entries = 1024;
+        opt.table_look_ns = 0;
+        std::string error;
+        REQUIRE(l.load(opt, &error));
+        REQUIRE(l.attach(&error));
+        REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
+        rlimit more{4096, 4096};
+        REQUIRE(getrlimit(RLIMIT_NOFILE, &was) == 0);
+        if (was.rlim_max > more.rlim_max)
+            more.rlim_max = was.rlim_max;
+        REQUIRE(setrlimit(RLIMIT_NOFILE, &more) == 0);
+        lfd = tcp_listener(&port);
+    }
+    ~SmallTables()
+    {
+        close_all();
+        close(lfd);
+        setrlimit(RLIMIT_NOFILE, &was);
+    }
+    // n connections, both ends kept open: two entries of socks (its two
+    // ends) and one of tuples each.
+    void connect_n(int n)
+    {
         for (int i = 0; i < n; i++) {
             int c = tcp_connect(port, false);
             int a = accept(lfd, nullptr, nullptr);
@@ -1003,22 +1132,70 @@ TEST_CASE("a full socket table forgets its oldest entries, and every one forgott
             fds.push_back(c);
             fds.push_back(a);
         }
-    };
-    connect_n(100); // 201 entries with the listener's: nothing forgotten
-    CHECK(small.counters().evicted == 0);
-    connect_n(700); // 1601 in a table of 1024: at least 577 forgotten
-    KernelCounters c;
-    for (int i = 0; i < 500 && (c = small.counters()).evicted == 0; i++)
-        usleep(10'000); // (the entries are counted at most once a second)
-    CHECK(c.evicted >= 1601 - 1024);
-    CHECK(c.evicted <= 1601 + 800);
-    CHECK(c.map_full == 0); // an LRU table makes room: no update failed
-    for (int fd : fds)
-        close(fd);
-    close(lfd);
-    // Removing the rest counts as removed, not as forgotten.
-    CHECK(small.counters().evicted == c.evicted);
-    setrlimit(RLIMIT_NOFILE, &was);
+    }
+    void close_all()
+    {
+        for (int fd : fds)
+            close(fd);
+        fds.clear();
+    }
+    // What the tables forgot, as two looks in a row find it.
+    uint64_t evicted()
+    {
+        l.counters();
+        return l.counters().evicted;
+    }
+};
+
+} // namespace
+
+TEST_CASE("a full socket table forgets its oldest entries, and every one forgotten is counted", "[kernel]")
+{
+    SmallTables t;
+    t.connect_n(100); // 201 entries with the listener's: nothing forgotten
+    CHECK(t.evicted() == 0);
+    t.connect_n(700); // 1601 in a table of 1024: at least 577 forgotten
+    uint64_t forgot = t.evicted();
+    CHECK(forgot >= 1601 - 1024);
+    CHECK(forgot <= 1601 + 800);
+    CHECK(t.l.counters().map_full == 0); // an LRU table makes room: no update failed
+    // Removing the rest counts as removed: the same number forgotten, not more.
+    t.close_all();
+    CHECK(t.evicted() == forgot);
+}
+
+TEST_CASE("socket tables: connections that come and go, and records declared dead, are not counted as forgotten",
+          "[kernel]")
+{
+    SmallTables t;
+    // Many more connections than the tables hold, a few at a time, ended
+    // in order or aborted (SO_LINGER 0: the record waits for its RST).
+    for (int i = 0; i < 1500; i++) {
+        t.connect_n(1);
+        if (i % 2) {
+            linger lg{1, 0};
+            setsockopt(t.fds[0], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        t.close_all();
+        if (i % 100 == 0)
+            t.l.counters();
+    }
+    CHECK(t.evicted() == 0);
+    // 300 connections followed whole, then tracking goes lean and back to
+    // full: their records are dead (their ends are not followed any more,
+    // and nobody removes their records but n502trace); then 300 more.
+    // Together 1201 records in a table of 1024, of which 601 live.
+    t.connect_n(300);
+    uint64_t before = t.evicted();
+    std::string error;
+    REQUIRE(t.l.set_tracking_full(false, &error));
+    REQUIRE(t.l.set_tracking_full(true, &error));
+    std::vector<int> old = std::move(t.fds);
+    t.fds.clear();
+    t.connect_n(300);
+    CHECK(t.evicted() == before);
+    t.close_all();
+    t.fds = std::move(old);
 }
 
 TEST_CASE("the softirq filters fill up to their maps' sizes, then stay off", "[kernel]")
