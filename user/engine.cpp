@@ -451,6 +451,7 @@ void Engine::remove_capture(uint32_t dev, uint64_t ino)
 {
     rec(Rec::RemoveCapture, Enc().u32(dev).u64(ino));
     capture_of_.erase({dev, ino});
+    capture_format_.erase({dev, ino});
     for (auto it = capture_partial_.begin(); it != capture_partial_.end();)
         it = std::get<0>(it->first) == dev && std::get<1>(it->first) == ino ? capture_partial_.erase(it) : std::next(it);
 }
@@ -586,6 +587,36 @@ bool Engine::do_line(const std::string &text, uint32_t mapped)
     return false;
 }
 
+// A container's Nginx often writes its access log to stdout (a pipe, read
+// from the kernel), as its error log to stderr. An access log in a layout
+// not read (a JSON log_format) gives nothing, silently: said once per
+// captured log when none of the first 50 lines that are not error-log lines
+// ("YYYY/MM/DD HH:MM:SS [level]") is in the access layout read.
+void Engine::check_capture_format(std::pair<uint32_t, uint64_t> log, const std::string &line)
+{
+    if (cfg_.no_access_log)
+        return;
+    bool error_line = line.size() > 21 && line[4] == '/' && line[7] == '/' && line[10] == ' ' &&
+                      line[13] == ':' && line[19] == ' ' && line[20] == '[';
+    if (error_line)
+        return;
+    auto &[seen, ok] = capture_format_[log];
+    if (seen >= 50)
+        return;
+    seen++;
+    ok += parse_access_line(line).has_value();
+    if (seen < 50 || ok > 0)
+        return;
+    auto it = capture_of_.find(log);
+    sink_.warning({"access_log_format",
+                   fmt::format("none of the first 50 access lines Nginx wrote to {} is in the layout n502trace "
+                               "reads (the combined format's start: $remote_addr - $remote_user [$time_local] "
+                               "\"$request\" $status): a 502 or 504 that Nginx answered without an error-log line is "
+                               "not found from it (--no-access-log stops reading it)",
+                               it == capture_of_.end() || it->second.empty() ? "its captured log" : it->second),
+                   0});
+}
+
 // The upstream error just parsed into scratch_ waits for its evidence. Its
 // strings go with it; scratch_ takes those of a line explained earlier.
 bool Engine::take_line(uint32_t mapped)
@@ -632,6 +663,7 @@ void Engine::do_capture(const Event &ev)
             continue;
         if (!part.overflow) {
             part.text.append(ev.data, start, i - start);
+            check_capture_format(it->first, part.text);
             do_line(part.text, ev.tgid);
         }
         part.text.clear();

@@ -260,6 +260,10 @@ private:
     std::map<std::pair<uint32_t, uint64_t>, std::string> capture_of_; // (dev, ino) -> description
     std::map<std::tuple<uint32_t, uint64_t, uint32_t>, Partial> capture_partial_;
     uint64_t capture_cut_ = 0;
+    // Per captured log: its lines that are not error-log lines, and how many
+    // of them are in the access layout read (the first 50; said once).
+    std::map<std::pair<uint32_t, uint64_t>, std::pair<int, int>> capture_format_;
+    void check_capture_format(std::pair<uint32_t, uint64_t> log, const std::string &line);
     bool recorder_failed_ = false;
 };
 

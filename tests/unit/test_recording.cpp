@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fmt/format.h>
 #include <functional>
 #include <sys/socket.h>
 #include <fstream>
@@ -815,6 +816,39 @@ TEST_CASE("a captured write cut in the kernel ends its line: the next write is a
     });
     REQUIRE(verdicts.size() == 1);
     CHECK(verdicts[0].find("GET /7 HTTP/1.1") != std::string::npos);
+}
+
+TEST_CASE("a captured access log in a layout not read is said once; error lines among it do not count",
+          "[recording]")
+{
+    auto run = [](bool json_layout) {
+        std::string out;
+        live_run(tmp_path("capfmt.rec"), 0, 0, &out, [&](Engine &eng, uint64_t &now, int64_t offset) {
+            auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
+            eng.add_capture(13, 4242, "pipe:[4242] (stdout)");
+            at(now += 1'000'000'000ULL);
+            for (int i = 0; i < 120; i++) {
+                std::string line =
+                    json_layout ? fmt::format("{{\"status\":200,\"request\":\"GET /{} HTTP/1.1\"}}\n", i)
+                                : fmt::format("127.0.0.1 - - [23/Nov/2026:03:03:47 +0000] \"GET /{} HTTP/1.1\" 200 "
+                                              "5 \"-\" \"curl\"\n", i);
+                if (i % 3 == 0) // (stderr and stdout to one pipe: error lines among them)
+                    line += "2026/11/23 03:03:47 [notice] 1#1: signal process started\n";
+                std::string w = log_write(101, line, 0, now + static_cast<uint64_t>(i));
+                eng.kernel(w.data(), w.size());
+            }
+            at(now += 1'000'000'000ULL);
+            eng.step();
+        });
+        return out;
+    };
+    std::string json = run(true);
+    CHECK(json.find("\"code\":\"access_log_format\"") != std::string::npos);
+    CHECK(json.find("pipe:[4242] (stdout)") != std::string::npos);
+    size_t first = json.find("access_log_format");
+    CHECK(json.find("access_log_format", first + 1) == std::string::npos); // once
+    std::string combined = run(false);
+    CHECK(combined.find("access_log_format") == std::string::npos);
 }
 
 TEST_CASE("a full kernel table is said and noted like lost events", "[recording]")
