@@ -136,27 +136,33 @@ int BPF_PROG(raw_sched__process_fork, struct task_struct *parent, struct task_st
 }
 
 /* Nginx's names as a program: nginx, nginx-debug (the official image's
- * debug binary), openresty. comm is the name it was executed by. */
+ * debug binary), openresty; not nginx-agent or any other nginx-*. comm is
+ * the name it was executed by. */
 static __always_inline int nginx_comm(const char *c)
 {
-	if (c[0] == 'n' && c[1] == 'g' && c[2] == 'i' && c[3] == 'n' && c[4] == 'x')
-		return c[5] == 0 || c[5] == '-';
+	if (c[0] == 'n' && c[1] == 'g' && c[2] == 'i' && c[3] == 'n' && c[4] == 'x') {
+		if (c[5] == 0)
+			return 1;
+		return c[5] == '-' && c[6] == 'd' && c[7] == 'e' && c[8] == 'b' && c[9] == 'u' && c[10] == 'g' &&
+		       c[11] == 0;
+	}
 	return c[0] == 'o' && c[1] == 'p' && c[2] == 'e' && c[3] == 'n' && c[4] == 'r' && c[5] == 'e' &&
 	       c[6] == 's' && c[7] == 't' && c[8] == 'y' && c[9] == 0;
 }
 
-/* A program was executed. While user space waits for a followed Nginx to
- * start again (nginx_places: the cgroups it ran in, by name, since a
- * restarted container's or service's cgroup is made again under the same
- * name), an Nginx that starts in such a place is tracked from its exec on,
- * and its cgroup let through the selection: its workers are then tracked
- * from their fork, before user space can have found them (the first
- * requests of a restarted Nginx come within milliseconds). User space
- * follows it as a new master as soon as it has read its configuration. */
+/* A program was executed. An Nginx that starts where a followed one runs
+ * or ran (nginx_places: its cgroup, by parent and name, since a restarted
+ * container's or service's cgroup is made again under the same name) is
+ * tracked from its exec on, and its cgroup let through the selection: its
+ * workers are then tracked from their fork, before user space can have
+ * found them (the first requests of a restarted Nginx come within
+ * milliseconds). User space follows it as a new master as soon as it has
+ * read its configuration. */
 static __always_inline int on_sched__process_exec(void)
 {
 	struct n502_place place = {};
 	struct task_struct *task;
+	struct cgroup *cg;
 	struct n502_proc *p;
 	const char *name;
 	char comm[N502_COMM_LEN];
@@ -172,9 +178,11 @@ static __always_inline int on_sched__process_exec(void)
 	if (p && (p->role & N502_PROC_NGINX))
 		return 0; /* Nginx already: a binary upgrade's new master, forked by the old */
 	task = (struct task_struct *)bpf_get_current_task();
-	name = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, name);
+	cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	name = BPF_CORE_READ(cg, kn, name);
 	if (!name || bpf_probe_read_kernel_str(place.name, sizeof(place.name), name) <= 0)
 		return 0;
+	place.parent_id = BPF_CORE_READ(cg, self.parent, cgroup, kn, id);
 	if (!bpf_map_lookup_elem(&nginx_places, &place))
 		return 0;
 	track_proc(tgid, N502_PROC_NGINX);

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <fmt/format.h>
+#include <fstream>
 #include <fmt/ranges.h>
 #include <initializer_list>
 #include <map>
@@ -1314,28 +1315,82 @@ int run(const Options &opt)
     int exit_code = EXIT_OK;
     uint64_t config_forks_seen = state.nginx_forks();
     uint64_t exits_seen = state.nginx_exits(), next_quick_look = 0, quick_until = 0, next_parked_look = 0;
-    // Where a followed Nginx that went ran (its cgroup's directory name), for
-    // a minute: an Nginx that starts there is tracked by the kernel side from
-    // its exec (Loader::set_nginx_places), before it is found here.
-    std::map<std::string, uint64_t> places; // name -> until (boot ns); the kernel side holds 64
+    // Where a followed Nginx runs, and for a minute where one ran: an Nginx
+    // that starts there is tracked by the kernel side from its exec on
+    // (Loader::set_nginx_places), before it can be found here. A place is a
+    // cgroup (v2) by its parent's id and its name, which a restarted
+    // container's or service's cgroup keeps; only a cgroup of Nginx's own (no
+    // process in it but the master, its children and its ancestors): not one
+    // shared with other services (a runtime's cgroup, on a host where
+    // containers have no v2 cgroup of their own).
+    struct Place {
+        std::string path; // the cgroup's
+        uint64_t until;    // boot ns; 0 while its Nginx lives
+    };
+    std::map<std::pair<uint64_t, std::string>, Place> places; // the kernel side holds 64
     bool places_said = false;
     auto set_places = [&]() {
-        std::vector<std::string> names;
-        for (const auto &[name, until] : places)
-            names.push_back(name);
-        if (!loader.set_nginx_places(names) && !std::exchange(places_said, true))
+        std::vector<std::pair<uint64_t, std::string>> keys;
+        for (const auto &[key, place] : places)
+            keys.push_back(key);
+        if (!loader.set_nginx_places(keys) && !std::exchange(places_said, true))
             engine.warning({"nginx_places",
-                           fmt::format("the kernel side cannot hold every place a followed Nginx ran ({}): an "
-                                       "Nginx that starts again there is found by looking, up to 100 ms after "
-                                       "its start, and requests before are explained from Nginx's log alone",
-                                       fmt::join(names, ", ")),
+                           fmt::format("the kernel side cannot watch every place a followed Nginx runs or ran for "
+                                       "its restart (cgroup names of 120 characters or more, or more than 64 "
+                                       "places): an Nginx that starts again there is found by looking, up to 100 "
+                                       "ms after its start, and requests before are explained from Nginx's log "
+                                       "alone"),
                            0});
     };
-    auto place_name = [&](const std::string &cgroup) -> std::string {
-        if (uroot.empty() || cgroup.empty() || cgroup == "/")
-            return ""; // (the root cgroup: every Nginx of the host)
-        return cgroup.substr(cgroup.rfind('/') + 1);
+    auto place_key = [&](const std::string &cgroup) -> std::optional<std::pair<uint64_t, std::string>> {
+        if (uroot.empty() || cgroup.size() < 2 || cgroup[0] != '/')
+            return std::nullopt; // (no v2 hierarchy; the root cgroup: every Nginx of the host)
+        size_t slash = cgroup.rfind('/');
+        struct stat st{};
+        if (stat((uroot + cgroup.substr(0, slash)).c_str(), &st) != 0)
+            return std::nullopt;
+        return std::make_pair(static_cast<uint64_t>(st.st_ino), cgroup.substr(slash + 1));
     };
+    auto own_cgroup = [&](const Instance &in) {
+        std::set<uint32_t> ancestors;
+        for (uint32_t p = in.info.master; p > 1 && ancestors.size() < 64;) {
+            auto pi = read_proc(p);
+            if (!pi || !ancestors.insert(pi->ppid).second)
+                break;
+            p = pi->ppid;
+        }
+        std::ifstream procs(uroot + in.cgroup + "/cgroup.procs");
+        uint32_t pid;
+        while (procs >> pid) {
+            bool kin = pid == in.info.master || ancestors.count(pid);
+            for (uint32_t p = pid, steps = 0; !kin && p > 1 && steps < 64; steps++) {
+                auto pi = read_proc(p);
+                if (!pi)
+                    break;
+                p = pi->ppid;
+                kin = p == in.info.master;
+            }
+            if (!kin && process_staying(pid))
+                return false;
+        }
+        return true;
+    };
+    // A followed Nginx (one that is waited for when it goes) runs here.
+    auto place_living = [&](const Instance &in) {
+        if (!opt.follow && !in.selected)
+            return;
+        auto key = place_key(in.cgroup);
+        if (!key || !own_cgroup(in))
+            return;
+        places[*key] = {in.cgroup, 0};
+        if (places.size() > 64) // (the one that went longest ago goes)
+            places.erase(std::min_element(places.begin(), places.end(), [](const auto &a, const auto &b) {
+                return (a.second.until ? a.second.until : UINT64_MAX) < (b.second.until ? b.second.until : UINT64_MAX);
+            }));
+        set_places();
+    };
+    for (const auto &in : instances)
+        place_living(*in);
     std::string exit_reason; // said on stderr too when stdout is for a program
     unsigned trim_tick = 0;
 
@@ -1409,8 +1464,7 @@ int run(const Options &opt)
         start_instance(*in);
         scan_listeners({in->info.master});
         check_config(*in, false); // its upstreams' state is said after it is
-        if (places.erase(place_name(in->cgroup)))
-            set_places();
+        place_living(*in);
         if (lo.filter_cgroups)
             for (const auto &cg : cgroup_tree(uroot, in->cgroup.empty() ? "/" : in->cgroup))
                 if (cg.path == in->cgroup)
@@ -1497,14 +1551,8 @@ int run(const Options &opt)
             bool waits = opt.follow || in.selected;
             if (waits)
                 quick_until = boot_now_ns() + 60'000'000'000ULL;
-            if (std::string name = place_name(in.cgroup); waits && !name.empty()) {
-                if (places.size() >= 64 && !places.count(name)) // (the one waited for longest goes)
-                    places.erase(std::min_element(places.begin(), places.end(), [](const auto &a, const auto &b) {
-                        return a.second < b.second;
-                    }));
-                places[name] = quick_until;
-                set_places();
-            }
+            if (auto key = place_key(in.cgroup); waits && key && places.count(*key))
+                places[*key].until = quick_until; // (still watched in the kernel: nothing to set)
             engine.warning({"nginx_gone",
                            fmt::format("the Nginx master {} has exited{}", in.info.master,
                                        in.selected ? "; waiting for Nginx to start again in the selection"
@@ -1777,7 +1825,23 @@ int run(const Options &opt)
                 exits_seen = state.nginx_exits();
                 check_instances();
             }
-            if (!places.empty() && std::erase_if(places, [&](const auto &p) { return now >= p.second; }))
+            // A place no Nginx came back to for a minute: no longer watched, and
+            // the cgroup the kernel side let through for an exec there (if one
+            // was never followed) leaves the selection.
+            bool expired = false;
+            for (auto it = places.begin(); it != places.end();) {
+                if (!it->second.until || now < it->second.until) {
+                    ++it;
+                    continue;
+                }
+                struct stat st{};
+                if (lo.filter_cgroups && stat((uroot + it->second.path).c_str(), &st) == 0 &&
+                    !filter_ids.count(static_cast<uint64_t>(st.st_ino)))
+                    loader.unselect_cgroup(static_cast<uint64_t>(st.st_ino));
+                it = places.erase(it);
+                expired = true;
+            }
+            if (expired)
                 set_places();
         }
         if (engine.step()) { // once a second

@@ -478,7 +478,7 @@ void Loader::clear_nginx_cgroups(bool forever)
             break;
 }
 
-bool Loader::set_nginx_places(const std::vector<std::string> &names)
+bool Loader::set_nginx_places(const std::vector<std::pair<uint64_t, std::string>> &places)
 {
     if (!skel_)
         return false;
@@ -490,12 +490,13 @@ bool Loader::set_nginx_places(const std::vector<std::string> &names)
             break;
     bool all = true;
     uint8_t one = 1;
-    for (const auto &name : names) {
+    for (const auto &[parent, name] : places) {
         if (name.empty() || name.size() >= sizeof(key.name)) {
             all = false;
             continue;
         }
         key = n502_place{};
+        key.parent_id = parent;
         std::memcpy(key.name, name.data(), name.size());
         if (bpf_map__update_elem(m, &key, sizeof(key), &one, sizeof(one), BPF_ANY) == 0)
             skel_->bss->nginx_places_known = 1;

@@ -107,11 +107,12 @@ public:
     // Empties the cgroup filter: no socket filtered by cgroup until the next
     // add_nginx_cgroup; with forever, never again.
     void clear_nginx_cgroups(bool forever = false);
-    // The places (cgroup v2 directory names) where an Nginx that starts is
-    // tracked from its exec on (nginx_places: a followed Nginx restarting);
-    // replaces the set, and an empty one stops it. False when a name does
-    // not fit or the map is full (the names that fit are set).
-    bool set_nginx_places(const std::vector<std::string> &names);
+    // The places where an Nginx that starts is tracked from its exec on
+    // (nginx_places: where a followed Nginx runs or ran, for its restart):
+    // cgroup v2 directories by their parent's id and their name. Replaces
+    // the set; an empty one stops it. False when a name does not fit or the
+    // map is full (the others are set).
+    bool set_nginx_places(const std::vector<std::pair<uint64_t, std::string>> &places);
     // The cgroup of a socket the kernel side announced with
     // N502_SOCK_OTHER_CGROUP; nullopt when it is not there (evicted: the
     // LRU map holds 1024).

@@ -112,11 +112,13 @@ enum n502_counter {
 	N502_CNT_MAX = 8,
 };
 
-/* Key of the nginx_places map: the name of a cgroup v2 directory (its last
- * path component, NUL-padded) where a followed Nginx ran. */
-#define N502_PLACE_LEN 128
+/* Key of the nginx_places map: a cgroup v2 directory where a followed Nginx
+ * runs or ran, by its parent's id and its name (NUL-padded): what stays the
+ * same when a container or a service is restarted and its cgroup made again. */
+#define N502_PLACE_NAME_LEN 120
 struct n502_place {
-	char name[N502_PLACE_LEN];
+	__u64 parent_id;
+	char name[N502_PLACE_NAME_LEN];
 };
 
 /* An endpoint: family is AF_INET (2), AF_INET6 (10) or AF_UNIX (1). */

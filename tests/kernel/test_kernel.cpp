@@ -1037,25 +1037,34 @@ TEST_CASE("an Nginx that starts where a followed one ran is tracked from its exe
     std::vector<Event> evs;
     REQUIRE(ring_into(l, evs, &error));
     // A place (a cgroup, by its directory's name), and /bin/sh under the
-    // names of Nginx and of something else.
+    // names of Nginx and of others. The place is a cgroup by its parent's
+    // id and its name; a cgroup of that name under another parent is another.
     std::string place = "n502-kt-place-" + std::to_string(getpid());
-    std::string dir = root + "/" + place;
-    REQUIRE(mkdir(dir.c_str(), 0755) == 0);
+    std::string dir = root + "/" + place, other = root + "/n502-kt-other-" + std::to_string(getpid());
+    std::string namesake = other + "/" + place;
+    for (const std::string &d : {dir, other, namesake})
+        REQUIRE(mkdir(d.c_str(), 0755) == 0);
+    struct stat rs{};
+    REQUIRE(stat(root.c_str(), &rs) == 0);
+    const uint64_t parent = rs.st_ino;
     char tmpl[] = "/tmp/n502-kt-exec-XXXXXX";
     REQUIRE(mkdtemp(tmpl));
     std::string bin = tmpl;
-    for (const char *name : {"nginx", "nginx-debug", "openresty", "nginxx"})
+    static const char *const names[] = {"nginx", "nginx-debug", "openresty", "nginxx", "nginx-agent"};
+    for (const char *name : names)
         REQUIRE(symlink("/bin/sh", (bin + "/" + name).c_str()) == 0);
     struct Cleanup {
-        std::string dir, bin;
+        std::vector<std::string> dirs;
+        std::string bin;
         ~Cleanup()
         {
-            rmdir(dir.c_str());
-            for (const char *name : {"nginx", "nginx-debug", "openresty", "nginxx"})
+            for (const auto &d : dirs)
+                rmdir(d.c_str());
+            for (const char *name : names)
                 unlink((bin + "/" + name).c_str());
             rmdir(bin.c_str());
         }
-    } cleanup{dir, bin};
+    } cleanup{{namesake, other, dir}, bin};
     auto forked_tracked = [&](pid_t pid) {
         l.consume();
         for (const Event &e : evs)
@@ -1066,7 +1075,7 @@ TEST_CASE("an Nginx that starts where a followed one ran is tracked from its exe
 
     // No place set: an Nginx starting there is nobody's.
     CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx", dir)));
-    REQUIRE(l.set_nginx_places({place, "some-other-service.scope"}));
+    REQUIRE(l.set_nginx_places({{parent, place}, {parent, "some-other-service.scope"}}));
     // There: tracked from its exec, as Nginx, so its children are.
     CHECK(forked_tracked(exec_forking(bin + "/nginx", dir)));
     CHECK(forked_tracked(exec_forking(bin + "/nginx-debug", dir)));
@@ -1074,15 +1083,18 @@ TEST_CASE("an Nginx that starts where a followed one ran is tracked from its exe
     // Also when it was tracked already as something else (a child of a
     // listener: runc's, forked by containerd).
     CHECK(forked_tracked(exec_forking(bin + "/nginx", dir, &l)));
-    // Not Nginx there, or Nginx elsewhere: not.
+    // Not Nginx there (nginx-agent is not Nginx), or Nginx elsewhere (in a
+    // cgroup of the same name under another parent, or in ours): not.
     CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginxx", dir)));
+    CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx-agent", dir)));
     CHECK_FALSE(forked_tracked(exec_forking("/bin/sh", dir)));
+    CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx", namesake)));
     CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx", "")));
     // Emptied: no more.
     REQUIRE(l.set_nginx_places({}));
     CHECK_FALSE(forked_tracked(exec_forking(bin + "/nginx", dir)));
     // A name that cannot be a key is refused, the others set.
-    CHECK_FALSE(l.set_nginx_places({std::string(200, 'x'), place}));
+    CHECK_FALSE(l.set_nginx_places({{parent, std::string(200, 'x')}, {parent, place}}));
     CHECK(forked_tracked(exec_forking(bin + "/nginx", dir)));
 }
 
