@@ -650,10 +650,16 @@ template <typename Each> bool each_entry(bpf_map *map, Each each)
 //
 // A table well below its size (less what the CPUs may each hold back: LRU
 // free lists are per CPU, up to 128 entries) forgets nothing: looked at only
-// above that, and at most once every table_look_ns; and when tracking goes
-// lean (the records of the full period declared dead, removed at once).
+// above that, at most once every table_look_ns; and when tracking goes lean
+// (the records of the full period declared dead, removed at once).
 uint64_t Loader::forgotten()
 {
+    // (its counters read at most every table_look_ns too: the main loop asks
+    // every 100 ms, and more often while a line waits)
+    uint64_t now = boot_now_ns();
+    if (!look_now_ && tables_checked_ns_ && now - tables_checked_ns_ < table_look_ns_)
+        return socks_lru_.evicted + tuples_lru_.evicted;
+    tables_checked_ns_ = now;
     bpf_map *socks = skel_->maps.socks, *tuples = skel_->maps.tuples;
     auto sa = counter(N502_CNT_SOCKS_ADDED), sr = counter(N502_CNT_SOCKS_REMOVED);
     auto ta = counter(N502_CNT_TUPLES_ADDED), tr = counter(N502_CNT_TUPLES_REMOVED);
@@ -665,12 +671,9 @@ uint64_t Loader::forgotten()
         uint64_t gone = removed + lru.removed_here + lru.evicted;
         return added > gone && added - gone > size - held_back;
     };
-    uint64_t now = boot_now_ns();
-    if (!std::exchange(look_now_, false) &&
-        ((!near_full(socks, *sa, *sr, socks_lru_) && !near_full(tuples, *ta, *tr, tuples_lru_)) ||
-         (tables_looked_ns_ && now - tables_looked_ns_ < table_look_ns_)))
+    if (!std::exchange(look_now_, false) && !near_full(socks, *sa, *sr, socks_lru_) &&
+        !near_full(tuples, *ta, *tr, tuples_lru_))
         return socks_lru_.evicted + tuples_lru_.evicted;
-    tables_looked_ns_ = now;
     // Tuples first: a tuple is made after its socket's record, so one read
     // here whose record is not read after is one whose record is gone.
     std::vector<std::pair<n502_tuple, uint64_t>> tups;

@@ -161,7 +161,7 @@ private:
     };
     uint64_t forgotten();
     std::optional<uint64_t> counter(uint32_t idx) const;
-    uint64_t table_look_ns_ = 1'000'000'000, tables_looked_ns_ = 0;
+    uint64_t table_look_ns_ = 1'000'000'000, tables_checked_ns_ = 0;
     bool look_now_ = false;
     Lru socks_lru_, tuples_lru_;
     bool unix_at_start_ = false;
