@@ -482,27 +482,40 @@ bool Loader::set_nginx_places(const std::vector<std::pair<uint64_t, std::string>
 {
     if (!skel_)
         return false;
-    skel_->bss->nginx_places_known = 0;
+    // The new set first, then what left it: a place in both is watched all
+    // along (an exec there at this moment is not missed).
     bpf_map *m = skel_->maps.nginx_places;
-    n502_place key{};
-    while (bpf_map__get_next_key(m, nullptr, &key, sizeof(key)) == 0)
-        if (bpf_map__delete_elem(m, &key, sizeof(key), 0) != 0)
-            break;
+    std::vector<n502_place> want;
     bool all = true;
     uint8_t one = 1;
     for (const auto &[parent, name] : places) {
-        if (name.empty() || name.size() >= sizeof(key.name)) {
+        if (name.empty() || name.size() >= sizeof(n502_place::name)) {
             all = false;
             continue;
         }
-        key = n502_place{};
+        n502_place key{};
         key.parent_id = parent;
         std::memcpy(key.name, name.data(), name.size());
         if (bpf_map__update_elem(m, &key, sizeof(key), &one, sizeof(one), BPF_ANY) == 0)
-            skel_->bss->nginx_places_known = 1;
+            want.push_back(key);
         else
             all = false;
     }
+    if (!want.empty())
+        skel_->bss->nginx_places_known = 1;
+    std::vector<n502_place> gone;
+    n502_place key{}, next{};
+    for (bool first = true; bpf_map__get_next_key(m, first ? nullptr : &key, &next, sizeof(next)) == 0;
+         first = false) {
+        key = next;
+        if (std::none_of(want.begin(), want.end(),
+                         [&](const n502_place &w) { return std::memcmp(&w, &key, sizeof(key)) == 0; }))
+            gone.push_back(key);
+    }
+    for (const auto &g : gone)
+        bpf_map__delete_elem(m, &g, sizeof(g), 0);
+    if (want.empty())
+        skel_->bss->nginx_places_known = 0;
     return all;
 }
 
