@@ -288,6 +288,7 @@ struct Instance {
     uint64_t hup_seen = 0;                          // the last SIGHUP to the master whose reload was read
     bool selected = false;                          // found through --container/--cgroup
     bool gone = false;
+    std::optional<std::pair<uint64_t, std::string>> place; // its cgroup as a place watched for its restart
 
     // Merged, never cleared: a worker that has exited (killed, OOM) keeps
     // its mapping for the lines it logged before it went.
@@ -1360,6 +1361,8 @@ int run(const Options &opt)
             p = pi->ppid;
         }
         std::ifstream procs(uroot + in.cgroup + "/cgroup.procs");
+        if (!procs.is_open())
+            return false; // (gone already, or not where it was read)
         uint32_t pid;
         while (procs >> pid) {
             bool kin = pid == in.info.master || ancestors.count(pid);
@@ -1375,18 +1378,45 @@ int run(const Options &opt)
         }
         return true;
     };
-    // A followed Nginx (one that is waited for when it goes) runs here.
-    auto place_living = [&](const Instance &in) {
+    // A place no longer watched: the cgroup the kernel side let through for
+    // an exec there (if that Nginx was never followed) leaves the selection.
+    auto drop_place = [&](decltype(places)::iterator it) {
+        struct stat st{};
+        if (lo.filter_cgroups && stat((uroot + it->second.path).c_str(), &st) == 0 &&
+            !filter_ids.count(static_cast<uint64_t>(st.st_ino)))
+            loader.unselect_cgroup(static_cast<uint64_t>(st.st_ino));
+        return places.erase(it);
+    };
+    // A followed Nginx (one that is waited for when it goes) runs here. A
+    // place known already is taken again whatever else runs there now (a
+    // shell of `docker exec`); a new one only when the cgroup is Nginx's own.
+    // Past 64, a place whose Nginx went the longest ago makes room; one of a
+    // living Nginx never does.
+    auto place_living = [&](Instance &in) {
         if (!opt.follow && !in.selected)
             return;
         auto key = place_key(in.cgroup);
-        if (!key || !own_cgroup(in))
+        if (!key || (!places.count(*key) && !own_cgroup(in)))
             return;
+        if (!places.count(*key) && places.size() >= 64) {
+            auto oldest = places.end();
+            for (auto it = places.begin(); it != places.end(); ++it)
+                if (it->second.until && (oldest == places.end() || it->second.until < oldest->second.until))
+                    oldest = it;
+            if (oldest == places.end()) {
+                if (!std::exchange(places_said, true))
+                    engine.warning({"nginx_places",
+                                   fmt::format("more than 64 followed Nginx: the kernel side does not watch the "
+                                               "place of {} ({}) for its restart, which is found by looking, up to "
+                                               "100 ms after its start",
+                                               in.info.master, in.cgroup),
+                                   0});
+                return;
+            }
+            drop_place(oldest);
+        }
         places[*key] = {in.cgroup, 0};
-        if (places.size() > 64) // (the one that went longest ago goes)
-            places.erase(std::min_element(places.begin(), places.end(), [](const auto &a, const auto &b) {
-                return (a.second.until ? a.second.until : UINT64_MAX) < (b.second.until ? b.second.until : UINT64_MAX);
-            }));
+        in.place = key;
         set_places();
     };
     for (const auto &in : instances)
@@ -1551,8 +1581,12 @@ int run(const Options &opt)
             bool waits = opt.follow || in.selected;
             if (waits)
                 quick_until = boot_now_ns() + 60'000'000'000ULL;
-            if (auto key = place_key(in.cgroup); waits && key && places.count(*key))
-                places[*key].until = quick_until; // (still watched in the kernel: nothing to set)
+            // Its place is watched a minute more, unless another followed Nginx
+            // lives there (still watched in the kernel: nothing to set).
+            if (in.place && waits && places.count(*in.place) &&
+                std::none_of(instances.begin(), instances.end(),
+                             [&](const auto &o) { return !o->gone && o->place == in.place; }))
+                places[*in.place].until = quick_until;
             engine.warning({"nginx_gone",
                            fmt::format("the Nginx master {} has exited{}", in.info.master,
                                        in.selected ? "; waiting for Nginx to start again in the selection"
@@ -1825,20 +1859,14 @@ int run(const Options &opt)
                 exits_seen = state.nginx_exits();
                 check_instances();
             }
-            // A place no Nginx came back to for a minute: no longer watched, and
-            // the cgroup the kernel side let through for an exec there (if one
-            // was never followed) leaves the selection.
+            // A place no Nginx came back to for a minute: no longer watched.
             bool expired = false;
             for (auto it = places.begin(); it != places.end();) {
                 if (!it->second.until || now < it->second.until) {
                     ++it;
                     continue;
                 }
-                struct stat st{};
-                if (lo.filter_cgroups && stat((uroot + it->second.path).c_str(), &st) == 0 &&
-                    !filter_ids.count(static_cast<uint64_t>(st.st_ino)))
-                    loader.unselect_cgroup(static_cast<uint64_t>(st.st_ino));
-                it = places.erase(it);
+                it = drop_place(it);
                 expired = true;
             }
             if (expired)
