@@ -1238,14 +1238,7 @@ namespace {
 // This process's cgroup (v2) id: the inode of its directory; 0 when unknown.
 uint64_t own_cgroup_id()
 {
-    std::string root, line, path;
-    FILE *m = fopen("/proc/self/mounts", "r");
-    char dev[256], dir[512], type[64];
-    while (m && fscanf(m, "%255s %511s %63s %*[^\n]", dev, dir, type) == 3)
-        if (std::string(type) == "cgroup2")
-            root = dir;
-    if (m)
-        fclose(m);
+    std::string root = cgroup2_root(), path;
     FILE *c = fopen("/proc/self/cgroup", "r");
     char buf[1024];
     while (c && fgets(buf, sizeof(buf), c))
