@@ -623,26 +623,29 @@ std::optional<uint64_t> Loader::counter(uint32_t idx) const
 
 namespace {
 
-// A hash table's entries now, read bucket by bucket (a batch look-up, which
-// neither skips nor repeats an entry while the kernel side adds and removes
-// others), a chunk at a time: each(keys, values, n), entry i's bytes at i *
-// size. False when the kernel cannot.
+// A hash table's entries now, each(key, value, 1) for each, walked key by
+// key (BPF_MAP_GET_NEXT_KEY, then a look-up: both lock-free in the kernel,
+// unlike a batch look-up, which holds each bucket's lock while the kernel
+// side updates the same table from its hooks). A walk whose key was removed
+// meanwhile starts over from the first bucket: keys already seen are
+// skipped, so every entry that stayed all along is seen exactly once. False
+// when the walk cannot finish (more than four tables' worth of steps).
 template <typename Each> bool each_entry(bpf_map *map, Each each)
 {
-    const uint32_t chunk = 1024;
-    std::vector<char> keys(chunk * size_t{bpf_map__key_size(map)}), values(chunk * size_t{bpf_map__value_size(map)});
-    uint64_t cursor_in = 0, cursor_out = 0; // (a bucket index for hash tables)
-    for (bool first = true;; first = false) {
-        uint32_t got = chunk;
-        int err = bpf_map_lookup_batch(bpf_map__fd(map), first ? nullptr : &cursor_in, &cursor_out, keys.data(),
-                                       values.data(), &got, nullptr);
-        if (err && err != -ENOENT)
-            return false;
-        each(keys.data(), values.data(), got);
-        if (err)
-            return true; // ENOENT: that was the last of them
-        cursor_in = cursor_out;
+    const size_t ks = bpf_map__key_size(map), vs = bpf_map__value_size(map);
+    std::vector<char> key(ks), next(ks), value(vs);
+    std::unordered_set<std::string> seen;
+    const uint64_t limit = 4ULL * bpf_map__max_entries(map) + 16;
+    for (uint64_t steps = 0; steps < limit; steps++) {
+        if (bpf_map__get_next_key(map, steps ? key.data() : nullptr, next.data(), ks) != 0)
+            return errno == ENOENT; // that was the last of them
+        key = next;
+        if (!seen.insert(std::string(key.data(), ks)).second)
+            continue;
+        if (bpf_map__lookup_elem(map, key.data(), ks, value.data(), vs, 0) == 0)
+            each(key.data(), value.data(), 1u);
     }
+    return false;
 }
 
 } // namespace
@@ -652,7 +655,8 @@ template <typename Each> bool each_entry(bpf_map *map, Each each)
 // of entries added and removed; the entries are read between reading A and
 // R, so that one added while reading (in A only if A was read after) or
 // removed (in R, read after) never makes forgotten ones appear: A_before -
-// R_after - entries is at most what was really forgotten. An excess is taken
+// R_after - entries is at most what was really forgotten (an entry read
+// once counts once: each_entry). An excess is taken
 // once two looks in a row find it (a removal whose count is not in yet).
 //
 // Entries nobody will remove are removed here first: records the kernel
