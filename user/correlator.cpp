@@ -347,35 +347,12 @@ void Correlator::remember_request(const LogLine &line)
 {
     if (line.level == "access")
         return; // an access-only verdict covers nothing: the next 502 of that request is another
-    uint64_t h = request_hash(line.client, line.request);
-    int64_t sec = line.wall_sec;
-    SeenRequest &r = recent_requests_[h];
-    if (r.seq == 0 || sec > r.newest + 16) {
-        r.before = 0;
-        r.newest = sec;
-    } else if (sec > r.newest) {
-        auto d = static_cast<unsigned>(sec - r.newest);
-        r.before = static_cast<uint16_t>((static_cast<uint32_t>(r.before) << d) | (1u << (d - 1)));
-        r.newest = sec;
-    } else if (sec < r.newest && r.newest - sec <= 16) {
-        r.before |= static_cast<uint16_t>(1u << (r.newest - sec - 1));
-    }
-    r.seq = ++recent_seq_;
-    recent_order_.push_back({h, sec, r.seq});
+    recent_.add(request_hash(line.client, line.request), line.wall_sec);
     // A line cut after its request, in the upstream field, may have been cut
     // inside the request instead: a request line can itself hold
     // `", upstream: "`. It covers the access line that begins with it too.
     if (line.request_cut || (line.upstream_cut && !line.request.empty()))
-        remember_cut(line.client, line.request.size(), sec);
-    // Lines older than the window, or beyond the bound, go; a key goes with
-    // the last line that named it.
-    while (!recent_order_.empty() &&
-           (recent_order_.size() > kRecentMax || recent_order_.front().sec < sec - kRecentSec)) {
-        SeenLine old = recent_order_.front();
-        recent_order_.pop_front();
-        if (auto o = recent_requests_.find(old.hash); o != recent_requests_.end() && o->second.seq == old.seq)
-            recent_requests_.erase(o);
-    }
+        remember_cut(line.client, line.request.size(), line.wall_sec);
 }
 
 void Correlator::remember_cut(std::string_view client, size_t len, int64_t sec)
@@ -410,23 +387,82 @@ void Correlator::remember_cut(std::string_view client, size_t len, int64_t sec)
         i = i->second.newest == keep_from && i->first != self ? cut_lengths_.erase(i) : std::next(i);
 }
 
-bool Correlator::seen_near(uint64_t hash, int64_t sec) const
+size_t RecentRequests::probe(const Gen &g, uint64_t hash)
 {
-    auto it = recent_requests_.find(hash);
-    if (it == recent_requests_.end())
-        return false;
-    auto near = [&](int64_t s) { return s >= sec - kCoverSec && s <= sec + kCoverSec; };
-    if (near(it->second.newest))
-        return true;
-    for (int i = 0; i < 16; i++)
-        if (((it->second.before >> i) & 1) && near(it->second.newest - 1 - i))
+    size_t mask = g.slots.size() - 1;
+    size_t i = hash & mask;
+    while (g.slots[i].hash != hash && g.slots[i].hash != 0) // never full: an empty slot ends the probe
+        i = (i + 1) & mask;
+    return i;
+}
+
+void RecentRequests::grow(Gen &g)
+{
+    std::vector<Slot> old = std::move(g.slots);
+    g.slots.assign(old.empty() ? 1024 : old.size() * 2, Slot{});
+    for (const Slot &o : old)
+        if (o.hash != 0)
+            g.slots[probe(g, o.hash)] = o;
+}
+
+void RecentRequests::add(uint64_t hash, int64_t sec)
+{
+    hash = hash ? hash : 1;
+    Gen *g = &gen_[cur_];
+    // (A second far from the base, a clock set years away, starts a
+    // generation too: seconds are kept as 32-bit offsets.)
+    if (g->lines > 0 && (g->lines >= kGenLines || sec - g->base > kGenSec || sec - g->base < -(1LL << 30))) {
+        cur_ ^= 1;
+        g = &gen_[cur_];
+        *g = Gen{};
+    }
+    if (g->lines++ == 0)
+        g->base = sec;
+    if ((g->used + 1) * 2 > g->slots.size())
+        grow(*g);
+    auto rel = static_cast<int32_t>(std::min<int64_t>(sec - g->base, INT32_MAX));
+    Slot *s = &g->slots[probe(*g, hash)];
+    if (s->hash == 0) {
+        *s = Slot{hash, rel, 0};
+        g->used++;
+        return;
+    }
+    // The newest second and the 16 before it (lines of one request come
+    // out of order across workers by a second or two).
+    if (rel > s->newest + 16) {
+        s->before = 0;
+        s->newest = rel;
+    } else if (rel > s->newest) {
+        auto d = static_cast<unsigned>(rel - s->newest);
+        s->before = static_cast<uint16_t>((static_cast<uint32_t>(s->before) << d) | (1u << (d - 1)));
+        s->newest = rel;
+    } else if (rel < s->newest && s->newest - rel <= 16) {
+        s->before |= static_cast<uint16_t>(1u << (s->newest - rel - 1));
+    }
+}
+
+bool RecentRequests::seen_near(uint64_t hash, int64_t sec, int64_t within) const
+{
+    hash = hash ? hash : 1;
+    for (const Gen &g : gen_) {
+        if (g.slots.empty())
+            continue;
+        const Slot *s = &g.slots[probe(g, hash)];
+        if (s->hash == 0)
+            continue;
+        auto near = [&](int64_t rel) { return std::abs(g.base + rel - sec) <= within; };
+        if (near(s->newest))
             return true;
+        for (int i = 0; i < 16; i++)
+            if (((s->before >> i) & 1) && near(s->newest - 1 - i))
+                return true;
+    }
     return false;
 }
 
 bool Correlator::covered(const AccessLine &a) const
 {
-    if (seen_near(request_hash(a.client, a.request), a.wall_sec))
+    if (recent_.seen_near(request_hash(a.client, a.request), a.wall_sec, kCoverSec))
         return true;
     // The error-log line may have kept only the request's beginning.
     auto it = cut_lengths_.find(keyed_hash(a.client));
@@ -436,7 +472,7 @@ bool Correlator::covered(const AccessLine &a) const
     for (size_t i = 0; i < it->second.n; i++) {
         const CutLength &c = it->second.at[i];
         if (c.len <= request.size() && c.sec >= a.wall_sec - kCoverSec &&
-            seen_near(request_hash(a.client, request.substr(0, c.len)), a.wall_sec))
+            recent_.seen_near(request_hash(a.client, request.substr(0, c.len)), a.wall_sec, kCoverSec))
             return true;
     }
     return false;

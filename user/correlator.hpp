@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <optional>
@@ -57,6 +56,46 @@ struct CorrelatorOptions {
     std::function<bool(const std::string &cause, const std::string &upstream)> admit;
     // RuleInput::recheck_listener (off replaying a recording made before it).
     bool recheck_listener = true;
+};
+
+// Requests that got an error-log verdict, for Correlator::covered(): a hash
+// of the client and request line (a collision could only take an access line
+// for covered) -> the newest error-log second it was seen at and the 16
+// before it (bit i: newest - 1 - i).
+//
+// Two generations of open-addressed slots, 16 bytes each: lines go to the
+// newer; once it holds kGenLines lines or spans kGenSec of log time, the
+// older is dropped whole (its memory returned) and the newer takes its place.
+// A line is kept while at least kGenLines lines and kGenSec seconds follow
+// it, and dropped before twice either: a storm of distinct requests holds at
+// most 2 x 2^17 slots (4 MiB), none of them allocated one by one.
+class RecentRequests {
+public:
+    static constexpr size_t kGenLines = 1 << 16;
+    static constexpr int64_t kGenSec = 120;
+
+    void add(uint64_t hash, int64_t sec);
+    // Whether the request was seen at a second within `within` of sec.
+    bool seen_near(uint64_t hash, int64_t sec, int64_t within) const;
+    // Requests held (a request seen in both generations counts twice).
+    size_t held() const { return gen_[0].used + gen_[1].used; }
+
+private:
+    struct Slot {
+        uint64_t hash = 0; // 0: empty (a hash of 0 is taken as 1)
+        int32_t newest = 0; // seconds from the generation's base
+        uint16_t before = 0;
+    };
+    struct Gen {
+        std::vector<Slot> slots; // a power of two, at most half used
+        size_t used = 0, lines = 0;
+        int64_t base = 0; // the log second of its first line
+    };
+    Gen gen_[2]; // gen_[cur_] is the newer
+    int cur_ = 0;
+    // Where hash is in g, or the empty slot it would take.
+    static size_t probe(const Gen &g, uint64_t hash);
+    static void grow(Gen &g);
 };
 
 class Correlator {
@@ -103,30 +142,11 @@ private:
     std::unordered_map<uint32_t, std::vector<FailureTally>> tallies_;
     static constexpr size_t kTalliesPerWorker = 64;
     void tally(const Verdict &v, const Conn *conn);
-    // Requests that got an error-log verdict, for covered(): a hash of the
-    // client and request line (a collision could only take an access line
-    // for covered) -> the newest error-log second it was seen at and the 16
-    // before it (bit i: newest - 1 - i), for 2 minutes of log time and at
-    // most kRecentMax lines (the oldest go first; seq tells whether a popped
-    // line is still the newest of its key).
-    struct SeenRequest {
-        int64_t newest = 0;
-        uint16_t before = 0;
-        uint64_t seq = 0;
-    };
-    std::unordered_map<uint64_t, SeenRequest> recent_requests_;
-    struct SeenLine {
-        uint64_t hash;
-        int64_t sec;
-        uint64_t seq;
-    };
-    std::deque<SeenLine> recent_order_;
-    uint64_t recent_seq_ = 0;
-    static constexpr size_t kRecentMax = 1 << 17;
-    static constexpr int64_t kRecentSec = 120;
+    // Requests that got an error-log verdict, for covered().
+    RecentRequests recent_;
     void remember_request(const LogLine &line);
-    // Whether an error-log line of the request was seen within kCoverSec of sec.
-    bool seen_near(uint64_t hash, int64_t sec) const;
+    // An access line is covered by an error-log line of its request within
+    // kCoverSec of it.
     static constexpr int64_t kCoverSec = 3;
     // Error-log lines cut inside a long request line keep only its beginning:
     // they are remembered under that prefix, and the prefix lengths seen per

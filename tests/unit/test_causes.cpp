@@ -763,6 +763,51 @@ TEST_CASE("access-log 502s during a storm of distinct requests are covered by th
     CHECK_FALSE(c.covered(other));
 }
 
+TEST_CASE("recent requests: kept while 65,536 lines follow, dropped before twice that; bounded slots",
+          "[causes][accesslog]")
+{
+    RecentRequests r;
+    const size_t gen = RecentRequests::kGenLines;
+    for (uint64_t i = 1; i <= gen; i++)
+        r.add(i * 0x9e3779b97f4a7c15ULL, 1000);
+    // The first generation is full: the next line starts the second one.
+    for (uint64_t i = gen + 1; i <= 2 * gen; i++)
+        r.add(i * 0x9e3779b97f4a7c15ULL, 1000);
+    CHECK(r.held() == 2 * gen);
+    size_t seen = 0;
+    for (uint64_t i = 1; i <= 2 * gen; i++)
+        seen += r.seen_near(i * 0x9e3779b97f4a7c15ULL, 1000, 3);
+    CHECK(seen == 2 * gen);
+    CHECK_FALSE(r.seen_near(12345, 1000, 3));
+    CHECK_FALSE(r.seen_near(1 * 0x9e3779b97f4a7c15ULL, 1004, 3)); // seen at 1000: not within 3 s of 1004
+    // One more line: the first generation goes whole.
+    r.add(0x1234, 1000);
+    CHECK(r.held() == gen + 1);
+    CHECK_FALSE(r.seen_near(1 * 0x9e3779b97f4a7c15ULL, 1000, 3));
+    CHECK(r.seen_near((gen + 1) * 0x9e3779b97f4a7c15ULL, 1000, 3));
+    CHECK(r.seen_near(0x1234, 1000, 3));
+}
+
+TEST_CASE("recent requests: one request's seconds out of order, a hash of 0, a clock far off", "[causes][accesslog]")
+{
+    RecentRequests r;
+    r.add(7, 100);
+    r.add(7, 90); // 10 s before the newest: among the 16 before it
+    r.add(7, 80); // 20 s before: not remembered
+    CHECK(r.seen_near(7, 100, 0));
+    CHECK(r.seen_near(7, 90, 0));
+    CHECK_FALSE(r.seen_near(7, 80, 0));
+    CHECK_FALSE(r.seen_near(7, 95, 0));
+    r.add(7, 130); // 30 s on: a new newest, the earlier seconds forgotten
+    CHECK(r.seen_near(7, 130, 0));
+    CHECK_FALSE(r.seen_near(7, 100, 2));
+    r.add(0, 100);
+    CHECK(r.seen_near(0, 100, 0));
+    r.add(9, 100 + (int64_t{1} << 40)); // a clock set far ahead: a generation of its own
+    CHECK(r.seen_near(9, 100 + (int64_t{1} << 40), 0));
+    CHECK(r.seen_near(0, 100, 0));
+}
+
 TEST_CASE("access-log 502s: the same request seen again later still covers the earlier one; the window and the bound",
           "[causes][accesslog]")
 {
@@ -798,16 +843,21 @@ TEST_CASE("access-log 502s: the same request seen again later still covers the e
         between.wall_sec += 9; // 4 s after the second: neither
         CHECK_FALSE(c.covered(between));
     }
-    SECTION("a line older than the window is forgotten")
+    SECTION("a line is kept two minutes of log time at least, forgotten after four")
     {
         Correlator c(s.st, Timebase());
         auto first = error_at(0, 0);
         REQUIRE(c.explain(first, true));
         LogLine later = error_at(0, 1);
-        later.wall_sec += 121; // two minutes on
+        later.wall_sec += 121; // two minutes on: the first is in the older generation
         REQUIRE(c.explain(later, true));
+        CHECK(c.covered(access_of(first)));
+        LogLine much_later = error_at(0, 2);
+        much_later.wall_sec += 242; // two more: the first's generation is dropped
+        REQUIRE(c.explain(much_later, true));
         CHECK_FALSE(c.covered(access_of(first)));
         CHECK(c.covered(access_of(later)));
+        CHECK(c.covered(access_of(much_later)));
     }
     SECTION("an access-only verdict covers nothing")
     {
