@@ -201,10 +201,10 @@ void LogFollower::split(Reader &r, const char *data, size_t n, std::vector<Follo
     r.partial.append(data + start, rest);
 }
 
-void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out)
+void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out, size_t chunks)
 {
-    char buf[65536];
-    for (int rounds = 0; rounds < 256; rounds++) { // at most 16 MiB per poll
+    char buf[kChunk];
+    for (size_t i = 0; i < chunks; i++) {
         ssize_t n = pread(r.fd, buf, sizeof(buf), static_cast<off_t>(r.offset));
         if (n < 0 && r.fd >= 0 && errno != EINTR && errno != EAGAIN && !r.error_said) {
             // (an I/O error, a stale network file: tried again at every poll)
@@ -228,7 +228,7 @@ void LogFollower::read_olds(uint64_t now_ns, std::vector<FollowEvent> &out)
         if (o.r.fd < 0)
             continue;
         uint64_t before = o.r.offset;
-        read_available(o.r, out);
+        read_available(o.r, out, chunks_for(now_ns));
         if (o.r.offset != before)
             o.written = now_ns;
         // Let go once quiet, and once Nginx writes to a newer file (its
@@ -266,7 +266,7 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         cur_.rewind();
     }
     if (!sized || static_cast<uint64_t>(st.st_size) > cur_.offset)
-        read_available(cur_, out); // (what is appended meanwhile comes with the next poll)
+        read_available(cur_, out, chunks_for(now_ns)); // (what is appended meanwhile comes with the next poll)
 
     if (now_ns != kCheckPath && now_ns < next_path_check_)
         return out;
@@ -288,13 +288,13 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         // Rotated: the file read so far is read on as an old one, the new
         // one from its start. Past kMaxOld old files, the oldest is read one
         // last time and let go.
-        read_available(cur_, out);
+        read_available(cur_, out, chunks_for(now_ns));
         if (now_ns == kCheckPath) {
             read_olds(kCheckPath, out);
             cur_.close(); // a last look (a drain): read above, one last time
         } else {
             if (olds_.size() >= kMaxOld) {
-                read_available(olds_.front().r, out);
+                read_available(olds_.front().r, out, kLastChunks);
                 olds_.front().r.close();
                 olds_.pop_front();
             }
@@ -304,7 +304,7 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         std::string why;
         if (open(false, &why)) {
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", display())});
-            read_available(cur_, out);
+            read_available(cur_, out, chunks_for(now_ns));
         } else {
             // Said now: the open that succeeds later (every poll tries) says nothing.
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated, and the new file cannot be read yet "

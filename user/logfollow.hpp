@@ -90,9 +90,16 @@ private:
         bool error_said = false;  // a read failed and was said (until one succeeds)
     };
     static constexpr size_t kMarkBytes = 64;
-    void read_available(Reader &r, std::vector<FollowEvent> &out);
+    // Reads r on, kChunk bytes at a time, at most `chunks` of them: a timed
+    // poll reads kPollChunks (1 MiB, from each file), so that what it hands
+    // over stays small when n502trace lags behind a storm (the main loop
+    // polls again within 10 ms while lines come); a drain, and a file read
+    // one last time, up to kLastChunks (16 MiB).
+    static constexpr size_t kChunk = 65536, kPollChunks = 16, kLastChunks = 256;
+    void read_available(Reader &r, std::vector<FollowEvent> &out, size_t chunks);
     void split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out);
     void read_olds(uint64_t now_ns, std::vector<FollowEvent> &out);
+    static size_t chunks_for(uint64_t now_ns) { return now_ns == kCheckPath ? kLastChunks : kPollChunks; }
 
     int open_file(int flags);
 

@@ -113,6 +113,41 @@ TEST_CASE("the follower reads appended lines and looks for a rotation at most ev
     CHECK(kinds(f.poll(t + 3500 * MS)).empty());
 }
 
+TEST_CASE("a timed poll reads at most 1 MiB of a file, a drain the rest; no line lost or split", "[follow]")
+{
+    Followed fl("");
+    LogFollower &f = fl.f;
+    // 3 MiB and a bit of 100-byte lines, appended before any poll (n502trace lagging behind a storm).
+    const size_t n = 3 * 1024 * 1024 / 100 + 7;
+    std::string text;
+    for (size_t i = 0; i < n; i++) {
+        std::string line = "line " + std::to_string(i) + " ";
+        line.resize(99, 'x');
+        text += line + "\n";
+    }
+    append(fl.log, text);
+    std::vector<std::string> got;
+    auto take = [&](const std::vector<FollowEvent> &evs) {
+        for (const auto &e : evs) {
+            REQUIRE(e.kind == FollowEvent::Line);
+            got.push_back(e.text);
+        }
+        return evs.size();
+    };
+    size_t first = take(f.poll(1000 * MS));
+    CHECK(first * 100 <= 1024 * 1024);
+    CHECK(first * 100 > 1024 * 1024 - 100);
+    size_t second = take(f.poll(1010 * MS));
+    CHECK(second * 100 <= 1024 * 1024 + 100);
+    CHECK(second > 0);
+    take(f.poll()); // a drain: everything left
+    REQUIRE(got.size() == n);
+    for (size_t i = 0; i < n; i++)
+        if (got[i].rfind("line " + std::to_string(i) + " ", 0) != 0 || got[i].size() != 99)
+            FAIL("line " << i << " is " << got[i]);
+    CHECK(f.poll(1020 * MS).empty());
+}
+
 TEST_CASE("the follower's poll without a time looks at the path at once", "[follow]")
 {
     Followed fl("");
