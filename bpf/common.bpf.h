@@ -110,9 +110,11 @@ struct {
 
 const volatile __u8 filter_cgroups __weak = 0;
 
-/* Where a followed Nginx ran (its cgroup v2 directory's name), while user
- * space waits for it to start again there (a container's or a service's
- * restart): see proc.bpf.c, on_sched__process_exec. */
+/* Where a followed Nginx runs or ran: its cgroup v2 directory, known by its
+ * parent directory's id and its name, which a restart (a container's, a
+ * service's) makes again. Set by user space while that Nginx lives and for a
+ * minute after it goes: an Nginx that execs in such a cgroup is tracked from
+ * its first instant (proc.bpf.c, on_sched__process_exec). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 64);

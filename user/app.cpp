@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <fmt/format.h>
-#include <fstream>
 #include <fmt/ranges.h>
 #include <initializer_list>
 #include <map>
@@ -648,7 +647,15 @@ int run(const Options &opt)
     };
     std::vector<Selected> selection;
     for (const auto &ref : opt.containers) {
-        auto rc = resolve_container(ref, dirs, &err);
+        std::optional<ContainerInfo> stopped;
+        auto rc = resolve_container(ref, dirs, &err, &stopped);
+        if (!rc && stopped && !uroot.empty()) {
+            // Stopped now (docker stop, a restart policy's back-off): waited
+            // for as a container without Nginx is, and followed once it runs
+            // (no cgroup until then: its path is learnt when it starts).
+            selection.push_back({"container " + ref, "", stopped, false, ref});
+            continue;
+        }
         if (!rc) {
             error(err);
             return EXIT_USAGE;
@@ -698,12 +705,14 @@ int run(const Options &opt)
     auto walk_selection = [&]() {
         std::vector<CgroupRef> all;
         for (const auto &sel : selection)
-            if (!sel.v1)
+            if (!sel.v1 && !sel.path.empty())
                 for (auto &cg : cgroup_tree(uroot, sel.path))
                     all.push_back(std::move(cg));
         return all;
     };
     auto pids_in_selection = [&](const Selected &sel) {
+        if (sel.path.empty())
+            return std::vector<uint32_t>{}; // (a container not running)
         return uroot.empty() || sel.v1 ? pids_with_cgroup_path(sel.path)
                                        : pids_in_cgroups(uroot, cgroup_tree(uroot, sel.path));
     };
@@ -841,17 +850,23 @@ int run(const Options &opt)
     if (instances.empty()) {
         std::string what;
         for (const auto &sel : selection)
-            what += (what.empty() ? "" : ", ") + sel.what;
+            what += (what.empty() ? "" : ", ") + sel.what + (sel.path.empty() ? " (not running)" : "");
         error(fmt::format("no Nginx master process found in {} (`pgrep -af 'nginx: master'` on the "
                           "host lists masters; give one with --nginx-pid)",
                           what));
         return EXIT_USAGE;
     }
     for (const Selected *sel : empty_selections)
-        engine.warning({"no_nginx_in_selection",
-                       fmt::format("no Nginx master runs in {} (cgroup {}) yet: it is followed when one starts",
-                                   sel->what, sel->path),
-                       0});
+        engine.warning(sel->path.empty()
+                           ? Warning{"container_not_running",
+                                     fmt::format("{} ({}) is not running: it is followed when it starts",
+                                                 sel->what, describe(*sel->container)),
+                                     0}
+                           : Warning{"no_nginx_in_selection",
+                                     fmt::format("no Nginx master runs in {} (cgroup {}) yet: it is followed when "
+                                                 "one starts",
+                                                 sel->what, sel->path),
+                                     0});
     // SIGINT/SIGTERM arrive through a signalfd so the loop can stop cleanly.
     sigset_t mask;
     sigemptyset(&mask);
@@ -1360,11 +1375,10 @@ int run(const Options &opt)
                 break;
             p = pi->ppid;
         }
-        std::ifstream procs(uroot + in.cgroup + "/cgroup.procs");
-        if (!procs.is_open())
-            return false; // (gone already, or not where it was read)
-        uint32_t pid;
-        while (procs >> pid) {
+        auto pids = pids_in_cgroups(uroot, {{in.cgroup, 0}});
+        if (pids.empty())
+            return false; // (gone already, or not where it was read: its master at least is in it)
+        for (uint32_t pid : pids) {
             bool kin = pid == in.info.master || ancestors.count(pid);
             for (uint32_t p = pid, steps = 0; !kin && p > 1 && steps < 64; steps++) {
                 auto pi = read_proc(p);
@@ -1446,12 +1460,26 @@ int run(const Options &opt)
                                        f.path()),
                            0});
     };
+    // A timed poll reads at most 1 MiB of each log (LogFollower::capped):
+    // while one is behind, the loop polls again at once, and an instance's
+    // access logs wait for its error logs (an access line is checked for
+    // its error-log verdict soon after it is read).
+    bool logs_behind = false;
     auto read_logs = [&](uint64_t now) {
         bool any = false;
+        logs_behind = false;
         for (auto &in : instances) {
+            bool errors_behind = false;
             for (auto *list : {&in->errors, &in->access})
-                for (auto &f : *list)
-                    for (auto &fe : f->poll(now)) {
+                for (auto &f : *list) {
+                    if (list == &in->access && errors_behind)
+                        continue;
+                    auto got = f->poll(now);
+                    if (f->capped()) {
+                        logs_behind = true;
+                        errors_behind = errors_behind || list == &in->errors;
+                    }
+                    for (auto &fe : got) {
                         if (fe.kind != FollowEvent::Line) {
                             if (list == &in->errors || fe.kind == FollowEvent::Error)
                                 engine.warning({"log_" + std::string(fe.kind == FollowEvent::Rotated     ? "rotated"
@@ -1470,6 +1498,7 @@ int run(const Options &opt)
                         any = engine.log_line(fe.text, [inp](uint32_t logged) { return inp->host_pid(logged); }) ||
                               any;
                     }
+                }
         }
         return any;
     };
@@ -1618,24 +1647,35 @@ int run(const Options &opt)
             for (auto &sel : selection) {
                 if (sel.ref.empty() || sel.v1 || !sel.container || uroot.empty() || now_parked < sel.next_resolve)
                     continue;
+                // A container not running when n502trace started has no
+                // path yet: looked for every second until it runs.
+                const bool waiting = sel.path.empty();
                 struct stat st{};
-                if (stat((uroot + sel.path).c_str(), &st) == 0)
+                if (!waiting && stat((uroot + sel.path).c_str(), &st) == 0)
                     continue;
                 // (reads the runtimes' state: not at every look; more often
                 // in the minute after a master went)
-                sel.next_resolve = now_parked + (now_parked < quick_until ? 500'000'000ULL : 5'000'000'000ULL);
+                sel.next_resolve = now_parked + (now_parked < quick_until ? 500'000'000ULL
+                                                 : waiting                ? 1'000'000'000ULL
+                                                                          : 5'000'000'000ULL);
                 std::string rerr;
                 auto rc = resolve_container(sel.ref, dirs, &rerr);
-                if (!rc || rc->info.id == sel.container->id)
+                if (!rc || (!waiting && rc->info.id == sel.container->id))
                     continue;
                 std::string path = cgroup_v2_path(rc->pid);
                 auto c2 = container_from_cgroup(path, dirs);
                 if (path.empty() || path == "/" || !c2 || c2->id != rc->info.id)
                     continue;
-                engine.warning({"container_recreated",
-                               fmt::format("container {} was made again: following {} (cgroup {}) instead of {}",
-                                           sel.ref, describe(rc->info), path, describe(*sel.container)),
-                               0});
+                if (waiting && rc->info.id == sel.container->id)
+                    engine.warning({"container_started",
+                                   fmt::format("{} ({}) started: following it (cgroup {})", sel.what,
+                                               describe(rc->info), path),
+                                   0});
+                else
+                    engine.warning({"container_recreated",
+                                   fmt::format("container {} was made again: following {} (cgroup {}) instead of {}",
+                                               sel.ref, describe(rc->info), path, describe(*sel.container)),
+                                   0});
                 sel.path = path;
                 sel.container = rc->info;
             }
@@ -1667,8 +1707,8 @@ int run(const Options &opt)
     };
 
     uint64_t untracked_seen = 0;
-    auto take_counters = [&]() {
-        KernelCounters kc = loader.counters();
+    auto take_counters = [&](bool final = false) {
+        KernelCounters kc = final ? loader.final_counters() : loader.counters();
         engine.counters({kc.lost, kc.map_full + kc.evicted}); // (a table entry not made, or forgotten)
         bool more = kc.untracked > untracked_seen || failure_claimed;
         untracked_seen = kc.untracked;
@@ -1793,7 +1833,7 @@ int run(const Options &opt)
     uint64_t next_counters = 0;
     while (!stop) {
         epoll_event evs[4];
-        int n = epoll_wait(ep.get(), evs, 4, busy ? kBusyPollMs : kIdlePollMs);
+        int n = epoll_wait(ep.get(), evs, 4, logs_behind ? 0 : busy ? kBusyPollMs : kIdlePollMs);
         if (n < 0 && errno != EINTR) {
             error(fmt::format("epoll_wait: {}", strerror(errno)));
             break;
@@ -1897,7 +1937,7 @@ int run(const Options &opt)
     loader.consume();
     read_logs(LogFollower::kCheckPath);
     loader.consume();
-    take_counters();
+    take_counters(true);
     uint64_t rss_kib = 0;
     if (FILE *f = fopen("/proc/self/status", "r")) {
         char line[256];

@@ -276,7 +276,7 @@ std::optional<ContainerInfo> container_from_cgroup(const std::string &path, cons
 }
 
 std::optional<ResolvedContainer> resolve_container(const std::string &ref_in, const RuntimeDirs &dirs,
-                                                   std::string *error)
+                                                   std::string *error, std::optional<ContainerInfo> *stopped)
 {
     std::string ref = !ref_in.empty() && ref_in[0] == '/' ? ref_in.substr(1) : ref_in;
     if (ref.empty()) {
@@ -383,6 +383,8 @@ std::optional<ResolvedContainer> resolve_container(const std::string &ref_in, co
     const Candidate &m = *match.front();
     if (!m.running || !m.pid || access(fmt::format("/proc/{}", *m.pid).c_str(), F_OK) != 0) {
         *error = fmt::format("container {} ({} {}) is not running", ref_in, m.info.runtime, m.info.id.substr(0, 12));
+        if (stopped)
+            *stopped = m.info;
         return std::nullopt;
     }
     return ResolvedContainer{m.info, *m.pid};

@@ -48,13 +48,15 @@ std::optional<ContainerInfo> container_from_cgroup(const std::string &path, cons
 
 // --container REF: a name, a full id, or a unique id prefix. Returns the
 // container and the host pid of its first process; on failure nullopt and
-// *error says why (and what exists).
+// *error says why (and what exists). A container that exists but does not
+// run is also put in *stopped when given (else only in the error).
 struct ResolvedContainer {
     ContainerInfo info;
     uint32_t pid = 0;
 };
 std::optional<ResolvedContainer> resolve_container(const std::string &ref, const RuntimeDirs &dirs,
-                                                   std::string *error);
+                                                   std::string *error,
+                                                   std::optional<ContainerInfo> *stopped = nullptr);
 
 // --cgroup PATH: absolute under the v2 mount, or as /proc/PID/cgroup shows
 // it. Returns the path relative to the v2 root ("/docker/<id>").

@@ -1,10 +1,12 @@
 #include "correlator.hpp"
+
 #include "keyedhash.hpp"
 
 #include <cassert>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <sys/socket.h>
 #include <fmt/format.h>
 
@@ -420,7 +422,7 @@ void RecentRequests::add(uint64_t hash, int64_t sec)
         g->base = sec;
     if ((g->used + 1) * 2 > g->slots.size())
         grow(*g);
-    auto rel = static_cast<int32_t>(std::min<int64_t>(sec - g->base, INT32_MAX));
+    auto rel = static_cast<int32_t>(sec - g->base); // within [-2^30, kGenSec]: checked above
     Slot *s = &g->slots[probe(*g, hash)];
     if (s->hash == 0) {
         *s = Slot{hash, rel, 0};

@@ -64,11 +64,12 @@ struct CorrelatorOptions {
 // before it (bit i: newest - 1 - i).
 //
 // Two generations of open-addressed slots, 16 bytes each: lines go to the
-// newer; once it holds kGenLines lines or spans kGenSec of log time, the
-// older is dropped whole (its memory returned) and the newer takes its place.
-// A line is kept while at least kGenLines lines and kGenSec seconds follow
-// it, and dropped before twice either: a storm of distinct requests holds at
-// most 2 x 2^17 slots (4 MiB), none of them allocated one by one.
+// newer; once it holds kGenLines lines or a line comes more than kGenSec
+// after its first, the older is dropped whole (its memory returned) and the
+// newer takes its place. A line is kept until at least kGenLines more lines,
+// or one stamped more than kGenSec later, have come, and while at most
+// 2 x kGenLines lines follow it: a storm of distinct requests holds at most
+// 2 x 2^17 slots (4 MiB; 5 while one grows), none allocated one by one.
 class RecentRequests {
 public:
     static constexpr size_t kGenLines = 1 << 16;
@@ -79,6 +80,8 @@ public:
     bool seen_near(uint64_t hash, int64_t sec, int64_t within) const;
     // Requests held (a request seen in both generations counts twice).
     size_t held() const { return gen_[0].used + gen_[1].used; }
+    // Slots allocated (a bound on memory: 16 bytes each).
+    size_t slots() const { return gen_[0].slots.size() + gen_[1].slots.size(); }
 
 private:
     struct Slot {

@@ -596,9 +596,7 @@ void Engine::check_capture_format(std::pair<uint32_t, uint64_t> log, const std::
 {
     if (cfg_.no_access_log)
         return;
-    bool error_line = line.size() > 21 && line[4] == '/' && line[7] == '/' && line[10] == ' ' &&
-                      line[13] == ':' && line[19] == ' ' && line[20] == '[';
-    if (error_line)
+    if (is_error_log_line(line))
         return;
     auto &[seen, ok] = capture_format_[log];
     if (seen >= 50)

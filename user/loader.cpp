@@ -623,27 +623,31 @@ std::optional<uint64_t> Loader::counter(uint32_t idx) const
 
 namespace {
 
-// A hash table's entries now, each(key, value, 1) for each, walked key by
-// key (BPF_MAP_GET_NEXT_KEY, then a look-up: both lock-free in the kernel,
-// unlike a batch look-up, which holds each bucket's lock while the kernel
-// side updates the same table from its hooks). A walk whose key was removed
-// meanwhile starts over from the first bucket: keys already seen are
-// skipped, so every entry that stayed all along is seen exactly once. False
-// when the walk cannot finish (more than four tables' worth of steps).
-template <typename Each> bool each_entry(bpf_map *map, Each each)
+// A hash table's entries now, each(key, value) for each (K and V: the
+// table's key and value types), walked key by key (BPF_MAP_GET_NEXT_KEY,
+// then a look-up: both lock-free in the kernel, unlike a batch look-up,
+// which holds each bucket's lock while the kernel side updates the same
+// table from its hooks). A walk whose key was removed meanwhile starts over
+// from the first bucket: keys already seen are skipped, so every entry that
+// stayed all along is seen exactly once. False when the walk cannot finish
+// (more than four tables' worth of steps), or when the table's key or value
+// is not of K's or V's size.
+template <typename K, typename V, typename Each> bool each_entry(bpf_map *map, Each each)
 {
-    const size_t ks = bpf_map__key_size(map), vs = bpf_map__value_size(map);
-    std::vector<char> key(ks), next(ks), value(vs);
+    if (bpf_map__key_size(map) != sizeof(K) || bpf_map__value_size(map) != sizeof(V))
+        return false;
+    K key{}, next{};
+    V value{};
     std::unordered_set<std::string> seen;
     const uint64_t limit = 4ULL * bpf_map__max_entries(map) + 16;
     for (uint64_t steps = 0; steps < limit; steps++) {
-        if (bpf_map__get_next_key(map, steps ? key.data() : nullptr, next.data(), ks) != 0)
+        if (bpf_map__get_next_key(map, steps ? &key : nullptr, &next, sizeof(K)) != 0)
             return errno == ENOENT; // that was the last of them
         key = next;
-        if (!seen.insert(std::string(key.data(), ks)).second)
+        if (!seen.insert(std::string(reinterpret_cast<const char *>(&key), sizeof(K))).second)
             continue;
-        if (bpf_map__lookup_elem(map, key.data(), ks, value.data(), vs, 0) == 0)
-            each(key.data(), value.data(), 1u);
+        if (bpf_map__lookup_elem(map, &key, sizeof(K), &value, sizeof(V), 0) == 0)
+            each(key, value);
     }
     return false;
 }
@@ -694,13 +698,8 @@ uint64_t Loader::forgotten()
     // Tuples first: a tuple is made after its socket's record, so one read
     // here whose record is not read after is one whose record is gone.
     std::vector<std::pair<n502_tuple, uint64_t>> tups;
-    bool ok = each_entry(tuples, [&](const char *keys, const char *values, uint32_t n) {
-        for (uint32_t i = 0; i < n; i++) {
-            std::pair<n502_tuple, uint64_t> t;
-            std::memcpy(&t.first, keys + i * sizeof(n502_tuple), sizeof(n502_tuple));
-            std::memcpy(&t.second, values + i * sizeof(uint64_t), sizeof(uint64_t));
-            tups.push_back(t);
-        }
+    bool ok = each_entry<n502_tuple, uint64_t>(tuples, [&](const n502_tuple &key, uint64_t sk) {
+        tups.emplace_back(key, sk);
     });
     const uint32_t gen = skel_->bss->track_gen;
     std::unordered_set<uint64_t> live;
@@ -716,23 +715,18 @@ uint64_t Loader::forgotten()
         return !it->second;
     };
     uint64_t n_socks = 0, n_tuples = 0;
-    ok = ok && each_entry(socks, [&](const char *keys, const char *values, uint32_t n) {
-        for (uint32_t i = 0; i < n; i++) {
-            uint64_t key;
-            n502_sock v, now_v;
-            std::memcpy(&key, keys + i * sizeof(key), sizeof(key));
-            std::memcpy(&v, values + i * sizeof(v), sizeof(v));
-            // (looked up again just before: a new socket at the same address
-            // may have a live record there by now)
-            if (dead(v) && bpf_map__lookup_elem(socks, &key, sizeof(key), &now_v, sizeof(now_v), 0) == 0 &&
-                now_v.gen == v.gen && now_v.owner_tgid == v.owner_tgid && dead(now_v) &&
-                bpf_map__delete_elem(socks, &key, sizeof(key), 0) == 0) {
-                socks_lru_.removed_here++;
-                continue;
-            }
-            n_socks++;
-            live.insert(key);
+    ok = ok && each_entry<uint64_t, n502_sock>(socks, [&](uint64_t key, const n502_sock &v) {
+        // (looked up again just before: a new socket at the same address
+        // may have a live record there by now)
+        n502_sock now_v;
+        if (dead(v) && bpf_map__lookup_elem(socks, &key, sizeof(key), &now_v, sizeof(now_v), 0) == 0 &&
+            now_v.gen == v.gen && now_v.owner_tgid == v.owner_tgid && dead(now_v) &&
+            bpf_map__delete_elem(socks, &key, sizeof(key), 0) == 0) {
+            socks_lru_.removed_here++;
+            return;
         }
+        n_socks++;
+        live.insert(key);
     });
     if (!ok)
         return socks_lru_.evicted + tuples_lru_.evicted;
@@ -770,6 +764,14 @@ KernelCounters Loader::counters()
     out.untracked = counter(N502_CNT_UNTRACKED).value_or(0);
     out.evicted = forgotten();
     return out;
+}
+
+KernelCounters Loader::final_counters()
+{
+    tables_checked_ns_ = 0;
+    forgotten();
+    tables_checked_ns_ = 0;
+    return counters();
 }
 
 bool Loader::check_btf_file(const std::string &path, std::string *why)

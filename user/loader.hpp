@@ -131,6 +131,10 @@ public:
     // missing beyond those removed, worked out by counting a table's entries
     // when it has come near its size, at most once a second.
     KernelCounters counters();
+    // The same at exit: the socket tables are looked at now whatever
+    // table_look_ns says (twice in a row, as an excess needs to count), so
+    // that entries forgotten in the last second are not missed.
+    KernelCounters final_counters();
 
     // Preflight facts for --check; btf_path: the file a run would get with --btf.
     static std::vector<std::pair<std::string, std::string>> preflight(const std::string &btf_path = "");

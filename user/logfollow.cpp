@@ -201,7 +201,7 @@ void LogFollower::split(Reader &r, const char *data, size_t n, std::vector<Follo
     r.partial.append(data + start, rest);
 }
 
-void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out, size_t chunks)
+bool LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out, size_t chunks)
 {
     char buf[kChunk];
     for (size_t i = 0; i < chunks; i++) {
@@ -215,10 +215,13 @@ void LogFollower::read_available(Reader &r, std::vector<FollowEvent> &out, size_
         if (n >= 0)
             r.error_said = false;
         if (n <= 0)
-            break;
+            return false;
         r.offset += static_cast<uint64_t>(n);
         split(r, buf, static_cast<size_t>(n), out);
+        if (static_cast<size_t>(n) < sizeof(buf))
+            return false; // the end, as of now
     }
+    return chunks > 0; // stopped at the limit
 }
 
 void LogFollower::read_olds(uint64_t now_ns, std::vector<FollowEvent> &out)
@@ -227,10 +230,18 @@ void LogFollower::read_olds(uint64_t now_ns, std::vector<FollowEvent> &out)
         Old &o = olds_[i];
         if (o.r.fd < 0)
             continue;
+        // An older file not read to its end yet is read on first: lines come
+        // in the order they were written. (This one is not read now: not
+        // taken for quiet either.)
+        if (capped_ && now_ns != kCheckPath)
+            continue;
         uint64_t before = o.r.offset;
-        read_available(o.r, out, chunks_for(now_ns));
+        bool more = read_available(o.r, out, chunks_for(now_ns));
+        capped_ = capped_ || more;
         if (o.r.offset != before)
             o.written = now_ns;
+        if (more && now_ns != kCheckPath)
+            continue;
         // Let go once quiet, and once Nginx writes to a newer file (its
         // workers have reopened), or after kOldMaxNs whatever it does (a
         // reopen that never comes: nothing more is written to it then either).
@@ -251,6 +262,7 @@ void LogFollower::read_olds(uint64_t now_ns, std::vector<FollowEvent> &out)
 std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
 {
     std::vector<FollowEvent> out;
+    capped_ = false;
     read_olds(now_ns, out);
     if (cur_.fd < 0) {
         if (!open(false, nullptr))
@@ -265,8 +277,10 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         out.push_back({FollowEvent::Truncated, fmt::format("{} was truncated; reading it from the start", display())});
         cur_.rewind();
     }
-    if (!sized || static_cast<uint64_t>(st.st_size) > cur_.offset)
-        read_available(cur_, out, chunks_for(now_ns)); // (what is appended meanwhile comes with the next poll)
+    // (what is appended meanwhile comes with the next poll; nothing while an
+    // older file is read on)
+    if (!capped_ && (!sized || static_cast<uint64_t>(st.st_size) > cur_.offset))
+        capped_ = read_available(cur_, out, chunks_for(now_ns));
 
     if (now_ns != kCheckPath && now_ns < next_path_check_)
         return out;
@@ -288,7 +302,8 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         // Rotated: the file read so far is read on as an old one, the new
         // one from its start. Past kMaxOld old files, the oldest is read one
         // last time and let go.
-        read_available(cur_, out, chunks_for(now_ns));
+        if (!capped_)
+            capped_ = read_available(cur_, out, chunks_for(now_ns));
         if (now_ns == kCheckPath) {
             read_olds(kCheckPath, out);
             cur_.close(); // a last look (a drain): read above, one last time
@@ -304,7 +319,8 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         std::string why;
         if (open(false, &why)) {
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", display())});
-            read_available(cur_, out, chunks_for(now_ns));
+            if (!capped_)
+                capped_ = read_available(cur_, out, chunks_for(now_ns));
         } else {
             // Said now: the open that succeeds later (every poll tries) says nothing.
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated, and the new file cannot be read yet "

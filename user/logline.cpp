@@ -383,21 +383,25 @@ sv upstream_peer(sv up) {
   return peer;
 }
 
+// "YYYY/MM/DD HH:MM:SS [": the start of every error-log line.
+bool parse_stamp(sv line, int& Y, int& M, int& D, int& h, int& m, int& s) {
+  if (line.size() < 21) return false;
+  if (!fixed_digits(line, 0, 4, Y) || line[4] != '/' || !fixed_digits(line, 5, 2, M) || line[7] != '/' ||
+      !fixed_digits(line, 8, 2, D) || line[10] != ' ' || !fixed_digits(line, 11, 2, h) || line[13] != ':' ||
+      !fixed_digits(line, 14, 2, m) || line[16] != ':' || !fixed_digits(line, 17, 2, s) || line[19] != ' ' ||
+      line[20] != '[')
+    return false;
+  return Y >= 1970 && M >= 1 && M <= 12 && D >= 1 && D <= 31 && h <= 23 && m <= 59 && s <= 60;
+}
+
 bool parse_impl(sv line, LogLine& out) {
   while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
 
-  // "YYYY/MM/DD HH:MM:SS "
   int Y, M, D, h, m, s;
-  if (line.size() < 20) return false;
-  if (!fixed_digits(line, 0, 4, Y) || line[4] != '/' || !fixed_digits(line, 5, 2, M) || line[7] != '/' ||
-      !fixed_digits(line, 8, 2, D) || line[10] != ' ' || !fixed_digits(line, 11, 2, h) || line[13] != ':' ||
-      !fixed_digits(line, 14, 2, m) || line[16] != ':' || !fixed_digits(line, 17, 2, s) || line[19] != ' ')
-    return false;
-  if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || s > 60) return false;
+  if (!parse_stamp(line, Y, M, D, h, m, s)) return false;
 
   // "[level] "
   size_t pos = 20;
-  if (pos >= line.size() || line[pos] != '[') return false;
   size_t close = line.find(']', pos);
   if (close == sv::npos || close - pos > 10) return false;
   sv level = line.substr(pos + 1, close - pos - 1);
@@ -503,6 +507,11 @@ bool parse_upstream_error(std::string_view line, LogLine& out) {
   } catch (...) {  // only std::bad_alloc is possible; never propagate
     return false;
   }
+}
+
+bool is_error_log_line(std::string_view line) {
+  int Y, M, D, h, m, s;
+  return parse_stamp(line, Y, M, D, h, m, s);
 }
 
 std::optional<LogLine> parse_upstream_error(std::string_view line) {

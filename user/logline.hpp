@@ -72,6 +72,10 @@ std::optional<LogLine> parse_upstream_error(std::string_view line);
 // On false, `out` holds nothing meaningful.
 bool parse_upstream_error(std::string_view line, LogLine& out);
 
+// Whether the line begins as every error-log line does ("YYYY/MM/DD HH:MM:SS ["),
+// whatever its level and message.
+bool is_error_log_line(std::string_view line);
+
 // Sets TZ (unsets it for nullptr) and tzset()s. Error-log stamps are local
 // time: the parser converts them under the zone last set here or inherited
 // at start. TZ changed any other way is not noticed by the parser.

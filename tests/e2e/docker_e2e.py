@@ -55,11 +55,15 @@ on kernel 6.18 (cgroup v1 + unified hierarchy, Docker 20.10, cgroupfs):
   follow_twin      two containers with the same Nginx command line; the tool follows one
                    by pid with --follow; `docker stop`, then `docker start` of that one:
                    "connect() failed (111: Connection refused)" -> 502 after the start
+  stopped_at_start two Nginx containers, no upstream, one stopped (`docker stop`) when the
+                   tool starts with --container for each; then `docker start` of it:
+                   "connect() failed (111: Connection refused)" -> 502 in each
 """
 import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import traceback
@@ -716,6 +720,40 @@ def sc_follow_twin(s):
     s.stop_tool(tool)
 
 
+def sc_stopped_at_start(s):
+    conf = nginx_conf(LOOPBACK_UPSTREAM)
+    web = s.web(conf=conf)
+    other = s.web(conf=conf, role="other")
+    dockerenv.docker("stop", "-t", "1", web.name)
+    web.wait_exited()
+    s.note("stopped %s before the tool starts; %s runs" % (web.name, other.name))
+    if s.use_tool:
+        # Alone, a stopped container is refused: there is nothing to follow yet.
+        r = subprocess.run([s.binary, "--container", web.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=30)
+        out = r.stdout.decode(errors="replace")
+        check(r.returncode == 2 and "container %s (not running)" % web.name in out,
+              "n502trace --container <stopped>: want exit 2 naming it not running, got %d: %s" % (r.returncode, out))
+    # Among others it is waited for, and followed once it runs.
+    tool = s.start_tool(["--container", web.name, "--container", other.name], other)
+    if tool is not None:
+        w = warnings_of(tool, "container_not_running")
+        check(len(w) == 1 and web.name in w[0]["message"] and web.id[:12] in w[0]["message"],
+              "want one container_not_running warning naming %s: %r" % (web.name, w))
+    refused_502(s, tool, other, 1)
+    web.start()
+    web.serving()
+    s.note("docker start %s: master %d" % (web.name, web.pid))
+    if tool is not None:
+        tool.wait_record("warning", pred=lambda w: w.get("code") == "container_started" and
+                         web.id[:12] in w["message"], timeout=10)
+        tool.wait_record("warning", pred=lambda w: w.get("code") == "nginx_started" and str(web.pid) in w["message"],
+                         timeout=10)
+    refused_502(s, tool, web, 1)
+    refused_502(s, tool, other, 2)
+    s.stop_tool(tool)
+
+
 SCENARIOS = {
     "pod_oom": sc_pod_oom,
     "docker_kill": sc_docker_kill,
@@ -728,6 +766,7 @@ SCENARIOS = {
     "lifecycle": sc_lifecycle,
     "restart_first_request": sc_restart_first_request,
     "follow_twin": sc_follow_twin,
+    "stopped_at_start": sc_stopped_at_start,
 }
 
 

@@ -1109,12 +1109,12 @@ struct SmallTables {
     int lfd = -1;
     std::vector<int> fds;
 
-    SmallTables()
+    explicit SmallTables(uint64_t look_ns = 0)
     {
         LoaderOptions opt;
         opt.ringbuf_bytes = 1u << 16;
         opt.table_entries = 1024;
-        opt.table_look_ns = 0;
+        opt.table_look_ns = look_ns;
         std::string error;
         REQUIRE(l.load(opt, &error));
         REQUIRE(l.attach(&error));
@@ -1174,6 +1174,18 @@ TEST_CASE("a full socket table forgets its oldest entries, and every one forgott
     // Removing the rest counts as removed: the same number forgotten, not more.
     t.close_all();
     CHECK(t.evicted() == forgot);
+}
+
+TEST_CASE("entries forgotten since the last look are counted at exit, whatever the time between looks", "[kernel]")
+{
+    SmallTables t(3'600'000'000'000ULL); // looked at once an hour
+    t.connect_n(100);
+    CHECK(t.l.counters().evicted == 0); // the first look
+    t.connect_n(700);
+    CHECK(t.l.counters().evicted == 0); // not looked at again within the hour
+    uint64_t forgot = t.l.final_counters().evicted;
+    CHECK(forgot >= 1601 - 1024);
+    CHECK(forgot <= 1601 + 800);
 }
 
 TEST_CASE("socket tables: connections that come and go, and records declared dead, are not counted as forgotten",

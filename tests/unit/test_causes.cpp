@@ -774,6 +774,7 @@ TEST_CASE("recent requests: kept while 65,536 lines follow, dropped before twice
     for (uint64_t i = gen + 1; i <= 2 * gen; i++)
         r.add(i * 0x9e3779b97f4a7c15ULL, 1000);
     CHECK(r.held() == 2 * gen);
+    CHECK(r.slots() <= 2 * 2 * gen); // at most half full: 2^17 slots a generation
     size_t seen = 0;
     for (uint64_t i = 1; i <= 2 * gen; i++)
         seen += r.seen_near(i * 0x9e3779b97f4a7c15ULL, 1000, 3);
@@ -806,6 +807,10 @@ TEST_CASE("recent requests: one request's seconds out of order, a hash of 0, a c
     r.add(9, 100 + (int64_t{1} << 40)); // a clock set far ahead: a generation of its own
     CHECK(r.seen_near(9, 100 + (int64_t{1} << 40), 0));
     CHECK(r.seen_near(0, 100, 0));
+    r.add(11, 100); // and back: another (the first goes)
+    CHECK(r.seen_near(11, 100, 0));
+    CHECK(r.seen_near(9, 100 + (int64_t{1} << 40), 0));
+    CHECK_FALSE(r.seen_near(0, 100, 0));
 }
 
 TEST_CASE("access-log 502s: the same request seen again later still covers the earlier one; the window and the bound",

@@ -147,6 +147,13 @@ TEST_CASE("--container: by name, full id, unique prefix; clear errors otherwise"
 
     CHECK_FALSE(resolve_container("old", d, &err));
     CHECK(err.find("is not running") != std::string::npos);
+    std::optional<ContainerInfo> stopped;
+    CHECK_FALSE(resolve_container("old", d, &err, &stopped));
+    REQUIRE(stopped);
+    CHECK(stopped->name == "old");
+    stopped.reset();
+    CHECK_FALSE(resolve_container("nosuch", d, &err, &stopped));
+    CHECK_FALSE(stopped); // not a stopped container: none at all
 
     // Both ids start with a hex digit; "0c3" and "8e7" are unique, "" is not a reference.
     CHECK_FALSE(resolve_container("", d, &err));

@@ -148,6 +148,45 @@ TEST_CASE("a timed poll reads at most 1 MiB of a file, a drain the rest; no line
     CHECK(f.poll(1020 * MS).empty());
 }
 
+TEST_CASE("a rotation while behind: the old file's lines all come before the new file's, none lost", "[follow]")
+{
+    Followed fl("");
+    LogFollower &f = fl.f;
+    auto lines = [](const std::string &tag, size_t n) {
+        std::string text;
+        for (size_t i = 0; i < n; i++) {
+            std::string line = tag + " " + std::to_string(i) + " ";
+            line.resize(99, 'x');
+            text += line + "\n";
+        }
+        return text;
+    };
+    const size_t n = 3 * 1024 * 1024 / 100; // 3 MiB: three timed polls' worth
+    append(fl.log, lines("old", n));
+    fl.rotate();
+    append(fl.log, lines("new", 10));
+    std::vector<std::string> got;
+    uint64_t t = 1000 * MS;
+    bool was_capped = false;
+    for (int polls = 0; polls < 20 && got.size() < n + 10; polls++, t += 10 * MS) {
+        for (const auto &e : f.poll(t))
+            if (e.kind == FollowEvent::Line)
+                got.push_back(e.text.substr(0, e.text.find(' ', 4)));
+        was_capped = was_capped || f.capped();
+        // Idle for long between polls (the old file's quiet time and more):
+        // a file not read to its end is never let go.
+        t += 3000 * MS;
+    }
+    CHECK(was_capped);
+    CHECK_FALSE(f.capped());
+    REQUIRE(got.size() == n + 10);
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != "old " + std::to_string(i))
+            FAIL("line " << i << " is " << got[i]);
+    for (size_t i = 0; i < 10; i++)
+        CHECK(got[n + i] == "new " + std::to_string(i));
+}
+
 TEST_CASE("the follower's poll without a time looks at the path at once", "[follow]")
 {
     Followed fl("");
