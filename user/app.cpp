@@ -287,6 +287,7 @@ struct Instance {
     uint64_t hup_seen = 0;                          // the last SIGHUP to the master whose reload was read
     bool selected = false;                          // found through --container/--cgroup
     bool gone = false;
+    uint64_t access_polled = 0;                     // (boot ns) its access logs were last read
     std::optional<std::pair<uint64_t, std::string>> place; // its cgroup as a place watched for its restart
 
     // Merged, never cleared: a worker that has exited (killed, OOM) keeps
@@ -644,6 +645,7 @@ int run(const Options &opt)
         bool v1 = false;    // path is a v1 cgroup: membership from /proc, no kernel filter
         std::string ref;    // --container REF: resolved again when its container is made again
         uint64_t next_resolve = 0; // (boot ns)
+        uint64_t waiting_since = 0; // (boot ns) a container not running: first looked for
     };
     std::vector<Selected> selection;
     for (const auto &ref : opt.containers) {
@@ -1460,20 +1462,25 @@ int run(const Options &opt)
                                        f.path()),
                            0});
     };
-    // A timed poll reads at most 1 MiB of each log (LogFollower::capped):
-    // while one is behind, the loop polls again at once, and an instance's
-    // access logs wait for its error logs (an access line is checked for
-    // its error-log verdict soon after it is read).
+    // A poll reads at most 1 MiB of each log (LogFollower::capped): while
+    // one is behind, the loop polls again at once, and an instance's access
+    // logs wait for its error logs (an access line is checked for its
+    // error-log verdict soon after it is read), for 200 ms at most (their
+    // rotations are looked for too).
     bool logs_behind = false;
     auto read_logs = [&](uint64_t now) {
         bool any = false;
         logs_behind = false;
+        const bool drain = now == LogFollower::kCheckPath;
+        const uint64_t at = drain ? 0 : now;
         for (auto &in : instances) {
             bool errors_behind = false;
             for (auto *list : {&in->errors, &in->access})
                 for (auto &f : *list) {
-                    if (list == &in->access && errors_behind)
+                    if (list == &in->access && errors_behind && !drain && at - in->access_polled < 200'000'000)
                         continue;
+                    if (list == &in->access)
+                        in->access_polled = at;
                     auto got = f->poll(now);
                     if (f->capped()) {
                         logs_behind = true;
@@ -1593,9 +1600,11 @@ int run(const Options &opt)
             const std::string place = place_of(in);
             for (auto *list : {&in.errors, &in.access}) {
                 for (auto &f : *list) {
-                    for (auto &fe : f->poll())
-                        if (fe.kind == FollowEvent::Line)
-                            engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
+                    // (1 MiB at a time: LogFollower::capped)
+                    for (int batch = 0; batch < 4096 && (batch == 0 || f->capped()); batch++)
+                        for (auto &fe : f->poll())
+                            if (fe.kind == FollowEvent::Line)
+                                engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
                     if (!place.empty()) {
                         uint64_t size = f->size();
                         parked.push_back({place, f->path(), list == &in.errors, std::move(f), boot_now_ns(), size});
@@ -1655,16 +1664,35 @@ int run(const Options &opt)
                     continue;
                 // (reads the runtimes' state: not at every look; more often
                 // in the minute after a master went)
-                sel.next_resolve = now_parked + (now_parked < quick_until ? 500'000'000ULL
-                                                 : waiting                ? 1'000'000'000ULL
-                                                                          : 5'000'000'000ULL);
+                // (a container not running: every second for its first
+                // minute of waiting, every 5 s after)
+                if (waiting && !sel.waiting_since)
+                    sel.waiting_since = now_parked;
+                const bool quick = now_parked < quick_until;
+                const bool waiting_quick = waiting && now_parked - sel.waiting_since < 60'000'000'000ULL;
+                sel.next_resolve = now_parked + (quick           ? 500'000'000ULL
+                                                 : waiting_quick ? 1'000'000'000ULL
+                                                                 : 5'000'000'000ULL);
                 std::string rerr;
                 auto rc = resolve_container(sel.ref, dirs, &rerr);
                 if (!rc || (!waiting && rc->info.id == sel.container->id))
                     continue;
                 std::string path = cgroup_v2_path(rc->pid);
                 auto c2 = container_from_cgroup(path, dirs);
-                if (path.empty() || path == "/" || !c2 || c2->id != rc->info.id)
+                const bool own_v2 = !path.empty() && path != "/" && c2 && c2->id == rc->info.id;
+                if (waiting && rc->info.id == sel.container->id && !own_v2) {
+                    // Not in a cgroup v2 of its own (older runc on a hybrid
+                    // host): the kernel side filters on cgroup ids, set at
+                    // start; this container cannot be added now.
+                    engine.warning({"cgroup_v1_only",
+                                   fmt::format("{} ({}) started, but not in a cgroup v2 of its own ({}): it is not "
+                                               "followed; run n502trace again, or give its Nginx with --nginx-pid",
+                                               sel.what, describe(rc->info), path),
+                                   0});
+                    sel.ref.clear(); // (not looked for again)
+                    continue;
+                }
+                if (!own_v2)
                     continue;
                 if (waiting && rc->info.id == sel.container->id)
                     engine.warning({"container_started",
@@ -1935,8 +1963,17 @@ int run(const Options &opt)
     // Drain: kernel events and log lines already written still count.
     engine.tick(boot_now_ns(), real_now_ns());
     loader.consume();
-    read_logs(LogFollower::kCheckPath);
-    loader.consume();
+    // (1 MiB of each log at a time: LogFollower::capped; for 10 s at most)
+    const uint64_t drain_until = boot_now_ns() + 10'000'000'000ULL;
+    do {
+        read_logs(LogFollower::kCheckPath);
+        loader.consume();
+    } while (logs_behind && boot_now_ns() < drain_until);
+    if (logs_behind)
+        engine.warning({"log_error",
+                       "stopped reading the logs at exit after 10 s with more of them unread: lines written while "
+                       "n502trace was behind were not all read",
+                       0});
     take_counters(true);
     uint64_t rss_kib = 0;
     if (FILE *f = fopen("/proc/self/status", "r")) {

@@ -768,6 +768,8 @@ KernelCounters Loader::counters()
 
 KernelCounters Loader::final_counters()
 {
+    if (!skel_)
+        return {};
     tables_checked_ns_ = 0;
     forgotten();
     tables_checked_ns_ = 0;

@@ -233,15 +233,14 @@ void LogFollower::read_olds(uint64_t now_ns, std::vector<FollowEvent> &out)
         // An older file not read to its end yet is read on first: lines come
         // in the order they were written. (This one is not read now: not
         // taken for quiet either.)
-        if (capped_ && now_ns != kCheckPath)
+        if (capped_)
             continue;
         uint64_t before = o.r.offset;
-        bool more = read_available(o.r, out, chunks_for(now_ns));
-        capped_ = capped_ || more;
+        capped_ = read_available(o.r, out, kPollChunks);
         if (o.r.offset != before)
             o.written = now_ns;
-        if (more && now_ns != kCheckPath)
-            continue;
+        if (capped_)
+            continue; // (not let go with more to read, in a drain either)
         // Let go once quiet, and once Nginx writes to a newer file (its
         // workers have reopened), or after kOldMaxNs whatever it does (a
         // reopen that never comes: nothing more is written to it then either).
@@ -280,7 +279,11 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
     // (what is appended meanwhile comes with the next poll; nothing while an
     // older file is read on)
     if (!capped_ && (!sized || static_cast<uint64_t>(st.st_size) > cur_.offset))
-        capped_ = read_available(cur_, out, chunks_for(now_ns));
+        capped_ = read_available(cur_, out, kPollChunks);
+    // Behind: the path is looked at once the files are read (a rotation
+    // then finds them read to their end).
+    if (capped_)
+        return out;
 
     if (now_ns != kCheckPath && now_ns < next_path_check_)
         return out;
@@ -302,25 +305,30 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         // Rotated: the file read so far is read on as an old one, the new
         // one from its start. Past kMaxOld old files, the oldest is read one
         // last time and let go.
-        if (!capped_)
-            capped_ = read_available(cur_, out, chunks_for(now_ns));
-        if (now_ns == kCheckPath) {
+        capped_ = read_available(cur_, out, kPollChunks);
+        if (now_ns == kCheckPath && !capped_) {
             read_olds(kCheckPath, out);
             cur_.close(); // a last look (a drain): read above, one last time
         } else {
             if (olds_.size() >= kMaxOld) {
-                read_available(olds_.front().r, out, kLastChunks);
-                olds_.front().r.close();
+                Reader &oldest = olds_.front().r;
+                if (read_available(oldest, out, kLastChunks))
+                    out.push_back({FollowEvent::Error,
+                                   fmt::format("{}: more than {} old files to read on after rotations; the oldest "
+                                               "was let go with more than {} MiB of it unread",
+                                               display(), kMaxOld, kLastChunks * kChunk >> 20)});
+                oldest.close();
                 olds_.pop_front();
             }
-            olds_.push_back({std::move(cur_), now_ns, now_ns});
+            uint64_t t = now_ns == kCheckPath ? 0 : now_ns; // (a drain behind: read on by the next)
+            olds_.push_back({std::move(cur_), t, t});
             cur_ = Reader{};
         }
         std::string why;
         if (open(false, &why)) {
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated; following the new file", display())});
             if (!capped_)
-                capped_ = read_available(cur_, out, chunks_for(now_ns));
+                capped_ = read_available(cur_, out, kPollChunks);
         } else {
             // Said now: the open that succeeds later (every poll tries) says nothing.
             out.push_back({FollowEvent::Rotated, fmt::format("{} was rotated, and the new file cannot be read yet "

@@ -56,7 +56,10 @@ public:
     static constexpr uint64_t kCheckPath = UINT64_MAX;
     static constexpr uint64_t kPathCheckNs = 200'000'000;
     std::vector<FollowEvent> poll(uint64_t now_ns = kCheckPath);
-    // The last poll stopped at its limit, with more of a file to read.
+    // The last poll stopped at its limit, with more of a file to read: the
+    // files are read in the order written (an old file to its end before a
+    // newer one) and the path is looked at once they are read, so a drain
+    // (a poll without a time) is whole only once a poll is not capped.
     bool capped() const { return capped_; }
     // After a rename rotation the old file is read on, ahead of the new one:
     // Nginx's workers write there until they reopen their logs (after USR1,
@@ -93,17 +96,17 @@ private:
     };
     static constexpr size_t kMarkBytes = 64;
     // Reads r on, kChunk bytes at a time, at most `chunks` of them; true
-    // when it stopped there (more may be waiting). A timed poll reads
-    // kPollChunks (1 MiB) of a file, so that what it hands over stays small
-    // when n502trace lags behind a storm (capped() says so: the main loop
-    // polls again at once); a drain, and a file read one last time before it
-    // is let go, read to its end (up to kLastChunks, 256 MiB).
-    static constexpr size_t kChunk = 65536, kPollChunks = 16, kLastChunks = 4096;
+    // when it stopped there (more may be waiting). A poll reads kPollChunks
+    // (1 MiB) of a file, so that what it hands over stays small when
+    // n502trace lags behind a storm (capped(): the caller polls again at
+    // once, and a drain until it is not); a file let go because more than
+    // kMaxOld old files wait, up to kLastChunks (16 MiB), saying so if it
+    // had more.
+    static constexpr size_t kChunk = 65536, kPollChunks = 16, kLastChunks = 256;
     bool read_available(Reader &r, std::vector<FollowEvent> &out, size_t chunks);
     bool capped_ = false;
     void split(Reader &r, const char *data, size_t n, std::vector<FollowEvent> &out);
     void read_olds(uint64_t now_ns, std::vector<FollowEvent> &out);
-    static size_t chunks_for(uint64_t now_ns) { return now_ns == kCheckPath ? kLastChunks : kPollChunks; }
 
     int open_file(int flags);
 

@@ -80,7 +80,7 @@ int main(int argc, char **argv)
     app.add_option("-p,--nginx-pid", opt.nginx_pid, "PID (host pid) of the Nginx master or of any worker");
     app.add_option("-c,--container", opt.containers,
                    "Follow the Nginx in this container: name, full id or id prefix of 3 or more characters "
-                   "(repeatable; a stopped one among others is followed once it starts)");
+                   "(repeatable; a stopped one among others is followed once it starts, with cgroup v2)");
     app.add_option("--cgroup", opt.cgroups,
                    "Follow every Nginx in this cgroup v2 directory and below it (repeatable): "
                    "/sys/fs/cgroup/.../docker/ID, or as /proc/PID/cgroup shows it (/docker/ID, 0::/docker/ID)");

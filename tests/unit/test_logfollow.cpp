@@ -113,7 +113,7 @@ TEST_CASE("the follower reads appended lines and looks for a rotation at most ev
     CHECK(kinds(f.poll(t + 3500 * MS)).empty());
 }
 
-TEST_CASE("a timed poll reads at most 1 MiB of a file, a drain the rest; no line lost or split", "[follow]")
+TEST_CASE("a poll reads at most 1 MiB of a file and says so; a drain polls until it does not", "[follow]")
 {
     Followed fl("");
     LogFollower &f = fl.f;
@@ -140,7 +140,13 @@ TEST_CASE("a timed poll reads at most 1 MiB of a file, a drain the rest; no line
     size_t second = take(f.poll(1010 * MS));
     CHECK(second * 100 <= 1024 * 1024 + 100);
     CHECK(second > 0);
-    take(f.poll()); // a drain: everything left
+    // A drain: 1 MiB at a time too, capped until the last.
+    size_t drains = 0;
+    do {
+        take(f.poll());
+        drains++;
+    } while (f.capped() && drains < 10);
+    CHECK(drains == 2); // 3 MiB + 7 lines: 1 MiB, then the rest
     REQUIRE(got.size() == n);
     for (size_t i = 0; i < n; i++)
         if (got[i].rfind("line " + std::to_string(i) + " ", 0) != 0 || got[i].size() != 99)
@@ -185,6 +191,41 @@ TEST_CASE("a rotation while behind: the old file's lines all come before the new
             FAIL("line " << i << " is " << got[i]);
     for (size_t i = 0; i < 10; i++)
         CHECK(got[n + i] == "new " + std::to_string(i));
+}
+
+TEST_CASE("a drain behind a rotation: the old file to its end, then the new one, none lost", "[follow]")
+{
+    Followed fl("");
+    LogFollower &f = fl.f;
+    const size_t n = 2 * 1024 * 1024 / 100 + 3;
+    std::string text;
+    for (size_t i = 0; i < n; i++) {
+        std::string line = "old " + std::to_string(i) + " ";
+        line.resize(99, 'x');
+        text += line + "\n";
+    }
+    append(fl.log, text);
+    fl.rotate();
+    append(fl.log, "new 0\nnew 1\n");
+    std::vector<std::string> got;
+    size_t drains = 0;
+    do {
+        for (const auto &e : f.poll())
+            if (e.kind == FollowEvent::Line)
+                got.push_back(e.text.substr(0, e.text.find(' ', 4)));
+        drains++;
+    } while (f.capped() && drains < 10);
+    CHECK(drains == 3);
+    REQUIRE(got.size() == n + 2);
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != "old " + std::to_string(i))
+            FAIL("line " << i << " is " << got[i]);
+    CHECK(got[n] == "new 0");
+    CHECK(got[n + 1] == "new 1");
+    // The old file was let go: what is written to it now is not read.
+    append(fl.log + ".1", "late\n");
+    append(fl.log, "new 2\n");
+    CHECK(kinds(f.poll()) == V{"L:new 2"});
 }
 
 TEST_CASE("the follower's poll without a time looks at the path at once", "[follow]")
