@@ -900,6 +900,7 @@ int run(const Options &opt)
     LoaderOptions lo;
     lo.adopt_preexisting = !existing.empty();
     lo.ringbuf_bytes = opt.ringbuf_kb * 1024u;
+    lo.table_entries = opt.table_entries;
     lo.verbose = opt.verbose;
     lo.unix_sockets = opt.unix_sockets;
     lo.btf_path = opt.btf_path;

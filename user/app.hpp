@@ -19,6 +19,7 @@ struct Options {
     bool follow = false; // when the Nginx master exits, wait for a new one // no query strings or client addresses in the output
     double duration_s = 0; // 0: until SIGINT/SIGTERM
     uint32_t ringbuf_kb = 2048;
+    uint32_t table_entries = 65536; // --table-entries: the kernel side's socket tables' size
     bool verbose = false;
     bool dump_events = false; // print every kernel event to stderr (debugging)
     std::string raw_record;   // write every raw ring-buffer record to this file (benchmarks, debugging)

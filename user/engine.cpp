@@ -8,6 +8,7 @@
 
 #include "app.hpp"
 #include "nginx.hpp"
+#include "keyedhash.hpp"
 
 namespace n502 {
 
@@ -623,7 +624,9 @@ bool Engine::take_line(uint32_t mapped)
     uint32_t logged = scratch_.pid;
     scratch_.pid = mapped;
     scratch_.lean = tracking_lean_;
-    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now()});
+    uint64_t request = keyed_hash(scratch_.client, scratch_.request);
+    pending_requests_[request]++;
+    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now(), request});
     if (!spare_lines_.empty()) {
         scratch_ = std::move(spare_lines_.back());
         spare_lines_.pop_back();
@@ -726,7 +729,8 @@ void Engine::check_losses()
         sink_.warning({"map_full",
                        fmt::format("{} kernel table entries were not made or were forgotten to make room (the "
                                    "tables of followed processes or sockets were full): what they would have "
-                                   "followed is missing; verdicts in this period may be incomplete",
+                                   "followed is missing; verdicts in this period may be incomplete (the socket "
+                                   "tables' size: --table-entries)",
                                    loss_.map_full - last_map_full_),
                        loss_.map_full - last_map_full_});
         last_map_full_ = loss_.map_full;
@@ -819,7 +823,13 @@ void Engine::resolve_access(bool final_all)
 {
     while (!pending_access_.empty() && (final_all || now_boot_ >= pending_access_.front().deadline)) {
         const AccessLine &a = pending_access_.front().line;
-        if (!correlator_.covered(a)) {
+        bool covered = correlator_.covered(a);
+        // An error-log line of its request still waits: after it (and the
+        // access lines after this one with it: they are in the order read).
+        if (!covered && !final_all && now_boot_ < pending_access_.front().deadline + kAccessWaitNs &&
+            pending_requests_.count(keyed_hash(a.client, a.request)))
+            break;
+        if (!covered) {
             summary_.access_only++;
             emit(correlator_.explain_access(a), 0, pending_access_.front().taken);
         }
@@ -845,6 +855,8 @@ void Engine::resolve(bool final_all)
             continue;
         }
         if (auto v = correlator_.explain(p.line, final)) {
+            if (auto it = pending_requests_.find(p.request); it != pending_requests_.end() && --it->second == 0)
+                pending_requests_.erase(it);
             emit(*v, p.logged_pid, p.taken);
             // (reserved: nothing here throws once the verdict is out)
             if (spare_lines_.size() < kSpareLines && small_enough(p.line))

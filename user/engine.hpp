@@ -200,7 +200,15 @@ private:
         uint64_t next_try = 0;
         uint32_t logged_pid = 0;
         Taken taken;
+        uint64_t request = 0; // keyed hash of its client and request line (pending_requests_)
     };
+    // Error-log lines waiting for their verdicts, by request (keyed hash of
+    // client and request line -> how many): an access line of such a request
+    // is checked for cover only once they are explained (for at most
+    // kAccessWaitNs past its own deadline), else a line whose verdict takes
+    // long (a tool behind, look-ups) would leave its access line uncovered.
+    std::unordered_map<uint64_t, uint32_t> pending_requests_;
+    static constexpr uint64_t kAccessWaitNs = 5'000'000'000ULL;
     struct PendingAccess {
         AccessLine line;
         uint64_t deadline;

@@ -131,6 +131,11 @@ int main(int argc, char **argv)
                    "Adaptive tracking: go back to watching failures only after this many seconds without "
                    "an upstream error line or a failure seen by the kernel (default 300)")
         ->check(seconds_in(1, 86400, false));
+    app.add_option("--table-entries", opt.table_entries,
+                   "Size of the kernel side's socket tables (default 65536): one entry per socket followed whole "
+                   "(two per upstream connection whose both ends are on this host). Past it the oldest are "
+                   "forgotten, and counted (warning map_full): raise it for more connections at once")
+        ->check(CLI::Range(1024u, 1u << 20));
     app.add_option("--ringbuf-kb", opt.ringbuf_kb, "Kernel ring buffer size in KiB, a power of two (default 2048)")
         ->check(CLI::Range(4u, 1u << 20))
         ->check(CLI::Validator(

@@ -896,3 +896,34 @@ TEST_CASE("a segment is kept for min_segment_ns however fast it fills, and the o
     CHECK(rec->maybe_rotate(t + 1'100'000'000ULL)); // a second on: full, and old enough
     CHECK(rec->segment() == 2);
 }
+
+TEST_CASE("an access line waits for the verdict of its request's error-log line, however late that comes",
+          "[recording][accesslog]")
+{
+    // The access line is read first (Nginx writes it after the error line,
+    // but n502trace read the error log just before); the error line comes
+    // with the next read, after the access line's own wait would have ended,
+    // and waits its grace for kernel evidence that never comes: the access
+    // line must not become a verdict of its own.
+    const char *old = std::getenv("TZ");
+    std::string saved = old ? old : "";
+    set_local_zone("UTC");
+    std::string json;
+    auto verdicts = live_run(tmp_path("access-wait.rec"), 0, 0, &json, [](Engine &eng, uint64_t &now, int64_t offset) {
+        auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
+        at(now += 1'000'000'000ULL);
+        eng.log_line(R"(127.0.0.1 - - [23/Nov/2026:03:03:47 +0000] "GET /1 HTTP/1.1" 502 157 "-" "curl/7.88")",
+                     [](uint32_t pid) { return pid; });
+        at(now += 350'000'000ULL);
+        eng.log_line(refused_line(101, 1, 9000), [](uint32_t pid) { return pid; });
+        for (int i = 0; i < 20; i++) {
+            at(now += 50'000'000ULL);
+            eng.step();
+        }
+    });
+    set_local_zone(old ? saved.c_str() : nullptr);
+    REQUIRE(verdicts.size() == 1);
+    CHECK(verdicts[0].find("(no error-log line for this request)") == std::string::npos);
+    CHECK((json.find("\"access_only\":0") != std::string::npos ||
+           json.find("\"access_only\": 0") != std::string::npos));
+}
