@@ -388,6 +388,26 @@ class LineCollector:
 # ---------------------------------------------------------------- the test context
 
 
+def run_single(name, body):
+    """A script of one test: body(h) in a Harness of that name (kept with
+    N502_KEEP=1); prints PASS or FAIL, the tool's stderr tail on a failure,
+    and the count line; returns the exit code."""
+    h = Harness(name, keep=bool(os.environ.get("N502_KEEP")))
+    ok = False
+    try:
+        body(h)
+        ok = True
+    except Failure as e:
+        print("FAIL %s: %s" % (name, e))
+        if h.tool:
+            print(h.tool.stderr_text()[-2000:])
+    finally:
+        h.close()
+    print("%s %s" % ("PASS" if ok else "FAIL", name))
+    print("%d passed, %d failed" % (1 if ok else 0, 0 if ok else 1))
+    return 0 if ok else 1
+
+
 class Harness:
     """One test's world. close() tears everything down, whatever happened."""
 

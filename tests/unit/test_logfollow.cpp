@@ -67,6 +67,24 @@ std::vector<std::string> kinds(const std::vector<FollowEvent> &evs)
 using V = std::vector<std::string>;
 constexpr uint64_t MS = 1'000'000;
 
+// n lines of 100 bytes with the newline: "TAG I xxx...".
+std::string numbered_lines(const std::string &tag, size_t n)
+{
+    std::string text;
+    for (size_t i = 0; i < n; i++) {
+        std::string line = tag + " " + std::to_string(i) + " ";
+        line.resize(99, 'x');
+        text += line + "\n";
+    }
+    return text;
+}
+
+// "TAG I" of such a line.
+std::string numbered(const std::string &line)
+{
+    return line.substr(0, line.find(' ', line.find(' ') + 1));
+}
+
 } // namespace
 
 TEST_CASE("the follower reads appended lines and looks for a rotation at most every 200 ms", "[follow]")
@@ -119,13 +137,7 @@ TEST_CASE("a poll reads at most 1 MiB of a file and says so; a drain polls until
     LogFollower &f = fl.f;
     // 3 MiB and a bit of 100-byte lines, appended before any poll (n502trace lagging behind a storm).
     const size_t n = 3 * 1024 * 1024 / 100 + 7;
-    std::string text;
-    for (size_t i = 0; i < n; i++) {
-        std::string line = "line " + std::to_string(i) + " ";
-        line.resize(99, 'x');
-        text += line + "\n";
-    }
-    append(fl.log, text);
+    append(fl.log, numbered_lines("line", n));
     std::vector<std::string> got;
     auto take = [&](const std::vector<FollowEvent> &evs) {
         for (const auto &e : evs) {
@@ -158,26 +170,17 @@ TEST_CASE("a rotation while behind: the old file's lines all come before the new
 {
     Followed fl("");
     LogFollower &f = fl.f;
-    auto lines = [](const std::string &tag, size_t n) {
-        std::string text;
-        for (size_t i = 0; i < n; i++) {
-            std::string line = tag + " " + std::to_string(i) + " ";
-            line.resize(99, 'x');
-            text += line + "\n";
-        }
-        return text;
-    };
     const size_t n = 3 * 1024 * 1024 / 100; // 3 MiB: three timed polls' worth
-    append(fl.log, lines("old", n));
+    append(fl.log, numbered_lines("old", n));
     fl.rotate();
-    append(fl.log, lines("new", 10));
+    append(fl.log, numbered_lines("new", 10));
     std::vector<std::string> got;
     uint64_t t = 1000 * MS;
     bool was_capped = false;
     for (int polls = 0; polls < 20 && got.size() < n + 10; polls++, t += 10 * MS) {
         for (const auto &e : f.poll(t))
             if (e.kind == FollowEvent::Line)
-                got.push_back(e.text.substr(0, e.text.find(' ', 4)));
+                got.push_back(numbered(e.text));
         was_capped = was_capped || f.capped();
         // Idle for long between polls (the old file's quiet time and more):
         // a file not read to its end is never let go.
@@ -198,13 +201,7 @@ TEST_CASE("a drain behind a rotation: the old file to its end, then the new one,
     Followed fl("");
     LogFollower &f = fl.f;
     const size_t n = 2 * 1024 * 1024 / 100 + 3;
-    std::string text;
-    for (size_t i = 0; i < n; i++) {
-        std::string line = "old " + std::to_string(i) + " ";
-        line.resize(99, 'x');
-        text += line + "\n";
-    }
-    append(fl.log, text);
+    append(fl.log, numbered_lines("old", n));
     fl.rotate();
     append(fl.log, "new 0\nnew 1\n");
     std::vector<std::string> got;
@@ -212,7 +209,7 @@ TEST_CASE("a drain behind a rotation: the old file to its end, then the new one,
     do {
         for (const auto &e : f.poll())
             if (e.kind == FollowEvent::Line)
-                got.push_back(e.text.substr(0, e.text.find(' ', 4)));
+                got.push_back(numbered(e.text));
         drains++;
     } while (f.capped() && drains < 10);
     CHECK(drains == 3);
