@@ -1476,12 +1476,11 @@ int run(const Options &opt)
         const uint64_t at = drain ? 0 : now;
         for (auto &in : instances) {
             bool errors_behind = false;
+            const bool access_due = drain || at - in->access_polled >= 200'000'000;
             for (auto *list : {&in->errors, &in->access})
                 for (auto &f : *list) {
-                    if (list == &in->access && errors_behind && !drain && at - in->access_polled < 200'000'000)
+                    if (list == &in->access && errors_behind && !access_due)
                         continue;
-                    if (list == &in->access)
-                        in->access_polled = at;
                     auto got = f->poll(now);
                     if (f->capped()) {
                         logs_behind = true;
@@ -1507,6 +1506,8 @@ int run(const Options &opt)
                               any;
                     }
                 }
+            if (!errors_behind || access_due)
+                in->access_polled = at;
         }
         return any;
     };
@@ -1601,11 +1602,21 @@ int run(const Options &opt)
             const std::string place = place_of(in);
             for (auto *list : {&in.errors, &in.access}) {
                 for (auto &f : *list) {
-                    // (1 MiB at a time: LogFollower::capped)
-                    for (int batch = 0; batch < 4096 && (batch == 0 || f->capped()); batch++)
+                    // (1 MiB at a time: LogFollower::capped; the kernel's
+                    // events drained in between; 256 MiB at most)
+                    int batch = 0;
+                    for (; batch < 256 && (batch == 0 || f->capped()); batch++) {
                         for (auto &fe : f->poll())
                             if (fe.kind == FollowEvent::Line)
                                 engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
+                        loader.consume();
+                    }
+                    if (f->capped())
+                        engine.warning({"log_error",
+                                       fmt::format("{}: Nginx {} went with more than 256 MiB of its log unread "
+                                                   "behind it: the rest is not read",
+                                                   f->path(), in.info.master),
+                                       0});
                     if (!place.empty()) {
                         uint64_t size = f->size();
                         parked.push_back({place, f->path(), list == &in.errors, std::move(f), boot_now_ns(), size});
@@ -1681,7 +1692,10 @@ int run(const Options &opt)
                 std::string path = cgroup_v2_path(rc->pid);
                 auto c2 = container_from_cgroup(path, dirs);
                 const bool own_v2 = !path.empty() && path != "/" && c2 && c2->id == rc->info.id;
-                if (waiting && rc->info.id == sel.container->id && !own_v2) {
+                // (a path read, and its process still there: not a crash
+                // between the look-up and the read, tried again then)
+                if (waiting && rc->info.id == sel.container->id && !own_v2 && !path.empty() && path != "/" &&
+                    access(fmt::format("/proc/{}", rc->pid).c_str(), F_OK) == 0) {
                     // Not in a cgroup v2 of its own (older runc on a hybrid
                     // host): the kernel side filters on cgroup ids, set at
                     // start; this container cannot be added now.
@@ -1969,6 +1983,8 @@ int run(const Options &opt)
     do {
         read_logs(LogFollower::kCheckPath);
         loader.consume();
+        engine.tick(boot_now_ns(), real_now_ns());
+        engine.step(); // (lines whose wait is over are explained: what waits stays bounded)
     } while (logs_behind && boot_now_ns() < drain_until);
     if (logs_behind)
         engine.warning({"log_error",

@@ -624,9 +624,12 @@ bool Engine::take_line(uint32_t mapped)
     uint32_t logged = scratch_.pid;
     scratch_.pid = mapped;
     scratch_.lean = tracking_lean_;
-    uint64_t request = keyed_hash(scratch_.client, scratch_.request);
+    uint64_t request = keyed_hash(scratch_.client, scratch_.request), cut_client = 0;
     pending_requests_[request]++;
-    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now(), request});
+    // (as Correlator::remember_request takes a line that may be cut)
+    if (scratch_.request_cut || (scratch_.upstream_cut && !scratch_.request.empty()))
+        pending_cut_clients_[cut_client = keyed_hash(scratch_.client) | 1]++;
+    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now(), request, cut_client});
     if (!spare_lines_.empty()) {
         scratch_ = std::move(spare_lines_.back());
         spare_lines_.pop_back();
@@ -826,8 +829,9 @@ void Engine::resolve_access(bool final_all)
         bool covered = correlator_.covered(a);
         // An error-log line of its request still waits: after it (and the
         // access lines after this one with it: they are in the order read).
-        if (!covered && !final_all && now_boot_ < pending_access_.front().deadline + kAccessWaitNs &&
-            pending_requests_.count(keyed_hash(a.client, a.request)))
+        if (!covered && !final_all && cfg_.access_wait && now_boot_ < pending_access_.front().deadline + kAccessWaitNs &&
+            (pending_requests_.count(keyed_hash(a.client, a.request)) ||
+             (!pending_cut_clients_.empty() && pending_cut_clients_.count(keyed_hash(a.client) | 1))))
             break;
         if (!covered) {
             summary_.access_only++;
@@ -855,8 +859,13 @@ void Engine::resolve(bool final_all)
             continue;
         }
         if (auto v = correlator_.explain(p.line, final)) {
-            if (auto it = pending_requests_.find(p.request); it != pending_requests_.end() && --it->second == 0)
-                pending_requests_.erase(it);
+            auto done = [](std::unordered_map<uint64_t, uint32_t> &m, uint64_t key) {
+                if (auto it = m.find(key); it != m.end() && --it->second == 0)
+                    m.erase(it);
+            };
+            done(pending_requests_, p.request);
+            if (p.cut_client)
+                done(pending_cut_clients_, p.cut_client);
             emit(*v, p.logged_pid, p.taken);
             // (reserved: nothing here throws once the verdict is out)
             if (spare_lines_.size() < kSpareLines && small_enough(p.line))
@@ -1272,6 +1281,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             cfg.lazy_render = lazy_render_for(lookups);
             cfg.listener_facts = listener_facts_for(lookups);
             cfg.listener_recheck = listener_recheck_for(lookups);
+            cfg.access_wait = access_wait_for(lookups);
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);

@@ -44,6 +44,7 @@ struct EngineConfig {
     // before that (look-ups below 3).
     bool listener_facts = true;
     bool listener_recheck = true; // RuleInput::recheck_listener
+    bool access_wait = true;      // Engine::pending_requests_ (off replaying a recording made before it)
     int64_t tb_offset_ns = 0;  // boot -> wall clock at the start
     uint64_t boot_ns = 0;      // the clock at the start
     int64_t real_ns = 0;
@@ -200,7 +201,8 @@ private:
         uint64_t next_try = 0;
         uint32_t logged_pid = 0;
         Taken taken;
-        uint64_t request = 0; // keyed hash of its client and request line (pending_requests_)
+        uint64_t request = 0;    // keyed hash of its client and request line (pending_requests_)
+        uint64_t cut_client = 0; // of its client, when its request line may be cut (pending_cut_clients_)
     };
     // Error-log lines waiting for their verdicts, by request (keyed hash of
     // client and request line -> how many): an access line of such a request
@@ -208,6 +210,9 @@ private:
     // kAccessWaitNs past its own deadline), else a line whose verdict takes
     // long (a tool behind, look-ups) would leave its access line uncovered.
     std::unordered_map<uint64_t, uint32_t> pending_requests_;
+    // The same for lines cut inside their request line (Correlator::covered
+    // matches those by prefix): by client.
+    std::unordered_map<uint64_t, uint32_t> pending_cut_clients_;
     static constexpr uint64_t kAccessWaitNs = 5'000'000'000ULL;
     struct PendingAccess {
         AccessLine line;

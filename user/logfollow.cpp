@@ -280,10 +280,6 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
     // older file is read on)
     if (!capped_ && (!sized || static_cast<uint64_t>(st.st_size) > cur_.offset))
         capped_ = read_available(cur_, out, kPollChunks);
-    // Behind: the path is looked at once the files are read (a rotation
-    // then finds them read to their end).
-    if (capped_)
-        return out;
 
     if (now_ns != kCheckPath && now_ns < next_path_check_)
         return out;
@@ -305,7 +301,9 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
         // Rotated: the file read so far is read on as an old one, the new
         // one from its start. Past kMaxOld old files, the oldest is read one
         // last time and let go.
-        capped_ = read_available(cur_, out, kPollChunks);
+        // (behind: queued as an old file, read on in its turn)
+        if (!capped_)
+            capped_ = read_available(cur_, out, kPollChunks);
         if (now_ns == kCheckPath && !capped_) {
             read_olds(kCheckPath, out);
             cur_.close(); // a last look (a drain): read above, one last time

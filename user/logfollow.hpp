@@ -58,8 +58,8 @@ public:
     std::vector<FollowEvent> poll(uint64_t now_ns = kCheckPath);
     // The last poll stopped at its limit, with more of a file to read: the
     // files are read in the order written (an old file to its end before a
-    // newer one) and the path is looked at once they are read, so a drain
-    // (a poll without a time) is whole only once a poll is not capped.
+    // newer one; a rotation noticed meanwhile queues the file behind), so a
+    // drain (a poll without a time) is whole only once a poll is not capped.
     bool capped() const { return capped_; }
     // After a rename rotation the old file is read on, ahead of the new one:
     // Nginx's workers write there until they reopen their logs (after USR1,

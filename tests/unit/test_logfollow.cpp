@@ -196,6 +196,43 @@ TEST_CASE("a rotation while behind: the old file's lines all come before the new
         CHECK(got[n + i] == "new " + std::to_string(i));
 }
 
+TEST_CASE("two rotations while behind: each file is queued when noticed and read in turn, none skipped", "[follow]")
+{
+    Followed fl("");
+    LogFollower &f = fl.f;
+    const size_t n = 3 * 1024 * 1024 / 100 + 5; // more than three polls' worth
+    append(fl.log, numbered_lines("one", n));
+    std::vector<std::string> got;
+    auto take = [&](const std::vector<FollowEvent> &evs) {
+        for (const auto &e : evs)
+            if (e.kind == FollowEvent::Line)
+                got.push_back(numbered(e.text));
+    };
+    uint64_t t = 1000 * MS;
+    take(f.poll(t));
+    REQUIRE(f.capped());
+    // Rotated (and written to) while n502trace is behind on the first file:
+    // noticed at the next look at the path, 200 ms on.
+    fl.rotate();
+    append(fl.log, numbered_lines("two", 5));
+    take(f.poll(t += 300 * MS));
+    REQUIRE(f.capped());
+    // Rotated again before the first file is read to its end.
+    REQUIRE(rename(fl.log.c_str(), (fl.log + ".2").c_str()) == 0);
+    append(fl.log, numbered_lines("three", 5));
+    for (int polls = 0; polls < 10; polls++)
+        take(f.poll(t += 300 * MS));
+    CHECK_FALSE(f.capped());
+    REQUIRE(got.size() == n + 10);
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != "one " + std::to_string(i))
+            FAIL("line " << i << " is " << got[i]);
+    for (size_t i = 0; i < 5; i++) {
+        CHECK(got[n + i] == "two " + std::to_string(i));
+        CHECK(got[n + 5 + i] == "three " + std::to_string(i));
+    }
+}
+
 TEST_CASE("a drain behind a rotation: the old file to its end, then the new one, none lost", "[follow]")
 {
     Followed fl("");

@@ -908,8 +908,8 @@ TEST_CASE("an access line waits for the verdict of its request's error-log line,
     const char *old = std::getenv("TZ");
     std::string saved = old ? old : "";
     set_local_zone("UTC");
-    std::string json;
-    auto verdicts = live_run(tmp_path("access-wait.rec"), 0, 0, &json, [](Engine &eng, uint64_t &now, int64_t offset) {
+    std::string json, path = tmp_path("access-wait.rec");
+    auto verdicts = live_run(path, 0, 0, &json, [](Engine &eng, uint64_t &now, int64_t offset) {
         auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
         at(now += 1'000'000'000ULL);
         eng.log_line(R"(127.0.0.1 - - [23/Nov/2026:03:03:47 +0000] "GET /1 HTTP/1.1" 502 157 "-" "curl/7.88")",
@@ -921,9 +921,13 @@ TEST_CASE("an access line waits for the verdict of its request's error-log line,
             eng.step();
         }
     });
+    std::vector<std::string> warnings;
+    std::string replayed = replay_to_json(path, &warnings);
     set_local_zone(old ? saved.c_str() : nullptr);
     REQUIRE(verdicts.size() == 1);
     CHECK(verdicts[0].find("(no error-log line for this request)") == std::string::npos);
+    CHECK(warnings.empty());
+    CHECK(verdict_lines(replayed) == verdicts); // the replay waits as the run did
     CHECK((json.find("\"access_only\":0") != std::string::npos ||
            json.find("\"access_only\": 0") != std::string::npos));
 }
