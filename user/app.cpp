@@ -1463,6 +1463,14 @@ int run(const Options &opt)
                                        f.path()),
                            0});
     };
+    uint64_t untracked_seen = 0;
+    auto take_counters = [&](bool final = false) {
+        KernelCounters kc = final ? loader.final_counters() : loader.counters();
+        engine.counters({kc.lost, kc.map_full + kc.evicted}); // (a table entry not made, or forgotten)
+        bool more = kc.untracked > untracked_seen || failure_claimed;
+        untracked_seen = kc.untracked;
+        return more;
+    };
     // A poll reads at most 1 MiB of each log (LogFollower::capped): while
     // one is behind, the loop polls again at once, and an instance's access
     // logs wait for its error logs (an access line is checked for its
@@ -1604,18 +1612,25 @@ int run(const Options &opt)
                 for (auto &f : *list) {
                     // (1 MiB at a time: LogFollower::capped; the kernel's
                     // events drained in between; 256 MiB at most)
-                    int batch = 0;
-                    for (; batch < 256 && (batch == 0 || f->capped()); batch++) {
-                        for (auto &fe : f->poll())
+                    for (int batch = 0; batch < 256 && (batch == 0 || f->capped()); batch++) {
+                        for (auto &fe : f->poll()) {
                             if (fe.kind == FollowEvent::Line)
                                 engine.log_line(fe.text, [&in](uint32_t logged) { return in.host_pid(logged); });
+                            else if (fe.kind == FollowEvent::Error)
+                                engine.warning({"log_error", fe.text, 0});
+                        }
+                        // (what waits stays bounded: explained as in the main loop)
                         loader.consume();
+                        engine.tick(boot_now_ns(), real_now_ns());
+                        if (engine.has_pending())
+                            take_counters();
+                        engine.step();
                     }
                     if (f->capped())
                         engine.warning({"log_error",
-                                       fmt::format("{}: Nginx {} went with more than 256 MiB of its log unread "
-                                                   "behind it: the rest is not read",
-                                                   f->path(), in.info.master),
+                                       fmt::format("{}: Nginx {} went with 256 MiB of its log read since and more "
+                                                   "unread: the rest is not read",
+                                                   f->display(), in.info.master),
                                        0});
                     if (!place.empty()) {
                         uint64_t size = f->size();
@@ -1694,7 +1709,7 @@ int run(const Options &opt)
                 const bool own_v2 = !path.empty() && path != "/" && c2 && c2->id == rc->info.id;
                 // (a path read, and its process still there: not a crash
                 // between the look-up and the read, tried again then)
-                if (waiting && rc->info.id == sel.container->id && !own_v2 && !path.empty() && path != "/" &&
+                if (waiting && rc->info.id == sel.container->id && !own_v2 && !path.empty() &&
                     access(fmt::format("/proc/{}", rc->pid).c_str(), F_OK) == 0) {
                     // Not in a cgroup v2 of its own (older runc on a hybrid
                     // host): the kernel side filters on cgroup ids, set at
@@ -1749,14 +1764,6 @@ int run(const Options &opt)
         }
     };
 
-    uint64_t untracked_seen = 0;
-    auto take_counters = [&](bool final = false) {
-        KernelCounters kc = final ? loader.final_counters() : loader.counters();
-        engine.counters({kc.lost, kc.map_full + kc.evicted}); // (a table entry not made, or forgotten)
-        bool more = kc.untracked > untracked_seen || failure_claimed;
-        untracked_seen = kc.untracked;
-        return more;
-    };
     // --tracking adaptive: full from the first failure the kernel saw (it
     // switched itself) or upstream error line, lean again after calm_ns of
     // neither.
@@ -1984,6 +1991,8 @@ int run(const Options &opt)
         read_logs(LogFollower::kCheckPath);
         loader.consume();
         engine.tick(boot_now_ns(), real_now_ns());
+        if (engine.has_pending())
+            take_counters(); // (a verdict sees every loss counted so far)
         engine.step(); // (lines whose wait is over are explained: what waits stays bounded)
     } while (logs_behind && boot_now_ns() < drain_until);
     if (logs_behind)

@@ -627,8 +627,15 @@ bool Engine::take_line(uint32_t mapped)
     uint64_t request = keyed_hash(scratch_.client, scratch_.request), cut_client = 0;
     pending_requests_[request]++;
     // (as Correlator::remember_request takes a line that may be cut)
-    if (scratch_.request_cut || (scratch_.upstream_cut && !scratch_.request.empty()))
-        pending_cut_clients_[cut_client = keyed_hash(scratch_.client) | 1]++;
+    if (scratch_.request_cut || (scratch_.upstream_cut && !scratch_.request.empty())) {
+        auto &lengths = pending_cut_lengths_[cut_client = keyed_hash(scratch_.client) | 1];
+        auto it = std::find_if(lengths.begin(), lengths.end(),
+                               [&](const auto &l) { return l.first == scratch_.request.size(); });
+        if (it == lengths.end())
+            lengths.push_back({scratch_.request.size(), 1});
+        else
+            it->second++;
+    }
     pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now(), request, cut_client});
     if (!spare_lines_.empty()) {
         scratch_ = std::move(spare_lines_.back());
@@ -822,6 +829,22 @@ void Engine::report_suppressed()
     }
 }
 
+bool Engine::awaits_error_line(const AccessLine &a) const
+{
+    if (pending_requests_.count(keyed_hash(a.client, a.request)))
+        return true;
+    if (pending_cut_lengths_.empty())
+        return false;
+    auto it = pending_cut_lengths_.find(keyed_hash(a.client) | 1);
+    if (it == pending_cut_lengths_.end())
+        return false;
+    std::string_view request = a.request;
+    for (const auto &[len, count] : it->second)
+        if (len <= request.size() && pending_requests_.count(keyed_hash(a.client, request.substr(0, len))))
+            return true;
+    return false;
+}
+
 void Engine::resolve_access(bool final_all)
 {
     while (!pending_access_.empty() && (final_all || now_boot_ >= pending_access_.front().deadline)) {
@@ -830,8 +853,7 @@ void Engine::resolve_access(bool final_all)
         // An error-log line of its request still waits: after it (and the
         // access lines after this one with it: they are in the order read).
         if (!covered && !final_all && cfg_.access_wait && now_boot_ < pending_access_.front().deadline + kAccessWaitNs &&
-            (pending_requests_.count(keyed_hash(a.client, a.request)) ||
-             (!pending_cut_clients_.empty() && pending_cut_clients_.count(keyed_hash(a.client) | 1))))
+            awaits_error_line(a))
             break;
         if (!covered) {
             summary_.access_only++;
@@ -864,8 +886,17 @@ void Engine::resolve(bool final_all)
                     m.erase(it);
             };
             done(pending_requests_, p.request);
-            if (p.cut_client)
-                done(pending_cut_clients_, p.cut_client);
+            if (auto it = pending_cut_lengths_.find(p.cut_client); p.cut_client && it != pending_cut_lengths_.end()) {
+                auto &lengths = it->second;
+                for (auto l = lengths.begin(); l != lengths.end(); ++l)
+                    if (l->first == p.line.request.size()) {
+                        if (--l->second == 0)
+                            lengths.erase(l);
+                        break;
+                    }
+                if (lengths.empty())
+                    pending_cut_lengths_.erase(it);
+            }
             emit(*v, p.logged_pid, p.taken);
             // (reserved: nothing here throws once the verdict is out)
             if (spare_lines_.size() < kSpareLines && small_enough(p.line))

@@ -313,7 +313,7 @@ std::vector<FollowEvent> LogFollower::poll(uint64_t now_ns)
                 if (read_available(oldest, out, kLastChunks))
                     out.push_back({FollowEvent::Error,
                                    fmt::format("{}: more than {} old files to read on after rotations; the oldest "
-                                               "was let go with more than {} MiB of it unread",
+                                               "was let go with {} MiB of it read last and more unread",
                                                display(), kMaxOld, kLastChunks * kChunk >> 20)});
                 oldest.close();
                 olds_.pop_front();

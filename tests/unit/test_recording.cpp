@@ -897,6 +897,17 @@ TEST_CASE("a segment is kept for min_segment_ns however fast it fills, and the o
     CHECK(rec->segment() == 2);
 }
 
+// A refused connect of worker 101 whose request line is `request`, cut as
+// Nginx cuts an error-log line (2047 bytes).
+static std::string cut_refused_line(const std::string &request)
+{
+    std::string raw = "2026/11/23 03:03:47 [error] 101#101: *1 connect() failed (111: Connection refused) while "
+                      "connecting to upstream, client: 127.0.0.1, server: localhost, request: \"" +
+                      request + "\", upstream: \"http://127.0.0.1:9000/\", host: \"localhost\"";
+    raw.resize(std::min<size_t>(raw.size(), 2047));
+    return raw;
+}
+
 TEST_CASE("an access line waits for the verdict of its request's error-log line, however late that comes",
           "[recording][accesslog]")
 {
@@ -909,7 +920,10 @@ TEST_CASE("an access line waits for the verdict of its request's error-log line,
     std::string saved = old ? old : "";
     set_local_zone("UTC");
     std::string json, path = tmp_path("access-wait.rec");
-    auto verdicts = live_run(path, 0, 0, &json, [](Engine &eng, uint64_t &now, int64_t offset) {
+    // The same with a request line the error log cut short (matched by its
+    // beginning), and another client's access line, which waits for nothing.
+    const std::string long_request = "GET /" + std::string(3000, 'a') + " HTTP/1.1";
+    auto verdicts = live_run(path, 0, 0, &json, [&](Engine &eng, uint64_t &now, int64_t offset) {
         auto at = [&](uint64_t t) { eng.tick(t, static_cast<int64_t>(t) + offset); };
         at(now += 1'000'000'000ULL);
         eng.log_line(R"(127.0.0.1 - - [23/Nov/2026:03:03:47 +0000] "GET /1 HTTP/1.1" 502 157 "-" "curl/7.88")",
@@ -920,12 +934,21 @@ TEST_CASE("an access line waits for the verdict of its request's error-log line,
             at(now += 50'000'000ULL);
             eng.step();
         }
+        eng.log_line("127.0.0.1 - - [23/Nov/2026:03:03:48 +0000] \"" + long_request + "\" 502 157 \"-\" \"curl\"",
+                     [](uint32_t pid) { return pid; });
+        at(now += 350'000'000ULL);
+        eng.log_line(cut_refused_line(long_request), [](uint32_t pid) { return pid; });
+        for (int i = 0; i < 20; i++) {
+            at(now += 50'000'000ULL);
+            eng.step();
+        }
     });
     std::vector<std::string> warnings;
     std::string replayed = replay_to_json(path, &warnings);
     set_local_zone(old ? saved.c_str() : nullptr);
-    REQUIRE(verdicts.size() == 1);
-    CHECK(verdicts[0].find("(no error-log line for this request)") == std::string::npos);
+    REQUIRE(verdicts.size() == 2);
+    for (const auto &v : verdicts)
+        CHECK(v.find("(no error-log line for this request)") == std::string::npos);
     CHECK(warnings.empty());
     CHECK(verdict_lines(replayed) == verdicts); // the replay waits as the run did
     CHECK((json.find("\"access_only\":0") != std::string::npos ||
