@@ -285,7 +285,8 @@ Verdict Correlator::decide(const LogLine &line, Conn *conn)
                           "the first)");
     group_attempts(line, v);
     tally(v, conn);
-    remember_request(line);
+    if (!opt_.remember_when_taken)
+        remember_request(line);
     // Mostly in order already (a connection's timeline is): stable_sort
     // allocates a buffer even then.
     auto by_time = [](const Evidence &a, const Evidence &b) { return a.ts < b.ts; };

@@ -56,6 +56,12 @@ struct CorrelatorOptions {
     std::function<bool(const std::string &cause, const std::string &upstream)> admit;
     // RuleInput::recheck_listener (off replaying a recording made before it).
     bool recheck_listener = true;
+    // An error-log line's request counts for covered() from when the caller
+    // takes the line (taken()), not once its verdict is made: its access line
+    // is covered while the verdict still waits for evidence. The engine's
+    // way (off replaying a recording made before it, kRecLookups below 5);
+    // off, as for a caller that never calls taken(): at the verdict.
+    bool remember_when_taken = false;
 };
 
 // Requests that got an error-log verdict, for Correlator::covered(): a hash
@@ -118,6 +124,12 @@ public:
     // error-log line, from the failed connection closest in time: a weaker
     // match, so its confidence is at most medium.
     bool covered(const AccessLine &a) const;
+    // An error-log line taken to be explained (CorrelatorOptions::remember_when_taken).
+    void taken(const LogLine &line)
+    {
+        if (opt_.remember_when_taken)
+            remember_request(line);
+    }
     Verdict explain_access(const AccessLine &a);
 
     void set_timebase(Timebase tb) { tb_ = tb; }

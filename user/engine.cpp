@@ -8,7 +8,6 @@
 
 #include "app.hpp"
 #include "nginx.hpp"
-#include "keyedhash.hpp"
 
 namespace n502 {
 
@@ -308,6 +307,7 @@ Engine::Engine(const EngineConfig &cfg, Sink &sink, Host *host, FactsSource &fac
                       o.now_real = [this] { return now_real_; };
                       o.on_holder = [this](Proc &p) { read_facts(p); };
                       o.recheck_listener = cfg.listener_recheck;
+                      o.remember_when_taken = cfg.remember_when_taken;
                       // The rate limit is asked as soon as a verdict's cause is known:
                       // a storm's repeats are counted, not worked out.
                       if (cfg.lazy_render)
@@ -624,19 +624,8 @@ bool Engine::take_line(uint32_t mapped)
     uint32_t logged = scratch_.pid;
     scratch_.pid = mapped;
     scratch_.lean = tracking_lean_;
-    uint64_t request = keyed_hash(scratch_.client, scratch_.request), cut_client = 0;
-    pending_requests_[request]++;
-    // (as Correlator::remember_request takes a line that may be cut)
-    if (scratch_.request_cut || (scratch_.upstream_cut && !scratch_.request.empty())) {
-        auto &lengths = pending_cut_lengths_[cut_client = keyed_hash(scratch_.client) | 1];
-        auto it = std::find_if(lengths.begin(), lengths.end(),
-                               [&](const auto &l) { return l.first == scratch_.request.size(); });
-        if (it == lengths.end())
-            lengths.push_back({scratch_.request.size(), 1});
-        else
-            it->second++;
-    }
-    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now(), request, cut_client});
+    correlator_.taken(scratch_);
+    pending_.push_back({std::move(scratch_), now_boot_ + grace_ns_, 0, logged, taken_now()});
     if (!spare_lines_.empty()) {
         scratch_ = std::move(spare_lines_.back());
         spare_lines_.pop_back();
@@ -829,33 +818,11 @@ void Engine::report_suppressed()
     }
 }
 
-bool Engine::awaits_error_line(const AccessLine &a) const
-{
-    if (pending_requests_.count(keyed_hash(a.client, a.request)))
-        return true;
-    if (pending_cut_lengths_.empty())
-        return false;
-    auto it = pending_cut_lengths_.find(keyed_hash(a.client) | 1);
-    if (it == pending_cut_lengths_.end())
-        return false;
-    std::string_view request = a.request;
-    for (const auto &[len, count] : it->second)
-        if (len <= request.size() && pending_requests_.count(keyed_hash(a.client, request.substr(0, len))))
-            return true;
-    return false;
-}
-
 void Engine::resolve_access(bool final_all)
 {
     while (!pending_access_.empty() && (final_all || now_boot_ >= pending_access_.front().deadline)) {
         const AccessLine &a = pending_access_.front().line;
-        bool covered = correlator_.covered(a);
-        // An error-log line of its request still waits: after it (and the
-        // access lines after this one with it: they are in the order read).
-        if (!covered && !final_all && cfg_.access_wait && now_boot_ < pending_access_.front().deadline + kAccessWaitNs &&
-            awaits_error_line(a))
-            break;
-        if (!covered) {
+        if (!correlator_.covered(a)) {
             summary_.access_only++;
             emit(correlator_.explain_access(a), 0, pending_access_.front().taken);
         }
@@ -881,22 +848,6 @@ void Engine::resolve(bool final_all)
             continue;
         }
         if (auto v = correlator_.explain(p.line, final)) {
-            auto done = [](std::unordered_map<uint64_t, uint32_t> &m, uint64_t key) {
-                if (auto it = m.find(key); it != m.end() && --it->second == 0)
-                    m.erase(it);
-            };
-            done(pending_requests_, p.request);
-            if (auto it = pending_cut_lengths_.find(p.cut_client); p.cut_client && it != pending_cut_lengths_.end()) {
-                auto &lengths = it->second;
-                for (auto l = lengths.begin(); l != lengths.end(); ++l)
-                    if (l->first == p.line.request.size()) {
-                        if (--l->second == 0)
-                            lengths.erase(l);
-                        break;
-                    }
-                if (lengths.empty())
-                    pending_cut_lengths_.erase(it);
-            }
             emit(*v, p.logged_pid, p.taken);
             // (reserved: nothing here throws once the verdict is out)
             if (spare_lines_.size() < kSpareLines && small_enough(p.line))
@@ -1312,7 +1263,7 @@ void replay_into(const std::string &path, const std::function<Sink &(Timebase)> 
             cfg.lazy_render = lazy_render_for(lookups);
             cfg.listener_facts = listener_facts_for(lookups);
             cfg.listener_recheck = listener_recheck_for(lookups);
-            cfg.access_wait = access_wait_for(lookups);
+            cfg.remember_when_taken = remember_when_taken_for(lookups);
             sink = &make_sink(Timebase(cfg.tb_offset_ns));
             engine = std::make_unique<Engine>(cfg, *sink, &src, src, nullptr);
             engine->replay_restore(Timebase(corr_offset), next_stats);

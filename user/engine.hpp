@@ -44,7 +44,7 @@ struct EngineConfig {
     // before that (look-ups below 3).
     bool listener_facts = true;
     bool listener_recheck = true; // RuleInput::recheck_listener
-    bool access_wait = true;      // Engine::pending_requests_ (off replaying a recording made before it)
+    bool remember_when_taken = true; // CorrelatorOptions::remember_when_taken
     int64_t tb_offset_ns = 0;  // boot -> wall clock at the start
     uint64_t boot_ns = 0;      // the clock at the start
     int64_t real_ns = 0;
@@ -201,23 +201,7 @@ private:
         uint64_t next_try = 0;
         uint32_t logged_pid = 0;
         Taken taken;
-        uint64_t request = 0;    // keyed hash of its client and request line (pending_requests_)
-        uint64_t cut_client = 0; // of its client, when its request line may be cut (pending_cut_lengths_)
     };
-    // Error-log lines waiting for their verdicts, by request (keyed hash of
-    // client and request line -> how many): an access line of such a request
-    // is checked for cover only once they are explained (for at most
-    // kAccessWaitNs past its own deadline), else a line whose verdict takes
-    // long (a tool behind, look-ups) would leave its access line uncovered.
-    std::unordered_map<uint64_t, uint32_t> pending_requests_;
-    // Lines that may be cut inside their request line are counted there
-    // under the part they kept; their lengths, by client (keyed hash | 1):
-    // an access line is checked against its request's prefixes of those
-    // lengths, as Correlator::covered does.
-    std::unordered_map<uint64_t, std::vector<std::pair<size_t, uint32_t>>> pending_cut_lengths_;
-    static constexpr uint64_t kAccessWaitNs = 5'000'000'000ULL;
-    // An error-log line of a's request (or of a prefix of it, cut) waits.
-    bool awaits_error_line(const AccessLine &a) const;
     struct PendingAccess {
         AccessLine line;
         uint64_t deadline;

@@ -80,14 +80,14 @@ enum class Rec : uint16_t {
 // 4: a refused connect whose address's last listener was found at the start
 // and still lives asks whether anything listens there now (that listener's
 // close is not seen: it had no kernel record).
-// 5: an access line waits for the verdict of an error-log line of its
-// request that still waits (fewer access-only verdicts, whose look-ups are
-// then not asked).
+// 5: an error-log line's request covers its access line from when the line
+// is taken, not once its verdict is made (fewer access-only verdicts, whose
+// look-ups are then not asked).
 constexpr uint32_t kRecLookups = 5;
 // Does a replay of a recording saying `lookups` ask what its run asked? This
 // build's number, and 1 to 4, which are replayed the old way (lazy
 // rendering off below 2, no listener facts below 3, no listener asked
-// again below 4, access lines not waiting below 5).
+// again below 4, requests remembered at their verdicts below 5).
 constexpr bool replays_as_recorded(uint32_t lookups)
 {
     return lookups >= 1 && lookups <= kRecLookups;
@@ -98,8 +98,9 @@ constexpr bool lazy_render_for(uint32_t lookups) { return lookups >= 2; }
 constexpr bool listener_facts_for(uint32_t lookups) { return lookups >= 3; }
 // Whether a replay asks again if a preexisting listener still listens.
 constexpr bool listener_recheck_for(uint32_t lookups) { return lookups >= 4; }
-// Whether a replay's access lines wait for their requests' error-log lines.
-constexpr bool access_wait_for(uint32_t lookups) { return lookups >= 5; }
+// Whether a replay remembers an error-log line's request when it takes the
+// line (CorrelatorOptions::remember_when_taken).
+constexpr bool remember_when_taken_for(uint32_t lookups) { return lookups >= 5; }
 
 const char *rec_name(uint16_t type);
 uint32_t crc32(const void *data, size_t len, uint32_t crc = 0);

@@ -908,14 +908,14 @@ static std::string cut_refused_line(const std::string &request)
     return raw;
 }
 
-TEST_CASE("an access line waits for the verdict of its request's error-log line, however late that comes",
+TEST_CASE("an access line is covered by its request's error-log line from when that is read, however late its verdict",
           "[recording][accesslog]")
 {
     // The access line is read first (Nginx writes it after the error line,
     // but n502trace read the error log just before); the error line comes
-    // with the next read, after the access line's own wait would have ended,
-    // and waits its grace for kernel evidence that never comes: the access
-    // line must not become a verdict of its own.
+    // with the next read, and waits its grace for kernel evidence that never
+    // comes, past the time the access line is checked: the access line must
+    // not become a verdict of its own.
     const char *old = std::getenv("TZ");
     std::string saved = old ? old : "";
     set_local_zone("UTC");
@@ -950,7 +950,7 @@ TEST_CASE("an access line waits for the verdict of its request's error-log line,
     for (const auto &v : verdicts)
         CHECK(v.find("(no error-log line for this request)") == std::string::npos);
     CHECK(warnings.empty());
-    CHECK(verdict_lines(replayed) == verdicts); // the replay waits as the run did
+    CHECK(verdict_lines(replayed) == verdicts); // the replay covers as the run did
     CHECK((json.find("\"access_only\":0") != std::string::npos ||
            json.find("\"access_only\": 0") != std::string::npos));
 }
