@@ -1471,6 +1471,17 @@ int run(const Options &opt)
         untracked_seen = kc.untracked;
         return more;
     };
+    // Between batches of log lines read while draining (at exit, or a
+    // departed Nginx's logs): the kernel's events so far, then the lines
+    // whose wait is over are explained (what waits stays bounded), each
+    // verdict seeing every loss counted so far.
+    auto drain_step = [&]() {
+        loader.consume();
+        engine.tick(boot_now_ns(), real_now_ns());
+        if (engine.has_pending())
+            take_counters();
+        engine.step();
+    };
     // A poll reads at most 1 MiB of each log (LogFollower::capped): while
     // one is behind, the loop polls again at once, and an instance's access
     // logs wait for its error logs (an access line is checked for its
@@ -1619,12 +1630,7 @@ int run(const Options &opt)
                             else if (fe.kind == FollowEvent::Error)
                                 engine.warning({"log_error", fe.text, 0});
                         }
-                        // (what waits stays bounded: explained as in the main loop)
-                        loader.consume();
-                        engine.tick(boot_now_ns(), real_now_ns());
-                        if (engine.has_pending())
-                            take_counters();
-                        engine.step();
+                        drain_step();
                     }
                     if (f->capped())
                         engine.warning({"log_error",
@@ -1989,11 +1995,7 @@ int run(const Options &opt)
     const uint64_t drain_until = boot_now_ns() + 10'000'000'000ULL;
     do {
         read_logs(LogFollower::kCheckPath);
-        loader.consume();
-        engine.tick(boot_now_ns(), real_now_ns());
-        if (engine.has_pending())
-            take_counters(); // (a verdict sees every loss counted so far)
-        engine.step(); // (lines whose wait is over are explained: what waits stays bounded)
+        drain_step();
     } while (logs_behind && boot_now_ns() < drain_until);
     if (logs_behind)
         engine.warning({"log_error",
