@@ -329,6 +329,14 @@ static __always_inline void submit(void *ev)
 	count(N502_CNT_EMITTED);
 }
 
+/* The same, waking the reader at once: for the rare event user space acts
+ * on before what follows it (a cgroup made: a container starting). */
+static __always_inline void submit_wake(void *ev)
+{
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	count(N502_CNT_EMITTED);
+}
+
 /* The current process's pid as its own (innermost) pid namespace sees it:
  * what a containerised process logs and what `docker top` does not show. */
 static __always_inline __u32 current_ns_tgid(void)

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * Process life of tracked processes: signals sent to them (and by whom),
- * their exit (and how), their children, and OOM kills; and an Nginx that
- * starts where a followed one ran.
+ * their exit (and how), their children, and OOM kills; an Nginx that starts
+ * where a followed one ran; and cgroups made while containers are selected.
  *
  * signal_generate, sched_process_exit and sched_process_fork use tp_btf for
  * the task_struct arguments (the classic records only carry the thread id,
@@ -206,6 +206,41 @@ SEC("raw_tp/sched_process_exec")
 int BPF_PROG(raw_sched__process_exec)
 {
 	return on_sched__process_exec();
+}
+
+/* A cgroup was made. While containers or cgroups are selected, one of the
+ * v2 hierarchy (hierarchy id 0) is told to user space at once: a selected
+ * container that starts, or is made again under its name, gets its cgroup
+ * there, and user space lets it through the selection and watches it for
+ * an Nginx's exec (nginx_places) before the runtime has started anything
+ * in it, where its next look would come up to seconds later. Cgroups are
+ * made seldom (a service, a session, a container starting). */
+static __always_inline int on_cgroup__mkdir(struct cgroup *cgrp)
+{
+	struct n502_cgroup_event *e;
+
+	if (!filter_cgroups || BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
+		return 0;
+	e = reserve(sizeof(*e), N502_EV_CGROUP);
+	if (!e)
+		return 0;
+	e->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+	e->level = BPF_CORE_READ(cgrp, level);
+	e->pad = 0;
+	submit_wake(e);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(handle_cgroup__mkdir, struct cgroup *cgrp, const char *path)
+{
+	return on_cgroup__mkdir(cgrp);
+}
+
+SEC("raw_tp/cgroup_mkdir")
+int BPF_PROG(raw_cgroup__mkdir, struct cgroup *cgrp, const char *path)
+{
+	return on_cgroup__mkdir(cgrp);
 }
 
 SEC("tracepoint/oom/mark_victim")

@@ -289,6 +289,7 @@ struct Instance {
     bool gone = false;
     uint64_t access_polled = 0;                     // (boot ns) its access logs were last read
     std::optional<std::pair<uint64_t, std::string>> place; // its cgroup as a place watched for its restart
+    uint64_t read_back = 0;                         // bytes of its logs written before it was found, read
 
     // Merged, never cleared: a worker that has exited (killed, OOM) keeps
     // its mapping for the lines it logged before it went.
@@ -573,6 +574,7 @@ std::vector<uint32_t> nginx_masters_among(const std::vector<uint32_t> &pids)
 int run(const Options &opt)
 {
     auto t_start = std::chrono::steady_clock::now();
+    const uint64_t start_ticks = boot_ticks_now(); // (an Nginx started since: its logs are read from its start)
     Timebase tb = Timebase::measure();
     std::unique_ptr<Sink> sink;
     if (opt.json)
@@ -747,12 +749,13 @@ int run(const Options &opt)
     };
     auto resume_parked = [&](LogFollower &f, const std::string &place, const std::string &path, bool is_error_log) {
         if (place.empty())
-            return;
+            return false;
         for (auto it = parked.begin(); it != parked.end(); ++it)
             if (it->place == place && it->path == path && it->is_error_log == is_error_log && f.resume_from(*it->f)) {
                 parked.erase(it);
-                return;
+                return true;
             }
+        return false;
     };
     auto have_master = [&](uint32_t master) {
         for (const auto &in : instances)
@@ -764,7 +767,34 @@ int run(const Options &opt)
     // a host without a v2 hierarchy.
     auto cgroup_of = [&](uint32_t pid) { return uroot.empty() ? memory_cgroup(pid) : cgroup_v2_path(pid); };
     // Where an instance lives, and its log files opened (confined to its root).
-    auto make_instance = [&](NginxInfo info, bool selected, std::string *why) -> std::unique_ptr<Instance> {
+    // An Nginx found after it started (started: its master's start, seconds
+    // since the epoch; 0 for one running when n502trace started) has its
+    // logs read from that start, unless they go on where its predecessor's
+    // were parked: the lines it wrote before it was found are explained too
+    // (the kernel side followed it from its exec when it started in a place
+    // watched). At most the last 4 MiB of each log; more is said.
+    constexpr uint64_t kReadBackMax = 4u << 20;
+    auto read_back = [&](Instance &in, LogFollower &f, bool is_error_log, int64_t started) {
+        bool bounded = false;
+        const int64_t now_sec = real_now_ns() / 1'000'000'000;
+        LogFollower::StampOf stamp_of;
+        if (is_error_log)
+            stamp_of = error_line_wall_sec;
+        else
+            stamp_of = [](std::string_view line) -> std::optional<int64_t> {
+                auto a = parse_access_line(line);
+                return a ? std::optional<int64_t>(a->wall_sec) : std::nullopt;
+            };
+        in.read_back += f.back_to(stamp_of, started, now_sec + 2, kReadBackMax, &bounded);
+        if (bounded)
+            engine.warning({"log_error",
+                           fmt::format("{}: Nginx {} wrote more than 4 MiB of it between its start and being found "
+                                       "by n502trace: only the last 4 MiB of those lines are read",
+                                       f.display(), in.info.master),
+                           0});
+    };
+    auto make_instance = [&](NginxInfo info, bool selected, std::string *why,
+                             int64_t started = 0) -> std::unique_ptr<Instance> {
         auto in = std::make_unique<Instance>();
         in->info = std::move(info);
         in->selected = selected;
@@ -781,7 +811,8 @@ int run(const Options &opt)
             auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
             if (!f->open(true, why))
                 return nullptr;
-            resume_parked(*f, place_of(*in), path, true);
+            if (!resume_parked(*f, place_of(*in), path, true) && started)
+                read_back(*in, *f, true, started);
             in->errors.push_back(std::move(f));
         }
         if (!opt.no_access_log)
@@ -789,7 +820,8 @@ int run(const Options &opt)
                 auto f = std::make_unique<LogFollower>(path, 64 * 1024, in->info.root);
                 if (!f->open(true, why))
                     return nullptr;
-                resume_parked(*f, place_of(*in), path, false);
+                if (!resume_parked(*f, place_of(*in), path, false) && started)
+                    read_back(*in, *f, false, started);
                 in->access.push_back(std::move(f));
             }
         if (in->errors.empty() && in->info.captures.empty()) {
@@ -1540,7 +1572,16 @@ int run(const Options &opt)
         auto again = discover_nginx(master, &derr);
         if (!again)
             return false;
-        auto in = make_instance(*again, selected, &derr);
+        // Started since n502trace did: when, in the wall clock's seconds
+        // (its lines' stamps are cut to the second; the start is known to a
+        // clock tick, 20 ms allowed for that).
+        int64_t started = 0;
+        if (uint64_t st = proc_start_ticks(master); st && st >= start_ticks) {
+            const auto tick_ns = static_cast<int64_t>(1'000'000'000 / sysconf(_SC_CLK_TCK));
+            const int64_t ago_ns = static_cast<int64_t>(boot_ticks_now() - st) * tick_ns;
+            started = (real_now_ns() - ago_ns - 20'000'000) / 1'000'000'000;
+        }
+        auto in = make_instance(*again, selected, &derr, started);
         if (!in) {
             if (adopt_failed.size() > 4096)
                 adopt_failed.clear();
@@ -1560,10 +1601,14 @@ int run(const Options &opt)
         std::vector<std::string> logs = ii.error_logs;
         logs.insert(logs.end(), ii.captured_logs.begin(), ii.captured_logs.end());
         engine.warning({code,
-                       fmt::format("{}: following Nginx master {}{} (workers {}; logs {})", why, in->info.master,
+                       fmt::format("{}: following Nginx master {}{} (workers {}; logs {}){}", why, in->info.master,
                                    in->container ? " in " + describe(*in->container) : "",
                                    fmt::format("{}", fmt::join(in->info.workers, " ")),
-                                   fmt::format("{}", fmt::join(logs, ", "))),
+                                   fmt::format("{}", fmt::join(logs, ", ")),
+                                   in->read_back ? fmt::format("; {} bytes of its log lines from before it was "
+                                                               "found are read too",
+                                                               in->read_back)
+                                                 : ""),
                        0});
         report_down(*in);
         instances.push_back(std::move(in));
@@ -1770,6 +1815,66 @@ int run(const Options &opt)
         }
     };
 
+    // Cgroups made since the last look (the kernel side's N502_EV_CGROUP,
+    // sent while containers or cgroups are selected): a selected container
+    // that starts, or is made again under its name, is followed from its
+    // cgroup's making on, before the runtime starts anything in it: the
+    // cgroup is let through the kernel side's selection and watched as a
+    // place (its Nginx tracked from its exec), and the selection is looked
+    // at every 100 ms for its Nginx. Its next look would have come up to 5 s
+    // later, with the first requests' kernel evidence (and, before its logs
+    // were read from its start, their log lines) lost. A cgroup made below
+    // a selected one is let through as walk_selection would.
+    auto cgroups_made = [&](uint64_t now) {
+        bool overflow = false;
+        auto ids = engine.take_made_cgroups(&overflow);
+        bool any = overflow; // (some not listed: the looks find them)
+        for (uint64_t id : ids) {
+            std::string path = uroot.empty() ? std::string() : cgroup_path_by_id(uroot, id);
+            if (path.empty() || path == "/")
+                continue; // (gone already)
+            for (auto &sel : selection) {
+                if (sel.v1)
+                    continue;
+                const bool under = !sel.path.empty() && (path == sel.path || path.rfind(sel.path + "/", 0) == 0);
+                if (!under) {
+                    if (sel.ref.empty() || !sel.container)
+                        continue;
+                    auto c = container_from_cgroup(path, dirs);
+                    const bool same = c && c->id == sel.container->id;
+                    // (made again: only when it was given by that name)
+                    const bool renamed = c && !same && !c->name.empty() && c->name == sel.container->name &&
+                                         (sel.ref == c->name || sel.ref == "/" + c->name);
+                    if (!same && !renamed)
+                        continue;
+                    if (same && sel.path.empty())
+                        engine.warning({"container_started",
+                                       fmt::format("{} ({}) started: following it (cgroup {})", sel.what,
+                                                   describe(*c), path),
+                                       0});
+                    else
+                        engine.warning({"container_recreated",
+                                       fmt::format("container {} was made again: following {} (cgroup {}) instead "
+                                                   "of {}",
+                                                   sel.ref, describe(*c), path, describe(*sel.container)),
+                                       0});
+                    sel.path = path;
+                    sel.container = *c;
+                    if (auto key = place_key(path); key && !places.count(*key) && places.size() < 64) {
+                        places[*key] = {path, now + 60'000'000'000ULL};
+                        set_places();
+                    }
+                }
+                select_cgroup({path, id});
+                any = true;
+            }
+        }
+        if (any) {
+            quick_until = std::max<uint64_t>(quick_until, now + 60'000'000'000ULL);
+            next_quick_look = 0;
+        }
+    };
+
     // --tracking adaptive: full from the first failure the kernel saw (it
     // switched itself) or upstream error line, lean again after calm_ns of
     // neither.
@@ -1908,6 +2013,7 @@ int run(const Options &opt)
         int consumed = loader.consume();
         if (consumed < 0)
             engine.warning({"ring_error", "reading the ring buffer failed", 0});
+        cgroups_made(now);
         uint64_t lines_before = lines_read;
         bool error_line = read_logs(now);
         if (error_line) {

@@ -418,6 +418,14 @@ static bool fill(const void *data, size_t len, Event &e, std::string *why)
         e.role = r.victim_role;
         return true;
     }
+    case N502_EV_CGROUP: {
+        if (!fits<n502_cgroup_event>(len, h, why))
+            return false;
+        n502_cgroup_event r;
+        std::memcpy(&r, data, sizeof(r));
+        e.cgroup_id = r.cgroup_id;
+        return true;
+    }
     case N502_EV_LOG: {
         // Variable size: the header, then len bytes of what Nginx wrote.
         constexpr size_t head = offsetof(n502_log_event, data);
@@ -632,6 +640,7 @@ const char *event_type_name(n502_event_type t)
     case N502_EV_RETRANS: return "retrans";
     case N502_EV_LOG: return "log";
     case N502_EV_CONN: return "conn";
+    case N502_EV_CGROUP: return "cgroup";
     default: return "unknown";
     }
 }

@@ -524,6 +524,13 @@ void Engine::do_kernel(const void *data, size_t len)
         do_capture(*ev);
         return;
     }
+    if (ev->type == N502_EV_CGROUP) {
+        if (made_cgroups_.size() < kMadeCgroupsMax)
+            made_cgroups_.push_back(ev->cgroup_id);
+        else
+            made_cgroups_overflow_ = true;
+        return;
+    }
     if (ev->other_cgroup)
         return; // not claimed for Nginx (live, the app strips the flag of what it claims)
     state_.apply(*ev);

@@ -13,6 +13,8 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "accesslog.hpp"
 #include "correlator.hpp"
@@ -186,8 +188,19 @@ public:
     bool has_pending() const { return !pending_.empty() || !pending_access_.empty(); }
     // The first recording write failure, said once.
     void check_recorder();
+    // Cgroups the kernel saw made since the last call (N502_EV_CGROUP), for
+    // the caller's selection; *overflow: more than kMadeCgroupsMax were, and
+    // those past it are not listed (look at every selected container).
+    static constexpr size_t kMadeCgroupsMax = 1024;
+    std::vector<uint64_t> take_made_cgroups(bool *overflow)
+    {
+        *overflow = std::exchange(made_cgroups_overflow_, false);
+        return std::exchange(made_cgroups_, {});
+    }
 
 private:
+    std::vector<uint64_t> made_cgroups_;
+    bool made_cgroups_overflow_ = false;
     // When a line was taken, and the state's count of connections let go
     // over its bound then: what its verdict must say was missing.
     struct Taken {

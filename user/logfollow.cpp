@@ -104,22 +104,74 @@ bool LogFollower::open(bool from_end, std::string *error)
     cur_.close();
     cur_.fd = fd;
     cur_.error_said = false;
-    cur_.offset = cur_.line_start = from_end ? static_cast<uint64_t>(st.st_size) : 0;
-    if (from_end && st.st_size > 0) {
-        // The bytes just before where reading starts stand for the file
-        // until a line is read (a truncation written past them, another
-        // follower going on from here: resume_from).
-        char buf[kMarkBytes];
-        size_t n = std::min<uint64_t>(static_cast<uint64_t>(st.st_size), kMarkBytes - 1);
-        ssize_t got = pread(fd, buf, n, static_cast<off_t>(st.st_size - static_cast<off_t>(n)));
-        if (got == static_cast<ssize_t>(n)) {
-            cur_.mark.assign(buf, n);
-            cur_.mark_pos = static_cast<uint64_t>(st.st_size) - n;
-        }
-    }
+    cur_.start_at(from_end ? static_cast<uint64_t>(st.st_size) : 0);
     ino_ = st.st_ino;
     dev_ = st.st_dev;
     return true;
+}
+
+void LogFollower::Reader::start_at(uint64_t pos)
+{
+    offset = line_start = pos;
+    partial.clear();
+    partial_cut = false;
+    mark.clear();
+    mark_pos = 0;
+    if (pos == 0)
+        return;
+    // The bytes just before where reading starts stand for the file until a
+    // line is read (a truncation written past them, another follower going
+    // on from here: resume_from).
+    char buf[kMarkBytes];
+    size_t n = std::min<uint64_t>(pos, kMarkBytes - 1);
+    ssize_t got = pread(fd, buf, n, static_cast<off_t>(pos - n));
+    if (got == static_cast<ssize_t>(n)) {
+        mark.assign(buf, n);
+        mark_pos = pos - n;
+    }
+}
+
+uint64_t LogFollower::back_to(const StampOf &stamp_of, int64_t from, int64_t to, uint64_t max_back, bool *bounded)
+{
+    *bounded = false;
+    const uint64_t end = cur_.offset;
+    if (cur_.fd < 0 || end == 0 || max_back == 0)
+        return 0;
+    const uint64_t begin = end > max_back ? end - max_back : 0;
+    std::string buf(end - begin, '\0');
+    size_t have = 0;
+    while (have < buf.size()) {
+        ssize_t got = pread(cur_.fd, buf.data() + have, buf.size() - have, static_cast<off_t>(begin + have));
+        if (got <= 0)
+            return 0; // (an error, or cut meanwhile: from the end, as opened)
+        have += static_cast<size_t>(got);
+    }
+    // Whole lines, newest first: [start, stop) each, stop at a '\n' (the
+    // file's last line is whole: reading starts at the end).
+    uint64_t at = end;
+    size_t stop = buf.size();
+    if (stop == 0 || buf[stop - 1] != '\n')
+        return 0; // (a line being written: from the end, as opened)
+    bool out_of_window = false;
+    while (stop > 0) {
+        size_t nl = stop >= 2 ? buf.rfind('\n', stop - 2) : std::string::npos;
+        if (nl == std::string::npos && begin > 0)
+            break; // the line before may be cut: the bound
+        size_t start = nl == std::string::npos ? 0 : nl + 1;
+        std::string_view line(buf.data() + start, stop - 1 - start);
+        if (auto t = stamp_of(line)) {
+            if (*t < from || *t > to) {
+                out_of_window = true;
+                break;
+            }
+            at = begin + start;
+        }
+        stop = start;
+    }
+    *bounded = !out_of_window && begin > 0;
+    if (at != end)
+        cur_.start_at(at);
+    return end - at;
 }
 
 bool LogFollower::resume_from(const LogFollower &before)

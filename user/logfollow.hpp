@@ -5,7 +5,10 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace n502 {
@@ -44,6 +47,17 @@ public:
     // is as long and still has the last line `before` read where it read it.
     // Returns whether it did (else it stays where it is).
     bool resume_from(const LogFollower &before);
+    // Just opened at the end: goes back to the first of the last lines
+    // whose stamps (stamp_of: seconds since the epoch, nullopt for a line
+    // without one) are all within [from, to], looking back at most max_back
+    // bytes. What an Nginx found some time after it started (at `from`)
+    // wrote before it was found is then read too; a line stamped outside the
+    // window (an earlier run's, or a zone the stamps are not read in) stops
+    // the look back. Returns the bytes gone back; *bounded tells that the
+    // look back stopped at max_back with every line before still in the
+    // window (lines older than that are not read).
+    using StampOf = std::function<std::optional<int64_t>(std::string_view)>;
+    uint64_t back_to(const StampOf &stamp_of, int64_t from, int64_t to, uint64_t max_back, bool *bounded);
     // Whether the file has bytes not read yet (one fstat).
     bool has_unread() const;
     // The open file's size (0 when not open).
@@ -90,6 +104,7 @@ private:
         uint64_t mark_pos = 0;
         std::string mark;
         void rewind(); // from the start again
+        void start_at(uint64_t pos); // reading from pos, a line's start (the bytes before it its mark)
         void close();
         bool still_there() const; // the mark is where it was read
         bool error_said = false;  // a read failed and was said (until one succeeds)

@@ -514,6 +514,12 @@ bool is_error_log_line(std::string_view line) {
   return parse_stamp(line, Y, M, D, h, m, s);
 }
 
+std::optional<int64_t> error_line_wall_sec(std::string_view line) {
+  int Y, M, D, h, m, s;
+  if (!parse_stamp(line, Y, M, D, h, m, s)) return std::nullopt;
+  return local_epoch(Y, M, D, h, m, s);
+}
+
 std::optional<LogLine> parse_upstream_error(std::string_view line) {
   try {
     std::optional<LogLine> out(std::in_place);

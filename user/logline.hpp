@@ -75,6 +75,9 @@ bool parse_upstream_error(std::string_view line, LogLine& out);
 // Whether the line begins as every error-log line does ("YYYY/MM/DD HH:MM:SS ["),
 // whatever its level and message.
 bool is_error_log_line(std::string_view line);
+// That stamp in seconds since the epoch, read as local time (as wall_sec
+// above); nullopt for a line without it.
+std::optional<int64_t> error_line_wall_sec(std::string_view line);
 
 // Sets TZ (unsets it for nullptr) and tzset()s. Error-log stamps are local
 // time: the parser converts them under the zone last set here or inherited

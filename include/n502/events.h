@@ -21,7 +21,7 @@
 
 #define N502_COMM_LEN 16
 #define N502_UNIX_PATH_LEN 108
-#define N502_ABI_VERSION 6
+#define N502_ABI_VERSION 7
 /* Largest log write captured from the kernel (N502_EV_LOG); longer ones are cut. */
 #define N502_LOG_MAX 4096
 
@@ -39,7 +39,8 @@ enum n502_event_type {
 	N502_EV_RETRANS = 11, /* a tracked TCP socket retransmitted (a SYN, in SYN_SENT) */
 	N502_EV_LOG = 12,     /* Nginx wrote to a log that is a pipe/socket/tty (stderr in a container) */
 	N502_EV_CONN = 13,    /* an Nginx TCP connection's story, held in the kernel until now */
-	N502_EV_TYPE_MAX = 14,
+	N502_EV_CGROUP = 14,  /* a cgroup (v2) was made, while containers or cgroups are selected */
+	N502_EV_TYPE_MAX = 15,
 };
 
 /* Process roles: bits in the procs map value and in events. */
@@ -255,6 +256,16 @@ struct n502_oom_event {
 	struct n502_hdr hdr;  /* whoever triggered the kill, often not the victim */
 	__u32 victim_pid;
 	__u32 victim_role;    /* 0 when the victim is not tracked */
+};
+
+/* A cgroup of the v2 hierarchy was made (mkdir), while containers or
+ * cgroups are selected: user space looks at once whether it is a selected
+ * container's, starting or made again, rather than at its next look. */
+struct n502_cgroup_event {
+	struct n502_hdr hdr;  /* the task that made it (the container runtime) */
+	__u64 cgroup_id;      /* the inode number of its directory */
+	__u32 level;          /* its depth (1: a child of the root) */
+	__u32 pad;
 };
 
 /* A write() by an Nginx process to a captured log descriptor. Variable

@@ -291,7 +291,7 @@ TEST_CASE("--btf: the hooks attach as raw tracepoints, typed by the BTF file, an
             CHECK(p.attached);
         }
     }
-    CHECK(raw == 9);
+    CHECK(raw == 10);
     REQUIRE(l.track_process(self(), N502_PROC_NGINX, &error));
     std::vector<Event> got;
     REQUIRE(ring_into(l, got, &error));
@@ -1160,6 +1160,60 @@ struct SmallTables {
 };
 
 } // namespace
+
+TEST_CASE("a cgroup made while cgroups are selected is told at once, by its id; none when none are", "[kernel]")
+{
+    std::string root = cgroup2_root();
+    REQUIRE_FALSE(root.empty());
+    std::string name = "n502-kt-made-" + std::to_string(getpid());
+    std::string v2 = root + "/" + name, v1 = "/sys/fs/cgroup/memory/" + name;
+    struct Cleanup {
+        std::vector<std::string> dirs;
+        ~Cleanup()
+        {
+            for (const auto &d : dirs)
+                rmdir(d.c_str());
+        }
+    } cleanup{{v2 + "/inner", v2, v1}};
+    auto made = [](Loader &l, std::vector<Event> &evs) {
+        l.consume();
+        std::vector<uint64_t> ids;
+        for (const Event &e : evs)
+            if (e.type == N502_EV_CGROUP)
+                ids.push_back(e.cgroup_id);
+        evs.clear();
+        return ids;
+    };
+    auto ino = [](const std::string &d) {
+        struct stat st{};
+        REQUIRE(stat(d.c_str(), &st) == 0);
+        return static_cast<uint64_t>(st.st_ino);
+    };
+    std::string error;
+    {
+        // Nothing selected: nothing told.
+        Loader l;
+        load_attach(l, own_options());
+        std::vector<Event> evs;
+        REQUIRE(ring_into(l, evs, &error));
+        REQUIRE(mkdir(v2.c_str(), 0755) == 0);
+        CHECK(made(l, evs).empty());
+        REQUIRE(rmdir(v2.c_str()) == 0);
+    }
+    LoaderOptions opt = own_options();
+    opt.filter_cgroups = true;
+    Loader l;
+    load_attach(l, opt);
+    std::vector<Event> evs;
+    REQUIRE(ring_into(l, evs, &error));
+    REQUIRE(mkdir(v2.c_str(), 0755) == 0);
+    REQUIRE(mkdir((v2 + "/inner").c_str(), 0755) == 0);
+    // (a v1 hierarchy's cgroup is not one: its ids are another numbering)
+    const bool have_v1 = access("/sys/fs/cgroup/memory", F_OK) == 0 && mkdir(v1.c_str(), 0755) == 0;
+    CHECK(made(l, evs) == std::vector<uint64_t>{ino(v2), ino(v2 + "/inner")});
+    if (have_v1)
+        CHECK(ino(v1) != 0); // (made, and not told above)
+}
 
 TEST_CASE("a full socket table forgets its oldest entries, and every one forgotten is counted", "[kernel]")
 {

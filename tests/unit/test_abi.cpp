@@ -81,6 +81,8 @@ PIN_OFFSET(struct n502_conn_event, src, 72);
 PIN_OFFSET(struct n502_conn_event, bytes_received, 120);
 PIN_OFFSET(struct n502_conn_event, story, 136);
 PIN_SIZE(struct n502_proc, 8);
+PIN_SIZE(struct n502_cgroup_event, 56);
+PIN_OFFSET(struct n502_cgroup_event, cgroup_id, 40);
 
 TEST_CASE("event type numbers are stable", "[abi]")
 {
@@ -97,5 +99,6 @@ TEST_CASE("event type numbers are stable", "[abi]")
     CHECK(N502_EV_RETRANS == 11);
     CHECK(N502_EV_LOG == 12);
     CHECK(N502_EV_CONN == 13);
-    CHECK(N502_ABI_VERSION == 6);
+    CHECK(N502_EV_CGROUP == 14);
+    CHECK(N502_ABI_VERSION == 7);
 }

@@ -498,3 +498,62 @@ TEST_CASE("a rotation whose new file cannot be read yet is said at once, and the
     append(log, "more\n");
     CHECK(kinds(f.poll(1600 * MS)) == V{"L:more"});
 }
+
+// Lines "T n": stamped T (seconds), for back_to's windows.
+static std::optional<int64_t> t_stamp(std::string_view line)
+{
+    if (line.size() < 3 || line[0] != 'T' || line[1] != ' ')
+        return std::nullopt;
+    return std::stoll(std::string(line.substr(2)));
+}
+
+TEST_CASE("an Nginx found after its start: its lines since then are read, an earlier run's are not", "[follow]")
+{
+    bool bounded = true;
+    SECTION("lines stamped before the window stop the look back; lines without a stamp in it are kept")
+    {
+        Followed fl("T 90\nT 99\nT 100\nno stamp\nT 101\n");
+        CHECK(fl.f.back_to(t_stamp, 100, 110, 1 << 20, &bounded) == std::string("T 100\nno stamp\nT 101\n").size());
+        CHECK_FALSE(bounded);
+        append(fl.log, "T 102\n");
+        CHECK(kinds(fl.f.poll()) == std::vector<std::string>{"L:T 100", "L:no stamp", "L:T 101", "L:T 102"});
+    }
+    SECTION("a line stamped past the window (another zone's stamps) stops it too: nothing is read back")
+    {
+        Followed fl("T 100\nT 5000\n");
+        CHECK(fl.f.back_to(t_stamp, 100, 110, 1 << 20, &bounded) == 0);
+        CHECK_FALSE(bounded);
+        CHECK(kinds(fl.f.poll()).empty());
+    }
+    SECTION("every line in the window: back to the file's start, not bounded")
+    {
+        Followed fl("T 100\nT 101\n");
+        CHECK(fl.f.back_to(t_stamp, 100, 110, 1 << 20, &bounded) == 12);
+        CHECK_FALSE(bounded);
+        CHECK(kinds(fl.f.poll()) == std::vector<std::string>{"L:T 100", "L:T 101"});
+    }
+    SECTION("more than max_back in the window: the last whole lines within it, and said")
+    {
+        Followed fl("T 100\nT 101\nT 102\nT 103\n"); // 6 bytes each
+        CHECK(fl.f.back_to(t_stamp, 100, 110, 15, &bounded) == 12);
+        CHECK(bounded);
+        CHECK(kinds(fl.f.poll()) == std::vector<std::string>{"L:T 102", "L:T 103"});
+    }
+    SECTION("a line being written at the end: nothing is read back (from the end, as opened)")
+    {
+        Followed fl("T 100\nT 101");
+        CHECK(fl.f.back_to(t_stamp, 100, 110, 1 << 20, &bounded) == 0);
+        append(fl.log, "\nT 102\n");
+        CHECK(kinds(fl.f.poll()) == std::vector<std::string>{"L:", "L:T 102"});
+    }
+    SECTION("read back, then found by a follower going on from it (resume_from)")
+    {
+        Followed fl("T 90\nT 100\n");
+        REQUIRE(fl.f.back_to(t_stamp, 100, 110, 1 << 20, &bounded) == 6);
+        LogFollower next(fl.log);
+        std::string err;
+        REQUIRE(next.open(true, &err));
+        CHECK(next.resume_from(fl.f));
+        CHECK(kinds(next.poll()) == std::vector<std::string>{"L:T 100"});
+    }
+}

@@ -569,3 +569,24 @@ TEST_CASE("logline: parsing into a used LogLine gives what a new one gets", "[lo
     CHECK(fields(used) == held);
   }
 }
+
+TEST_CASE("any error-log line's stamp, as local time", "[logline]")
+{
+    const char *old = getenv("TZ");
+    std::string saved = old ? old : "";
+    n502::set_local_zone("UTC");
+    std::tm tm{};
+    tm.tm_year = 2026 - 1900;
+    tm.tm_mon = 11;
+    tm.tm_mday = 8;
+    tm.tm_hour = 2;
+    tm.tm_min = 52;
+    tm.tm_sec = 44;
+    const int64_t utc = timegm(&tm);
+    CHECK(n502::error_line_wall_sec("2026/12/08 02:52:44 [notice] 1#1: start worker processes") == utc);
+    n502::set_local_zone("<P02>-02");
+    CHECK(n502::error_line_wall_sec("2026/12/08 02:52:44 [notice] 1#1: start worker processes") == utc - 7200);
+    n502::set_local_zone(old ? saved.c_str() : nullptr);
+    CHECK_FALSE(n502::error_line_wall_sec("08/Dec/2026:02:52:44 +0000 GET /"));
+    CHECK_FALSE(n502::error_line_wall_sec(""));
+}
