@@ -6,9 +6,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <fnmatch.h>
+#include <glob.h>
 #include <map>
+#include <set>
 #include <sstream>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "logfollow.hpp"
@@ -22,7 +24,8 @@ constexpr size_t kMaxFileBytes = 8 << 20;
 constexpr int kMaxIncludeDepth = 16;
 constexpr size_t kMaxFiles = 512;
 
-std::optional<std::string> read_in_root(const std::string &root, const std::string &path, std::string *why)
+// *cut: the file is longer than kMaxFileBytes, only its beginning read.
+std::optional<std::string> read_in_root(const std::string &root, const std::string &path, std::string *why, bool *cut)
 {
     int fd = open_in_root(root, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
@@ -39,6 +42,7 @@ std::optional<std::string> read_in_root(const std::string &root, const std::stri
         *why = strerror(errno);
         return std::nullopt;
     }
+    *cut = n > 0;
     return out;
 }
 
@@ -48,27 +52,78 @@ std::string dirname_of(const std::string &p)
     return slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
 }
 
-// include's argument: absolute, or relative to the main file's directory;
-// a wildcard is allowed in the last component (conf.d/*.conf).
-std::vector<std::string> expand_include(const std::string &root, const std::string &base_dir, const std::string &arg)
+// glob(3)'s reads of directories, confined to the root as every open here.
+// GLOB_ALTDIRFUNC's functions take no context: the include being expanded.
+struct GlobIn {
+    const std::string *root;
+    const std::string *pattern;
+    std::vector<std::string> *problems;
+};
+thread_local GlobIn *glob_in = nullptr;
+
+void *glob_opendir(const char *dir)
+{
+    int fd = open_in_root(*glob_in->root, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return nullptr;
+    DIR *d = fdopendir(fd);
+    if (!d)
+        close(fd);
+    return d;
+}
+
+void glob_closedir(void *d) { closedir(static_cast<DIR *>(d)); }
+
+dirent *glob_readdir(void *d) { return readdir(static_cast<DIR *>(d)); }
+
+int glob_stat_in_root(const char *path, struct stat *st, int flags)
+{
+    int fd = open_in_root(*glob_in->root, path, O_PATH | O_CLOEXEC | flags);
+    if (fd < 0)
+        return -1;
+    int r = fstat(fd, st);
+    close(fd);
+    return r;
+}
+
+int glob_stat(const char *path, struct stat *st) { return glob_stat_in_root(path, st, 0); }
+
+int glob_lstat(const char *path, struct stat *st) { return glob_stat_in_root(path, st, O_NOFOLLOW); }
+
+// A directory on the way that cannot be read may hold files Nginx read: a
+// problem, unless it does not exist (nothing matches). glob goes on.
+int glob_error(const char *dir, int err)
+{
+    if (err != ENOENT)
+        glob_in->problems->push_back(
+            fmt::format("cannot read {}: {} (include {})", dir, strerror(err), *glob_in->pattern));
+    return 0;
+}
+
+// include's argument: absolute, or relative to the main file's directory,
+// with wildcards in any component (vhosts/*/site.conf): glob(3), as Nginx.
+std::vector<std::string> expand_include(const std::string &root, const std::string &base_dir, const std::string &arg,
+                                        std::vector<std::string> *problems)
 {
     std::string pat = arg[0] == '/' ? arg : base_dir + "/" + arg;
     if (pat.find_first_of("*?[") == std::string::npos)
         return {pat};
-    std::string dir = dirname_of(pat), name = pat.substr(pat.rfind('/') + 1);
+    GlobIn in{&root, &pat, problems};
+    glob_in = &in;
+    glob_t g{};
+    g.gl_opendir = glob_opendir;
+    g.gl_readdir = glob_readdir;
+    g.gl_closedir = glob_closedir;
+    g.gl_stat = glob_stat;
+    g.gl_lstat = glob_lstat;
+    int rc = glob(pat.c_str(), GLOB_ALTDIRFUNC, glob_error, &g);
+    glob_in = nullptr;
     std::vector<std::string> out;
-    int dfd = open_in_root(root, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
-        return out;
-    if (DIR *d = fdopendir(dfd)) {
-        while (dirent *de = readdir(d))
-            if (de->d_name[0] != '.' && fnmatch(name.c_str(), de->d_name, 0) == 0)
-                out.push_back(dir + "/" + de->d_name);
-        closedir(d);
-    } else {
-        close(dfd);
-    }
-    std::sort(out.begin(), out.end()); // Nginx sorts glob results too
+    if (rc == 0)
+        out.assign(g.gl_pathv, g.gl_pathv + g.gl_pathc); // sorted, as Nginx's
+    else if (rc != GLOB_NOMATCH)
+        problems->push_back(fmt::format("cannot expand include {}: glob error {}", pat, rc));
+    globfree(&g);
     return out;
 }
 
@@ -88,11 +143,14 @@ public:
             return;
         }
         std::string why;
-        auto text = read_in_root(root_, path, &why);
+        bool cut = false;
+        auto text = read_in_root(root_, path, &why, &cut);
         if (!text) {
             conf_.problems.push_back(fmt::format("cannot read {}: {}", path, why));
             return;
         }
+        if (cut)
+            conf_.problems.push_back(fmt::format("{}: only its first {} MiB read", path, kMaxFileBytes >> 20));
         conf_.files.push_back(path);
         auto toks = tokenize_nginx_conf(*text);
         std::vector<ConfToken> words;
@@ -101,6 +159,8 @@ public:
                 statement(words, path, depth);
                 words.clear();
             } else if (!t.quoted && t.text == "{") {
+                if (in_upstream() && !words.empty() && words[0].text == "balancer_by_lua_block")
+                    lua_balanced_.insert(group_key(blocks_.back()[1].text));
                 blocks_.push_back(words);
                 words.clear();
             } else if (!t.quoted && t.text == "}") {
@@ -117,10 +177,12 @@ public:
     void finish()
     {
         for (auto &p : passes_) {
-            auto g = groups_.find(p.host_only);
+            auto g = groups_.find(p.group_key);
             if (!p.up.has_variables && g != groups_.end()) {
                 for (auto s : g->second) {
-                    s.group = p.host_only;
+                    // A Lua balancer's servers are placeholders: it picks the
+                    // peer per request.
+                    s.has_variables = s.has_variables || lua_balanced_.count(p.group_key);
                     conf_.upstreams.push_back(s);
                 }
                 continue;
@@ -142,8 +204,24 @@ public:
 private:
     struct Pass {
         ConfUpstream up;
-        std::string host_only; // the host part, to match an upstream{} name
+        std::string group_key; // the host part's, to match an upstream{} name
     };
+
+    bool in_upstream() const
+    {
+        return !blocks_.empty() && blocks_.back().size() >= 2 && blocks_.back()[0].text == "upstream";
+    }
+
+    // Nginx matches upstream{} names ignoring case, http's apart from
+    // stream's (the outermost block).
+    std::string group_key(const std::string &name) const
+    {
+        std::string key = blocks_.empty() || blocks_[0].empty() ? "" : blocks_[0][0].text;
+        key += ' ';
+        for (char c : name)
+            key += static_cast<char>(tolower(static_cast<unsigned char>(c)));
+        return key;
+    }
 
     void statement(const std::vector<ConfToken> &w, const std::string &path, int depth)
     {
@@ -151,19 +229,22 @@ private:
             return;
         const std::string &name = w[0].text;
         if (name == "include" && w.size() == 2) {
-            for (const auto &f : expand_include(root_, dirname_of(main_), w[1].text))
+            for (const auto &f : expand_include(root_, dirname_of(main_), w[1].text, &conf_.problems))
                 file(f, depth + 1);
             return;
         }
-        bool in_upstream = !blocks_.empty() && !blocks_.back().empty() && blocks_.back()[0].text == "upstream" &&
-                           blocks_.back().size() >= 2;
-        if (in_upstream && name == "server" && w.size() >= 2) {
+        if (in_upstream() && name == "server" && w.size() >= 2) {
             ConfUpstream u;
             u.directive = "server";
+            u.group = blocks_.back()[1].text;
             u.file = path;
             u.line = w[0].line;
             u.address = normalise(w[1].text, "", &u.has_variables);
-            groups_[blocks_.back()[1].text].push_back(u);
+            groups_[group_key(u.group)].push_back(u);
+            return;
+        }
+        if (in_upstream() && name == "balancer_by_lua_file") {
+            lua_balanced_.insert(group_key(blocks_.back()[1].text));
             return;
         }
         static const char *passes[] = {"proxy_pass", "fastcgi_pass", "uwsgi_pass", "scgi_pass", "grpc_pass",
@@ -174,7 +255,9 @@ private:
                 ps.up.directive = name;
                 ps.up.file = path;
                 ps.up.line = w[0].line;
-                ps.up.address = normalise(w[1].text, name, &ps.up.has_variables, &ps.host_only);
+                std::string host;
+                ps.up.address = normalise(w[1].text, name, &ps.up.has_variables, &host);
+                ps.group_key = group_key(host);
                 passes_.push_back(ps);
                 return;
             }
@@ -224,12 +307,62 @@ private:
     NginxConf &conf_;
     std::string main_;
     std::vector<std::vector<ConfToken>> blocks_;
-    std::map<std::string, std::vector<ConfUpstream>> groups_;
+    std::map<std::string, std::vector<ConfUpstream>> groups_; // by group_key
+    std::set<std::string> lua_balanced_;                       // groups with a balancer_by_lua_*
     std::vector<Pass> passes_;
 
 public:
     void set_main(const std::string &m) { main_ = m; }
 };
+
+// The body of a *_by_lua_block is Lua, not Nginx's syntax: from s[i], just
+// after its '{', to its closing '}' (the index returned, n when there is
+// none), braces counted outside Lua's strings ('...', "...", [[...]],
+// [==[...]==]) and comments (-- to the line's end, --[[...]]).
+size_t skip_lua_block(const std::string &s, size_t i, int &line)
+{
+    size_t n = s.size();
+    // The length of a long bracket "[[" or "[==[" opening at `at`, 0 if none.
+    auto long_bracket = [&](size_t at) -> size_t {
+        if (at >= n || s[at] != '[')
+            return 0;
+        size_t k = at + 1;
+        while (k < n && s[k] == '=')
+            k++;
+        return k < n && s[k] == '[' ? k + 1 - at : 0;
+    };
+    auto skip_to = [&](size_t end) {
+        line += static_cast<int>(std::count(s.data() + i, s.data() + end, '\n'));
+        i = end;
+    };
+    int depth = 1;
+    while (i < n) {
+        char c = s[i];
+        bool comment = c == '-' && i + 1 < n && s[i + 1] == '-';
+        size_t from = comment ? i + 2 : i;
+        if (size_t open = long_bracket(from)) {
+            std::string close = "]" + std::string(open - 2, '=') + "]";
+            size_t end = s.find(close, from + open);
+            skip_to(end == std::string::npos ? n : end + close.size());
+        } else if (comment) {
+            size_t end = s.find('\n', i);
+            skip_to(end == std::string::npos ? n : end);
+        } else if (c == '\'' || c == '"') {
+            size_t end = i + 1;
+            while (end < n && s[end] != c)
+                end += s[end] == '\\' ? 2 : 1;
+            skip_to(std::min(end + 1, n));
+        } else if (c == '{' || c == '}') {
+            depth += c == '{' ? 1 : -1;
+            if (depth == 0)
+                return i;
+            i++;
+        } else {
+            skip_to(i + 1);
+        }
+    }
+    return n;
+}
 
 } // namespace
 
@@ -238,6 +371,7 @@ std::vector<ConfToken> tokenize_nginx_conf(const std::string &s)
     std::vector<ConfToken> out;
     int line = 1;
     size_t i = 0, n = s.size();
+    size_t directive = 0; // the index of the statement's first word
     while (i < n) {
         char c = s[i];
         if (c == '\n') {
@@ -257,6 +391,14 @@ std::vector<ConfToken> tokenize_nginx_conf(const std::string &s)
         if (c == ';' || c == '{' || c == '}') {
             out.push_back({std::string(1, c), false, line});
             i++;
+            // A *_by_lua_block's body: an empty block here.
+            if (c == '{' && directive + 1 < out.size() && out[directive].text.ends_with("_by_lua_block")) {
+                i = skip_lua_block(s, i, line);
+                if (i < n)
+                    out.push_back({"}", false, line});
+                i++;
+            }
+            directive = out.size();
             continue;
         }
         ConfToken t;
@@ -278,7 +420,11 @@ std::vector<ConfToken> tokenize_nginx_conf(const std::string &s)
             out.push_back(t);
             continue;
         }
-        while (i < n && !isspace(static_cast<unsigned char>(s[i])) && s[i] != ';' && s[i] != '{' && s[i] != '}') {
+        // A word ends at a space, ';' or '{', but not at a '{' just after a
+        // '$' (${name}); '}' does not end one (ngx_conf_read_token).
+        bool variable = false;
+        while (i < n && !isspace(static_cast<unsigned char>(s[i])) && s[i] != ';' && (s[i] != '{' || variable)) {
+            variable = s[i] == '$';
             if (s[i] == '\\' && i + 1 < n) {
                 t.text += s[i + 1];
                 i += 2;
@@ -314,11 +460,27 @@ NginxPaths nginx_paths(uint32_t master, const std::string &proc_root)
         while (in >> w)
             words.push_back(w);
     }
-    for (size_t k = 0; k + 1 < words.size(); k++) {
-        if (words[k] == "-c")
-            out.conf = words[k + 1];
-        else if (words[k] == "-p")
-            out.prefix = words[k + 1];
+    // As ngx_get_options reads them: flags may be combined (-qc), and -c,
+    // -p, -g and -s take the rest of their word (-c/etc/nginx/b.conf) or
+    // the next one. Words with no '-' are the title, the binary, or the
+    // rest of an argument with spaces (-g "daemon off;").
+    for (size_t k = 0; k < words.size(); k++) {
+        const std::string &w = words[k];
+        if (w[0] != '-')
+            continue;
+        for (size_t j = 1; j < w.size(); j++) {
+            char o = w[j];
+            if (o == 'c' || o == 'p' || o == 'g' || o == 's') {
+                std::string value = j + 1 < w.size() ? w.substr(j + 1) : k + 1 < words.size() ? words[++k] : "";
+                if (o == 'c')
+                    out.conf = value;
+                else if (o == 'p')
+                    out.prefix = value;
+                break;
+            }
+            if (!strchr("?hvVtTq", o))
+                break; // (Nginx refuses it)
+        }
     }
     if (out.conf.empty() || out.prefix.empty()) {
         // Compiled-in defaults, from the binary's "configure arguments".

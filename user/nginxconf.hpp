@@ -16,7 +16,8 @@ struct ConfUpstream {
     std::string group;     // the upstream{} block's name, "" when named directly
     std::string file;      // where it is written
     int line = 0;
-    bool has_variables = false; // "$..." in the target: resolved per request, cannot be checked
+    bool has_variables = false; // "$..." in the target, or a server of an upstream{} whose
+                                // balancer_by_lua_* picks the peer: resolved per request, cannot be checked
 };
 
 // The TCP port of an upstream address as ConfUpstream::address writes it:
@@ -46,7 +47,8 @@ struct NginxPaths {
 NginxPaths nginx_paths(uint32_t master, const std::string &proc_root = "/proc");
 
 // Tokens of Nginx's configuration syntax (for the parser and its tests):
-// words (quotes removed, escapes kept as Nginx does), "{", "}", ";".
+// words (quotes removed, escapes kept as Nginx does), "{", "}", ";"; the
+// Lua body of a *_by_lua_block is skipped (an empty block).
 struct ConfToken {
     std::string text;
     bool quoted = false;

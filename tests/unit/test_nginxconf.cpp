@@ -166,3 +166,179 @@ TEST_CASE("the TCP port adaptive tracking watches for an upstream", "[nginxconf]
     CHECK_FALSE(port("127.0.0.1:65536"));
     CHECK_FALSE(port("127.0.0.1:80x"));
 }
+
+TEST_CASE("${name} is part of its word, as in Nginx", "[nginxconf]")
+{
+    auto t = tokenize_nginx_conf("proxy_pass http://${svc}.prod:8080; set $a ${b}c;");
+    REQUIRE(t.size() == 7);
+    CHECK(t[1].text == "http://${svc}.prod:8080");
+    CHECK(t[5].text == "${b}c");
+
+    Tree tr;
+    tr.write("etc/nginx/nginx.conf", R"(
+http {
+    upstream app { server 127.0.0.1:9001; }
+    server {
+        location / { set $svc api; proxy_pass http://${svc}.prod.svc.cluster.local:8080; }
+        location /b { proxy_pass http://127.0.0.1:8081; }
+    }
+    upstream after { server 127.0.0.1:9002; }
+    server { location / { proxy_pass http://after; } }
+}
+)");
+    auto c = parse_nginx_conf(tr.path, "/etc/nginx/nginx.conf");
+    CHECK(c.problems.empty());
+    auto *v = find(c, "${svc}.prod.svc.cluster.local:8080");
+    REQUIRE(v);
+    CHECK(v->has_variables); // every port is watched
+    CHECK_FALSE(upstream_tcp_port(*v));
+    auto *b = find(c, "127.0.0.1:8081");
+    REQUIRE(b);
+    CHECK(b->line == 6);
+    auto *after = find(c, "127.0.0.1:9002");
+    REQUIRE(after);
+    CHECK(after->group == "after");
+}
+
+TEST_CASE("*_by_lua_block bodies are Lua; a Lua balancer's servers are placeholders", "[nginxconf]")
+{
+    auto k = tokenize_nginx_conf("content_by_lua_block { ngx.say('{\"status\":\"ok\"}') }\nx;");
+    REQUIRE(k.size() == 5);
+    CHECK(k[1].text == "{");
+    CHECK(k[2].text == "}");
+    CHECK(k[3].text == "x");
+    CHECK(k[3].line == 2);
+
+    Tree t;
+    t.write("etc/nginx/nginx.conf", R"(
+http {
+    server {
+        location /health { content_by_lua_block { ngx.say('{"status":"ok"}') } }
+        location / { proxy_pass http://127.0.0.1:8080; }
+        location /lua {
+            access_by_lua_block {
+                local s = "}\"" .. [[ say "hi ]] .. [==[ ]] } ]==] -- a " and a }
+                --[[ a } long
+                comment } ]] local t = { n = #s }
+                if t.n == 0 then ngx.exit(403) end
+            }
+            proxy_pass http://127.0.0.1:8082;
+        }
+        location /dyn { proxy_pass http://dyn; }
+    }
+    upstream dyn {
+        balancer_by_lua_block {
+            local peer = [[10.0.0.5 } ]]
+            require("ngx.balancer").set_current_peer(peer, 7000)
+        }
+        server 127.0.0.1:1;
+    }
+    upstream dynfile {
+        server 127.0.0.1:2;
+        balancer_by_lua_file /etc/nginx/balancer.lua;
+    }
+    server { location / { proxy_pass http://dynfile; } }
+}
+)");
+    auto c = parse_nginx_conf(t.path, "/etc/nginx/nginx.conf");
+    CHECK(c.problems.empty());
+    auto *a = find(c, "127.0.0.1:8080");
+    REQUIRE(a);
+    CHECK(a->line == 5);
+    auto *b = find(c, "127.0.0.1:8082");
+    REQUIRE(b);
+    CHECK(b->line == 13);
+    // The peer is picked at run time: the port cannot be known (every port
+    // is watched), nor the server checked.
+    for (const char *addr : {"127.0.0.1:1", "127.0.0.1:2"}) {
+        INFO(addr);
+        auto *d = find(c, addr);
+        REQUIRE(d);
+        CHECK(d->has_variables);
+        CHECK_FALSE(upstream_tcp_port(*d));
+    }
+    CHECK(find(c, "127.0.0.1:1")->group == "dyn");
+}
+
+TEST_CASE("include globs every component, inside the root; unreadable directories are reported", "[nginxconf]")
+{
+    Tree t;
+    t.write("etc/nginx/nginx.conf", "http { include vhosts/*/site.conf; include /etc/nginx/loop/*.conf; }\n");
+    t.write("etc/nginx/vhosts/a/site.conf", "server { location / { proxy_pass http://127.0.0.1:7001; } }\n");
+    t.write("etc/nginx/vhosts/c/other.conf", "server { location / { proxy_pass http://127.0.0.1:7009; } }\n");
+    t.write("srv/b/site.conf", "server { location / { proxy_pass http://127.0.0.1:7002; } }\n");
+    // An absolute symlink resolves inside the root; a loop cannot be read.
+    REQUIRE(symlink("/srv/b", (t.path + "/etc/nginx/vhosts/b").c_str()) == 0);
+    REQUIRE(symlink("loop", (t.path + "/etc/nginx/loop").c_str()) == 0);
+    auto c = parse_nginx_conf(t.path, "/etc/nginx/nginx.conf");
+    REQUIRE(c.files.size() == 3);
+    CHECK(c.files[1] == "/etc/nginx/vhosts/a/site.conf");
+    CHECK(c.files[2] == "/etc/nginx/vhosts/b/site.conf");
+    CHECK(find(c, "127.0.0.1:7001"));
+    CHECK(find(c, "127.0.0.1:7002"));
+    CHECK_FALSE(find(c, "127.0.0.1:7009"));
+    REQUIRE(c.problems.size() == 1);
+    CHECK(c.problems[0].find("/etc/nginx/loop") != std::string::npos);
+}
+
+TEST_CASE("a file over the size limit is a problem", "[nginxconf]")
+{
+    Tree t;
+    t.write("etc/nginx/nginx.conf", "http { server { location / { proxy_pass http://127.0.0.1:7100; } } }\n# " +
+                                        std::string(9 << 20, 'x') + "\n");
+    auto c = parse_nginx_conf(t.path, "/etc/nginx/nginx.conf");
+    CHECK(find(c, "127.0.0.1:7100")); // its beginning is read
+    REQUIRE(c.problems.size() == 1);
+    CHECK(c.problems[0].find("/etc/nginx/nginx.conf") != std::string::npos);
+}
+
+TEST_CASE("upstream names: any case, http's apart from stream's", "[nginxconf]")
+{
+    Tree t;
+    t.write("etc/nginx/nginx.conf", R"(
+http {
+    upstream Backend { server 127.0.0.1:9101; }
+    server {
+        location / { proxy_pass http://backend; }
+        location /app { proxy_pass http://app; }
+    }
+}
+stream {
+    upstream app { server 127.0.0.1:9201; }
+    upstream tcp { server 127.0.0.1:9202; }
+    server { listen 12345; proxy_pass TCP; }
+}
+)");
+    auto c = parse_nginx_conf(t.path, "/etc/nginx/nginx.conf");
+    auto *b = find(c, "127.0.0.1:9101");
+    REQUIRE(b);
+    CHECK(b->group == "Backend");
+    CHECK_FALSE(find(c, "backend:80"));
+    // http's "app" is a host name: stream's group is not used.
+    CHECK(find(c, "app:80"));
+    CHECK_FALSE(find(c, "127.0.0.1:9201"));
+    auto *tcp = find(c, "127.0.0.1:9202");
+    REQUIRE(tcp);
+    CHECK(tcp->group == "tcp");
+}
+
+TEST_CASE("-c and -p as Nginx reads its command line", "[nginxconf]")
+{
+    Tree t;
+    auto paths = [&](const std::string &title) {
+        t.write("proc/4242/stat", "4242 (nginx) S 1 4242 4242 0 -1\n");
+        t.write("proc/4242/cmdline", title);
+        return nginx_paths(4242, t.path + "/proc");
+    };
+    auto p = paths("nginx: master process /usr/sbin/nginx -p/srv/www -c/etc/nginx/b.conf");
+    CHECK(p.prefix == "/srv/www/");
+    CHECK(p.conf == "/etc/nginx/b.conf");
+    p = paths("nginx: master process nginx -g daemon off; -qc conf/c.conf -p /srv");
+    CHECK(p.prefix == "/srv/");
+    CHECK(p.conf == "/srv/conf/c.conf");
+    // -g takes the next word (its argument), even one that looks like -c.
+    p = paths("nginx: master process nginx -p /srv/ -g -c -c d.conf");
+    CHECK(p.conf == "/srv/d.conf");
+    p = paths("nginx: master process nginx -c /etc/e.conf -p /srv");
+    CHECK(p.conf == "/etc/e.conf");
+}
