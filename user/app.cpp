@@ -1137,6 +1137,39 @@ int run(const Options &opt)
         in.config = conf.main_file;
         for (const auto &pr : conf.problems)
             say_once(in, "nginx_config", pr);
+        // Logs the configuration names that the look at Nginx's open files
+        // missed (a name that does not say error or access and log: an
+        // error_log /var/log/nginx/shop.err in a server{}), followed when
+        // Nginx has them open (from now: a reload adding one included); an
+        // error_log n502trace cannot read is said. (--error-log and
+        // --access-log name the logs themselves.)
+        for (const auto &lg : conf.logs) {
+            const std::string &t = lg.target;
+            const bool unreadable = t.rfind("syslog:", 0) == 0 || t.rfind("memory:", 0) == 0;
+            if (lg.error && unreadable)
+                say_once(in, "nginx_logs",
+                         fmt::format("error_log {} ({}:{}): n502trace cannot read what Nginx logs there; a 502 or "
+                                     "504 logged only there is explained from an access log that records it",
+                                     t, lg.file, lg.line));
+            if (unreadable || t == "stderr" || t.empty() ||
+                (lg.error ? !opt.error_logs.empty() : !opt.access_logs.empty() || opt.no_access_log))
+                continue;
+            std::string path = t[0] == '/' ? t
+                                           : paths.prefix + (!paths.prefix.empty() && paths.prefix.back() == '/' ? ""
+                                                                                                                 : "/") +
+                                                 t;
+            auto &named = lg.error ? in.info.error_logs : in.info.access_logs;
+            if (std::find(named.begin(), named.end(), path) != named.end() || !nginx_has_open(in.info, path))
+                continue;
+            auto f = std::make_unique<LogFollower>(path, 64 * 1024, in.info.root);
+            std::string why;
+            if (!f->open(true, &why)) {
+                say_once(in, "nginx_logs", why);
+                continue;
+            }
+            named.push_back(path);
+            (lg.error ? in.errors : in.access).push_back(std::move(f));
+        }
         uint32_t netns = static_cast<uint32_t>(netns_of(in.info.master));
         in.upstreams.clear();
         in.down.clear();

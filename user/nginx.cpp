@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -199,11 +200,11 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
 std::vector<LogCapture> find_log_captures(const NginxInfo &n, const std::string &root)
 {
     std::vector<LogCapture> out;
-    // fd 2 is the error log when that is not a file; fd 1 carries the access
-    // log when it goes to /dev/stdout.
-    std::vector<int> fds;
-    if (n.error_logs.empty())
-        fds.push_back(2);
+    // fd 2 is the main error log (Nginx points it there when that is a
+    // file: a pipe, socket or terminal there is the main error log, other
+    // error logs in files or not); fd 1 carries the access log when it goes
+    // to /dev/stdout.
+    std::vector<int> fds{2};
     if (n.access_logs.empty())
         fds.push_back(1);
     for (int fd : fds) {
@@ -289,6 +290,26 @@ static std::vector<std::string> open_logs(const NginxInfo &n, const std::string 
             break; // every process of one Nginx shares its logs
     }
     return out;
+}
+
+bool nginx_has_open(const NginxInfo &n, const std::string &path, const std::string &root)
+{
+    const std::string want = n.root_prefix + path;
+    std::string fddir = fmt::format("{}/{}/fd", root, n.master);
+    DIR *d = opendir(fddir.c_str());
+    if (!d)
+        return false;
+    bool found = false;
+    char buf[PATH_MAX];
+    while (!found)
+        if (dirent *de = readdir(d)) {
+            ssize_t len = de->d_name[0] == '.' ? 0 : readlink((fddir + "/" + de->d_name).c_str(), buf, sizeof(buf) - 1);
+            found = len > 0 && std::string_view(buf, static_cast<size_t>(len)) == want;
+        } else {
+            break;
+        }
+    closedir(d);
+    return found;
 }
 
 std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &root)

@@ -55,6 +55,10 @@ std::optional<NginxInfo> discover_nginx(uint32_t pid, std::string *error, const 
 // stderr (Nginx points it at its main error log) and any open *error*log file.
 std::vector<std::string> find_error_logs(const NginxInfo &n, const std::string &proc_root = "/proc");
 
+// Whether Nginx's master has this file (a path as Nginx names it, inside
+// its root) open: a log its configuration names that the names above miss.
+bool nginx_has_open(const NginxInfo &n, const std::string &path, const std::string &proc_root = "/proc");
+
 // Logs that are pipes, sockets or terminals (see LogCapture).
 std::vector<LogCapture> find_log_captures(const NginxInfo &n, const std::string &proc_root = "/proc");
 

@@ -247,6 +247,11 @@ private:
             lua_balanced_.insert(group_key(blocks_.back()[1].text));
             return;
         }
+        if ((name == "error_log" || name == "access_log") && w.size() >= 2 && w[1].text != "off" &&
+            w[1].text.find('$') == std::string::npos) {
+            conf_.logs.push_back({name == "error_log", w[1].text, path, w[0].line});
+            return;
+        }
         static const char *passes[] = {"proxy_pass", "fastcgi_pass", "uwsgi_pass", "scgi_pass", "grpc_pass",
                                        "memcached_pass"};
         for (const char *p : passes)

@@ -25,10 +25,19 @@ struct ConfUpstream {
 // text (a variable, a name with no port and no scheme default).
 std::optional<uint16_t> upstream_tcp_port(const ConfUpstream &u);
 
+// A log an error_log or access_log directive names.
+struct ConfLog {
+    bool error = true;  // error_log, else access_log
+    std::string target; // as written: a path (relative ones are to the prefix), "stderr", "syslog:...", "memory:..."
+    std::string file;   // where it is written
+    int line = 0;
+};
+
 struct NginxConf {
     std::string main_file;               // as Nginx names it (inside its root)
     std::vector<std::string> files;      // every file read, includes too
     std::vector<ConfUpstream> upstreams; // in file order, one per address
+    std::vector<ConfLog> logs;           // in file order; not access_log off, nor paths with variables
     std::vector<std::string> problems;   // includes that could not be read, ...
 };
 

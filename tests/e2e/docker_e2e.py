@@ -37,7 +37,9 @@ on kernel 6.18 (cgroup v1 + unified hierarchy, Docker 20.10, cgroupfs):
   stderr_only      mode close; (a) `error_log stderr info;` and no error.log file,
                    (b) /var/log/nginx/error.log a symlink to /dev/stderr (access.log to
                    /dev/stdout), as the official nginx image does: "upstream prematurely
-                   closed connection" in `docker logs` -> 502, each
+                   closed connection" in `docker logs` -> 502, each; and (c) with
+                   locations logging to files of their own (api_error.log, shop.err):
+                   a 502 in `docker logs` and one in shop.err, each explained
   attach_by        mode close; the tool attached by container name, by 12-char id prefix,
                    and by --cgroup /docker/<id>: one 502 for each
   veth_containers  Nginx and upstream in separate --network none containers joined by a
@@ -450,6 +452,46 @@ def sc_stderr_only(s):
     # (b) the official image's way: the log paths are symlinks to the container's stdio.
     stderr_case(s, "symlink", nginx_conf(LOOPBACK_UPSTREAM),
                 "ln -sf /dev/stderr /var/log/nginx/error.log && ln -sf /dev/stdout /var/log/nginx/access.log")
+    # (c) the same, and locations with error logs of their own in files: one
+    # named as error logs are (found by its name), one not (found from the
+    # configuration). The main log on stderr is still read, and so is each.
+    conf = nginx_conf(LOOPBACK_UPSTREAM).replace(
+        "        location / {",
+        "        location /api { error_log /var/log/nginx/api_error.log; proxy_pass http://%s; }\n"
+        "        location /shop { error_log /var/log/nginx/shop.err; proxy_pass http://%s; }\n"
+        "        location / {" % (LOOPBACK_UPSTREAM, LOOPBACK_UPSTREAM))
+    web = s.env.nginx("web-files", conf, prelude="ln -sf /dev/stderr /var/log/nginx/error.log && "
+                                                 "ln -sf /dev/stdout /var/log/nginx/access.log")
+    web.stderr_log = True
+    tool = s.start_tool(["--container", web.name])
+    if tool is not None:
+        inst = tool.ready["instances"][0]
+        s.note("[files] captured_logs %s, error_logs %s" % (inst.get("captured_logs"), inst.get("error_logs")))
+        check(inst.get("captured_logs"), "[files] ready: Nginx's stderr pipe is not captured: %s" % json.dumps(inst))
+        root = "/proc/%d/root" % web.pid  # (as the tool shows a container's paths)
+        check(sorted(inst.get("error_logs") or []) == [root + "/var/log/nginx/api_error.log",
+                                                       root + "/var/log/nginx/shop.err"],
+              "[files] ready.error_logs %s: want api_error.log and shop.err" % json.dumps(inst.get("error_logs")))
+    up = s.env.upstream("app-files", "close", LOOPBACK_UPSTREAM, network="container:%s" % web.name)
+    r = web.get("/", want=502)
+    up.wait_word("REQUEST")
+    _, logged = s.expect_nginx_line(web, MSG_PREMATURE)
+    s.expect_verdict(tool, r, web, logged, "upstream_closed_early", LOOPBACK_UPSTREAM, "prematurely closed", up=up)
+    shop = "/proc/%d/root/var/log/nginx/shop.err" % web.pid
+    r = web.get("/shop", want=502)
+    up.wait_word("REQUEST", 2)
+
+    def shop_line():
+        try:
+            with open(shop, errors="replace") as f:
+                return next((l for l in f.read().splitlines() if MSG_PREMATURE in l), None)
+        except OSError:
+            return None
+    line = harness.wait_until(shop_line, 5, "the /shop 502's line in shop.err")
+    s.note("nginx logged (shop.err): %s" % line)
+    logged = int(LINE_PID.search(line).group(2))
+    s.expect_verdict(tool, r, web, logged, "upstream_closed_early", LOOPBACK_UPSTREAM, "prematurely closed", up=up)
+    s.stop_tool(tool)
 
 
 def sc_attach_by(s):

@@ -342,3 +342,24 @@ TEST_CASE("-c and -p as Nginx reads its command line", "[nginxconf]")
     p = paths("nginx: master process nginx -c /etc/e.conf -p /srv");
     CHECK(p.conf == "/etc/e.conf");
 }
+
+TEST_CASE("the logs error_log and access_log name, at every level", "[nginxconf]")
+{
+    Tree t;
+    t.write("nginx.conf", "error_log logs/main.err warn;\n"
+                          "http {\n"
+                          "  access_log /var/log/nginx/site.log combined buffer=32k;\n"
+                          "  server { error_log syslog:server=unix:/dev/log; access_log off;\n"
+                          "    location /a { error_log /var/log/nginx/a.err; access_log /var/log/$host.log; }\n"
+                          "    location /b { error_log stderr; error_log memory:32m debug; }\n"
+                          "  }\n"
+                          "}\n");
+    auto c = parse_nginx_conf("", t.path + "/nginx.conf");
+    std::vector<std::string> got;
+    for (const auto &l : c.logs)
+        got.push_back(std::string(l.error ? "error " : "access ") + l.target + " @" + std::to_string(l.line));
+    CHECK(got == std::vector<std::string>{"error logs/main.err @1", "access /var/log/nginx/site.log @3",
+                                          "error syslog:server=unix:/dev/log @4", "error /var/log/nginx/a.err @5",
+                                          "error stderr @6", "error memory:32m @6"});
+    CHECK(c.logs[0].file == t.path + "/nginx.conf");
+}
