@@ -1124,6 +1124,8 @@ int run(const Options &opt)
         watch_ports(conf);
         if (conf.files.empty())
             need_unix("Nginx's configuration could not be read");
+        else if (!conf.problems.empty()) // (what it could not read may name one, as for the ports)
+            need_unix("part of Nginx's configuration could not be read: " + conf.problems.front());
         for (const auto &u : conf.upstreams)
             if (u.has_variables || u.address.rfind("unix:", 0) == 0)
                 need_unix(fmt::format("{} at {}:{}", u.address, u.file, u.line));

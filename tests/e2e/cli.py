@@ -685,7 +685,8 @@ def main():
             check(any(x["type"] == "warning" and x["code"] == "nginx_config" for x in recs),
                   "no nginx_config warning: %r" % recs)
 
-        @case("a configuration read only in part (an include it cannot read): every port is watched")
+        @case("a configuration read only in part (an include it cannot read): every port is watched, and unix "
+              "sockets")
         def _():
             with open(nginx.conf) as f:
                 conf = f.read()
@@ -703,6 +704,9 @@ def main():
                   "no nginx_config warning naming %s: %r" % (gone, recs))
             lean = [x for x in recs if x["type"] == "warning" and x["code"] == "tracking_lean"]
             check(lean and "every port" in lean[0]["message"], "tracking_lean: %r" % lean)
+            # (what it could not read may name a unix: upstream)
+            hooks = [p for p in recs[0].get("probes") or [] if p.startswith("tracepoint/syscalls/sys_enter_connect")]
+            check(hooks, "the unix-socket hooks are not attached: probes %r" % recs[0].get("probes"))
 
         @case("an access log in a format it does not read is said, once")
         def _():
