@@ -362,8 +362,14 @@ class LineCollector:
                 if self.eof:
                     raise Failure("%s: output ended while waiting for %s" % (self.name, what))
                 if alive is not None and not alive():
-                    # give the reader a moment to drain what was written
-                    self.cond.wait(0.2)
+                    # It has exited: what it wrote is read once the pipe is
+                    # at its end (EOF), bounded in case a child holds it.
+                    drain_until = time.monotonic() + 5
+                    while not self.eof and time.monotonic() < drain_until:
+                        self.cond.wait(max(0.01, drain_until - time.monotonic()))
+                        v = find()
+                        if v is not None:
+                            return v
                     v = find()
                     if v is not None:
                         return v
@@ -732,6 +738,16 @@ class Upstream:
         except subprocess.TimeoutExpired:
             raise Failure("upstream.py (%s, pid %d) still running after %ds" % (self.mode, self.pid, timeout))
 
+    def count_when_stopped(self, word):
+        """Stops it, then counts its lines whose first word is word: all of
+        them, its stdout read to its end (a count taken while it runs may
+        miss a line still in the pipe)."""
+        self.stop()
+        self.out.thread.join(5)
+        check(not self.out.thread.is_alive(), "upstream.py (%s, pid %d): its stdout did not end" % (
+            self.mode, self.pid))
+        return self.out.count_lines(word)
+
     def stderr_text(self):
         try:
             with open(self.errpath, errors="replace") as f:
@@ -848,6 +864,9 @@ class Tool:
         self.out.thread.join(5)
         self.err.close()
         problems = []
+        if self.out.thread.is_alive():
+            # Checks made after stop() take every record as read: they are not.
+            problems.append("n502trace's stdout was not at its end 5 s after it exited (records may be unread)")
         if not was_running:
             problems.append("n502trace had already %s before SIGINT" % describe_status(self.returncode))
         elif self.returncode != 0:

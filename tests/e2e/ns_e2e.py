@@ -1021,6 +1021,9 @@ def start_tool_maybe_refused(s, args, ct_log, secret_path):
             raise e
         tool.stopped = True
         tool.err.close()
+        # Its stdout read to its end: check_forbidden below sees every line.
+        tool.out.thread.join(5)
+        check(not tool.out.thread.is_alive(), "n502trace exited (%d) but its stdout did not end" % rc)
         err = tool.stderr_text()
         s.tool = tool
         s.tool_refused = True
@@ -1075,10 +1078,13 @@ def swap_attack(s, flavour, relative):
             s.expect_verdict(r2, n, "/after", line2, "upstream_killed", up2, killer2)
             s.want_verdicts = 2
         except Failure as e:
-            warns = [w for w in s.tool.records("warning")
-                     if "error.log" in (w.get("message") or "") or secret_path in (w.get("message") or "")]
-            if not warns:
+            def names_log(w):
+                return "error.log" in (w.get("message") or "") or secret_path in (w.get("message") or "")
+            try:  # (printed when the tool met the symlink: waited for, it may not be read yet)
+                s.tool.wait_record("warning", pred=names_log, timeout=5)
+            except Failure:
                 raise Failure("after the swap to a symlink: %s (and no warning record names the log)" % e)
+            warns = [w for w in s.tool.records("warning") if names_log(w)]
             s.note("no verdict after the swap; warning(s): %s" % json.dumps(warns))
             s.want_verdicts = 1
     s.check_forbidden()
