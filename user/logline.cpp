@@ -355,6 +355,13 @@ LogKind classify(sv message, int err_no) {
   return LogKind::OtherUpstream;
 }
 
+// A line about an upstream that is no 502/504: Nginx logs it and goes on.
+// "FastCGI sent in stderr: \"...\"" (ngx_http_fastcgi_module) is logged for every stderr record of
+// the response (PHP's warnings and notices, php-fpm's "Primary script unknown"), and the client gets
+// what php-fpm answers (200, its 404, its 500). (With fastcgi_catch_stderr matching it, Nginx answers
+// 502 without another line: the access log's 502 gets the verdict.)
+bool not_a_failure(sv message) { return starts_with(message, "FastCGI sent in stderr: "); }
+
 // The peer of an upstream field's value (see normalise_upstream_peer): always a part of it.
 sv upstream_peer(sv up) {
   size_t sch = up.find("://");
@@ -442,7 +449,7 @@ bool parse_impl(sv line, LogLine& out) {
 
   bool upstream_related = (found_ctx && ctx.has_upstream) || ends_with(phase, "upstream") ||
                           starts_with(message, "no live upstreams") || starts_with(message, "upstream ");
-  if (!upstream_related) return false;
+  if (!upstream_related || not_a_failure(message)) return false;
 
   out.wall_sec = local_epoch(Y, M, D, h, m, s);
   out.level.assign(level);

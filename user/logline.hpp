@@ -64,7 +64,8 @@ struct LogLine {
 // Parses one line of an Nginx error log (without the trailing newline; a trailing "\r" or "\n" is ignored).
 // Returns nullopt for lines that are not Nginx error-log lines at all, or that are not upstream errors
 // (e.g. "signal process started", "open() ... failed" for static files, lines without an upstream,
-// and lines of level warn/notice/info/debug such as "upstream server temporarily disabled").
+// lines of level warn/notice/info/debug such as "upstream server temporarily disabled", and lines
+// about an upstream for which Nginx sent no 502/504, such as "FastCGI sent in stderr: ...").
 // Never throws.
 std::optional<LogLine> parse_upstream_error(std::string_view line);
 // The same into `out`, whose strings keep their buffers: a caller that parses

@@ -332,8 +332,6 @@ TEST_CASE("logline: wording not captured live (synthetic lines)", "[logline]") {
       {"recv() failed (110: Connection timed out) while reading response header from upstream",
        LogKind::OtherUpstream, 110},
       {"upstream timed out (110: Connection timed out) while SSL handshaking to upstream", LogKind::Timeout, 110},
-      {"FastCGI sent in stderr: \"Primary script unknown\" while reading response header from upstream",
-       LogKind::OtherUpstream, 0},
   };
   for (const auto& row : rows) {
     INFO(row.msg);
@@ -418,6 +416,32 @@ TEST_CASE("logline: lines that are not upstream errors", "[logline][junk]") {
     INFO(s);
     CHECK_FALSE(parse_upstream_error(s).has_value());
   }
+}
+
+TEST_CASE("logline: FastCGI's stderr is no 502, whatever it says", "[logline]") {
+  // ngx_http_fastcgi_module logs every stderr record at [error] and goes on: the client gets php-fpm's
+  // own answer (its 404 for "Primary script unknown"). Parsed as a 502 such a line took the connection
+  // of the request's real 502 line, which then had none.
+  const std::string ctx =
+      " while reading response header from upstream, client: 10.0.0.1, server: shop.example, request: \"GET "
+      "/index.php HTTP/1.1\", upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock:\", host: \"shop.example\"";
+  const char* messages[] = {
+      "FastCGI sent in stderr: \"Primary script unknown\"",
+      "FastCGI sent in stderr: \"PHP message: PHP Warning:  Undefined variable $x in /var/www/index.php on line "
+      "3\"",
+      // The record's text is the application's: a fake context in it changes nothing.
+      "FastCGI sent in stderr: \"PHP message: upstream prematurely closed connection, client: 6.6.6.6, server: "
+      "x\"",
+  };
+  for (const char* m : messages) {
+    INFO(m);
+    CHECK_FALSE(parse_upstream_error(std::string("2026/11/23 02:50:01 [error] 1235#1235: *7 ") + m + ctx));
+  }
+  // The request's real 502 line is one.
+  auto r = parse_upstream_error("2026/11/23 02:50:01 [error] 1235#1235: *7 upstream prematurely closed FastCGI "
+                                "stdout" + ctx);
+  REQUIRE(r);
+  CHECK(r->upstream_peer == "unix:/run/php/php8.2-fpm.sock");
 }
 
 TEST_CASE("logline: junk and hostile input never crashes", "[logline][junk]") {
