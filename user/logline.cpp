@@ -493,7 +493,11 @@ bool parse_impl(sv line, LogLine& out) {
   out.kind = classify(message, out.err_no);
   out.status = out.kind == LogKind::Timeout ? 504 : 502;
   out.http09 = starts_with(message, "upstream sent no valid HTTP/1.0 header");
-  out.mid_response = out.http09 || phase == "reading upstream";
+  // After the response header was sent: Nginx reading the body ("reading upstream"), or writing it to
+  // the client and reading on (ngx_http_upstream_process_non_buffered_request's "upstream prematurely
+  // closed connection while sending to client"), or an upgraded connection (WebSocket) after its 101.
+  out.mid_response = out.http09 || phase == "reading upstream" || phase == "sending to client" ||
+                     phase == "proxying upgraded connection";
   out.lean = false;
   return true;
 }

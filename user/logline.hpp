@@ -53,8 +53,9 @@ struct LogLine {
   // the upstream value) and the message does not name it either: `upstream_peer` is empty.
   bool upstream_cut = false;
   // True when the failure happened after the response header had already been passed to the client
-  // (phase "reading upstream", or "upstream sent no valid HTTP/1.0 header", which nginx passes through
-  // as an HTTP/0.9 200 response): the client did NOT see 502/504 but a truncated/garbled 200.
+  // (phase "reading upstream", "sending to client" or "proxying upgraded connection", or "upstream
+  // sent no valid HTTP/1.0 header", which nginx passes through as an HTTP/0.9 200 response): the
+  // client did NOT see 502/504 but a truncated/garbled response (or a WebSocket cut after its 101).
   bool mid_response = false;
   // The message is "upstream sent no valid HTTP/1.0 header": Nginx passed what it read on to the
   // client as a headerless HTTP/0.9 response (one kind of mid_response).

@@ -1487,6 +1487,17 @@ TEST_CASE("a line after Nginx's response had begun says the client got no 502/50
     CHECK(has_note(v, "its response to the client had begun"));
     CHECK_FALSE(has_note(v, "HTTP/0.9"));
     CHECK(v.client_got == "cut_short");
+    // Unbuffered, read on from the client's write handler; a WebSocket after its 101.
+    for (const char *m : {"upstream prematurely closed connection while sending to client",
+                          "recv() failed (104: Connection reset by peer) while proxying upgraded connection"}) {
+        Seq s;
+        s.established();
+        s.reset(SK, N502_SOCK_NGINX, NGINX, N502_RST_RECEIVED);
+        Verdict w = explain(s, line(m, "http://127.0.0.1:8080/"), nullptr);
+        CAPTURE(m);
+        CHECK(w.client_got == "cut_short");
+        CHECK(has_note(w, "its response to the client had begun"));
+    }
     Seq s2;
     s2.established();
     Verdict v2 = explain(s2, line("upstream timed out (110: Connection timed out) while reading response header "

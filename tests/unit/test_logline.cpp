@@ -444,6 +444,37 @@ TEST_CASE("logline: FastCGI's stderr is no 502, whatever it says", "[logline]") 
   CHECK(r->upstream_peer == "unix:/run/php/php8.2-fpm.sock");
 }
 
+TEST_CASE("logline: failures after the response header was sent are mid-response", "[logline]") {
+  // The client got the response's header (or a WebSocket's 101), then a cut: no 502/504.
+  const std::string ctx =
+      ", client: 10.0.0.1, server: example.org, request: \"GET /ws HTTP/1.1\", upstream: "
+      "\"http://10.0.0.2:8080/ws\", host: \"example.org\"";
+  struct Row {
+    const char* msg;
+    LogKind kind;
+  } rows[] = {
+      // ngx_http_upstream_process_non_buffered_request, called from the client's write handler
+      {"upstream prematurely closed connection while sending to client", LogKind::PrematureClose},
+      // ngx_http_upstream_process_upgraded
+      {"recv() failed (104: Connection reset by peer) while proxying upgraded connection", LogKind::Reset},
+      {"upstream timed out (110: Connection timed out) while proxying upgraded connection", LogKind::Timeout},
+      {"upstream prematurely closed connection while reading upstream", LogKind::PrematureClose},
+  };
+  for (const auto& row : rows) {
+    INFO(row.msg);
+    auto r = parse_upstream_error(std::string("2026/11/23 02:50:01 [error] 1235#1235: *7 ") + row.msg + ctx);
+    REQUIRE(r);
+    CHECK(r->kind == row.kind);
+    CHECK(r->mid_response);
+    CHECK_FALSE(r->http09);
+  }
+  auto before = parse_upstream_error(std::string("2026/11/23 02:50:01 [error] 1235#1235: *7 upstream prematurely "
+                                                 "closed connection while reading response header from upstream") +
+                                     ctx);
+  REQUIRE(before);
+  CHECK_FALSE(before->mid_response);
+}
+
 TEST_CASE("logline: junk and hostile input never crashes", "[logline][junk]") {
   SECTION("every prefix of every captured line") {
     for (const auto& c : load_fixture()) {
