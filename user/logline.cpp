@@ -355,12 +355,24 @@ LogKind classify(sv message, int err_no) {
   return LogKind::OtherUpstream;
 }
 
-// A line about an upstream that is no 502/504: Nginx logs it and goes on.
-// "FastCGI sent in stderr: \"...\"" (ngx_http_fastcgi_module) is logged for every stderr record of
-// the response (PHP's warnings and notices, php-fpm's "Primary script unknown"), and the client gets
-// what php-fpm answers (200, its 404, its 500). (With fastcgi_catch_stderr matching it, Nginx answers
-// 502 without another line: the access log's 502 gets the verdict.)
-bool not_a_failure(sv message) { return starts_with(message, "FastCGI sent in stderr: "); }
+// A line about an upstream for which Nginx sends no 502/504:
+// - "FastCGI sent in stderr: \"...\"" (ngx_http_fastcgi_module) is logged for every stderr record of
+//   the response (PHP's warnings and notices, php-fpm's "Primary script unknown"), and Nginx goes on:
+//   the client gets what php-fpm answers (200, its 404, its 500). (With fastcgi_catch_stderr matching
+//   it, Nginx answers 502 without another line: the access log's 502 gets the verdict.)
+// - Nginx could not set a connection up: ngx_event_connect_peer returns NGX_ERROR when socket() fails
+//   ("socket() failed (24: Too many open files)"), no connection is free ("1024 worker_connections are
+//   not enough"), or bind() (proxy_bind), a socket option or the event method fails, and
+//   ngx_http_upstream_connect answers 500; nothing was connected. (An option whose failure is
+//   "ignored" is no failure at all.)
+bool not_a_failure(sv message, sv phase) {
+  if (starts_with(message, "FastCGI sent in stderr: ")) return true;
+  if (phase != "connecting to upstream") return false;
+  static constexpr std::array<sv, 6> setup{"socket() ", "bind(", "setsockopt(", "ioctl(", "fcntl(", "epoll_ctl("};
+  for (sv p : setup)
+    if (starts_with(message, p)) return true;
+  return message.find(" worker_connections are not enough") != sv::npos;
+}
 
 // The peer of an upstream field's value (see normalise_upstream_peer): always a part of it.
 sv upstream_peer(sv up) {
@@ -449,7 +461,7 @@ bool parse_impl(sv line, LogLine& out) {
 
   bool upstream_related = (found_ctx && ctx.has_upstream) || ends_with(phase, "upstream") ||
                           starts_with(message, "no live upstreams") || starts_with(message, "upstream ");
-  if (!upstream_related || not_a_failure(message)) return false;
+  if (!upstream_related || not_a_failure(message, phase)) return false;
 
   out.wall_sec = local_epoch(Y, M, D, h, m, s);
   out.level.assign(level);

@@ -444,6 +444,33 @@ TEST_CASE("logline: FastCGI's stderr is no 502, whatever it says", "[logline]") 
   CHECK(r->upstream_peer == "unix:/run/php/php8.2-fpm.sock");
 }
 
+TEST_CASE("logline: a connection Nginx could not set up is its 500, not a 502", "[logline]") {
+  // ngx_event_connect_peer returns NGX_ERROR before any connect(): ngx_http_upstream_connect
+  // finalizes the request with 500.
+  const std::string ctx =
+      " while connecting to upstream, client: 10.0.0.1, server: example.org, request: \"GET / HTTP/1.1\", "
+      "upstream: \"http://10.0.0.2:8080/\", host: \"example.org\"";
+  const char* lines[] = {
+      "[alert] 1235#1235: *7 socket() failed (24: Too many open files)",
+      "[alert] 1235#1235: *7 1024 worker_connections are not enough",
+      "[crit] 1235#1235: *7 bind(10.0.0.5) failed (99: Cannot assign requested address)",
+      "[alert] 1235#1235: *7 setsockopt(SO_RCVBUF) failed (22: Invalid argument)",
+      "[alert] 1235#1235: *7 ioctl(FIONBIO) failed (9: Bad file descriptor)",
+      "[alert] 1235#1235: *7 epoll_ctl(EPOLL_CTL_ADD, 12) failed (12: Cannot allocate memory)",
+      "[alert] 1235#1235: *7 setsockopt(SO_KEEPALIVE) failed, ignored (22: Invalid argument)",
+  };
+  for (const char* l : lines) {
+    INFO(l);
+    CHECK_FALSE(parse_upstream_error(std::string("2026/11/23 02:50:01 ") + l + ctx));
+  }
+  // A connect() that failed at once is Nginx's 502 (NGX_DECLINED: the next server, or 502).
+  auto r = parse_upstream_error("2026/11/23 02:50:01 [error] 1235#1235: *7 connect() to 10.0.0.2:8080 failed (113: "
+                                "No route to host)" + ctx);
+  REQUIRE(r);
+  CHECK(r->kind == LogKind::ConnectFailed);
+  CHECK(r->status == 502);
+}
+
 TEST_CASE("logline: failures after the response header was sent are mid-response", "[logline]") {
   // The client got the response's header (or a WebSocket's 101), then a cut: no 502/504.
   const std::string ctx =
