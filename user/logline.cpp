@@ -350,7 +350,11 @@ LogKind classify(sv message, int err_no) {
   if (starts_with(message, "upstream prematurely closed") ||
       starts_with(message, "peer closed connection in SSL handshake"))
     return LogKind::PrematureClose;
-  if (starts_with(message, "upstream sent ")) return LogKind::InvalidResponse;
+  // What the upstream sent broke its protocol: most messages begin "upstream sent "; gRPC's RST_STREAM
+  // before the header and its flow-control violations, and memcached's, are worded otherwise.
+  if (starts_with(message, "upstream sent ") || starts_with(message, "upstream rejected request with error ") ||
+      starts_with(message, "upstream violated ") || starts_with(message, "memcached sent invalid "))
+    return LogKind::InvalidResponse;
   // other I/O errnos (e.g. "recv() failed (110: ...)", a kernel-level timeout -> 502) stay OtherUpstream
   return LogKind::OtherUpstream;
 }
@@ -365,8 +369,12 @@ LogKind classify(sv message, int err_no) {
 //   not enough"), or bind() (proxy_bind), a socket option or the event method fails, and
 //   ngx_http_upstream_connect answers 500; nothing was connected. (An option whose failure is
 //   "ignored" is no failure at all.)
+// - "invalid header after joining FastCGI records" ([alert]): ngx_http_fastcgi_process_header returns
+//   NGX_ERROR, and ngx_http_upstream_process_header answers 500.
 bool not_a_failure(sv message, sv phase) {
-  if (starts_with(message, "FastCGI sent in stderr: ")) return true;
+  if (starts_with(message, "FastCGI sent in stderr: ") ||
+      starts_with(message, "invalid header after joining FastCGI records"))
+    return true;
   if (phase != "connecting to upstream") return false;
   static constexpr std::array<sv, 6> setup{"socket() ", "bind(", "setsockopt(", "ioctl(", "fcntl(", "epoll_ctl("};
   for (sv p : setup)

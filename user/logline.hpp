@@ -21,7 +21,9 @@ enum class LogKind {
                     // and connect() failed (104: ...) (peer accepted, then RST before nginx's connect check)
   Timeout,          // upstream timed out (110: Connection timed out) while ... -> 504
   NoLiveUpstreams,  // no live upstreams while connecting to upstream
-  InvalidResponse,  // upstream sent invalid header / too big header / no valid HTTP/1.0 header / FastCGI errors, etc.
+  InvalidResponse,  // upstream sent invalid header / too big header / no valid HTTP/1.0 header / FastCGI errors, etc.;
+                    // gRPC's "upstream rejected request with error N", "upstream violated ... flow control";
+                    // "memcached sent invalid ..."
   OtherUpstream,    // any other line that names an upstream: "...", i.e. an upstream-related error
 };
 

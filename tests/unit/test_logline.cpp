@@ -444,6 +444,43 @@ TEST_CASE("logline: FastCGI's stderr is no 502, whatever it says", "[logline]") 
   CHECK(r->upstream_peer == "unix:/run/php/php8.2-fpm.sock");
 }
 
+TEST_CASE("logline: malformed responses worded otherwise than \"upstream sent\" are invalid_response", "[logline]") {
+  // The nginx 1.22 texts (grpc and memcached modules).
+  const std::string pre = "2026/11/23 02:50:01 [error] 1235#1235: *7 ";
+  auto ctx = [](const std::string& m) {
+    return fmt::format(", client: 10.0.0.1, server: example.org, request: \"GET /k HTTP/1.1\", upstream: "
+                       "\"{}://10.0.0.2:{}\", host: \"example.org\"",
+                       m.rfind("memcached", 0) == 0 ? "memcached" : "grpc",
+                       m.rfind("memcached", 0) == 0 ? 11211 : 50051);
+  };
+  const char* messages[] = {
+      "upstream rejected request with error 2 while reading response header from upstream",
+      "upstream rejected request with error 0 while reading upstream",
+      "upstream violated stream flow control, received 70000 data frame with window 65535 while reading upstream",
+      "memcached sent invalid key in response \"VALUE x 0 5\" for key \"y\" while reading response header from "
+      "upstream",
+      "memcached sent invalid flags in response \"VALUE y z 5\" for key \"y\" while reading response header from "
+      "upstream",
+      "memcached sent invalid length in response \"VALUE y 0 z\" for key \"y\" while reading response header "
+      "from upstream",
+      "memcached sent invalid response: \"ERROR\" while reading response header from upstream",
+      "memcached sent invalid trailer while reading upstream",
+  };
+  for (const char* m : messages) {
+    INFO(m);
+    auto r = parse_upstream_error(pre + m + ctx(m));
+    REQUIRE(r);
+    CHECK(r->upstream_peer.rfind("10.0.0.2:", 0) == 0);
+    CHECK(r->kind == LogKind::InvalidResponse);
+    CHECK(r->status == 502);
+  }
+  // An [alert] after which ngx_http_upstream_process_header answers 500 (NGX_ERROR), not 502.
+  CHECK_FALSE(parse_upstream_error(
+      "2026/11/23 02:50:01 [alert] 1235#1235: *7 invalid header after joining FastCGI records while reading "
+      "response header from upstream, client: 10.0.0.1, server: example.org, request: \"GET / HTTP/1.1\", "
+      "upstream: \"fastcgi://127.0.0.1:9000\", host: \"example.org\""));
+}
+
 TEST_CASE("logline: a connection Nginx could not set up is its 500, not a 502", "[logline]") {
   // ngx_event_connect_peer returns NGX_ERROR before any connect(): ngx_http_upstream_connect
   // finalizes the request with 500.
