@@ -570,6 +570,15 @@ bool connect_failed_with(const RuleInput &in, int err)
     return in.conn && in.conn->error == err && !in.conn->t_established;
 }
 
+// Nginx's SYNs to a TCP upstream went unanswered until Nginx gave up
+// (proxy_connect_timeout: its 504), or until the kernel did, its SYN retries
+// run out first (ETIMEDOUT: "connect() failed (110: ...)", a 502).
+bool syn_unanswered(const RuleInput &in)
+{
+    return in.conn && !in.conn->t_established && in.conn->dst.family != AF_UNIX &&
+           (in.line.kind == LogKind::Timeout || in.conn->error == ETIMEDOUT);
+}
+
 bool rule_socket_missing(const RuleInput &in, Verdict &v)
 {
     if (!connect_failed_with(in, ENOENT) || in.conn->dst.family != AF_UNIX)
@@ -656,14 +665,13 @@ bool rule_backlog_full(const RuleInput &in, Verdict &v)
     if (!in.conn)
         return false;
     bool unix_full = connect_failed_with(in, EAGAIN) && in.conn->dst.family == AF_UNIX;
-    bool syn_unanswered = in.line.kind == LogKind::Timeout && !in.conn->t_established &&
-                          in.conn->dst.family != AF_UNIX;
-    if (!unix_full && !syn_unanswered)
+    bool unanswered = syn_unanswered(in);
+    if (!unix_full && !unanswered)
         return false;
     std::optional<ListenerQueue> q;
     if (in.host)
         q = in.host->listener(in.conn->dst, in.conn->nginx_pid);
-    if (syn_unanswered && (!q || q->queue_len <= q->backlog))
+    if (unanswered && (!q || q->queue_len <= q->backlog))
         return false; // nothing listens, or its queue has room: not this cause
     if (!base(v, in, "upstream_backlog_full", q ? "high" : "medium"))
         return true;
@@ -740,19 +748,46 @@ bool rule_firewall_reset(const RuleInput &in, Verdict &v)
 
 bool rule_connect_timeout(const RuleInput &in, Verdict &v)
 {
-    if (!in.conn || in.line.kind != LogKind::Timeout || in.conn->t_established || in.conn->dst.family == AF_UNIX)
+    // Unanswered SYNs, or an unreachable host or network said by the kernel
+    // (an ICMP unreachable came back, or no neighbour answered): "connect()
+    // failed (113: No route to host)", "(101: Network is unreachable)".
+    bool unreachable = in.conn && in.conn->dst.family != AF_UNIX &&
+                       (connect_failed_with(in, EHOSTUNREACH) || connect_failed_with(in, ENETUNREACH));
+    if (!syn_unanswered(in) && !unreachable)
         return false;
-    if (!base(v, in, "connect_timeout", in.conn->syn_retransmits ? "high" : "medium"))
+    const Conn &c = *in.conn;
+    if (!base(v, in, "connect_timeout", c.syn_retransmits || unreachable ? "high" : "medium"))
         return true;
-    v.fact("syn_retransmits", static_cast<int64_t>(in.conn->syn_retransmits));
-    v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({}) until Nginx gave up: packets are dropped on "
-                                "the way (a firewall DROP rule, a down route or host).",
-                                in.conn->dst.str(),
-                                in.conn->syn_retransmits
-                                    ? fmt::format("{} retransmissions", in.conn->syn_retransmits)
-                                    // The count is the socket's own: none means Nginx gave up
-                                    // within the initial retransmission timeout.
-                                    : std::string("none retransmitted: Nginx gave up within the first second"));
+    v.fact("syn_retransmits", static_cast<int64_t>(c.syn_retransmits));
+    std::string resent = fmt::format("{} retransmissions", c.syn_retransmits);
+    std::string after = c.syn_retransmits ? fmt::format(" after {} SYN retransmissions", c.syn_retransmits) : "";
+    if (c.error == EHOSTUNREACH)
+        v.explanation = fmt::format("Nginx's connect to {} failed with EHOSTUNREACH (No route to host){}: the host "
+                                    "did not answer on its network (no ARP or neighbour reply: down, or a wrong "
+                                    "address), or a router or firewall answered with an ICMP host-unreachable (a "
+                                    "REJECT rule's icmp-host-unreachable or icmp-host-prohibited).",
+                                    c.dst.str(), after);
+    else if (c.error == ENETUNREACH)
+        v.explanation = fmt::format("Nginx's connect to {} failed with ENETUNREACH (Network is unreachable){}: no "
+                                    "route leads to its network (none in the routing table, as for an IPv6 address "
+                                    "on a host without IPv6 connectivity, or a router answered with an ICMP "
+                                    "network-unreachable).",
+                                    c.dst.str(), after);
+    else if (c.error == ETIMEDOUT)
+        v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({}) until the kernel gave up (ETIMEDOUT: "
+                                    "its SYN retries, net.ipv4.tcp_syn_retries, ran out before Nginx's connect "
+                                    "timeout): packets are dropped on the way (a firewall DROP rule, a down route or "
+                                    "host).",
+                                    c.dst.str(), resent);
+    else
+        v.explanation = fmt::format("Nginx's SYNs to {} went unanswered ({}) until Nginx gave up: packets are dropped "
+                                    "on the way (a firewall DROP rule, a down route or host).",
+                                    c.dst.str(),
+                                    c.syn_retransmits
+                                        ? resent
+                                        // The count is the socket's own: none means Nginx gave up
+                                        // within the initial retransmission timeout.
+                                        : std::string("none retransmitted: Nginx gave up within the first second"));
     return true;
 }
 
@@ -925,7 +960,7 @@ const std::vector<Rule> &rules()
         {"local_ports_exhausted", "no local port left for a new connection (EADDRNOTAVAIL)", rule_ports_exhausted},
         {"firewall_reset", "the connect was reset although a listener exists: a firewall REJECT", rule_firewall_reset},
         {"upstream_not_listening", "connect refused: nothing listens on the address; names the last listener and how it went away", rule_not_listening},
-        {"connect_timeout", "SYNs went unanswered (504): packets dropped on the way, e.g. by a firewall", rule_connect_timeout},
+        {"connect_timeout", "SYNs went unanswered until Nginx (504) or the kernel (ETIMEDOUT, 502) gave up, or the host or network is unreachable (EHOSTUNREACH, ENETUNREACH): packets dropped on the way, e.g. by a firewall, or no route", rule_connect_timeout},
         {"upstream_oom_killed", "the process holding the upstream end was OOM-killed", rule_oom_killed},
         {"upstream_killed", "the process holding the upstream end was killed by a signal from another process, or ended the connection on a stop signal from one (a supervisor's timeout)", rule_killed},
         {"upstream_crashed", "the process died of its own fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL)", rule_crashed},

@@ -759,6 +759,9 @@ void State::apply_event(const Event &e)
                 rec(c, EvKind::ConnectError, e.ts, e.owner, EADDRNOTAVAIL);
             } else if (e.oldstate == N502_TCP_SYN_SENT && e.newstate == N502_TCP_CLOSE && e.sk_err) {
                 c.error = e.sk_err;
+                // The kernel's own end to the connect (ETIMEDOUT once its SYN
+                // retries ran out): the socket's count of resends, as below.
+                c.syn_retransmits = std::max(c.syn_retransmits, static_cast<int>(e.retransmits));
                 if (e.sk_err == ECONNREFUSED)
                     c.t_refused = e.ts;
                 rec(c, EvKind::ConnectError, e.ts, e.owner, e.sk_err);

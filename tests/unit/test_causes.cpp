@@ -335,6 +335,85 @@ TEST_CASE("unanswered SYNs: full accept queue vs a dropping firewall", "[causes]
     }
 }
 
+TEST_CASE("a connect the kernel ended: SYN retries run out, or the host or network unreachable", "[causes]")
+{
+    const Addr up = Addr::ipv4(0x0a000002, 8080); // 10.0.0.2
+    const std::string field = "http://10.0.0.2:8080/";
+    // Nginx's SYN and its resends, then the kernel's end to the connect with err.
+    auto ended = [&](Seq &s, int err, uint32_t resends) {
+        s.state(SK, N502_SOCK_NGINX, NGINX, 7, 2).dst = up;
+        s.connect(up, -EINPROGRESS);
+        s.retrans();
+        Event &e = s.state(SK, N502_SOCK_NGINX, NGINX, 2, 7, err);
+        e.dst = up;
+        e.retransmits = resends;
+    };
+    SECTION("SYN retries run out before Nginx's connect timeout (ETIMEDOUT): a 502")
+    {
+        FakeHost h;
+        Seq s;
+        ended(s, ETIMEDOUT, 6);
+        Verdict v = explain(s, line("connect() failed (110: Connection timed out) while connecting to upstream", field),
+                            &h);
+        CHECK(v.cause == "connect_timeout");
+        CHECK(v.status == 502);
+        CHECK(v.confidence == "high");
+        CHECK(fact<int64_t>(v, "syn_retransmits") == 6); // the socket's own count
+        CHECK(v.explanation.find("until the kernel gave up (ETIMEDOUT") != std::string::npos);
+        CHECK(std::any_of(v.evidence.begin(), v.evidence.end(), [](const Evidence &e) { return e.error == ETIMEDOUT; }));
+    }
+    SECTION("the same behind a listener whose accept queue is full")
+    {
+        FakeHost h;
+        h.queue = ListenerQueue{UP, "python3", 2, 1};
+        Seq s;
+        ended(s, ETIMEDOUT, 6);
+        Verdict v = explain(s, line("connect() failed (110: Connection timed out) while connecting to upstream", field),
+                            &h);
+        CHECK(v.cause == "upstream_backlog_full");
+        CHECK(v.status == 502);
+    }
+    SECTION("no route to host (EHOSTUNREACH), after resends")
+    {
+        Seq s;
+        ended(s, EHOSTUNREACH, 2);
+        Verdict v = explain(s, line("connect() failed (113: No route to host) while connecting to upstream", field),
+                            nullptr);
+        CHECK(v.cause == "connect_timeout");
+        CHECK(v.status == 502);
+        CHECK(v.confidence == "high");
+        CHECK(v.explanation.find("EHOSTUNREACH") != std::string::npos);
+        CHECK(v.explanation.find("after 2 SYN retransmissions") != std::string::npos);
+    }
+    SECTION("network unreachable at once, in connect() itself (ENETUNREACH)")
+    {
+        Seq s;
+        s.connect(up, -ENETUNREACH);
+        Verdict v = explain(s, line("connect() to 10.0.0.2:8080 failed (101: Network is unreachable) while connecting "
+                                    "to upstream",
+                                    field),
+                            nullptr);
+        CHECK(v.cause == "connect_timeout");
+        CHECK(v.explanation.find("ENETUNREACH") != std::string::npos);
+        CHECK(v.explanation.find("retransmissions") == std::string::npos);
+    }
+    SECTION("an access-log 502 without an error line, from the same connection")
+    {
+        Seq s;
+        ended(s, EHOSTUNREACH, 0);
+        s.flush();
+        AccessLine a;
+        a.wall_sec = line("connect() failed (113: No route to host) while connecting to upstream", field).wall_sec;
+        a.client = "127.0.0.1";
+        a.request = "GET / HTTP/1.1";
+        a.status = 502;
+        Correlator c(s.st, Timebase(a.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)));
+        Verdict v = c.explain_access(a);
+        CHECK(v.cause == "connect_timeout");
+        CHECK(v.confidence == "medium");
+    }
+}
+
 TEST_CASE("a reset SYN while a listener exists is a firewall", "[causes]")
 {
     auto refused = line("connect() failed (111: Connection refused) while connecting to upstream",
