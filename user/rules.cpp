@@ -811,8 +811,11 @@ bool rule_invalid_response(const RuleInput &in, Verdict &v)
     if (in.line.kind != LogKind::InvalidResponse || !in.conn || !in.conn->t_established)
         return false;
     uint64_t nginx_end = std::min(in.conn->t_nginx_fin.value_or(UINT64_MAX), in.conn->t_nginx_close.value_or(UINT64_MAX));
-    bool upstream_broke = std::min(in.conn->t_rst_recv.value_or(UINT64_MAX), in.conn->t_fin_recv.value_or(UINT64_MAX)) <
-                          nginx_end;
+    // What has no status line Nginx 1.22 passes on as an HTTP/0.9 response
+    // (ngx_http_proxy_process_status_line), read until the upstream closes:
+    // its FIN ends that response, only a RST breaks it.
+    bool upstream_broke = std::min(in.conn->t_rst_recv.value_or(UINT64_MAX),
+                                   in.line.http09 ? UINT64_MAX : in.conn->t_fin_recv.value_or(UINT64_MAX)) < nginx_end;
     if (upstream_broke)
         return false;
     if (!base(v, in, "upstream_invalid_response", "high"))
@@ -822,10 +825,21 @@ bool rule_invalid_response(const RuleInput &in, Verdict &v)
     uint64_t upstream_end = std::min(in.conn->t_rst_recv.value_or(UINT64_MAX), in.conn->t_fin_recv.value_or(UINT64_MAX));
     bool nginx_first = in.conn->t_nginx_fin || (in.conn->t_nginx_close && *in.conn->t_nginx_close < upstream_end);
     v.fact("closed_by", nginx_first ? "nginx" : upstream_end != UINT64_MAX ? "upstream" : "unknown");
+    std::string sender = in.upstream ? who(in.upstream->pid, in.upstream->comm) : in.conn->dst.str();
+    if (in.line.http09) {
+        v.explanation = fmt::format("The transport was clean: {} sent {} bytes that do not begin with an HTTP status "
+                                    "line ({}); Nginx did not reject them but passed them on to the client as a "
+                                    "headerless HTTP/0.9 response, {}.",
+                                    sender, in.conn->bytes_received, in.line.message,
+                                    nginx_first                 ? "then closed the connection itself"
+                                    : upstream_end != UINT64_MAX ? "until the upstream closed the connection, which "
+                                                                   "ends such a response"
+                                                                 : "reading on while the connection stayed open");
+        return true;
+    }
     v.explanation = fmt::format("The transport was clean: {} sent {} bytes that Nginx rejected ({}), and Nginx closed "
                                 "the connection itself.",
-                                in.upstream ? who(in.upstream->pid, in.upstream->comm) : in.conn->dst.str(),
-                                in.conn->bytes_received, in.line.message);
+                                sender, in.conn->bytes_received, in.line.message);
     return true;
 }
 
@@ -966,7 +980,7 @@ const std::vector<Rule> &rules()
         {"upstream_crashed", "the process died of its own fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL)", rule_crashed},
         {"upstream_exited", "the process exited normally while holding the connection", rule_exited},
         {"keepalive_race", "Nginx reused an idle keep-alive connection the upstream had already closed", rule_keepalive_race},
-        {"upstream_invalid_response", "Nginx rejected what the upstream sent; the transport was clean", rule_invalid_response},
+        {"upstream_invalid_response", "Nginx rejected what the upstream sent (or, sent without a status line, passed it on as HTTP/0.9); the transport was clean", rule_invalid_response},
         {"upstream_timeout", "the upstream accepted and is alive but sent nothing in time (504)", rule_upstream_timeout},
         {"upstream_reset", "the upstream process is alive and its socket sent a RST", rule_reset},
         {"upstream_closed_early", "the upstream process is alive and closed the connection before a full response header", rule_closed_early},

@@ -1587,6 +1587,41 @@ TEST_CASE("a line after Nginx's response had begun says the client got no 502/50
     CHECK(v2.client_got == "status");
 }
 
+TEST_CASE("no valid HTTP/1.0 header: the bytes were passed on as HTTP/0.9, not rejected", "[causes]")
+{
+    // ngx_http_proxy_process_status_line (1.22) logs it and goes on: an HTTP/0.9
+    // response, read until the upstream closes.
+    SECTION("the upstream closed: that ended the response")
+    {
+        Seq s;
+        s.established();
+        s.state(UPSK, N502_SOCK_UPSTREAM, UP, 1, 4);
+        s.state(SK, N502_SOCK_NGINX, NGINX, 1, 8, 0, 300); // Nginx's end receives its FIN after 300 bytes
+        Verdict v = explain(s, line(kNoValidHeader, "http://127.0.0.1:8080/"), nullptr);
+        CHECK(v.cause == "upstream_invalid_response");
+        CHECK(fact<std::string>(v, "closed_by") == "upstream");
+        CHECK(v.explanation.find("rejected") == std::string::npos);
+        CHECK(v.explanation.find("passed them on to the client as a headerless HTTP/0.9 response") !=
+              std::string::npos);
+        CHECK(v.explanation.find("which ends such a response") != std::string::npos);
+        CHECK(v.client_got == "http09");
+    }
+    SECTION("Nginx closed it")
+    {
+        Verdict v = after_nginx_closed(kNoValidHeader);
+        CHECK(v.cause == "upstream_invalid_response");
+        CHECK(fact<std::string>(v, "closed_by") == "nginx");
+        CHECK(v.explanation.find("rejected") == std::string::npos);
+        CHECK(v.explanation.find("HTTP/0.9") != std::string::npos);
+        CHECK(has_note(v, "headerless HTTP/0.9 response"));
+    }
+    SECTION("a header Nginx rejects is still said so")
+    {
+        Verdict v = after_nginx_closed("upstream sent invalid header while reading response header from upstream");
+        CHECK(v.explanation.find("that Nginx rejected") != std::string::npos);
+    }
+}
+
 TEST_CASE("a connection that met itself from a port outside the local range was bound there", "[causes]")
 {
     FakeHost h;
