@@ -156,9 +156,11 @@ void Correlator::sweep_attempts(int64_t now_real_ns)
 
 std::optional<Verdict> Correlator::explain(const LogLine &line, bool final)
 {
-    // "no live upstreams" is about Nginx's own peer state: no connection.
-    Conn *conn = line.kind == LogKind::NoLiveUpstreams ? nullptr : find_conn(line);
-    if (line.kind == LogKind::NoLiveUpstreams)
+    // "no live upstreams" is about Nginx's own peer state, a name not
+    // resolved about its resolver: no connection was made.
+    const bool connectionless = line.kind == LogKind::NoLiveUpstreams || line.kind == LogKind::ResolveFailed;
+    Conn *conn = connectionless ? nullptr : find_conn(line);
+    if (connectionless)
         final = true;
     if (!conn && !final)
         return std::nullopt;

@@ -382,6 +382,22 @@ bool not_a_failure(sv message, sv phase) {
   return message.find(" worker_connections are not enough") != sv::npos;
 }
 
+// The upstream name Nginx could not resolve at request time (a *_pass with a variable, which Nginx
+// resolves per request): "NAME could not be resolved (3: Host not found)" (ngx_http_upstream's
+// resolve handler, a timeout too: "(110: Operation timed out)") or "no resolver defined to resolve
+// NAME" (no `resolver`); Nginx answers 502 without connecting, and the line has no upstream field
+// (the peer has no address yet). "" for any other message.
+sv unresolved_name(sv message) {
+  constexpr sv no_resolver = "no resolver defined to resolve ";
+  if (starts_with(message, no_resolver)) {
+    sv name = message.substr(no_resolver.size());
+    return name.substr(0, name.find(' '));
+  }
+  size_t at = message.find(" could not be resolved (");
+  if (at == sv::npos || at == 0 || message.substr(0, at).find(' ') != sv::npos) return {};
+  return message.substr(0, at);
+}
+
 // The peer of an upstream field's value (see normalise_upstream_peer): always a part of it.
 sv upstream_peer(sv up) {
   size_t sch = up.find("://");
@@ -467,8 +483,11 @@ bool parse_impl(sv line, LogLine& out) {
   sv phase;
   if (size_t w = rfind_while(message); w != sv::npos) phase = message.substr(w + 7);
 
+  // (a name not resolved: a request's only; an OCSP responder's, ssl_stapling, is none)
+  sv unresolved = found_ctx && !ctx.request.empty() ? unresolved_name(message) : sv();
   bool upstream_related = (found_ctx && ctx.has_upstream) || ends_with(phase, "upstream") ||
-                          starts_with(message, "no live upstreams") || starts_with(message, "upstream ");
+                          starts_with(message, "no live upstreams") || starts_with(message, "upstream ") ||
+                          !unresolved.empty();
   if (!upstream_related || not_a_failure(message, phase)) return false;
 
   out.wall_sec = local_epoch(Y, M, D, h, m, s);
@@ -505,12 +524,12 @@ bool parse_impl(sv line, LogLine& out) {
   else if (found_ctx && ctx.has_upstream)
     out.upstream_peer.assign(upstream_peer(ctx.upstream));
   else
-    out.upstream_peer.clear();
+    out.upstream_peer.assign(unresolved);
   // (A unix upstream's path is in the message too: then nothing is missing.) A full-length line
   // without an upstream field may have been cut before it.
   out.upstream_cut = out.upstream_peer.empty() &&
                      (ctx.upstream_lost || out.request_cut || (!ctx.has_upstream && line.size() >= kNginxMaxLine));
-  out.kind = classify(message, out.err_no);
+  out.kind = unresolved.empty() ? classify(message, out.err_no) : LogKind::ResolveFailed;
   out.status = out.kind == LogKind::Timeout ? 504 : 502;
   out.http09 = starts_with(message, "upstream sent no valid HTTP/1.0 header");
   // After the response header was sent: Nginx reading the body ("reading upstream"), or writing it to
@@ -580,6 +599,7 @@ const char* to_string(LogKind k) {
     case LogKind::NoLiveUpstreams: return "no_live_upstreams";
     case LogKind::InvalidResponse: return "invalid_response";
     case LogKind::OtherUpstream: return "other_upstream";
+    case LogKind::ResolveFailed: return "resolve_failed";
   }
   return "other_upstream";
 }

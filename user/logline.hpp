@@ -25,6 +25,8 @@ enum class LogKind {
                     // gRPC's "upstream rejected request with error N", "upstream violated ... flow control";
                     // "memcached sent invalid ..."
   OtherUpstream,    // any other line that names an upstream: "...", i.e. an upstream-related error
+  ResolveFailed,    // "NAME could not be resolved (3: Host not found)", "no resolver defined to resolve NAME":
+                    // the upstream's name found no address (upstream_peer is the name) -> 502, no connection
 };
 
 // parse_upstream_error(line, out) sets every field: a new one must be set there (and compared in

@@ -931,6 +931,25 @@ bool rule_no_live_upstreams(const RuleInput &in, Verdict &v)
     return true;
 }
 
+bool rule_unresolvable(const RuleInput &in, Verdict &v)
+{
+    if (in.line.kind != LogKind::ResolveFailed)
+        return false;
+    if (!base(v, in, "upstream_unresolvable", "high"))
+        return true;
+    const std::string &name = in.line.upstream_peer;
+    if (in.line.message.rfind("no resolver defined", 0) == 0)
+        v.explanation = fmt::format("Nginx had to resolve the upstream name {} when the request came (its *_pass "
+                                    "names it through a variable) and no `resolver` is configured: it made no "
+                                    "connection. Configure a `resolver`, or name an upstream{{}} group or an address.",
+                                    name);
+    else
+        v.explanation = fmt::format("Nginx could not resolve the upstream name {} ({}: {}): it made no connection. The "
+                                    "name does not exist or the `resolver` Nginx uses did not answer in time.",
+                                    name, in.line.err_no, in.line.err_text);
+    return true;
+}
+
 bool rule_unknown(const RuleInput &in, Verdict &v)
 {
     if (!base(v, in, "unknown", "low"))
@@ -967,6 +986,7 @@ bool rule_unknown(const RuleInput &in, Verdict &v)
 const std::vector<Rule> &rules()
 {
     static const std::vector<Rule> table = {
+        {"upstream_unresolvable", "the upstream's name found no address at request time (a *_pass with a variable): not found, the resolver did not answer, or no resolver is configured; no connection was made", rule_unresolvable},
         {"upstream_self_connect", "Nginx's connection met itself (source = destination): nothing listened on the upstream's port, which its source port happened to be", rule_self_connect},
         {"upstream_socket_missing", "connect to a unix socket path that does not exist (ENOENT)", rule_socket_missing},
         {"upstream_permission_denied", "connect denied (EACCES): whether the socket's mode/owner explains it, or something else (an LSM)", rule_permission_denied},
@@ -1000,6 +1020,7 @@ std::string log_only_cause(const LogLine &line)
     case LogKind::Timeout: return "upstream_slow";
     case LogKind::NoLiveUpstreams: return "all_upstreams_down";
     case LogKind::InvalidResponse: return "upstream_bug";
+    case LogKind::ResolveFailed: return "upstream_unresolvable";
     default: return "unknown";
     }
 }

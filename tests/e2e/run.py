@@ -57,6 +57,9 @@ where shown, else [error]; DIR is the test's temp dir):
                      "connect() to ADDR failed", the synchronous-connect form, not
                      "connect() failed")
   invalid_response   upstream sent too big header while reading response header from upstream -> 502
+  resolve_failed     n502-e2e-upstream.invalid could not be resolved (110: Operation timed out)
+                       (proxy_pass http://$up:8080, a resolver on a loopback UDP port nothing
+                       listens on, resolver_timeout 1s; no upstream field)                  -> 502
   self_connect       upstream sent no valid HTTP/1.0 header while reading response header from
                        upstream, then upstream timed out (110: Connection timed out) while
                        reading upstream (proxy_bind to the upstream's own port, nothing listening:
@@ -201,8 +204,9 @@ class Scenario:
                   "ready.workers %r != nginx workers %r" % (ready.get("workers"), self.nginx.workers))
             # TCP needs no syscall tracepoint (they slow every syscall on the
             # host); the unix-socket hooks come with a unix: upstream in the
-            # configuration, which the tool reads.
-            names_unix = "unix:" in repr((upstream_target, list(directives), nginx_kw))
+            # configuration, which the tool reads (or a variable in a target:
+            # it may be one).
+            names_unix = "unix:" in repr((upstream_target, list(directives), nginx_kw)) or "$" in str(upstream_target)
             syscall_hooks = [p for p in ready.get("probes") or [] if p.startswith("tracepoint/syscalls/")]
             if names_unix:
                 check(len(syscall_hooks) == 7, "unix upstream configured, but the syscall hooks attached are %r"
@@ -393,6 +397,22 @@ def sc_no_listener(s):
     r = s.get()
     s.expect_nginx_message(MSG_REFUSED)
     s.expect_verdict(r, "upstream_not_listening", "127.0.0.1:%d" % port, "Connection refused")
+
+
+def sc_resolve_failed(s):
+    """proxy_pass names its upstream through a variable, resolved per
+    request, and the resolver does not answer (a loopback UDP port nothing
+    listens on): "could not be resolved (110: Operation timed out)", a 502
+    with no connection. Not another upstream's failure, nor explained again
+    from its access line."""
+    dns = harness.free_port()
+    name = "n502-e2e-upstream.invalid"
+    s.setup("http://$up:8080", ["resolver 127.0.0.1:%d;" % dns, "resolver_timeout 1s;", "set $up %s;" % name])
+    r = s.get()
+    s.expect_nginx_message("%s could not be resolved (110: Operation timed out)" % name)
+    s.expect_verdict(r, "upstream_unresolvable", name, "could not be resolved")
+    check("could not resolve the upstream name %s" % name in s.verdict.get("explanation", ""),
+          "explanation: %r" % s.verdict.get("explanation"))
 
 
 def sc_listener_stopped(s):
@@ -1773,6 +1793,7 @@ def sc_reload_user(s):
 
 SCENARIOS = {
     "no_listener": sc_no_listener,
+    "resolve_failed": sc_resolve_failed,
     "listener_stopped": sc_listener_stopped,
     "killed": sc_killed,
     "oom": sc_oom,

@@ -1706,3 +1706,50 @@ TEST_CASE("a claimed connection that met itself leaves the index when it is let 
     CHECK(v2->cause == "unknown");
     CHECK(s.st.stats().conns_dropped >= 5);
 }
+
+TEST_CASE("an upstream name Nginx could not resolve is no connection's failure: upstream_unresolvable, at once",
+          "[causes]")
+{
+    auto parse = [](const std::string &message) {
+        auto l = parse_upstream_error(fmt::format(
+            "2026/11/23 03:00:00 [error] {}#{}: *7 {}, client: 127.0.0.1, server: localhost, request: \"GET / "
+            "HTTP/1.1\", host: \"localhost\"",
+            NGINX, NGINX, message));
+        REQUIRE(l);
+        return *l;
+    };
+    auto nx = parse("backend.svc.cluster.local could not be resolved (3: Host not found)");
+    CHECK(nx.kind == LogKind::ResolveFailed);
+    CHECK(nx.status == 502);
+    CHECK(nx.upstream_peer == "backend.svc.cluster.local");
+    auto slow = parse("app.internal could not be resolved (110: Operation timed out)");
+    CHECK(slow.kind == LogKind::ResolveFailed);
+    CHECK(slow.status == 502); // (the resolver's timeout is a 502, not the upstream's 504)
+    auto none = parse("no resolver defined to resolve app.internal");
+    CHECK(none.kind == LogKind::ResolveFailed);
+    CHECK(none.upstream_peer == "app.internal");
+    CHECK(to_string(none.kind) == std::string("resolve_failed"));
+    // An OCSP responder's name (ssl_stapling) is no request's upstream.
+    CHECK_FALSE(parse_upstream_error("2026/11/23 03:00:00 [warn] 1#1: ocsp.example.com could not be resolved (3: "
+                                     "Host not found) while requesting certificate status, responder: "
+                                     "ocsp.example.com, certificate: \"/etc/ssl/a.pem\""));
+
+    // Another upstream's refused connect in the same second is not its cause.
+    Seq s;
+    FakeHost h;
+    s.refuse(0xd000, 8081);
+    s.flush();
+    Correlator c(s.st, Timebase(nx.wall_sec * 1'000'000'000LL - static_cast<int64_t>(T0)), CorrelatorOptions{}, &h);
+    for (const LogLine *l : {&nx, &slow, &none}) {
+        auto v = c.explain(*l, false); // (no evidence to wait for: decided at the first try)
+        REQUIRE(v);
+        CHECK(v->cause == "upstream_unresolvable");
+        CHECK(v->confidence == "high");
+        CHECK(v->upstream == l->upstream_peer);
+        CHECK(v->evidence.empty());
+        CHECK(v->explanation.find(l->upstream_peer) != std::string::npos);
+    }
+    CHECK(c.explain(none, true)->explanation.find("no `resolver` is configured") != std::string::npos);
+    CHECK(c.explain(nx, true)->explanation.find("3: Host not found") != std::string::npos);
+    CHECK(log_only_cause(none) == "upstream_unresolvable");
+}
