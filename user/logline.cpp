@@ -398,6 +398,17 @@ sv unresolved_name(sv message) {
   return message.substr(0, at);
 }
 
+// Does the line end as the stream proxy's do: ", bytes from/to upstream:N/N"?
+bool stream_tail(sv line) {
+  size_t n = line.size();
+  while (n > 0 && is_digit(line[n - 1])) n--;
+  if (n == line.size() || n == 0 || line[n - 1] != '/') return false;
+  size_t slash = --n;
+  while (n > 0 && is_digit(line[n - 1])) n--;
+  constexpr sv tail = ", bytes from/to upstream:";
+  return n < slash && line.substr(0, n).size() >= tail.size() && ends_with(line.substr(0, n), tail);
+}
+
 // The peer of an upstream field's value (see normalise_upstream_peer): always a part of it.
 sv upstream_peer(sv up) {
   size_t sch = up.find("://");
@@ -475,6 +486,10 @@ bool parse_impl(sv line, LogLine& out) {
   }
 
   sv rest = line.substr(pos);
+  // The stream module's proxy (ngx_stream_proxy_module: a TCP or UDP session, no HTTP status) ends
+  // its context with the bytes moved each way: its failures are no 502/504. (At the line's end,
+  // unquoted: an HTTP line ends with a quoted value, whatever its request says.)
+  if (stream_tail(line)) return false;
   sv message;
   Context ctx;
   bool found_ctx = false;

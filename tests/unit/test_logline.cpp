@@ -709,3 +709,20 @@ TEST_CASE("any error-log line's stamp, as local time", "[logline]")
     CHECK_FALSE(n502::error_line_wall_sec("08/Dec/2026:02:52:44 +0000 GET /"));
     CHECK_FALSE(n502::error_line_wall_sec(""));
 }
+
+TEST_CASE("logline: the stream module's proxy lines are no 502/504", "[logline]")
+{
+    CHECK_FALSE(n502::parse_upstream_error(
+        "2026/11/23 02:50:01 [error] 1235#1235: *7 connect() failed (111: Connection refused) while connecting to "
+        "upstream, client: 10.0.0.1, server: 0.0.0.0:5432, upstream: \"127.0.0.1:5433\", bytes from/to client:0/0, "
+        "bytes from/to upstream:0/0"));
+    CHECK_FALSE(n502::parse_upstream_error(
+        "2026/11/23 02:50:01 [error] 1235#1235: *7 upstream timed out (110: Connection timed out) while proxying "
+        "connection, udp client: 10.0.0.1, server: 0.0.0.0:53, upstream: \"127.0.0.1:5353\", bytes from/to "
+        "client:40/0, bytes from/to upstream:0/40"));
+    // (an HTTP line whose request merely mentions it is one)
+    CHECK(n502::parse_upstream_error(
+        "2026/11/23 02:50:01 [error] 1235#1235: *7 connect() failed (111: Connection refused) while connecting to "
+        "upstream, client: 10.0.0.1, server: localhost, request: \"GET /x?q=, bytes from/to upstream:0/0 "
+        "HTTP/1.1\", upstream: \"http://127.0.0.1:8080/x\", host: \"localhost\""));
+}
