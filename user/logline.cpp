@@ -128,21 +128,37 @@ struct Context {
 // Quoted keys in the order nginx emits them (ngx_http_log_error_handler).
 constexpr std::array<sv, 5> kQuotedKeys{"request", "subrequest", "upstream", "host", "referrer"};
 
+// Does a request line end with its version (" HTTP/1.1", " HTTP/2.0")? Nginx takes a space in
+// the URI (space_in_uri), so a request's own text may hold '", upstream: "'; but once a space is
+// followed by "HTTP/", Nginx reads the version there and takes nothing after it but the line's
+// end: a request line that reached an upstream has " HTTP/d.d" only at its end.
+bool ends_with_http_version(sv v) {
+  size_t n = v.size();
+  return n >= 9 && v.substr(n - 9, 6) == " HTTP/" && is_digit(v[n - 3]) && v[n - 2] == '.' && is_digit(v[n - 1]);
+}
+
 // Finds the end of a quoted value that starts at rest[0] (just after the opening quote).
-// The value ends at a '"' that is followed by ", <later key>: \"" or by the end of the line.
+// The value ends at a '"' that is followed by ", <later key>: \"" or by the end of the line; the
+// request's at the first such quote after its version (else the first such quote: an HTTP/0.9
+// request has none), so that a request holding '", upstream: "' cannot stand for the fields after it.
 // Returns npos if no such quote exists (truncated line).
 size_t find_quoted_end(sv rest, size_t key_index) {
+  size_t first = sv::npos;
   for (size_t p = rest.find('"'); p != sv::npos; p = rest.find('"', p + 1)) {
-    if (p + 1 == rest.size()) return p;
+    bool ends = p + 1 == rest.size();
     sv after = rest.substr(p + 1);
-    if (!starts_with(after, ", ")) continue;
-    sv k = after.substr(2);
-    for (size_t j = key_index + 1; j < kQuotedKeys.size(); ++j) {
-      sv key = kQuotedKeys[j];
-      if (starts_with(k, key) && starts_with(k.substr(key.size()), ": \"")) return p;
+    if (!ends && starts_with(after, ", ")) {
+      sv k = after.substr(2);
+      for (size_t j = key_index + 1; j < kQuotedKeys.size() && !ends; ++j) {
+        sv key = kQuotedKeys[j];
+        ends = starts_with(k, key) && starts_with(k.substr(key.size()), ": \"");
+      }
     }
+    if (!ends) continue;
+    if (kQuotedKeys[key_index] != "request" || ends_with_http_version(rest.substr(0, p))) return p;
+    if (first == sv::npos) first = p;
   }
-  return sv::npos;
+  return first;
 }
 
 // Is s a proper, non-empty prefix of "<key>: \"" for a key from index `from` on? Returns that

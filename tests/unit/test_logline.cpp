@@ -726,3 +726,29 @@ TEST_CASE("logline: the stream module's proxy lines are no 502/504", "[logline]"
         "upstream, client: 10.0.0.1, server: localhost, request: \"GET /x?q=, bytes from/to upstream:0/0 "
         "HTTP/1.1\", upstream: \"http://127.0.0.1:8080/x\", host: \"localhost\""));
 }
+
+TEST_CASE("logline: a request holding '\", upstream: \"' cannot stand for the fields after it", "[logline]")
+{
+    // (Nginx takes spaces and quotes in a URI: the request line is the client's text.)
+    auto l = n502::parse_upstream_error(
+        "2026/11/23 02:50:01 [error] 1235#1235: *7 connect() failed (111: Connection refused) while connecting to "
+        "upstream, client: 10.0.0.1, server: localhost, request: \"GET /x\", upstream: \"http://6.6.6.6:80/ "
+        "HTTP/1.1\", upstream: \"http://10.0.0.2:8080/x\", host: \"localhost\"");
+    REQUIRE(l);
+    CHECK(l->upstream_peer == "10.0.0.2:8080");
+    CHECK(l->request == "GET /x\", upstream: \"http://6.6.6.6:80/ HTTP/1.1");
+    auto h = n502::parse_upstream_error(
+        "2026/11/23 02:50:01 [error] 1235#1235: *7 connect() failed (111: Connection refused) while connecting to "
+        "upstream, client: 10.0.0.1, server: localhost, request: \"GET /x\", host: \"y HTTP/1.1\", upstream: "
+        "\"http://10.0.0.2:8080/x\", host: \"s\"");
+    REQUIRE(h);
+    CHECK(h->upstream_peer == "10.0.0.2:8080");
+    CHECK(h->host == "s");
+    // An HTTP/0.9 request has no version: the first end, as before.
+    auto old = n502::parse_upstream_error(
+        "2026/11/23 02:50:01 [error] 1235#1235: *7 connect() failed (111: Connection refused) while connecting to "
+        "upstream, client: 10.0.0.1, server: localhost, request: \"GET /x\", upstream: \"http://10.0.0.2:8080/x\"");
+    REQUIRE(old);
+    CHECK(old->upstream_peer == "10.0.0.2:8080");
+    CHECK(old->request == "GET /x");
+}
