@@ -17,6 +17,30 @@ static bool is_connect_line(const LogLine &l)
     return l.kind == LogKind::ConnectRefused || l.kind == LogKind::ConnectFailed;
 }
 
+uint64_t Correlator::died_holding(const Conn &c) const
+{
+    const Proc *p = c.up_pid ? state_.proc(c.up_pid) : nullptr;
+    if (!p || !p->exit)
+        return 0;
+    const uint64_t dead = p->exit->ts;
+    if (c.t_accept && dead < *c.t_accept)
+        return 0; // (another process of that pid)
+    // (a dying task's files close after its exit is seen: an end before it
+    // was the connection's own, by whichever side)
+    for (const auto &t : {c.t_up_close, c.t_up_fin, c.t_up_abort, c.t_fin_recv, c.t_rst_recv, c.t_nginx_fin,
+                          c.t_nginx_close, c.t_closed})
+        if (t && *t < dead)
+            return 0;
+    return dead;
+}
+
+bool Correlator::broken(const Conn &c) const
+{
+    return c.error || c.t_refused || c.t_rst_recv || c.t_met_itself || died_holding(c) ||
+           (c.t_fin_recv && c.bytes_at_end && *c.bytes_at_end == 0) ||
+           (c.untracked && (c.t_up_fin || c.t_up_abort) && !c.maybe_foreign);
+}
+
 Conn *Correlator::find_conn(const LogLine &line)
 {
     std::vector<Addr> peers;
@@ -47,7 +71,14 @@ Conn *Correlator::find_conn(const LogLine &line)
     // after a response had begun are not "before the response header"
     // failures; they are kept as a fallback (a reused keep-alive connection
     // has bytes from earlier requests).
-    Conn *primary = nullptr, *fallback = nullptr, *newest = nullptr, *itself = nullptr;
+    Conn *primary = nullptr, *fallback = nullptr, *newest = nullptr, *itself = nullptr, *dying = nullptr;
+    uint64_t dying_at = 0;
+    // Where a primary candidate is the line's whatever died (the response
+    // header phase on TCP: see dying below), the first one found ends the
+    // look; elsewhere every connection is looked at, for a dying one.
+    const bool tcp_header = header_phase && std::none_of(peers.begin(), peers.end(), [](const Addr &a) {
+                                return a.family == AF_UNIX;
+                            });
     auto earlier = [&](Conn *best, Conn *c) { return !best || ended(c) < ended(best); };
     auto later = [&](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
     // Finished connections come in the order they finished: once one is a
@@ -62,6 +93,17 @@ Conn *Correlator::find_conn(const LogLine &line)
                 itself = c;
             return false;
         }
+        // An upstream that died holding its connection (killed, crashed,
+        // OOM-killed, exited with it open): the first such is the line's
+        // before any other in the window, whose ends may be healthy ones
+        // (an upstream answering and closing first, HTTP/1.0's way; a
+        // php-fpm child's close()), which only the response header phase
+        // on TCP tells apart (by the bytes received).
+        if (!is_connect_line(line) && line.kind != LogKind::Timeout)
+            if (uint64_t dead = died_holding(*c); dead && (!dying || dead < dying_at)) {
+                dying = c;
+                dying_at = dead;
+            }
         if (is_connect_line(line)) {
             if (c->error && !c->t_established && earlier(primary, c)) {
                 primary = c;
@@ -87,7 +129,7 @@ Conn *Correlator::find_conn(const LogLine &line)
                                nginx_end < upstream_end;
             if (failed && !nginx_first && !(header_phase && got_data) && earlier(primary, c)) {
                 primary = c;
-                return c->finished;
+                return c->finished && tcp_header;
             }
             if (failed && later(fallback, c))
                 fallback = c;
@@ -98,6 +140,8 @@ Conn *Correlator::find_conn(const LogLine &line)
     };
     for (const Addr &peer : peers)
         state_.visit_conns(line.pid, peer, oldest_boot > 0 ? oldest_boot : 0, visit);
+    if (dying && (!primary || !tcp_header))
+        return dying;
     if (primary)
         return primary;
     if (line.upstream_peer.empty())
@@ -491,7 +535,7 @@ Verdict Correlator::explain_access(const AccessLine &a)
     int64_t oldest = (a.wall_sec - 120) * 1'000'000'000LL;
     Conn *best = nullptr;
     for (Conn *c : state_.recent_conns()) {
-        if (c->claimed || !c->failed())
+        if (c->claimed || !broken(*c)) // (a healthy one's end is no failure: the status may be the upstream's)
             continue;
         int64_t t = tb_.to_real_ns(c->failure_ts() ? c->failure_ts() : c->t_last);
         if (t < oldest || t > newest)

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <functional>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <set>
 #include <sstream>
@@ -50,11 +51,34 @@ void name_holder(ListenerQueue &q, uint64_t inode)
         q.comm = p->comm;
 }
 
+// Is a one of the current network namespace's own addresses (loopback, or
+// an interface's)? A wildcard listener there takes connections to it only.
+bool own_address(const Addr &a)
+{
+    if (a.loopback())
+        return true;
+    ifaddrs *all = nullptr;
+    if (getifaddrs(&all) != 0)
+        return false;
+    bool own = false;
+    for (const ifaddrs *i = all; i && !own; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != a.family)
+            continue;
+        if (a.family == AF_INET)
+            own = std::memcmp(&reinterpret_cast<const sockaddr_in *>(i->ifa_addr)->sin_addr, a.ip.data(), 4) == 0;
+        else if (a.family == AF_INET6)
+            own = std::memcmp(&reinterpret_cast<const sockaddr_in6 *>(i->ifa_addr)->sin6_addr, a.ip.data(), 16) == 0;
+    }
+    freeifaddrs(all);
+    return own;
+}
+
 std::optional<ListenerQueue> tcp_listener(const Addr &a)
 {
     std::optional<ListenerQueue> best;
     uint64_t inode = 0;
     size_t n = a.family == AF_INET ? 4 : 16;
+    std::optional<bool> own; // (looked up once, if a wildcard listener is on the port)
     for (const DiagSock &d : diag_tcp(0, 1u << 10 /* LISTEN */, 0, a.family)) {
         if (d.local.port != a.port)
             continue;
@@ -63,6 +87,10 @@ std::optional<ListenerQueue> tcp_listener(const Addr &a)
             wildcard = wildcard && d.local.ip[i] == 0;
         bool exact = std::memcmp(d.local.ip.data(), a.ip.data(), n) == 0;
         if ((!exact && !wildcard) || (best && !exact))
+            continue;
+        // A wildcard listener does not take connections to another host's
+        // address (an upstream on 10.0.0.5:80 while Nginx listens on *:80).
+        if (!exact && !(own ? *own : *(own = own_address(a))))
             continue;
         best = ListenerQueue{};
         best->queue_len = d.rqueue;

@@ -521,9 +521,17 @@ bool rule_crashed(const RuleInput &in, Verdict &v)
     return true;
 }
 
+// An upstream that exited by itself while the connection idled in Nginx's
+// keep-alive pool (a worker recycled after max_requests): its exit's FIN,
+// then a RST for the request Nginx sent after it. A keep-alive race.
+bool exited_idle(const RuleInput &in)
+{
+    return raced(in) && in.upstream && in.upstream->exit && !in.upstream->exit->signaled();
+}
+
 bool rule_exited(const RuleInput &in, Verdict &v)
 {
-    if (!died_holding(in) || in.upstream->exit->signaled())
+    if (!died_holding(in) || in.upstream->exit->signaled() || exited_idle(in))
         return false;
     const Proc &p = *in.upstream;
     if (!base(v, in, "upstream_exited", "high"))
@@ -793,16 +801,22 @@ bool rule_connect_timeout(const RuleInput &in, Verdict &v)
 
 bool rule_keepalive_race(const RuleInput &in, Verdict &v)
 {
-    if (!raced(in) || !alive_at_failure(in))
+    if (!raced(in) || (!alive_at_failure(in) && !exited_idle(in)))
         return false;
     std::optional<uint64_t> closed = in.conn->t_up_fin;
     const Proc &p = *in.upstream;
     if (!base(v, in, "keepalive_race", "high"))
         return true;
+    if (p.exit)
+        v.evidence.push_back(exit_evidence(p));
     v.explanation = fmt::format("Nginx reused an idle keep-alive connection that upstream {} had already closed at "
-                                "{}; its request arrived after the close and the upstream's kernel answered with a RST "
-                                "at {}.",
-                                who(p.pid, p.comm), at(in, *closed), at(in, *in.conn->t_up_rst_sent));
+                                "{}{}; its request arrived after the close and the upstream's kernel answered with a "
+                                "RST at {}.",
+                                who(p.pid, p.comm), at(in, *closed),
+                                p.exit ? fmt::format(" (it exited with code {} at {}, the connection idle)",
+                                                     p.exit->code(), at(in, p.exit->ts))
+                                       : "",
+                                at(in, *in.conn->t_up_rst_sent));
     return true;
 }
 

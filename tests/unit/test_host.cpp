@@ -117,3 +117,24 @@ TEST_CASE("a look-up in the network namespace of a process that is gone is not m
     CHECK_FALSE(host.listener(addr, 4194303));
     close(lfd);
 }
+
+TEST_CASE("RealHost::listener: a wildcard listener takes this host's addresses, not another host's", "[host]")
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+    REQUIRE(listen(fd, 7) == 0);
+    uint16_t port = port_of(fd);
+    RealHost h;
+    auto here = h.listener(Addr::ipv4(0x7f000001, port), 0);
+    CHECK(here);
+    if (here)
+        CHECK(here->pid == static_cast<uint32_t>(getpid()));
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: Nginx's connect
+    // there goes elsewhere, whatever listens here on that port.
+    CHECK_FALSE(h.listener(Addr::ipv4(0xc0000201, port), 0));
+    close(fd);
+}
