@@ -71,8 +71,21 @@ Conn *Correlator::find_conn(const LogLine &line)
     // after a response had begun are not "before the response header"
     // failures; they are kept as a fallback (a reused keep-alive connection
     // has bytes from earlier requests).
-    Conn *primary = nullptr, *fallback = nullptr, *newest = nullptr, *itself = nullptr, *dying = nullptr;
+    Conn *primary = nullptr, *fallback = nullptr, *newest = nullptr, *itself = nullptr, *dying = nullptr,
+         *gave_up = nullptr;
     uint64_t dying_at = 0;
+    // Nginx ended the connection first (its FIN or close before any end of
+    // the upstream's): what a timeout is, right after its line; a healthy
+    // connection's upstream ends first, or it stays open in the pool.
+    auto nginx_ended_first = [](const Conn *c) -> uint64_t {
+        uint64_t nginx_end = std::min(c->t_nginx_fin.value_or(UINT64_MAX), c->t_nginx_close.value_or(UINT64_MAX));
+        uint64_t upstream_end = UINT64_MAX;
+        for (const auto &t : {c->t_fin_recv, c->t_rst_recv, c->t_up_close, c->t_up_fin, c->t_up_abort})
+            if (t)
+                upstream_end = std::min(upstream_end, *t);
+        return nginx_end != UINT64_MAX && nginx_end < upstream_end ? nginx_end : 0;
+    };
+    uint64_t gave_up_at = 0;
     // Where a primary candidate is the line's whatever died (the response
     // header phase on TCP: see dying below), the first one found ends the
     // look; elsewhere every connection is looked at, for a dying one.
@@ -116,6 +129,12 @@ Conn *Correlator::find_conn(const LogLine &line)
                 primary = c;
             if (!connecting && c->t_established && later(newest, c))
                 newest = c;
+            // ... unless Nginx gave one up first, the latest (it closes the
+            // one that timed out right after writing the line).
+            if (uint64_t at = !connecting && c->t_established ? nginx_ended_first(c) : 0; at > gave_up_at) {
+                gave_up = c;
+                gave_up_at = at;
+            }
             return false;
         } else if (c->t_established) {
             bool failed = c->failed();
@@ -146,6 +165,8 @@ Conn *Correlator::find_conn(const LogLine &line)
         return primary;
     if (line.upstream_peer.empty())
         return nullptr; // a live or healthy connection could be any upstream's
+    if (gave_up)
+        return gave_up;
     if (fallback)
         return fallback;
     return newest ? newest : itself;

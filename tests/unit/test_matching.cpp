@@ -288,3 +288,49 @@ TEST_CASE("php-fpm: a child killed mid-request, a healthy request a second befor
     CHECK(v.cause == "upstream_killed");
     CHECK(pid_of(v) == std::to_string(UP2));
 }
+
+namespace {
+// A host whose look-ups answer as a test sets them (q), the upstream sleeping.
+struct FwHost : Host {
+    std::optional<ListenerQueue> q;
+    std::optional<ListenerQueue> listener(const Addr &, uint32_t) override { return q; }
+    FileFacts file(const std::string &) override { return {}; }
+    std::optional<Creds> creds(uint32_t) override { return std::nullopt; }
+    std::string activity(uint32_t) override { return "S (sleeping)"; }
+    std::string port_range(uint32_t) override { return "32768-60999"; }
+    int tcp_abort_on_overflow(uint32_t) override { return 0; }
+    std::map<std::string, int> sockets_to(const Addr &, uint32_t) override { return {}; }
+    std::optional<SocketHolder> holder(const Addr &, const Addr &, uint32_t) override { return std::nullopt; }
+};
+} // namespace
+
+// A read timeout: the connection Nginx gave up on (closed first, right after its line), not the
+// most recently active one (a healthy request that ended just after).
+TEST_CASE("a read timeout is the connection Nginx gave up on, not a healthy one that ended after it", "[correlator]")
+{
+    W w;
+    // The stuck one: accepted by UP1 60 s ago, Nginx gives up at T0+500ms.
+    w.open(T0 - 60 * SEC, 0xa000, 0xb000, 40001, UP1);
+    w.nginx_closes_first(T0 + 500 * MS, 0xa000, 40001);
+    // A healthy request served by UP2 that ends 1 ms later; UP2 then recycles (max_requests) and exits 0.
+    w.open(T0 + 400 * MS, 0xa100, 0xb100, 40002, UP2);
+    w.upstream_closes(T0 + 501 * MS, 0xa100, 0xb100, 40002, UP2, 900);
+    w.exit(T0 + 510 * MS, UP2, 0);
+    Verdict v = decide(w, mkline("upstream timed out (110: Connection timed out) while reading response header from upstream"));
+    INFO(v.cause << " " << v.confidence << " pid " << pid_of(v) << ": " << v.explanation);
+    CHECK(pid_of(v) == std::to_string(UP1));
+    CHECK(v.cause == "upstream_timeout");
+}
+
+TEST_CASE("a read timeout names the process holding the connection given up on", "[correlator]")
+{
+    W w;
+    w.open(T0 - 60 * SEC, 0xa000, 0xb000, 40001, UP1);
+    w.nginx_closes_first(T0 + 500 * MS, 0xa000, 40001);
+    w.open(T0 + 400 * MS, 0xa100, 0xb100, 40002, UP2);
+    w.upstream_closes(T0 + 501 * MS, 0xa100, 0xb100, 40002, UP2, 900);
+    FwHost h;
+    Verdict v = decide(w, mkline("upstream timed out (110: Connection timed out) while reading response header from upstream"), &h);
+    INFO(v.cause << " " << v.confidence << " pid " << pid_of(v) << ": " << v.explanation);
+    CHECK(pid_of(v) == std::to_string(UP1));
+}
