@@ -440,6 +440,38 @@ static __always_inline __u32 sock_netns(const struct sock *sk)
 
 /* Local (src) and remote (dst) endpoints of an inet socket, through
  * bpf_probe_read_kernel: for a socket known only by its address. */
+/* An IPv4 connection on a dual-stack IPv6 socket (a server on [::], as
+ * Node, Go and Java listen by default) has IPv4-mapped addresses
+ * (::ffff:a.b.c.d): said as the IPv4 connection it is, the one Nginx's IPv4
+ * socket is the other end of (its tuple, its address). */
+static __always_inline int v4_mapped(const __u8 *a)
+{
+	__u32 w0, w1, w2;
+
+	__builtin_memcpy(&w0, a, 4);
+	__builtin_memcpy(&w1, a + 4, 4);
+	__builtin_memcpy(&w2, a + 8, 4);
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void unmap_v4(struct n502_addr *src, struct n502_addr *dst)
+{
+	__u32 s, d, zero = 0;
+
+	if (!v4_mapped(src->addr) || !v4_mapped(dst->addr))
+		return;
+	__builtin_memcpy(&s, src->addr + 12, 4);
+	__builtin_memcpy(&d, dst->addr + 12, 4);
+	__builtin_memcpy(src->addr, &s, 4);
+	__builtin_memcpy(dst->addr, &d, 4);
+	for (int i = 4; i < 16; i += 4) {
+		__builtin_memcpy(src->addr + i, &zero, 4);
+		__builtin_memcpy(dst->addr + i, &zero, 4);
+	}
+	src->family = N502_AF_INET;
+	dst->family = N502_AF_INET;
+}
+
 static __always_inline void read_inet_addrs_probe(const struct sock *sk, struct n502_addr *src,
 						  struct n502_addr *dst)
 {
@@ -459,6 +491,7 @@ static __always_inline void read_inet_addrs_probe(const struct sock *sk, struct 
 	} else if (family == N502_AF_INET6) {
 		bpf_core_read(src->addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_core_read(dst->addr, 16, &sk->__sk_common.skc_v6_daddr);
+		unmap_v4(src, dst);
 	}
 }
 
@@ -486,6 +519,7 @@ static __always_inline void read_inet_addrs(const struct sock *sk, struct n502_a
 			__builtin_memcpy(src->addr + 4 * i, &a, 4);
 			__builtin_memcpy(dst->addr + 4 * i, &b, 4);
 		}
+		unmap_v4(src, dst);
 	}
 #else
 	read_inet_addrs_probe(sk, src, dst);

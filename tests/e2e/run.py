@@ -92,6 +92,8 @@ where shown, else [error]; DIR is the test's temp dir):
                        from upstream (upstream "grpc://127.0.0.1:P"; an HTTP/1.1 client,
                        upstream.py reads the h2 preface and frames up to END_STREAM and
                        never answers)                                                       -> 502
+  dual_stack_killed  as ipv6_killed, Nginx to 127.0.0.1 and the upstream listening on [::]
+                     (dual-stack: it sees ::ffff:127.0.0.1)
   ipv6_killed        upstream prematurely closed connection while reading response header
                        from upstream (upstream "http://[::1]:P/")                           -> 502
 
@@ -1262,6 +1264,20 @@ def sc_ipv6_killed(s):
     ])
 
 
+def sc_dual_stack_killed(s):
+    """An upstream listening on [::], dual-stack (Node's, Go's and Java's
+    default), takes Nginx's IPv4 connection as ::ffff:127.0.0.1: the same
+    connection, and the upstream killed holding it is named."""
+    port = harness.free_port()
+    s.setup("http://127.0.0.1:%d" % port)
+    up = s.h.start_upstream("hang", port=port, host="::")
+    r, killer = killed_flow(s, up)
+    s.expect_nginx_message(MSG_PREMATURE)
+    s.expect_verdict(r, "upstream_killed", "127.0.0.1:%d" % port, "prematurely closed", upstream_pid=up.pid, evidence=[
+        [{"event": "signal", "pid": killer, "target_pid": up.pid, "sig": 9}],
+    ])
+
+
 def proc_uid(pid):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -1829,6 +1845,7 @@ SCENARIOS = {
     "uwsgi_killed": sc_uwsgi_killed,
     "grpc_killed": sc_grpc_killed,
     "ipv6_killed": sc_ipv6_killed,
+    "dual_stack_killed": sc_dual_stack_killed,
     "access_only": sc_access_only,
     "long_request": sc_long_request,
     "rotate_rename": sc_rotate_rename,
