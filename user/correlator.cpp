@@ -19,8 +19,11 @@ static bool is_connect_line(const LogLine &l)
 
 uint64_t Correlator::died_holding(const Conn &c) const
 {
+    // (by a signal: killed, crashed, OOM-killed. A worker that exits by
+    // itself, recycled after max_requests, does so between requests, its
+    // idle keep-alive connections with it: no failure of a request.)
     const Proc *p = c.up_pid ? state_.proc(c.up_pid) : nullptr;
-    if (!p || !p->exit)
+    if (!p || !p->exit || !p->exit->signaled())
         return 0;
     const uint64_t dead = p->exit->ts;
     if (c.t_accept && dead < *c.t_accept)
@@ -92,6 +95,11 @@ Conn *Correlator::find_conn(const LogLine &line)
     const bool tcp_header = header_phase && std::none_of(peers.begin(), peers.end(), [](const Addr &a) {
                                 return a.family == AF_UNIX;
                             });
+    // (no process died of a signal in the window: no dying candidate, and the
+    // first primary one ends the look as on TCP in the header phase)
+    const uint64_t line_boot = static_cast<uint64_t>(std::max<int64_t>(0, line.wall_sec * 1'000'000'000LL - tb_.offset_ns()));
+    const bool deaths = state_.last_signaled_exit() >= static_cast<uint64_t>(std::max<int64_t>(0, oldest_boot));
+    const bool stop_early = tcp_header || !deaths;
     auto earlier = [&](Conn *best, Conn *c) { return !best || ended(c) < ended(best); };
     auto later = [&](Conn *best, Conn *c) { return !best || c->t_last > best->t_last; };
     // Finished connections come in the order they finished: once one is a
@@ -112,8 +120,9 @@ Conn *Correlator::find_conn(const LogLine &line)
         // (an upstream answering and closing first, HTTP/1.0's way; a
         // php-fpm child's close()), which only the response header phase
         // on TCP tells apart (by the bytes received).
-        if (!is_connect_line(line) && line.kind != LogKind::Timeout)
-            if (uint64_t dead = died_holding(*c); dead && (!dying || dead < dying_at)) {
+        if (deaths && !is_connect_line(line) && line.kind != LogKind::Timeout)
+            if (uint64_t dead = died_holding(*c);
+                dead && dead <= line_boot + 2'000'000'000ULL && (!dying || dead < dying_at)) {
                 dying = c;
                 dying_at = dead;
             }
@@ -131,7 +140,12 @@ Conn *Correlator::find_conn(const LogLine &line)
                 newest = c;
             // ... unless Nginx gave one up first, the latest (it closes the
             // one that timed out right after writing the line).
-            if (uint64_t at = !connecting && c->t_established ? nginx_ended_first(c) : 0; at > gave_up_at) {
+            // (bounded: the close right after its line, not a 499's or a
+            // healthy response's Nginx closed long after or before)
+            if (uint64_t at = !connecting && c->t_established ? nginx_ended_first(c) : 0;
+                at > gave_up_at && at + 1'000'000'000ULL >= line_boot && at <= line_boot + 2'000'000'000ULL &&
+                (!c->bytes_at_end || line.phase.find("response header") == std::string::npos ||
+                 *c->bytes_at_end == 0)) {
                 gave_up = c;
                 gave_up_at = at;
             }
@@ -148,7 +162,7 @@ Conn *Correlator::find_conn(const LogLine &line)
                                nginx_end < upstream_end;
             if (failed && !nginx_first && !(header_phase && got_data) && earlier(primary, c)) {
                 primary = c;
-                return c->finished && tcp_header;
+                return c->finished && stop_early;
             }
             if (failed && later(fallback, c))
                 fallback = c;

@@ -137,9 +137,9 @@ public:
 
 private:
     Conn *find_conn(const LogLine &line);
-    // When the upstream process died holding c (its exit before any end of
-    // the connection by either side, after it took it), else 0: a failure no
-    // healthy connection shows.
+    // When the upstream process died of a signal holding c (its exit before
+    // any end of the connection by either side, after it took it), else 0: a
+    // failure no healthy connection shows.
     uint64_t died_holding(const Conn &c) const;
     // c shows a failure no healthy connection shows: a socket error, a RST
     // received, a connection to itself, its upstream dying with it, or the

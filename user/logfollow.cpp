@@ -152,7 +152,7 @@ uint64_t LogFollower::back_to(const StampOf &stamp_of, int64_t from, int64_t to,
     size_t stop = buf.size();
     if (stop == 0 || buf[stop - 1] != '\n')
         return 0; // (a line being written: from the end, as opened)
-    bool out_of_window = false;
+    bool out_of_window = false, in_window = false;
     while (stop > 0) {
         size_t nl = stop >= 2 ? buf.rfind('\n', stop - 2) : std::string::npos;
         if (nl == std::string::npos && begin > 0)
@@ -165,10 +165,11 @@ uint64_t LogFollower::back_to(const StampOf &stamp_of, int64_t from, int64_t to,
                 break;
             }
             at = begin + start;
+            in_window = true;
         }
         stop = start;
     }
-    *bounded = !out_of_window && begin > 0;
+    *bounded = in_window && !out_of_window && begin > 0; // (no stamp read: nothing was taken for one)
     if (at != end)
         cur_.start_at(at);
     return end - at;

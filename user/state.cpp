@@ -969,6 +969,8 @@ void State::apply_event(const Event &e)
         Proc &p = proc_or_new(e.tgid, e.ts);
         p.comm = e.comm;
         p.exit = ExitRec{e.ts, e.exit_code};
+        if (p.exit->signaled())
+            last_signaled_exit_ = std::max(last_signaled_exit_, e.ts);
         if (p.role & N502_PROC_NGINX)
             nginx_exits_++;
         dead_order_.push_back(e.tgid);

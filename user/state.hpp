@@ -261,6 +261,8 @@ public:
     uint64_t nginx_forks() const { return nginx_forks_; }
     // How many Nginx processes have exited (a master among them: a restart).
     uint64_t nginx_exits() const { return nginx_exits_; }
+    // The latest exit by a signal of any process seen (boot ns), or 0.
+    uint64_t last_signaled_exit() const { return last_signaled_exit_; }
     // How many children of parent exited in (after, until].
     size_t children_exited(uint32_t parent, uint64_t after, uint64_t until) const;
     const StateLimits &limits() const { return limits_; }
@@ -304,6 +306,7 @@ private:
     StateStats stats_;
     uint64_t nginx_forks_ = 0;
     uint64_t nginx_exits_ = 0;
+    uint64_t last_signaled_exit_ = 0;
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Conn>> live_;   // Nginx sk -> connection
     std::deque<std::unique_ptr<Conn>> finished_;                 // oldest first

@@ -557,3 +557,11 @@ TEST_CASE("an Nginx found after its start: its lines since then are read, an ear
         CHECK(kinds(next.poll()) == std::vector<std::string>{"L:T 100"});
     }
 }
+
+TEST_CASE("read back: lines without a stamp (a format not read) give nothing back and no bound said", "[follow]")
+{
+    bool bounded = true;
+    Followed fl(std::string(40, 'x') + "\n" + std::string(40, 'y') + "\n");
+    CHECK(fl.f.back_to(t_stamp, 100, 110, 20, &bounded) == 0);
+    CHECK_FALSE(bounded);
+}

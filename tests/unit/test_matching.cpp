@@ -334,3 +334,38 @@ TEST_CASE("a read timeout names the process holding the connection given up on",
     INFO(v.cause << " " << v.confidence << " pid " << pid_of(v) << ": " << v.explanation);
     CHECK(pid_of(v) == std::to_string(UP1));
 }
+
+// A worker recycled after max_requests exits by itself (code 0) while its
+// connection idles in Nginx's pool: no request failed with it. A real
+// failure of another connection just before is the line's.
+TEST_CASE("a worker that exits by itself holding an idle connection does not take another's failure",
+          "[correlator]")
+{
+    W w;
+    w.open(T0 - 20 * SEC, 0xa000, 0xb000, 40001, UP1); // pooled, idle
+    w.open(T0 + 50 * MS, 0xa100, 0xb100, 40002, UP2);
+    w.upstream_closes(T0 + 100 * MS, 0xa100, 0xb100, 40002, UP2, 4000); // cut mid-body by a live UP2
+    w.exit(T0 + 200 * MS, UP1, 0);
+    w.upstream_closes(T0 + 200 * MS + 10'000, 0xa000, 0xb000, 40001, UP1, 12000);
+    Verdict v = decide(w, mkline("upstream prematurely closed connection while reading upstream"));
+    INFO(v.cause << " " << v.confidence << " pid " << pid_of(v) << ": " << v.explanation);
+    CHECK(pid_of(v) == std::to_string(UP2));
+    CHECK(v.cause != "upstream_exited");
+}
+
+// With proxy_http_version 1.1 and no keep-alive pool, Nginx closes first
+// after every healthy response too: one that got its response is not the
+// connection that timed out waiting for a header.
+TEST_CASE("a read timeout is not a healthy connection Nginx closed first after its response", "[correlator]")
+{
+    W w;
+    w.open(T0 - 60 * SEC, 0xa000, 0xb000, 40001, UP1);
+    w.nginx_closes_first(T0 + 500 * MS, 0xa000, 40001);
+    w.open(T0 + 400 * MS, 0xa100, 0xb100, 40002, UP2);
+    w.nginx_closes_first(T0 + 530 * MS, 0xa100, 40002, 900);
+    FwHost h;
+    Verdict v = decide(w, mkline("upstream timed out (110: Connection timed out) while reading response header from upstream"), &h);
+    INFO(v.cause << " " << v.confidence << " pid " << pid_of(v) << ": " << v.explanation);
+    CHECK(pid_of(v) == std::to_string(UP1));
+    CHECK(v.cause == "upstream_timeout");
+}
